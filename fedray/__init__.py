@@ -1,0 +1,27 @@
+"""fedray: federated learning on Ray actors with Keras models.
+
+``import fedray`` is light: Ray and TensorFlow load only when a run starts.
+
+>>> import fedray
+>>> fedray.__version__
+'0.1.0'
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from fedray.api import History
+
+
+def run(config: Any, **kwargs: Any) -> History:
+    """Train a federated model; see :func:`fedray.api.run`."""
+    from fedray.api import run as _run
+
+    return _run(config, **kwargs)
+
+
+__all__ = ["__version__", "run"]

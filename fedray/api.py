@@ -1,0 +1,186 @@
+"""``fedray.run``: build everything from a config, train, and write the outputs.
+
+Outputs in the run directory:
+
+* ``metrics.csv``: one row per round;
+* ``summary.json``: the resolved config, the final metrics and timings;
+* ``model.keras``: the final global model (``keras.saving.load_model``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedray import config as config_mod
+from fedray.callbacks import Callback, CallbackList, CSVLogger, LoggingCallback, ProgressBar
+from fedray.callbacks import RoundRecorder
+from fedray.config import Config
+from fedray.driver import run_rounds
+from fedray.records import Params
+from fedray.strategy import STRATEGIES, Strategy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class History:
+    """The result of a run.
+
+    Attributes:
+        out_dir: Where ``metrics.csv``, ``summary.json`` and ``model.keras`` are.
+        rows: One dict of logs per round.
+        summary: The contents of ``summary.json``.
+        params: The final global weights.
+    """
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    params: Params
+
+    @property
+    def metrics(self) -> Any:
+        """Per-round metrics as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The last round's metrics."""
+        return dict(self.summary["final"])
+
+    def model(self) -> Any:
+        """Load the final global model with Keras."""
+        import keras
+
+        return keras.saving.load_model(self.out_dir / "model.keras")
+
+
+def build_strategy(cfg: Config) -> Strategy:
+    """The strategy named by ``strategy.name`` with the config's sampling settings."""
+    recipe = STRATEGIES[cfg.strategy.name]
+    return recipe(
+        fraction_fit=cfg.strategy.fraction_fit, min_fit_clients=cfg.strategy.min_fit_clients
+    )
+
+
+def _default_out(cfg_source: Any) -> Path:
+    stem = Path(str(cfg_source)).stem if isinstance(cfg_source, (str, Path)) else "run"
+    return Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def make_executor(cfg: Config, strategy: Strategy) -> tuple[Any, bool]:
+    """Create the executor named by ``runtime.executor``; returns (executor, started_ray)."""
+    if cfg.runtime.executor == "local":
+        from fedray.local import LocalExecutor
+
+        return LocalExecutor(cfg, strategy.aggregator), False
+    from fedray import runtime
+
+    started = runtime.connect(
+        cfg.runtime.address, num_cpus=cfg.runtime.num_cpus, verbose=cfg.runtime.verbose
+    )
+    try:
+        return runtime.RayExecutor(cfg, strategy.aggregator), started
+    except BaseException:
+        if started:
+            runtime.shutdown()
+        raise
+
+
+def run(
+    config: str | Path | Mapping[str, Any] | Config,
+    *,
+    out: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    callbacks: Iterable[Callback] = (),
+) -> History:
+    """Train a federated model as described by ``config``.
+
+    Args:
+        config: A YAML path, a nested dict or a :class:`~fedray.config.Config`.
+        out: Output directory; defaults to ``runs/<config-name>-<timestamp>``
+            (a temporary directory when ``config`` is not a file).
+        overrides: ``dotted.key=value`` strings applied on top of ``config``.
+        callbacks: Extra :class:`~fedray.callbacks.Callback` objects.
+
+    Returns:
+        A :class:`History` with per-round metrics, the summary and final weights.
+
+    Raises:
+        fedray.errors.ConfigError: The config is invalid.
+        fedray.errors.FedrayError: Data or cluster problems, described in one line.
+    """
+    t_start = time.perf_counter()
+    cfg = config_mod.load(config, overrides)
+    if out is None:
+        out_dir = (
+            _default_out(config)
+            if isinstance(config, (str, Path))
+            else Path(tempfile.mkdtemp(prefix="fedray-"))
+        )
+    else:
+        out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    strategy = build_strategy(cfg)
+    executor, started_ray = make_executor(cfg, strategy)
+    try:
+        startup_s = time.perf_counter() - t_start
+        logger.info("started in %.1f s; %d clients", startup_s, executor.num_clients)
+        recorder = RoundRecorder()
+        keys = ["fit/loss", "eval/loss", "eval/accuracy", "eval/mae"]  # shown when present
+        ui: Callback = (
+            ProgressBar(cfg.rounds, keys=keys) if cfg.runtime.progress else LoggingCallback(keys)
+        )
+        cb = CallbackList([recorder, CSVLogger(out_dir / "metrics.csv"), ui, *callbacks])
+        t_rounds = time.perf_counter()
+        params = run_rounds(
+            strategy=strategy,
+            executor=executor,
+            rounds=cfg.rounds,
+            seed=cfg.seed,
+            callback=cb,
+            evaluate_every=cfg.evaluation.every,
+            federated_evaluate_every=cfg.evaluation.federated_every,
+        )
+        t_end = time.perf_counter()
+        (out_dir / "model.keras").write_bytes(executor.export(params))
+        predictions = None
+        if cfg.evaluation.predict:
+            predictions = {
+                "inputs": cfg.evaluation.predict,
+                "outputs": executor.predict(params, cfg.evaluation.predict),
+            }
+    finally:
+        executor.close()
+        if started_ray:
+            from fedray import runtime
+
+            runtime.shutdown()
+    round_times = [r["time/round_s"] for r in recorder.rows]
+    summary = {
+        "config": cfg.to_dict(),
+        "final": recorder.rows[-1] if recorder.rows else {},
+        "predictions": predictions,
+        "time": {
+            "startup_s": startup_s,
+            "rounds_s": t_end - t_rounds,
+            "total_s": time.perf_counter() - t_start,
+            "round_s_median": statistics.median(round_times) if round_times else None,
+        },
+        "params": {"count": int(sum(np.size(p) for p in params)), "arrays": len(params)},
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return History(out_dir=out_dir, rows=recorder.rows, summary=summary, params=params)

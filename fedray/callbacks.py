@@ -1,0 +1,155 @@
+"""Callbacks: observers of the round loop (Keras-style, every hook a no-op).
+
+``logs`` is a flat dict with namespaced keys: ``fit/loss``, ``eval/accuracy``,
+``clients/ok``, ``time/round_s`` and so on. History, the CSV log and the progress bar
+are all callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Logs = dict[str, Any]
+
+
+class Callback:
+    """Base class whose four hooks do nothing; override the ones you need."""
+
+    def on_run_begin(self, logs: Logs) -> None:
+        """Called once before the first round (``logs`` has run-level facts)."""
+
+    def on_round_begin(self, server_round: int) -> None:
+        """Called before clients are sampled for ``server_round``."""
+
+    def on_round_end(self, server_round: int, logs: Logs) -> None:
+        """Called after aggregation and evaluation of ``server_round``."""
+
+    def on_run_end(self, logs: Logs) -> None:
+        """Called once after the last round with the final logs."""
+
+
+class CallbackList(Callback):
+    """Fans every hook out to a list of callbacks, in order."""
+
+    def __init__(self, callbacks: Iterable[Callback] = ()) -> None:
+        self.callbacks = list(callbacks)
+
+    def on_run_begin(self, logs: Logs) -> None:
+        """Forward to every callback."""
+        for cb in self.callbacks:
+            cb.on_run_begin(logs)
+
+    def on_round_begin(self, server_round: int) -> None:
+        """Forward to every callback."""
+        for cb in self.callbacks:
+            cb.on_round_begin(server_round)
+
+    def on_round_end(self, server_round: int, logs: Logs) -> None:
+        """Forward to every callback."""
+        for cb in self.callbacks:
+            cb.on_round_end(server_round, logs)
+
+    def on_run_end(self, logs: Logs) -> None:
+        """Forward to every callback."""
+        for cb in self.callbacks:
+            cb.on_run_end(logs)
+
+
+class RoundRecorder(Callback):
+    """Keeps every round's logs in memory (``rows``)."""
+
+    def __init__(self) -> None:
+        self.rows: list[Logs] = []
+
+    def on_round_end(self, server_round: int, logs: Logs) -> None:
+        """Append a copy of the round's logs."""
+        self.rows.append({"round": server_round, **logs})
+
+
+class CSVLogger(Callback):
+    """Writes ``metrics.csv``: one row per round, rewritten after every round.
+
+    Rewriting keeps the file valid after a crash and lets new columns appear in
+    later rounds (e.g. federated evaluation every few rounds).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.rows: list[Logs] = []
+
+    def on_round_end(self, server_round: int, logs: Logs) -> None:
+        """Append the round and rewrite the CSV atomically."""
+        import pandas as pd
+
+        self.rows.append({"round": server_round, **logs})
+        tmp = self.path.with_suffix(".csv.tmp")
+        pd.DataFrame(self.rows).to_csv(tmp, index=False)
+        tmp.replace(self.path)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.4g}"
+    return str(value)
+
+
+class ProgressBar(Callback):
+    """A rich progress bar over rounds showing the latest loss and metrics.
+
+    Args:
+        total_rounds: Number of rounds in the run.
+        keys: Log keys to show next to the bar, when present.
+    """
+
+    def __init__(self, total_rounds: int, keys: Sequence[str] = ("fit/loss", "eval/loss")) -> None:
+        self.total_rounds = total_rounds
+        self.keys = list(keys)
+        self._progress: Any = None
+        self._task: Any = None
+
+    def on_run_begin(self, logs: Logs) -> None:
+        """Start the bar."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("round"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[stats]}"),
+            transient=False,
+        )
+        self._task = self._progress.add_task("rounds", total=self.total_rounds, stats="")
+        self._progress.start()
+
+    def on_round_end(self, server_round: int, logs: Logs) -> None:
+        """Advance and show the latest values."""
+        if self._progress is None:
+            return
+        stats = "  ".join(f"{k}={_fmt(logs[k])}" for k in self.keys if k in logs)
+        self._progress.update(self._task, completed=server_round, stats=stats)
+
+    def on_run_end(self, logs: Logs) -> None:
+        """Stop the bar."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+class LoggingCallback(Callback):
+    """Logs one INFO line per round (useful where no terminal shows a bar)."""
+
+    def __init__(self, keys: Sequence[str] = ("fit/loss", "eval/loss")) -> None:
+        self.keys = list(keys)
+
+    def on_round_end(self, server_round: int, logs: Logs) -> None:
+        """Log the round's headline numbers."""
+        stats = " ".join(f"{k}={_fmt(logs[k])}" for k in self.keys if k in logs)
+        logger.info("round %d: %s", server_round, stats)

@@ -1,0 +1,98 @@
+"""The ``fedray`` command line.
+
+``fedray run CONFIG.yaml [--set dotted.key=value ...] [--out DIR] [--address ADDR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from fedray.errors import FedrayError
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+    )
+    logging.getLogger("fedray").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedray", description="Federated learning on Ray + Keras.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train a federated model from a YAML config")
+    r.add_argument("config", help="path to a YAML config, e.g. experiments/linreg.yaml")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set rounds=20 (repeatable)",
+    )
+    r.add_argument("--out", help="output directory (default: runs/<config>-<timestamp>)")
+    r.add_argument("--address", help="Ray cluster to join: 'auto' or host:port (default: local)")
+    r.add_argument("--local", action="store_true", help="run clients in-process, without Ray")
+    r.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
+    r.add_argument(
+        "--verbose", action="store_true", help="show TensorFlow's and Ray's start-up logs"
+    )
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fedray.api import run
+
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"runtime.address={args.address}")
+    if args.local:
+        overrides.append("runtime.executor=local")
+    if args.no_progress:
+        overrides.append("runtime.progress=false")
+    if args.verbose:
+        overrides.append("runtime.verbose=true")
+    history = run(args.config, out=args.out, overrides=overrides)
+    final = history.final
+    shown = {k: v for k, v in final.items() if k.startswith(("fit/", "eval/", "fed_eval/"))}
+    print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    preds = history.summary.get("predictions")
+    if preds:
+        for x, y in zip(preds["inputs"], preds["outputs"], strict=True):
+            xs = ", ".join(f"{v:g}" for v in x)
+            ys = ", ".join(f"{v:.4f}" for v in y)
+            print(f"prediction at x=[{xs}]: {ys}")
+    t = history.summary["time"]
+    print(
+        f"startup {t['startup_s']:.1f} s, median round {t['round_s_median']:.3f} s, "
+        f"total {t['total_s']:.1f} s"
+    )
+    print(f"outputs in {history.out_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fedray`` console script."""
+    args = _parser().parse_args(argv)
+    _setup_logging(getattr(args, "verbose", False))
+    try:
+        if args.command == "run":
+            return _run(args)
+    except FedrayError as exc:
+        print(f"fedray: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedray: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Run configuration: a YAML file, validated up front as a whole.
+
+Every key has a type, a default and a range. An unknown key, a wrong type or an
+out-of-range value raises :class:`~fedray.errors.ConfigError` that lists each bad key
+with its value and what is allowed. Validation is done by pydantic.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import model_validator
+
+from fedray.errors import ConfigError
+
+DATASETS = ("linreg", "synthetic", "blobs", "digits", "npz", "csv", "parquet", "mnist", "cifar10")
+FILE_DATASETS = ("npz", "csv", "parquet")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Section):
+    """Synthetic(alpha, beta) of Li et al. (FedProx): alpha = model skew, beta = data skew."""
+
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(1.0, ge=0)
+    num_features: int = Field(60, ge=1)
+    num_classes: int = Field(10, ge=2)
+
+
+class DataConfig(_Section):
+    """Which dataset, where it lives, and how it is split over clients."""
+
+    dataset: Literal[
+        "linreg", "synthetic", "blobs", "digits", "npz", "csv", "parquet", "mnist", "cifar10"
+    ] = "linreg"
+    path: str | None = None
+    test_path: str | None = None
+    num_clients: int = Field(2, ge=1)
+    partition: Literal["iid", "dirichlet", "shards", "column"] = "iid"
+    alpha: float = Field(0.5, gt=0)
+    shards_per_client: int = Field(2, ge=1)
+    column: str | None = None
+    label: str = "label"
+    task: Literal["auto", "classification", "regression"] = "auto"
+    num_samples: int | None = Field(None, ge=1)
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+    client_test_fraction: float = Field(0.0, ge=0, lt=1)
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> DataConfig:
+        if self.dataset in FILE_DATASETS and not self.path:
+            raise ValueError(f"data.path is required for dataset {self.dataset!r}")
+        if self.partition == "column" and self.dataset not in ("synthetic",) and not self.column:
+            raise ValueError("data.column is required when data.partition is 'column'")
+        return self
+
+
+class ModelConfig(_Section):
+    """The Keras model: a built-in name or ``package.module:function``."""
+
+    name: str = "linear"
+    hidden: list[int] = Field(default_factory=lambda: [64])
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in ("linear", "mlp", "cnn") and ":" not in v:
+            raise ValueError(
+                f"unknown model {v!r}; expected 'linear', 'mlp', 'cnn' or 'package.module:function'"
+            )
+        return v
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        bad = [h for h in v if h < 1]
+        if bad:
+            raise ValueError(f"hidden sizes must be >= 1, got {bad}")
+        return v
+
+
+class ClientConfig(_Section):
+    """Local training on each client."""
+
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = "sgd"
+    learning_rate: float = Field(0.01, gt=0)
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    loss: str = "auto"
+    metrics: list[str] | Literal["auto"] = "auto"
+
+
+class StrategyConfig(_Section):
+    """How the server combines client updates."""
+
+    name: Literal["fedavg"] = "fedavg"
+    fraction_fit: float = Field(1.0, gt=0, le=1)
+    min_fit_clients: int = Field(1, ge=1)
+
+
+class EvaluationConfig(_Section):
+    """Centralized (server test set) and federated (client test splits) evaluation."""
+
+    every: int = Field(1, ge=0)
+    federated_every: int = Field(0, ge=0)
+    predict: list[list[float]] | None = None
+
+
+class RuntimeConfig(_Section):
+    """Where the clients run."""
+
+    executor: Literal["ray", "local"] = "ray"
+    address: str | None = None
+    clients_per_actor: int = Field(1, ge=1)
+    num_cpus: int | None = Field(None, ge=1)
+    progress: bool = True
+    verbose: bool = False
+
+
+class Config(_Section):
+    """A whole fedray run."""
+
+    seed: int = Field(0, ge=0)
+    rounds: int = Field(10, ge=1)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    client: ClientConfig = ClientConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.strategy.min_fit_clients > self.data.num_clients:
+            raise ValueError(
+                f"strategy.min_fit_clients={self.strategy.min_fit_clients} exceeds "
+                f"data.num_clients={self.data.num_clients}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain YAML/JSON-able values."""
+        return self.model_dump(mode="json")
+
+
+def _allowed_keys(model: type[BaseModel], loc: Iterable[Any]) -> list[str]:
+    """Keys allowed at ``loc`` (the parent of an unknown key)."""
+    current: Any = model
+    for part in loc:
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        current = field.annotation
+    return list(current.model_fields) if isinstance(current, type) else []
+
+
+def _format_error(err: Mapping[str, Any]) -> str:
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("literal["))]
+    key = ".".join(str(p) for p in loc) or "config"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(Config, loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        msg = f"unknown key '{key}'"
+        if hint:
+            msg += f" (did you mean '{'.'.join([*map(str, loc[:-1]), hint[0]])}'?)"
+        return msg + f"; allowed keys here: {', '.join(allowed)}"
+    text = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "value_error" and (not loc or isinstance(value, Mapping)):
+        return text  # a cross-field check: its message names the keys itself
+    return f"{key} = {value!r}: {text}"
+
+
+def validate(raw: Mapping[str, Any]) -> Config:
+    """Validate a nested mapping into a :class:`Config`.
+
+    Raises:
+        ConfigError: One line per problem, each naming the key, the value and
+            what is allowed.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(dict(raw))
+    except ValidationError as exc:
+        lines = [_format_error(e) for e in exc.errors()]
+        raise ConfigError("invalid config: " + "; ".join(dict.fromkeys(lines))) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` strings to a nested dict (values parsed as YAML).
+
+    >>> apply_overrides({"data": {"num_clients": 2}}, ["data.num_clients=4", "rounds=3"])
+    {'data': {'num_clients': 4}, 'rounds': 3}
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            child = node.get(p)
+            if not isinstance(child, dict):
+                child = {}
+            else:
+                child = dict(child)
+            node[p] = child
+            node = child
+        node[parts[-1]] = yaml.safe_load(text)
+    return out
+
+
+def load(
+    source: str | Path | Mapping[str, Any] | Config, overrides: Iterable[str] = ()
+) -> Config:
+    """Load and validate a config from a YAML path, a mapping or a :class:`Config`.
+
+    Raises:
+        ConfigError: The file is missing or not YAML, or a key is invalid.
+    """
+    overrides = list(overrides)
+    if isinstance(source, Config):
+        if not overrides:
+            return source
+        raw: Any = source.to_dict()
+    elif isinstance(source, Mapping):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: '{path}' (expected a YAML file)")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                f"config file '{path}' must hold a mapping of keys, got {type(raw).__name__}"
+            )
+    return validate(apply_overrides(raw, overrides))

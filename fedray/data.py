@@ -1,0 +1,432 @@
+"""Datasets and per-client shards.
+
+A dataset is loaded (or generated from the seed) *inside* each client host, which
+keeps only its own clients' shards. The driver never holds raw training data.
+
+Datasets:
+
+* ``linreg``: x ~ U(0, 10), y = 3x + 1 + N(0, 1); the hello-world.
+* ``synthetic``: Synthetic(alpha, beta) of Li, Sahu, Zaheer, Sanjabi, Talwalkar, Smith,
+  "Federated Optimization in Heterogeneous Networks" (FedProx), MLSys 2020,
+  arXiv:1812.06127; one natural client per device, lognormal sizes.
+* ``blobs``: Gaussian class clusters (60 features, 10 classes) for benchmarks.
+* ``digits``: scikit-learn's bundled 8x8 digits.
+* ``npz``, ``csv``, ``parquet``: the user's files.
+* ``mnist``, ``cifar10``: ``keras.datasets`` (downloads), or an ``.npz`` at ``data.path``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedray import partition as part
+from fedray.config import DataConfig
+from fedray.errors import DataError
+
+
+@dataclass
+class Dataset:
+    """Arrays of a whole dataset plus what models need to know about it."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    task: str  # "classification" or "regression"
+    num_classes: int | None = None
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def info(self) -> DatasetInfo:
+        """Shapes and task, without the arrays."""
+        return DatasetInfo(
+            input_shape=tuple(int(d) for d in self.x_train.shape[1:]),
+            num_outputs=self.num_classes if self.task == "classification" else 1,  # type: ignore[arg-type]
+            task=self.task,
+            num_classes=self.num_classes,
+        )
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model builder needs: input shape, output size and task."""
+
+    input_shape: tuple[int, ...]
+    num_outputs: int
+    task: str
+    num_classes: int | None
+
+
+@dataclass
+class Shard:
+    """One client's data: a training split and an optional local test split."""
+
+    client_id: int
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def _split(
+    x: np.ndarray, y: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random (train, test) split with ``fraction`` of the rows in the test part."""
+    n_test = round(len(x) * fraction)
+    perm = rng.permutation(len(x))
+    test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    return x[train], y[train], x[test], y[test]
+
+
+def _finish(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray | None,
+    y_test: np.ndarray | None,
+    cfg: DataConfig,
+    rng: np.random.Generator,
+    source: str,
+) -> Dataset:
+    """Infer the task, cast dtypes and split off a test set when none was given."""
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if len(x) != len(y):
+        raise DataError(f"{source}: x has {len(x)} rows but y has {len(y)}; expected equal")
+    if len(x) == 0:
+        raise DataError(f"{source}: the dataset is empty; expected at least one row")
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"{source}: features have dtype {x.dtype}; expected numbers")
+    if x_test is None or y_test is None:
+        x, y, x_test, y_test = _split(x, y, cfg.test_fraction, rng)
+    y_all = np.concatenate([y.ravel(), np.asarray(y_test).ravel()])
+    task = cfg.task
+    if task == "auto":
+        task = "classification" if np.issubdtype(y_all.dtype, np.integer) else "regression"
+    if task == "classification":
+        if not np.all(np.equal(np.mod(y_all, 1), 0)) or (len(y_all) and y_all.min() < 0):
+            raise DataError(f"{source}: classification labels must be integers >= 0")
+        num_classes = int(y_all.max()) + 1 if len(y_all) else 1
+        y, y_test = y.astype(np.int64).ravel(), np.asarray(y_test).astype(np.int64).ravel()
+        if num_classes < 2:
+            num_classes = 2
+    else:
+        num_classes = None
+        y = y.astype(np.float32).reshape(len(y), -1)
+        y_test = np.asarray(y_test).astype(np.float32).reshape(len(y_test), -1)
+    return Dataset(
+        x_train=x.astype(np.float32),
+        y_train=y,
+        x_test=np.asarray(x_test).astype(np.float32),
+        y_test=y_test,
+        task=task,
+        num_classes=num_classes,
+    )
+
+
+def make_linreg(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points of y = 3x + 1 + N(0, 1) with x ~ U(0, 10).
+
+    >>> x, y = make_linreg(5, np.random.default_rng(0))
+    >>> x.shape, y.shape
+    ((5, 1), (5, 1))
+    """
+    x = rng.uniform(0.0, 10.0, size=(n, 1))
+    y = 3.0 * x + 1.0 + rng.normal(0.0, 1.0, size=(n, 1))
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def make_synthetic(
+    num_devices: int,
+    alpha: float,
+    beta: float,
+    rng: np.random.Generator,
+    *,
+    num_features: int = 60,
+    num_classes: int = 10,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Synthetic(alpha, beta) of the FedProx paper (Li et al., 2020).
+
+    Device k draws ``u_k ~ N(0, alpha)``, ``W_k, b_k ~ N(u_k, 1)``, ``B_k ~ N(0, beta)``,
+    ``v_k ~ N(B_k, 1)`` and ``x ~ N(v_k, diag(j^-1.2))``; labels are
+    ``argmax(softmax(x W_k + b_k))``. Device sizes are ``lognormal(4, 2) + 50`` as in the
+    paper's generator.
+
+    Returns:
+        ``(x, y, device)``: features, labels and the device id of every row.
+    """
+    sizes = rng.lognormal(4, 2, num_devices).astype(np.int64) + 50
+    sizes = np.minimum(sizes, 20_000)  # keep one heavy-tailed draw from dominating memory
+    mean_w = rng.normal(0, alpha, num_devices)
+    big_b = rng.normal(0, beta, num_devices)
+    std_x = np.power(np.arange(1, num_features + 1, dtype=np.float64), -1.2) ** 0.5
+    xs, ys, ds = [], [], []
+    for k in range(num_devices):
+        w = rng.normal(mean_w[k], 1, (num_features, num_classes))
+        b = rng.normal(mean_w[k], 1, num_classes)
+        v = rng.normal(big_b[k], 1, num_features)
+        xk = v + rng.normal(0, 1, (sizes[k], num_features)) * std_x
+        xs.append(xk)
+        ys.append(np.argmax(xk @ w + b, axis=1))
+        ds.append(np.full(sizes[k], k, dtype=np.int64))
+    return (
+        np.concatenate(xs).astype(np.float32),
+        np.concatenate(ys).astype(np.int64),
+        np.concatenate(ds),
+    )
+
+
+def make_blobs(
+    n: int, rng: np.random.Generator, *, num_features: int = 60, num_classes: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian blobs: class means ~ N(0, 0.3^2) per feature, x = mean[label] + N(0, 1)."""
+    means = rng.normal(0.0, 0.3, (num_classes, num_features))
+    y = rng.integers(0, num_classes, n)
+    x = means[y] + rng.normal(0.0, 1.0, (n, num_features))
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def _read_npz(path: Path, source: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{source}: cannot read '{path}' as .npz: {exc}") from None
+
+
+def _require_file(path: str | None, what: str) -> Path:
+    if not path:
+        raise DataError(f"data.path is required for {what}")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"data.path: file not found: '{p}' (needed for {what})")
+    return p
+
+
+def _read_table(path: Path, kind: str) -> Any:
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
+    except Exception as exc:  # pandas raises many parser-specific types
+        raise DataError(f"cannot read '{path}' as {kind}: {type(exc).__name__}: {exc}") from None
+
+
+def _table_to_arrays(
+    df: Any, cfg: DataConfig, path: Path
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    if cfg.label not in df.columns:
+        raise DataError(
+            f"'{path}' has no label column '{cfg.label}' (data.label); "
+            f"columns are: {', '.join(map(str, df.columns))}"
+        )
+    groups: dict[str, np.ndarray] = {}
+    drop = [cfg.label]
+    if cfg.partition == "column" and cfg.column:
+        if cfg.column not in df.columns:
+            raise DataError(
+                f"'{path}' has no partition column '{cfg.column}' (data.column); "
+                f"columns are: {', '.join(map(str, df.columns))}"
+            )
+        groups[cfg.column] = df[cfg.column].to_numpy()
+        drop.append(cfg.column)
+    features = df.drop(columns=drop)
+    bad = [str(c) for c in features.columns if not np.issubdtype(features[c].dtype, np.number)]
+    if bad:
+        raise DataError(f"'{path}': feature columns must be numeric; not numeric: {', '.join(bad)}")
+    missing = features.columns[features.isna().any()].tolist() + (
+        [cfg.label] if df[cfg.label].isna().any() else []
+    )
+    if missing:
+        raise DataError(f"'{path}': missing values in columns: {', '.join(map(str, missing))}")
+    return features.to_numpy(), df[cfg.label].to_numpy(), groups
+
+
+def _load_keras_images(cfg: DataConfig, rng: np.random.Generator) -> Dataset:
+    name = cfg.dataset
+    if cfg.path:
+        arrays = _read_npz(_require_file(cfg.path, name), name)
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+        if missing:
+            raise DataError(f"'{cfg.path}' lacks arrays {missing} for dataset {name!r}")
+        (x, y), (xt, yt) = (arrays["x_train"], arrays["y_train"]), (
+            arrays["x_test"],
+            arrays["y_test"],
+        )
+    else:  # pragma: no cover - needs the internet; tested by monkeypatching keras.datasets
+        import keras
+
+        module = keras.datasets.mnist if name == "mnist" else keras.datasets.cifar10
+        (x, y), (xt, yt) = module.load_data()
+    x, xt = np.asarray(x, np.float32) / 255.0, np.asarray(xt, np.float32) / 255.0
+    if x.ndim == 3:
+        x, xt = x[..., None], xt[..., None]
+    y, yt = np.asarray(y).astype(np.int64).ravel(), np.asarray(yt).astype(np.int64).ravel()
+    return _finish(x, y, xt, yt, cfg, rng, name)
+
+
+def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
+    """Load or generate the whole dataset named by ``cfg.dataset``.
+
+    Raises:
+        DataError: A missing or malformed file, named with what was expected.
+    """
+    rng = np.random.default_rng([seed, 0])
+    name = cfg.dataset
+    if name == "linreg":
+        n = cfg.num_samples or 100
+        x, y = make_linreg(n, rng)
+        xt, yt = make_linreg(n, np.random.default_rng([seed, 10]))
+        return _finish(x, y, xt, yt, cfg.model_copy(update={"task": "regression"}), rng, name)
+    if name == "synthetic":
+        s = cfg.synthetic
+        x, y, dev = make_synthetic(
+            cfg.num_clients,
+            s.alpha,
+            s.beta,
+            rng,
+            num_features=s.num_features,
+            num_classes=s.num_classes,
+        )
+        # 90/10 train/test per device, as in the FedProx generator.
+        train_idx, test_idx = [], []
+        for k in range(cfg.num_clients):
+            idx = np.flatnonzero(dev == k)
+            cut = int(0.9 * len(idx))
+            train_idx.append(idx[:cut])
+            test_idx.append(idx[cut:])
+        tr, te = np.concatenate(train_idx), np.concatenate(test_idx)
+        ds = _finish(x[tr], y[tr], x[te], y[te], cfg, rng, name)
+        ds.num_classes = s.num_classes
+        ds.groups = {"client": dev[tr]}
+        return ds
+    if name == "blobs":
+        n = cfg.num_samples or 20_000
+        x, y = make_blobs(n, rng)
+        n_test = round(n * cfg.test_fraction)
+        return _finish(x[n_test:], y[n_test:], x[:n_test], y[:n_test], cfg, rng, name)
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = (d.images / 16.0).astype(np.float32)[..., None]
+        return _finish(x, d.target.astype(np.int64), None, None, cfg, rng, name)
+    if name == "npz":
+        path = _require_file(cfg.path, "dataset 'npz'")
+        arrays = _read_npz(path, "npz")
+        for key in ("x_train", "y_train"):
+            if key not in arrays:
+                raise DataError(
+                    f"'{path}' lacks array '{key}'; expected x_train, y_train "
+                    f"(and optionally x_test, y_test); found {sorted(arrays)}"
+                )
+        return _finish(
+            arrays["x_train"],
+            arrays["y_train"],
+            arrays.get("x_test"),
+            arrays.get("y_test"),
+            cfg,
+            rng,
+            str(path),
+        )
+    if name in ("csv", "parquet"):
+        path = _require_file(cfg.path, f"dataset {name!r}")
+        x, y, groups = _table_to_arrays(_read_table(path, name), cfg, path)
+        xt = yt = None
+        if cfg.test_path:
+            tpath = _require_file(cfg.test_path, "data.test_path")
+            xt, yt, _ = _table_to_arrays(
+                _read_table(tpath, name), cfg.model_copy(update={"partition": "iid"}), tpath
+            )
+        if xt is None and groups:
+            # Keep the group column aligned with the training rows after the split.
+            n_test = round(len(x) * cfg.test_fraction)
+            perm = rng.permutation(len(x))
+            te, tr = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+            ds = _finish(x[tr], y[tr], x[te], y[te], cfg, rng, str(path))
+            ds.groups = {k: v[tr] for k, v in groups.items()}
+            return ds
+        ds = _finish(x, y, xt, yt, cfg, rng, str(path))
+        ds.groups = groups
+        return ds
+    if name in ("mnist", "cifar10"):
+        return _load_keras_images(cfg, rng)
+    raise DataError(f"unknown dataset {name!r}")  # unreachable after config validation
+
+
+def partition_indices(ds: Dataset, cfg: DataConfig, seed: int) -> list[np.ndarray]:
+    """Split the training rows over ``cfg.num_clients`` clients per ``cfg.partition``."""
+    rng = np.random.default_rng([seed, 1])
+    n = len(ds.x_train)
+    try:
+        if cfg.partition == "iid":
+            return part.iid(n, cfg.num_clients, rng)
+        if cfg.partition == "column":
+            col = cfg.column or "client"
+            if col not in ds.groups:
+                raise DataError(
+                    f"data.column={col!r} is not a column of dataset {cfg.dataset!r}; "
+                    f"available: {sorted(ds.groups) or 'none'}"
+                )
+            parts, keys = part.column(ds.groups[col])
+            if len(parts) != cfg.num_clients:
+                raise DataError(
+                    f"data.num_clients={cfg.num_clients} but column {col!r} has "
+                    f"{len(parts)} distinct values; set data.num_clients={len(parts)}"
+                )
+            return parts
+        if ds.task != "classification":
+            raise DataError(
+                f"data.partition={cfg.partition!r} needs class labels, but dataset "
+                f"{cfg.dataset!r} is a regression task; use 'iid' or 'column'"
+            )
+        if cfg.partition == "dirichlet":
+            return part.dirichlet(ds.y_train, cfg.num_clients, cfg.alpha, rng)
+        return part.shards(
+            ds.y_train, cfg.num_clients, rng, shards_per_client=cfg.shards_per_client
+        )
+    except DataError:
+        raise
+    except ValueError as exc:
+        raise DataError(f"data.partition={cfg.partition!r}: {exc}") from None
+
+
+@dataclass
+class HostData:
+    """What one client host keeps: its clients' shards and, optionally, the test set."""
+
+    shards: dict[int, Shard]
+    info: DatasetInfo
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+
+def load_host_data(
+    cfg: DataConfig, seed: int, client_ids: list[int] | tuple[int, ...], *, with_test_set: bool
+) -> HostData:
+    """Load the dataset and keep only the given clients' shards (copies).
+
+    A client's local test split (``client_test_fraction``) is drawn from its own rows
+    with randomness derived from ``(seed, client_id)``. With ``with_test_set`` the
+    held-out server test set is kept too, for centralized evaluation.
+    """
+    ds = load_dataset(cfg, seed)
+    parts = partition_indices(ds, cfg, seed)
+    shards: dict[int, Shard] = {}
+    for cid in client_ids:
+        if not 0 <= cid < len(parts):
+            raise DataError(f"client id {cid} out of range [0, {len(parts)})")
+        idx = parts[cid]
+        x, y = ds.x_train[idx], ds.y_train[idx]
+        if cfg.client_test_fraction > 0:
+            rng = np.random.default_rng([seed, 2, cid])
+            x, y, xt, yt = _split(x, y, cfg.client_test_fraction, rng)
+        else:
+            xt, yt = x[:0], y[:0]
+        shards[cid] = Shard(cid, x.copy(), y.copy(), xt.copy(), yt.copy())
+    if with_test_set:
+        return HostData(shards, ds.info, ds.x_test, ds.y_test)
+    return HostData(shards, ds.info)

@@ -1,0 +1,174 @@
+"""The round loop: sample, broadcast, fit, validate, aggregate, apply, evaluate, log.
+
+Layer 2: knows the strategy (pure math) and an :class:`Executor` protocol, never Ray
+or Keras. The same loop drives in-process tests (``LocalExecutor``) and Ray actors
+(``RayExecutor``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedray import tree
+from fedray.callbacks import Callback, Logs
+from fedray.records import ClientEval, ClientFailure, ClientUpdate, Metrics, Params, RoundInfo
+from fedray.strategy import Strategy
+
+logger = logging.getLogger(__name__)
+
+
+class Executor(Protocol):
+    """Where client work runs. Implementations: ``LocalExecutor``, ``RayExecutor``."""
+
+    @property
+    def num_clients(self) -> int:
+        """Number of registered clients."""
+        ...
+
+    def initial_params(self) -> Params:
+        """The freshly initialised global model's weights."""
+        ...
+
+    def broadcast(self, params: Params) -> Any:
+        """Make ``params`` available to every host once; returns an opaque handle."""
+        ...
+
+    def fit(
+        self, client_ids: Sequence[int], params: Any, info: RoundInfo
+    ) -> list[ClientUpdate | ClientFailure]:
+        """Train the given clients from the broadcast ``params`` handle."""
+        ...
+
+    def evaluate(self, params: Any) -> Metrics:
+        """Centralized evaluation on the held-out test set ({} when there is none)."""
+        ...
+
+    def evaluate_clients(
+        self, client_ids: Sequence[int], params: Any
+    ) -> list[ClientEval | ClientFailure]:
+        """Federated evaluation on the clients' own test splits."""
+        ...
+
+    def close(self) -> None:
+        """Release hosts and resources."""
+        ...
+
+
+def validate_update(update: ClientUpdate, reference: Params) -> str | None:
+    """Why ``update`` is unusable against the global ``reference`` params, or None."""
+    problem = tree.structure_mismatch(update.delta, reference)
+    if problem is not None:
+        return f"wrong update structure: {problem}"
+    if not tree.all_finite(update.delta):
+        return "update contains NaN or Inf"
+    if update.num_examples <= 0:
+        return f"num_examples must be > 0, got {update.num_examples}"
+    return None
+
+
+def _weighted(items: Sequence[ClientUpdate | ClientEval], prefix: str) -> Logs:
+    """Example-weighted mean of each metric present in every item."""
+    total = sum(i.num_examples for i in items)
+    if not items or total <= 0:
+        return {}
+    keys = set.intersection(*(set(i.metrics) for i in items))
+    return {
+        f"{prefix}/{k}": sum(i.metrics[k] * i.num_examples for i in items) / total
+        for k in sorted(keys)
+    }
+
+
+def run_rounds(
+    *,
+    strategy: Strategy,
+    executor: Executor,
+    rounds: int,
+    seed: int,
+    callback: Callback,
+    evaluate_every: int = 1,
+    federated_evaluate_every: int = 0,
+) -> Params:
+    """Run ``rounds`` rounds of federated training and return the final global params.
+
+    A round commits its new model only if at least ``strategy.min_fit_clients``
+    clients returned a valid update and the new model is finite; otherwise the
+    global model stays as it was and ``round/committed`` is 0.
+    """
+    rng = np.random.default_rng(seed)
+    params = executor.initial_params()
+    agg_state = strategy.aggregator.init(params)
+    opt_state = strategy.server_optimizer.init(params)
+    handle = executor.broadcast(params)
+    callback.on_run_begin({"num_clients": executor.num_clients, "rounds": rounds})
+    logs: Logs = {}
+    for server_round in range(1, rounds + 1):
+        t0 = time.perf_counter()
+        callback.on_round_begin(server_round)
+        ids = strategy.sample_clients(executor.num_clients, rng)
+        info = RoundInfo(server_round=server_round, seed=seed, num_sampled=len(ids))
+        updates: list[ClientUpdate] = []
+        failures: list[ClientFailure] = []
+        for result in executor.fit(ids, handle, info):
+            problem = validate_update(result, params) if isinstance(result, ClientUpdate) else None
+            if isinstance(result, ClientFailure):
+                failures.append(result)
+            elif problem is not None:
+                failures.append(ClientFailure(result.client_id, problem))
+            else:
+                updates.append(result)
+        for f in failures:
+            logger.warning("round %d: client %d failed: %s", server_round, f.client_id, f.reason)
+        t_fit = time.perf_counter()
+        logs = {
+            "clients/sampled": len(ids),
+            "clients/ok": len(updates),
+            "clients/failed": len(failures),
+            **_weighted(updates, "fit"),
+        }
+        committed = False
+        if len(updates) >= strategy.min_fit_clients:
+            delta, agg_state, measurements = strategy.aggregator.aggregate(updates, agg_state, rng)
+            new_params, new_opt_state = strategy.server_optimizer.apply(params, delta, opt_state)
+            logs.update({f"agg/{k}": v for k, v in measurements.items()})
+            if tree.all_finite(new_params):
+                params, opt_state, committed = new_params, new_opt_state, True
+                handle = executor.broadcast(params)
+            else:
+                logger.warning("round %d: aggregated model is not finite; rolled back", server_round)
+        else:
+            logger.warning(
+                "round %d: only %d of %d clients succeeded, fewer than min_fit_clients=%d; "
+                "the global model is unchanged",
+                server_round,
+                len(updates),
+                len(ids),
+                strategy.min_fit_clients,
+            )
+        logs["round/committed"] = int(committed)
+        t_agg = time.perf_counter()
+        if evaluate_every and (server_round % evaluate_every == 0 or server_round == rounds):
+            logs.update({f"eval/{k}": v for k, v in executor.evaluate(handle).items()})
+        if federated_evaluate_every and (
+            server_round % federated_evaluate_every == 0 or server_round == rounds
+        ):
+            evals = executor.evaluate_clients(range(executor.num_clients), handle)
+            ok = [e for e in evals if isinstance(e, ClientEval)]
+            logs.update(_weighted(ok, "fed_eval"))
+            logs["fed_eval/clients"] = len(ok)
+        t_end = time.perf_counter()
+        logs.update(
+            {
+                "time/round_s": t_end - t0,
+                "time/fit_s": t_fit - t0,
+                "time/aggregate_s": t_agg - t_fit,
+                "time/eval_s": t_end - t_agg,
+            }
+        )
+        callback.on_round_end(server_round, logs)
+    callback.on_run_end(logs)
+    return params

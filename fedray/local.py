@@ -1,0 +1,89 @@
+"""``LocalExecutor``: the executor contract, in-process, without Ray (tests, debugging)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedray.aggregators import Aggregator
+from fedray.client import ClientHost, HostSpec, group_clients
+from fedray.config import Config
+from fedray.records import ClientEval, ClientFailure, ClientUpdate, Metrics, Params, RoundInfo
+
+
+class LocalExecutor:
+    """Runs client hosts in this process, one after another.
+
+    Args:
+        config: The validated run config.
+        aggregator: The strategy's aggregator (its ``encode`` runs in the hosts).
+        clients_per_host: Clients per host; defaults to ``runtime.clients_per_actor``.
+    """
+
+    def __init__(
+        self, config: Config, aggregator: Aggregator, *, clients_per_host: int | None = None
+    ) -> None:
+        per_host = clients_per_host or config.runtime.clients_per_actor
+        groups = group_clients(config.data.num_clients, per_host)
+        self.hosts = [
+            ClientHost(HostSpec(config, g, aggregator, with_test_set=(i == 0)))
+            for i, g in enumerate(groups)
+        ]
+        self._host_of = {cid: h for h, g in zip(self.hosts, groups, strict=True) for cid in g}
+        self.host_info = [h.ready() for h in self.hosts]
+        self._num_clients = config.data.num_clients
+
+    @property
+    def num_clients(self) -> int:
+        """Number of registered clients."""
+        return self._num_clients
+
+    def initial_params(self) -> Params:
+        """Weights of host 0's freshly built model."""
+        return self.hosts[0].initial_params()
+
+    def broadcast(self, params: Params) -> Params:
+        """In-process: the handle is the params list itself."""
+        return params
+
+    def _by_host(self, client_ids: Sequence[int]) -> list[tuple[ClientHost, list[int]]]:
+        plan: dict[int, tuple[ClientHost, list[int]]] = {}
+        for cid in client_ids:
+            host = self._host_of[cid]
+            plan.setdefault(id(host), (host, []))[1].append(cid)
+        return list(plan.values())
+
+    def fit(
+        self, client_ids: Sequence[int], params: Params, info: RoundInfo
+    ) -> list[ClientUpdate | ClientFailure]:
+        """Train the sampled clients, host by host."""
+        out: list[ClientUpdate | ClientFailure] = []
+        for host, ids in self._by_host(client_ids):
+            out.extend(host.fit(ids, params, info))
+        return out
+
+    def evaluate(self, params: Params) -> Metrics:
+        """Centralized evaluation on host 0's test set."""
+        return self.hosts[0].evaluate(params)
+
+    def evaluate_clients(
+        self, client_ids: Sequence[int], params: Params
+    ) -> list[ClientEval | ClientFailure]:
+        """Federated evaluation on the clients' local test splits."""
+        out: list[ClientEval | ClientFailure] = []
+        for host, ids in self._by_host(client_ids):
+            out.extend(host.evaluate_clients(ids, params))
+        return out
+
+    def export(self, params: Params) -> bytes:
+        """The final model as ``.keras`` bytes."""
+        return self.hosts[0].export(params)
+
+    def predict(self, params: Params, x: list[list[float]]) -> list[list[float]]:
+        """Predictions of the model with ``params``."""
+        import numpy as np
+
+        return np.asarray(self.hosts[0].predict(params, np.asarray(x))).tolist()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Drop the hosts."""
+        self.hosts.clear()

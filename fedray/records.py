@@ -1,0 +1,76 @@
+"""Plain values that travel between the driver and client hosts.
+
+Layer 0: only numpy. Everything here is picklable and cheap to send through Ray's
+object store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Params = list[np.ndarray]
+"""Model parameters: a list of arrays in Keras weight order."""
+
+Metrics = dict[str, float]
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """What a client host needs to know about the round it trains in.
+
+    Attributes:
+        server_round: 1-based round number.
+        seed: The run's seed; clients derive their own randomness from
+            ``(seed, server_round, client_id)``.
+        num_sampled: Number of clients sampled this round.
+    """
+
+    server_round: int
+    seed: int
+    num_sampled: int = 0
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One client's contribution to a round.
+
+    Attributes:
+        client_id: Global id of the client, ``0 <= client_id < num_clients``.
+        delta: ``local_weights - global_weights``, one array per model weight.
+        num_examples: Training examples the client used (the FedAvg weight).
+        metrics: Client-side training metrics, e.g. ``{"loss": 0.3}``.
+    """
+
+    client_id: int
+    delta: Params
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientFailure:
+    """A client that did not deliver a usable result this round.
+
+    Attributes:
+        client_id: Global id of the client.
+        reason: Human-readable cause, e.g. ``"ValueError: nan in update"``.
+    """
+
+    client_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ClientEval:
+    """Evaluation of the global model on one client's local test split."""
+
+    client_id: int
+    num_examples: int
+    metrics: Metrics
+
+
+AggState = dict[str, Any]
+"""Named aggregator / server-optimizer state (never a positional tuple)."""

@@ -1,0 +1,190 @@
+"""Ray: connecting, client-host actors and the ``RayExecutor``.
+
+This is the only module that imports Ray. Hosts are the plain
+:class:`~fedray.client.ClientHost` made remote here. Each round the global weights
+are put in the object store once and the same ref goes to every host; updates are
+collected with ``ray.wait`` as hosts finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from fedray.aggregators import Aggregator
+from fedray.client import ClientHost, HostSpec, group_clients
+from fedray.config import Config
+from fedray.errors import FedrayError
+from fedray.records import ClientEval, ClientFailure, ClientUpdate, Metrics, Params, RoundInfo
+
+logger = logging.getLogger(__name__)
+
+
+def connect(address: str | None, *, num_cpus: int | None, verbose: bool) -> bool:
+    """Start a private local Ray instance (``address`` None) or join a cluster.
+
+    Returns:
+        True when this call started Ray (so the caller should shut it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    kwargs: dict[str, Any] = {
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        "log_to_driver": verbose,
+        "configure_logging": True,
+    }
+    if address is None:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            **kwargs,
+        )
+    else:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise FedrayError(
+                f"runtime.address = {address!r}: cannot connect to a Ray cluster ({exc}); "
+                "expected 'auto' or host:port of a running head (ray start --head)"
+            ) from None
+    return True
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The user-facing cause of a Ray task error."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+class RayExecutor:
+    """One Ray actor per host; ``clients_per_actor`` clients per host (default 1).
+
+    Args:
+        config: The validated run config.
+        aggregator: The strategy's aggregator (its ``encode`` runs in the hosts).
+    """
+
+    def __init__(self, config: Config, aggregator: Aggregator) -> None:
+        import ray
+
+        self._ray = ray
+        groups = group_clients(config.data.num_clients, config.runtime.clients_per_actor)
+        total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        cpus_per_host = min(1.0, total_cpus / len(groups))
+        threads = max(1, math.floor(total_cpus / len(groups)))
+        remote_host = ray.remote(ClientHost)
+        self.hosts = [
+            remote_host.options(num_cpus=cpus_per_host).remote(  # type: ignore[attr-defined]
+                HostSpec(config, g, aggregator, with_test_set=(i == 0), threads=threads)
+            )
+            for i, g in enumerate(groups)
+        ]
+        self._groups = groups
+        self._host_index = {cid: i for i, g in enumerate(groups) for cid in g}
+        self._num_clients = config.data.num_clients
+        try:
+            self.host_info = ray.get([h.ready.remote() for h in self.hosts])
+        except ray.exceptions.RayTaskError as exc:
+            self.close()
+            cause = _unwrap(exc)
+            if isinstance(cause, FedrayError):
+                raise cause from None
+            raise FedrayError(f"a client host failed to start: {cause}") from None
+        logger.info(
+            "%d client hosts ready (%d clients, %.2f CPU and %d TF threads each)",
+            len(self.hosts),
+            self._num_clients,
+            cpus_per_host,
+            threads,
+        )
+
+    @property
+    def num_clients(self) -> int:
+        """Number of registered clients."""
+        return self._num_clients
+
+    def initial_params(self) -> Params:
+        """Weights of host 0's freshly built model."""
+        return list(self._ray.get(self.hosts[0].initial_params.remote()))
+
+    def broadcast(self, params: Params) -> Any:
+        """Put ``params`` in the object store once; every host gets this ref."""
+        return self._ray.put(params)
+
+    def _plan(self, client_ids: Sequence[int]) -> dict[int, list[int]]:
+        plan: dict[int, list[int]] = {}
+        for cid in client_ids:
+            plan.setdefault(self._host_index[cid], []).append(cid)
+        return plan
+
+    def _gather(self, calls: dict[Any, list[int]], what: str) -> list[Any]:
+        """Collect results as they finish; a dead host fails all its clients."""
+        ray = self._ray
+        out: list[Any] = []
+        pending = list(calls)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                try:
+                    out.extend(ray.get(ref))
+                except ray.exceptions.RayError as exc:
+                    cause = _unwrap(exc)
+                    reason = f"host failed during {what}: {type(cause).__name__}: {cause}"
+                    out.extend(ClientFailure(cid, reason) for cid in calls[ref])
+        return out
+
+    def fit(
+        self, client_ids: Sequence[int], params: Any, info: RoundInfo
+    ) -> list[ClientUpdate | ClientFailure]:
+        """Start every sampled client's training and collect updates as they finish."""
+        calls = {
+            self.hosts[h].fit.remote(ids, params, info): ids
+            for h, ids in self._plan(client_ids).items()
+        }
+        return self._gather(calls, "fit")
+
+    def evaluate(self, params: Any) -> Metrics:
+        """Centralized evaluation on host 0's held-out test set."""
+        return dict(self._ray.get(self.hosts[0].evaluate.remote(params)))
+
+    def evaluate_clients(
+        self, client_ids: Sequence[int], params: Any
+    ) -> list[ClientEval | ClientFailure]:
+        """Federated evaluation on the clients' local test splits."""
+        calls = {
+            self.hosts[h].evaluate_clients.remote(ids, params): ids
+            for h, ids in self._plan(client_ids).items()
+        }
+        return self._gather(calls, "evaluate")
+
+    def export(self, params: Params) -> bytes:
+        """The final model as ``.keras`` bytes, saved by host 0."""
+        return bytes(self._ray.get(self.hosts[0].export.remote(params)))
+
+    def predict(self, params: Params, x: list[list[float]]) -> list[list[float]]:
+        """Predictions of the model with ``params`` (computed on host 0)."""
+        import numpy as np
+
+        return np.asarray(self._ray.get(self.hosts[0].predict.remote(params, x))).tolist()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Kill the host actors."""
+        for h in self.hosts:
+            self._ray.kill(h)
+        self.hosts = []
+
+
+def shutdown() -> None:
+    """Shut down the Ray instance this process started."""
+    import ray
+
+    ray.shutdown()

@@ -1,0 +1,80 @@
+"""Arithmetic on :data:`fedray.records.Params` (lists of numpy arrays).
+
+Layer 0: pure numpy. Functions never mutate their inputs, since arrays received
+from Ray's object store are read-only views.
+
+>>> a = [np.array([1.0, 2.0]), np.array([[3.0]])]
+>>> [x.tolist() for x in add(a, scale(a, 2.0))]
+[[3.0, 6.0], [[9.0]]]
+>>> float(global_norm([np.array([3.0]), np.array([4.0])]))
+5.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedray.records import Params
+
+
+def zeros_like(params: Params, dtype: type | None = None) -> Params:
+    """Writable zero arrays with the shapes of ``params``."""
+    return [np.zeros(p.shape, dtype=dtype or p.dtype) for p in params]
+
+
+def add(a: Params, b: Params) -> Params:
+    """Element-wise ``a + b``."""
+    return [x + y for x, y in zip(a, b, strict=True)]
+
+
+def sub(a: Params, b: Params) -> Params:
+    """Element-wise ``a - b``."""
+    return [x - y for x, y in zip(a, b, strict=True)]
+
+
+def scale(a: Params, factor: float) -> Params:
+    """Element-wise ``factor * a``."""
+    return [x * factor for x in a]
+
+
+def global_norm(a: Params) -> float:
+    """L2 norm of all arrays concatenated.
+
+    >>> global_norm([np.ones(4)])
+    2.0
+    """
+    return float(np.sqrt(sum(float(np.vdot(x, x)) for x in a)))
+
+
+def all_finite(a: Params) -> bool:
+    """True when no array holds NaN or Inf."""
+    return all(bool(np.isfinite(x).all()) for x in a)
+
+
+def astype_like(a: Params, like: Params) -> Params:
+    """Cast each array of ``a`` to the dtype of the matching array of ``like``."""
+    return [x.astype(y.dtype, copy=False) for x, y in zip(a, like, strict=True)]
+
+
+def structure_mismatch(candidate: Sequence[np.ndarray], reference: Params) -> str | None:
+    """Describe how ``candidate`` differs in structure from ``reference``.
+
+    Returns:
+        ``None`` when both have the same number of arrays with the same shapes and
+        dtypes, else a one-line description of the first difference.
+
+    >>> structure_mismatch([np.zeros(2)], [np.zeros(3)])
+    'array 0 has shape (2,), expected (3,)'
+    """
+    if len(candidate) != len(reference):
+        return f"got {len(candidate)} arrays, expected {len(reference)}"
+    for i, (c, r) in enumerate(zip(candidate, reference, strict=True)):
+        if not isinstance(c, np.ndarray):
+            return f"array {i} is a {type(c).__name__}, expected numpy.ndarray"
+        if c.shape != r.shape:
+            return f"array {i} has shape {c.shape}, expected {r.shape}"
+        if c.dtype != r.dtype:
+            return f"array {i} has dtype {c.dtype}, expected {r.dtype}"
+    return None
