@@ -112,10 +112,7 @@ class ClientHost:
         self._train: dict[int, Any] = {}
         self._test: dict[int, Any] = {}
         for cid, shard in self.shards.items():
-            ds = tf.data.Dataset.from_tensor_slices((shard.x, shard.y))
-            self._train[cid] = (
-                ds.shuffle(len(shard.x), seed=cfg.seed * 1_000_003 + cid).batch(batch).prefetch(2)
-            )
+            self._train[cid] = tf.data.Dataset.from_tensor_slices((shard.x, shard.y))
             if len(shard.x_test):
                 self._test[cid] = (
                     tf.data.Dataset.from_tensor_slices((shard.x_test, shard.y_test))
@@ -143,6 +140,8 @@ class ClientHost:
             "clients": list(self.spec.client_ids),
             "examples": {cid: len(s.x) for cid, s in self.shards.items()},
             "threads": self.spec.threads,
+            "tf_intra_op_threads": self._tf.config.threading.get_intra_op_parallelism_threads(),
+            "tf_inter_op_threads": self._tf.config.threading.get_inter_op_parallelism_threads(),
             "setup_s": self.setup_s,
         }
 
@@ -159,6 +158,17 @@ class ClientHost:
             if i not in self._opt_skip:
                 v.assign(init)
 
+    def _pipeline(self, cid: int, info: RoundInfo) -> Any:
+        """The client's cached tensors, shuffled with a seed derived from (seed, round, id).
+
+        Deriving the order from the round (not from how often this host trained before)
+        keeps results identical whether clients are packed or dedicated, and on resume.
+        """
+        seed = int(np.random.SeedSequence([info.seed, info.server_round, cid]).generate_state(1)[0])
+        n = len(self.shards[cid].x)
+        batch = self.spec.config.client.batch_size
+        return self._train[cid].shuffle(n, seed=seed).batch(batch).prefetch(2)
+
     def fit(
         self, client_ids: Sequence[int], params: Params, info: RoundInfo
     ) -> list[ClientUpdate | ClientFailure]:
@@ -172,7 +182,7 @@ class ClientHost:
                     raise KeyError(f"client {cid} is not hosted here ({list(self._train)})")
                 self._set(params)
                 self._reset_optimizer()
-                hist = self.model.fit(self._train[cid], epochs=epochs, verbose=0)
+                hist = self.model.fit(self._pipeline(cid, info), epochs=epochs, verbose=0)
                 new = self.model.get_weights()
                 delta = [np.subtract(n, p, dtype=p.dtype) for n, p in zip(new, params, strict=True)]
                 metrics = {k: float(v[-1]) for k, v in hist.history.items()}

@@ -234,7 +234,9 @@ def _table_to_arrays(
         groups[cfg.column] = df[cfg.column].to_numpy()
         drop.append(cfg.column)
     features = df.drop(columns=drop)
-    bad = [str(c) for c in features.columns if not np.issubdtype(features[c].dtype, np.number)]
+    from pandas.api.types import is_numeric_dtype
+
+    bad = [str(c) for c in features.columns if not is_numeric_dtype(features[c].dtype)]
     if bad:
         raise DataError(f"'{path}': feature columns must be numeric; not numeric: {', '.join(bad)}")
     missing = features.columns[features.isna().any()].tolist() + (
@@ -242,7 +244,7 @@ def _table_to_arrays(
     )
     if missing:
         raise DataError(f"'{path}': missing values in columns: {', '.join(map(str, missing))}")
-    return features.to_numpy(), df[cfg.label].to_numpy(), groups
+    return features.to_numpy(dtype=np.float32), df[cfg.label].to_numpy(), groups
 
 
 def _load_keras_images(cfg: DataConfig, rng: np.random.Generator) -> Dataset:

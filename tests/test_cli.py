@@ -1,0 +1,65 @@
+"""The `fedray` command as a user runs it."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _fedray(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "fedray.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--set", "data.num_clients=0"], "data.num_clients = 0: Input should be greater than or equal to 1"),
+        (["--set", "strategy.nme=fedavg"], "unknown key 'strategy.nme' (did you mean 'strategy.name'?)"),
+        (["--set", "client.learning_rate=fast"], "client.learning_rate = 'fast': Input should be a valid number"),
+    ],
+)
+def test_bad_config_is_one_clear_line_and_nonzero_exit(args, expected, tmp_path):
+    res = _fedray("run", "experiments/linreg.yaml", "--out", str(tmp_path / "o"), *args, timeout=60)
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("fedray: error: invalid config:") and expected in lines[0]
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "o").exists()  # nothing was started or written
+
+
+def test_missing_config_file():
+    res = _fedray("run", "experiments/nope.yaml", timeout=60)
+    assert res.returncode == 2
+    assert "config file not found: 'experiments/nope.yaml'" in res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_fedray_run_linreg_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    res = _fedray("run", "experiments/linreg.yaml", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    preds = dict(re.findall(r"prediction at x=\[(\d+)\]: ([-\d.]+)", res.stdout))
+    assert abs(float(preds["0"]) - 1) < 1.5 and abs(float(preds["10"]) - 31) < 1.5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["rounds"] == 10 and summary["config"]["data"]["num_clients"] == 2
+    assert set(summary["time"]) >= {"startup_s", "total_s", "round_s_median"}
+    assert summary["final"]["clients/ok"] == 2
+    import pandas as pd
+
+    df = pd.read_csv(out / "metrics.csv")
+    assert len(df) == 10
+    assert {"round", "time/round_s", "clients/ok", "clients/failed", "fit/loss", "eval/loss", "eval/mae"} <= set(df.columns)
+    # TensorFlow's and Ray's start-up noise is silenced by default.
+    assert "oneDNN" not in res.stderr and "cuda" not in res.stderr.lower()

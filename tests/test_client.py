@@ -1,0 +1,137 @@
+"""ClientHost and LocalExecutor in-process (TensorFlow, no Ray)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fedray import api, config
+from fedray.aggregators import Mean
+from fedray.client import ClientHost, HostSpec
+from fedray.errors import ConfigError, DataError
+from fedray.records import ClientFailure, ClientUpdate, RoundInfo
+
+pytest.importorskip("tensorflow")
+
+
+def _spec(overrides=(), ids=(0, 1), **kw):
+    cfg = config.load({"rounds": 2, "data": {"dataset": "linreg", "num_clients": 2}}, overrides)
+    return HostSpec(cfg, tuple(ids), Mean(), **kw)
+
+
+def test_host_fit_returns_deltas_and_resets_optimizer_but_not_learning_rate():
+    host = ClientHost(_spec(["client.optimizer=adam", "client.learning_rate=0.05"]))
+    info = host.ready()
+    assert info["clients"] == [0, 1] and info["examples"] == {0: 50, 1: 50}
+    params = host.initial_params()
+    for p in params:
+        p.setflags(write=False)  # as delivered by Ray's object store
+    out = host.fit([0], params, RoundInfo(server_round=1, seed=0))
+    assert isinstance(out[0], ClientUpdate)
+    assert [d.shape for d in out[0].delta] == [p.shape for p in params]
+    assert out[0].num_examples == 50 and np.isfinite(out[0].metrics["loss"])
+    opt = host.model.optimizer
+    assert int(opt.iterations.numpy()) > 0
+    host._reset_optimizer()
+    assert int(opt.iterations.numpy()) == 0
+    assert float(opt.learning_rate.numpy()) == pytest.approx(0.05)
+    assert all(float(np.abs(v.numpy()).sum()) == 0 for v in opt.variables if "momentum" in v.path)
+    # Same params, client and round give the same update again (state was reset) ...
+    again = host.fit([0], params, RoundInfo(server_round=1, seed=0))[0]
+    assert all(np.array_equal(a, b) for a, b in zip(out[0].delta, again.delta))
+    # ... while another round shuffles differently.
+    other = host.fit([0], params, RoundInfo(server_round=2, seed=0))[0]
+    assert not all(np.array_equal(a, b) for a, b in zip(out[0].delta, other.delta))
+
+
+def test_unknown_client_is_a_failure_not_a_crash():
+    host = ClientHost(_spec(ids=(0,)))
+    out = host.fit([1], host.initial_params(), RoundInfo(server_round=1, seed=0))
+    assert isinstance(out[0], ClientFailure) and "client 1 is not hosted here" in out[0].reason
+
+
+def test_start_up_errors_are_delivered_by_ready(tmp_path):
+    cfg = config.load({"data": {"dataset": "csv", "path": str(tmp_path / "none.csv")}})
+    host = ClientHost(HostSpec(cfg, (0,), Mean()))
+    with pytest.raises(DataError, match="file not found"):
+        host.ready()
+
+
+def test_same_seed_gives_identical_initial_models_on_every_host():
+    a = ClientHost(_spec(ids=(0,))).initial_params()
+    b = ClientHost(_spec(ids=(1,))).initial_params()
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_thread_pools_are_capped_before_tensorflow_starts():
+    code = (
+        "from fedray.client import configure_tensorflow\n"
+        "configure_tensorflow(1, verbose=False)\n"
+        "import tensorflow as tf\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1"]
+
+
+def test_linreg_hello_world_in_process(tmp_path, linreg_config):
+    hist = api.run(linreg_config, out=tmp_path, overrides=["runtime.executor=local", "runtime.progress=false"])
+    (y0,), (y10,) = hist.summary["predictions"]["outputs"]
+    assert abs(y0 - 1) < 1.5 and abs(y10 - 31) < 1.5
+    assert {p.name for p in tmp_path.iterdir()} >= {"metrics.csv", "summary.json", "model.keras"}
+    df = hist.metrics
+    assert list(df["round"]) == list(range(1, 11))
+    for col in ["time/round_s", "clients/ok", "clients/failed", "fit/loss", "eval/loss", "eval/mae"]:
+        assert col in df.columns
+    assert df["eval/loss"].iloc[-1] < df["eval/loss"].iloc[0]
+    model = hist.model()
+    pred = model.predict(np.array([[0.0], [10.0]], np.float32), verbose=0)
+    np.testing.assert_allclose(pred[:, 0], [y0, y10], rtol=1e-5)
+
+
+def test_packed_and_dedicated_hosts_give_the_same_model(tmp_path, linreg_config):
+    common = ["runtime.executor=local", "runtime.progress=false", "rounds=3", "data.num_clients=4"]
+    a = api.run(linreg_config, out=tmp_path / "a", overrides=[*common, "runtime.clients_per_actor=1"])
+    b = api.run(linreg_config, out=tmp_path / "b", overrides=[*common, "runtime.clients_per_actor=3"])
+    for x, y in zip(a.params, b.params):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_classification_with_federated_evaluation(tmp_path):
+    cfg = {
+        "rounds": 4,
+        "data": {"dataset": "digits", "num_clients": 3, "partition": "dirichlet", "alpha": 1.0,
+                 "client_test_fraction": 0.2},
+        "model": {"name": "mlp", "hidden": [32]},
+        "client": {"optimizer": "adam", "learning_rate": 0.01, "local_epochs": 2},
+        "evaluation": {"federated_every": 2},
+        "runtime": {"executor": "local", "progress": False, "clients_per_actor": 3},
+    }
+    hist = api.run(cfg, out=tmp_path)
+    final = hist.final
+    assert final["eval/accuracy"] > 0.7  # chance is 0.1
+    assert final["fed_eval/clients"] == 3 and final["fed_eval/accuracy"] > 0.7
+
+
+def test_cnn_and_custom_functional_builder(tmp_path):
+    base = {"rounds": 1, "runtime": {"executor": "local", "progress": False, "clients_per_actor": 2}}
+    cnn = api.run({**base, "data": {"dataset": "digits"}, "model": {"name": "cnn"}}, out=tmp_path / "c")
+    assert 0 <= cnn.final["eval/accuracy"] <= 1
+    custom = api.run(
+        {**base, "data": {"dataset": "linreg"}, "model": {"name": "tests.custom_models:build"}},
+        out=tmp_path / "f",
+    )
+    assert "eval/mse" in custom.final  # the builder's own compiled metric is kept
+    assert custom.model().name == "custom_functional"
+
+
+def test_bad_builders_and_cnn_on_tabular_data(tmp_path):
+    base = {"rounds": 1, "runtime": {"executor": "local", "progress": False}}
+    with pytest.raises(ConfigError, match="returned str; expected a keras.Model"):
+        api.run({**base, "model": {"name": "tests.custom_models:not_a_model"}}, out=tmp_path)
+    with pytest.raises(ConfigError, match="cannot import module 'no_such_pkg'"):
+        api.run({**base, "model": {"name": "no_such_pkg:build"}}, out=tmp_path)
+    with pytest.raises(ConfigError, match="'cnn' needs image inputs.*input shape \\(1,\\)"):
+        api.run({**base, "model": {"name": "cnn"}}, out=tmp_path)

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from fedray import config
+from fedray.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_overrides(linreg_config):
+    cfg = config.load(linreg_config, ["rounds=3", "data.num_clients=4", "model.hidden=[8, 4]"])
+    assert cfg.rounds == 3 and cfg.data.num_clients == 4 and cfg.model.hidden == [8, 4]
+    assert cfg.data.dataset == "linreg" and cfg.client.learning_rate == 0.01
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    config.load(path)
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("data.num_clients=0", "data.num_clients = 0: Input should be greater than or equal to 1"),
+        ("data.num_client=3", "unknown key 'data.num_client' (did you mean 'data.num_clients'?)"),
+        ("client.optimizer=lbfgs", "client.optimizer = 'lbfgs': Input should be 'sgd', 'adam'"),
+        ("rounds=many", "rounds = 'many': Input should be a valid integer"),
+        ("strategy.fraction_fit=1.5", "strategy.fraction_fit = 1.5: Input should be less than or equal to 1"),
+        ("strategy.min_fit_clients=5", "strategy.min_fit_clients=5 exceeds data.num_clients=2"),
+        ("model.name=resnet", "unknown model 'resnet'"),
+        ("data.dataset=csv", "data.path is required for dataset 'csv'"),
+        ("data.partition=column", "data.column is required when data.partition is 'column'"),
+        ("model.hidden=[0]", "hidden sizes must be >= 1, got [0]"),
+    ],
+)
+def test_bad_values_are_reported_with_key_value_and_allowed(linreg_config, override, expected):
+    with pytest.raises(ConfigError) as info:
+        config.load(linreg_config, [override])
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_all_problems_reported_together(linreg_config):
+    with pytest.raises(ConfigError) as info:
+        config.load(linreg_config, ["rounds=0", "seed=-1", "client.batch_size=0"])
+    msg = str(info.value)
+    assert "rounds = 0" in msg and "seed = -1" in msg and "client.batch_size = 0" in msg
+
+
+def test_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: '.*nope.yaml'"):
+        config.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rounds: [1, 2\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        config.load(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping of keys, got list"):
+        config.load(lst)
+    with pytest.raises(ConfigError, match="expects dotted.key=value, got 'rounds'"):
+        config.load({}, ["rounds"])
+
+
+def test_resolved_config_round_trips():
+    cfg = config.load({"rounds": 2})
+    assert config.load(cfg.to_dict()) == cfg

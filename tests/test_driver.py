@@ -1,0 +1,179 @@
+"""The round loop on a pure-numpy fake executor: FedAvg math, failures, rollback."""
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from fedray.callbacks import Callback, RoundRecorder
+from fedray.driver import run_rounds, validate_update
+from fedray.records import ClientEval, ClientFailure, ClientUpdate, RoundInfo
+from fedray.server_opt import ServerSGD
+from fedray.strategy import Strategy, fedavg
+
+
+class QuadraticExecutor:
+    """Client k pulls the model halfway towards its target t_k: delta = 0.5 (t_k - w).
+
+    ``behaviour`` maps client id -> "fail" | "nan" | "shape" | "huge".
+    """
+
+    def __init__(self, targets, sizes, behaviour=None):
+        self.targets = [np.asarray(t, np.float32) for t in targets]
+        self.sizes = sizes
+        self.behaviour = behaviour or {}
+        self.broadcasts = 0
+        self.fit_calls = []
+
+    @property
+    def num_clients(self):
+        return len(self.targets)
+
+    def initial_params(self):
+        return [np.zeros_like(self.targets[0])]
+
+    def broadcast(self, params):
+        self.broadcasts += 1
+        out = [np.array(p) for p in params]
+        for p in out:
+            p.setflags(write=False)  # like Ray's object store
+        return out
+
+    def fit(self, client_ids: Sequence[int], params, info: RoundInfo):
+        self.fit_calls.append((list(client_ids), info.server_round))
+        out = []
+        for cid in reversed(client_ids):  # arrival order must not matter
+            kind = self.behaviour.get(cid)
+            if kind == "fail":
+                out.append(ClientFailure(cid, "RuntimeError: boom"))
+                continue
+            delta = [0.5 * (self.targets[cid] - params[0])]
+            if kind == "nan":
+                delta = [np.full_like(delta[0], np.nan)]
+            elif kind == "shape":
+                delta = [np.zeros(7, np.float32)]
+            elif kind == "huge":
+                delta = [np.full_like(delta[0], 3e38)]
+            out.append(ClientUpdate(cid, delta, self.sizes[cid], {"loss": float(cid)}))
+        return out
+
+    def evaluate(self, params):
+        return {"w": float(params[0][0])}
+
+    def evaluate_clients(self, client_ids, params):
+        return [ClientEval(c, 1, {"w": float(params[0][0])}) for c in client_ids]
+
+    def close(self):
+        pass
+
+
+def _run(executor, strategy=None, rounds=3, **kw):
+    rec = RoundRecorder()
+    params = run_rounds(
+        strategy=strategy or fedavg(),
+        executor=executor,
+        rounds=rounds,
+        seed=0,
+        callback=rec,
+        **kw,
+    )
+    return params, rec.rows
+
+
+def test_fedavg_rounds_match_hand_computation():
+    ex = QuadraticExecutor(targets=[[2.0], [8.0]], sizes=[1, 3])
+    params, rows = _run(ex, rounds=2)
+    # Weighted target = (1*2 + 3*8)/4 = 6.5. Each round w <- w + 0.5 (6.5 - w).
+    # Round 1: 3.25. Round 2: 4.875.
+    assert rows[0]["eval/w"] == pytest.approx(3.25)
+    assert rows[1]["eval/w"] == pytest.approx(4.875)
+    np.testing.assert_allclose(params[0], [4.875])
+    assert rows[0]["fit/loss"] == pytest.approx((0 * 1 + 1 * 3) / 4)
+    assert rows[0]["clients/ok"] == 2 and rows[0]["clients/failed"] == 0
+    # One broadcast for the initial model, then one per committed round.
+    assert ex.broadcasts == 3
+
+
+def test_failed_client_is_recorded_and_round_goes_on():
+    ex = QuadraticExecutor([[2.0], [8.0], [4.0]], [1, 1, 1], behaviour={1: "fail"})
+    params, rows = _run(ex, strategy=fedavg(min_fit_clients=2), rounds=1)
+    assert rows[0]["clients/ok"] == 2 and rows[0]["clients/failed"] == 1
+    np.testing.assert_allclose(params[0], [0.5 * 3.0])  # mean target of clients 0, 2
+
+
+@pytest.mark.parametrize("kind", ["nan", "shape"])
+def test_invalid_updates_are_rejected(kind, caplog):
+    ex = QuadraticExecutor([[2.0], [8.0]], [1, 1], behaviour={1: kind})
+    params, rows = _run(ex, rounds=1)
+    assert rows[0]["clients/failed"] == 1
+    np.testing.assert_allclose(params[0], [1.0])
+    assert "client 1 failed" in caplog.text
+
+
+def test_too_few_clients_leaves_the_model_unchanged(caplog):
+    ex = QuadraticExecutor([[2.0], [8.0]], [1, 1], behaviour={0: "fail", 1: "fail"})
+    params, rows = _run(ex, rounds=2)
+    np.testing.assert_allclose(params[0], [0.0])
+    assert [r["round/committed"] for r in rows] == [0, 0]
+    assert "fewer than min_fit_clients=1" in caplog.text
+
+
+def test_non_finite_aggregate_is_rolled_back():
+    ex = QuadraticExecutor([[2.0], [8.0]], [1, 1], behaviour={0: "huge", 1: "huge"})
+    strategy = Strategy(server_optimizer=ServerSGD(learning_rate=10.0))
+    with np.errstate(over="ignore"):
+        params, rows = _run(ex, strategy=strategy, rounds=1)
+    # Each delta is finite (3e38), but 10 x 3e38 overflows float32 -> inf -> rolled back.
+    assert rows[0]["round/committed"] == 0
+    np.testing.assert_array_equal(params[0], [0.0])
+
+
+def test_sampling_uses_fraction_and_seed():
+    ex = QuadraticExecutor([[float(i)] for i in range(10)], [1] * 10)
+    _run(ex, strategy=fedavg(fraction_fit=0.3), rounds=4)
+    assert all(len(ids) == 3 for ids, _ in ex.fit_calls)
+    ex2 = QuadraticExecutor([[float(i)] for i in range(10)], [1] * 10)
+    _run(ex2, strategy=fedavg(fraction_fit=0.3), rounds=4)
+    assert ex.fit_calls == ex2.fit_calls
+    assert len({tuple(ids) for ids, _ in ex.fit_calls}) > 1
+
+
+def test_callbacks_see_every_hook_in_order():
+    events = []
+
+    class Spy(Callback):
+        def on_run_begin(self, logs):
+            events.append("begin")
+
+        def on_round_begin(self, server_round):
+            events.append(f"r{server_round}")
+
+        def on_round_end(self, server_round, logs):
+            events.append(f"e{server_round}")
+
+        def on_run_end(self, logs):
+            events.append("end")
+
+    run_rounds(
+        strategy=fedavg(),
+        executor=QuadraticExecutor([[1.0]], [1]),
+        rounds=2,
+        seed=0,
+        callback=Spy(),
+    )
+    assert events == ["begin", "r1", "e1", "r2", "e2", "end"]
+
+
+def test_federated_evaluation_is_logged():
+    _, rows = _run(QuadraticExecutor([[2.0], [8.0]], [1, 1]), rounds=2, federated_evaluate_every=2)
+    assert "fed_eval/w" not in rows[0]
+    assert rows[1]["fed_eval/w"] == pytest.approx(rows[1]["eval/w"])
+    assert rows[1]["fed_eval/clients"] == 2
+
+
+def test_validate_update_messages():
+    ref = [np.zeros(2, np.float32)]
+    assert validate_update(ClientUpdate(0, [np.zeros(2, np.float32)], 1), ref) is None
+    assert "NaN or Inf" in validate_update(ClientUpdate(0, [np.array([np.inf, 0], np.float32)], 1), ref)
+    assert "shape (3,), expected (2,)" in validate_update(ClientUpdate(0, [np.zeros(3, np.float32)], 1), ref)
+    assert "num_examples must be > 0, got 0" in validate_update(ClientUpdate(0, [np.zeros(2, np.float32)], 0), ref)
