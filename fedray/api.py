@@ -23,8 +23,14 @@ from typing import Any
 import numpy as np
 
 from fedray import config as config_mod
-from fedray.callbacks import Callback, CallbackList, CSVLogger, LoggingCallback, ProgressBar
-from fedray.callbacks import RoundRecorder
+from fedray.callbacks import (
+    Callback,
+    CallbackList,
+    CSVLogger,
+    LoggingCallback,
+    ProgressBar,
+    RoundRecorder,
+)
 from fedray.config import Config
 from fedray.driver import run_rounds
 from fedray.records import Params

@@ -115,8 +115,13 @@ class ProgressBar(Callback):
 
     def on_run_begin(self, logs: Logs) -> None:
         """Start the bar."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-        from rich.progress import TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self._progress = Progress(
             TextColumn("round"),

@@ -154,7 +154,9 @@ class ClientHost:
         self.model.set_weights(params)
 
     def _reset_optimizer(self) -> None:
-        for i, (v, init) in enumerate(zip(self.model.optimizer.variables, self._opt_init, strict=True)):
+        for i, (v, init) in enumerate(
+            zip(self.model.optimizer.variables, self._opt_init, strict=True)
+        ):
             if i not in self._opt_skip:
                 v.assign(init)
 
@@ -235,8 +237,6 @@ class ClientHost:
             path = Path(tmp) / "model.keras"
             self.model.save(path)
             return path.read_bytes()
-
-
 
 
 def group_clients(num_clients: int, clients_per_host: int) -> list[tuple[int, ...]]:

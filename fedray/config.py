@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic import model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedray.errors import ConfigError
 
@@ -155,13 +154,14 @@ class Config(_Section):
 
 def _allowed_keys(model: type[BaseModel], loc: Iterable[Any]) -> list[str]:
     """Keys allowed at ``loc`` (the parent of an unknown key)."""
-    current: Any = model
+    current: type[BaseModel] = model
     for part in loc:
         field = current.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not isinstance(field.annotation, type):
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
-        current = field.annotation
-    return list(current.model_fields) if isinstance(current, type) else []
+        current = annotation
+    return list(current.model_fields)
 
 
 def _format_error(err: Mapping[str, Any]) -> str:
@@ -212,19 +212,14 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         node = out
         for p in parts[:-1]:
             child = node.get(p)
-            if not isinstance(child, dict):
-                child = {}
-            else:
-                child = dict(child)
+            child = dict(child) if isinstance(child, dict) else {}
             node[p] = child
             node = child
         node[parts[-1]] = yaml.safe_load(text)
     return out
 
 
-def load(
-    source: str | Path | Mapping[str, Any] | Config, overrides: Iterable[str] = ()
-) -> Config:
+def load(source: str | Path | Mapping[str, Any] | Config, overrides: Iterable[str] = ()) -> Config:
     """Load and validate a config from a YAML path, a mapping or a :class:`Config`.
 
     Raises:

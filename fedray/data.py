@@ -254,9 +254,12 @@ def _load_keras_images(cfg: DataConfig, rng: np.random.Generator) -> Dataset:
         missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
         if missing:
             raise DataError(f"'{cfg.path}' lacks arrays {missing} for dataset {name!r}")
-        (x, y), (xt, yt) = (arrays["x_train"], arrays["y_train"]), (
-            arrays["x_test"],
-            arrays["y_test"],
+        (x, y), (xt, yt) = (
+            (arrays["x_train"], arrays["y_train"]),
+            (
+                arrays["x_test"],
+                arrays["y_test"],
+            ),
         )
     else:  # pragma: no cover - needs the internet; tested by monkeypatching keras.datasets
         import keras
@@ -337,13 +340,14 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     if name in ("csv", "parquet"):
         path = _require_file(cfg.path, f"dataset {name!r}")
         x, y, groups = _table_to_arrays(_read_table(path, name), cfg, path)
-        xt = yt = None
+        test_x: np.ndarray | None = None
+        test_y: np.ndarray | None = None
         if cfg.test_path:
             tpath = _require_file(cfg.test_path, "data.test_path")
-            xt, yt, _ = _table_to_arrays(
+            test_x, test_y, _ = _table_to_arrays(
                 _read_table(tpath, name), cfg.model_copy(update={"partition": "iid"}), tpath
             )
-        if xt is None and groups:
+        if test_x is None and groups:
             # Keep the group column aligned with the training rows after the split.
             n_test = round(len(x) * cfg.test_fraction)
             perm = rng.permutation(len(x))
@@ -351,7 +355,7 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
             ds = _finish(x[tr], y[tr], x[te], y[te], cfg, rng, str(path))
             ds.groups = {k: v[tr] for k, v in groups.items()}
             return ds
-        ds = _finish(x, y, xt, yt, cfg, rng, str(path))
+        ds = _finish(x, y, test_x, test_y, cfg, rng, str(path))
         ds.groups = groups
         return ds
     if name in ("mnist", "cifar10"):
@@ -373,7 +377,7 @@ def partition_indices(ds: Dataset, cfg: DataConfig, seed: int) -> list[np.ndarra
                     f"data.column={col!r} is not a column of dataset {cfg.dataset!r}; "
                     f"available: {sorted(ds.groups) or 'none'}"
                 )
-            parts, keys = part.column(ds.groups[col])
+            parts, _ = part.column(ds.groups[col])
             if len(parts) != cfg.num_clients:
                 raise DataError(
                     f"data.num_clients={cfg.num_clients} but column {col!r} has "

@@ -139,7 +139,9 @@ def run_rounds(
                 params, opt_state, committed = new_params, new_opt_state, True
                 handle = executor.broadcast(params)
             else:
-                logger.warning("round %d: aggregated model is not finite; rolled back", server_round)
+                logger.warning(
+                    "round %d: aggregated model is not finite; rolled back", server_round
+                )
         else:
             logger.warning(
                 "round %d: only %d of %d clients succeeded, fewer than min_fit_clients=%d; "

@@ -78,7 +78,9 @@ def build_model(cfg: ModelConfig, client: ClientConfig, info: DatasetInfo) -> An
     if cfg.name in ("linear", "mlp", "cnn"):
         model = _builtin(cfg, info)
     else:
-        model = resolve_builder(cfg.name)(input_shape=info.input_shape, num_outputs=info.num_outputs)
+        model = resolve_builder(cfg.name)(
+            input_shape=info.input_shape, num_outputs=info.num_outputs
+        )
         if not isinstance(model, keras.Model):
             raise ConfigError(
                 f"model.name = {cfg.name!r} returned {type(model).__name__}; expected a keras.Model"

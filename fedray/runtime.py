@@ -83,7 +83,7 @@ class RayExecutor:
         threads = max(1, math.floor(total_cpus / len(groups)))
         remote_host = ray.remote(ClientHost)
         self.hosts = [
-            remote_host.options(num_cpus=cpus_per_host).remote(  # type: ignore[attr-defined]
+            remote_host.options(num_cpus=cpus_per_host).remote(
                 HostSpec(config, g, aggregator, with_test_set=(i == 0), threads=threads)
             )
             for i, g in enumerate(groups)

@@ -23,9 +23,18 @@ def _fedray(*args, timeout=300):
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (["--set", "data.num_clients=0"], "data.num_clients = 0: Input should be greater than or equal to 1"),
-        (["--set", "strategy.nme=fedavg"], "unknown key 'strategy.nme' (did you mean 'strategy.name'?)"),
-        (["--set", "client.learning_rate=fast"], "client.learning_rate = 'fast': Input should be a valid number"),
+        (
+            ["--set", "data.num_clients=0"],
+            "data.num_clients = 0: Input should be greater than or equal to 1",
+        ),
+        (
+            ["--set", "strategy.nme=fedavg"],
+            "unknown key 'strategy.nme' (did you mean 'strategy.name'?)",
+        ),
+        (
+            ["--set", "client.learning_rate=fast"],
+            "client.learning_rate = 'fast': Input should be a valid number",
+        ),
     ],
 )
 def test_bad_config_is_one_clear_line_and_nonzero_exit(args, expected, tmp_path):
@@ -60,6 +69,14 @@ def test_fedray_run_linreg_end_to_end(tmp_path):
 
     df = pd.read_csv(out / "metrics.csv")
     assert len(df) == 10
-    assert {"round", "time/round_s", "clients/ok", "clients/failed", "fit/loss", "eval/loss", "eval/mae"} <= set(df.columns)
+    assert {
+        "round",
+        "time/round_s",
+        "clients/ok",
+        "clients/failed",
+        "fit/loss",
+        "eval/loss",
+        "eval/mae",
+    } <= set(df.columns)
     # TensorFlow's and Ray's start-up noise is silenced by default.
     assert "oneDNN" not in res.stderr and "cuda" not in res.stderr.lower()

@@ -77,13 +77,22 @@ def test_thread_pools_are_capped_before_tensorflow_starts():
 
 
 def test_linreg_hello_world_in_process(tmp_path, linreg_config):
-    hist = api.run(linreg_config, out=tmp_path, overrides=["runtime.executor=local", "runtime.progress=false"])
+    hist = api.run(
+        linreg_config, out=tmp_path, overrides=["runtime.executor=local", "runtime.progress=false"]
+    )
     (y0,), (y10,) = hist.summary["predictions"]["outputs"]
     assert abs(y0 - 1) < 1.5 and abs(y10 - 31) < 1.5
     assert {p.name for p in tmp_path.iterdir()} >= {"metrics.csv", "summary.json", "model.keras"}
     df = hist.metrics
     assert list(df["round"]) == list(range(1, 11))
-    for col in ["time/round_s", "clients/ok", "clients/failed", "fit/loss", "eval/loss", "eval/mae"]:
+    for col in [
+        "time/round_s",
+        "clients/ok",
+        "clients/failed",
+        "fit/loss",
+        "eval/loss",
+        "eval/mae",
+    ]:
         assert col in df.columns
     assert df["eval/loss"].iloc[-1] < df["eval/loss"].iloc[0]
     model = hist.model()
@@ -93,8 +102,12 @@ def test_linreg_hello_world_in_process(tmp_path, linreg_config):
 
 def test_packed_and_dedicated_hosts_give_the_same_model(tmp_path, linreg_config):
     common = ["runtime.executor=local", "runtime.progress=false", "rounds=3", "data.num_clients=4"]
-    a = api.run(linreg_config, out=tmp_path / "a", overrides=[*common, "runtime.clients_per_actor=1"])
-    b = api.run(linreg_config, out=tmp_path / "b", overrides=[*common, "runtime.clients_per_actor=3"])
+    a = api.run(
+        linreg_config, out=tmp_path / "a", overrides=[*common, "runtime.clients_per_actor=1"]
+    )
+    b = api.run(
+        linreg_config, out=tmp_path / "b", overrides=[*common, "runtime.clients_per_actor=3"]
+    )
     for x, y in zip(a.params, b.params):
         np.testing.assert_array_equal(x, y)
 
@@ -102,8 +115,13 @@ def test_packed_and_dedicated_hosts_give_the_same_model(tmp_path, linreg_config)
 def test_classification_with_federated_evaluation(tmp_path):
     cfg = {
         "rounds": 4,
-        "data": {"dataset": "digits", "num_clients": 3, "partition": "dirichlet", "alpha": 1.0,
-                 "client_test_fraction": 0.2},
+        "data": {
+            "dataset": "digits",
+            "num_clients": 3,
+            "partition": "dirichlet",
+            "alpha": 1.0,
+            "client_test_fraction": 0.2,
+        },
         "model": {"name": "mlp", "hidden": [32]},
         "client": {"optimizer": "adam", "learning_rate": 0.01, "local_epochs": 2},
         "evaluation": {"federated_every": 2},
@@ -116,8 +134,13 @@ def test_classification_with_federated_evaluation(tmp_path):
 
 
 def test_cnn_and_custom_functional_builder(tmp_path):
-    base = {"rounds": 1, "runtime": {"executor": "local", "progress": False, "clients_per_actor": 2}}
-    cnn = api.run({**base, "data": {"dataset": "digits"}, "model": {"name": "cnn"}}, out=tmp_path / "c")
+    base = {
+        "rounds": 1,
+        "runtime": {"executor": "local", "progress": False, "clients_per_actor": 2},
+    }
+    cnn = api.run(
+        {**base, "data": {"dataset": "digits"}, "model": {"name": "cnn"}}, out=tmp_path / "c"
+    )
     assert 0 <= cnn.final["eval/accuracy"] <= 1
     custom = api.run(
         {**base, "data": {"dataset": "linreg"}, "model": {"name": "tests.custom_models:build"}},

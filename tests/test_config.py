@@ -14,7 +14,9 @@ def test_defaults_and_overrides(linreg_config):
     assert cfg.data.dataset == "linreg" and cfg.client.learning_rate == 0.01
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_every_shipped_config_validates(path):
     config.load(path)
 
@@ -26,7 +28,10 @@ def test_every_shipped_config_validates(path):
         ("data.num_client=3", "unknown key 'data.num_client' (did you mean 'data.num_clients'?)"),
         ("client.optimizer=lbfgs", "client.optimizer = 'lbfgs': Input should be 'sgd', 'adam'"),
         ("rounds=many", "rounds = 'many': Input should be a valid integer"),
-        ("strategy.fraction_fit=1.5", "strategy.fraction_fit = 1.5: Input should be less than or equal to 1"),
+        (
+            "strategy.fraction_fit=1.5",
+            "strategy.fraction_fit = 1.5: Input should be less than or equal to 1",
+        ),
         ("strategy.min_fit_clients=5", "strategy.min_fit_clients=5 exceeds data.num_clients=2"),
         ("model.name=resnet", "unknown model 'resnet'"),
         ("data.dataset=csv", "data.path is required for dataset 'csv'"),

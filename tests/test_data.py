@@ -58,7 +58,7 @@ def test_digits():
     ds = data.load_dataset(_cfg(dataset="digits"), seed=0)
     assert ds.x_train.shape[1:] == (8, 8, 1) and ds.num_classes == 10
     assert len(ds.x_train) + len(ds.x_test) == 1797
-    assert 0 <= ds.x_train.min() and ds.x_train.max() <= 1
+    assert ds.x_train.min() >= 0 and ds.x_train.max() <= 1
 
 
 def test_npz(tmp_path):
@@ -146,7 +146,7 @@ def test_keras_image_datasets_from_a_cached_file(tmp_path, name, shape):
     ds = data.load_dataset(_cfg(dataset=name, path=str(p)), seed=0)
     expected = shape if len(shape) == 3 else (*shape, 1)
     assert ds.x_train.shape == (20, *expected) and ds.y_train.shape == (20,)
-    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    assert ds.x_train.min() >= 0.0 and ds.x_train.max() <= 1.0
 
 
 def test_mnist_without_path_uses_keras_datasets(monkeypatch):

@@ -174,6 +174,12 @@ def test_federated_evaluation_is_logged():
 def test_validate_update_messages():
     ref = [np.zeros(2, np.float32)]
     assert validate_update(ClientUpdate(0, [np.zeros(2, np.float32)], 1), ref) is None
-    assert "NaN or Inf" in validate_update(ClientUpdate(0, [np.array([np.inf, 0], np.float32)], 1), ref)
-    assert "shape (3,), expected (2,)" in validate_update(ClientUpdate(0, [np.zeros(3, np.float32)], 1), ref)
-    assert "num_examples must be > 0, got 0" in validate_update(ClientUpdate(0, [np.zeros(2, np.float32)], 0), ref)
+    assert "NaN or Inf" in validate_update(
+        ClientUpdate(0, [np.array([np.inf, 0], np.float32)], 1), ref
+    )
+    assert "shape (3,), expected (2,)" in validate_update(
+        ClientUpdate(0, [np.zeros(3, np.float32)], 1), ref
+    )
+    assert "num_examples must be > 0, got 0" in validate_update(
+        ClientUpdate(0, [np.zeros(2, np.float32)], 0), ref
+    )

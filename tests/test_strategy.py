@@ -14,7 +14,9 @@ def test_fedavg_recipe_composes_mean_and_sgd():
     assert STRATEGIES["fedavg"] is fedavg
 
 
-@pytest.mark.parametrize("fraction,n,expected", [(1.0, 7, 7), (0.5, 10, 5), (0.1, 100, 10), (0.01, 10, 1)])
+@pytest.mark.parametrize(
+    "fraction,n,expected", [(1.0, 7, 7), (0.5, 10, 5), (0.1, 100, 10), (0.01, 10, 1)]
+)
 def test_sampling_follows_fraction(fraction, n, expected):
     s = Strategy(fraction_fit=fraction)
     ids = s.sample_clients(n, np.random.default_rng(0))

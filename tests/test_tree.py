@@ -28,7 +28,10 @@ def test_structure_mismatch_reports_first_difference():
     assert tree.structure_mismatch(
         [np.zeros((2, 3), np.float32), np.zeros(3, np.float64)], ref
     ) == ("array 1 has dtype float64, expected float32")
-    assert tree.structure_mismatch([np.zeros((2, 3), np.float32), np.zeros(3, np.float32)], ref) is None
+    assert (
+        tree.structure_mismatch([np.zeros((2, 3), np.float32), np.zeros(3, np.float32)], ref)
+        is None
+    )
 
 
 def test_all_finite():

@@ -54,7 +54,9 @@ def test_mean_follows_the_aggregator_protocol():
     state = agg.init([np.zeros(2)])
     u = _u(3, [[1.0, 1.0]], 5)
     assert agg.encode(u, RoundInfo(server_round=1, seed=0)) is u
-    delta, new_state, meas = agg.aggregate([u, _u(4, [[3.0, 3.0]], 5)], state, np.random.default_rng(0))
+    delta, new_state, meas = agg.aggregate(
+        [u, _u(4, [[3.0, 3.0]], 5)], state, np.random.default_rng(0)
+    )
     np.testing.assert_allclose(delta[0], [2.0, 2.0])
     assert new_state == {}
     assert meas == {"num_clients": 2.0, "total_weight": 10.0}
