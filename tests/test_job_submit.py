@@ -1,0 +1,101 @@
+"""`ray job submit` of the hello-world against a private, throw-away local Ray head.
+
+The head gets its own temp dir and ports and a consistent RAY_AUTH_MODE (Ray 2.60
+turns token auth on by default). Cleanup kills only the processes it started:
+never `ray stop`, which would kill every Ray instance on the machine.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+psutil = pytest.importorskip("psutil")
+
+
+def _free_ports(n):
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _kill_started(temp_dir, client_port):
+    marks = (temp_dir, f"--ray-client-server-port={client_port}", f"--port={client_port}")
+    victims = set()
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if any(m in cmd for m in marks) and p.pid != os.getpid():
+            victims.add(p)
+            try:  # workers and agents rename themselves (ray::...): take the whole tree
+                victims.update(p.children(recursive=True))
+            except psutil.Error:
+                pass
+    for p in victims:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(list(victims), timeout=10)
+
+
+@pytest.fixture
+def ray_head():
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    temp_dir = tempfile.mkdtemp(prefix="frt", dir="/tmp")
+    gcs, dash, client, agent, nm, om, metrics, rte, agrpc = _free_ports(9)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [
+        ray_cli, "start", "--head", f"--port={gcs}", "--num-cpus=2",
+        f"--temp-dir={temp_dir}", "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+        f"--node-manager-port={nm}", f"--object-manager-port={om}",
+        f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rte}",
+        f"--dashboard-agent-grpc-port={agrpc}", "--object-store-memory=200000000",
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    try:
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        yield {"env": env, "ray": ray_cli, "dashboard": f"http://127.0.0.1:{dash}"}
+    finally:
+        _kill_started(temp_dir, client)
+        time.sleep(0.5)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_linreg_through_ray_job_submit(ray_head, tmp_path):
+    out = tmp_path / "job-run"
+    cmd = [
+        ray_head["ray"], "job", "submit", "--address", ray_head["dashboard"],
+        "--working-dir", str(ROOT), "--",
+        sys.executable, "-m", "fedray", "run", "experiments/linreg.yaml",
+        "--address", "auto", "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+    res = subprocess.run(
+        cmd, env=ray_head["env"], capture_output=True, text=True, cwd=ROOT, timeout=400
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "succeeded" in res.stdout + res.stderr
+    preds = dict(re.findall(r"prediction at x=\[(\d+)\]: ([-\d.]+)", res.stdout))
+    assert abs(float(preds["0"]) - 1) < 1.5 and abs(float(preds["10"]) - 31) < 1.5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["runtime"]["address"] == "auto"
+    assert (out / "model.keras").stat().st_size > 0
