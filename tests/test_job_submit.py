@@ -5,6 +5,7 @@ turns token auth on by default). Cleanup kills only the processes it started:
 never `ray stop`, which would kill every Ray instance on the machine.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -43,15 +44,12 @@ def _kill_started(temp_dir, client_port):
         cmd = " ".join(p.info["cmdline"] or [])
         if any(m in cmd for m in marks) and p.pid != os.getpid():
             victims.add(p)
-            try:  # workers and agents rename themselves (ray::...): take the whole tree
+            # Workers and agents rename themselves (ray::...): take the whole tree.
+            with contextlib.suppress(psutil.Error):
                 victims.update(p.children(recursive=True))
-            except psutil.Error:
-                pass
     for p in victims:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(list(victims), timeout=10)
 
 

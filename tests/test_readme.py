@@ -2,7 +2,10 @@
 
 from tests.conftest import ROOT
 
-RUN = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/fedray run experiments/linreg.yaml"
+RUN = (
+    "python3 -m venv .venv && .venv/bin/pip install -e . "
+    "&& .venv/bin/fedray run experiments/linreg.yaml"
+)
 TEST = 'python3 -m venv .venv && .venv/bin/pip install -e ".[dev]" && .venv/bin/python -m pytest'
 
 
