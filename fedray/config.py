@@ -120,7 +120,7 @@ class RuntimeConfig(_Section):
 
     executor: Literal["ray", "local"] = "ray"
     address: str | None = None
-    clients_per_actor: int = Field(1, ge=1)
+    clients_per_actor: int | Literal["auto"] = Field(1, ge=1)
     num_cpus: int | None = Field(None, ge=1)
     progress: bool = True
     verbose: bool = False

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from fedray.aggregators import Aggregator
 from fedray.client import ClientHost, HostSpec, group_clients
+from fedray.client import clients_per_host as resolve
 from fedray.config import Config
 from fedray.records import ClientEval, ClientFailure, ClientUpdate, Metrics, Params, RoundInfo
 
@@ -16,13 +17,16 @@ class LocalExecutor:
     Args:
         config: The validated run config.
         aggregator: The strategy's aggregator (its ``encode`` runs in the hosts).
-        clients_per_host: Clients per host; defaults to ``runtime.clients_per_actor``.
+        clients_per_host: Clients per host; defaults to ``runtime.clients_per_actor``
+            (``auto`` puts every client in one in-process host).
     """
 
     def __init__(
         self, config: Config, aggregator: Aggregator, *, clients_per_host: int | None = None
     ) -> None:
-        per_host = clients_per_host or config.runtime.clients_per_actor
+        per_host = clients_per_host or resolve(
+            config.runtime.clients_per_actor, config.data.num_clients, cpu_slots=1
+        )
         groups = group_clients(config.data.num_clients, per_host)
         self.hosts = [
             ClientHost(HostSpec(config, g, aggregator, with_test_set=(i == 0)))

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedray.aggregators import Aggregator
-from fedray.client import ClientHost, HostSpec, group_clients
+from fedray.client import ClientHost, HostSpec, clients_per_host, group_clients
 from fedray.config import Config
 from fedray.errors import FedrayError
 from fedray.records import ClientEval, ClientFailure, ClientUpdate, Metrics, Params, RoundInfo
@@ -77,8 +77,19 @@ class RayExecutor:
         import ray
 
         self._ray = ray
-        groups = group_clients(config.data.num_clients, config.runtime.clients_per_actor)
         total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        setting = config.runtime.clients_per_actor
+        per_host = clients_per_host(setting, config.data.num_clients, total_cpus)
+        groups = group_clients(config.data.num_clients, per_host)
+        if setting == "auto":
+            logger.info(
+                "runtime.clients_per_actor=auto: %d clients on %d actors (%d per actor) for "
+                "%g CPUs; set runtime.clients_per_actor=1 for one actor per client",
+                config.data.num_clients,
+                len(groups),
+                per_host,
+                total_cpus,
+            )
         cpus_per_host = min(1.0, total_cpus / len(groups))
         threads = max(1, math.floor(total_cpus / len(groups)))
         remote_host = ray.remote(ClientHost)
