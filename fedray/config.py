@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -120,7 +120,7 @@ class RuntimeConfig(_Section):
 
     executor: Literal["ray", "local"] = "ray"
     address: str | None = None
-    clients_per_actor: int | Literal["auto"] = Field(1, ge=1)
+    clients_per_actor: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     num_cpus: int | None = Field(None, ge=1)
     progress: bool = True
     verbose: bool = False
@@ -164,8 +164,17 @@ def _allowed_keys(model: type[BaseModel], loc: Iterable[Any]) -> list[str]:
     return list(current.model_fields)
 
 
+_TYPE_TAGS = ("literal[", "constrained-", "list[", "dict[")
+_TYPE_NAMES = ("int", "str", "float", "bool", "none")
+
+
+def _is_type_tag(part: object) -> bool:
+    return isinstance(part, str) and (part.startswith(_TYPE_TAGS) or part in _TYPE_NAMES)
+
+
 def _format_error(err: Mapping[str, Any]) -> str:
-    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("literal["))]
+    # Drop pydantic's union-member tags (e.g. "constrained-int", "literal['auto']").
+    loc = [p for p in err["loc"] if not _is_type_tag(p)]
     key = ".".join(str(p) for p in loc) or "config"
     value = err.get("input")
     if err["type"] == "extra_forbidden":
@@ -193,8 +202,14 @@ def validate(raw: Mapping[str, Any]) -> Config:
     try:
         return Config.model_validate(dict(raw))
     except ValidationError as exc:
-        lines = [_format_error(e) for e in exc.errors()]
-        raise ConfigError("invalid config: " + "; ".join(dict.fromkeys(lines))) from None
+        merged: dict[str, list[str]] = {}
+        for e in exc.errors():
+            key, _, text = _format_error(e).partition(": ")
+            merged.setdefault(key, []).append(text)
+        lines = [
+            f"{k}: {' or '.join(dict.fromkeys(v))}" if v != [""] else k for k, v in merged.items()
+        ]
+        raise ConfigError("invalid config: " + "; ".join(lines)) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

@@ -68,6 +68,19 @@ def test_file_problems(tmp_path):
         config.load({}, ["rounds"])
 
 
+def test_clients_per_actor_accepts_auto_or_a_positive_int():
+    assert config.load({"runtime": {"clients_per_actor": "auto"}}).runtime.clients_per_actor == "auto"
+    assert config.load({"runtime": {"clients_per_actor": 4}}).runtime.clients_per_actor == 4
+    with pytest.raises(ConfigError) as info:
+        config.load({"runtime": {"clients_per_actor": 0}})
+    assert str(info.value) == (
+        "invalid config: runtime.clients_per_actor = 0: "
+        "Input should be greater than or equal to 1 or Input should be 'auto'"
+    )
+    with pytest.raises(ConfigError, match="runtime.clients_per_actor"):
+        config.load({"runtime": {"clients_per_actor": "many"}})
+
+
 def test_resolved_config_round_trips():
     cfg = config.load({"rounds": 2})
     assert config.load(cfg.to_dict()) == cfg

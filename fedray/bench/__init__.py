@@ -1,0 +1,1 @@
+"""Benchmarks (``fedray bench ...``): measured in fresh subprocesses, written as CSV + PNG."""

@@ -1,0 +1,411 @@
+"""Speed benchmark: fedray against the naive tutorial loop and a compute floor.
+
+Systems, each run in a fresh subprocess on the same config, data, partition and seed:
+
+* ``fedray``: ``fedray.run`` on a private local Ray instance, ``clients_per_actor: auto``
+  (one actor per client while CPU slots allow, packed beyond that).
+* ``fedray_dedicated``: the same with one actor per client (``clients_per_actor: 1``),
+  for client counts up to 8.
+* ``naive``: the tutorial loop of federated averaging (McMahan et al., AISTATS 2017,
+  arXiv:1602.05629, as written in most tutorials): every round, for every client,
+  build a fresh Keras model, set the global weights, ``fit`` on the client's numpy
+  arrays, ``get_weights``; then ``np.mean`` over clients and evaluate.
+* ``floor``: one process runs the round's optimizer steps (the sum over clients of
+  ``ceil(n_k / batch) * epochs``) in one traced TensorFlow loop with the same thread
+  count as one fedray host; its time divided by the number of hosts that run in
+  parallel is the compute floor of a round.
+
+Measured per run: startup (process start to the first round), median round time,
+CPU seconds per round and peak PSS of the whole process tree (driver plus every Ray
+process), plus the final model quality. Runs are interleaved and repeated; medians
+are reported, with ratios computed within this one benchmark run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedray.bench.monitor import PeakPSS, tree_cpu_seconds
+
+logger = logging.getLogger(__name__)
+
+WORKLOADS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "linreg": ("experiments/linreg.yaml", (2, 4, 8, 32)),
+    "blobs": ("experiments/blobs.yaml", (4, 8, 32)),
+}
+DEDICATED_MAX_CLIENTS = 8
+
+
+def _overrides(clients: int, rounds: int | None) -> list[str]:
+    out = [f"data.num_clients={clients}", "strategy.min_fit_clients=1", "runtime.progress=false"]
+    if rounds is not None:
+        out.append(f"rounds={rounds}")
+    return out
+
+
+def _quality(logs: dict[str, Any]) -> tuple[str, float]:
+    if "eval/accuracy" in logs:
+        return "accuracy", float(logs["eval/accuracy"])
+    return "mse", float(logs["eval/loss"])
+
+
+def _run_fedray(config: str, clients: int, rounds: int | None, per_actor: str) -> dict[str, Any]:
+    from fedray.api import run
+    from fedray.callbacks import Callback
+
+    marks: dict[str, float] = {}
+
+    class Probe(Callback):
+        def on_run_begin(self, logs: dict[str, Any]) -> None:
+            marks["begin"], marks["cpu0"] = time.time(), tree_cpu_seconds()
+
+        def on_run_end(self, logs: dict[str, Any]) -> None:
+            marks["end"], marks["cpu1"] = time.time(), tree_cpu_seconds()
+
+    with tempfile.TemporaryDirectory() as out:
+        hist = run(
+            config,
+            out=out,
+            overrides=[*_overrides(clients, rounds), f"runtime.clients_per_actor={per_actor}"],
+            callbacks=[Probe()],
+        )
+    round_s = [float(r["time/round_s"]) for r in hist.rows]
+    metric, value = _quality(hist.final)
+    return {
+        "begin": marks["begin"],
+        "round_s": statistics.median(round_s),
+        "first_round_s": round_s[0],
+        "cpu_s_per_round": (marks["cpu1"] - marks["cpu0"]) / len(round_s),
+        "rounds": len(round_s),
+        "quality_metric": metric,
+        "quality": value,
+    }
+
+
+def _load(config: str, clients: int, rounds: int | None) -> tuple[Any, Any, list[np.ndarray]]:
+    from fedray import config as config_mod
+    from fedray.data import load_dataset, partition_indices
+
+    cfg = config_mod.load(config, _overrides(clients, rounds))
+    ds = load_dataset(cfg.data, cfg.seed)
+    return cfg, ds, partition_indices(ds, cfg.data, cfg.seed)
+
+
+def _run_naive(config: str, clients: int, rounds: int | None) -> dict[str, Any]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from fedray.models import build_model
+
+    cfg, ds, parts = _load(config, clients, rounds)
+    info = ds.info
+    keras.utils.set_random_seed(cfg.seed)
+    global_model = build_model(cfg.model, cfg.client, info)  # same initial weights as fedray
+    weights = global_model.get_weights()
+    begin, cpu0 = time.time(), tree_cpu_seconds()
+    round_s, logs = [], {}
+    for _ in range(cfg.rounds):
+        t0 = time.perf_counter()
+        local = []
+        for idx in parts:
+            model = build_model(cfg.model, cfg.client, info)  # a fresh model per client
+            model.set_weights(weights)
+            model.fit(
+                ds.x_train[idx],
+                ds.y_train[idx],
+                epochs=cfg.client.local_epochs,
+                batch_size=cfg.client.batch_size,
+                shuffle=True,
+                verbose=0,
+            )
+            local.append(model.get_weights())
+        weights = [np.mean([w[i] for w in local], axis=0) for i in range(len(weights))]
+        global_model.set_weights(weights)
+        logs = {
+            f"eval/{k}": v
+            for k, v in global_model.evaluate(
+                ds.x_test, ds.y_test, batch_size=256, verbose=0, return_dict=True
+            ).items()
+        }
+        round_s.append(time.perf_counter() - t0)
+    cpu1 = tree_cpu_seconds()
+    metric, value = _quality(logs)
+    return {
+        "begin": begin,
+        "round_s": statistics.median(round_s),
+        "first_round_s": round_s[0],
+        "cpu_s_per_round": (cpu1 - cpu0) / len(round_s),
+        "rounds": len(round_s),
+        "quality_metric": metric,
+        "quality": value,
+    }
+
+
+def parallel_hosts(clients: int, cpus: int) -> int:
+    """How many fedray hosts train at once with ``clients_per_actor: auto``."""
+    from fedray.client import clients_per_host
+
+    per_host = clients_per_host("auto", clients, float(cpus))
+    return min(math.ceil(clients / per_host), cpus)
+
+
+def _run_floor(config: str, clients: int, rounds: int | None) -> dict[str, Any]:
+    from fedray.client import configure_tensorflow
+
+    cpus = os.cpu_count() or 1
+    hosts = parallel_hosts(clients, cpus)
+    configure_tensorflow(max(1, cpus // hosts), verbose=False)
+    import keras
+    import tensorflow as tf
+
+    from fedray.models import build_model
+
+    cfg, ds, parts = _load(config, clients, rounds)
+    batch, epochs = cfg.client.batch_size, cfg.client.local_epochs
+    steps = sum(math.ceil(len(p) / batch) for p in parts) * epochs
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.client, ds.info)
+    x = tf.constant(ds.x_train[np.concatenate(parts)])
+    y = tf.constant(ds.y_train[np.concatenate(parts)])
+
+    def loop(x: Any, y: Any, steps: Any) -> Any:
+        n = tf.shape(x)[0]
+        for s in tf.range(steps):
+            idx = tf.random.stateless_uniform(
+                [batch], seed=tf.stack([tf.cast(s, tf.int64), 7]), maxval=n, dtype=tf.int32
+            )
+            model.train_step((tf.gather(x, idx), tf.gather(y, idx)))
+        return model.get_metrics_result()
+
+    traced = tf.function(loop)
+    traced(x, y, tf.constant(1))  # trace and build
+    times = []
+    for _ in range(max(3, cfg.rounds)):
+        t0 = time.perf_counter()
+        traced(x, y, tf.constant(steps))
+        times.append(time.perf_counter() - t0)
+    return {
+        "begin": time.time(),
+        "round_s": statistics.median(times) / hosts,
+        "loop_s": statistics.median(times),
+        "steps": steps,
+        "parallel_hosts": hosts,
+    }
+
+
+def child(system: str, config: str, clients: int, rounds: int | None) -> dict[str, Any]:
+    """Run one system once in this process and measure it (called in a subprocess)."""
+    import psutil
+
+    created = psutil.Process().create_time()
+    with PeakPSS() as mem:
+        if system == "fedray":
+            res = _run_fedray(config, clients, rounds, "auto")
+        elif system == "fedray_dedicated":
+            res = _run_fedray(config, clients, rounds, "1")
+        elif system == "naive":
+            res = _run_naive(config, clients, rounds)
+        elif system == "floor":
+            res = _run_floor(config, clients, rounds)
+        else:
+            raise ValueError(f"unknown system {system!r}")
+    res["startup_s"] = res.pop("begin") - created
+    res["peak_pss_mb"] = mem.peak / 2**20
+    return res
+
+
+def _systems(clients: int) -> list[str]:
+    out = ["fedray", "naive", "floor"]
+    if clients <= DEDICATED_MAX_CLIENTS:
+        out.insert(1, "fedray_dedicated")
+    return out
+
+
+def run_benchmark(
+    *,
+    grid: Mapping[str, Sequence[int]],
+    repeats: int,
+    rounds: int | None,
+    out_dir: Path,
+    timeout_s: float = 1800,
+) -> Any:
+    """Run every (workload, clients, system) ``repeats`` times, interleaved; write results."""
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    jobs = [(w, c) for w, counts in grid.items() for c in counts]
+    for rep in range(repeats):
+        for w, c in jobs:
+            systems = _systems(c)
+            systems = systems[rep % len(systems) :] + systems[: rep % len(systems)]  # rotate
+            for system in systems:
+                config = WORKLOADS[w][0]
+                cmd = [sys.executable, "-m", "fedray.bench.speed", "child", system, config, str(c)]
+                if rounds is not None:
+                    cmd.append(str(rounds))
+                t0 = time.perf_counter()
+                res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+                if res.returncode != 0:
+                    raise RuntimeError(f"{system} {w} x{c} failed:\n{res.stderr[-4000:]}")
+                result = json.loads(res.stdout.strip().splitlines()[-1])
+                rows.append(
+                    {"workload": w, "clients": c, "system": system, "repeat": rep, **result}
+                )
+                logger.info(
+                    "rep %d %s x%d %s: round %.4f s, startup %.1f s (%.0f s wall)",
+                    rep, w, c, system, result["round_s"], result["startup_s"],
+                    time.perf_counter() - t0,
+                )  # fmt: skip
+                pd.DataFrame(rows).to_csv(out_dir / "speed_raw.csv", index=False)
+    raw = pd.DataFrame(rows)
+    summary = summarize(raw)
+    summary.to_csv(out_dir / "speed.csv", index=False)
+    plot(raw, out_dir / "speed.png")
+    return summary
+
+
+def summarize(raw: Any) -> Any:
+    """Medians per (workload, clients, system) and fedray/naive ratios per row."""
+    import pandas as pd
+
+    cols = ["startup_s", "round_s", "cpu_s_per_round", "peak_pss_mb", "quality"]
+    med = raw.groupby(["workload", "clients", "system"], sort=False)[cols].median().reset_index()
+    out = []
+    for (w, c), g in med.groupby(["workload", "clients"], sort=False):
+        by = {r.system: r for r in g.itertuples()}
+        fed, naive, floor = by.get("fedray"), by.get("naive"), by.get("floor")
+        if fed is None or naive is None:
+            continue
+        row = {"workload": w, "clients": c}
+        for col in cols:
+            row[f"fedray_{col}"] = getattr(fed, col)
+            row[f"naive_{col}"] = getattr(naive, col)
+        for col in ("startup_s", "round_s", "cpu_s_per_round", "peak_pss_mb"):
+            row[f"ratio_{col}"] = getattr(fed, col) / getattr(naive, col)
+        row["speedup_round"] = naive.round_s / fed.round_s
+        if floor is not None:
+            row["floor_round_s"] = floor.round_s
+            row["fedray_over_floor"] = fed.round_s / floor.round_s
+        ded = by.get("fedray_dedicated")
+        if ded is not None:
+            row["dedicated_round_s"] = ded.round_s
+            row["dedicated_startup_s"] = ded.startup_s
+            row["dedicated_peak_pss_mb"] = ded.peak_pss_mb
+        row["quality_metric"] = raw[(raw.workload == w)].quality_metric.dropna().iloc[0]
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def plot(raw: Any, path: Path) -> None:
+    """Median round time vs clients, one panel per workload, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    med = raw.groupby(["workload", "clients", "system"])["round_s"].median().reset_index()
+    workloads = list(dict.fromkeys(raw.workload))
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5.5 * len(workloads), 4), squeeze=False)
+    styles = {
+        "naive": ("tab:red", "o", "naive loop"),
+        "fedray": ("tab:blue", "s", "fedray (auto packing)"),
+        "fedray_dedicated": ("tab:cyan", "^", "fedray (1 actor/client)"),
+        "floor": ("tab:gray", "x", "compute floor"),
+    }
+    for ax, w in zip(axes[0], workloads, strict=True):
+        for system, (color, marker, label) in styles.items():
+            d = med[(med.workload == w) & (med.system == system)].sort_values("clients")
+            if len(d):
+                ax.plot(d.clients, d.round_s, marker=marker, color=color, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("clients per round")
+        ax.set_ylabel("median round time (s)")
+        ax.set_title(w)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("fedray vs the naive FedAvg loop (2-core CPU)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(summary: Any) -> str:
+    """The summary as a Markdown table (quoted in the READMEs)."""
+    lines = [
+        "| workload | clients | naive round (s) | fedray round (s) | speed-up | floor (s) | "
+        "fedray / floor | startup fedray / naive (s) | CPU-s per round fedray / naive | "
+        "peak PSS fedray / naive (MB) | quality fedray / naive |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary.itertuples():
+        q = f"{r.fedray_quality:.4f} / {r.naive_quality:.4f} ({r.quality_metric})"
+        lines.append(
+            f"| {r.workload} | {r.clients} | {r.naive_round_s:.3f} | {r.fedray_round_s:.4f} | "
+            f"{r.speedup_round:.0f}x | {getattr(r, 'floor_round_s', float('nan')):.4f} | "
+            f"{getattr(r, 'fedray_over_floor', float('nan')):.2f} | "
+            f"{r.fedray_startup_s:.1f} / {r.naive_startup_s:.1f} | "
+            f"{r.fedray_cpu_s_per_round:.3f} / {r.naive_cpu_s_per_round:.3f} | "
+            f"{r.fedray_peak_pss_mb:.0f} / {r.naive_peak_pss_mb:.0f} | {q} |"
+        )
+    return "\n".join(lines)
+
+
+def _parse_grid(items: Sequence[str]) -> dict[str, list[int]]:
+    grid: dict[str, list[int]] = {}
+    for item in items:
+        name, _, counts = item.partition(":")
+        if name not in WORKLOADS:
+            raise SystemExit(f"unknown workload {name!r}; expected one of {sorted(WORKLOADS)}")
+        grid[name] = [int(c) for c in counts.split(",")] if counts else list(WORKLOADS[name][1])
+    return grid
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fedray bench speed`` / ``python -m fedray.bench.speed``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "child":
+        system, config, clients = argv[1], argv[2], int(argv[3])
+        rounds = int(argv[4]) if len(argv) > 4 else None
+        logging.disable(logging.WARNING)
+        sys.stdout.write(json.dumps(child(system, config, clients, rounds)) + "\n")
+        return 0
+    p = argparse.ArgumentParser(prog="fedray bench speed", description=__doc__.split("\n")[0])
+    p.add_argument("--grid", nargs="*", default=[f"{w}" for w in WORKLOADS],
+                   help="workloads, optionally with client counts: linreg:2,4 blobs:8")  # fmt: skip
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=None, help="override the configs' rounds")
+    p.add_argument("--out", default="experiments/results")
+    args = p.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logger.setLevel(logging.INFO)
+    summary = run_benchmark(
+        grid=_parse_grid(args.grid),
+        repeats=args.repeats,
+        rounds=args.rounds,
+        out_dir=Path(args.out),
+    )
+    table = markdown(summary)
+    (Path(args.out) / "speed.md").write_text(table + "\n")
+    sys.stdout.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
