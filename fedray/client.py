@@ -149,7 +149,7 @@ class ClientHost:
         ]
         params_spec = [tf.TensorSpec(v.shape, v.dtype) for v in weights]
         batch = self.spec.config.client.batch_size
-        eval_batch = max(batch, 256)
+        eval_batch = max(batch, 1024)  # evaluation needs no small batches: fewer steps
 
         def load(params: Any) -> None:
             for v, p in zip(weights, params, strict=True):
@@ -242,13 +242,14 @@ class ClientHost:
         self._check()
         results: list[ClientUpdate | ClientFailure] = []
         epochs = np.int32(self.spec.config.client.local_epochs)
+        params_t = [self._tf.convert_to_tensor(p) for p in params]  # once for all clients
         for cid in client_ids:
             try:
                 if cid not in self._data:
                     raise KeyError(f"client {cid} is not hosted here ({list(self._data)})")
                 x, y = self._data[cid]
                 seed = self.client_seed(info.seed, info.server_round, cid)
-                delta_t, logs = self._fit_fn(x, y, seed, epochs, list(params))
+                delta_t, logs = self._fit_fn(x, y, seed, epochs, params_t)
                 delta = [d.numpy() for d in delta_t]
                 metrics = {k: float(v) for k, v in logs.items()}
                 update = ClientUpdate(cid, delta, len(self.shards[cid].x), metrics)

@@ -69,7 +69,9 @@ def test_file_problems(tmp_path):
 
 
 def test_clients_per_actor_accepts_auto_or_a_positive_int():
-    assert config.load({"runtime": {"clients_per_actor": "auto"}}).runtime.clients_per_actor == "auto"
+    assert (
+        config.load({"runtime": {"clients_per_actor": "auto"}}).runtime.clients_per_actor == "auto"
+    )
     assert config.load({"runtime": {"clients_per_actor": 4}}).runtime.clients_per_actor == 4
     with pytest.raises(ConfigError) as info:
         config.load({"runtime": {"clients_per_actor": 0}})
