@@ -87,6 +87,17 @@ def _default_out(cfg_source: Any) -> Path:
     return Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_inputs(cfg: Config) -> None:
+    """Fail before starting anything when a data file named by the config is missing."""
+    from fedray.errors import DataError
+
+    for key, value in (("data.path", cfg.data.path), ("data.test_path", cfg.data.test_path)):
+        if value and not Path(value).expanduser().is_file():
+            raise DataError(
+                f"{key}: file not found: '{value}' (relative paths resolve from {Path.cwd()})"
+            )
+
+
 def make_executor(cfg: Config, strategy: Strategy) -> tuple[Any, bool]:
     """Create the executor named by ``runtime.executor``; returns (executor, started_ray)."""
     if cfg.runtime.executor == "local":
@@ -131,6 +142,7 @@ def run(
     """
     t_start = time.perf_counter()
     cfg = config_mod.load(config, overrides)
+    check_inputs(cfg)
     if out is None:
         out_dir = (
             _default_out(config)

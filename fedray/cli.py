@@ -1,6 +1,7 @@
 """The ``fedray`` command line.
 
 ``fedray run CONFIG.yaml [--set dotted.key=value ...] [--out DIR] [--address ADDR]``
+``fedray bench speed [--repeats N] [--rounds R] [--grid linreg:2,4 blobs:8] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--verbose", action="store_true", help="show TensorFlow's and Ray's start-up logs"
     )
+    b = sub.add_parser(
+        "bench",
+        help="benchmarks: 'fedray bench speed [--repeats N] [--grid linreg:2,4 blobs:8]'",
+    )
+    b.add_argument("suite", choices=["speed"], help="which benchmark")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="options of the benchmark (--help)")
     return p
 
 
@@ -85,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "bench":
+            from fedray.bench import speed
+
+            return speed.main(args.args)
     except FedrayError as exc:
         print(f"fedray: error: {exc}", file=sys.stderr)
         return 2

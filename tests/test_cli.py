@@ -80,3 +80,14 @@ def test_fedray_run_linreg_end_to_end(tmp_path):
     } <= set(df.columns)
     # TensorFlow's and Ray's start-up noise is silenced by default.
     assert "oneDNN" not in res.stderr and "cuda" not in res.stderr.lower()
+
+
+def test_missing_data_file_fails_before_anything_starts(tmp_path):
+    res = _fedray(
+        "run", "experiments/hospitals.yaml", "--out", str(tmp_path / "o"),
+        "--set", "data.path=nowhere/h.csv", timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "fedray: error: data.path: file not found: 'nowhere/h.csv'" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "o").exists()
