@@ -2,7 +2,8 @@
 
 Outputs in the run directory:
 
-* ``metrics.csv``: one row per round;
+* ``metrics.csv`` (and ``metrics.parquet``): one row per round;
+* ``tb/``: TensorBoard scalars of every logged value, per round;
 * ``summary.json``: the resolved config, the final metrics and timings;
 * ``model.keras``: the final global model (``keras.saving.load_model``).
 """
@@ -30,6 +31,7 @@ from fedray.callbacks import (
     LoggingCallback,
     ProgressBar,
     RoundRecorder,
+    TensorBoardLogger,
 )
 from fedray.config import Config
 from fedray.driver import run_rounds
@@ -162,7 +164,8 @@ def run(
         ui: Callback = (
             ProgressBar(cfg.rounds, keys=keys) if cfg.runtime.progress else LoggingCallback(keys)
         )
-        cb = CallbackList([recorder, CSVLogger(out_dir / "metrics.csv"), ui, *callbacks])
+        writers = [CSVLogger(out_dir / "metrics.csv"), TensorBoardLogger(out_dir / "tb")]
+        cb = CallbackList([recorder, *writers, ui, *callbacks])
         t_rounds = time.perf_counter()
         params = run_rounds(
             strategy=strategy,
@@ -182,6 +185,7 @@ def run(
                 "outputs": executor.predict(params, cfg.evaluation.predict),
             }
     finally:
+        host_info = list(getattr(executor, "host_info", []))
         executor.close()
         if started_ray:
             from fedray import runtime
@@ -199,6 +203,10 @@ def run(
             "round_s_median": statistics.median(round_times) if round_times else None,
         },
         "params": {"count": int(sum(np.size(p) for p in params)), "arrays": len(params)},
+        "hosts": [
+            {k: info[k] for k in ("clients", "pid", "node_id", "setup_s") if k in info}
+            for info in host_info
+        ],
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return History(out_dir=out_dir, rows=recorder.rows, summary=summary, params=params)

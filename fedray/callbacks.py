@@ -76,11 +76,13 @@ class CSVLogger(Callback):
     """Writes ``metrics.csv``: one row per round, rewritten after every round.
 
     Rewriting keeps the file valid after a crash and lets new columns appear in
-    later rounds (e.g. federated evaluation every few rounds).
+    later rounds (e.g. federated evaluation every few rounds). At the end of the run
+    the same table is also written as ``metrics.parquet`` next to it.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, parquet: bool = True) -> None:
         self.path = Path(path)
+        self.parquet = parquet
         self.rows: list[Logs] = []
 
     def on_round_end(self, server_round: int, logs: Logs) -> None:
@@ -91,6 +93,45 @@ class CSVLogger(Callback):
         tmp = self.path.with_suffix(".csv.tmp")
         pd.DataFrame(self.rows).to_csv(tmp, index=False)
         tmp.replace(self.path)
+
+    def on_run_end(self, logs: Logs) -> None:
+        """Write the Parquet copy."""
+        if self.parquet and self.rows:
+            import pandas as pd
+
+            pd.DataFrame(self.rows).to_parquet(self.path.with_suffix(".parquet"), index=False)
+
+
+class TensorBoardLogger(Callback):
+    """Writes every numeric log value as a TensorBoard scalar per round (``tensorboard --logdir``).
+
+    Uses tensorboardX, which writes event files without importing TensorFlow.
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        self.log_dir = Path(log_dir)
+        self._writer: Any = None
+
+    def on_run_begin(self, logs: Logs) -> None:
+        """Open the event file."""
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(logdir=str(self.log_dir))
+
+    def on_round_end(self, server_round: int, logs: Logs) -> None:
+        """One scalar per numeric key, at step ``server_round``."""
+        if self._writer is None:
+            self.on_run_begin({})
+        for key, value in logs.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(key, float(value), server_round)
+        self._writer.flush()
+
+    def on_run_end(self, logs: Logs) -> None:
+        """Close the event file."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def _fmt(value: Any) -> str:

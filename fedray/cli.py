@@ -1,6 +1,8 @@
 """The ``fedray`` command line.
 
 ``fedray run CONFIG.yaml [--set dotted.key=value ...] [--out DIR] [--address ADDR]``
+``fedray plot RUN [RUN ...] [--out FILE.png] [--metric KEY]`` / ``fedray report RUN``
+``fedray predict RUN --input FILE.csv [--output FILE.csv]``
 ``fedray bench speed [--repeats N] [--rounds R] [--grid linreg:2,4 blobs:8] [--out DIR]``
 """
 
@@ -10,6 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from fedray.errors import FedrayError
 
@@ -45,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--verbose", action="store_true", help="show TensorFlow's and Ray's start-up logs"
     )
+    pl = sub.add_parser("plot", help="PNG curves of one or more runs (metric vs round and time)")
+    pl.add_argument("runs", nargs="+", help="run directories (the --out of fedray run)")
+    pl.add_argument("--out", help="PNG path (default: RUN/curves.png of the first run)")
+    pl.add_argument("--metric", action="append", help="metric column(s), e.g. eval/accuracy")
+    rp = sub.add_parser("report", help="print a summary table of a run")
+    rp.add_argument("run", help="run directory")
+    pr = sub.add_parser("predict", help="predict with a run's model.keras on a CSV/Parquet file")
+    pr.add_argument("run", help="run directory")
+    pr.add_argument("--input", required=True, help="CSV or Parquet with the feature columns")
+    pr.add_argument("--output", help="CSV to write (default: <input>.predictions.csv)")
     b = sub.add_parser(
         "bench",
         help="benchmarks: 'fedray bench speed [--repeats N] [--grid linreg:2,4 blobs:8]'",
@@ -92,6 +105,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "plot":
+            from fedray.reports import plot_runs
+
+            out = args.out or str(Path(args.runs[0]) / "curves.png")
+            print(f"wrote {plot_runs(args.runs, out, args.metric)}")
+            return 0
+        if args.command == "report":
+            from rich.console import Console
+
+            from fedray.reports import report
+
+            Console().print(report(args.run))
+            return 0
+        if args.command == "predict":
+            from fedray.reports import predict
+
+            src = Path(args.input)
+            out = args.output or str(src.with_name(src.stem + ".predictions.csv"))
+            print(f"wrote {predict(args.run, src, out)}")
+            return 0
         if args.command == "bench":
             from fedray.bench import speed
 

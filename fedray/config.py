@@ -54,6 +54,7 @@ class DataConfig(_Section):
     test_fraction: float = Field(0.2, ge=0, lt=1)
     client_test_fraction: float = Field(0.0, ge=0, lt=1)
     synthetic: SyntheticConfig = SyntheticConfig()
+    placement: dict[int, str] | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DataConfig:
@@ -122,6 +123,7 @@ class RuntimeConfig(_Section):
     address: str | None = None
     clients_per_actor: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     num_cpus: int | None = Field(None, ge=1)
+    scheduling: Literal["default", "spread"] = "default"
     progress: bool = True
     verbose: bool = False
 
@@ -140,6 +142,13 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
+        placement = self.data.placement or {}
+        bad = sorted(c for c in placement if not 0 <= c < self.data.num_clients)
+        if bad:
+            raise ValueError(
+                f"data.placement names clients {bad}; client ids run from 0 to "
+                f"{self.data.num_clients - 1} (data.num_clients={self.data.num_clients})"
+            )
         if self.strategy.min_fit_clients > self.data.num_clients:
             raise ValueError(
                 f"strategy.min_fit_clients={self.strategy.min_fit_clients} exceeds "

@@ -11,16 +11,41 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
 from fedray.aggregators import Aggregator
 from fedray.client import ClientHost, HostSpec, clients_per_host, group_clients
 from fedray.config import Config
-from fedray.errors import FedrayError
+from fedray.errors import ConfigError, FedrayError
 from fedray.records import ClientEval, ClientFailure, ClientUpdate, Metrics, Params, RoundInfo
 
 logger = logging.getLogger(__name__)
+
+
+def probe_address(address: str, timeout_s: float = 3.0) -> None:
+    """Fail within seconds when ``host:port`` has no listener (Ray itself may retry for minutes).
+
+    ``auto`` and ``ray://`` addresses are left to Ray, which fails fast when no cluster
+    is found.
+    """
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise FedrayError(
+            f"runtime.address = {address!r}: expected 'auto' or host:port, e.g. 10.0.0.5:6379"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise FedrayError(
+            f"runtime.address = {address!r}: no Ray head answers there within {timeout_s:g} s "
+            f"({exc.strerror or exc}); start one with `ray start --head --port={port}` "
+            "or leave runtime.address unset for a private local instance"
+        ) from None
 
 
 def connect(address: str | None, *, num_cpus: int | None, verbose: bool) -> bool:
@@ -49,6 +74,7 @@ def connect(address: str | None, *, num_cpus: int | None, verbose: bool) -> bool
             **kwargs,
         )
     else:
+        probe_address(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -57,6 +83,39 @@ def connect(address: str | None, *, num_cpus: int | None, verbose: bool) -> bool
                 "expected 'auto' or host:port of a running head (ray start --head)"
             ) from None
     return True
+
+
+class _RayClientHost(ClientHost):
+    """The plain host plus the one thing only Ray knows: which node it runs on."""
+
+    def ready(self) -> dict[str, Any]:
+        import ray
+
+        return {**super().ready(), "node_id": ray.get_runtime_context().get_node_id()}
+
+
+def host_options(config: Config, client_ids: tuple[int, ...]) -> dict[str, Any]:
+    """Ray scheduling options of one host: data placement and spreading.
+
+    ``data.placement`` maps a client id to a custom resource that only the node(s)
+    holding that client's data advertise (``ray start --resources='{"site_a": 1}'``);
+    the host asks for a sliver of it, so Ray can only place it there. Clients packed
+    into one host must share one placement.
+    """
+    placement = config.data.placement or {}
+    wanted = {placement.get(c, "<unplaced>") for c in client_ids}
+    if placement and len(wanted) > 1:
+        raise ConfigError(
+            f"clients {list(client_ids)} share one actor but data.placement puts them on "
+            f"{sorted(wanted)}; set runtime.clients_per_actor=1 or place them together"
+        )
+    wanted.discard("<unplaced>")
+    options: dict[str, Any] = {}
+    if wanted:
+        options["resources"] = {wanted.pop(): 0.001}
+    if config.runtime.scheduling == "spread":
+        options["scheduling_strategy"] = "SPREAD"
+    return options
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -92,9 +151,9 @@ class RayExecutor:
             )
         cpus_per_host = min(1.0, total_cpus / len(groups))
         threads = max(1, math.floor(total_cpus / len(groups)))
-        remote_host = ray.remote(ClientHost)
+        remote_host = ray.remote(_RayClientHost)
         self.hosts = [
-            remote_host.options(num_cpus=cpus_per_host).remote(
+            remote_host.options(num_cpus=cpus_per_host, **host_options(config, g)).remote(
                 HostSpec(config, g, aggregator, with_test_set=(i == 0), threads=threads)
             )
             for i, g in enumerate(groups)
@@ -122,6 +181,10 @@ class RayExecutor:
     def num_clients(self) -> int:
         """Number of registered clients."""
         return self._num_clients
+
+    def placement(self) -> dict[int, str]:
+        """Which Ray node runs each client (node ids)."""
+        return {cid: str(info["node_id"]) for info in self.host_info for cid in info["clients"]}
 
     def initial_params(self) -> Params:
         """Weights of host 0's freshly built model."""

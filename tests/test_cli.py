@@ -91,3 +91,11 @@ def test_missing_data_file_fails_before_anything_starts(tmp_path):
     assert "fedray: error: data.path: file not found: 'nowhere/h.csv'" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_unreachable_address_fails_fast_with_a_clear_message(tmp_path):
+    # The subprocess timeout is the hang guard; the probe itself gives up after 3 s.
+    res = _fedray("run", "experiments/linreg.yaml", "--address", "127.0.0.1:1", timeout=60)
+    assert res.returncode == 2
+    assert "runtime.address = '127.0.0.1:1': no Ray head answers there" in res.stderr
+    assert "Traceback" not in res.stderr
