@@ -59,8 +59,9 @@ def plot_runs(
             if name not in df.columns:
                 continue
             wall = df["time/round_s"].cumsum()
-            axes[row][0].plot(df["round"], df[name], marker=".", label=label)
-            axes[row][1].plot(wall, df[name], marker=".", label=label)
+            seen = df[name].notna()  # e.g. federated evaluation every few rounds
+            axes[row][0].plot(df["round"][seen], df[name][seen], marker=".", label=label)
+            axes[row][1].plot(wall[seen], df[name][seen], marker=".", label=label)
         axes[row][0].set_xlabel("round")
         axes[row][1].set_xlabel("wall-clock time in rounds (s)")
         for ax in axes[row]:

@@ -39,17 +39,32 @@ def test_parquet_matches_csv(runs):
     np.testing.assert_allclose(csv["eval/loss"], pq["eval/loss"])
 
 
-def test_tensorboard_scalars_per_round(runs):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def _read_scalars(tb_dir):
+    """Parse TensorBoard event files (TFRecord framing: length, crc, data, crc)."""
+    import struct
 
-    acc = EventAccumulator(str(runs[0.01] / "tb"))
-    acc.Reload()
-    tags = set(acc.Tags()["scalars"])
-    assert {"fit/loss", "eval/loss", "eval/accuracy", "clients/ok", "time/round_s"} <= tags
-    events = acc.Scalars("eval/loss")
-    assert [e.step for e in events] == [1, 2, 3]
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars = {}
+    for path in sorted(tb_dir.glob("events.out.tfevents.*")):
+        buf = path.read_bytes()
+        pos = 0
+        while pos < len(buf):
+            (length,) = struct.unpack("<Q", buf[pos : pos + 8])
+            event = Event.FromString(buf[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            for v in event.summary.value:
+                scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return scalars
+
+
+def test_tensorboard_scalars_per_round(runs):
+    scalars = _read_scalars(runs[0.01] / "tb")
+    assert {"fit/loss", "eval/loss", "eval/accuracy", "clients/ok", "time/round_s"} <= set(scalars)
+    steps, values = zip(*scalars["eval/loss"])
+    assert list(steps) == [1, 2, 3]
     csv = pd.read_csv(runs[0.01] / "metrics.csv")
-    np.testing.assert_allclose([e.value for e in events], csv["eval/loss"], rtol=1e-6)
+    np.testing.assert_allclose(values, csv["eval/loss"], rtol=1e-6)
 
 
 def test_plot_overlays_runs(runs, tmp_path):
