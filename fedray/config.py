@@ -48,6 +48,8 @@ class DataConfig(_Section):
     alpha: float = Field(0.5, gt=0)
     shards_per_client: int = Field(2, ge=1)
     column: str | None = None
+    column_values: list[str | int] | None = None
+    num_classes: int | None = Field(None, ge=2)
     label: str = "label"
     task: Literal["auto", "classification", "regression"] = "auto"
     num_samples: int | None = Field(None, ge=1)
@@ -62,6 +64,11 @@ class DataConfig(_Section):
             raise ValueError(f"data.path is required for dataset {self.dataset!r}")
         if self.partition == "column" and self.dataset not in ("synthetic",) and not self.column:
             raise ValueError("data.column is required when data.partition is 'column'")
+        if self.column_values is not None and len(self.column_values) != self.num_clients:
+            raise ValueError(
+                f"data.column_values has {len(self.column_values)} values but "
+                f"data.num_clients={self.num_clients}; give one value per client"
+            )
         return self
 
 

@@ -110,6 +110,13 @@ def _finish(
         if not np.all(np.equal(np.mod(y_all, 1), 0)) or (len(y_all) and y_all.min() < 0):
             raise DataError(f"{source}: classification labels must be integers >= 0")
         num_classes = int(y_all.max()) + 1 if len(y_all) else 1
+        if cfg.num_classes is not None:
+            if num_classes > cfg.num_classes:
+                raise DataError(
+                    f"{source}: label {num_classes - 1} is out of range for "
+                    f"data.num_classes={cfg.num_classes}"
+                )
+            num_classes = cfg.num_classes
         y, y_test = y.astype(np.int64).ravel(), np.asarray(y_test).astype(np.int64).ravel()
         if num_classes < 2:
             num_classes = 2
@@ -377,6 +384,13 @@ def partition_indices(ds: Dataset, cfg: DataConfig, seed: int) -> list[np.ndarra
                     f"data.column={col!r} is not a column of dataset {cfg.dataset!r}; "
                     f"available: {sorted(ds.groups) or 'none'}"
                 )
+            if cfg.column_values is not None:
+                # Client k owns the rows whose value is column_values[k]. A node may hold
+                # only its own clients' rows: other clients are simply empty here.
+                values = ds.groups[col].astype(str)
+                return [
+                    np.flatnonzero(values == str(v)).astype(np.int64) for v in cfg.column_values
+                ]
             parts, _ = part.column(ds.groups[col])
             if len(parts) != cfg.num_clients:
                 raise DataError(
@@ -426,6 +440,13 @@ def load_host_data(
         if not 0 <= cid < len(parts):
             raise DataError(f"client id {cid} out of range [0, {len(parts)})")
         idx = parts[cid]
+        if len(idx) == 0:
+            value = cfg.column_values[cid] if cfg.column_values else cid
+            raise DataError(
+                f"client {cid} ({cfg.column}={value!r}) has no training rows in "
+                f"'{cfg.path or cfg.dataset}' on this node; place its actor where its data is "
+                "(data.placement) or check data.column_values"
+            )
         x, y = ds.x_train[idx], ds.y_train[idx]
         if cfg.client_test_fraction > 0:
             rng = np.random.default_rng([seed, 2, cid])

@@ -160,3 +160,26 @@ def test_mnist_without_path_uses_keras_datasets(monkeypatch):
     monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: calls.append(1) or fake)
     ds = data.load_dataset(_cfg(dataset="mnist"), seed=0)
     assert calls == [1] and ds.x_train.shape == (12, 28, 28, 1) and len(ds.x_test) == 4
+
+
+def test_a_node_holding_only_its_own_clients_rows(tmp_path):
+    # Site B's node holds only site B's file; client 1 (= site B) loads from it alone.
+    df = _table()
+    local = tmp_path / "site_b.csv"
+    df[df.hospital == "h2"].to_csv(local, index=False)
+    cfg = _cfg(
+        dataset="csv", path=str(local), partition="column", column="hospital",
+        column_values=["h1", "h2", "h3"], num_clients=3, num_classes=2,
+    )  # fmt: skip
+    hd = data.load_host_data(cfg, 0, [1], with_test_set=False)
+    assert len(hd.shards[1].x) == round((df.hospital == "h2").sum() * 0.8)
+    assert hd.info.num_outputs == 2  # fixed by data.num_classes, not by this node's labels
+    with pytest.raises(DataError, match=r"client 0 \(hospital='h1'\) has no training rows"):
+        data.load_host_data(cfg, 0, [0], with_test_set=False)
+
+
+def test_column_values_must_name_every_client():
+    from fedray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.column_values has 2 values but data.num_clients=3"):
+        _cfg(dataset="linreg", num_clients=3, column_values=["a", "b"])
