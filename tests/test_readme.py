@@ -1,5 +1,7 @@
 """The README's promises stay true: its two commands are the ones CI runs."""
 
+import pytest
+
 from tests.conftest import ROOT
 
 RUN = (
@@ -18,3 +20,20 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert '-m venv .venv && .venv/bin/pip install -q -e ".[dev]"' in ci
     assert ci.strip().endswith(".venv/bin/python -m pytest")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_readme_python_api_example_runs(tmp_path, monkeypatch):
+    import re
+    import shutil
+
+    text = (ROOT / "README.md").read_text()
+    api = text[text.index("## Python API") :]
+    code = re.search(r"```python\n(.*?)```", api, re.S).group(1)
+    shutil.copytree(ROOT / "experiments", tmp_path / "experiments")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # the example as a user runs it
+    assert (tmp_path / "runs" / "api-demo" / "model.keras").exists()
+    assert namespace["history"].final["eval/accuracy"] > 0.5
