@@ -1,6 +1,17 @@
 """Aggregators: pure-numpy rules that turn client updates into one delta."""
 
 from fedray.aggregators.base import Aggregator
+from fedray.aggregators.clip import NormBound, clip_update
 from fedray.aggregators.mean import Mean, weighted_mean
+from fedray.aggregators.robust import Krum, Median, TrimmedMean
 
-__all__ = ["Aggregator", "Mean", "weighted_mean"]
+__all__ = [
+    "Aggregator",
+    "Krum",
+    "Mean",
+    "Median",
+    "NormBound",
+    "TrimmedMean",
+    "clip_update",
+    "weighted_mean",
+]
