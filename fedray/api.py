@@ -16,7 +16,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ from fedray.callbacks import (
 from fedray.config import Config
 from fedray.driver import run_rounds
 from fedray.records import Params
-from fedray.strategy import STRATEGIES, Strategy
+from fedray.server_opt import ServerSGD
+from fedray.strategy import STRATEGIES, Strategy, with_norm_bound
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +78,27 @@ class History:
 
 
 def build_strategy(cfg: Config) -> Strategy:
-    """The strategy named by ``strategy.name`` with the config's sampling settings."""
-    recipe = STRATEGIES[cfg.strategy.name]
-    return recipe(
-        fraction_fit=cfg.strategy.fraction_fit, min_fit_clients=cfg.strategy.min_fit_clients
-    )
+    """The strategy named by ``strategy.name``, with the options that recipe takes."""
+    s = cfg.strategy
+    kwargs: dict[str, Any] = {"fraction_fit": s.fraction_fit, "min_fit_clients": s.min_fit_clients}
+    if s.name in ("fedavgm", "fedadagrad", "fedadam", "fedyogi") and s.server_learning_rate:
+        kwargs["server_learning_rate"] = s.server_learning_rate
+    if s.name == "fedavgm":
+        kwargs["server_momentum"] = s.server_momentum
+    elif s.name in ("fedadagrad", "fedadam", "fedyogi"):
+        kwargs.update(beta1=s.beta1, beta2=s.beta2, tau=s.tau)
+    elif s.name == "trimmed_mean":
+        kwargs["beta"] = s.trim_beta
+    elif s.name in ("krum", "multi_krum"):
+        kwargs["num_byzantine"] = s.num_byzantine
+        if s.name == "multi_krum":
+            kwargs["num_selected"] = s.krum_selected
+    strategy = STRATEGIES[s.name](**kwargs)
+    if s.name == "fedavg" and s.server_learning_rate:
+        strategy = replace(strategy, server_optimizer=ServerSGD(s.server_learning_rate))
+    if s.norm_bound is not None:
+        strategy = with_norm_bound(strategy, s.norm_bound)
+    return strategy
 
 
 def _default_out(cfg_source: Any) -> Path:

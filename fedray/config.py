@@ -110,9 +110,28 @@ class ClientConfig(_Section):
 class StrategyConfig(_Section):
     """How the server combines client updates."""
 
-    name: Literal["fedavg"] = "fedavg"
+    name: Literal[
+        "fedavg",
+        "fedavgm",
+        "fedadagrad",
+        "fedadam",
+        "fedyogi",
+        "fedmedian",
+        "trimmed_mean",
+        "krum",
+        "multi_krum",
+    ] = "fedavg"
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_clients: int = Field(1, ge=1)
+    server_learning_rate: float | None = Field(None, gt=0)
+    server_momentum: float = Field(0.9, ge=0, lt=1)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, ge=0)
+    trim_beta: float = Field(0.1, ge=0, lt=0.5)
+    num_byzantine: int = Field(0, ge=0)
+    krum_selected: int | None = Field(None, ge=1)
+    norm_bound: float | None = Field(None, gt=0)
 
 
 class EvaluationConfig(_Section):
@@ -155,6 +174,13 @@ class Config(_Section):
             raise ValueError(
                 f"data.placement names clients {bad}; client ids run from 0 to "
                 f"{self.data.num_clients - 1} (data.num_clients={self.data.num_clients})"
+            )
+        s = self.strategy
+        if s.name in ("krum", "multi_krum") and s.min_fit_clients < 2 * s.num_byzantine + 3:
+            raise ValueError(
+                f"strategy.name={s.name!r} with strategy.num_byzantine={s.num_byzantine} needs "
+                f"strategy.min_fit_clients >= 2f + 3 = {2 * s.num_byzantine + 3}, "
+                f"got {s.min_fit_clients}"
             )
         if self.strategy.min_fit_clients > self.data.num_clients:
             raise ValueError(

@@ -3,17 +3,21 @@
 A strategy is data, not behaviour: a frozen dataclass composed of small objects.
 Named recipes are plain functions (``fedavg()``), never subclasses.
 
-FedAvg: McMahan et al., AISTATS 2017, arXiv:1602.05629.
+FedAvg: McMahan et al., AISTATS 2017, arXiv:1602.05629. FedAvgM: Hsu et al. 2019,
+arXiv:1909.06335. FedAdagrad / FedAdam / FedYogi: Reddi et al., ICLR 2021,
+arXiv:2003.00295. Median / trimmed mean: Yin et al., ICML 2018, arXiv:1803.01498.
+Krum / Multi-Krum: Blanchard et al., NeurIPS 2017.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from fedray.aggregators import Aggregator, Mean
-from fedray.server_opt import ServerOptimizer, ServerSGD
+from fedray.aggregators import Aggregator, Krum, Mean, Median, NormBound, TrimmedMean
+from fedray.server_opt import ServerAdaptive, ServerMomentum, ServerOptimizer, ServerSGD
 
 
 @dataclass(frozen=True)
@@ -74,5 +78,112 @@ def fedavg(*, fraction_fit: float = 1.0, min_fit_clients: int = 1) -> Strategy:
     )
 
 
-STRATEGIES = {"fedavg": fedavg}
+def fedavgm(
+    *,
+    server_learning_rate: float = 1.0,
+    server_momentum: float = 0.9,
+    fraction_fit: float = 1.0,
+    min_fit_clients: int = 1,
+) -> Strategy:
+    """FedAvg with server momentum (Hsu et al. 2019)."""
+    return Strategy(
+        aggregator=Mean(weighting="examples"),
+        server_optimizer=ServerMomentum(server_learning_rate, server_momentum),
+        fraction_fit=fraction_fit,
+        min_fit_clients=min_fit_clients,
+        name="fedavgm",
+    )
+
+
+def _adaptive(name: str, adaptivity: str) -> Callable[..., Strategy]:
+    def recipe(
+        *,
+        server_learning_rate: float = 1e-2,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        tau: float = 1e-3,
+        fraction_fit: float = 1.0,
+        min_fit_clients: int = 1,
+    ) -> Strategy:
+        return Strategy(
+            aggregator=Mean(weighting="examples"),
+            server_optimizer=ServerAdaptive(
+                adaptivity,  # type: ignore[arg-type]
+                learning_rate=server_learning_rate,
+                beta1=beta1,
+                beta2=beta2,
+                tau=tau,
+            ),
+            fraction_fit=fraction_fit,
+            min_fit_clients=min_fit_clients,
+            name=name,
+        )
+
+    recipe.__name__ = name
+    recipe.__doc__ = f"{name}: example-weighted mean + server {adaptivity} (Reddi et al. 2021)."
+    return recipe
+
+
+fedadagrad = _adaptive("fedadagrad", "adagrad")
+fedadam = _adaptive("fedadam", "adam")
+fedyogi = _adaptive("fedyogi", "yogi")
+
+
+def fedmedian(*, fraction_fit: float = 1.0, min_fit_clients: int = 1) -> Strategy:
+    """Coordinate-wise median of client deltas, server SGD with lr 1."""
+    return Strategy(Median(), ServerSGD(), fraction_fit, min_fit_clients, "fedmedian")
+
+
+def trimmed_mean(
+    *, beta: float = 0.1, fraction_fit: float = 1.0, min_fit_clients: int = 1
+) -> Strategy:
+    """Coordinate-wise beta-trimmed mean, server SGD with lr 1."""
+    return Strategy(TrimmedMean(beta), ServerSGD(), fraction_fit, min_fit_clients, "trimmed_mean")
+
+
+def krum(
+    *,
+    num_byzantine: int = 0,
+    num_selected: int | None = 1,
+    fraction_fit: float = 1.0,
+    min_fit_clients: int = 1,
+) -> Strategy:
+    """Krum (``num_selected=1``); see :func:`multi_krum` for the averaged variant."""
+    agg = Krum(num_byzantine=num_byzantine, num_selected=num_selected)
+    name = "krum" if num_selected == 1 else "multi_krum"
+    return Strategy(agg, ServerSGD(), fraction_fit, min_fit_clients, name)
+
+
+def multi_krum(
+    *,
+    num_byzantine: int = 0,
+    num_selected: int | None = None,
+    fraction_fit: float = 1.0,
+    min_fit_clients: int = 1,
+) -> Strategy:
+    """Multi-Krum: the mean of the ``num_selected`` best-scored updates (default n - f)."""
+    return krum(
+        num_byzantine=num_byzantine,
+        num_selected=num_selected,
+        fraction_fit=fraction_fit,
+        min_fit_clients=min_fit_clients,
+    )
+
+
+def with_norm_bound(strategy: Strategy, max_norm: float) -> Strategy:
+    """The same strategy with every update clipped to ``max_norm`` before aggregation."""
+    return replace(strategy, aggregator=NormBound(inner=strategy.aggregator, max_norm=max_norm))
+
+
+STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    "fedavg": fedavg,
+    "fedavgm": fedavgm,
+    "fedadagrad": fedadagrad,
+    "fedadam": fedadam,
+    "fedyogi": fedyogi,
+    "fedmedian": fedmedian,
+    "trimmed_mean": trimmed_mean,
+    "krum": krum,
+    "multi_krum": multi_krum,
+}
 """Recipe name -> function, as used by ``strategy.name`` in configs."""
