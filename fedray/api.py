@@ -87,6 +87,8 @@ def build_strategy(cfg: Config) -> Strategy:
         kwargs["server_momentum"] = s.server_momentum
     elif s.name in ("fedadagrad", "fedadam", "fedyogi"):
         kwargs.update(beta1=s.beta1, beta2=s.beta2, tau=s.tau)
+    elif s.name == "fedprox":
+        kwargs["mu"] = s.proximal_mu
     elif s.name == "trimmed_mean":
         kwargs["beta"] = s.trim_beta
     elif s.name in ("krum", "multi_krum"):
@@ -122,14 +124,14 @@ def make_executor(cfg: Config, strategy: Strategy) -> tuple[Any, bool]:
     if cfg.runtime.executor == "local":
         from fedray.local import LocalExecutor
 
-        return LocalExecutor(cfg, strategy.aggregator), False
+        return LocalExecutor(cfg, strategy.aggregator, client=strategy.client), False
     from fedray import runtime
 
     started = runtime.connect(
         cfg.runtime.address, num_cpus=cfg.runtime.num_cpus, verbose=cfg.runtime.verbose
     )
     try:
-        return runtime.RayExecutor(cfg, strategy.aggregator), started
+        return runtime.RayExecutor(cfg, strategy.aggregator, client=strategy.client), started
     except BaseException:
         if started:
             runtime.shutdown()

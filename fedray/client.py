@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,15 @@ import numpy as np
 
 from fedray.aggregators import Aggregator
 from fedray.config import Config
-from fedray.records import ClientEval, ClientFailure, ClientUpdate, Metrics, Params, RoundInfo
+from fedray.records import (
+    ClientEval,
+    ClientFailure,
+    ClientOptions,
+    ClientUpdate,
+    Metrics,
+    Params,
+    RoundInfo,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,7 @@ class HostSpec:
         aggregator: The strategy's aggregator, whose ``encode`` runs here.
         with_test_set: Hold the server test set for centralized evaluation.
         threads: TensorFlow intra/inter-op threads for this host.
+        client: The strategy's client options (e.g. FedProx's ``proximal_mu``).
     """
 
     config: Config
@@ -53,6 +62,7 @@ class HostSpec:
     aggregator: Aggregator
     with_test_set: bool = False
     threads: int = 1
+    client: ClientOptions = field(default_factory=ClientOptions)
 
 
 def configure_tensorflow(threads: int, *, verbose: bool) -> None:
@@ -157,20 +167,51 @@ class ClientHost:
             for metric in model.metrics:
                 metric.reset_state()
 
+        mu = float(self.spec.client.proximal_mu)
+        trainable = list(model.trainable_variables)
+        anchor_index = [next(i for i, w in enumerate(weights) if w is v) for v in trainable]
+
+        def prox_step(x: Any, y: Any, params: Any) -> Any:
+            """Keras' train step plus FedProx's mu/2 * ||w - w_global||^2 in the gradient."""
+            with tf.GradientTape() as tape:
+                y_pred = model(x, training=True)
+                loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+                drift = tf.add_n(
+                    [
+                        tf.reduce_sum(tf.square(v - tf.cast(params[j], v.dtype)))
+                        for v, j in zip(trainable, anchor_index, strict=True)
+                    ]
+                )
+                objective = loss + 0.5 * mu * drift
+            grads = tape.gradient(objective, trainable)
+            opt.apply(grads, trainable)
+            model.compute_metrics(x, y, y_pred)
+            return loss
+
         def fit_fn(x: Any, y: Any, seed: Any, epochs: Any, params: Any) -> Any:
             load(params)
             for v, init in resets:
                 v.assign(init)
             n = tf.shape(x)[0]
             num_batches = (n + batch - 1) // batch
+            loss_sum = tf.constant(0.0, tf.float32)
             for epoch in tf.range(epochs):
                 epoch_seed = tf.stack([seed[0], seed[1] + tf.cast(epoch, tf.int64)])
                 order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=epoch_seed)
                 for i in tf.range(num_batches):
                     idx = order[i * batch : tf.minimum((i + 1) * batch, n)]
-                    model.train_step((tf.gather(x, idx), tf.gather(y, idx)))
+                    xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+                    if mu > 0:  # decided at trace time: mu = 0 keeps the model's own step
+                        size = tf.cast(tf.shape(idx)[0], tf.float32)
+                        loss_sum += tf.cast(prox_step(xb, yb, params), tf.float32) * size
+                    else:
+                        model.train_step((xb, yb))
             delta = [v - p for v, p in zip(weights, params, strict=True)]
-            return delta, model.get_metrics_result()
+            logs = model.get_metrics_result()
+            if mu > 0:  # the task loss without the proximal term, averaged over examples
+                steps = tf.cast(n * tf.cast(epochs, tf.int32), tf.float32)
+                logs = {**logs, "loss": loss_sum / tf.maximum(steps, 1.0)}
+            return delta, logs
 
         def eval_fn(x: Any, y: Any, params: Any) -> Any:
             load(params)

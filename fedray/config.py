@@ -112,6 +112,7 @@ class StrategyConfig(_Section):
 
     name: Literal[
         "fedavg",
+        "fedprox",
         "fedavgm",
         "fedadagrad",
         "fedadam",
@@ -123,6 +124,7 @@ class StrategyConfig(_Section):
     ] = "fedavg"
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_clients: int = Field(1, ge=1)
+    proximal_mu: float = Field(0.01, ge=0)
     server_learning_rate: float | None = Field(None, gt=0)
     server_momentum: float = Field(0.9, ge=0, lt=1)
     beta1: float = Field(0.9, ge=0, lt=1)

@@ -8,7 +8,15 @@ from fedray.aggregators import Aggregator
 from fedray.client import ClientHost, HostSpec, group_clients
 from fedray.client import clients_per_host as resolve
 from fedray.config import Config
-from fedray.records import ClientEval, ClientFailure, ClientUpdate, Metrics, Params, RoundInfo
+from fedray.records import (
+    ClientEval,
+    ClientFailure,
+    ClientOptions,
+    ClientUpdate,
+    Metrics,
+    Params,
+    RoundInfo,
+)
 
 
 class LocalExecutor:
@@ -19,17 +27,23 @@ class LocalExecutor:
         aggregator: The strategy's aggregator (its ``encode`` runs in the hosts).
         clients_per_host: Clients per host; defaults to ``runtime.clients_per_actor``
             (``auto`` puts every client in one in-process host).
+        client: The strategy's client options (e.g. FedProx's ``proximal_mu``).
     """
 
     def __init__(
-        self, config: Config, aggregator: Aggregator, *, clients_per_host: int | None = None
+        self,
+        config: Config,
+        aggregator: Aggregator,
+        *,
+        clients_per_host: int | None = None,
+        client: ClientOptions = ClientOptions(),  # noqa: B008 - frozen, immutable
     ) -> None:
         per_host = clients_per_host or resolve(
             config.runtime.clients_per_actor, config.data.num_clients, cpu_slots=1
         )
         groups = group_clients(config.data.num_clients, per_host)
         self.hosts = [
-            ClientHost(HostSpec(config, g, aggregator, with_test_set=(i == 0)))
+            ClientHost(HostSpec(config, g, aggregator, with_test_set=(i == 0), client=client))
             for i, g in enumerate(groups)
         ]
         self._host_of = {cid: h for h, g in zip(self.hosts, groups, strict=True) for cid in g}

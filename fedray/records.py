@@ -72,5 +72,21 @@ class ClientEval:
     metrics: Metrics
 
 
+@dataclass(frozen=True)
+class ClientOptions:
+    """How clients train, as decided by the strategy (sent to hosts once, at start-up).
+
+    Attributes:
+        proximal_mu: FedProx's mu: local steps minimise ``f(w) + mu/2 * ||w - w_global||^2``
+            (Li et al., MLSys 2020, arXiv:1812.06127). 0 is plain local training.
+    """
+
+    proximal_mu: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.proximal_mu >= 0:
+            raise ValueError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
+
+
 AggState = dict[str, Any]
 """Named aggregator / server-optimizer state (never a positional tuple)."""

@@ -19,7 +19,15 @@ from fedray.aggregators import Aggregator
 from fedray.client import ClientHost, HostSpec, clients_per_host, group_clients
 from fedray.config import Config
 from fedray.errors import ConfigError, FedrayError
-from fedray.records import ClientEval, ClientFailure, ClientUpdate, Metrics, Params, RoundInfo
+from fedray.records import (
+    ClientEval,
+    ClientFailure,
+    ClientOptions,
+    ClientUpdate,
+    Metrics,
+    Params,
+    RoundInfo,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +138,16 @@ class RayExecutor:
     Args:
         config: The validated run config.
         aggregator: The strategy's aggregator (its ``encode`` runs in the hosts).
+        client: The strategy's client options (e.g. FedProx's ``proximal_mu``).
     """
 
-    def __init__(self, config: Config, aggregator: Aggregator) -> None:
+    def __init__(
+        self,
+        config: Config,
+        aggregator: Aggregator,
+        *,
+        client: ClientOptions = ClientOptions(),  # noqa: B008 - frozen, immutable
+    ) -> None:
         import ray
 
         self._ray = ray
@@ -154,7 +169,9 @@ class RayExecutor:
         remote_host = ray.remote(_RayClientHost)
         self.hosts = [
             remote_host.options(num_cpus=cpus_per_host, **host_options(config, g)).remote(
-                HostSpec(config, g, aggregator, with_test_set=(i == 0), threads=threads)
+                HostSpec(
+                    config, g, aggregator, with_test_set=(i == 0), client=client, threads=threads
+                )
             )
             for i, g in enumerate(groups)
         ]

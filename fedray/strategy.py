@@ -3,7 +3,8 @@
 A strategy is data, not behaviour: a frozen dataclass composed of small objects.
 Named recipes are plain functions (``fedavg()``), never subclasses.
 
-FedAvg: McMahan et al., AISTATS 2017, arXiv:1602.05629. FedAvgM: Hsu et al. 2019,
+FedAvg: McMahan et al., AISTATS 2017, arXiv:1602.05629. FedProx: Li et al., MLSys 2020,
+arXiv:1812.06127. FedAvgM: Hsu et al. 2019,
 arXiv:1909.06335. FedAdagrad / FedAdam / FedYogi: Reddi et al., ICLR 2021,
 arXiv:2003.00295. Median / trimmed mean: Yin et al., ICML 2018, arXiv:1803.01498.
 Krum / Multi-Krum: Blanchard et al., NeurIPS 2017.
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fedray.aggregators import Aggregator, Krum, Mean, Median, NormBound, TrimmedMean
+from fedray.records import ClientOptions
 from fedray.server_opt import ServerAdaptive, ServerMomentum, ServerOptimizer, ServerSGD
 
 
@@ -31,6 +33,7 @@ class Strategy:
         min_fit_clients: A round commits only if at least this many clients succeed;
             also the minimum number sampled.
         name: Recipe name, for logs and summaries.
+        client: How clients train (e.g. FedProx's ``proximal_mu``).
     """
 
     aggregator: Aggregator = field(default_factory=Mean)
@@ -38,6 +41,7 @@ class Strategy:
     fraction_fit: float = 1.0
     min_fit_clients: int = 1
     name: str = "custom"
+    client: ClientOptions = field(default_factory=ClientOptions)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction_fit <= 1.0:
@@ -76,6 +80,15 @@ def fedavg(*, fraction_fit: float = 1.0, min_fit_clients: int = 1) -> Strategy:
         min_fit_clients=min_fit_clients,
         name="fedavg",
     )
+
+
+def fedprox(*, mu: float = 0.01, fraction_fit: float = 1.0, min_fit_clients: int = 1) -> Strategy:
+    """FedProx (Li et al., MLSys 2020): local steps on ``f(w) + mu/2 * ||w - w_global||^2``.
+
+    The aggregation and server step are FedAvg's; ``mu = 0`` trains exactly like FedAvg.
+    """
+    base = fedavg(fraction_fit=fraction_fit, min_fit_clients=min_fit_clients)
+    return replace(base, name="fedprox", client=ClientOptions(proximal_mu=mu))
 
 
 def fedavgm(
@@ -177,6 +190,7 @@ def with_norm_bound(strategy: Strategy, max_norm: float) -> Strategy:
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedavg": fedavg,
+    "fedprox": fedprox,
     "fedavgm": fedavgm,
     "fedadagrad": fedadagrad,
     "fedadam": fedadam,

@@ -177,3 +177,49 @@ def test_local_training_is_exact_gradient_descent_on_full_batches():
         w, b = w - lr * 2 * np.mean(err * x), b - lr * 2 * np.mean(err)
     np.testing.assert_allclose(update.delta[0][0, 0], w - 0.5, rtol=1e-4)
     np.testing.assert_allclose(update.delta[1][0], b + 0.25, rtol=1e-4)
+
+
+def test_fedprox_step_is_gradient_descent_on_the_proximal_objective():
+    from fedray.records import ClientOptions
+
+    mu, lr = 5.0, 0.001
+    spec = _spec(
+        ["client.batch_size=64", "client.local_epochs=2", f"client.learning_rate={lr}"], ids=(0,)
+    )
+    host = ClientHost(HostSpec(spec.config, (0,), Mean(), client=ClientOptions(proximal_mu=mu)))
+    x = host.shards[0].x.astype(np.float64)[:, 0]
+    y = host.shards[0].y.astype(np.float64)[:, 0]
+    wg, bg = 0.5, -0.25
+    params = [np.array([[wg]], np.float32), np.array([bg], np.float32)]
+    update = host.fit([0], params, RoundInfo(server_round=1, seed=0))[0]
+    w, b = wg, bg
+    losses = []
+    for _ in range(2):  # two full-batch steps on mse + mu/2 * ||(w, b) - (wg, bg)||^2
+        err = w * x + b - y
+        losses.append(np.mean(err**2))
+        w, b = (
+            w - lr * (2 * np.mean(err * x) + mu * (w - wg)),
+            b - lr * (2 * np.mean(err) + mu * (b - bg)),
+        )
+    np.testing.assert_allclose(update.delta[0][0, 0], w - wg, rtol=1e-4)
+    np.testing.assert_allclose(update.delta[1][0], b - bg, rtol=1e-4)
+    # The reported loss is the task loss (without the proximal term), averaged over examples.
+    np.testing.assert_allclose(update.metrics["loss"], np.mean(losses), rtol=1e-4)
+
+
+def test_fedprox_with_tiny_mu_matches_fedavg_and_mu_zero_is_fedavg(tmp_path, linreg_config):
+    common = ["runtime.executor=local", "runtime.progress=false", "rounds=3"]
+    avg = api.run(linreg_config, out=tmp_path / "a", overrides=common)
+    zero = api.run(
+        linreg_config,
+        out=tmp_path / "z",
+        overrides=[*common, "strategy.name=fedprox", "strategy.proximal_mu=0"],
+    )
+    tiny = api.run(
+        linreg_config,
+        out=tmp_path / "t",
+        overrides=[*common, "strategy.name=fedprox", "strategy.proximal_mu=1e-9"],
+    )
+    for a, z, t in zip(avg.params, zero.params, tiny.params):
+        np.testing.assert_array_equal(a, z)  # mu = 0: exactly FedAvg
+        np.testing.assert_allclose(a, t, rtol=1e-5, atol=1e-6)  # the proximal path agrees

@@ -40,6 +40,12 @@ def test_config_builds_the_composed_strategy(overrides, aggregator, optimizer):
     assert s.aggregator == aggregator and s.server_optimizer == optimizer
 
 
+def test_fedprox_carries_mu_to_the_clients():
+    s = api.build_strategy(config.load({}, ["strategy.name=fedprox", "strategy.proximal_mu=0.5"]))
+    assert s.client.proximal_mu == 0.5 and s.aggregator == Mean()
+    assert api.build_strategy(config.load({})).client.proximal_mu == 0.0
+
+
 def test_krum_needs_enough_clients_per_round():
     with pytest.raises(ConfigError, match="needs strategy.min_fit_clients >= 2f \\+ 3 = 5, got 1"):
         config.load({"data": {"num_clients": 6}, "strategy": {"name": "krum", "num_byzantine": 1}})
