@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from fedray.aggregators import Aggregator
+from fedray.attacks import attack_update, choose_attackers, flip_labels
 from fedray.config import Config
+from fedray.errors import ConfigError
 from fedray.records import (
     ClientEval,
     ClientFailure,
@@ -113,6 +115,16 @@ class ClientHost:
         )
         self.info = host_data.info
         self.shards = host_data.shards
+        attack = cfg.attack
+        self.attackers = choose_attackers(cfg.data.num_clients, attack.fraction, cfg.seed)
+        if attack.kind == "label_flip" and self.attackers & set(self.shards):
+            if self.info.task != "classification" or not self.info.num_classes:
+                raise ConfigError(
+                    "attack.kind = 'label_flip' needs a classification dataset; "
+                    f"{cfg.data.dataset!r} is a {self.info.task} task"
+                )
+            for cid in self.attackers & set(self.shards):
+                self.shards[cid].y = flip_labels(self.shards[cid].y, self.info.num_classes)
         keras.utils.set_random_seed(cfg.seed)
         self.model = build_model(cfg.model, cfg.client, self.info)
         self.model.optimizer.build(self.model.trainable_variables)
@@ -294,7 +306,12 @@ class ClientHost:
                 delta = [d.numpy() for d in delta_t]
                 metrics = {k: float(v) for k, v in logs.items()}
                 update = ClientUpdate(cid, delta, len(self.shards[cid].x), metrics)
-                results.append(self.spec.aggregator.encode(update, info))
+                update = self.spec.aggregator.encode(update, info)
+                if cid in self.attackers:
+                    attack = self.spec.config.attack
+                    rng = np.random.default_rng([info.seed, info.server_round, cid, 4])
+                    update = attack_update(update, attack.kind, attack.scale, rng)
+                results.append(update)
             except Exception as exc:
                 results.append(ClientFailure(cid, f"{type(exc).__name__}: {exc}"))
         return results

@@ -144,6 +144,14 @@ class EvaluationConfig(_Section):
     predict: list[list[float]] | None = None
 
 
+class AttackConfig(_Section):
+    """Byzantine clients, simulated (for testing robust aggregators)."""
+
+    fraction: float = Field(0.0, ge=0, le=1)
+    kind: Literal["sign_flip", "gaussian", "label_flip"] = "sign_flip"
+    scale: float = Field(4.0, gt=0)
+
+
 class RuntimeConfig(_Section):
     """Where the clients run."""
 
@@ -166,6 +174,7 @@ class Config(_Section):
     client: ClientConfig = ClientConfig()
     strategy: StrategyConfig = StrategyConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    attack: AttackConfig = AttackConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
