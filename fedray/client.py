@@ -200,29 +200,31 @@ class ClientHost:
             model.compute_metrics(x, y, y_pred)
             return loss
 
-        def fit_fn(x: Any, y: Any, seed: Any, epochs: Any, params: Any) -> Any:
+        def fit_fn(x: Any, y: Any, seed: Any, epochs: Any, max_steps: Any, params: Any) -> Any:
             load(params)
             for v, init in resets:
                 v.assign(init)
             n = tf.shape(x)[0]
             num_batches = (n + batch - 1) // batch
             loss_sum = tf.constant(0.0, tf.float32)
+            seen = tf.constant(0.0, tf.float32)
             for epoch in tf.range(epochs):
                 epoch_seed = tf.stack([seed[0], seed[1] + tf.cast(epoch, tf.int64)])
                 order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=epoch_seed)
                 for i in tf.range(num_batches):
-                    idx = order[i * batch : tf.minimum((i + 1) * batch, n)]
-                    xb, yb = tf.gather(x, idx), tf.gather(y, idx)
-                    if mu > 0:  # decided at trace time: mu = 0 keeps the model's own step
+                    if epoch * num_batches + i < max_steps:  # stragglers stop early
+                        idx = order[i * batch : tf.minimum((i + 1) * batch, n)]
+                        xb, yb = tf.gather(x, idx), tf.gather(y, idx)
                         size = tf.cast(tf.shape(idx)[0], tf.float32)
-                        loss_sum += tf.cast(prox_step(xb, yb, params), tf.float32) * size
-                    else:
-                        model.train_step((xb, yb))
+                        seen += size
+                        if mu > 0:  # decided at trace time: mu = 0 keeps the model's own step
+                            loss_sum += tf.cast(prox_step(xb, yb, params), tf.float32) * size
+                        else:
+                            model.train_step((xb, yb))
             delta = [v - p for v, p in zip(weights, params, strict=True)]
             logs = model.get_metrics_result()
             if mu > 0:  # the task loss without the proximal term, averaged over examples
-                steps = tf.cast(n * tf.cast(epochs, tf.int32), tf.float32)
-                logs = {**logs, "loss": loss_sum / tf.maximum(steps, 1.0)}
+                logs = {**logs, "loss": loss_sum / tf.maximum(seen, 1.0)}
             return delta, logs
 
         def eval_fn(x: Any, y: Any, params: Any) -> Any:
@@ -239,6 +241,7 @@ class ClientHost:
                 *data_spec,
                 tf.TensorSpec([2], tf.int64),
                 tf.TensorSpec([], tf.int32),
+                tf.TensorSpec([], tf.int32),
                 params_spec,
             ],
         )
@@ -248,7 +251,7 @@ class ClientHost:
         if self._data:
             x, y = next(iter(self._data.values()))
             initial = [v.numpy() for v in weights]
-            fit_traced(x[:0], y[:0], np.zeros(2, np.int64), np.int32(1), initial)
+            fit_traced(x[:0], y[:0], np.zeros(2, np.int64), np.int32(1), np.int32(0), initial)
             eval_traced(x[:0], y[:0], initial)
             self._set(initial)
         return fit_traced, eval_traced
@@ -288,13 +291,33 @@ class ClientHost:
         state = np.random.SeedSequence([seed, server_round, client_id]).generate_state(2)
         return state.astype(np.int64)
 
+    def _straggler_steps(self, cid: int, info: RoundInfo, total: int) -> int:
+        """Local steps this client runs this round (fewer when it straggles).
+
+        With ``faults.straggler_fraction = p``, each sampled client straggles with
+        probability ``p`` (randomness from (seed, round, id)); a straggler runs a uniform
+        number of whole epochs in [1, E - 1] as in the FedProx paper, or, with E = 1, a
+        uniform number of steps in [1, steps - 1].
+        """
+        p = self.spec.config.faults.straggler_fraction
+        if p <= 0 or total <= 1:
+            return total
+        rng = np.random.default_rng([info.seed, info.server_round, cid, 5])
+        if rng.random() >= p:
+            return total
+        epochs = self.spec.config.client.local_epochs
+        per_epoch = total // epochs
+        if epochs > 1:
+            return int(rng.integers(1, epochs)) * per_epoch
+        return int(rng.integers(1, total))
+
     def fit(
         self, client_ids: Sequence[int], params: Params, info: RoundInfo
     ) -> list[ClientUpdate | ClientFailure]:
         """Train each client from ``params``; a client that raises becomes a ClientFailure."""
         self._check()
         results: list[ClientUpdate | ClientFailure] = []
-        epochs = np.int32(self.spec.config.client.local_epochs)
+        epochs = self.spec.config.client.local_epochs
         params_t = [self._tf.convert_to_tensor(p) for p in params]  # once for all clients
         for cid in client_ids:
             try:
@@ -302,9 +325,19 @@ class ClientHost:
                     raise KeyError(f"client {cid} is not hosted here ({list(self._data)})")
                 x, y = self._data[cid]
                 seed = self.client_seed(info.seed, info.server_round, cid)
-                delta_t, logs = self._fit_fn(x, y, seed, epochs, params_t)
+                total = epochs * -(-len(self.shards[cid].x) // self.spec.config.client.batch_size)
+                steps = self._straggler_steps(cid, info, total)
+                if steps < total and self.spec.config.faults.drop_stragglers:
+                    results.append(
+                        ClientFailure(cid, f"straggler dropped: {steps} of {total} local steps")
+                    )
+                    continue
+                delta_t, logs = self._fit_fn(
+                    x, y, seed, np.int32(epochs), np.int32(steps), params_t
+                )
                 delta = [d.numpy() for d in delta_t]
                 metrics = {k: float(v) for k, v in logs.items()}
+                metrics["work_fraction"] = steps / total if total else 1.0
                 update = ClientUpdate(cid, delta, len(self.shards[cid].x), metrics)
                 update = self.spec.aggregator.encode(update, info)
                 if cid in self.attackers:

@@ -152,6 +152,13 @@ class AttackConfig(_Section):
     scale: float = Field(4.0, gt=0)
 
 
+class FaultsConfig(_Section):
+    """Simulated faults."""
+
+    straggler_fraction: float = Field(0.0, ge=0, le=1)
+    drop_stragglers: bool = False
+
+
 class RuntimeConfig(_Section):
     """Where the clients run."""
 
@@ -175,6 +182,7 @@ class Config(_Section):
     strategy: StrategyConfig = StrategyConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     attack: AttackConfig = AttackConfig()
+    faults: FaultsConfig = FaultsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")

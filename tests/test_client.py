@@ -223,3 +223,32 @@ def test_fedprox_with_tiny_mu_matches_fedavg_and_mu_zero_is_fedavg(tmp_path, lin
     for a, z, t in zip(avg.params, zero.params, tiny.params):
         np.testing.assert_array_equal(a, z)  # mu = 0: exactly FedAvg
         np.testing.assert_allclose(a, t, rtol=1e-5, atol=1e-6)  # the proximal path agrees
+
+
+def test_stragglers_do_whole_epochs_of_their_work_exactly():
+    base = ["data.dataset=digits", "data.num_clients=4", "client.local_epochs=4"]
+    stragglers = ClientHost(
+        HostSpec(config.load({}, [*base, "faults.straggler_fraction=1"]), (0, 1, 2, 3), Mean())
+    )
+    params = stragglers.initial_params()
+    info = RoundInfo(server_round=2, seed=0)
+    for update in stragglers.fit([0, 1, 2, 3], params, info):
+        frac = update.metrics["work_fraction"]
+        epochs_done = round(frac * 4)
+        assert epochs_done in (1, 2, 3) and frac == epochs_done / 4
+        # The same client with E = epochs_done and no stragglers computes the same update.
+        cfg = config.load({}, [*base[:2], f"client.local_epochs={epochs_done}"])
+        honest = ClientHost(HostSpec(cfg, (update.client_id,), Mean()))
+        ref = honest.fit([update.client_id], params, info)[0]
+        for a, b in zip(update.delta, ref.delta):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_dropped_stragglers_are_failures_with_a_reason():
+    cfg = config.load(
+        {}, ["data.num_clients=2", "faults.straggler_fraction=1", "faults.drop_stragglers=true"]
+    )
+    host = ClientHost(HostSpec(cfg, (0, 1), Mean()))
+    out = host.fit([0, 1], host.initial_params(), RoundInfo(server_round=1, seed=0))
+    assert all(isinstance(r, ClientFailure) for r in out)
+    assert out[0].reason.startswith("straggler dropped: 1 of 2 local steps")
