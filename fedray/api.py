@@ -194,6 +194,7 @@ def run(
             callback=cb,
             evaluate_every=cfg.evaluation.every,
             federated_evaluate_every=cfg.evaluation.federated_every,
+            train_evaluate_every=cfg.evaluation.train_every,
         )
         t_end = time.perf_counter()
         (out_dir / "model.keras").write_bytes(executor.export(params))

@@ -361,17 +361,22 @@ class ClientHost:
         return self._evaluate(self._server_test, params)
 
     def evaluate_clients(
-        self, client_ids: Sequence[int], params: Params
+        self, client_ids: Sequence[int], params: Params, split: str = "test"
     ) -> list[ClientEval | ClientFailure]:
-        """Evaluate ``params`` on each client's local test split (skips clients without one)."""
+        """Evaluate ``params`` on each client's ``test`` split or ``train`` shard.
+
+        Clients without a local test split are skipped for ``test``; ``train`` gives the
+        global model's loss on the training data (as plotted in the FedProx paper).
+        """
         self._check()
+        data = self._local_test if split == "test" else self._data
         out: list[ClientEval | ClientFailure] = []
         for cid in client_ids:
-            if cid not in self._local_test:
+            if cid not in data:
                 continue
             try:
-                n = len(self.shards[cid].x_test)
-                out.append(ClientEval(cid, n, self._evaluate(self._local_test[cid], params)))
+                n = int(data[cid][0].shape[0])
+                out.append(ClientEval(cid, n, self._evaluate(data[cid], params)))
             except Exception as exc:
                 out.append(ClientFailure(cid, f"{type(exc).__name__}: {exc}"))
         return out

@@ -141,6 +141,7 @@ class EvaluationConfig(_Section):
 
     every: int = Field(1, ge=0)
     federated_every: int = Field(0, ge=0)
+    train_every: int = Field(0, ge=0)
     predict: list[list[float]] | None = None
 
 

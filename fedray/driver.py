@@ -49,9 +49,9 @@ class Executor(Protocol):
         ...
 
     def evaluate_clients(
-        self, client_ids: Sequence[int], params: Any
+        self, client_ids: Sequence[int], params: Any, split: str = "test"
     ) -> list[ClientEval | ClientFailure]:
-        """Federated evaluation on the clients' own test splits."""
+        """Evaluation on the clients' own ``test`` splits or ``train`` shards."""
         ...
 
     def close(self) -> None:
@@ -92,8 +92,13 @@ def run_rounds(
     callback: Callback,
     evaluate_every: int = 1,
     federated_evaluate_every: int = 0,
+    train_evaluate_every: int = 0,
 ) -> Params:
     """Run ``rounds`` rounds of federated training and return the final global params.
+
+    Evaluation: ``evaluate_every`` on the server test set (``eval/*``),
+    ``federated_evaluate_every`` on the clients' test splits (``fed_eval/*``) and
+    ``train_evaluate_every`` on all clients' training data (``train/*``).
 
     A round commits its new model only if at least ``strategy.min_fit_clients``
     clients returned a valid update and the new model is finite; otherwise the
@@ -162,6 +167,11 @@ def run_rounds(
             ok = [e for e in evals if isinstance(e, ClientEval)]
             logs.update(_weighted(ok, "fed_eval"))
             logs["fed_eval/clients"] = len(ok)
+        if train_evaluate_every and (
+            server_round % train_evaluate_every == 0 or server_round == rounds
+        ):  # the global model on every client's training data (e.g. FedProx's training loss)
+            evals = executor.evaluate_clients(range(executor.num_clients), handle, "train")
+            logs.update(_weighted([e for e in evals if isinstance(e, ClientEval)], "train"))
         t_end = time.perf_counter()
         logs.update(
             {

@@ -84,12 +84,12 @@ class LocalExecutor:
         return self.hosts[0].evaluate(params)
 
     def evaluate_clients(
-        self, client_ids: Sequence[int], params: Params
+        self, client_ids: Sequence[int], params: Params, split: str = "test"
     ) -> list[ClientEval | ClientFailure]:
-        """Federated evaluation on the clients' local test splits."""
+        """Federated evaluation on the clients' local ``test`` splits or ``train`` shards."""
         out: list[ClientEval | ClientFailure] = []
         for host, ids in self._by_host(client_ids):
-            out.extend(host.evaluate_clients(ids, params))
+            out.extend(host.evaluate_clients(ids, params, split))
         return out
 
     def export(self, params: Params) -> bytes:

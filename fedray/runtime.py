@@ -248,11 +248,11 @@ class RayExecutor:
         return dict(self._ray.get(self.hosts[0].evaluate.remote(params)))
 
     def evaluate_clients(
-        self, client_ids: Sequence[int], params: Any
+        self, client_ids: Sequence[int], params: Any, split: str = "test"
     ) -> list[ClientEval | ClientFailure]:
-        """Federated evaluation on the clients' local test splits."""
+        """Federated evaluation on the clients' local ``test`` splits or ``train`` shards."""
         calls = {
-            self.hosts[h].evaluate_clients.remote(ids, params): ids
+            self.hosts[h].evaluate_clients.remote(ids, params, split): ids
             for h, ids in self._plan(client_ids).items()
         }
         return self._gather(calls, "evaluate")

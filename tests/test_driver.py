@@ -60,8 +60,9 @@ class QuadraticExecutor:
     def evaluate(self, params):
         return {"w": float(params[0][0])}
 
-    def evaluate_clients(self, client_ids, params):
-        return [ClientEval(c, 1, {"w": float(params[0][0])}) for c in client_ids]
+    def evaluate_clients(self, client_ids, params, split="test"):
+        offset = 0.0 if split == "test" else 100.0
+        return [ClientEval(c, 1, {"w": float(params[0][0]) + offset}) for c in client_ids]
 
     def close(self):
         pass
@@ -169,6 +170,11 @@ def test_federated_evaluation_is_logged():
     assert "fed_eval/w" not in rows[0]
     assert rows[1]["fed_eval/w"] == pytest.approx(rows[1]["eval/w"])
     assert rows[1]["fed_eval/clients"] == 2
+
+
+def test_training_data_evaluation_is_logged_under_train():
+    _, rows = _run(QuadraticExecutor([[2.0], [8.0]], [1, 1]), rounds=2, train_evaluate_every=1)
+    assert rows[0]["train/w"] == pytest.approx(rows[0]["eval/w"] + 100.0)
 
 
 def test_validate_update_messages():
