@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fedray import checkpoint as checkpoint_mod
 from fedray import config as config_mod
 from fedray.callbacks import (
     Callback,
@@ -35,6 +36,7 @@ from fedray.callbacks import (
 )
 from fedray.config import Config
 from fedray.driver import run_rounds
+from fedray.errors import FedrayError
 from fedray.records import Params
 from fedray.server_opt import ServerSGD
 from fedray.strategy import STRATEGIES, Strategy, with_norm_bound
@@ -144,6 +146,7 @@ def run(
     out: str | Path | None = None,
     overrides: Iterable[str] = (),
     callbacks: Iterable[Callback] = (),
+    resume: bool = False,
 ) -> History:
     """Train a federated model as described by ``config``.
 
@@ -153,6 +156,9 @@ def run(
             (a temporary directory when ``config`` is not a file).
         overrides: ``dotted.key=value`` strings applied on top of ``config``.
         callbacks: Extra :class:`~fedray.callbacks.Callback` objects.
+        resume: Continue the run in ``out`` from its last checkpoint; the finished run
+            equals an uninterrupted one bit for bit (only ``rounds`` and ``runtime.*``
+            may differ from the original config).
 
     Returns:
         A :class:`History` with per-round metrics, the summary and final weights.
@@ -164,6 +170,13 @@ def run(
     t_start = time.perf_counter()
     cfg = config_mod.load(config, overrides)
     check_inputs(cfg)
+    fp = checkpoint_mod.fingerprint(cfg.to_dict())
+    state = None
+    if resume:
+        if out is None:
+            raise FedrayError("--resume needs the run directory (--out DIR) to continue")
+        state = checkpoint_mod.load(out, config_fingerprint=fp)
+        logger.info("resuming after round %d from %s", state.server_round, out)
     if out is None:
         out_dir = (
             _default_out(config)
@@ -183,8 +196,11 @@ def run(
         ui: Callback = (
             ProgressBar(cfg.rounds, keys=keys) if cfg.runtime.progress else LoggingCallback(keys)
         )
-        writers = [CSVLogger(out_dir / "metrics.csv"), TensorBoardLogger(out_dir / "tb")]
-        cb = CallbackList([recorder, *writers, ui, *callbacks])
+        csv_log = CSVLogger(out_dir / "metrics.csv")
+        if state is not None:  # the history so far continues in the same files
+            recorder.rows = [dict(r) for r in state.rows]
+            csv_log.rows = [dict(r) for r in state.rows]
+        cb = CallbackList([recorder, csv_log, TensorBoardLogger(out_dir / "tb"), ui, *callbacks])
         t_rounds = time.perf_counter()
         params = run_rounds(
             strategy=strategy,
@@ -195,6 +211,9 @@ def run(
             evaluate_every=cfg.evaluation.every,
             federated_evaluate_every=cfg.evaluation.federated_every,
             train_evaluate_every=cfg.evaluation.train_every,
+            resume=state,
+            checkpoint=lambda st: checkpoint_mod.save(out_dir, st, config_fingerprint=fp),
+            checkpoint_every=cfg.checkpoint.every,
         )
         t_end = time.perf_counter()
         (out_dir / "model.keras").write_bytes(executor.export(params))

@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output directory (default: runs/<config>-<timestamp>)")
     r.add_argument("--address", help="Ray cluster to join: 'auto' or host:port (default: local)")
     r.add_argument("--local", action="store_true", help="run clients in-process, without Ray")
+    r.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its last checkpoint (writes into DIR)",
+    )
     r.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     r.add_argument(
         "--verbose", action="store_true", help="show TensorFlow's and Ray's start-up logs"
@@ -79,7 +84,10 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append("runtime.progress=false")
     if args.verbose:
         overrides.append("runtime.verbose=true")
-    history = run(args.config, out=args.out, overrides=overrides)
+    if args.resume and args.out and args.out != args.resume:
+        raise FedrayError(f"--resume {args.resume} writes into that directory; drop --out")
+    out = args.resume or args.out
+    history = run(args.config, out=out, overrides=overrides, resume=bool(args.resume))
     final = history.final
     shown = {k: v for k, v in final.items() if k.startswith(("fit/", "eval/", "fed_eval/"))}
     print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))

@@ -160,6 +160,12 @@ class FaultsConfig(_Section):
     drop_stragglers: bool = False
 
 
+class CheckpointConfig(_Section):
+    """Driver checkpoints in the run directory (``checkpoint.pkl``), for ``--resume``."""
+
+    every: int = Field(1, ge=0)
+
+
 class RuntimeConfig(_Section):
     """Where the clients run."""
 
@@ -184,6 +190,7 @@ class Config(_Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     attack: AttackConfig = AttackConfig()
     faults: FaultsConfig = FaultsConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from fedray import tree
 from fedray.callbacks import Callback, Logs
+from fedray.checkpoint import DriverState
 from fedray.records import ClientEval, ClientFailure, ClientUpdate, Metrics, Params, RoundInfo
 from fedray.strategy import Strategy
 
@@ -93,12 +94,19 @@ def run_rounds(
     evaluate_every: int = 1,
     federated_evaluate_every: int = 0,
     train_evaluate_every: int = 0,
+    resume: DriverState | None = None,
+    checkpoint: Callable[[DriverState], object] | None = None,
+    checkpoint_every: int = 0,
 ) -> Params:
     """Run ``rounds`` rounds of federated training and return the final global params.
 
     Evaluation: ``evaluate_every`` on the server test set (``eval/*``),
     ``federated_evaluate_every`` on the clients' test splits (``fed_eval/*``) and
     ``train_evaluate_every`` on all clients' training data (``train/*``).
+
+    With ``checkpoint`` and ``checkpoint_every``, the full driver state is handed to
+    ``checkpoint`` every N rounds (and after the last); ``resume`` continues from such a
+    state, giving the same result as an uninterrupted run.
 
     A round commits its new model only if at least ``strategy.min_fit_clients``
     clients returned a valid update and the new model is finite; otherwise the
@@ -108,10 +116,16 @@ def run_rounds(
     params = executor.initial_params()
     agg_state = strategy.aggregator.init(params)
     opt_state = strategy.server_optimizer.init(params)
+    first = 1
+    if resume is not None:  # continue exactly where the checkpoint left off
+        params, agg_state, opt_state = resume.params, resume.agg_state, resume.opt_state
+        rng.bit_generator.state = resume.rng_state
+        first = resume.server_round + 1
     handle = executor.broadcast(params)
     callback.on_run_begin({"num_clients": executor.num_clients, "rounds": rounds})
-    logs: Logs = {}
-    for server_round in range(1, rounds + 1):
+    logs: Logs = dict(resume.rows[-1]) if resume is not None and resume.rows else {}
+    rows: list[Logs] = list(resume.rows) if resume is not None else []
+    for server_round in range(first, rounds + 1):
         t0 = time.perf_counter()
         callback.on_round_begin(server_round)
         ids = strategy.sample_clients(executor.num_clients, rng)
@@ -182,5 +196,21 @@ def run_rounds(
             }
         )
         callback.on_round_end(server_round, logs)
+        rows.append({"round": server_round, **logs})
+        if (
+            checkpoint is not None
+            and checkpoint_every
+            and (server_round % checkpoint_every == 0 or server_round == rounds)
+        ):
+            checkpoint(
+                DriverState(
+                    server_round=server_round,
+                    params=params,
+                    agg_state=agg_state,
+                    opt_state=opt_state,
+                    rng_state=dict(rng.bit_generator.state),
+                    rows=rows,
+                )
+            )
     callback.on_run_end(logs)
     return params

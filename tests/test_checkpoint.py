@@ -1,0 +1,142 @@
+"""Checkpoint and resume: a resumed run equals the uninterrupted one, bit for bit."""
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedray import checkpoint
+from fedray.callbacks import RoundRecorder
+from fedray.checkpoint import CheckpointError, DriverState
+from fedray.driver import run_rounds
+from fedray.strategy import fedadam
+from tests.conftest import ROOT
+from tests.test_driver import QuadraticExecutor
+
+
+def _ex():
+    return QuadraticExecutor([[float(i), -float(i)] for i in range(8)], list(range(1, 9)))
+
+
+def _strategy():
+    return fedadam(server_learning_rate=0.3, fraction_fit=0.5)  # uses the RNG and opt state
+
+
+def test_resumed_driver_equals_uninterrupted_run():
+    states = []
+    full = run_rounds(
+        strategy=_strategy(), executor=_ex(), rounds=6, seed=3, callback=RoundRecorder(),
+        checkpoint=lambda st: states.append(copy.deepcopy(st)), checkpoint_every=1,
+    )  # fmt: skip
+    assert [s.server_round for s in states] == [1, 2, 3, 4, 5, 6]
+    rec = RoundRecorder()
+    ex = _ex()
+    resumed = run_rounds(
+        strategy=_strategy(), executor=ex, rounds=6, seed=3, callback=rec, resume=states[2]
+    )
+    np.testing.assert_array_equal(full[0], resumed[0])
+    assert [r for _, r in ex.fit_calls] == [4, 5, 6]  # only the missing rounds ran
+    assert [r["round"] for r in rec.rows] == [4, 5, 6]
+
+
+def test_checkpoint_file_round_trip_and_errors(tmp_path):
+    state = DriverState(3, [np.arange(3.0)], {"m": [np.ones(2)]}, {}, {"state": 1}, [{"r": 1}])
+    checkpoint.save(tmp_path, state, config_fingerprint="abc")
+    back = checkpoint.load(tmp_path, config_fingerprint="abc")
+    assert back.server_round == 3 and back.rows == [{"r": 1}]
+    np.testing.assert_array_equal(back.params[0], [0.0, 1.0, 2.0])
+    assert not (tmp_path / "checkpoint.pkl.tmp").exists()  # written atomically
+    with pytest.raises(CheckpointError, match="written for a different configuration"):
+        checkpoint.load(tmp_path, config_fingerprint="xyz")
+    (tmp_path / "checkpoint.pkl").write_bytes(b"\x80\x05garbage")
+    with pytest.raises(CheckpointError, match="is corrupt or unreadable"):
+        checkpoint.load(tmp_path, config_fingerprint="abc")
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        checkpoint.load(tmp_path / "none", config_fingerprint="abc")
+
+
+def _metrics(d):
+    df = pd.read_csv(d / "metrics.csv")
+    return df[[c for c in df.columns if not c.startswith("time/")]]
+
+
+def test_api_resume_matches_uninterrupted_run(tmp_path, linreg_config):
+    pytest.importorskip("tensorflow")
+    from fedray import api
+
+    common = ["runtime.executor=local", "runtime.progress=false", "data.num_clients=4",
+              "strategy.name=fedyogi", "strategy.fraction_fit=0.5"]  # fmt: skip
+    full = api.run(linreg_config, out=tmp_path / "full", overrides=[*common, "rounds=6"])
+    api.run(linreg_config, out=tmp_path / "cut", overrides=[*common, "rounds=3"])
+    resumed = api.run(
+        linreg_config, out=tmp_path / "cut", overrides=[*common, "rounds=6"], resume=True
+    )
+    for a, b in zip(full.params, resumed.params):
+        np.testing.assert_array_equal(a, b)
+    pd.testing.assert_frame_equal(_metrics(tmp_path / "full"), _metrics(tmp_path / "cut"))
+    with pytest.raises(CheckpointError, match="different configuration"):
+        api.run(
+            linreg_config,
+            out=tmp_path / "cut",
+            overrides=[*common, "rounds=8", "client.learning_rate=0.5"],
+            resume=True,
+        )
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    pytest.importorskip("tensorflow")
+    from fedray import api
+
+    args = [
+        "--set",
+        "rounds=60",
+        "--set",
+        "data.num_clients=4",
+        "--set",
+        "runtime.clients_per_actor=4",
+    ]
+    cut = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "fedray", "run", str(ROOT / "experiments" / "blobs.yaml"),
+           "--local", "--no-progress", "--out", str(cut), *args]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (cut / "metrics.csv").exists() and len(pd.read_csv(cut / "metrics.csv")) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = checkpoint.load(cut, config_fingerprint=_fp(args)).server_round
+    assert 3 <= done < 60
+    overrides = [a for a in args if a != "--set"] + [
+        "runtime.executor=local",
+        "runtime.progress=false",
+    ]
+    resumed = api.run(
+        ROOT / "experiments" / "blobs.yaml", out=cut, overrides=overrides, resume=True
+    )
+    full = api.run(ROOT / "experiments" / "blobs.yaml", out=tmp_path / "full", overrides=overrides)
+    for a, b in zip(full.params, resumed.params):
+        np.testing.assert_array_equal(a, b)
+    pd.testing.assert_frame_equal(_metrics(tmp_path / "full"), _metrics(cut))
+
+
+def _fp(args):
+    from fedray import config
+
+    overrides = [a for a in args if a != "--set"]
+    return checkpoint.fingerprint(
+        config.load(ROOT / "experiments" / "blobs.yaml", overrides).to_dict()
+    )
