@@ -83,7 +83,11 @@ def build_strategy(cfg: Config) -> Strategy:
     """The strategy named by ``strategy.name``, with the options that recipe takes."""
     s = cfg.strategy
     kwargs: dict[str, Any] = {"fraction_fit": s.fraction_fit, "min_fit_clients": s.min_fit_clients}
-    if s.name in ("fedavgm", "fedadagrad", "fedadam", "fedyogi") and s.server_learning_rate:
+    if s.name == "scaffold":
+        kwargs["num_clients"] = cfg.data.num_clients
+    if s.name in ("fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold") and (
+        s.server_learning_rate
+    ):
         kwargs["server_learning_rate"] = s.server_learning_rate
     if s.name == "fedavgm":
         kwargs["server_momentum"] = s.server_momentum
@@ -175,6 +179,11 @@ def run(
     if resume:
         if out is None:
             raise FedrayError("--resume needs the run directory (--out DIR) to continue")
+        if cfg.strategy.name == "scaffold":
+            raise FedrayError(
+                "--resume of a SCAFFOLD run is not supported yet: the clients' control "
+                "variates live in their hosts and are not in the checkpoint"
+            )
         state = checkpoint_mod.load(out, config_fingerprint=fp)
         logger.info("resuming after round %d from %s", state.server_round, out)
     if out is None:

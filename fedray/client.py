@@ -138,6 +138,7 @@ class ClientHost:
         self._server_test: tuple[Any, Any] | None = None
         if host_data.x_test is not None and host_data.y_test is not None and len(host_data.x_test):
             self._server_test = (tf.constant(host_data.x_test), tf.constant(host_data.y_test))
+        self._controls: dict[int, Params] = {}  # SCAFFOLD's client control variates
         self._fit_fn, self._eval_fn = self._compile_loops(host_data.info)
         self.setup_s = time.perf_counter() - t0
 
@@ -183,24 +184,40 @@ class ClientHost:
         trainable = list(model.trainable_variables)
         anchor_index = [next(i for i, w in enumerate(weights) if w is v) for v in trainable]
 
-        def prox_step(x: Any, y: Any, params: Any) -> Any:
-            """Keras' train step plus FedProx's mu/2 * ||w - w_global||^2 in the gradient."""
+        scaffold = bool(self.spec.client.control_variates)
+        custom = mu > 0 or scaffold  # decided at trace time; else the model's own train_step
+
+        def custom_step(x: Any, y: Any, params: Any, correction: Any) -> Any:
+            """Keras' train step with FedProx's and/or SCAFFOLD's change.
+
+            FedProx adds mu/2 * ||w - w_global||^2 to the objective; SCAFFOLD adds the
+            correction ``c - c_i`` to the gradient.
+            """
             with tf.GradientTape() as tape:
                 y_pred = model(x, training=True)
                 loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
-                drift = tf.add_n(
-                    [
-                        tf.reduce_sum(tf.square(v - tf.cast(params[j], v.dtype)))
-                        for v, j in zip(trainable, anchor_index, strict=True)
-                    ]
-                )
-                objective = loss + 0.5 * mu * drift
+                objective = loss
+                if mu > 0:
+                    drift = tf.add_n(
+                        [
+                            tf.reduce_sum(tf.square(v - tf.cast(params[j], v.dtype)))
+                            for v, j in zip(trainable, anchor_index, strict=True)
+                        ]
+                    )
+                    objective = loss + 0.5 * mu * drift
             grads = tape.gradient(objective, trainable)
+            if scaffold:
+                grads = [
+                    g + tf.cast(correction[j], g.dtype)
+                    for g, j in zip(grads, anchor_index, strict=True)
+                ]
             opt.apply(grads, trainable)
             model.compute_metrics(x, y, y_pred)
             return loss
 
-        def fit_fn(x: Any, y: Any, seed: Any, epochs: Any, max_steps: Any, params: Any) -> Any:
+        def fit_fn(
+            x: Any, y: Any, seed: Any, epochs: Any, max_steps: Any, params: Any, correction: Any
+        ) -> Any:
             load(params)
             for v, init in resets:
                 v.assign(init)
@@ -217,13 +234,14 @@ class ClientHost:
                         xb, yb = tf.gather(x, idx), tf.gather(y, idx)
                         size = tf.cast(tf.shape(idx)[0], tf.float32)
                         seen += size
-                        if mu > 0:  # decided at trace time: mu = 0 keeps the model's own step
-                            loss_sum += tf.cast(prox_step(xb, yb, params), tf.float32) * size
+                        if custom:
+                            step_loss = custom_step(xb, yb, params, correction)
+                            loss_sum += tf.cast(step_loss, tf.float32) * size
                         else:
                             model.train_step((xb, yb))
             delta = [v - p for v, p in zip(weights, params, strict=True)]
             logs = model.get_metrics_result()
-            if mu > 0:  # the task loss without the proximal term, averaged over examples
+            if custom:  # the task loss without the proximal term, averaged over examples
                 logs = {**logs, "loss": loss_sum / tf.maximum(seen, 1.0)}
             return delta, logs
 
@@ -243,6 +261,7 @@ class ClientHost:
                 tf.TensorSpec([], tf.int32),
                 tf.TensorSpec([], tf.int32),
                 params_spec,
+                params_spec,
             ],
         )
         eval_traced = tf.function(eval_fn, input_signature=[*data_spec, params_spec])
@@ -251,7 +270,9 @@ class ClientHost:
         if self._data:
             x, y = next(iter(self._data.values()))
             initial = [v.numpy() for v in weights]
-            fit_traced(x[:0], y[:0], np.zeros(2, np.int64), np.int32(1), np.int32(0), initial)
+            fit_traced(
+                x[:0], y[:0], np.zeros(2, np.int64), np.int32(1), np.int32(0), initial, initial
+            )
             eval_traced(x[:0], y[:0], initial)
             self._set(initial)
         return fit_traced, eval_traced
@@ -312,9 +333,17 @@ class ClientHost:
         return int(rng.integers(1, total))
 
     def fit(
-        self, client_ids: Sequence[int], params: Params, info: RoundInfo
+        self,
+        client_ids: Sequence[int],
+        params: Params,
+        info: RoundInfo,
+        extras: dict[str, Params] | None = None,
     ) -> list[ClientUpdate | ClientFailure]:
-        """Train each client from ``params``; a client that raises becomes a ClientFailure."""
+        """Train each client from ``params``; a client that raises becomes a ClientFailure.
+
+        ``extras`` carries what the aggregator broadcasts beside the weights (SCAFFOLD's
+        server control variate ``"control"``).
+        """
         self._check()
         results: list[ClientUpdate | ClientFailure] = []
         epochs = self.spec.config.client.local_epochs
@@ -332,13 +361,33 @@ class ClientHost:
                         ClientFailure(cid, f"straggler dropped: {steps} of {total} local steps")
                     )
                     continue
+                correction = params_t
+                if self.spec.client.control_variates:
+                    server_c = (extras or {}).get("control") or [np.zeros_like(p) for p in params]
+                    own_c = self._controls.setdefault(cid, [np.zeros_like(p) for p in params])
+                    correction = [
+                        np.subtract(c, ci, dtype=p.dtype)
+                        for c, ci, p in zip(server_c, own_c, params, strict=True)
+                    ]
                 delta_t, logs = self._fit_fn(
-                    x, y, seed, np.int32(epochs), np.int32(steps), params_t
+                    x, y, seed, np.int32(epochs), np.int32(steps), params_t, correction
                 )
                 delta = [d.numpy() for d in delta_t]
                 metrics = {k: float(v) for k, v in logs.items()}
                 metrics["work_fraction"] = steps / total if total else 1.0
-                update = ClientUpdate(cid, delta, len(self.shards[cid].x), metrics)
+                update_extras: dict[str, Params] = {}
+                if self.spec.client.control_variates:
+                    # Option II of Karimireddy et al.: c_i+ = c_i - c + (x - y_i) / (K * lr).
+                    scale = 1.0 / (max(steps, 1) * self.spec.config.client.learning_rate)
+                    delta_c = [
+                        (-c - d * scale).astype(d.dtype)
+                        for c, d in zip(server_c, delta, strict=True)
+                    ]
+                    self._controls[cid] = [ci + dc for ci, dc in zip(own_c, delta_c, strict=True)]
+                    update_extras["delta_c"] = delta_c
+                update = ClientUpdate(
+                    cid, delta, len(self.shards[cid].x), metrics, extras=update_extras
+                )
                 update = self.spec.aggregator.encode(update, info)
                 if cid in self.attackers:
                     attack = self.spec.config.attack

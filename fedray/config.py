@@ -113,6 +113,7 @@ class StrategyConfig(_Section):
     name: Literal[
         "fedavg",
         "fedprox",
+        "scaffold",
         "fedavgm",
         "fedadagrad",
         "fedadam",

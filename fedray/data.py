@@ -123,7 +123,8 @@ def _finish(
     else:
         num_classes = None
         y = y.astype(np.float32).reshape(len(y), -1)
-        y_test = np.asarray(y_test).astype(np.float32).reshape(len(y_test), -1)
+        # An empty test split (test_fraction 0) keeps the target width of the training rows.
+        y_test = np.asarray(y_test).astype(np.float32).reshape(len(y_test), y.shape[1])
     return Dataset(
         x_train=x.astype(np.float32),
         y_train=y,

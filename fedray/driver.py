@@ -35,8 +35,11 @@ class Executor(Protocol):
         """The freshly initialised global model's weights."""
         ...
 
-    def broadcast(self, params: Params) -> Any:
-        """Make ``params`` available to every host once; returns an opaque handle."""
+    def broadcast(self, params: Params, extras: dict[str, Params] | None = None) -> Any:
+        """Make ``params`` (and the aggregator's ``extras``) available to every host once.
+
+        Returns an opaque handle for ``fit`` and the evaluations.
+        """
         ...
 
     def fit(
@@ -69,6 +72,12 @@ def validate_update(update: ClientUpdate, reference: Params) -> str | None:
         return "update contains NaN or Inf"
     if update.num_examples <= 0:
         return f"num_examples must be > 0, got {update.num_examples}"
+    for name, arrays in update.extras.items():
+        problem = tree.structure_mismatch(arrays, reference)
+        if problem is not None:
+            return f"wrong {name} structure: {problem}"
+        if not tree.all_finite(arrays):
+            return f"{name} contains NaN or Inf"
     return None
 
 
@@ -121,7 +130,7 @@ def run_rounds(
         params, agg_state, opt_state = resume.params, resume.agg_state, resume.opt_state
         rng.bit_generator.state = resume.rng_state
         first = resume.server_round + 1
-    handle = executor.broadcast(params)
+    handle = executor.broadcast(params, agg_state.get("broadcast"))
     callback.on_run_begin({"num_clients": executor.num_clients, "rounds": rounds})
     logs: Logs = dict(resume.rows[-1]) if resume is not None and resume.rows else {}
     rows: list[Logs] = list(resume.rows) if resume is not None else []
@@ -156,7 +165,7 @@ def run_rounds(
             logs.update({f"agg/{k}": v for k, v in measurements.items()})
             if tree.all_finite(new_params):
                 params, opt_state, committed = new_params, new_opt_state, True
-                handle = executor.broadcast(params)
+                handle = executor.broadcast(params, agg_state.get("broadcast"))
             else:
                 logger.warning(
                     "round %d: aggregated model is not finite; rolled back", server_round

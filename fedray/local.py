@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from fedray.aggregators import Aggregator
 from fedray.client import ClientHost, HostSpec, group_clients
@@ -59,9 +60,11 @@ class LocalExecutor:
         """Weights of host 0's freshly built model."""
         return self.hosts[0].initial_params()
 
-    def broadcast(self, params: Params) -> Params:
-        """In-process: the handle is the params list itself."""
-        return params
+    def broadcast(
+        self, params: Params, extras: dict[str, Params] | None = None
+    ) -> tuple[Params, dict[str, Params] | None]:
+        """In-process: the handle is the params list and the extras themselves."""
+        return params, extras
 
     def _by_host(self, client_ids: Sequence[int]) -> list[tuple[ClientHost, list[int]]]:
         plan: dict[int, tuple[ClientHost, list[int]]] = {}
@@ -71,25 +74,26 @@ class LocalExecutor:
         return list(plan.values())
 
     def fit(
-        self, client_ids: Sequence[int], params: Params, info: RoundInfo
+        self, client_ids: Sequence[int], handle: Any, info: RoundInfo
     ) -> list[ClientUpdate | ClientFailure]:
         """Train the sampled clients, host by host."""
+        params, extras = handle
         out: list[ClientUpdate | ClientFailure] = []
         for host, ids in self._by_host(client_ids):
-            out.extend(host.fit(ids, params, info))
+            out.extend(host.fit(ids, params, info, extras))
         return out
 
-    def evaluate(self, params: Params) -> Metrics:
+    def evaluate(self, handle: Any) -> Metrics:
         """Centralized evaluation on host 0's test set."""
-        return self.hosts[0].evaluate(params)
+        return self.hosts[0].evaluate(handle[0])
 
     def evaluate_clients(
-        self, client_ids: Sequence[int], params: Params, split: str = "test"
+        self, client_ids: Sequence[int], handle: Any, split: str = "test"
     ) -> list[ClientEval | ClientFailure]:
         """Federated evaluation on the clients' local ``test`` splits or ``train`` shards."""
         out: list[ClientEval | ClientFailure] = []
         for host, ids in self._by_host(client_ids):
-            out.extend(host.evaluate_clients(ids, params, split))
+            out.extend(host.evaluate_clients(ids, handle[0], split))
         return out
 
     def export(self, params: Params) -> bytes:

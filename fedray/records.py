@@ -42,12 +42,15 @@ class ClientUpdate:
         delta: ``local_weights - global_weights``, one array per model weight.
         num_examples: Training examples the client used (the FedAvg weight).
         metrics: Client-side training metrics, e.g. ``{"loss": 0.3}``.
+        extras: Further per-client arrays with the structure of the params, e.g.
+            SCAFFOLD's control-variate change ``{"delta_c": ...}``.
     """
 
     client_id: int
     delta: Params
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
+    extras: dict[str, Params] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,13 @@ class ClientOptions:
     Attributes:
         proximal_mu: FedProx's mu: local steps minimise ``f(w) + mu/2 * ||w - w_global||^2``
             (Li et al., MLSys 2020, arXiv:1812.06127). 0 is plain local training.
+        control_variates: SCAFFOLD's local steps ``g - c_i + c`` and control-variate
+            updates (Karimireddy et al., ICML 2020, arXiv:1910.06378); the server
+            variate ``c`` arrives in the broadcast extras as ``"control"``.
     """
 
     proximal_mu: float = 0.0
+    control_variates: bool = False
 
     def __post_init__(self) -> None:
         if not self.proximal_mu >= 0:

@@ -207,9 +207,9 @@ class RayExecutor:
         """Weights of host 0's freshly built model."""
         return list(self._ray.get(self.hosts[0].initial_params.remote()))
 
-    def broadcast(self, params: Params) -> Any:
-        """Put ``params`` in the object store once; every host gets this ref."""
-        return self._ray.put(params)
+    def broadcast(self, params: Params, extras: dict[str, Params] | None = None) -> Any:
+        """Put ``params`` (and extras) in the object store once; every host gets the refs."""
+        return self._ray.put(params), (self._ray.put(extras) if extras else None)
 
     def _plan(self, client_ids: Sequence[int]) -> dict[int, list[int]]:
         plan: dict[int, list[int]] = {}
@@ -237,22 +237,23 @@ class RayExecutor:
         self, client_ids: Sequence[int], params: Any, info: RoundInfo
     ) -> list[ClientUpdate | ClientFailure]:
         """Start every sampled client's training and collect updates as they finish."""
+        params_ref, extras_ref = params
         calls = {
-            self.hosts[h].fit.remote(ids, params, info): ids
+            self.hosts[h].fit.remote(ids, params_ref, info, extras_ref): ids
             for h, ids in self._plan(client_ids).items()
         }
         return self._gather(calls, "fit")
 
     def evaluate(self, params: Any) -> Metrics:
         """Centralized evaluation on host 0's held-out test set."""
-        return dict(self._ray.get(self.hosts[0].evaluate.remote(params)))
+        return dict(self._ray.get(self.hosts[0].evaluate.remote(params[0])))
 
     def evaluate_clients(
         self, client_ids: Sequence[int], params: Any, split: str = "test"
     ) -> list[ClientEval | ClientFailure]:
         """Federated evaluation on the clients' local ``test`` splits or ``train`` shards."""
         calls = {
-            self.hosts[h].evaluate_clients.remote(ids, params, split): ids
+            self.hosts[h].evaluate_clients.remote(ids, params[0], split): ids
             for h, ids in self._plan(client_ids).items()
         }
         return self._gather(calls, "evaluate")

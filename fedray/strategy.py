@@ -4,8 +4,8 @@ A strategy is data, not behaviour: a frozen dataclass composed of small objects.
 Named recipes are plain functions (``fedavg()``), never subclasses.
 
 FedAvg: McMahan et al., AISTATS 2017, arXiv:1602.05629. FedProx: Li et al., MLSys 2020,
-arXiv:1812.06127. FedAvgM: Hsu et al. 2019,
-arXiv:1909.06335. FedAdagrad / FedAdam / FedYogi: Reddi et al., ICLR 2021,
+arXiv:1812.06127. SCAFFOLD: Karimireddy et al., ICML 2020, arXiv:1910.06378.
+FedAvgM: Hsu et al. 2019, arXiv:1909.06335. FedAdagrad / FedAdam / FedYogi: Reddi et al., ICLR 2021,
 arXiv:2003.00295. Median / trimmed mean: Yin et al., ICML 2018, arXiv:1803.01498.
 Krum / Multi-Krum: Blanchard et al., NeurIPS 2017.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from fedray.aggregators import Aggregator, Krum, Mean, Median, NormBound, TrimmedMean
+from fedray.aggregators import Aggregator, Krum, Mean, Median, NormBound, Scaffold, TrimmedMean
 from fedray.records import ClientOptions
 from fedray.server_opt import ServerAdaptive, ServerMomentum, ServerOptimizer, ServerSGD
 
@@ -89,6 +89,28 @@ def fedprox(*, mu: float = 0.01, fraction_fit: float = 1.0, min_fit_clients: int
     """
     base = fedavg(fraction_fit=fraction_fit, min_fit_clients=min_fit_clients)
     return replace(base, name="fedprox", client=ClientOptions(proximal_mu=mu))
+
+
+def scaffold(
+    *,
+    num_clients: int,
+    server_learning_rate: float = 1.0,
+    fraction_fit: float = 1.0,
+    min_fit_clients: int = 1,
+) -> Strategy:
+    """SCAFFOLD (Karimireddy et al., ICML 2020): control variates correct client drift.
+
+    Client variates live in the client hosts across rounds (so they survive packing);
+    the server variate is broadcast with the weights.
+    """
+    return Strategy(
+        aggregator=Scaffold(Mean(weighting="uniform"), num_clients=num_clients),
+        server_optimizer=ServerSGD(server_learning_rate),
+        fraction_fit=fraction_fit,
+        min_fit_clients=min_fit_clients,
+        name="scaffold",
+        client=ClientOptions(control_variates=True),
+    )
 
 
 def fedavgm(
@@ -191,6 +213,7 @@ def with_norm_bound(strategy: Strategy, max_norm: float) -> Strategy:
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedavg": fedavg,
     "fedprox": fedprox,
+    "scaffold": scaffold,
     "fedavgm": fedavgm,
     "fedadagrad": fedadagrad,
     "fedadam": fedadam,

@@ -32,7 +32,7 @@ class QuadraticExecutor:
     def initial_params(self):
         return [np.zeros_like(self.targets[0])]
 
-    def broadcast(self, params):
+    def broadcast(self, params, extras=None):
         self.broadcasts += 1
         out = [np.array(p) for p in params]
         for p in out:

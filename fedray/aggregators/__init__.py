@@ -4,6 +4,7 @@ from fedray.aggregators.base import Aggregator
 from fedray.aggregators.clip import NormBound, clip_update
 from fedray.aggregators.mean import Mean, weighted_mean
 from fedray.aggregators.robust import Krum, Median, TrimmedMean
+from fedray.aggregators.scaffold import Scaffold
 
 __all__ = [
     "Aggregator",
@@ -11,6 +12,7 @@ __all__ = [
     "Mean",
     "Median",
     "NormBound",
+    "Scaffold",
     "TrimmedMean",
     "clip_update",
     "weighted_mean",
