@@ -2,6 +2,7 @@
 
     python experiments/strategies.py fedprox     # FedProx paper, Figure 1 trend (~4 min)
     python experiments/strategies.py adaptive    # FedAdam / FedYogi vs FedAvg, non-IID (~2 min)
+    python experiments/strategies.py fedbuff     # FedBuff vs synchronous FedAvg, wall clock (Ray)
 
 fedprox: Synthetic(1, 1), 30 devices, 10 sampled per round, E = 20, batch 10, lr 0.01,
 90 % stragglers. FedAvg drops the stragglers (a deadline), FedProx (mu = 1) uses their
@@ -26,6 +27,7 @@ import fedray
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 LOCAL = ["runtime.executor=local", "runtime.progress=false", "runtime.clients_per_actor=1000"]
+TARGET = 0.9  # accuracy for the wall-clock comparison
 
 SUITES = {
     "fedprox": (
@@ -56,12 +58,29 @@ SUITES = {
         },
         ["eval/accuracy", "eval/loss"],
     ),
+    "fedbuff": (
+        "digits.yaml",
+        [
+            "rounds=60", "data.partition=iid", "evaluation.federated_every=0",
+            "client.optimizer=sgd", "client.learning_rate=0.05", "faults.delay_s=1.0",
+            "runtime.clients_per_actor=1", "runtime.executor=ray",
+        ],
+        {
+            "fedavg (sync, 5 per round)": ["strategy.name=fedavg", "strategy.fraction_fit=0.5"],
+            "fedbuff (5 in flight, buffer 3)": [
+                "strategy.name=fedbuff", "strategy.concurrency=5", "strategy.buffer_size=3",
+                "strategy.server_learning_rate=1.0",
+            ],
+        },
+        ["eval/accuracy", "eval/loss"],
+    ),
 }  # fmt: skip
 
 
 TITLES = {
     "fedprox": "Synthetic(1,1), 90 % stragglers: FedAvg drops them, FedProx keeps partial work",
     "adaptive": "digits, Dirichlet(0.1) over 10 clients: adaptive server optimizers",
+    "fedbuff": "digits, 10 clients with fixed delays U(0, 1 s): synchronous vs buffered",
 }
 
 
@@ -70,14 +89,18 @@ def run_suite(name: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     frames, rows = [], []
     for label, overrides in runs.items():
-        hist = fedray.run(HERE / config, out=None, overrides=[*common, *overrides, *LOCAL])
-        df = hist.metrics.assign(run=label)
+        runtime = LOCAL if "runtime.executor=ray" not in common else ["runtime.progress=false"]
+        hist = fedray.run(
+            HERE / config, out=None, overrides=[*LOCAL, *runtime, *common, *overrides]
+        )
+        df = hist.metrics.assign(run=label, wall_s=hist.metrics["time/round_s"].cumsum())
         frames.append(df)
         final = df.ffill().iloc[-1]
         rows.append({
             "run": label,
             **{m: float(final[m]) for m in metrics},
             "best_accuracy": float(df["eval/accuracy"].max()),
+            f"seconds_to_{TARGET}": float(df.loc[df["eval/accuracy"] >= TARGET, "wall_s"].min()),
             "failed_clients": int(df["clients/failed"].sum()),
             "skipped_rounds": int((df["round/committed"] == 0).sum()),
         })  # fmt: skip
@@ -92,9 +115,10 @@ def run_suite(name: str) -> None:
     (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4))
     for ax, metric in zip(axes, metrics, strict=True):
+        x = "wall_s" if name == "fedbuff" else "round"
         for df in frames:
-            ax.plot(df["round"], df[metric], label=df["run"].iloc[0])
-        ax.set_xlabel("round")
+            ax.plot(df[x], df[metric], label=df["run"].iloc[0])
+        ax.set_xlabel("wall-clock seconds in rounds" if x == "wall_s" else "round")
         ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)

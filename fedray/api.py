@@ -85,7 +85,9 @@ def build_strategy(cfg: Config) -> Strategy:
     kwargs: dict[str, Any] = {"fraction_fit": s.fraction_fit, "min_fit_clients": s.min_fit_clients}
     if s.name == "scaffold":
         kwargs["num_clients"] = cfg.data.num_clients
-    if s.name in ("fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold") and (
+    if s.name == "fedbuff":
+        kwargs.update(concurrency=s.concurrency, buffer_size=s.buffer_size)
+    if s.name in ("fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold", "fedbuff") and (
         s.server_learning_rate
     ):
         kwargs["server_learning_rate"] = s.server_learning_rate
@@ -179,10 +181,10 @@ def run(
     if resume:
         if out is None:
             raise FedrayError("--resume needs the run directory (--out DIR) to continue")
-        if cfg.strategy.name == "scaffold":
+        if cfg.strategy.name in ("scaffold", "fedbuff"):
             raise FedrayError(
-                "--resume of a SCAFFOLD run is not supported yet: the clients' control "
-                "variates live in their hosts and are not in the checkpoint"
+                f"--resume of a {cfg.strategy.name} run is not supported yet: SCAFFOLD's "
+                "client variates and FedBuff's in-flight clients are not in checkpoints"
             )
         state = checkpoint_mod.load(out, config_fingerprint=fp)
         logger.info("resuming after round %d from %s", state.server_round, out)
@@ -211,19 +213,31 @@ def run(
             csv_log.rows = [dict(r) for r in state.rows]
         cb = CallbackList([recorder, csv_log, TensorBoardLogger(out_dir / "tb"), ui, *callbacks])
         t_rounds = time.perf_counter()
-        params = run_rounds(
-            strategy=strategy,
-            executor=executor,
-            rounds=cfg.rounds,
-            seed=cfg.seed,
-            callback=cb,
-            evaluate_every=cfg.evaluation.every,
-            federated_evaluate_every=cfg.evaluation.federated_every,
-            train_evaluate_every=cfg.evaluation.train_every,
-            resume=state,
-            checkpoint=lambda st: checkpoint_mod.save(out_dir, st, config_fingerprint=fp),
-            checkpoint_every=cfg.checkpoint.every,
-        )
+        if strategy.buffering is not None:  # FedBuff: asynchronous server steps
+            from fedray.async_driver import run_async
+
+            params = run_async(
+                strategy=strategy,
+                executor=executor,
+                rounds=cfg.rounds,
+                seed=cfg.seed,
+                callback=cb,
+                evaluate_every=cfg.evaluation.every,
+            )
+        else:
+            params = run_rounds(
+                strategy=strategy,
+                executor=executor,
+                rounds=cfg.rounds,
+                seed=cfg.seed,
+                callback=cb,
+                evaluate_every=cfg.evaluation.every,
+                federated_evaluate_every=cfg.evaluation.federated_every,
+                train_evaluate_every=cfg.evaluation.train_every,
+                resume=state,
+                checkpoint=lambda st: checkpoint_mod.save(out_dir, st, config_fingerprint=fp),
+                checkpoint_every=cfg.checkpoint.every,
+            )
         t_end = time.perf_counter()
         (out_dir / "model.keras").write_bytes(executor.export(params))
         predictions = None

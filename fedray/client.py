@@ -312,6 +312,14 @@ class ClientHost:
         state = np.random.SeedSequence([seed, server_round, client_id]).generate_state(2)
         return state.astype(np.int64)
 
+    def _delay(self, cid: int) -> float:
+        """Simulated extra seconds per fit: ``faults.delay_s * u``, ``u ~ U(0, 1)`` per client."""
+        max_delay = self.spec.config.faults.delay_s
+        if max_delay <= 0:
+            return 0.0
+        u = float(np.random.default_rng([self.spec.config.seed, 6, cid]).random())
+        return max_delay * u
+
     def _straggler_steps(self, cid: int, info: RoundInfo, total: int) -> int:
         """Local steps this client runs this round (fewer when it straggles).
 
@@ -388,6 +396,9 @@ class ClientHost:
                 update = ClientUpdate(
                     cid, delta, len(self.shards[cid].x), metrics, extras=update_extras
                 )
+                delay = self._delay(cid)
+                if delay:  # a slow device (faults.delay_s): fixed per client, from the seed
+                    time.sleep(delay)
                 update = self.spec.aggregator.encode(update, info)
                 if cid in self.attackers:
                     attack = self.spec.config.attack

@@ -114,6 +114,7 @@ class StrategyConfig(_Section):
         "fedavg",
         "fedprox",
         "scaffold",
+        "fedbuff",
         "fedavgm",
         "fedadagrad",
         "fedadam",
@@ -135,6 +136,8 @@ class StrategyConfig(_Section):
     num_byzantine: int = Field(0, ge=0)
     krum_selected: int | None = Field(None, ge=1)
     norm_bound: float | None = Field(None, gt=0)
+    concurrency: int = Field(10, ge=1)
+    buffer_size: int = Field(5, ge=1)
 
 
 class EvaluationConfig(_Section):
@@ -159,6 +162,7 @@ class FaultsConfig(_Section):
 
     straggler_fraction: float = Field(0.0, ge=0, le=1)
     drop_stragglers: bool = False
+    delay_s: float = Field(0.0, ge=0)
 
 
 class CheckpointConfig(_Section):

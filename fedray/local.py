@@ -83,6 +83,18 @@ class LocalExecutor:
             out.extend(host.fit(ids, params, info, extras))
         return out
 
+    def submit(self, client_id: int, handle: Any, info: RoundInfo) -> int:
+        """In-process: train now; the ticket is a sequence number (FIFO completion)."""
+        self._done = getattr(self, "_done", {})
+        self._tickets = getattr(self, "_tickets", 0) + 1
+        self._done[self._tickets] = self.fit([client_id], handle, info)[0]
+        return self._tickets
+
+    def wait(self, tickets: list[Any]) -> list[tuple[Any, ClientUpdate | ClientFailure]]:
+        """The oldest submitted ticket (in-process training finished on submit)."""
+        first = min(tickets)
+        return [(first, self._done.pop(first))]
+
     def evaluate(self, handle: Any) -> Metrics:
         """Centralized evaluation on host 0's test set."""
         return self.hosts[0].evaluate(handle[0])

@@ -95,5 +95,24 @@ class ClientOptions:
             raise ValueError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
 
 
+@dataclass(frozen=True)
+class Buffering:
+    """Asynchronous buffered aggregation (FedBuff, Nguyen et al., AISTATS 2022).
+
+    Attributes:
+        concurrency: Clients kept training at once.
+        buffer_size: Updates per server step.
+    """
+
+    concurrency: int = 10
+    buffer_size: int = 5
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if not self.buffer_size >= 1:
+            raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
+
+
 AggState = dict[str, Any]
 """Named aggregator / server-optimizer state (never a positional tuple)."""

@@ -244,6 +244,32 @@ class RayExecutor:
         }
         return self._gather(calls, "fit")
 
+    def submit(self, client_id: int, params: Any, info: RoundInfo) -> Any:
+        """Start one client's training on its host; the ticket is the result's ref."""
+        params_ref, extras_ref = params
+        ref = self.hosts[self._host_index[client_id]].fit.remote(
+            [client_id], params_ref, info, extras_ref
+        )
+        self._tickets = getattr(self, "_tickets", {})
+        self._tickets[ref] = client_id
+        return ref
+
+    def wait(self, tickets: list[Any]) -> list[tuple[Any, ClientUpdate | ClientFailure]]:
+        """Block until the first ticket finishes (``ray.wait``); return it."""
+        ray = self._ray
+        ready, _ = ray.wait(tickets, num_returns=1)
+        out: list[tuple[Any, ClientUpdate | ClientFailure]] = []
+        for ref in ready:
+            cid = self._tickets.pop(ref)
+            try:
+                out.append((ref, ray.get(ref)[0]))
+            except ray.exceptions.RayError as exc:
+                cause = _unwrap(exc)
+                out.append(
+                    (ref, ClientFailure(cid, f"host failed: {type(cause).__name__}: {cause}"))
+                )
+        return out
+
     def evaluate(self, params: Any) -> Metrics:
         """Centralized evaluation on host 0's held-out test set."""
         return dict(self._ray.get(self.hosts[0].evaluate.remote(params[0])))

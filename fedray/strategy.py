@@ -17,8 +17,17 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from fedray.aggregators import Aggregator, Krum, Mean, Median, NormBound, Scaffold, TrimmedMean
-from fedray.records import ClientOptions
+from fedray.aggregators import (
+    Aggregator,
+    Krum,
+    Mean,
+    Median,
+    NormBound,
+    Scaffold,
+    StalenessWeighted,
+    TrimmedMean,
+)
+from fedray.records import Buffering, ClientOptions
 from fedray.server_opt import ServerAdaptive, ServerMomentum, ServerOptimizer, ServerSGD
 
 
@@ -34,6 +43,8 @@ class Strategy:
             also the minimum number sampled.
         name: Recipe name, for logs and summaries.
         client: How clients train (e.g. FedProx's ``proximal_mu``).
+        buffering: If set, rounds are asynchronous server steps (FedBuff): clients train
+            continuously and every ``buffer_size`` arrivals make one server step.
     """
 
     aggregator: Aggregator = field(default_factory=Mean)
@@ -42,6 +53,7 @@ class Strategy:
     min_fit_clients: int = 1
     name: str = "custom"
     client: ClientOptions = field(default_factory=ClientOptions)
+    buffering: Buffering | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction_fit <= 1.0:
@@ -110,6 +122,29 @@ def scaffold(
         min_fit_clients=min_fit_clients,
         name="scaffold",
         client=ClientOptions(control_variates=True),
+    )
+
+
+def fedbuff(
+    *,
+    concurrency: int = 10,
+    buffer_size: int = 5,
+    server_learning_rate: float = 1.0,
+    fraction_fit: float = 1.0,
+    min_fit_clients: int = 1,
+) -> Strategy:
+    """FedBuff (Nguyen et al., AISTATS 2022, arXiv:2106.06639): asynchronous, buffered.
+
+    ``concurrency`` clients train at once; every ``buffer_size`` arrivals, the
+    staleness-weighted (``1/sqrt(1+s)``) mean moves the model by server SGD.
+    """
+    return Strategy(
+        aggregator=StalenessWeighted(Mean(weighting="uniform")),
+        server_optimizer=ServerSGD(server_learning_rate),
+        fraction_fit=fraction_fit,
+        min_fit_clients=min_fit_clients,
+        name="fedbuff",
+        buffering=Buffering(concurrency=concurrency, buffer_size=buffer_size),
     )
 
 
@@ -214,6 +249,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedavg": fedavg,
     "fedprox": fedprox,
     "scaffold": scaffold,
+    "fedbuff": fedbuff,
     "fedavgm": fedavgm,
     "fedadagrad": fedadagrad,
     "fedadam": fedadam,

@@ -13,6 +13,9 @@ LIGHT = [
     "fedray.partition",
     "fedray.callbacks",
     "fedray.driver",
+    "fedray.async_driver",
+    "fedray.checkpoint",
+    "fedray.attacks",
     "fedray.config",
     "fedray.errors",
     # Edge modules import their heavy dependencies lazily, too.
@@ -65,6 +68,9 @@ def test_math_layers_import_no_keras_or_tensorflow_text():
         "partition.py",
         "callbacks.py",
         "driver.py",
+        "async_driver.py",
+        "checkpoint.py",
+        "attacks.py",
         *[str(p.relative_to(pkg)) for p in (pkg / "aggregators").glob("*.py")],
     ]
     for name in math_files:

@@ -62,3 +62,18 @@ def test_start_up_data_error_reaches_the_driver_unwrapped(ray_instance, tmp_path
 
     with pytest.raises(DataError, match="data.path: file not found: '.*gone.csv'"):
         RayExecutor(cfg, Mean())
+
+
+def test_fedbuff_on_ray_with_slow_clients(ray_instance, tmp_path, linreg_config):
+    hist = api.run(
+        linreg_config,
+        out=tmp_path,
+        overrides=[
+            "strategy.name=fedbuff", "strategy.concurrency=2", "strategy.buffer_size=2",
+            "rounds=4", "faults.delay_s=0.2", "runtime.progress=false",
+        ],
+    )  # fmt: skip
+    assert list(hist.metrics["round"]) == [1, 2, 3, 4]
+    assert (hist.metrics["clients/ok"] == 2).all()
+    assert "agg/staleness_mean" in hist.metrics.columns
+    assert hist.metrics["eval/loss"].iloc[-1] < hist.metrics["eval/loss"].iloc[0]

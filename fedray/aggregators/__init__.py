@@ -5,6 +5,7 @@ from fedray.aggregators.clip import NormBound, clip_update
 from fedray.aggregators.mean import Mean, weighted_mean
 from fedray.aggregators.robust import Krum, Median, TrimmedMean
 from fedray.aggregators.scaffold import Scaffold
+from fedray.aggregators.staleness import StalenessWeighted, staleness_weight
 
 __all__ = [
     "Aggregator",
@@ -13,7 +14,9 @@ __all__ = [
     "Median",
     "NormBound",
     "Scaffold",
+    "StalenessWeighted",
     "TrimmedMean",
     "clip_update",
+    "staleness_weight",
     "weighted_mean",
 ]
