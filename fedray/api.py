@@ -181,10 +181,10 @@ def run(
     if resume:
         if out is None:
             raise FedrayError("--resume needs the run directory (--out DIR) to continue")
-        if cfg.strategy.name in ("scaffold", "fedbuff"):
+        if cfg.strategy.name == "fedbuff":
             raise FedrayError(
-                f"--resume of a {cfg.strategy.name} run is not supported yet: SCAFFOLD's "
-                "client variates and FedBuff's in-flight clients are not in checkpoints"
+                "--resume of a fedbuff run is not supported yet: its in-flight clients and "
+                "update buffer are not in checkpoints"
             )
         state = checkpoint_mod.load(out, config_fingerprint=fp)
         logger.info("resuming after round %d from %s", state.server_round, out)

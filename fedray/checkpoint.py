@@ -2,7 +2,8 @@
 
 A checkpoint holds everything the round loop needs to continue as if never stopped:
 the round number, global weights, aggregator and server-optimizer state, the driver's
-RNG state and the history so far. Client randomness is derived from
+RNG state, the history so far, and the per-client state kept in client hosts
+(SCAFFOLD's control variates). Client randomness is derived from
 ``(seed, round, client id)``, so a resumed run is bit-for-bit the uninterrupted run.
 The file is written to a temporary name and renamed, so a crash never leaves a torn
 checkpoint. Layer 2: numpy and the standard library only.
@@ -39,6 +40,7 @@ class DriverState:
     opt_state: AggState
     rng_state: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    client_state: dict[int, dict[str, Params]] = field(default_factory=dict)
 
 
 def fingerprint(config: dict[str, Any], *, ignore: tuple[str, ...] = ("runtime", "rounds")) -> str:

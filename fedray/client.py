@@ -409,6 +409,18 @@ class ClientHost:
                 results.append(ClientFailure(cid, f"{type(exc).__name__}: {exc}"))
         return results
 
+    def client_state(self) -> dict[int, dict[str, Params]]:
+        """Per-client state kept in this host across rounds (SCAFFOLD's control variates)."""
+        self._check()
+        return {cid: {"control": [np.array(c) for c in cs]} for cid, cs in self._controls.items()}
+
+    def restore_client_state(self, state: dict[int, dict[str, Params]]) -> None:
+        """Load per-client state saved by :meth:`client_state` (for the clients hosted here)."""
+        self._check()
+        for cid, entry in state.items():
+            if cid in self._data and "control" in entry:
+                self._controls[cid] = [np.array(c) for c in entry["control"]]
+
     def _evaluate(self, data: tuple[Any, Any], params: Params) -> Metrics:
         logs = self._eval_fn(data[0], data[1], list(params))
         return {k: float(v) for k, v in logs.items()}

@@ -58,6 +58,14 @@ class Executor(Protocol):
         """Evaluation on the clients' own ``test`` splits or ``train`` shards."""
         ...
 
+    def client_state(self) -> dict[int, dict[str, Params]]:
+        """Per-client state kept in the hosts across rounds (for checkpoints)."""
+        ...
+
+    def restore_client_state(self, state: dict[int, dict[str, Params]]) -> None:
+        """Hand saved per-client state back to the hosts (on resume)."""
+        ...
+
     def close(self) -> None:
         """Release hosts and resources."""
         ...
@@ -130,6 +138,8 @@ def run_rounds(
         params, agg_state, opt_state = resume.params, resume.agg_state, resume.opt_state
         rng.bit_generator.state = resume.rng_state
         first = resume.server_round + 1
+        if resume.client_state:
+            executor.restore_client_state(resume.client_state)
     handle = executor.broadcast(params, agg_state.get("broadcast"))
     callback.on_run_begin({"num_clients": executor.num_clients, "rounds": rounds})
     logs: Logs = dict(resume.rows[-1]) if resume is not None and resume.rows else {}
@@ -219,6 +229,7 @@ def run_rounds(
                     opt_state=opt_state,
                     rng_state=dict(rng.bit_generator.state),
                     rows=rows,
+                    client_state=executor.client_state(),
                 )
             )
     callback.on_run_end(logs)

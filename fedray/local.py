@@ -95,6 +95,18 @@ class LocalExecutor:
         first = min(tickets)
         return [(first, self._done.pop(first))]
 
+    def client_state(self) -> dict[int, dict[str, Params]]:
+        """Per-client state of every host (for checkpoints)."""
+        out: dict[int, dict[str, Params]] = {}
+        for host in self.hosts:
+            out.update(host.client_state())
+        return out
+
+    def restore_client_state(self, state: dict[int, dict[str, Params]]) -> None:
+        """Give every host its clients' saved state."""
+        for host in self.hosts:
+            host.restore_client_state(state)
+
     def evaluate(self, handle: Any) -> Metrics:
         """Centralized evaluation on host 0's test set."""
         return self.hosts[0].evaluate(handle[0])

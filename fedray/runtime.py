@@ -244,6 +244,18 @@ class RayExecutor:
         }
         return self._gather(calls, "fit")
 
+    def client_state(self) -> dict[int, dict[str, Params]]:
+        """Per-client state of every host (for checkpoints)."""
+        out: dict[int, dict[str, Params]] = {}
+        for part in self._ray.get([h.client_state.remote() for h in self.hosts]):
+            out.update(part)
+        return out
+
+    def restore_client_state(self, state: dict[int, dict[str, Params]]) -> None:
+        """Give every host its clients' saved state."""
+        ref = self._ray.put(state)
+        self._ray.get([h.restore_client_state.remote(ref) for h in self.hosts])
+
     def submit(self, client_id: int, params: Any, info: RoundInfo) -> Any:
         """Start one client's training on its host; the ticket is the result's ref."""
         params_ref, extras_ref = params

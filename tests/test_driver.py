@@ -64,6 +64,12 @@ class QuadraticExecutor:
         offset = 0.0 if split == "test" else 100.0
         return [ClientEval(c, 1, {"w": float(params[0][0]) + offset}) for c in client_ids]
 
+    def client_state(self):
+        return {}
+
+    def restore_client_state(self, state):
+        pass
+
     def close(self):
         pass
 

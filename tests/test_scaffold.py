@@ -64,3 +64,19 @@ def test_scaffold_aggregator_needs_every_clients_delta_c():
         agg.aggregate(
             [ClientUpdate(1, [np.zeros(2, np.float32)], 1)], state, np.random.default_rng(0)
         )
+
+
+def test_scaffold_resume_restores_client_control_variates(tmp_path):
+    cfg = _toy(tmp_path)
+    common = ["strategy.name=scaffold", "runtime.clients_per_actor=1"]
+    full = api.run(cfg, out=tmp_path / "full", overrides=[*common, "rounds=8"])
+    api.run(cfg, out=tmp_path / "cut", overrides=[*common, "rounds=4"])
+    resumed = api.run(cfg, out=tmp_path / "cut", overrides=[*common, "rounds=8"], resume=True)
+    for a, b in zip(full.params, resumed.params):
+        np.testing.assert_array_equal(a, b)  # needs the clients' c_i from the checkpoint
+    from fedray import checkpoint
+
+    fp = checkpoint.fingerprint(config.load(cfg, [*common, "rounds=8"]).to_dict())
+    state = checkpoint.load(tmp_path / "cut", config_fingerprint=fp)
+    assert sorted(state.client_state) == [0, 1]
+    assert np.abs(state.client_state[0]["control"][0]).sum() > 0
