@@ -320,6 +320,18 @@ class ClientHost:
         u = float(np.random.default_rng([self.spec.config.seed, 6, cid]).random())
         return max_delay * u
 
+    def fault(self, cid: int, info: RoundInfo) -> str | None:
+        """The simulated fault of this client in this round (see :func:`simulated_fault`)."""
+        return simulated_fault(self.spec.config, info.seed, info.server_round, cid)
+
+    def _crash(self, cid: int) -> None:
+        """In-process there is no host process to lose: the client fails instead."""
+        raise RuntimeError(f"simulated crash of client {cid}'s host (faults.crash_rate)")
+
+    def _hang(self, cid: int) -> None:
+        """In-process a hang would block the run: the client fails instead."""
+        raise TimeoutError(f"simulated hang of client {cid} (faults.hang_rate)")
+
     def _straggler_steps(self, cid: int, info: RoundInfo, total: int) -> int:
         """Local steps this client runs this round (fewer when it straggles).
 
@@ -360,6 +372,11 @@ class ClientHost:
             try:
                 if cid not in self._data:
                     raise KeyError(f"client {cid} is not hosted here ({list(self._data)})")
+                fault = self.fault(cid, info)
+                if fault == "crash":
+                    self._crash(cid)
+                elif fault == "hang":
+                    self._hang(cid)
                 x, y = self._data[cid]
                 seed = self.client_seed(info.seed, info.server_round, cid)
                 total = epochs * -(-len(self.shards[cid].x) // self.spec.config.client.batch_size)
@@ -381,6 +398,8 @@ class ClientHost:
                     x, y, seed, np.int32(epochs), np.int32(steps), params_t, correction
                 )
                 delta = [d.numpy() for d in delta_t]
+                if fault == "nan":  # a broken client: the driver must reject this update
+                    delta = [np.full_like(d, np.nan) for d in delta]
                 metrics = {k: float(v) for k, v in logs.items()}
                 metrics["work_fraction"] = steps / total if total else 1.0
                 update_extras: dict[str, Params] = {}
@@ -467,6 +486,23 @@ class ClientHost:
             path = Path(tmp) / "model.keras"
             self.model.save(path)
             return path.read_bytes()
+
+
+def simulated_fault(config: Config, seed: int, server_round: int, cid: int) -> str | None:
+    """``"crash"``, ``"hang"``, ``"nan"`` or None for one client in one round.
+
+    Drawn from (seed, round, client id) with ``faults.crash_rate``, ``hang_rate`` and
+    ``nan_rate``, so a test can predict every injected fault.
+    """
+    f = config.faults
+    if not (f.crash_rate or f.hang_rate or f.nan_rate):
+        return None
+    u = float(np.random.default_rng([seed, server_round, cid, 7]).random())
+    for kind, rate in (("crash", f.crash_rate), ("hang", f.hang_rate), ("nan", f.nan_rate)):
+        if u < rate:
+            return kind
+        u -= rate
+    return None
 
 
 def clients_per_host(setting: int | str, num_clients: int, cpu_slots: float) -> int:

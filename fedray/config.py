@@ -163,6 +163,9 @@ class FaultsConfig(_Section):
     straggler_fraction: float = Field(0.0, ge=0, le=1)
     drop_stragglers: bool = False
     delay_s: float = Field(0.0, ge=0)
+    crash_rate: float = Field(0.0, ge=0, le=1)
+    hang_rate: float = Field(0.0, ge=0, le=1)
+    nan_rate: float = Field(0.0, ge=0, le=1)
 
 
 class CheckpointConfig(_Section):
@@ -179,6 +182,8 @@ class RuntimeConfig(_Section):
     clients_per_actor: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     num_cpus: int | None = Field(None, ge=1)
     scheduling: Literal["default", "spread"] = "default"
+    round_timeout_s: float | None = Field(None, gt=0)
+    max_restarts: int = Field(3, ge=-1)
     progress: bool = True
     verbose: bool = False
 

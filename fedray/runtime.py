@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,12 +95,19 @@ def connect(address: str | None, *, num_cpus: int | None, verbose: bool) -> bool
 
 
 class _RayClientHost(ClientHost):
-    """The plain host plus the one thing only Ray knows: which node it runs on."""
+    """The plain host plus what only a Ray actor can do: know its node, really crash or hang."""
 
     def ready(self) -> dict[str, Any]:
         import ray
 
         return {**super().ready(), "node_id": ray.get_runtime_context().get_node_id()}
+
+    def _crash(self, cid: int) -> None:
+        logger.warning("client %d: simulated host crash (faults.crash_rate)", cid)
+        os._exit(1)  # the whole host process dies; Ray restarts it (runtime.max_restarts)
+
+    def _hang(self, cid: int) -> None:
+        time.sleep(10**6)  # until the driver's round deadline kills and restarts this host
 
 
 def host_options(config: Config, client_ids: tuple[int, ...]) -> dict[str, Any]:
@@ -168,7 +176,12 @@ class RayExecutor:
         threads = max(1, math.floor(total_cpus / len(groups)))
         remote_host = ray.remote(_RayClientHost)
         self.hosts = [
-            remote_host.options(num_cpus=cpus_per_host, **host_options(config, g)).remote(
+            remote_host.options(
+                num_cpus=cpus_per_host,
+                max_restarts=config.runtime.max_restarts,  # a restart reloads shards and model
+                max_task_retries=0,  # a call in flight when the host died fails its clients
+                **host_options(config, g),
+            ).remote(
                 HostSpec(
                     config, g, aggregator, with_test_set=(i == 0), client=client, threads=threads
                 )
@@ -178,6 +191,8 @@ class RayExecutor:
         self._groups = groups
         self._host_index = {cid: i for i, g in enumerate(groups) for cid in g}
         self._num_clients = config.data.num_clients
+        self._round_timeout_s = config.runtime.round_timeout_s
+        self._restarting: set[int] = set()  # hosts that died or were killed: await before use
         try:
             self.host_info = ray.get([h.ready.remote() for h in self.hosts])
         except ray.exceptions.RayTaskError as exc:
@@ -217,13 +232,52 @@ class RayExecutor:
             plan.setdefault(self._host_index[cid], []).append(cid)
         return plan
 
-    def _gather(self, calls: dict[Any, list[int]], what: str) -> list[Any]:
-        """Collect results as they finish; a dead host fails all its clients."""
+    def _await_restarts(self, timeout_s: float = 300.0) -> None:
+        """Wait until hosts that died (and that Ray restarts) answer again.
+
+        A call sent to a restarting actor fails at once with ``ActorUnavailableError``;
+        pinging ``ready`` until it answers keeps such hosts out of the next calls' way.
+        A host that cannot come back (``runtime.max_restarts`` used up) stays failed.
+        """
+        ray = self._ray
+        deadline = time.monotonic() + timeout_s
+        for index in sorted(self._restarting):
+            while time.monotonic() < deadline:
+                try:
+                    ray.get(self.hosts[index].ready.remote())
+                    break
+                except ray.exceptions.ActorDiedError:
+                    logger.warning("client host %d is dead for good (runtime.max_restarts)", index)
+                    break
+                except ray.exceptions.RayActorError:
+                    time.sleep(0.25)
+        self._restarting.clear()
+
+    def _gather(
+        self, calls: dict[Any, list[int]], what: str, timeout_s: float | None = None
+    ) -> list[Any]:
+        """Collect results as they finish; a dead host fails all its clients.
+
+        With ``timeout_s``, whatever has not arrived by the deadline is dropped and
+        counted as failed, and its host is killed so Ray restarts it: a hung client can
+        never block the run.
+        """
         ray = self._ray
         out: list[Any] = []
         pending = list(calls)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+            if not ready:  # the deadline passed
+                for ref in pending:
+                    ids = calls[ref]
+                    reason = f"no result within runtime.round_timeout_s={timeout_s:g}"
+                    out.extend(ClientFailure(cid, reason) for cid in ids)
+                    index = self._host_index[ids[0]]
+                    ray.kill(self.hosts[index], no_restart=False)
+                    self._restarting.add(index)
+                break
             for ref in ready:
                 try:
                     out.extend(ray.get(ref))
@@ -231,21 +285,25 @@ class RayExecutor:
                     cause = _unwrap(exc)
                     reason = f"host failed during {what}: {type(cause).__name__}: {cause}"
                     out.extend(ClientFailure(cid, reason) for cid in calls[ref])
+                    if isinstance(exc, ray.exceptions.RayActorError):
+                        self._restarting.add(self._host_index[calls[ref][0]])
         return out
 
     def fit(
         self, client_ids: Sequence[int], params: Any, info: RoundInfo
     ) -> list[ClientUpdate | ClientFailure]:
         """Start every sampled client's training and collect updates as they finish."""
+        self._await_restarts()
         params_ref, extras_ref = params
         calls = {
             self.hosts[h].fit.remote(ids, params_ref, info, extras_ref): ids
             for h, ids in self._plan(client_ids).items()
         }
-        return self._gather(calls, "fit")
+        return self._gather(calls, "fit", self._round_timeout_s)
 
     def client_state(self) -> dict[int, dict[str, Params]]:
         """Per-client state of every host (for checkpoints)."""
+        self._await_restarts()
         out: dict[int, dict[str, Params]] = {}
         for part in self._ray.get([h.client_state.remote() for h in self.hosts]):
             out.update(part)
@@ -284,12 +342,14 @@ class RayExecutor:
 
     def evaluate(self, params: Any) -> Metrics:
         """Centralized evaluation on host 0's held-out test set."""
+        self._await_restarts()
         return dict(self._ray.get(self.hosts[0].evaluate.remote(params[0])))
 
     def evaluate_clients(
         self, client_ids: Sequence[int], params: Any, split: str = "test"
     ) -> list[ClientEval | ClientFailure]:
         """Federated evaluation on the clients' local ``test`` splits or ``train`` shards."""
+        self._await_restarts()
         calls = {
             self.hosts[h].evaluate_clients.remote(ids, params[0], split): ids
             for h, ids in self._plan(client_ids).items()
@@ -298,6 +358,7 @@ class RayExecutor:
 
     def export(self, params: Params) -> bytes:
         """The final model as ``.keras`` bytes, saved by host 0."""
+        self._await_restarts()
         return bytes(self._ray.get(self.hosts[0].export.remote(params)))
 
     def predict(self, params: Params, x: list[list[float]]) -> list[list[float]]:

@@ -1,0 +1,54 @@
+"""Fault injection: crashes restart hosts, hangs hit the round deadline, NaN is rejected."""
+
+import pytest
+
+from fedray import api, config
+from fedray.client import simulated_fault
+from tests.conftest import ROOT
+
+FAULTS = ["faults.crash_rate=0.15", "faults.hang_rate=0.1", "faults.nan_rate=0.15"]
+
+
+def _expected(cfg):
+    return {
+        r: [simulated_fault(cfg, cfg.seed, r, c) for c in range(cfg.data.num_clients)]
+        for r in range(1, cfg.rounds + 1)
+    }
+
+
+def test_fault_schedule_is_seeded_and_follows_the_rates():
+    cfg = config.load({"rounds": 400, "data": {"num_clients": 10}}, FAULTS)
+    kinds = [k for row in _expected(cfg).values() for k in row]
+    n = len(kinds)
+    assert abs(kinds.count("crash") / n - 0.15) < 0.02
+    assert abs(kinds.count("hang") / n - 0.10) < 0.02
+    assert abs(kinds.count("nan") / n - 0.15) < 0.02
+    assert kinds == [k for row in _expected(cfg).values() for k in row]
+
+
+def test_in_process_faults_are_counted_failures(tmp_path, linreg_config):
+    pytest.importorskip("tensorflow")
+    overrides = [*FAULTS, "rounds=6", "data.num_clients=4", "strategy.min_fit_clients=1",
+                 "runtime.executor=local", "runtime.progress=false"]  # fmt: skip
+    hist = api.run(linreg_config, out=tmp_path, overrides=overrides)
+    expected = _expected(config.load(linreg_config, overrides))
+    for row in hist.rows:
+        faults = sum(k is not None for k in expected[row["round"]])
+        assert row["clients/failed"] == faults and row["clients/ok"] == 4 - faults
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_crashed_and_hung_hosts_restart_and_the_run_completes(tmp_path):
+    overrides = [*FAULTS, "rounds=5", "data.num_clients=4", "strategy.min_fit_clients=1",
+                 "runtime.clients_per_actor=1", "runtime.round_timeout_s=6",
+                 "runtime.max_restarts=-1", "runtime.progress=false"]  # fmt: skip
+    path = ROOT / "experiments" / "linreg.yaml"
+    hist = api.run(path, out=tmp_path, overrides=overrides)
+    expected = _expected(config.load(path, overrides))
+    assert [r["round"] for r in hist.rows] == [1, 2, 3, 4, 5]
+    kinds = [k for row in expected.values() for k in row]
+    assert {"crash", "hang"} <= set(kinds)  # the schedule really exercises both
+    for row in hist.rows:
+        faults = sum(k is not None for k in expected[row["round"]])
+        assert row["clients/failed"] == faults, (row["round"], expected[row["round"]])
