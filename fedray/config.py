@@ -17,9 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedray.errors import ConfigError
 
-DATASETS = ("linreg", "synthetic", "blobs", "digits", "npz", "csv", "parquet", "mnist", "cifar10")
 FILE_DATASETS = ("npz", "csv", "parquet")
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 
 
 class _Section(BaseModel):

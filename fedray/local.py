@@ -50,6 +50,8 @@ class LocalExecutor:
         self._host_of = {cid: h for h, g in zip(self.hosts, groups, strict=True) for cid in g}
         self.host_info = [h.ready() for h in self.hosts]
         self._num_clients = config.data.num_clients
+        self._tickets = 0  # submit/wait (FedBuff): results of in-process "async" training
+        self._done: dict[int, ClientUpdate | ClientFailure] = {}
 
     @property
     def num_clients(self) -> int:
@@ -85,8 +87,7 @@ class LocalExecutor:
 
     def submit(self, client_id: int, handle: Any, info: RoundInfo) -> int:
         """In-process: train now; the ticket is a sequence number (FIFO completion)."""
-        self._done = getattr(self, "_done", {})
-        self._tickets = getattr(self, "_tickets", 0) + 1
+        self._tickets += 1
         self._done[self._tickets] = self.fit([client_id], handle, info)[0]
         return self._tickets
 

@@ -19,8 +19,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-PARTITIONS = ("iid", "dirichlet", "shards", "column")
-
 
 def _check_clients(num_samples: int, num_clients: int) -> None:
     if num_clients < 1:

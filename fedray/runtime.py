@@ -193,6 +193,7 @@ class RayExecutor:
         self._num_clients = config.data.num_clients
         self._round_timeout_s = config.runtime.round_timeout_s
         self._restarting: set[int] = set()  # hosts that died or were killed: await before use
+        self._tickets: dict[Any, int] = {}  # submit/wait (FedBuff): in-flight ref -> client
         try:
             self.host_info = ray.get([h.ready.remote() for h in self.hosts])
         except ray.exceptions.RayTaskError as exc:
@@ -320,7 +321,6 @@ class RayExecutor:
         ref = self.hosts[self._host_index[client_id]].fit.remote(
             [client_id], params_ref, info, extras_ref
         )
-        self._tickets = getattr(self, "_tickets", {})
         self._tickets[ref] = client_id
         return ref
 

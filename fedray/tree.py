@@ -53,11 +53,6 @@ def all_finite(a: Params) -> bool:
     return all(bool(np.isfinite(x).all()) for x in a)
 
 
-def astype_like(a: Params, like: Params) -> Params:
-    """Cast each array of ``a`` to the dtype of the matching array of ``like``."""
-    return [x.astype(y.dtype, copy=False) for x, y in zip(a, like, strict=True)]
-
-
 def structure_mismatch(candidate: Sequence[np.ndarray], reference: Params) -> str | None:
     """Describe how ``candidate`` differs in structure from ``reference``.
 
