@@ -37,7 +37,7 @@ from fedray.callbacks import (
 from fedray.config import Config
 from fedray.driver import run_rounds
 from fedray.errors import FedrayError
-from fedray.records import Params
+from fedray.records import Params, RoundPolicy
 from fedray.server_opt import ServerSGD
 from fedray.strategy import STRATEGIES, Strategy, with_norm_bound
 
@@ -181,11 +181,6 @@ def run(
     if resume:
         if out is None:
             raise FedrayError("--resume needs the run directory (--out DIR) to continue")
-        if cfg.strategy.name == "fedbuff":
-            raise FedrayError(
-                "--resume of a fedbuff run is not supported yet: its in-flight clients and "
-                "update buffer are not in checkpoints"
-            )
         state = checkpoint_mod.load(out, config_fingerprint=fp)
         logger.info("resuming after round %d from %s", state.server_round, out)
     if out is None:
@@ -223,6 +218,9 @@ def run(
                 seed=cfg.seed,
                 callback=cb,
                 evaluate_every=cfg.evaluation.every,
+                resume=state,
+                checkpoint=lambda st: checkpoint_mod.save(out_dir, st, config_fingerprint=fp),
+                checkpoint_every=cfg.checkpoint.every,
             )
         else:
             params = run_rounds(
@@ -237,6 +235,11 @@ def run(
                 resume=state,
                 checkpoint=lambda st: checkpoint_mod.save(out_dir, st, config_fingerprint=fp),
                 checkpoint_every=cfg.checkpoint.every,
+                policy=RoundPolicy(
+                    over_commit=cfg.strategy.over_commit,
+                    on_too_few=cfg.strategy.on_too_few,
+                    max_retries=cfg.strategy.max_retries,
+                ),
             )
         t_end = time.perf_counter()
         (out_dir / "model.keras").write_bytes(executor.export(params))

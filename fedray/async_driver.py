@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from fedray import tree
 from fedray.callbacks import Callback, Logs
+from fedray.checkpoint import DriverState
 from fedray.driver import validate_update
 from fedray.records import ClientFailure, ClientUpdate, Params, RoundInfo
 from fedray.strategy import Strategy
@@ -63,12 +65,21 @@ def run_async(
     seed: int,
     callback: Callback,
     evaluate_every: int = 1,
+    resume: DriverState | None = None,
+    checkpoint: Callable[[DriverState], object] | None = None,
+    checkpoint_every: int = 0,
 ) -> Params:
     """Run ``rounds`` buffered server steps and return the final global params.
 
     Each idle client is picked uniformly at random (seeded) whenever a training slot
     frees; an update's staleness is the number of server steps taken since its client
     started, written to ``metrics["staleness"]`` for the aggregator.
+
+    Checkpoints are taken after a server step (every ``checkpoint_every``). ``resume``
+    continues from one: the model, optimizer and aggregator state, RNG and history are
+    restored, and the clients that were in flight (or buffered) at the checkpoint
+    start again from the restored model. Asynchronous runs depend on arrival timing,
+    so a resumed run is a valid continuation, not a bit-identical replay.
     """
     buffering = strategy.buffering
     if buffering is None:
@@ -77,8 +88,14 @@ def run_async(
     params = executor.initial_params()
     agg_state = strategy.aggregator.init(params)
     opt_state = strategy.server_optimizer.init(params)
-    handle = executor.broadcast(params, agg_state.get("broadcast"))
     version, dispatched = 0, 0
+    rows: list[Logs] = []
+    if resume is not None:
+        params, agg_state, opt_state = resume.params, resume.agg_state, resume.opt_state
+        rng.bit_generator.state = resume.rng_state
+        version, dispatched = resume.server_round, int(resume.loop_state.get("dispatched", 0))
+        rows = list(resume.rows)
+    handle = executor.broadcast(params, agg_state.get("broadcast"))
     idle = set(range(executor.num_clients))
     in_flight: dict[Any, tuple[int, int]] = {}
     buffer: list[ClientUpdate] = []
@@ -96,7 +113,7 @@ def run_async(
 
     callback.on_run_begin({"num_clients": executor.num_clients, "rounds": rounds})
     dispatch()
-    logs: Logs = {}
+    logs: Logs = dict(rows[-1]) if rows else {}
     t_step = time.perf_counter()
     while version < rounds:
         for ticket, result in executor.wait(list(in_flight)):
@@ -137,6 +154,23 @@ def run_async(
             logs["time/round_s"] = now - t_step
             t_step = now
             callback.on_round_end(version, logs)
+            rows.append({"round": version, **logs})
+            if (
+                checkpoint is not None
+                and checkpoint_every
+                and (version % checkpoint_every == 0 or version == rounds)
+            ):
+                checkpoint(
+                    DriverState(
+                        server_round=version,
+                        params=params,
+                        agg_state=agg_state,
+                        opt_state=opt_state,
+                        rng_state=dict(rng.bit_generator.state),
+                        rows=rows,
+                        loop_state={"dispatched": dispatched},
+                    )
+                )
         dispatch()
     callback.on_run_end(logs)
     return params

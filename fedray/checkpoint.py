@@ -41,6 +41,7 @@ class DriverState:
     rng_state: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     client_state: dict[int, dict[str, Params]] = field(default_factory=dict)
+    loop_state: dict[str, Any] = field(default_factory=dict)  # e.g. FedBuff's dispatch count
 
 
 def fingerprint(config: dict[str, Any], *, ignore: tuple[str, ...] = ("runtime", "rounds")) -> str:

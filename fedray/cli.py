@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedray.errors import FedrayError
+from fedray.errors import FedrayError, RoundFailedError
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -137,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fedray.bench import speed
 
             return speed.main(args.args)
+    except RoundFailedError as exc:  # the run stopped; its checkpoint is intact
+        print(f"fedray: error: {exc}", file=sys.stderr)
+        return 3
     except FedrayError as exc:
         print(f"fedray: error: {exc}", file=sys.stderr)
         return 2

@@ -163,6 +163,11 @@ class ClientHost:
             if "learning_rate" not in v.path  # zeroing it would silently stop training
         ]
         weights = list(model.weights)
+        # Dropout and other random layers: their generator state is reset per client
+        # from (seed, round, id), so packed and dedicated hosts give identical results.
+        seed_generators = [
+            sg for layer in model._flatten_layers() for sg in getattr(layer, "_seed_generators", [])
+        ]
         any_y = next(iter(self._data.values()))[1] if self._data else None
         y_shape = [None, *any_y.shape[1:]] if any_y is not None else [None]
         y_dtype = any_y.dtype if any_y is not None else tf.float32
@@ -221,6 +226,8 @@ class ClientHost:
             load(params)
             for v, init in resets:
                 v.assign(init)
+            for k, sg in enumerate(seed_generators):
+                sg.state.assign(tf.cast(tf.stack([seed[0] + k + 1, seed[1]]), sg.state.dtype))
             n = tf.shape(x)[0]
             num_batches = (n + batch - 1) // batch
             loss_sum = tf.constant(0.0, tf.float32)
@@ -322,7 +329,7 @@ class ClientHost:
 
     def fault(self, cid: int, info: RoundInfo) -> str | None:
         """The simulated fault of this client in this round (see :func:`simulated_fault`)."""
-        return simulated_fault(self.spec.config, info.seed, info.server_round, cid)
+        return simulated_fault(self.spec.config, info.seed, info.server_round, cid, info.attempt)
 
     def _crash(self, cid: int) -> None:
         """In-process there is no host process to lose: the client fails instead."""
@@ -488,16 +495,19 @@ class ClientHost:
             return path.read_bytes()
 
 
-def simulated_fault(config: Config, seed: int, server_round: int, cid: int) -> str | None:
+def simulated_fault(
+    config: Config, seed: int, server_round: int, cid: int, attempt: int = 0
+) -> str | None:
     """``"crash"``, ``"hang"``, ``"nan"`` or None for one client in one round.
 
-    Drawn from (seed, round, client id) with ``faults.crash_rate``, ``hang_rate`` and
+    Drawn from (seed, round, client id, retry attempt) with ``faults.crash_rate``, ``hang_rate`` and
     ``nan_rate``, so a test can predict every injected fault.
     """
     f = config.faults
     if not (f.crash_rate or f.hang_rate or f.nan_rate):
         return None
-    u = float(np.random.default_rng([seed, server_round, cid, 7]).random())
+    key = [seed, server_round, cid, 7] + ([attempt] if attempt else [])  # a retry draws anew
+    u = float(np.random.default_rng(key).random())
     for kind, rate in (("crash", f.crash_rate), ("hang", f.hang_rate), ("nan", f.nan_rate)):
         if u < rate:
             return kind

@@ -136,6 +136,9 @@ class StrategyConfig(_Section):
     norm_bound: float | None = Field(None, gt=0)
     concurrency: int = Field(10, ge=1)
     buffer_size: int = Field(5, ge=1)
+    over_commit: float = Field(0.0, ge=0)
+    on_too_few: Literal["retry", "stop", "skip"] = "retry"
+    max_retries: int = Field(2, ge=0)
 
 
 class EvaluationConfig(_Section):
@@ -181,6 +184,7 @@ class RuntimeConfig(_Section):
     num_cpus: int | None = Field(None, ge=1)
     scheduling: Literal["default", "spread"] = "default"
     round_timeout_s: float | None = Field(None, gt=0)
+    restart_timeout_s: float = Field(120.0, gt=0)
     max_restarts: int = Field(3, ge=-1)
     progress: bool = True
     verbose: bool = False
@@ -216,6 +220,17 @@ class Config(_Section):
                 f"strategy.name={s.name!r} with strategy.num_byzantine={s.num_byzantine} needs "
                 f"strategy.min_fit_clients >= 2f + 3 = {2 * s.num_byzantine + 3}, "
                 f"got {s.min_fit_clients}"
+            )
+        if s.over_commit > 0 and s.name in ("scaffold", "fedbuff"):
+            raise ValueError(
+                f"strategy.over_commit={s.over_commit} does not work with "
+                f"strategy.name={s.name!r}: "
+                + (
+                    "late clients would update their control variates unseen by the server"
+                    if s.name == "scaffold"
+                    else "fedbuff is already asynchronous (use strategy.concurrency)"
+                )
+                + "; set strategy.over_commit=0"
             )
         if self.strategy.min_fit_clients > self.data.num_clients:
             raise ValueError(

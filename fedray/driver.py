@@ -8,8 +8,9 @@ or Keras. The same loop drives in-process tests (``LocalExecutor``) and Ray acto
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,7 +18,16 @@ import numpy as np
 from fedray import tree
 from fedray.callbacks import Callback, Logs
 from fedray.checkpoint import DriverState
-from fedray.records import ClientEval, ClientFailure, ClientUpdate, Metrics, Params, RoundInfo
+from fedray.errors import RoundFailedError
+from fedray.records import (
+    ClientEval,
+    ClientFailure,
+    ClientUpdate,
+    Metrics,
+    Params,
+    RoundInfo,
+    RoundPolicy,
+)
 from fedray.strategy import Strategy
 
 logger = logging.getLogger(__name__)
@@ -44,8 +54,12 @@ class Executor(Protocol):
 
     def fit(
         self, client_ids: Sequence[int], params: Any, info: RoundInfo
-    ) -> list[ClientUpdate | ClientFailure]:
-        """Train the given clients from the broadcast ``params`` handle."""
+    ) -> Iterable[ClientUpdate | ClientFailure]:
+        """Train the given clients from the broadcast ``params`` handle.
+
+        Results may be yielded as they arrive; the driver may stop reading early
+        (over-commitment), and the executor then leaves the rest to finish unseen.
+        """
         ...
 
     def evaluate(self, params: Any) -> Metrics:
@@ -101,6 +115,85 @@ def _weighted(items: Sequence[ClientUpdate | ClientEval], prefix: str) -> Logs:
     }
 
 
+def _sample(
+    strategy: Strategy, num_clients: int, policy: RoundPolicy, rng: np.random.Generator
+) -> tuple[list[int], int]:
+    """The clients to start and how many valid updates the round wants.
+
+    Over-commitment adds ``ceil(K * over_commit)`` more clients, drawn from the
+    rest; without it the RNG stream is exactly the strategy's own.
+    """
+    ids = strategy.sample_clients(num_clients, rng)
+    wanted = len(ids)
+    extra = min(math.ceil(wanted * policy.over_commit), num_clients - wanted)
+    if extra > 0:
+        rest = np.setdiff1d(np.arange(num_clients), ids)
+        ids = sorted([*ids, *(int(i) for i in rng.choice(rest, size=extra, replace=False))])
+    return ids, wanted
+
+
+def _fit_round(
+    strategy: Strategy,
+    executor: Executor,
+    handle: Any,
+    params: Params,
+    policy: RoundPolicy,
+    rng: np.random.Generator,
+    seed: int,
+    server_round: int,
+) -> tuple[list[ClientUpdate], list[ClientFailure], int, int]:
+    """Fit one round, retrying per ``policy``: (updates, failures, sampled, attempts)."""
+    failures: list[ClientFailure] = []
+    sampled = 0
+    for attempt in range(policy.max_retries + 1 if policy.on_too_few == "retry" else 1):
+        ids, wanted = _sample(strategy, executor.num_clients, policy, rng)
+        sampled += len(ids)
+        info = RoundInfo(
+            server_round=server_round, seed=seed, num_sampled=len(ids), attempt=attempt
+        )
+        updates: list[ClientUpdate] = []
+        results = iter(executor.fit(ids, handle, info))
+        for result in results:
+            problem = validate_update(result, params) if isinstance(result, ClientUpdate) else None
+            if isinstance(result, ClientFailure):
+                failures.append(result)
+            elif problem is not None:
+                failures.append(ClientFailure(result.client_id, problem))
+            else:
+                updates.append(result)
+            if len(updates) == wanted and len(ids) > wanted:
+                break  # over-commitment: the first K valid updates make the round
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # let the executor abandon what is still running
+        if len(updates) >= strategy.min_fit_clients:
+            break
+        logger.warning(
+            "round %d (attempt %d): only %d of %d clients succeeded, fewer than min_fit_clients=%d",
+            server_round,
+            attempt + 1,
+            len(updates),
+            len(ids),
+            strategy.min_fit_clients,
+        )
+    for f in failures:
+        logger.warning("round %d: client %d failed: %s", server_round, f.client_id, f.reason)
+    if len(updates) < strategy.min_fit_clients and policy.on_too_few != "skip":
+        reasons = "; ".join(f"client {f.client_id}: {f.reason}" for f in failures[:5])
+        raise RoundFailedError(
+            f"round {server_round}: only {len(updates)} clients succeeded after "
+            f"{attempt + 1} attempt(s), fewer than strategy.min_fit_clients="
+            f"{strategy.min_fit_clients} (strategy.on_too_few={policy.on_too_few!r}). "
+            f"Failures: {reasons or 'none reported'}. Rounds before it are in the "
+            "checkpoint (checkpoint.every); fix the cause and continue with --resume"
+        )
+    if len(updates) < strategy.min_fit_clients:
+        logger.warning(
+            "round %d: the global model is unchanged (strategy.on_too_few='skip')", server_round
+        )
+    return updates, failures, sampled, attempt + 1
+
+
 def run_rounds(
     *,
     strategy: Strategy,
@@ -114,6 +207,7 @@ def run_rounds(
     resume: DriverState | None = None,
     checkpoint: Callable[[DriverState], object] | None = None,
     checkpoint_every: int = 0,
+    policy: RoundPolicy = RoundPolicy(),  # noqa: B008 - frozen, immutable
 ) -> Params:
     """Run ``rounds`` rounds of federated training and return the final global params.
 
@@ -127,7 +221,12 @@ def run_rounds(
 
     A round commits its new model only if at least ``strategy.min_fit_clients``
     clients returned a valid update and the new model is finite; otherwise the
-    global model stays as it was and ``round/committed`` is 0.
+    global model stays as it was and ``round/committed`` is 0. ``policy`` decides
+    over-commitment and what happens when too few clients succeed (retry, stop, skip).
+
+    Raises:
+        RoundFailedError: Too few clients succeeded and ``policy`` says to stop; the
+            checkpoint holds every round before this one.
     """
     rng = np.random.default_rng(seed)
     params = executor.initial_params()
@@ -147,27 +246,18 @@ def run_rounds(
     for server_round in range(first, rounds + 1):
         t0 = time.perf_counter()
         callback.on_round_begin(server_round)
-        ids = strategy.sample_clients(executor.num_clients, rng)
-        info = RoundInfo(server_round=server_round, seed=seed, num_sampled=len(ids))
-        updates: list[ClientUpdate] = []
-        failures: list[ClientFailure] = []
-        for result in executor.fit(ids, handle, info):
-            problem = validate_update(result, params) if isinstance(result, ClientUpdate) else None
-            if isinstance(result, ClientFailure):
-                failures.append(result)
-            elif problem is not None:
-                failures.append(ClientFailure(result.client_id, problem))
-            else:
-                updates.append(result)
-        for f in failures:
-            logger.warning("round %d: client %d failed: %s", server_round, f.client_id, f.reason)
+        updates, failures, sampled, attempts = _fit_round(
+            strategy, executor, handle, params, policy, rng, seed, server_round
+        )
         t_fit = time.perf_counter()
         logs = {
-            "clients/sampled": len(ids),
+            "clients/sampled": sampled,
             "clients/ok": len(updates),
             "clients/failed": len(failures),
             **_weighted(updates, "fit"),
         }
+        if attempts > 1:
+            logs["round/attempts"] = attempts
         committed = False
         if len(updates) >= strategy.min_fit_clients:
             delta, agg_state, measurements = strategy.aggregator.aggregate(updates, agg_state, rng)
@@ -180,15 +270,6 @@ def run_rounds(
                 logger.warning(
                     "round %d: aggregated model is not finite; rolled back", server_round
                 )
-        else:
-            logger.warning(
-                "round %d: only %d of %d clients succeeded, fewer than min_fit_clients=%d; "
-                "the global model is unchanged",
-                server_round,
-                len(updates),
-                len(ids),
-                strategy.min_fit_clients,
-            )
         logs["round/committed"] = int(committed)
         t_agg = time.perf_counter()
         if evaluate_every and (server_round % evaluate_every == 0 or server_round == rounds):

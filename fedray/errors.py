@@ -13,3 +13,11 @@ class ConfigError(FedrayError, ValueError):
 
 class DataError(FedrayError, ValueError):
     """A dataset is missing or malformed: names the file or column and the expectation."""
+
+
+class RoundFailedError(FedrayError):
+    """Too few clients succeeded in a round (after any retries): the run stopped.
+
+    Everything up to the last committed round is in the checkpoint; fix the cause and
+    continue with ``--resume``.
+    """

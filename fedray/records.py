@@ -26,11 +26,14 @@ class RoundInfo:
         seed: The run's seed; clients derive their own randomness from
             ``(seed, server_round, client_id)``.
         num_sampled: Number of clients sampled this round.
+        attempt: 0 for a round's first try; ``k`` for its k-th retry after too few
+            clients succeeded (see :class:`RoundPolicy`).
     """
 
     server_round: int
     seed: int
     num_sampled: int = 0
+    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,38 @@ class Buffering:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         if not self.buffer_size >= 1:
             raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    """What a synchronous round does about slow and failing clients.
+
+    Attributes:
+        over_commit: Sample ``ceil(K * over_commit)`` extra clients on top of the ``K``
+            the strategy samples and aggregate the first ``K`` valid updates to arrive;
+            the rest are left to finish unseen (Bonawitz et al., "Towards Federated
+            Learning at Scale", SysML 2019, over-selects by 30%).
+        on_too_few: When fewer than ``min_fit_clients`` valid updates arrive:
+            ``"retry"`` samples again (up to ``max_retries`` times) and then stops,
+            ``"stop"`` stops at once, ``"skip"`` keeps the old model and goes on. A
+            stop raises :class:`~fedray.errors.RoundFailedError` after the last
+            checkpoint, so ``--resume`` loses nothing.
+        max_retries: Extra attempts per round under ``"retry"``.
+    """
+
+    over_commit: float = 0.0
+    on_too_few: str = "retry"
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.over_commit >= 0:
+            raise ValueError(f"over_commit must be >= 0, got {self.over_commit}")
+        if self.on_too_few not in ("retry", "stop", "skip"):
+            raise ValueError(
+                f"on_too_few must be 'retry', 'stop' or 'skip', got {self.on_too_few!r}"
+            )
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
 
 
 AggState = dict[str, Any]

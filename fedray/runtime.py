@@ -13,7 +13,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fedray.aggregators import Aggregator
@@ -192,7 +192,10 @@ class RayExecutor:
         self._host_index = {cid: i for i, g in enumerate(groups) for cid in g}
         self._num_clients = config.data.num_clients
         self._round_timeout_s = config.runtime.round_timeout_s
-        self._restarting: set[int] = set()  # hosts that died or were killed: await before use
+        self._restart_timeout_s = config.runtime.restart_timeout_s
+        self._down: dict[int, float] = {}  # host index -> when it died or was killed
+        self._dead: set[int] = set()  # hosts that will never come back (max_restarts used up)
+        self._saved_state: dict[int, dict[str, Params]] = {}  # last checkpointed client state
         self._tickets: dict[Any, int] = {}  # submit/wait (FedBuff): in-flight ref -> client
         try:
             self.host_info = ray.get([h.ready.remote() for h in self.hosts])
@@ -233,38 +236,73 @@ class RayExecutor:
             plan.setdefault(self._host_index[cid], []).append(cid)
         return plan
 
-    def _await_restarts(self, timeout_s: float = 300.0) -> None:
+    def _mark_down(self, index: int) -> None:
+        self._down.setdefault(index, time.monotonic())
+
+    def _await_restarts(self) -> None:
         """Wait until hosts that died (and that Ray restarts) answer again.
 
-        A call sent to a restarting actor fails at once with ``ActorUnavailableError``;
-        pinging ``ready`` until it answers keeps such hosts out of the next calls' way.
-        A host that cannot come back (``runtime.max_restarts`` used up) stays failed.
+        A call sent to a restarting actor fails at once with ``ActorUnavailableError``,
+        so each down host is pinged until it answers. The wait is bounded: a host that
+        is not back ``runtime.restart_timeout_s`` after it went down (e.g. its node is
+        gone and no other node has room) is skipped, its clients counted as failed, and
+        it is pinged once per round after that. A host whose ``runtime.max_restarts``
+        are used up is dead for good.
         """
         ray = self._ray
-        deadline = time.monotonic() + timeout_s
-        for index in sorted(self._restarting):
-            while time.monotonic() < deadline:
+        while self._down:
+            pings = {self.hosts[i].ready.remote(): i for i in self._down}
+            ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=1.0)
+            for ref in ready:
+                index = pings[ref]
                 try:
-                    ray.get(self.hosts[index].ready.remote())
-                    break
+                    ray.get(ref)
                 except ray.exceptions.ActorDiedError:
                     logger.warning("client host %d is dead for good (runtime.max_restarts)", index)
-                    break
+                    self._dead.add(index)
                 except ray.exceptions.RayActorError:
-                    time.sleep(0.25)
-        self._restarting.clear()
+                    continue  # still restarting
+                else:
+                    logger.info("client host %d is back", index)
+                    self._restore_host_state(index)
+                del self._down[index]
+            now = time.monotonic()
+            if not any(now < since + self._restart_timeout_s for since in self._down.values()):
+                break
+            time.sleep(0.25)
+        if self._down:
+            logger.warning(
+                "client hosts %s are still restarting after runtime.restart_timeout_s=%g; "
+                "their clients fail until they are back",
+                sorted(self._down),
+                self._restart_timeout_s,
+            )
 
-    def _gather(
+    def _restore_host_state(self, index: int) -> None:
+        """A restarted host reloaded its shards; give its clients their last saved state."""
+        group = set(self._groups[index])
+        part = {c: v for c, v in self._saved_state.items() if c in group}
+        if part:
+            self._ray.get(self.hosts[index].restore_client_state.remote(part))
+
+    def _unavailable(self, index: int) -> str | None:
+        if index in self._dead:
+            return "host is dead for good (runtime.max_restarts used up)"
+        if index in self._down:
+            return "host is still restarting (crash or node loss)"
+        return None
+
+    def _stream(
         self, calls: dict[Any, list[int]], what: str, timeout_s: float | None = None
-    ) -> list[Any]:
-        """Collect results as they finish; a dead host fails all its clients.
+    ) -> Iterator[Any]:
+        """Yield results as they finish; a dead host fails all its clients.
 
         With ``timeout_s``, whatever has not arrived by the deadline is dropped and
         counted as failed, and its host is killed so Ray restarts it: a hung client can
-        never block the run.
+        never block the run. When the consumer stops early (over-commitment), calls
+        still running are left to finish unseen.
         """
         ray = self._ray
-        out: list[Any] = []
         pending = list(calls)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while pending:
@@ -273,45 +311,68 @@ class RayExecutor:
             if not ready:  # the deadline passed
                 for ref in pending:
                     ids = calls[ref]
-                    reason = f"no result within runtime.round_timeout_s={timeout_s:g}"
-                    out.extend(ClientFailure(cid, reason) for cid in ids)
                     index = self._host_index[ids[0]]
                     ray.kill(self.hosts[index], no_restart=False)
-                    self._restarting.add(index)
-                break
+                    self._mark_down(index)
+                    reason = f"no result within runtime.round_timeout_s={timeout_s:g}"
+                    yield from (ClientFailure(cid, reason) for cid in ids)
+                return
             for ref in ready:
                 try:
-                    out.extend(ray.get(ref))
+                    results = ray.get(ref)
                 except ray.exceptions.RayError as exc:
                     cause = _unwrap(exc)
                     reason = f"host failed during {what}: {type(cause).__name__}: {cause}"
-                    out.extend(ClientFailure(cid, reason) for cid in calls[ref])
+                    results = [ClientFailure(cid, reason) for cid in calls[ref]]
                     if isinstance(exc, ray.exceptions.RayActorError):
-                        self._restarting.add(self._host_index[calls[ref][0]])
-        return out
+                        self._mark_down(self._host_index[calls[ref][0]])
+                yield from results
+
+    def _calls(
+        self, client_ids: Sequence[int], method: str, *args: Any
+    ) -> tuple[dict[Any, list[int]], list[ClientFailure]]:
+        """Start ``method`` on each host with sampled clients; skip hosts that are down."""
+        calls: dict[Any, list[int]] = {}
+        skipped: list[ClientFailure] = []
+        for h, ids in self._plan(client_ids).items():
+            reason = self._unavailable(h)
+            if reason is not None:
+                skipped.extend(ClientFailure(cid, reason) for cid in ids)
+            else:
+                calls[getattr(self.hosts[h], method).remote(ids, *args)] = ids
+        return calls, skipped
 
     def fit(
         self, client_ids: Sequence[int], params: Any, info: RoundInfo
-    ) -> list[ClientUpdate | ClientFailure]:
-        """Start every sampled client's training and collect updates as they finish."""
+    ) -> Iterator[ClientUpdate | ClientFailure]:
+        """Start every sampled client's training and yield updates as they finish."""
         self._await_restarts()
         params_ref, extras_ref = params
-        calls = {
-            self.hosts[h].fit.remote(ids, params_ref, info, extras_ref): ids
-            for h, ids in self._plan(client_ids).items()
-        }
-        return self._gather(calls, "fit", self._round_timeout_s)
+        calls, skipped = self._calls(client_ids, "fit", params_ref, info, extras_ref)
+        yield from skipped
+        yield from self._stream(calls, "fit", self._round_timeout_s)
 
     def client_state(self) -> dict[int, dict[str, Params]]:
         """Per-client state of every host (for checkpoints)."""
+        ray = self._ray
         self._await_restarts()
-        out: dict[int, dict[str, Params]] = {}
-        for part in self._ray.get([h.client_state.remote() for h in self.hosts]):
-            out.update(part)
+        out = dict(self._saved_state)  # hosts that are down keep their last saved state
+        calls = {
+            h.client_state.remote(): i
+            for i, h in enumerate(self.hosts)
+            if self._unavailable(i) is None
+        }
+        for ref, index in calls.items():
+            try:
+                out.update(ray.get(ref))
+            except ray.exceptions.RayActorError:
+                self._mark_down(index)
+        self._saved_state = out
         return out
 
     def restore_client_state(self, state: dict[int, dict[str, Params]]) -> None:
         """Give every host its clients' saved state."""
+        self._saved_state = dict(state)
         ref = self._ray.put(state)
         self._ray.get([h.restore_client_state.remote(ref) for h in self.hosts])
 
@@ -341,20 +402,23 @@ class RayExecutor:
         return out
 
     def evaluate(self, params: Any) -> Metrics:
-        """Centralized evaluation on host 0's held-out test set."""
+        """Centralized evaluation on host 0's held-out test set ({} while host 0 is down)."""
         self._await_restarts()
-        return dict(self._ray.get(self.hosts[0].evaluate.remote(params[0])))
+        ray = self._ray
+        try:
+            return dict(ray.get(self.hosts[0].evaluate.remote(params[0])))
+        except ray.exceptions.RayActorError as exc:
+            logger.warning("evaluation skipped: host 0 failed (%s)", type(exc).__name__)
+            self._mark_down(0)
+            return {}
 
     def evaluate_clients(
         self, client_ids: Sequence[int], params: Any, split: str = "test"
     ) -> list[ClientEval | ClientFailure]:
         """Federated evaluation on the clients' local ``test`` splits or ``train`` shards."""
         self._await_restarts()
-        calls = {
-            self.hosts[h].evaluate_clients.remote(ids, params[0], split): ids
-            for h, ids in self._plan(client_ids).items()
-        }
-        return self._gather(calls, "evaluate")
+        calls, skipped = self._calls(client_ids, "evaluate_clients", params[0], split)
+        return [*skipped, *self._stream(calls, "evaluate")]
 
     def export(self, params: Params) -> bytes:
         """The final model as ``.keras`` bytes, saved by host 0."""

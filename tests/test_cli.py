@@ -53,6 +53,19 @@ def test_missing_config_file():
     assert "config file not found: 'experiments/nope.yaml'" in res.stderr
 
 
+def test_a_round_without_survivors_stops_with_exit_3_and_a_clear_message(tmp_path):
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--local", "--no-progress", "--set", "rounds=3"]
+    # Every client of every attempt crashes (in-process, a crash is a failed client).
+    res = _fedray("run", "experiments/linreg.yaml", *common, "--set", "faults.crash_rate=1.0",
+                  "--set", "checkpoint.every=1", timeout=120)  # fmt: skip
+    assert res.returncode == 3, res.stderr
+    msg = res.stderr.strip().splitlines()[-1]
+    assert msg.startswith("fedray: error: round 1: only 0 clients succeeded after 3 attempt(s)")
+    assert "client 0: RuntimeError: simulated crash" in msg and "--resume" in msg
+    assert "Traceback" not in res.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_fedray_run_linreg_end_to_end(tmp_path):

@@ -112,6 +112,36 @@ def test_packed_and_dedicated_hosts_give_the_same_model(tmp_path, linreg_config)
         np.testing.assert_array_equal(x, y)
 
 
+def dropout_mlp(input_shape, num_outputs):
+    """A user model with dropout (its RNG must not depend on how clients are packed)."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(num_outputs, activation="softmax"),
+        ]
+    )
+
+
+def test_dropout_models_are_identical_packed_and_dedicated(tmp_path):
+    cfg = {
+        "rounds": 2,
+        "data": {"dataset": "digits", "num_clients": 3},
+        "model": {"name": "tests.test_client:dropout_mlp"},
+        "runtime": {"executor": "local", "progress": False},
+    }
+    runs = [
+        api.run(cfg, out=tmp_path / str(n), overrides=[f"runtime.clients_per_actor={n}"])
+        for n in (1, 3)
+    ]
+    for x, y in zip(runs[0].params, runs[1].params):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_classification_with_federated_evaluation(tmp_path):
     cfg = {
         "rounds": 4,

@@ -7,7 +7,8 @@ import pytest
 
 from fedray.callbacks import Callback, RoundRecorder
 from fedray.driver import run_rounds, validate_update
-from fedray.records import ClientEval, ClientFailure, ClientUpdate, RoundInfo
+from fedray.errors import RoundFailedError
+from fedray.records import ClientEval, ClientFailure, ClientUpdate, RoundInfo, RoundPolicy
 from fedray.server_opt import ServerSGD
 from fedray.strategy import Strategy, fedavg
 
@@ -44,7 +45,7 @@ class QuadraticExecutor:
         out = []
         for cid in reversed(client_ids):  # arrival order must not matter
             kind = self.behaviour.get(cid)
-            if kind == "fail":
+            if kind == "fail" or (kind == "flaky" and info.attempt == 0):
                 out.append(ClientFailure(cid, "RuntimeError: boom"))
                 continue
             delta = [0.5 * (self.targets[cid] - params[0])]
@@ -117,12 +118,62 @@ def test_invalid_updates_are_rejected(kind, caplog):
     assert "client 1 failed" in caplog.text
 
 
-def test_too_few_clients_leaves_the_model_unchanged(caplog):
+def test_too_few_clients_with_skip_leaves_the_model_unchanged(caplog):
     ex = QuadraticExecutor([[2.0], [8.0]], [1, 1], behaviour={0: "fail", 1: "fail"})
-    params, rows = _run(ex, rounds=2)
+    params, rows = _run(ex, rounds=2, policy=RoundPolicy(on_too_few="skip"))
     np.testing.assert_allclose(params[0], [0.0])
     assert [r["round/committed"] for r in rows] == [0, 0]
     assert "fewer than min_fit_clients=1" in caplog.text
+
+
+def test_too_few_clients_retries_then_stops_with_a_clear_error():
+    ex = QuadraticExecutor([[2.0], [8.0]], [1, 1], behaviour={0: "fail", 1: "fail"})
+    saved = []
+    with pytest.raises(RoundFailedError, match=r"round 1: only 0 clients succeeded after 3 "):
+        _run(ex, rounds=2, checkpoint=saved.append, checkpoint_every=1)
+    assert [info for _, info in ex.fit_calls] == [1, 1, 1]  # 1 try + max_retries=2
+    assert saved == []  # nothing was committed, nothing half-written
+
+
+def test_stop_policy_stops_at_once_after_checkpointing_earlier_rounds():
+    ex = QuadraticExecutor([[2.0], [8.0]], [1, 1])
+    saved = []
+
+    class BreakAfterRound1(Callback):
+        def on_round_end(self, server_round, logs):
+            ex.behaviour = {0: "fail", 1: "fail"}
+
+    with pytest.raises(RoundFailedError, match="on_too_few='stop'.*--resume"):
+        run_rounds(strategy=fedavg(), executor=ex, rounds=3, seed=0, callback=BreakAfterRound1(),
+                   checkpoint=saved.append, checkpoint_every=1,
+                   policy=RoundPolicy(on_too_few="stop"))  # fmt: skip
+    assert len(ex.fit_calls) == 2
+    assert [st.server_round for st in saved] == [1]
+    np.testing.assert_allclose(saved[0].params[0], [2.5])  # round 1 is kept: 0.5 * 5
+
+
+def test_retry_draws_fresh_faults_and_recovers():
+    ex = QuadraticExecutor([[2.0], [8.0]], [1, 1], behaviour={0: "flaky", 1: "flaky"})
+    params, rows = _run(ex, rounds=1)
+    assert rows[0]["round/attempts"] == 2
+    assert rows[0]["clients/failed"] == 2 and rows[0]["clients/ok"] == 2
+    assert rows[0]["clients/sampled"] == 4
+    np.testing.assert_allclose(params[0], [2.5])
+
+
+def test_over_commitment_aggregates_the_first_k_valid_arrivals():
+    ex = QuadraticExecutor([[float(i)] for i in range(10)], [1] * 10, behaviour={9: "nan"})
+    policy = RoundPolicy(over_commit=0.5)
+    params, rows = _run(ex, strategy=fedavg(fraction_fit=0.4), rounds=1, policy=policy)
+    ((ids, _),) = ex.fit_calls
+    assert len(ids) == 6  # K = 4 wanted, ceil(4 * 0.5) = 2 extra
+    arrived = [c for c in reversed(ids) if c != 9][:4]  # the fake answers in reverse id order
+    assert rows[0]["clients/ok"] == 4
+    np.testing.assert_allclose(params[0], [0.5 * np.mean(arrived)], rtol=1e-6)
+    # Without over-commitment the RNG stream, and so the sample, is the strategy's own.
+    ex2 = QuadraticExecutor([[float(i)] for i in range(10)], [1] * 10)
+    _run(ex2, strategy=fedavg(fraction_fit=0.4), rounds=1)
+    assert len(ex2.fit_calls[0][0]) == 4
 
 
 def test_non_finite_aggregate_is_rolled_back():

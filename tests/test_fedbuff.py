@@ -1,6 +1,7 @@
 """FedBuff: staleness weighting and the asynchronous loop."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fedray.aggregators import Mean, StalenessWeighted, staleness_weight
@@ -90,3 +91,22 @@ def test_fedbuff_runs_end_to_end_in_process(tmp_path, linreg_config):
     assert list(hist.metrics["round"]) == [1, 2, 3, 4, 5]
     assert (hist.metrics["clients/ok"] == 2).all()
     assert hist.metrics["eval/loss"].iloc[-1] < hist.metrics["eval/loss"].iloc[0]
+
+
+def test_fedbuff_resumes_from_its_last_server_step(tmp_path, linreg_config):
+    pytest.importorskip("tensorflow")
+    from fedray import api, checkpoint
+
+    common = ["strategy.name=fedbuff", "strategy.concurrency=3", "strategy.buffer_size=2",
+              "data.num_clients=4", "runtime.executor=local", "runtime.progress=false"]  # fmt: skip
+    first = api.run(linreg_config, out=tmp_path, overrides=[*common, "rounds=3"])
+    saved = checkpoint.load(tmp_path, config_fingerprint=checkpoint.fingerprint(
+        first.summary["config"]))  # fmt: skip
+    assert saved.server_round == 3 and saved.loop_state["dispatched"] >= 6
+    for a, b in zip(saved.params, first.params):
+        np.testing.assert_array_equal(a, b)
+    more = api.run(linreg_config, out=tmp_path, overrides=[*common, "rounds=6"], resume=True)
+    assert list(more.metrics["round"]) == [1, 2, 3, 4, 5, 6]
+    assert more.rows[:3] == first.rows  # the history continues in the same files
+    assert list(pd.read_csv(tmp_path / "metrics.csv")["round"]) == [1, 2, 3, 4, 5, 6]
+    assert more.metrics["eval/loss"].iloc[-1] < first.metrics["eval/loss"].iloc[-1]
