@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import secrets
 import statistics
 import tempfile
 import time
@@ -25,6 +27,7 @@ import numpy as np
 
 from fedray import checkpoint as checkpoint_mod
 from fedray import config as config_mod
+from fedray.aggregators import AdaptiveClip, CentralDP, LocalDP, Mean
 from fedray.callbacks import (
     Callback,
     CallbackList,
@@ -36,10 +39,10 @@ from fedray.callbacks import (
 )
 from fedray.config import Config
 from fedray.driver import run_rounds
-from fedray.errors import FedrayError
+from fedray.errors import ConfigError, FedrayError
 from fedray.records import Params, RoundPolicy
 from fedray.server_opt import ServerSGD
-from fedray.strategy import STRATEGIES, Strategy, with_norm_bound
+from fedray.strategy import STRATEGIES, Strategy, with_dp, with_norm_bound
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +109,94 @@ def build_strategy(cfg: Config) -> Strategy:
     strategy = STRATEGIES[s.name](**kwargs)
     if s.name == "fedavg" and s.server_learning_rate:
         strategy = replace(strategy, server_optimizer=ServerSGD(s.server_learning_rate))
+    uniform = s.weighting == "uniform" or (s.weighting == "auto" and cfg.privacy.dp is not None)
+    if uniform and isinstance(strategy.aggregator, Mean):
+        strategy = replace(strategy, aggregator=Mean(weighting="uniform"))
+    if cfg.privacy.dp is not None:
+        strategy = with_dp(strategy, dp_mechanism(cfg), sampling=cfg.privacy.dp.sampling)
     if s.norm_bound is not None:
         strategy = with_norm_bound(strategy, s.norm_bound)
     return strategy
+
+
+def noise_multiplier(cfg: Config) -> float:
+    """``privacy.dp.noise_multiplier``, or the one calibrated for ``target_epsilon``."""
+    dp = cfg.privacy.dp
+    if dp is None:
+        raise ValueError("the config has no privacy.dp section")
+    if dp.noise_multiplier is not None:
+        return dp.noise_multiplier
+    assert dp.target_epsilon is not None and dp.delta is not None  # checked by the config
+    if dp.mode == "local":  # T releases in the worst case, each with sensitivity 2C
+        import dp_accounting
+
+        sigma = dp_accounting.get_sigma_gaussian(dp.target_epsilon, dp.delta)
+        return float(2.0 * math.sqrt(cfg.rounds) * sigma)
+    from fedray.privacy import calibrate_noise_multiplier
+
+    try:
+        return calibrate_noise_multiplier(
+            dp.target_epsilon,
+            cfg.strategy.fraction_fit,
+            cfg.rounds,
+            dp.delta,
+            sampling=dp.sampling,
+            population=cfg.data.num_clients,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"privacy.dp.target_epsilon = {dp.target_epsilon!r}: {exc}") from None
+
+
+def dp_mechanism(cfg: Config) -> CentralDP | LocalDP:
+    """The DP aggregator described by ``privacy.dp``."""
+    dp = cfg.privacy.dp
+    if dp is None:
+        raise ValueError("the config has no privacy.dp section")
+    z = noise_multiplier(cfg)
+    if dp.mode == "local":
+        assert not isinstance(dp.clip, str)
+        return LocalDP(noise_multiplier=z, clip=dp.clip, noise_seed=dp.noise_seed)
+    clip: float | AdaptiveClip = (
+        AdaptiveClip(
+            initial=dp.initial_clip,
+            target_quantile=dp.target_quantile,
+            learning_rate=dp.clip_learning_rate,
+            count_stddev=dp.count_stddev,
+        )
+        if dp.clip == "adaptive"
+        else dp.clip
+    )
+    m = cfg.strategy.fraction_fit * cfg.data.num_clients
+    if dp.sampling == "fixed":
+        m = max(cfg.strategy.min_fit_clients, round(m))
+    try:
+        return CentralDP(noise_multiplier=z, expected_clients=m, clip=clip)
+    except ValueError as exc:
+        raise ConfigError(f"privacy.dp: {exc}") from None
+
+
+def dp_accountant(cfg: Config, mechanism: CentralDP | LocalDP) -> Any:
+    """The privacy ledger of a run with ``privacy.dp``."""
+    from fedray.privacy import DPFedAvgAccountant, LocalDPAccountant
+
+    dp = cfg.privacy.dp
+    assert dp is not None and dp.delta is not None
+    if isinstance(mechanism, LocalDP):
+        return LocalDPAccountant(
+            noise_multiplier=mechanism.noise_multiplier,
+            delta=dp.delta,
+            max_epsilon=dp.max_epsilon,
+        )
+    adaptive = isinstance(mechanism.clip, AdaptiveClip)
+    return DPFedAvgAccountant(
+        noise_multiplier=mechanism.noise_multiplier,
+        sampling_rate=cfg.strategy.fraction_fit,
+        delta=dp.delta,
+        sampling=dp.sampling,
+        population=cfg.data.num_clients,
+        count_noise_multiplier=2 * mechanism.count_stddev if adaptive else None,
+        max_epsilon=dp.max_epsilon,
+    )
 
 
 def _default_out(cfg_source: Any) -> Path:
@@ -193,6 +281,14 @@ def run(
         out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     strategy = build_strategy(cfg)
+    dp = cfg.privacy.dp
+    ledger = None
+    rng_seed = None
+    if dp is not None:
+        assert isinstance(strategy.aggregator, (CentralDP, LocalDP))
+        ledger = dp_accountant(cfg, strategy.aggregator)
+        # Sampling and noise come from a secret seed unless the user fixed one.
+        rng_seed = dp.noise_seed if dp.noise_seed is not None else secrets.randbits(128)
     executor, started_ray = make_executor(cfg, strategy)
     try:
         startup_s = time.perf_counter() - t_start
@@ -240,6 +336,8 @@ def run(
                     on_too_few=cfg.strategy.on_too_few,
                     max_retries=cfg.strategy.max_retries,
                 ),
+                privacy=ledger,
+                rng_seed=rng_seed,
             )
         t_end = time.perf_counter()
         (out_dir / "model.keras").write_bytes(executor.export(params))
@@ -268,6 +366,15 @@ def run(
             "round_s_median": statistics.median(round_times) if round_times else None,
         },
         "params": {"count": int(sum(np.size(p) for p in params)), "arrays": len(params)},
+        "privacy": (
+            {
+                **ledger.report(),
+                "max_epsilon": dp.max_epsilon if dp is not None else None,
+                "stopped_early": ledger.rounds < cfg.rounds,
+            }
+            if ledger is not None
+            else None
+        ),
         "hosts": [
             {k: info[k] for k in ("clients", "pid", "node_id", "setup_s") if k in info}
             for info in host_info

@@ -4,6 +4,7 @@
 ``fedray plot RUN [RUN ...] [--out FILE.png] [--metric KEY]`` / ``fedray report RUN``
 ``fedray predict RUN --input FILE.csv [--output FILE.csv]``
 ``fedray bench speed [--repeats N] [--rounds R] [--grid linreg:2,4 blobs:8] [--out DIR]``
+``fedray privacy --noise-multiplier Z | --target-epsilon E  --sampling-rate Q --rounds T --delta D``
 """
 
 from __future__ import annotations
@@ -69,7 +70,60 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("suite", choices=["speed"], help="which benchmark")
     b.add_argument("args", nargs=argparse.REMAINDER, help="options of the benchmark (--help)")
+    pv = sub.add_parser(
+        "privacy",
+        help="ε of DP-FedAvg for z, q, T, δ, or the z for a target ε (no training)",
+    )
+    what = pv.add_mutually_exclusive_group(required=True)
+    what.add_argument("--noise-multiplier", "-z", type=float, help="z: report ε")
+    what.add_argument("--target-epsilon", "-e", type=float, help="ε: report the z that gives it")
+    pv.add_argument("--sampling-rate", "-q", type=float, required=True, help="q per round")
+    pv.add_argument("--rounds", "-T", type=int, required=True, help="T rounds")
+    pv.add_argument("--delta", "-d", type=float, required=True, help="δ, e.g. 1e-5")
+    pv.add_argument(
+        "--sampling",
+        choices=["poisson", "fixed"],
+        default="poisson",
+        help="client sampling (fixed needs --clients)",
+    )
+    pv.add_argument("--clients", type=int, help="N, the client population (fixed sampling)")
     return p
+
+
+def _privacy(args: argparse.Namespace) -> int:
+    from fedray.privacy import calibrate_noise_multiplier, dpfedavg_epsilon
+
+    q, rounds, delta = args.sampling_rate, args.rounds, args.delta
+    problems = []
+    if not 0 < q <= 1:
+        problems.append(f"--sampling-rate = {q}: expected 0 < q <= 1")
+    if rounds < 1:
+        problems.append(f"--rounds = {rounds}: expected an integer >= 1")
+    if not 0 < delta < 1:
+        problems.append(f"--delta = {delta}: expected 0 < δ < 1, e.g. 1e-5")
+    if args.noise_multiplier is not None and args.noise_multiplier < 0:
+        problems.append(f"--noise-multiplier = {args.noise_multiplier}: expected z >= 0")
+    if args.target_epsilon is not None and args.target_epsilon <= 0:
+        problems.append(f"--target-epsilon = {args.target_epsilon}: expected ε > 0")
+    if args.sampling == "fixed" and not args.clients:
+        problems.append("--sampling fixed needs --clients N")
+    if problems:
+        raise FedrayError("; ".join(problems))
+    common = {"sampling": args.sampling, "population": args.clients}
+    z = args.noise_multiplier
+    if z is None:
+        try:
+            z = calibrate_noise_multiplier(args.target_epsilon, q, rounds, delta, **common)
+        except ValueError as exc:
+            raise FedrayError(f"--target-epsilon = {args.target_epsilon}: {exc}") from None
+        print(f"noise_multiplier z = {z:.4f} for ε <= {args.target_epsilon:g} (RDP)")
+    eps_rdp = dpfedavg_epsilon(z, q, rounds, delta, **common)
+    print(f"z={z:g} q={q:g} T={rounds} δ={delta:g} ({args.sampling} sampling)")
+    print(f"ε (RDP) = {eps_rdp:.4f}")
+    if args.sampling == "poisson":
+        eps_pld = dpfedavg_epsilon(z, q, rounds, delta, method="pld")
+        print(f"ε (PLD) = {eps_pld:.4f}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -133,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = args.output or str(src.with_name(src.stem + ".predictions.csv"))
             print(f"wrote {predict(args.run, src, out)}")
             return 0
+        if args.command == "privacy":
+            return _privacy(args)
         if args.command == "bench":
             from fedray.bench import speed
 

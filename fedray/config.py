@@ -136,6 +136,7 @@ class StrategyConfig(_Section):
     norm_bound: float | None = Field(None, gt=0)
     concurrency: int = Field(10, ge=1)
     buffer_size: int = Field(5, ge=1)
+    weighting: Literal["auto", "examples", "uniform"] = "auto"
     over_commit: float = Field(0.0, ge=0)
     on_too_few: Literal["retry", "stop", "skip"] = "retry"
     max_retries: int = Field(2, ge=0)
@@ -167,6 +168,46 @@ class FaultsConfig(_Section):
     crash_rate: float = Field(0.0, ge=0, le=1)
     hang_rate: float = Field(0.0, ge=0, le=1)
     nan_rate: float = Field(0.0, ge=0, le=1)
+
+
+class DPConfig(_Section):
+    """Client-level differential privacy (see the README's Privacy section)."""
+
+    mode: Literal["central", "local"] = "central"
+    noise_multiplier: float | None = Field(None, ge=0)
+    target_epsilon: float | None = Field(None, gt=0)
+    max_epsilon: float | None = Field(None, gt=0)
+    delta: float | None = Field(None, gt=0, lt=1)
+    clip: Annotated[float, Field(gt=0)] | Literal["adaptive"] = 1.0
+    initial_clip: float = Field(0.1, gt=0)
+    target_quantile: float = Field(0.5, gt=0, lt=1)
+    clip_learning_rate: float = Field(0.2, gt=0)
+    count_stddev: float | None = Field(None, gt=0)
+    sampling: Literal["poisson", "fixed"] = "poisson"
+    noise_seed: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _checks(self) -> DPConfig:
+        if self.delta is None:
+            raise ValueError(
+                "privacy.dp.delta is required: the δ of the (ε, δ) guarantee, well below "
+                "1 / number of clients (e.g. 1e-5)"
+            )
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError(
+                "privacy.dp needs exactly one of noise_multiplier (z >= 0) or target_epsilon "
+                f"(got noise_multiplier={self.noise_multiplier}, "
+                f"target_epsilon={self.target_epsilon})"
+            )
+        if self.mode == "local" and self.clip == "adaptive":
+            raise ValueError("privacy.dp.clip = 'adaptive' needs privacy.dp.mode = 'central'")
+        return self
+
+
+class PrivacyConfig(_Section):
+    """Privacy mechanisms; unset means none."""
+
+    dp: DPConfig | None = None
 
 
 class CheckpointConfig(_Section):
@@ -203,6 +244,7 @@ class Config(_Section):
     attack: AttackConfig = AttackConfig()
     faults: FaultsConfig = FaultsConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
@@ -232,6 +274,30 @@ class Config(_Section):
                 )
                 + "; set strategy.over_commit=0"
             )
+        dp = self.privacy.dp
+        if dp is not None:
+            allowed = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
+            if s.name not in allowed:
+                raise ValueError(
+                    f"privacy.dp does not work with strategy.name={s.name!r}; expected one of "
+                    f"{', '.join(allowed)} (a mean of clipped updates)"
+                )
+            if s.weighting == "examples":
+                raise ValueError(
+                    "privacy.dp needs uniform client weights, got strategy.weighting="
+                    "'examples' (example counts are private and raise a client's "
+                    "sensitivity); set strategy.weighting=uniform or auto"
+                )
+            if s.over_commit > 0:
+                raise ValueError(
+                    f"privacy.dp cannot use strategy.over_commit={s.over_commit}: keeping the "
+                    "first K arrivals changes the sampling the accountant assumes"
+                )
+            if dp.mode == "central" and s.min_fit_clients > 1:
+                raise ValueError(
+                    f"privacy.dp (central) commits every round, even with no participants; "
+                    f"strategy.min_fit_clients={s.min_fit_clients} must be 1"
+                )
         if self.strategy.min_fit_clients > self.data.num_clients:
             raise ValueError(
                 f"strategy.min_fit_clients={self.strategy.min_fit_clients} exceeds "

@@ -33,6 +33,26 @@ from fedray.strategy import Strategy
 logger = logging.getLogger(__name__)
 
 
+class PrivacyLedger(Protocol):
+    """The running privacy cost of a run (``fedray.privacy``'s accountants)."""
+
+    def allows_next_round(self) -> bool:
+        """Whether one more round stays within the budget."""
+        ...
+
+    def record(self, participants: Sequence[int]) -> float:
+        """Spend one round; returns ε so far."""
+        ...
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps."""
+        ...
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state`."""
+        ...
+
+
 class Executor(Protocol):
     """Where client work runs. Implementations: ``LocalExecutor``, ``RayExecutor``."""
 
@@ -108,7 +128,7 @@ def _weighted(items: Sequence[ClientUpdate | ClientEval], prefix: str) -> Logs:
     total = sum(i.num_examples for i in items)
     if not items or total <= 0:
         return {}
-    keys = set.intersection(*(set(i.metrics) for i in items))
+    keys = {k for k in set.intersection(*(set(i.metrics) for i in items)) if k[:1] != "_"}
     return {
         f"{prefix}/{k}": sum(i.metrics[k] * i.num_examples for i in items) / total
         for k in sorted(keys)
@@ -141,6 +161,7 @@ def _fit_round(
     rng: np.random.Generator,
     seed: int,
     server_round: int,
+    settings: dict[str, float],
 ) -> tuple[list[ClientUpdate], list[ClientFailure], int, int]:
     """Fit one round, retrying per ``policy``: (updates, failures, sampled, attempts)."""
     failures: list[ClientFailure] = []
@@ -149,7 +170,11 @@ def _fit_round(
         ids, wanted = _sample(strategy, executor.num_clients, policy, rng)
         sampled += len(ids)
         info = RoundInfo(
-            server_round=server_round, seed=seed, num_sampled=len(ids), attempt=attempt
+            server_round=server_round,
+            seed=seed,
+            num_sampled=len(ids),
+            attempt=attempt,
+            settings=dict(settings),
         )
         updates: list[ClientUpdate] = []
         results = iter(executor.fit(ids, handle, info))
@@ -208,6 +233,8 @@ def run_rounds(
     checkpoint: Callable[[DriverState], object] | None = None,
     checkpoint_every: int = 0,
     policy: RoundPolicy = RoundPolicy(),  # noqa: B008 - frozen, immutable
+    privacy: PrivacyLedger | None = None,
+    rng_seed: int | None = None,
 ) -> Params:
     """Run ``rounds`` rounds of federated training and return the final global params.
 
@@ -224,11 +251,17 @@ def run_rounds(
     global model stays as it was and ``round/committed`` is 0. ``policy`` decides
     over-commitment and what happens when too few clients succeed (retry, stop, skip).
 
+    With ``privacy``, every round is charged to the ledger (``privacy/epsilon``), and
+    the run stops cleanly before a round that would exceed its budget, keeping the
+    model of the last allowed round. ``rng_seed`` seeds the driver's RNG (sampling and
+    aggregator noise) separately from ``seed`` (client randomness); DP runs pass a
+    secret one so that neither the sample nor the noise can be predicted.
+
     Raises:
         RoundFailedError: Too few clients succeeded and ``policy`` says to stop; the
             checkpoint holds every round before this one.
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if rng_seed is None else rng_seed)
     params = executor.initial_params()
     agg_state = strategy.aggregator.init(params)
     opt_state = strategy.server_optimizer.init(params)
@@ -239,15 +272,33 @@ def run_rounds(
         first = resume.server_round + 1
         if resume.client_state:
             executor.restore_client_state(resume.client_state)
+        if privacy is not None and "privacy" in resume.loop_state:
+            privacy.restore(resume.loop_state["privacy"])
     handle = executor.broadcast(params, agg_state.get("broadcast"))
     callback.on_run_begin({"num_clients": executor.num_clients, "rounds": rounds})
     logs: Logs = dict(resume.rows[-1]) if resume is not None and resume.rows else {}
     rows: list[Logs] = list(resume.rows) if resume is not None else []
     for server_round in range(first, rounds + 1):
+        if privacy is not None and not privacy.allows_next_round():
+            logger.warning(
+                "stopping before round %d: it would exceed the privacy budget "
+                "(privacy.dp.max_epsilon); the model of round %d is final",
+                server_round,
+                server_round - 1,
+            )
+            break
         t0 = time.perf_counter()
         callback.on_round_begin(server_round)
         updates, failures, sampled, attempts = _fit_round(
-            strategy, executor, handle, params, policy, rng, seed, server_round
+            strategy,
+            executor,
+            handle,
+            params,
+            policy,
+            rng,
+            seed,
+            server_round,
+            agg_state.get("round_settings", {}),
         )
         t_fit = time.perf_counter()
         logs = {
@@ -271,6 +322,8 @@ def run_rounds(
                     "round %d: aggregated model is not finite; rolled back", server_round
                 )
         logs["round/committed"] = int(committed)
+        if privacy is not None:
+            logs["privacy/epsilon"] = privacy.record([u.client_id for u in updates])
         t_agg = time.perf_counter()
         if evaluate_every and (server_round % evaluate_every == 0 or server_round == rounds):
             logs.update({f"eval/{k}": v for k, v in executor.evaluate(handle).items()})
@@ -311,6 +364,7 @@ def run_rounds(
                     rng_state=dict(rng.bit_generator.state),
                     rows=rows,
                     client_state=executor.client_state(),
+                    loop_state={"privacy": privacy.state()} if privacy is not None else {},
                 )
             )
     callback.on_run_end(logs)

@@ -28,12 +28,15 @@ class RoundInfo:
         num_sampled: Number of clients sampled this round.
         attempt: 0 for a round's first try; ``k`` for its k-th retry after too few
             clients succeeded (see :class:`RoundPolicy`).
+        settings: Per-round scalars the aggregator sends to clients with the round,
+            from its state's ``"round_settings"`` (e.g. DP's adaptive clip norm).
     """
 
     server_round: int
     seed: int
     num_sampled: int = 0
     attempt: int = 0
+    settings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ class ClientUpdate:
         client_id: Global id of the client, ``0 <= client_id < num_clients``.
         delta: ``local_weights - global_weights``, one array per model weight.
         num_examples: Training examples the client used (the FedAvg weight).
-        metrics: Client-side training metrics, e.g. ``{"loss": 0.3}``.
+        metrics: Client-side training metrics, e.g. ``{"loss": 0.3}``. Names that
+            start with ``_`` are protocol values for the aggregator and never logged.
         extras: Further per-client arrays with the structure of the params, e.g.
             SCAFFOLD's control-variate change ``{"delta_c": ...}``.
     """

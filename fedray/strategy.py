@@ -19,7 +19,9 @@ import numpy as np
 
 from fedray.aggregators import (
     Aggregator,
+    CentralDP,
     Krum,
+    LocalDP,
     Mean,
     Median,
     NormBound,
@@ -45,6 +47,9 @@ class Strategy:
         client: How clients train (e.g. FedProx's ``proximal_mu``).
         buffering: If set, rounds are asynchronous server steps (FedBuff): clients train
             continuously and every ``buffer_size`` arrivals make one server step.
+        sampling: ``"fixed"`` samples ``round(fraction_fit * N)`` distinct clients;
+            ``"poisson"`` lets each client join independently with probability
+            ``fraction_fit`` (the sampling DP accounting assumes; the count varies).
     """
 
     aggregator: Aggregator = field(default_factory=Mean)
@@ -54,15 +59,20 @@ class Strategy:
     name: str = "custom"
     client: ClientOptions = field(default_factory=ClientOptions)
     buffering: Buffering | None = None
+    sampling: str = "fixed"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction_fit <= 1.0:
             raise ValueError(f"fraction_fit must be in (0, 1], got {self.fraction_fit}")
-        if self.min_fit_clients < 1:
-            raise ValueError(f"min_fit_clients must be >= 1, got {self.min_fit_clients}")
+        if self.min_fit_clients < 0:
+            raise ValueError(f"min_fit_clients must be >= 0, got {self.min_fit_clients}")
+        if self.sampling not in ("fixed", "poisson"):
+            raise ValueError(f"sampling must be 'fixed' or 'poisson', got {self.sampling!r}")
 
     def sample_clients(self, num_clients: int, rng: np.random.Generator) -> list[int]:
         """Sample ``max(min_fit_clients, round(fraction_fit * num_clients))`` distinct ids.
+
+        With ``sampling="poisson"`` each client joins with probability ``fraction_fit``.
 
         Returns the ids sorted ascending. Raises ``ValueError`` when fewer than
         ``min_fit_clients`` clients are registered.
@@ -76,6 +86,10 @@ class Strategy:
             raise ValueError(
                 f"min_fit_clients={self.min_fit_clients} but only {num_clients} clients exist"
             )
+        if self.sampling == "poisson":
+            if self.fraction_fit >= 1.0:
+                return list(range(num_clients))
+            return [int(i) for i in np.flatnonzero(rng.random(num_clients) < self.fraction_fit)]
         k = max(self.min_fit_clients, round(self.fraction_fit * num_clients))
         k = min(k, num_clients)
         if k == num_clients:
@@ -243,6 +257,38 @@ def multi_krum(
 def with_norm_bound(strategy: Strategy, max_norm: float) -> Strategy:
     """The same strategy with every update clipped to ``max_norm`` before aggregation."""
     return replace(strategy, aggregator=NormBound(inner=strategy.aggregator, max_norm=max_norm))
+
+
+def with_dp(
+    strategy: Strategy, mechanism: CentralDP | LocalDP, *, sampling: str = "poisson"
+) -> Strategy:
+    """The same strategy with its mean replaced by a differentially private one.
+
+    Central DP also samples clients the way its accountant assumes (``sampling``) and
+    commits every round, even one with no participants (the noise is still released
+    and the round still counts). Server optimizers are post-processing and are kept.
+
+    Raises:
+        ValueError: The strategy does not aggregate with a plain mean (robust
+            aggregators, SCAFFOLD and FedBuff have no DP analysis here), or it weights
+            clients by example counts (DP needs uniform weights).
+    """
+    agg = strategy.aggregator
+    if not isinstance(agg, Mean):
+        raise ValueError(
+            f"differential privacy needs a mean aggregator, but strategy {strategy.name!r} "
+            f"aggregates with {type(agg).__name__}; use fedavg, fedprox, fedavgm, "
+            "fedadagrad, fedadam or fedyogi"
+        )
+    if agg.weighting != "uniform":
+        raise ValueError(
+            f"differential privacy needs uniform client weights, got weighting="
+            f"{agg.weighting!r}: example counts are private and would raise a client's "
+            "sensitivity above C/m; use Mean(weighting='uniform')"
+        )
+    if isinstance(mechanism, LocalDP):
+        return replace(strategy, aggregator=mechanism)
+    return replace(strategy, aggregator=mechanism, sampling=sampling, min_fit_clients=0)
 
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {

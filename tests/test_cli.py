@@ -112,3 +112,17 @@ def test_unreachable_address_fails_fast_with_a_clear_message(tmp_path):
     assert res.returncode == 2
     assert "runtime.address = '127.0.0.1:1': no Ray head answers there" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_privacy_command_answers_both_questions_without_training():
+    res = _fedray("privacy", "-z", "1.0", "-q", "0.01", "-T", "1000", "-d", "1e-5", timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "ε (RDP) = 2.101" in res.stdout and "ε (PLD) = 1.828" in res.stdout
+    res = _fedray("privacy", "-e", "3", "-q", "0.01", "-T", "1000", "-d", "1e-5", timeout=120)
+    assert res.returncode == 0, res.stderr
+    z = float(re.search(r"noise_multiplier z = ([0-9.]+)", res.stdout).group(1))
+    assert z == pytest.approx(0.865, abs=2e-3)
+    res = _fedray("privacy", "-z", "-1", "-q", "2", "-T", "10", "-d", "1e-5", timeout=60)
+    assert res.returncode == 2
+    assert "--sampling-rate = 2.0: expected 0 < q <= 1" in res.stderr
+    assert "--noise-multiplier = -1.0: expected z >= 0" in res.stderr

@@ -2,14 +2,18 @@
 
 from fedray.aggregators.base import Aggregator
 from fedray.aggregators.clip import NormBound, clip_update
+from fedray.aggregators.dp import AdaptiveClip, CentralDP, LocalDP
 from fedray.aggregators.mean import Mean, weighted_mean
 from fedray.aggregators.robust import Krum, Median, TrimmedMean
 from fedray.aggregators.scaffold import Scaffold
 from fedray.aggregators.staleness import StalenessWeighted, staleness_weight
 
 __all__ = [
+    "AdaptiveClip",
     "Aggregator",
+    "CentralDP",
     "Krum",
+    "LocalDP",
     "Mean",
     "Median",
     "NormBound",

@@ -1,0 +1,233 @@
+"""Client-level differential privacy as aggregators: central DP-FedAvg and local DP.
+
+* :class:`CentralDP`: DP-FedAvg (McMahan, Ramage, Talwar, Zhang, ICLR 2018,
+  arXiv:1710.06963). Clients clip their update to L2 norm C inside the host
+  (``encode``); the driver sums the clipped updates, adds N(0, (z C)^2) per coordinate
+  and divides by the *expected* number of clients m = qN, never the realised one.
+  Weights are uniform. Optional adaptive clipping (Andrew, Thakkar, McMahan,
+  Ramaswamy, NeurIPS 2021, arXiv:1905.03871): clients report whether their update was
+  unclipped; the noised fraction b̄ moves C geometrically toward the target quantile
+  γ: ``C <- C exp(-η (b̄ - γ))`` (more unclipped than wanted shrinks C).
+* :class:`LocalDP`: each client clips and noises its own update before it leaves the
+  host; the server averages the noised updates.
+
+Noise on the driver comes from the ``rng`` the driver passes, which ``fedray.api``
+seeds from ``secrets`` (or ``privacy.dp.noise_seed``); never from global numpy state.
+Measurements: ``dp/clip``, ``dp/noise_std`` (on the mean) and, when adaptive,
+``dp/unclipped_fraction`` (the noised estimate).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fedray import tree
+from fedray.privacy.accounting import split_noise
+from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
+
+UNCLIPPED = "_dp_unclipped"  # a private metric: read by the aggregator, never logged
+
+
+@dataclass(frozen=True)
+class AdaptiveClip:
+    """Adaptive clip-norm settings (defaults from Andrew et al. 2021).
+
+    Attributes:
+        initial: C_0.
+        target_quantile: γ, the fraction of updates that should be left unclipped.
+        learning_rate: η of the geometric update.
+        count_stddev: σ_b, the noise on the unclipped count; default m / 20.
+    """
+
+    initial: float = 0.1
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    count_stddev: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.initial > 0:
+            raise ValueError(f"initial clip must be > 0, got {self.initial}")
+        if not 0 < self.target_quantile < 1:
+            raise ValueError(f"target_quantile must be in (0, 1), got {self.target_quantile}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+
+def clip_to(delta: Params, clip: float) -> tuple[Params, float]:
+    """``delta`` scaled to L2 norm at most ``clip`` (flat, over all arrays); and its norm.
+
+    >>> d, n = clip_to([np.array([3.0, 4.0])], 1.0)
+    >>> [round(x, 6) for x in d[0].tolist()], n
+    ([0.6, 0.8], 5.0)
+    """
+    norm = tree.global_norm(delta)
+    if norm <= clip:
+        return delta, norm
+    return tree.scale(delta, clip / norm), norm
+
+
+def next_clip(clip: float, unclipped_fraction: float, target: float, lr: float) -> float:
+    """The geometric update ``C exp(-lr (b̄ - γ))`` with b̄ the *unclipped* fraction.
+
+    Too many unclipped updates (b̄ > γ) shrink C; too few grow it.
+
+    >>> next_clip(1.0, 0.5, 0.5, 0.2)
+    1.0
+    >>> next_clip(1.0, 1.0, 0.5, 0.2) < 1.0 < next_clip(1.0, 0.0, 0.5, 0.2)
+    True
+    """
+    return float(clip * math.exp(-lr * (unclipped_fraction - target)))
+
+
+def _noise_rng(seed: int | None, info: RoundInfo, cid: int) -> np.random.Generator:
+    if seed is None:
+        return np.random.default_rng(secrets.randbits(128))
+    return np.random.default_rng([seed, info.server_round, cid, info.attempt, 11])
+
+
+def _sum(updates: Sequence[ClientUpdate], shapes: list[tuple[tuple[int, ...], str]]) -> Params:
+    acc = [np.zeros(s, np.float64) for s, _ in shapes]
+    for u in sorted(updates, key=lambda u: u.client_id):
+        for a, d in zip(acc, u.delta, strict=True):
+            a += d
+    return acc
+
+
+@dataclass(frozen=True)
+class CentralDP:
+    """DP-FedAvg: client-side clipping, Gaussian noise on the sum, fixed denominator m.
+
+    Attributes:
+        noise_multiplier: z >= 0 (total; with adaptive clipping part of it noises the
+            unclipped count, see :func:`~fedray.privacy.accounting.split_noise`).
+        expected_clients: m = qN, the denominator.
+        clip: A fixed L2 clip norm C, or :class:`AdaptiveClip`.
+    """
+
+    noise_multiplier: float
+    expected_clients: float
+    clip: float | AdaptiveClip = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.noise_multiplier >= 0:
+            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if not self.expected_clients > 0:
+            raise ValueError(f"expected_clients must be > 0, got {self.expected_clients}")
+        if isinstance(self.clip, AdaptiveClip):
+            split_noise(self.noise_multiplier, self.count_stddev)  # raises when impossible
+        elif not self.clip > 0:
+            raise ValueError(f"clip must be > 0 or AdaptiveClip, got {self.clip}")
+
+    @property
+    def count_stddev(self) -> float:
+        """σ_b of adaptive clipping (m / 20 by default)."""
+        if not isinstance(self.clip, AdaptiveClip):
+            return 0.0
+        return self.clip.count_stddev or self.expected_clients / 20
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        """z_Δ, the multiplier of the noise on the updates' sum."""
+        if isinstance(self.clip, AdaptiveClip):
+            return split_noise(self.noise_multiplier, self.count_stddev)
+        return self.noise_multiplier
+
+    def init(self, params: Params) -> AggState:
+        """The clip norm (sent to clients each round) and the model's shapes."""
+        clip = self.clip.initial if isinstance(self.clip, AdaptiveClip) else float(self.clip)
+        return {
+            "round_settings": {"dp_clip": clip},
+            "shapes": [(tuple(p.shape), str(p.dtype)) for p in params],
+        }
+
+    def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
+        """In the host: clip to this round's C; report only the unclipped bit.
+
+        Training metrics and the example count are withheld: under DP the server sees
+        nothing of a client but its clipped update (and, adaptively, one bit).
+        """
+        default = self.clip.initial if isinstance(self.clip, AdaptiveClip) else float(self.clip)
+        clip = float(info.settings.get("dp_clip", default))
+        delta, norm = clip_to(update.delta, clip)
+        return replace(
+            update, delta=delta, num_examples=1, metrics={UNCLIPPED: float(norm <= clip)}
+        )
+
+    def aggregate(
+        self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
+    ) -> tuple[Params, AggState, Metrics]:
+        """(Σ clipped + N(0, (z_Δ C)^2)) / m; adapt C from the noised unclipped count."""
+        clip = float(state["round_settings"]["dp_clip"])
+        shapes = state["shapes"]
+        total = _sum(updates, shapes)  # zeros when nobody took part: the round still counts
+        sigma = self.update_noise_multiplier * clip
+        m = self.expected_clients
+        delta = [
+            ((t + rng.normal(0.0, sigma, t.shape)) / m).astype(dt) if sigma > 0 else (t / m)
+            for t, (_, dt) in zip(total, shapes, strict=True)
+        ]
+        delta = [d.astype(dt, copy=False) for d, (_, dt) in zip(delta, shapes, strict=True)]
+        meas: Metrics = {"dp/clip": clip, "dp/noise_std": sigma / m}
+        new_state = state
+        if isinstance(self.clip, AdaptiveClip):
+            bits = sum(u.metrics.get(UNCLIPPED, 0.0) for u in updates)
+            noised = bits + (rng.normal(0.0, self.count_stddev) if self.noise_multiplier else 0)
+            frac = float(np.clip(noised / m, 0.0, 1.0))
+            new_clip = next_clip(clip, frac, self.clip.target_quantile, self.clip.learning_rate)
+            new_state = {**state, "round_settings": {"dp_clip": new_clip}}
+            meas["dp/unclipped_fraction"] = frac
+        return delta, new_state, meas
+
+
+@dataclass(frozen=True)
+class LocalDP:
+    """Local DP: each client clips to C and adds N(0, (z C)^2) before sending.
+
+    Attributes:
+        noise_multiplier: z_l >= 0 (per client, on its own update).
+        clip: L2 clip norm C.
+        noise_seed: None (default) draws each client's noise from ``secrets``; an int
+            makes runs reproducible, and anyone who knows it can remove the noise.
+    """
+
+    noise_multiplier: float
+    clip: float = 1.0
+    noise_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.noise_multiplier >= 0:
+            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if not self.clip > 0:
+            raise ValueError(f"clip must be > 0, got {self.clip}")
+
+    def init(self, params: Params) -> AggState:
+        """Stateless."""
+        return {}
+
+    def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
+        """In the host: clip, then add the client's own Gaussian noise."""
+        delta, _ = clip_to(update.delta, self.clip)
+        rng = _noise_rng(self.noise_seed, info, update.client_id)
+        sigma = self.noise_multiplier * self.clip
+        noised = [
+            (d + rng.normal(0.0, sigma, d.shape)).astype(d.dtype) if sigma > 0 else d for d in delta
+        ]
+        return replace(update, delta=noised, num_examples=1, metrics={})
+
+    def aggregate(
+        self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
+    ) -> tuple[Params, AggState, Metrics]:
+        """The uniform mean of the noised updates (post-processing)."""
+        if not updates:
+            raise ValueError("LocalDP.aggregate needs at least one update")
+        shapes = [(tuple(d.shape), str(d.dtype)) for d in updates[0].delta]
+        total = _sum(updates, shapes)
+        n = len(updates)
+        delta = [(t / n).astype(dt) for t, (_, dt) in zip(total, shapes, strict=True)]
+        sigma = self.noise_multiplier * self.clip / math.sqrt(n)
+        return delta, state, {"dp/clip": self.clip, "dp/noise_std": sigma}
