@@ -40,7 +40,7 @@ from fedray.callbacks import (
 from fedray.config import Config
 from fedray.driver import run_rounds
 from fedray.errors import ConfigError, FedrayError
-from fedray.records import Params, RoundPolicy
+from fedray.records import DPSGD, Params, RoundPolicy
 from fedray.server_opt import ServerSGD
 from fedray.strategy import STRATEGIES, Strategy, with_dp, with_norm_bound
 
@@ -112,8 +112,13 @@ def build_strategy(cfg: Config) -> Strategy:
     uniform = s.weighting == "uniform" or (s.weighting == "auto" and cfg.privacy.dp is not None)
     if uniform and isinstance(strategy.aggregator, Mean):
         strategy = replace(strategy, aggregator=Mean(weighting="uniform"))
-    if cfg.privacy.dp is not None:
-        strategy = with_dp(strategy, dp_mechanism(cfg), sampling=cfg.privacy.dp.sampling)
+    dp = cfg.privacy.dp
+    if dp is not None and dp.mode == "dpsgd":  # example-level DP inside each client
+        assert not isinstance(dp.clip, str)
+        sgd = DPSGD(noise_multiplier=noise_multiplier(cfg), clip=dp.clip, noise_seed=dp.noise_seed)
+        strategy = replace(strategy, client=replace(strategy.client, dp_sgd=sgd))
+    elif dp is not None:
+        strategy = with_dp(strategy, dp_mechanism(cfg), sampling=dp.sampling)
     if s.norm_bound is not None:
         strategy = with_norm_bound(strategy, s.norm_bound)
     return strategy
@@ -284,13 +289,30 @@ def run(
     dp = cfg.privacy.dp
     ledger = None
     rng_seed = None
-    if dp is not None:
+    if dp is not None and dp.mode != "dpsgd":
         assert isinstance(strategy.aggregator, (CentralDP, LocalDP))
         ledger = dp_accountant(cfg, strategy.aggregator)
         # Sampling and noise come from a secret seed unless the user fixed one.
         rng_seed = dp.noise_seed if dp.noise_seed is not None else secrets.randbits(128)
     executor, started_ray = make_executor(cfg, strategy)
     try:
+        if dp is not None and dp.mode == "dpsgd":  # per-client ε needs the shard sizes
+            from fedray.privacy import DPSGDAccountant
+
+            assert strategy.client.dp_sgd is not None and dp.delta is not None
+            examples = {
+                int(c): int(n)
+                for info in getattr(executor, "host_info", [])
+                for c, n in info["examples"].items()
+            }
+            ledger = DPSGDAccountant(
+                noise_multiplier=strategy.client.dp_sgd.noise_multiplier,
+                delta=dp.delta,
+                batch_size=cfg.client.batch_size,
+                local_epochs=cfg.client.local_epochs,
+                examples=examples,
+                max_epsilon=dp.max_epsilon,
+            )
         startup_s = time.perf_counter() - t_start
         logger.info("started in %.1f s; %d clients", startup_s, executor.num_clients)
         recorder = RoundRecorder()

@@ -4,6 +4,7 @@
 ``fedray plot RUN [RUN ...] [--out FILE.png] [--metric KEY]`` / ``fedray report RUN``
 ``fedray predict RUN --input FILE.csv [--output FILE.csv]``
 ``fedray bench speed [--repeats N] [--rounds R] [--grid linreg:2,4 blobs:8] [--out DIR]``
+``fedray audit RUN [RUN ...] [--out DIR]``
 ``fedray privacy --noise-multiplier Z | --target-epsilon E  --sampling-rate Q --rounds T --delta D``
 """
 
@@ -70,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("suite", choices=["speed"], help="which benchmark")
     b.add_argument("args", nargs=argparse.REMAINDER, help="options of the benchmark (--help)")
+    au = sub.add_parser(
+        "audit", help="membership-inference leakage of trained runs (AUC, empirical ε bound)"
+    )
+    au.add_argument("runs", nargs="+", help="run directories (the --out of fedray run)")
+    au.add_argument("--out", help="where audit.csv and audit.png go (default: the first run)")
     pv = sub.add_parser(
         "privacy",
         help="ε of DP-FedAvg for z, q, T, δ, or the z for a target ε (no training)",
@@ -186,6 +192,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             src = Path(args.input)
             out = args.output or str(src.with_name(src.stem + ".predictions.csv"))
             print(f"wrote {predict(args.run, src, out)}")
+            return 0
+        if args.command == "audit":
+            from rich.console import Console
+
+            from fedray.leakage import audit
+
+            out = args.out or args.runs[0]
+            table = audit(args.runs, out)
+            cols = ["mechanism", "epsilon", "accuracy", "auc", "advantage", "tpr_at_1pct_fpr",
+                    "epsilon_lower_bound"]  # fmt: skip
+            Console().print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+            print(f"wrote {Path(out) / 'audit.csv'} and {Path(out) / 'audit.png'}")
             return 0
         if args.command == "privacy":
             return _privacy(args)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -220,8 +221,56 @@ class ClientHost:
             model.compute_metrics(x, y, y_pred)
             return loss
 
+        dp = self.spec.client.dp_sgd
+        import keras
+
+        per_example_loss = (
+            keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
+        )
+        dp_bmax = batch + 5 * math.ceil(math.sqrt(batch)) + 5  # P(batch > bmax) < 1e-6
+
+        def dp_step(x: Any, y: Any, n: Any, s0: Any, s1: Any, s2: Any) -> Any:
+            """One DP-SGD step on a Poisson batch (padded to a fixed maximum with a mask)."""
+            assert dp is not None
+            q = tf.minimum(1.0, batch / tf.cast(n, tf.float32))
+            k = tf.random.stateless_binomial(
+                [], seed=s0, counts=tf.cast(n, tf.float32), probs=q, output_dtype=tf.int32
+            )
+            bmax = tf.minimum(n, dp_bmax)
+            idx = tf.random.experimental.stateless_shuffle(tf.range(n), seed=s1)[:bmax]
+            mask = tf.cast(tf.range(bmax) < k, tf.float32)
+            xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+
+            def one(example: Any) -> Any:
+                x1, y1 = example
+                with tf.GradientTape() as tape:
+                    pred = model(x1[None], training=True)
+                    loss = per_example_loss(y1[None], pred)
+                return [*tape.gradient(loss, trainable), loss]
+
+            *grads, losses = tf.vectorized_map(one, (xb, yb))
+            sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [bmax, -1]), 1) for g in grads])
+            scale = tf.minimum(1.0, dp.clip / (tf.sqrt(sq) + 1e-12)) * mask
+            noisy = []
+            for j, g in enumerate(grads):
+                summed = tf.tensordot(scale, g, axes=1)
+                noise = tf.random.stateless_normal(
+                    tf.shape(summed), seed=s2 + j, stddev=dp.noise_multiplier * dp.clip
+                )
+                noisy.append((summed + noise) / batch)  # the expected batch size, never k
+            opt.apply(noisy, trainable)
+            losses = tf.reshape(tf.cast(losses, tf.float32), [bmax])
+            return tf.reduce_sum(losses * mask), tf.reduce_sum(mask)
+
         def fit_fn(
-            x: Any, y: Any, seed: Any, epochs: Any, max_steps: Any, params: Any, correction: Any
+            x: Any,
+            y: Any,
+            seed: Any,
+            epochs: Any,
+            max_steps: Any,
+            params: Any,
+            correction: Any,
+            noise_seed: Any,
         ) -> Any:
             load(params)
             for v, init in resets:
@@ -236,7 +285,18 @@ class ClientHost:
                 epoch_seed = tf.stack([seed[0], seed[1] + tf.cast(epoch, tf.int64)])
                 order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=epoch_seed)
                 for i in tf.range(num_batches):
-                    if epoch * num_batches + i < max_steps:  # stragglers stop early
+                    step = epoch * num_batches + i
+                    if dp is not None and step < max_steps:  # DP-SGD: secret Poisson batches
+                        base = tf.cast(step, tf.int64) * 4
+                        s0 = tf.stack([noise_seed[0], noise_seed[1] + base])
+                        s1, s2 = (
+                            s0 + tf.constant([0, 1], tf.int64),
+                            s0 + tf.constant([0, 2], tf.int64),
+                        )
+                        step_loss, size = dp_step(x, y, n, s0, s1, s2)
+                        loss_sum += step_loss
+                        seen += size
+                    elif step < max_steps:  # stragglers stop early
                         idx = order[i * batch : tf.minimum((i + 1) * batch, n)]
                         xb, yb = tf.gather(x, idx), tf.gather(y, idx)
                         size = tf.cast(tf.shape(idx)[0], tf.float32)
@@ -248,6 +308,8 @@ class ClientHost:
                             model.train_step((xb, yb))
             delta = [v - p for v, p in zip(weights, params, strict=True)]
             logs = model.get_metrics_result()
+            if dp is not None:  # only the loss: metrics of non-private forward passes aren't run
+                return delta, {"loss": loss_sum / tf.maximum(seen, 1.0)}
             if custom:  # the task loss without the proximal term, averaged over examples
                 logs = {**logs, "loss": loss_sum / tf.maximum(seen, 1.0)}
             return delta, logs
@@ -269,6 +331,7 @@ class ClientHost:
                 tf.TensorSpec([], tf.int32),
                 params_spec,
                 params_spec,
+                tf.TensorSpec([2], tf.int64),
             ],
         )
         eval_traced = tf.function(eval_fn, input_signature=[*data_spec, params_spec])
@@ -277,8 +340,9 @@ class ClientHost:
         if self._data:
             x, y = next(iter(self._data.values()))
             initial = [v.numpy() for v in weights]
+            zero_seed = np.zeros(2, np.int64)
             fit_traced(
-                x[:0], y[:0], np.zeros(2, np.int64), np.int32(1), np.int32(0), initial, initial
+                x[:0], y[:0], zero_seed, np.int32(1), np.int32(0), initial, initial, zero_seed
             )
             eval_traced(x[:0], y[:0], initial)
             self._set(initial)
@@ -318,6 +382,16 @@ class ClientHost:
         """
         state = np.random.SeedSequence([seed, server_round, client_id]).generate_state(2)
         return state.astype(np.int64)
+
+    def _noise_seed(self, info: RoundInfo, cid: int) -> np.ndarray:
+        """DP-SGD's batch-and-noise seed: secret, unless ``noise_seed`` fixes it."""
+        dp = self.spec.client.dp_sgd
+        if dp is None:
+            return np.zeros(2, np.int64)
+        if dp.noise_seed is None:
+            return np.array([secrets.randbits(62), secrets.randbits(62)], np.int64)
+        state = np.random.SeedSequence([dp.noise_seed, info.server_round, cid, 13])
+        return state.generate_state(2).astype(np.int64)
 
     def _delay(self, cid: int) -> float:
         """Simulated extra seconds per fit: ``faults.delay_s * u``, ``u ~ U(0, 1)`` per client."""
@@ -402,7 +476,14 @@ class ClientHost:
                         for c, ci, p in zip(server_c, own_c, params, strict=True)
                     ]
                 delta_t, logs = self._fit_fn(
-                    x, y, seed, np.int32(epochs), np.int32(steps), params_t, correction
+                    x,
+                    y,
+                    seed,
+                    np.int32(epochs),
+                    np.int32(steps),
+                    params_t,
+                    correction,
+                    self._noise_seed(info, cid),
                 )
                 delta = [d.numpy() for d in delta_t]
                 if fault == "nan":  # a broken client: the driver must reject this update

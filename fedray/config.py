@@ -173,7 +173,7 @@ class FaultsConfig(_Section):
 class DPConfig(_Section):
     """Client-level differential privacy (see the README's Privacy section)."""
 
-    mode: Literal["central", "local"] = "central"
+    mode: Literal["central", "local", "dpsgd"] = "central"
     noise_multiplier: float | None = Field(None, ge=0)
     target_epsilon: float | None = Field(None, gt=0)
     max_epsilon: float | None = Field(None, gt=0)
@@ -199,8 +199,14 @@ class DPConfig(_Section):
                 f"(got noise_multiplier={self.noise_multiplier}, "
                 f"target_epsilon={self.target_epsilon})"
             )
-        if self.mode == "local" and self.clip == "adaptive":
+        if self.mode != "central" and self.clip == "adaptive":
             raise ValueError("privacy.dp.clip = 'adaptive' needs privacy.dp.mode = 'central'")
+        if self.mode == "dpsgd" and self.target_epsilon is not None:
+            raise ValueError(
+                "privacy.dp.target_epsilon is not supported with privacy.dp.mode = 'dpsgd' "
+                "(each client's ε depends on its shard size); set privacy.dp.noise_multiplier "
+                "and use `fedray privacy` with q = batch_size / examples to choose it"
+            )
         return self
 
 
@@ -275,7 +281,7 @@ class Config(_Section):
                 + "; set strategy.over_commit=0"
             )
         dp = self.privacy.dp
-        if dp is not None:
+        if dp is not None and dp.mode != "dpsgd":
             allowed = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
             if s.name not in allowed:
                 raise ValueError(

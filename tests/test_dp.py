@@ -124,6 +124,10 @@ def test_adaptive_clipping_splits_the_noise_budget_as_the_paper_does():
     # The composed event of updates + count costs exactly what Gaussian(z) costs.
     acc = DPFedAvgAccountant(1.0, 0.01, 1e-5, count_noise_multiplier=10.0)
     assert acc.epsilon(1000) == pytest.approx(2.1014, abs=2e-3)
+    acc = DPFedAvgAccountant(1.0, 0.1, 1e-5, count_noise_multiplier=10.0)
+    assert acc.epsilon(20, method="pld") == pytest.approx(
+        dpfedavg_epsilon(1.0, 0.1, 20, 1e-5, method="pld"), rel=1e-6
+    )
 
 
 # Reference values from the shared privacy notes (dp-accounting 0.6.0, delta = 1e-5).
@@ -246,6 +250,7 @@ DP_RUN = [
     "privacy.dp.delta=1e-5",
     "privacy.dp.clip=5.0",
     "runtime.executor=local",
+    "runtime.clients_per_actor=10",
     "runtime.progress=false",
 ]
 

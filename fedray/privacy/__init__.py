@@ -5,6 +5,7 @@ The DP mechanisms themselves are aggregators: :mod:`fedray.aggregators.dp`.
 
 from fedray.privacy.accounting import (
     DPFedAvgAccountant,
+    DPSGDAccountant,
     LocalDPAccountant,
     calibrate_noise_multiplier,
     dpfedavg_epsilon,
@@ -12,6 +13,7 @@ from fedray.privacy.accounting import (
 
 __all__ = [
     "DPFedAvgAccountant",
+    "DPSGDAccountant",
     "LocalDPAccountant",
     "calibrate_noise_multiplier",
     "dpfedavg_epsilon",

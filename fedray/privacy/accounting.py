@@ -118,6 +118,11 @@ def dpfedavg_epsilon(
         return 0.0
     if noise_multiplier == 0:
         return math.inf
+    if count_noise_multiplier is not None and method == "pld":
+        # PLD accounts only single mechanisms under sampling; two Gaussians on the same
+        # sample are exactly one with z^-2 = z_Δ^-2 + (2σ_b)^-2.
+        noise_multiplier = (noise_multiplier**-2 + count_noise_multiplier**-2) ** -0.5
+        count_noise_multiplier = None
     event = round_event(
         noise_multiplier,
         sampling_rate,
@@ -347,4 +352,85 @@ class LocalDPAccountant:
             "sampling_rate": None,
             "rounds": self.rounds,
             "adjacency": "any two datasets of one client (sensitivity 2C)",
+        }
+
+
+@dataclass
+class DPSGDAccountant:
+    """Per-client ε of example-level DP-SGD inside the clients.
+
+    Client k's every local step is ``PoissonSampled(B / n_k, Gaussian(z))``; it runs
+    ``E ceil(n_k / B)`` steps per round it takes part in, and its steps compose.
+
+    Attributes:
+        noise_multiplier: z.
+        delta: δ per client.
+        batch_size: B, the expected Poisson batch size.
+        local_epochs: E.
+        examples: n_k per client id.
+        max_epsilon: Stop before any client's ε would exceed this.
+        participations: Rounds each client took part in (the state; checkpointed).
+    """
+
+    noise_multiplier: float
+    delta: float
+    batch_size: int
+    local_epochs: int
+    examples: dict[int, int]
+    max_epsilon: float | None = None
+    participations: dict[int, int] = field(default_factory=dict)
+    rounds: int = 0
+    _cache: dict[tuple[float, int], float] = field(default_factory=dict, repr=False)
+
+    def client_epsilon(self, cid: int, participations: int) -> float:
+        """ε of client ``cid`` after ``participations`` rounds of local DP-SGD."""
+        n = self.examples[cid]
+        q = min(1.0, self.batch_size / n)
+        steps = participations * self.local_epochs * math.ceil(n / self.batch_size)
+        key = (q, steps)
+        if key not in self._cache:
+            self._cache[key] = dpfedavg_epsilon(self.noise_multiplier, q, steps, self.delta)
+        return self._cache[key]
+
+    def epsilon(self) -> float:
+        """The worst client's ε so far."""
+        return max((self.client_epsilon(c, k) for c, k in self.participations.items()), default=0.0)
+
+    def allows_next_round(self) -> bool:
+        """Whether every client could take part once more within ``max_epsilon``."""
+        if self.max_epsilon is None:
+            return True
+        worst = max(
+            self.client_epsilon(c, self.participations.get(c, 0) + 1) for c in self.examples
+        )
+        return worst <= self.max_epsilon
+
+    def record(self, participants: Sequence[int]) -> float:
+        """Count one round of local steps for each client that sent an update."""
+        self.rounds += 1
+        for cid in participants:
+            self.participations[cid] = self.participations.get(cid, 0) + 1
+        return self.epsilon()
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint must keep."""
+        return {"rounds": self.rounds, "participations": dict(self.participations)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state`."""
+        self.rounds = int(state["rounds"])
+        self.participations = {int(k): int(v) for k, v in state["participations"].items()}
+
+    def report(self) -> dict[str, Any]:
+        """Per-client ε (the worst is the reported ε) for ``summary.json``."""
+        per_client = {c: self.client_epsilon(c, k) for c, k in sorted(self.participations.items())}
+        return {
+            "mode": "dpsgd",
+            "epsilon": self.epsilon(),
+            "epsilon_per_client": per_client,
+            "delta": self.delta,
+            "noise_multiplier": self.noise_multiplier,
+            "sampling_rate": {c: min(1.0, self.batch_size / n) for c, n in self.examples.items()},
+            "rounds": self.rounds,
+            "adjacency": "add/remove one example of a client",
         }
