@@ -38,7 +38,7 @@ def utility() -> None:
             "strategy.min_fit_clients=1", "model.name=linear", "client.learning_rate=0.1",
             "client.local_epochs=2", "client.batch_size=16", "evaluation.every=10"]  # fmt: skip
     rows = []
-    for z in [None, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0]:
+    for z in [None, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0]:  # z < 2 sigma_b = m / 10 = 4
         dp = [] if z is None else [f"privacy.dp.noise_multiplier={z}", "privacy.dp.delta=1e-5",
                                    "privacy.dp.clip=adaptive"]  # fmt: skip
         h = fedray.run(HERE / "blobs.yaml", overrides=[*base, *dp])

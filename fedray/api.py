@@ -316,7 +316,7 @@ def run(
         startup_s = time.perf_counter() - t_start
         logger.info("started in %.1f s; %d clients", startup_s, executor.num_clients)
         recorder = RoundRecorder()
-        keys = ["fit/loss", "eval/loss", "eval/accuracy", "eval/mae"]  # shown when present
+        keys = ["fit/loss", "eval/loss", "eval/accuracy", "eval/mae", "privacy/epsilon"]
         ui: Callback = (
             ProgressBar(cfg.rounds, keys=keys) if cfg.runtime.progress else LoggingCallback(keys)
         )

@@ -363,3 +363,21 @@ def test_the_empirical_epsilon_bound_never_exceeds_the_true_epsilon(mu):
     assert lb <= true_eps
     if mu >= 2:
         assert lb > 2.0  # not vacuous when leakage is large (n = 5000 caps it near ln n)
+
+
+def test_a_resumed_dp_run_equals_the_uninterrupted_one(tmp_path, linreg_config):
+    pytest.importorskip("tensorflow")
+    from fedray import api
+
+    seeded = [*DP_RUN, "privacy.dp.noise_seed=42", "privacy.dp.clip=adaptive",
+              "privacy.dp.initial_clip=1.0", "privacy.dp.count_stddev=1.0"]  # fmt: skip
+    full = api.run(linreg_config, out=tmp_path / "full", overrides=[*seeded, "rounds=4"])
+    api.run(linreg_config, out=tmp_path / "part", overrides=[*seeded, "rounds=2"])
+    resumed = api.run(
+        linreg_config, out=tmp_path / "part", overrides=[*seeded, "rounds=4"], resume=True
+    )
+    for a, b in zip(full.params, resumed.params):
+        np.testing.assert_array_equal(a, b)  # same sampling, noise and adaptive clip
+    assert resumed.summary["privacy"]["rounds"] == 4
+    assert [r["privacy/epsilon"] for r in resumed.rows] == [r["privacy/epsilon"] for r in full.rows]
+    assert [r["agg/dp/clip"] for r in resumed.rows] == [r["agg/dp/clip"] for r in full.rows]

@@ -44,7 +44,23 @@ def test_sampling_is_roughly_uniform():
 def test_bad_strategy_values():
     with pytest.raises(ValueError, match="fraction_fit must be in"):
         Strategy(fraction_fit=0)
-    with pytest.raises(ValueError, match="min_fit_clients must be >= 1, got 0"):
-        Strategy(min_fit_clients=0)
+    with pytest.raises(ValueError, match="min_fit_clients must be >= 0, got -1"):
+        Strategy(min_fit_clients=-1)
+    with pytest.raises(ValueError, match="sampling must be 'fixed' or 'poisson'"):
+        Strategy(sampling="bernoulli")
     with pytest.raises(ValueError, match="only 2 clients exist"):
         Strategy(min_fit_clients=3).sample_clients(2, np.random.default_rng(0))
+
+
+def test_poisson_sampling_lets_each_client_join_independently():
+    s = Strategy(fraction_fit=0.3, min_fit_clients=0, sampling="poisson")
+    rng = np.random.default_rng(0)
+    sizes, counts = [], np.zeros(20)
+    for _ in range(3000):
+        ids = s.sample_clients(20, rng)
+        sizes.append(len(ids))
+        counts[ids] += 1
+    assert ids == sorted(set(ids))
+    np.testing.assert_allclose(counts / 3000, 0.3, atol=0.03)  # each client: probability q
+    assert np.var(sizes) == pytest.approx(20 * 0.3 * 0.7, rel=0.15)  # Binomial(N, q) count
+    assert min(sizes) < 6 < max(sizes)
