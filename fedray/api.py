@@ -27,7 +27,7 @@ import numpy as np
 
 from fedray import checkpoint as checkpoint_mod
 from fedray import config as config_mod
-from fedray.aggregators import AdaptiveClip, CentralDP, LocalDP, Mean
+from fedray.aggregators import AdaptiveClip, CentralDP, LocalDP, Mean, SecureAggregation
 from fedray.callbacks import (
     Callback,
     CallbackList,
@@ -109,7 +109,8 @@ def build_strategy(cfg: Config) -> Strategy:
     strategy = STRATEGIES[s.name](**kwargs)
     if s.name == "fedavg" and s.server_learning_rate:
         strategy = replace(strategy, server_optimizer=ServerSGD(s.server_learning_rate))
-    uniform = s.weighting == "uniform" or (s.weighting == "auto" and cfg.privacy.dp is not None)
+    private = cfg.privacy.dp is not None or cfg.privacy.secure_aggregation.enabled
+    uniform = s.weighting == "uniform" or (s.weighting == "auto" and private)
     if uniform and isinstance(strategy.aggregator, Mean):
         strategy = replace(strategy, aggregator=Mean(weighting="uniform"))
     dp = cfg.privacy.dp
@@ -119,6 +120,23 @@ def build_strategy(cfg: Config) -> Strategy:
         strategy = replace(strategy, client=replace(strategy.client, dp_sgd=sgd))
     elif dp is not None:
         strategy = with_dp(strategy, dp_mechanism(cfg), sampling=dp.sampling)
+    sa = cfg.privacy.secure_aggregation
+    if sa.enabled:
+        inner = strategy.aggregator
+        assert isinstance(inner, (Mean, CentralDP))
+        if isinstance(inner, Mean):
+            inner = Mean(weighting="uniform")
+        clip = sa.clip
+        if clip is None and isinstance(inner, CentralDP):
+            clip = float(inner.clip)  # type: ignore[arg-type]
+        degree = {"auto": None, "all": cfg.data.num_clients}.get(str(sa.neighbours))
+        if isinstance(sa.neighbours, int):
+            degree = sa.neighbours
+        assert clip is not None
+        secure = SecureAggregation(
+            inner=inner, clip=clip, bits=sa.bits, degree=degree, threshold=sa.threshold
+        )
+        strategy = replace(strategy, aggregator=secure)
     if s.norm_bound is not None:
         strategy = with_norm_bound(strategy, s.norm_bound)
     return strategy
@@ -290,8 +308,11 @@ def run(
     ledger = None
     rng_seed = None
     if dp is not None and dp.mode != "dpsgd":
-        assert isinstance(strategy.aggregator, (CentralDP, LocalDP))
-        ledger = dp_accountant(cfg, strategy.aggregator)
+        mechanism = strategy.aggregator
+        if isinstance(mechanism, SecureAggregation):
+            mechanism = mechanism.inner
+        assert isinstance(mechanism, (CentralDP, LocalDP))
+        ledger = dp_accountant(cfg, mechanism)
         # Sampling and noise come from a secret seed unless the user fixed one.
         rng_seed = dp.noise_seed if dp.noise_seed is not None else secrets.randbits(128)
     executor, started_ray = make_executor(cfg, strategy)

@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         "bench",
         help="benchmarks: 'fedray bench speed [--repeats N] [--grid linreg:2,4 blobs:8]'",
     )
-    b.add_argument("suite", choices=["speed"], help="which benchmark")
+    b.add_argument("suite", choices=["speed", "secagg"], help="which benchmark")
     b.add_argument("args", nargs=argparse.REMAINDER, help="options of the benchmark (--help)")
     au = sub.add_parser(
         "audit", help="membership-inference leakage of trained runs (AUC, empirical ε bound)"
@@ -207,6 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "privacy":
             return _privacy(args)
+        if args.command == "bench" and args.suite == "secagg":
+            from fedray.bench import secagg
+
+            return secagg.main(args.args)
         if args.command == "bench":
             from fedray.bench import speed
 

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,8 @@ class ClientHost:
         if host_data.x_test is not None and host_data.y_test is not None and len(host_data.x_test):
             self._server_test = (tf.constant(host_data.x_test), tf.constant(host_data.y_test))
         self._controls: dict[int, Params] = {}  # SCAFFOLD's client control variates
+        self._secagg: dict[int, Any] = {}  # this round's SecAggClient per client (secret keys)
+        self._secagg_inbox: dict[int, dict[int, bytes]] = {}
         self._fit_fn, self._eval_fn = self._compile_loops(host_data.info)
         self.setup_s = time.perf_counter() - t0
 
@@ -507,6 +509,8 @@ class ClientHost:
                 if delay:  # a slow device (faults.delay_s): fixed per client, from the seed
                     time.sleep(delay)
                 update = self.spec.aggregator.encode(update, info)
+                if update.masked is not None:  # secure aggregation: mask inside the host
+                    update = self._mask(update, info)
                 if cid in self.attackers:
                     attack = self.spec.config.attack
                     rng = np.random.default_rng([info.seed, info.server_round, cid, 4])
@@ -515,6 +519,58 @@ class ClientHost:
             except Exception as exc:
                 results.append(ClientFailure(cid, f"{type(exc).__name__}: {exc}"))
         return results
+
+    def secure_step(
+        self, name: str, client_ids: Sequence[int], payload: dict[int, Any], info: RoundInfo
+    ) -> dict[int, Any]:
+        """One secure-aggregation step for each of this host's clients in ``client_ids``.
+
+        ``advertise`` makes each client's fresh key pairs (kept here, never returned),
+        ``share`` returns its encrypted Shamir shares, ``inbox`` stores the shares
+        addressed to it, and ``unmask`` returns the shares the server may have. The
+        masking itself happens in :meth:`fit`.
+        """
+        from fedray.secagg import SecAggAbortError, SecAggClient, SecAggError
+
+        self._check()
+        out: dict[int, Any] = {}
+        for cid in client_ids:
+            try:
+                if name == "advertise":
+                    neighbours, threshold, bits = payload[cid]
+                    client = SecAggClient(cid, info.server_round, neighbours, threshold, bits)
+                    self._secagg[cid] = client
+                    out[cid] = client.advertise()
+                elif name == "share":
+                    out[cid] = self._secagg[cid].share_keys(payload[cid])
+                elif name == "inbox":
+                    self._secagg_inbox[cid] = payload[cid]
+                    out[cid] = True
+                elif name == "unmask":
+                    dropped, survivors = payload[cid]
+                    out[cid] = self._secagg.pop(cid).unmask(dropped, survivors)
+                    self._secagg_inbox.pop(cid, None)
+                else:
+                    raise ValueError(f"unknown secure-aggregation step {name!r}")
+            except SecAggAbortError as exc:  # too few live neighbours: this client drops out
+                logger.warning("client %d: %s", cid, exc)
+                self._secagg.pop(cid, None)
+            except SecAggError:
+                raise  # a protocol violation (tampering) must stop the round, loudly
+            except Exception as exc:
+                logger.warning("client %d: secure aggregation step %s failed: %s", cid, name, exc)
+        return out
+
+    def _mask(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
+        client = self._secagg.get(update.client_id)
+        if client is None or client.round_id != info.server_round:
+            raise RuntimeError(
+                f"client {update.client_id} has no secure-aggregation keys for round "
+                f"{info.server_round} (its host restarted?)"
+            )
+        assert update.masked is not None
+        inbox = self._secagg_inbox.get(update.client_id, {})
+        return replace(update, masked=client.masked_input(update.masked, inbox))
 
     def client_state(self) -> dict[int, dict[str, Params]]:
         """Per-client state kept in this host across rounds (SCAFFOLD's control variates)."""

@@ -210,10 +210,21 @@ class DPConfig(_Section):
         return self
 
 
+class SecureAggregationConfig(_Section):
+    """SecAgg / SecAgg+ (see the README's Privacy section)."""
+
+    enabled: bool = False
+    bits: int = Field(16, ge=1, le=40)
+    clip: float | None = Field(None, gt=0)
+    neighbours: int | Literal["auto", "all"] = "auto"
+    threshold: float = Field(0.6, gt=0.5, le=1.0)
+
+
 class PrivacyConfig(_Section):
     """Privacy mechanisms; unset means none."""
 
     dp: DPConfig | None = None
+    secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
 
 
 class CheckpointConfig(_Section):
@@ -303,6 +314,30 @@ class Config(_Section):
                 raise ValueError(
                     f"privacy.dp (central) commits every round, even with no participants; "
                     f"strategy.min_fit_clients={s.min_fit_clients} must be 1"
+                )
+        sa = self.privacy.secure_aggregation
+        if sa.enabled:
+            allowed = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
+            problems = []
+            if s.name not in allowed:
+                problems.append(f"strategy.name={s.name!r} (expected one of {', '.join(allowed)})")
+            if s.weighting == "examples":
+                problems.append("strategy.weighting='examples' (a secure sum has no counts)")
+            if s.over_commit > 0:
+                problems.append(f"strategy.over_commit={s.over_commit}")
+            if self.attack.fraction > 0:
+                problems.append(f"attack.fraction={self.attack.fraction}")
+            if dp is not None and dp.mode == "local":
+                problems.append("privacy.dp.mode='local' (already noised per client)")
+            if dp is not None and dp.mode == "central" and dp.clip == "adaptive":
+                problems.append("privacy.dp.clip='adaptive' (give a fixed clip)")
+            if (dp is None or dp.mode != "central") and sa.clip is None:
+                problems.append("no privacy.secure_aggregation.clip (the L2 clip and "
+                                "quantization range of updates)")  # fmt: skip
+            if problems:
+                raise ValueError(
+                    "privacy.secure_aggregation.enabled=true does not work with "
+                    + "; ".join(problems)
                 )
         if self.strategy.min_fit_clients > self.data.num_clients:
             raise ValueError(

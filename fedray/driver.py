@@ -16,10 +16,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedray import tree
+from fedray.aggregators import SecureAggregation
 from fedray.callbacks import Callback, Logs
 from fedray.checkpoint import DriverState
 from fedray.errors import RoundFailedError
 from fedray.records import (
+    AggState,
     ClientEval,
     ClientFailure,
     ClientUpdate,
@@ -28,6 +30,7 @@ from fedray.records import (
     RoundInfo,
     RoundPolicy,
 )
+from fedray.secagg import SecAggError, SecAggServer
 from fedray.strategy import Strategy
 
 logger = logging.getLogger(__name__)
@@ -86,6 +89,15 @@ class Executor(Protocol):
         """Centralized evaluation on the held-out test set ({} when there is none)."""
         ...
 
+    def client_phase(
+        self, client_ids: Sequence[int], name: str, payload: dict[int, Any], info: RoundInfo
+    ) -> dict[int, Any]:
+        """Run one protocol step (secure aggregation) for each client inside its host.
+
+        Returns the clients' answers; a client whose host failed is left out (dropped).
+        """
+        ...
+
     def evaluate_clients(
         self, client_ids: Sequence[int], params: Any, split: str = "test"
     ) -> list[ClientEval | ClientFailure]:
@@ -107,6 +119,12 @@ class Executor(Protocol):
 
 def validate_update(update: ClientUpdate, reference: Params) -> str | None:
     """Why ``update`` is unusable against the global ``reference`` params, or None."""
+    if update.masked is not None:  # secure aggregation: only the masked integers travel
+        if update.delta:
+            return "a masked update must not also carry its delta"
+        if update.masked.ndim != 1 or update.masked.dtype.kind != "u":
+            return f"masked update must be a flat unsigned vector, got {update.masked.dtype}"
+        return None
     problem = tree.structure_mismatch(update.delta, reference)
     if problem is not None:
         return f"wrong update structure: {problem}"
@@ -152,6 +170,59 @@ def _sample(
     return ids, wanted
 
 
+def _secure_setup(
+    secure: SecureAggregation,
+    executor: Executor,
+    ids: list[int],
+    info: RoundInfo,
+    rng: np.random.Generator,
+) -> tuple[list[int], SecAggServer]:
+    """SecAgg rounds 0-1 (keys, encrypted shares); returns U2 (who will train) and the server."""
+    server = secure.begin_round(info.server_round, ids, rng)
+    setup = {u: (list(server.neighbours[u]), server.threshold, server.modulus_bits) for u in ids}
+    keys = executor.client_phase(ids, "advertise", setup, info)
+    routed = server.collect_keys(keys)
+    shares = executor.client_phase(sorted(routed), "share", routed, info)
+    inbox = server.route_shares(shares)
+    delivered = executor.client_phase(sorted(inbox), "inbox", inbox, info)
+    return sorted(delivered), server
+
+
+def _secure_finish(
+    secure: SecureAggregation,
+    server: SecAggServer,
+    executor: Executor,
+    updates: list[ClientUpdate],
+    info: RoundInfo,
+    agg_state: AggState,
+    failures: list[ClientFailure],
+) -> list[ClientUpdate]:
+    """SecAgg rounds 2-3: collect masked vectors, unmask, decode the survivors' sum.
+
+    Returns one decoded-sum update, or [] when the protocol aborts (too few survivors;
+    nothing is revealed) and every client of the round counts as failed.
+    """
+    dim = secure.dim(agg_state)
+    good = []
+    for u in updates:
+        assert u.masked is not None
+        if u.masked.size != dim:
+            failures.append(ClientFailure(u.client_id, f"masked update has {u.masked.size} "
+                                          f"values, expected {dim}"))  # fmt: skip
+        else:
+            good.append(u)
+    try:
+        masked = {u.client_id: u.masked for u in good if u.masked is not None}
+        dropped, survivors = server.collect_masked(masked)
+        asks = {u: (dropped, survivors) for u in survivors}
+        responses = executor.client_phase(survivors, "unmask", asks, info)
+        total = server.unmask(responses)
+    except SecAggError as exc:
+        failures.extend(ClientFailure(u.client_id, f"secure aggregation: {exc}") for u in good)
+        return []
+    return [secure.decode(total, survivors, agg_state)] if survivors else []
+
+
 def _fit_round(
     strategy: Strategy,
     executor: Executor,
@@ -162,10 +233,17 @@ def _fit_round(
     seed: int,
     server_round: int,
     settings: dict[str, float],
-) -> tuple[list[ClientUpdate], list[ClientFailure], int, int]:
-    """Fit one round, retrying per ``policy``: (updates, failures, sampled, attempts)."""
+    agg_state: AggState,
+) -> tuple[list[ClientUpdate], list[ClientFailure], int, int, int]:
+    """Fit one round, retrying per ``policy``.
+
+    Returns (updates, failures, sampled, attempts, ok): under secure aggregation
+    ``updates`` is the one decoded sum and ``ok`` the number of clients in it.
+    """
     failures: list[ClientFailure] = []
     sampled = 0
+    ok = 0
+    secure = strategy.aggregator if isinstance(strategy.aggregator, SecureAggregation) else None
     for attempt in range(policy.max_retries + 1 if policy.on_too_few == "retry" else 1):
         ids, wanted = _sample(strategy, executor.num_clients, policy, rng)
         sampled += len(ids)
@@ -177,6 +255,14 @@ def _fit_round(
             settings=dict(settings),
         )
         updates: list[ClientUpdate] = []
+        server = None
+        if secure is not None and ids:
+            started = ids
+            ids, server = _secure_setup(secure, executor, ids, info, rng)
+            failures.extend(
+                ClientFailure(c, "dropped during secure-aggregation key exchange")
+                for c in sorted(set(started) - set(ids))
+            )
         results = iter(executor.fit(ids, handle, info))
         for result in results:
             problem = validate_update(result, params) if isinstance(result, ClientUpdate) else None
@@ -191,7 +277,11 @@ def _fit_round(
         close = getattr(results, "close", None)
         if close is not None:
             close()  # let the executor abandon what is still running
-        if len(updates) >= strategy.min_fit_clients:
+        ok = len(updates)
+        if secure is not None and server is not None and updates:
+            updates = _secure_finish(secure, server, executor, updates, info, agg_state, failures)
+            ok = int(updates[0].metrics["_count"]) if updates else 0
+        if ok >= strategy.min_fit_clients:
             break
         logger.warning(
             "round %d (attempt %d): only %d of %d clients succeeded, fewer than min_fit_clients=%d",
@@ -203,20 +293,20 @@ def _fit_round(
         )
     for f in failures:
         logger.warning("round %d: client %d failed: %s", server_round, f.client_id, f.reason)
-    if len(updates) < strategy.min_fit_clients and policy.on_too_few != "skip":
+    if ok < strategy.min_fit_clients and policy.on_too_few != "skip":
         reasons = "; ".join(f"client {f.client_id}: {f.reason}" for f in failures[:5])
         raise RoundFailedError(
-            f"round {server_round}: only {len(updates)} clients succeeded after "
+            f"round {server_round}: only {ok} clients succeeded after "
             f"{attempt + 1} attempt(s), fewer than strategy.min_fit_clients="
             f"{strategy.min_fit_clients} (strategy.on_too_few={policy.on_too_few!r}). "
             f"Failures: {reasons or 'none reported'}. Rounds before it are in the "
             "checkpoint (checkpoint.every); fix the cause and continue with --resume"
         )
-    if len(updates) < strategy.min_fit_clients:
+    if ok < strategy.min_fit_clients:
         logger.warning(
             "round %d: the global model is unchanged (strategy.on_too_few='skip')", server_round
         )
-    return updates, failures, sampled, attempt + 1
+    return updates, failures, sampled, attempt + 1, ok
 
 
 def run_rounds(
@@ -289,7 +379,7 @@ def run_rounds(
             break
         t0 = time.perf_counter()
         callback.on_round_begin(server_round)
-        updates, failures, sampled, attempts = _fit_round(
+        updates, failures, sampled, attempts, ok = _fit_round(
             strategy,
             executor,
             handle,
@@ -299,18 +389,19 @@ def run_rounds(
             seed,
             server_round,
             agg_state.get("round_settings", {}),
+            agg_state,
         )
         t_fit = time.perf_counter()
         logs = {
             "clients/sampled": sampled,
-            "clients/ok": len(updates),
+            "clients/ok": ok,
             "clients/failed": len(failures),
             **_weighted(updates, "fit"),
         }
         if attempts > 1:
             logs["round/attempts"] = attempts
         committed = False
-        if len(updates) >= strategy.min_fit_clients:
+        if ok >= strategy.min_fit_clients:
             delta, agg_state, measurements = strategy.aggregator.aggregate(updates, agg_state, rng)
             new_params, new_opt_state = strategy.server_optimizer.apply(params, delta, opt_state)
             logs.update({f"agg/{k}": v for k, v in measurements.items()})
@@ -331,9 +422,9 @@ def run_rounds(
             server_round % federated_evaluate_every == 0 or server_round == rounds
         ):
             evals = executor.evaluate_clients(range(executor.num_clients), handle)
-            ok = [e for e in evals if isinstance(e, ClientEval)]
-            logs.update(_weighted(ok, "fed_eval"))
-            logs["fed_eval/clients"] = len(ok)
+            answered = [e for e in evals if isinstance(e, ClientEval)]
+            logs.update(_weighted(answered, "fed_eval"))
+            logs["fed_eval/clients"] = len(answered)
         if train_evaluate_every and (
             server_round % train_evaluate_every == 0 or server_round == rounds
         ):  # the global model on every client's training data (e.g. FedProx's training loss)

@@ -51,6 +51,8 @@ class ClientUpdate:
             start with ``_`` are protocol values for the aggregator and never logged.
         extras: Further per-client arrays with the structure of the params, e.g.
             SCAFFOLD's control-variate change ``{"delta_c": ...}``.
+        masked: Under secure aggregation, the quantized and masked update (a flat
+            integer vector mod 2^r); ``delta`` is then empty: the server never sees it.
     """
 
     client_id: int
@@ -58,6 +60,7 @@ class ClientUpdate:
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
     extras: dict[str, Params] = field(default_factory=dict)
+    masked: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

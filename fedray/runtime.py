@@ -352,6 +352,36 @@ class RayExecutor:
         yield from skipped
         yield from self._stream(calls, "fit", self._round_timeout_s)
 
+    def client_phase(
+        self, client_ids: Sequence[int], name: str, payload: dict[int, Any], info: RoundInfo
+    ) -> dict[int, Any]:
+        """One secure-aggregation step on every host with these clients, in parallel.
+
+        Only each host's own clients' payloads travel to it; a host that fails or misses
+        ``runtime.round_timeout_s`` drops its clients from the protocol.
+        """
+        ray = self._ray
+        if name == "advertise":
+            self._await_restarts()  # restarted hosts join the new round
+        calls = {}
+        for h, ids in self._plan(client_ids).items():
+            if self._unavailable(h) is None:
+                part = {c: payload[c] for c in ids if c in payload}
+                calls[self.hosts[h].secure_step.remote(name, ids, part, info)] = h
+        out: dict[int, Any] = {}
+        ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=self._round_timeout_s)
+        for ref in ready:
+            try:
+                out.update(ray.get(ref))
+            except ray.exceptions.RayTaskError as exc:
+                cause = _unwrap(exc)
+                if type(cause).__name__ in ("SecAggError", "SecAggAbortError"):
+                    raise cause from None
+                logger.warning("secure aggregation step %s failed on a host: %s", name, cause)
+            except ray.exceptions.RayActorError:
+                self._mark_down(calls[ref])
+        return out
+
     def client_state(self) -> dict[int, dict[str, Params]]:
         """Per-client state of every host (for checkpoints)."""
         ray = self._ray

@@ -23,7 +23,7 @@ CHAOS = [
     "faults.hang_rate=0.05",
     "faults.nan_rate=0.05",
     "runtime.clients_per_actor=1",
-    "runtime.round_timeout_s=4",
+    "runtime.round_timeout_s=6",
     "runtime.max_restarts=-1",
 ]
 

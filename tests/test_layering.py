@@ -16,6 +16,10 @@ LIGHT = [
     "fedray.async_driver",
     "fedray.checkpoint",
     "fedray.attacks",
+    "fedray.privacy",
+    "fedray.privacy.audit",
+    "fedray.secagg",
+    "fedray.leakage",
     "fedray.config",
     "fedray.errors",
     # Edge modules import their heavy dependencies lazily, too.
@@ -72,6 +76,8 @@ def test_math_layers_import_no_keras_or_tensorflow_text():
         "checkpoint.py",
         "attacks.py",
         *[str(p.relative_to(pkg)) for p in (pkg / "aggregators").glob("*.py")],
+        *[str(p.relative_to(pkg)) for p in (pkg / "privacy").glob("*.py")],
+        *[str(p.relative_to(pkg)) for p in (pkg / "secagg").glob("*.py")],
     ]
     for name in math_files:
         text = (pkg / name).read_text()

@@ -6,6 +6,7 @@ from fedray.aggregators.dp import AdaptiveClip, CentralDP, LocalDP
 from fedray.aggregators.mean import Mean, weighted_mean
 from fedray.aggregators.robust import Krum, Median, TrimmedMean
 from fedray.aggregators.scaffold import Scaffold
+from fedray.aggregators.secure import SecureAggregation
 from fedray.aggregators.staleness import StalenessWeighted, staleness_weight
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "Median",
     "NormBound",
     "Scaffold",
+    "SecureAggregation",
     "StalenessWeighted",
     "TrimmedMean",
     "clip_update",

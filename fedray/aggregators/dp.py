@@ -162,20 +162,33 @@ class CentralDP:
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
     ) -> tuple[Params, AggState, Metrics]:
         """(Σ clipped + N(0, (z_Δ C)^2)) / m; adapt C from the noised unclipped count."""
+        total = _sum(updates, state["shapes"])  # zeros when nobody took part: still counts
+        bits = sum(u.metrics.get(UNCLIPPED, 0.0) for u in updates)
+        return self.aggregate_sum(total, len(updates), {UNCLIPPED: bits}, state, rng)
+
+    def aggregate_sum(
+        self,
+        total: Params,
+        count: int,
+        metric_sums: Metrics,
+        state: AggState,
+        rng: np.random.Generator,
+    ) -> tuple[Params, AggState, Metrics]:
+        """The same from the sum of the clipped updates (e.g. a secure sum) and of the bits."""
         clip = float(state["round_settings"]["dp_clip"])
         shapes = state["shapes"]
-        total = _sum(updates, shapes)  # zeros when nobody took part: the round still counts
         sigma = self.update_noise_multiplier * clip
         m = self.expected_clients
         delta = [
-            ((t + rng.normal(0.0, sigma, t.shape)) / m).astype(dt) if sigma > 0 else (t / m)
+            (
+                (np.asarray(t, np.float64) + (rng.normal(0.0, sigma, t.shape) if sigma else 0)) / m
+            ).astype(dt)
             for t, (_, dt) in zip(total, shapes, strict=True)
         ]
-        delta = [d.astype(dt, copy=False) for d, (_, dt) in zip(delta, shapes, strict=True)]
         meas: Metrics = {"dp/clip": clip, "dp/noise_std": sigma / m}
         new_state = state
         if isinstance(self.clip, AdaptiveClip):
-            bits = sum(u.metrics.get(UNCLIPPED, 0.0) for u in updates)
+            bits = metric_sums.get(UNCLIPPED, 0.0)
             noised = bits + (rng.normal(0.0, self.count_stddev) if self.noise_multiplier else 0)
             frac = float(np.clip(noised / m, 0.0, 1.0))
             new_clip = next_clip(clip, frac, self.clip.target_quantile, self.clip.learning_rate)

@@ -76,6 +76,28 @@ class Mean:
         """Nothing happens on the client."""
         return update
 
+    def aggregate_sum(
+        self,
+        total: Params,
+        count: int,
+        metric_sums: Metrics,
+        state: AggState,
+        rng: np.random.Generator,
+    ) -> tuple[Params, AggState, Metrics]:
+        """The uniform mean from the sum of ``count`` deltas (secure aggregation's output).
+
+        Raises:
+            ValueError: With example weighting: the sum carries no weights.
+        """
+        if self.weighting != "uniform":
+            raise ValueError(
+                "a secure sum carries no example counts; use Mean(weighting='uniform')"
+            )
+        if count <= 0:
+            raise ValueError(f"count must be > 0, got {count}")
+        delta = [(t / count).astype(t.dtype) for t in total]
+        return delta, state, {"num_clients": float(count), "total_weight": float(count)}
+
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
     ) -> tuple[Params, AggState, Metrics]:

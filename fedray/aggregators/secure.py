@@ -1,0 +1,143 @@
+"""Secure aggregation as an aggregator wrapper: the server sees only the sum.
+
+SecAgg (Bonawitz et al., CCS 2017) with SecAgg+ neighbourhoods (Bell et al., CCS 2020);
+the protocol itself is :mod:`fedray.secagg`. In the client host, ``encode`` runs the
+inner aggregator's client step (e.g. DP clipping), L2-clips the update to ``clip`` and
+quantizes every coordinate of ``[-clip, clip]`` to ``bits`` bits with unbiased
+stochastic rounding; the host then masks the integers (its keys never leave it). On
+the driver, after the protocol's unmasking round, :meth:`SecureAggregation.decode` turns
+the integer sum into the float sum of the survivors' updates, and ``aggregate`` hands it
+to the inner aggregator's ``aggregate_sum`` (a uniform mean, or DP-FedAvg's noised sum:
+central DP on top of secure aggregation). Masking is per client, before any sum.
+
+Measurements: ``secagg/clients`` (survivors), ``secagg/dropped`` and
+``secagg/quantization_step``, plus the inner aggregator's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from fedray.aggregators.dp import UNCLIPPED, CentralDP, clip_to
+from fedray.aggregators.mean import Mean
+from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
+from fedray.secagg import Quantizer, SecAggServer, harary_neighbours
+from fedray.secagg.protocol import default_degree
+
+SUM_ID = -1  # the client id of the single decoded-sum update handed to ``aggregate``
+
+
+@dataclass(frozen=True)
+class SecureAggregation:
+    """Wraps a linear aggregator (uniform ``Mean`` or ``CentralDP``) with SecAgg(+).
+
+    Attributes:
+        inner: Receives the decoded sum through ``aggregate_sum``.
+        clip: L2 clip of each update, also the per-coordinate quantization range.
+        bits: Quantization bits per coordinate.
+        degree: Neighbours per client (SecAgg+'s k); None is 2 ceil(log2 n) + 2, and
+            ``n - 1`` or more is the complete graph (plain SecAgg).
+        threshold: Fraction of a neighbourhood (itself included) needed to unmask.
+    """
+
+    inner: Mean | CentralDP = field(default_factory=lambda: Mean(weighting="uniform"))
+    clip: float = 1.0
+    bits: int = 16
+    degree: int | None = None
+    threshold: float = 0.6
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inner, Mean) and self.inner.weighting != "uniform":
+            raise ValueError(
+                "secure aggregation reveals only a sum, without example counts; wrap "
+                "Mean(weighting='uniform') or CentralDP"
+            )
+        if not 0.5 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0.5, 1], got {self.threshold}")
+        if isinstance(self.inner, CentralDP) and not isinstance(self.inner.clip, float | int):
+            raise ValueError("secure aggregation needs a fixed DP clip (adaptive is not supported)")
+        Quantizer(self.clip, self.bits)  # validates
+
+    @property
+    def quantizer(self) -> Quantizer:
+        """The b-bit quantizer of ``[-clip, clip]``."""
+        return Quantizer(self.clip, self.bits)
+
+    def init(self, params: Params) -> AggState:
+        """The inner state plus the model's shapes."""
+        return {
+            **self.inner.init(params),
+            "shapes": [(tuple(p.shape), str(p.dtype)) for p in params],
+        }
+
+    def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
+        """In the host: inner client step, clip, quantize (the host then masks)."""
+        update = self.inner.encode(update, info)
+        delta, _ = clip_to(update.delta, self.clip)
+        flat = np.concatenate([d.ravel() for d in delta]) if delta else np.zeros(0)
+        bit = update.metrics.get(UNCLIPPED)
+        if bit is not None:  # adaptive-clipping bit, summed securely as one more coordinate
+            flat = np.append(flat, (2 * bit - 1) * self.clip)
+        rng = np.random.default_rng([info.seed, info.server_round, update.client_id, 17])
+        levels = self.quantizer.encode(flat, rng)
+        return replace(update, delta=[], num_examples=1, metrics={}, masked=levels)
+
+    def dim(self, state: AggState) -> int:
+        """Length of a client's masked vector (the weights, plus DP's unclipped bit)."""
+        size = int(sum(math.prod(s) for s, _ in state["shapes"]))
+        return size + (1 if isinstance(self.inner, CentralDP) else 0)
+
+    def begin_round(
+        self, server_round: int, client_ids: Sequence[int], rng: np.random.Generator
+    ) -> SecAggServer:
+        """The server side of this round's protocol: graph, threshold and modulus."""
+        n = len(client_ids)
+        k = default_degree(n) if self.degree is None else min(self.degree, n - 1)
+        graph = harary_neighbours(list(client_ids), k, rng)
+        t = max(1, math.ceil(self.threshold * (k + 1)))
+        return SecAggServer(server_round, graph, t, self.quantizer.modulus_bits(max(n, 1)))
+
+    def decode(self, total: np.ndarray, survivors: Sequence[int], state: AggState) -> ClientUpdate:
+        """The float sum of the survivors' updates as one update (id ``SUM_ID``)."""
+        n = len(survivors)
+        values = self.quantizer.decode_sum(total, n)
+        shapes = state["shapes"]
+        size = sum(math.prod(s) for s, _ in shapes)
+        metrics: Metrics = {"_count": float(n)}  # "_": read by aggregate, never logged
+        if isinstance(self.inner, CentralDP) and values.size == size + 1:
+            metrics[UNCLIPPED] = float(round((values[-1] / self.clip + n) / 2))
+        out, pos = [], 0
+        for s, dt in shapes:
+            k = math.prod(s)
+            out.append(values[pos : pos + k].reshape(s).astype(dt))
+            pos += k
+        return ClientUpdate(SUM_ID, out, max(n, 1), metrics)
+
+    def aggregate(
+        self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
+    ) -> tuple[Params, AggState, Metrics]:
+        """Hand the decoded sum (one update from :meth:`decode`) to the inner aggregator.
+
+        No update at all is a zero sum of zero clients (DP-FedAvg still releases noise).
+        """
+        if not updates:
+            zeros = np.zeros(self.dim(state), np.uint64)
+            updates = [self.decode(zeros, [], state)]
+        if len(updates) != 1 or updates[0].client_id != SUM_ID:
+            raise ValueError(
+                "SecureAggregation.aggregate takes the one decoded sum from decode(), got "
+                f"{len(updates)} updates; the driver runs the protocol first"
+            )
+        total = updates[0]
+        count = int(total.metrics["_count"])
+        delta, new_inner, meas = self.inner.aggregate_sum(
+            total.delta, count, total.metrics, state, rng
+        )
+        new_state: dict[str, Any] = {**state, **new_inner}
+        return delta, new_state, {**meas, "secagg/clients": float(count),
+                                  "secagg/quantization_step": self.quantizer.step}  # fmt: skip

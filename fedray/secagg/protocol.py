@@ -1,0 +1,448 @@
+"""The SecAgg protocol with SecAgg+ neighbourhoods: client and server state machines.
+
+Bonawitz, Ivanov, Kreuter, Marcedone, McMahan, Patel, Ramage, Segal, Seth, "Practical
+Secure Aggregation for Privacy-Preserving Machine Learning", CCS 2017 (ePrint
+2017/281); Bell, Bonawitz, Gascón, Lepoint, Raykova, "Secure Single-Server Aggregation
+with (Poly)Logarithmic Overhead", CCS 2020 (ePrint 2020/704).
+
+One round, semi-honest server, each client u with neighbours N(u) (a randomly relabelled
+Harary graph of degree k; the complete graph is plain SecAgg):
+
+0. **Advertise.** u makes two fresh X25519 key pairs (c for encrypting shares, s for
+   masks) and a 32-byte self-mask seed b_u, inside its host; it sends the public keys.
+1. **Share keys.** u splits s_u's secret key and b_u into t-of-(|N(u)|+1) Shamir shares,
+   and sends each neighbour its shares encrypted with ChaCha20-Poly1305 under
+   HKDF(X25519(c_u, c_v)), the round and both ids bound into the key and the associated
+   data. The server relays ciphertexts it cannot read.
+2. **Masked input.** With s_uv = HKDF(X25519(s_u, s_v), round, u, v) and the ChaCha20
+   keystream as PRG (uniform mod 2^r), u sends
+   y_u = x_u + PRG(b_u) + Σ_{v ∈ N(u) ∩ U2} ±PRG(s_uv)  (mod 2^r), + when u < v.
+3. **Unmask.** The server names the dropped (U2 minus U3) and surviving (U3) clients. Each
+   survivor returns s-shares of dropped neighbours and b-shares of surviving ones, never
+   both for one client. From t shares the server rebuilds b_u (u ∈ U3) and s_v (v
+   dropped), removes PRG(b_u) and the dropped clients' pairwise masks, and gets
+   Σ_{u∈U3} x_u mod 2^r. Pairwise masks between survivors cancel exactly.
+
+Guarantee (semi-honest): the server and fewer than t colluding clients learn only the
+sum over U3 and who dropped. Not covered: a malicious server (no signatures or
+consistency round), multi-round differencing of different participant sets.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import struct
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedray.secagg.shamir import PRIME, shamir_combine, shamir_split
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+SHARE_BYTES = 16  # one field element of GF(2^127 - 1)
+SECRET_BYTES = 32
+
+
+class SecAggError(Exception):
+    """The protocol was misused or tampered with (e.g. a share failed authentication)."""
+
+
+class SecAggAbortError(SecAggError):
+    """Too few clients survived for the threshold: the round reveals nothing."""
+
+
+def harary_neighbours(
+    ids: Sequence[int], degree: int, rng: np.random.Generator
+) -> dict[int, list[int]]:
+    """A k-regular Harary graph over ``ids`` with randomly permuted labels (SecAgg+).
+
+    Each client is linked to the ``degree // 2`` clients on either side of it on a
+    random ring; ``degree >= len(ids) - 1`` gives the complete graph (plain SecAgg).
+
+    >>> g = harary_neighbours(list(range(10)), 4, np.random.default_rng(0))
+    >>> sorted(len(v) for v in g.values()) == [4] * 10
+    True
+    """
+    ids = list(ids)
+    n = len(ids)
+    if degree >= n - 1:
+        return {u: sorted(v for v in ids if v != u) for u in ids}
+    half = max(1, (degree + 1) // 2)
+    ring = [ids[i] for i in rng.permutation(n)]
+    out: dict[int, set[int]] = {u: set() for u in ids}
+    for i, u in enumerate(ring):
+        for off in range(1, half + 1):
+            v = ring[(i + off) % n]
+            out[u].add(v)
+            out[v].add(u)
+    return {u: sorted(v) for u, v in out.items()}
+
+
+def default_degree(n: int) -> int:
+    """SecAgg+'s k = O(log n): 2 ceil(log2 n) + 2, capped at n - 1."""
+    return min(n - 1, 2 * math.ceil(math.log2(max(n, 2))) + 2)
+
+
+def _info(purpose: str, round_id: int, u: int, v: int) -> bytes:
+    return f"fedray|secagg|{purpose}|{round_id}|{min(u, v)}|{max(u, v)}".encode()
+
+
+def _hkdf(shared: bytes, info: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
+
+
+def prg(seed: bytes, dim: int, modulus_bits: int) -> np.ndarray:
+    """``dim`` uniform values mod 2^r from the ChaCha20 keystream of a 32-byte seed."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    wide = modulus_bits > 32
+    nbytes = dim * (8 if wide else 4)
+    stream = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
+    raw = stream.update(bytes(nbytes))
+    words = np.frombuffer(raw, dtype=np.uint64 if wide else np.uint32).astype(np.uint64)
+    out: np.ndarray = words & np.uint64((1 << modulus_bits) - 1)  # exact: 2^r | word range
+    return out
+
+
+def _pack(src: int, dst: int, s_share: Sequence[int], b_share: Sequence[int]) -> bytes:
+    head = struct.pack(">qqHH", src, dst, len(s_share), len(b_share))
+    body = b"".join(x.to_bytes(SHARE_BYTES, "big") for x in (*s_share, *b_share))
+    return head + body
+
+
+def _unpack(data: bytes) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
+    src, dst, ns, nb = struct.unpack(">qqHH", data[:20])
+    vals = [
+        int.from_bytes(data[20 + i * SHARE_BYTES : 20 + (i + 1) * SHARE_BYTES], "big")
+        for i in range(ns + nb)
+    ]
+    return src, dst, tuple(vals[:ns]), tuple(vals[ns:])
+
+
+def _nonce(sender: int) -> bytes:
+    return sender.to_bytes(12, "big", signed=True)  # keys are per (round, pair): unique
+
+
+def _ad(round_id: int, src: int, dst: int) -> bytes:
+    return struct.pack(">qqq", round_id, src, dst)
+
+
+@dataclass
+class SecAggClient:
+    """One client's side of one round; its secret keys never leave this object.
+
+    Attributes:
+        cid: The client id (its Shamir x-coordinate is ``cid + 1``).
+        round_id: Bound into every key derivation and ciphertext.
+        neighbours: N(u) from the server's graph.
+        threshold: t, shares needed to rebuild this client's secrets.
+        modulus_bits: r; masked vectors live in Z_{2^r}.
+    """
+
+    cid: int
+    round_id: int
+    neighbours: Sequence[int]
+    threshold: int
+    modulus_bits: int
+    _revealed: dict[int, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        self.neighbours = sorted(set(self.neighbours) - {self.cid})
+        self._c = X25519PrivateKey.generate()
+        self._s = X25519PrivateKey.generate()
+        self._b = secrets.token_bytes(SECRET_BYTES)
+        self._peers: dict[int, tuple[X25519PublicKey, X25519PublicKey]] = {}
+        self._received: dict[int, bytes] = {}
+        self._own: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+
+    def advertise(self) -> tuple[bytes, bytes]:
+        """Round 0: the two public keys (raw 32 bytes each)."""
+        return self._c.public_key().public_bytes_raw(), self._s.public_key().public_bytes_raw()
+
+    def _aead(self, v: int) -> ChaCha20Poly1305:
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        shared = self._c.exchange(self._peers[v][0])
+        return ChaCha20Poly1305(_hkdf(shared, _info("enc", self.round_id, self.cid, v)))
+
+    def share_keys(self, public_keys: Mapping[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
+        """Round 1: encrypted Shamir shares of s_u's key and b_u for each live neighbour.
+
+        Raises:
+            SecAggAbortError: Fewer than t share holders are alive.
+        """
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+        self._peers = {
+            v: (X25519PublicKey.from_public_bytes(c), X25519PublicKey.from_public_bytes(s))
+            for v, (c, s) in public_keys.items()
+            if v in self.neighbours
+        }
+        holders = [self.cid, *sorted(self._peers)]
+        if len(holders) < self.threshold:
+            raise SecAggAbortError(
+                f"client {self.cid}: {len(holders)} live share holders < threshold {self.threshold}"
+            )
+        xs = [h + 1 for h in holders]
+        s_shares = shamir_split(self._s.private_bytes_raw(), self.threshold, xs)
+        b_shares = shamir_split(self._b, self.threshold, xs)
+        self._own = (s_shares[self.cid + 1], b_shares[self.cid + 1])
+        out = {}
+        for v in sorted(self._peers):
+            plain = _pack(self.cid, v, s_shares[v + 1], b_shares[v + 1])
+            ad = _ad(self.round_id, self.cid, v)
+            out[v] = self._aead(v).encrypt(_nonce(self.cid), plain, ad)
+        return out
+
+    def masked_input(self, x: np.ndarray, ciphertexts: Mapping[int, bytes]) -> np.ndarray:
+        """Round 2: y_u = x_u + PRG(b_u) + Σ ±PRG(s_uv) mod 2^r over neighbours in U2.
+
+        ``ciphertexts`` are the shares addressed to this client (their senders form
+        this client's view of U2); they are kept for the unmasking round.
+        """
+        self._received = {v: ct for v, ct in ciphertexts.items() if v in self._peers}
+        r, mask = self.modulus_bits, np.uint64((1 << self.modulus_bits) - 1)
+        y = (x.astype(np.uint64) + prg(self._b, x.size, r)) & mask
+        for v in sorted(self._received):
+            shared = self._s.exchange(self._peers[v][1])
+            seed = _hkdf(shared, _info("mask", self.round_id, self.cid, v))
+            p = prg(seed, x.size, r)
+            y = ((y + p) if self.cid < v else (y - p)) & mask
+        out: np.ndarray = y.astype(np.uint32) if self.modulus_bits <= 32 else y  # as sent
+        return out
+
+    def unmask(
+        self, dropped: Sequence[int], survivors: Sequence[int]
+    ) -> dict[int, tuple[str, tuple[int, ...]]]:
+        """Round 3: s-shares of dropped neighbours and b-shares of surviving ones.
+
+        Raises:
+            SecAggError: Asked to reveal both kinds of share for one client, or a share
+                failed authentication (tampered or misrouted).
+        """
+        from cryptography.exceptions import InvalidTag
+
+        both = set(dropped) & set(survivors)
+        if both:
+            raise SecAggError(
+                f"client {self.cid}: refusing to reveal both shares of clients {sorted(both)}"
+            )
+        out: dict[int, tuple[str, tuple[int, ...]]] = {}
+        for v, ct in sorted(self._received.items()):
+            kind = "s" if v in dropped else "b" if v in survivors else None
+            if kind is None:
+                continue
+            if self._revealed.setdefault(v, kind) != kind:
+                raise SecAggError(f"client {self.cid}: already revealed the other share of {v}")
+            try:
+                plain = self._aead(v).decrypt(_nonce(v), ct, _ad(self.round_id, v, self.cid))
+            except InvalidTag:
+                raise SecAggError(
+                    f"client {self.cid}: the share from client {v} failed authentication "
+                    "(ChaCha20-Poly1305 tag mismatch: tampered with or misrouted)"
+                ) from None
+            src, dst, s_share, b_share = _unpack(plain)
+            if (src, dst) != (v, self.cid):
+                raise SecAggError(f"client {self.cid}: share addressed {src}->{dst}, not {v}")
+            out[v] = (kind, s_share if kind == "s" else b_share)
+        if self.cid in survivors:
+            out[self.cid] = ("b", self._own[1])
+        return out
+
+
+@dataclass
+class SecAggServer:
+    """The server's side of one round: it relays, sums and unmasks, and sees no input.
+
+    Attributes:
+        round_id: The round.
+        neighbours: The graph, client id -> neighbour ids.
+        threshold: t.
+        modulus_bits: r.
+    """
+
+    round_id: int
+    neighbours: Mapping[int, Sequence[int]]
+    threshold: int
+    modulus_bits: int
+    keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    u2: set[int] = field(default_factory=set)
+    masked: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def collect_keys(
+        self, keys: Mapping[int, tuple[bytes, bytes]]
+    ) -> dict[int, dict[int, tuple[bytes, bytes]]]:
+        """U1: each client gets its live neighbours' public keys."""
+        self.keys = dict(keys)
+        return {u: {v: keys[v] for v in self.neighbours[u] if v in keys} for u in keys}
+
+    def route_shares(
+        self, shares: Mapping[int, Mapping[int, bytes]]
+    ) -> dict[int, dict[int, bytes]]:
+        """U2: relay each encrypted share to its recipient (unreadable to the server)."""
+        self.u2 = set(shares)
+        inbox: dict[int, dict[int, bytes]] = {u: {} for u in self.u2}
+        for src, out in shares.items():
+            for dst, ct in out.items():
+                if dst in inbox:
+                    inbox[dst][src] = ct
+        return inbox
+
+    def collect_masked(self, masked: Mapping[int, np.ndarray]) -> tuple[list[int], list[int]]:
+        """U3: the masked vectors; returns (dropped, survivors) for the unmask request.
+
+        Raises:
+            SecAggAbortError: Some secret that must be rebuilt has fewer than t surviving
+                share holders; nothing is requested, so nothing is revealed.
+        """
+        self.masked = {u: y for u, y in masked.items() if u in self.u2}
+        survivors = sorted(self.masked)
+        dropped = sorted(self.u2 - set(survivors))
+        for u in [*survivors, *dropped]:
+            holders = [w for w in [u, *self.neighbours[u]] if w in self.masked and w in self.u2]
+            if len(holders) < self.threshold:
+                raise SecAggAbortError(
+                    f"round {self.round_id}: client {u}'s secret has {len(holders)} surviving "
+                    f"share holders, fewer than the threshold t={self.threshold}; aborted "
+                    "before any share was revealed"
+                )
+        return dropped, survivors
+
+    def unmask(
+        self, responses: Mapping[int, Mapping[int, tuple[str, Sequence[int]]]]
+    ) -> np.ndarray:
+        """Rebuild the secrets from the shares and return Σ_{U3} x_u mod 2^r.
+
+        Raises:
+            SecAggAbortError: Fewer than t shares arrived for some secret.
+        """
+        from cryptography.hazmat.primitives.asymmetric.x25519 import (
+            X25519PrivateKey,
+            X25519PublicKey,
+        )
+
+        r, mask = self.modulus_bits, np.uint64((1 << self.modulus_bits) - 1)
+        survivors = sorted(self.masked)
+        dropped = sorted(self.u2 - set(survivors))
+        dim = next(iter(self.masked.values())).size
+        total = np.zeros(dim, np.uint64)
+        for y in self.masked.values():
+            total = (total + y.astype(np.uint64)) & mask
+
+        def secret(v: int, kind: str) -> bytes:
+            shares = {
+                w + 1: tuple(share)
+                for w, resp in responses.items()
+                for who, (k, share) in resp.items()
+                if who == v and k == kind
+            }
+            if len(shares) < self.threshold:
+                raise SecAggAbortError(
+                    f"round {self.round_id}: {len(shares)} {kind}-shares of client {v} < "
+                    f"threshold {self.threshold}"
+                )
+            return shamir_combine(shares, self.threshold, SECRET_BYTES)
+
+        for u in survivors:
+            total = (total - prg(secret(u, "b"), dim, r)) & mask
+        for v in dropped:
+            s_v = X25519PrivateKey.from_private_bytes(secret(v, "s"))
+            for u in survivors:
+                if u in self.neighbours[v]:
+                    s_u_pub = X25519PublicKey.from_public_bytes(self.keys[u][1])
+                    seed = _hkdf(s_v.exchange(s_u_pub), _info("mask", self.round_id, u, v))
+                    p = prg(seed, dim, r)
+                    total = ((total - p) if u < v else (total + p)) & mask
+        out: np.ndarray = total
+        return out
+
+
+def run_protocol(
+    inputs: Mapping[int, np.ndarray],
+    *,
+    round_id: int,
+    modulus_bits: int,
+    degree: int | None = None,
+    threshold: int | None = None,
+    rng: np.random.Generator | None = None,
+    drop_before_shares: Sequence[int] = (),
+    drop_after_shares: Sequence[int] = (),
+    drop_after_masking: Sequence[int] = (),
+) -> tuple[np.ndarray, dict[str, object]]:
+    """Run one whole round in-process (tests, benchmarks); returns (sum, stats).
+
+    The ``drop_*`` clients disappear at the named stage. ``stats`` has the graph
+    degree, the threshold, the bytes each client sent, each client's compute seconds
+    (``client_s``) and the server's (``server_s``).
+    """
+    ids = sorted(inputs)
+    n = len(ids)
+    k = default_degree(n) if degree is None else min(degree, n - 1)
+    t = threshold if threshold is not None else (k + 1) // 2 + 1
+    graph = harary_neighbours(ids, k, rng or np.random.default_rng(secrets.randbits(64)))
+    client_s = dict.fromkeys(ids, 0.0)
+    server_s = 0.0
+
+    def timed(who: int | None, fn: Any, *args: Any) -> Any:
+        nonlocal server_s
+        t0 = time.perf_counter()
+        out = fn(*args)
+        if who is None:
+            server_s += time.perf_counter() - t0
+        else:
+            client_s[who] += time.perf_counter() - t0
+        return out
+
+    clients = {}
+    for u in ids:
+        clients[u] = timed(u, SecAggClient, u, round_id, graph[u], t, modulus_bits)
+    server = SecAggServer(round_id, graph, t, modulus_bits)
+    sent = dict.fromkeys(ids, 0)
+    keys = {u: timed(u, c.advertise) for u, c in clients.items()}
+    for u in keys:
+        sent[u] += 64
+    peer_keys = timed(None, server.collect_keys, keys)
+    shares = {}
+    for u in ids:
+        if u in drop_before_shares:
+            continue
+        shares[u] = timed(u, clients[u].share_keys, peer_keys[u])
+        sent[u] += sum(len(ct) for ct in shares[u].values())
+    inbox = timed(None, server.route_shares, shares)
+    masked = {}
+    for u in inbox:
+        if u in drop_after_shares:
+            continue
+        masked[u] = timed(u, clients[u].masked_input, inputs[u], inbox[u])
+        sent[u] += masked[u].nbytes
+    dropped, survivors = timed(None, server.collect_masked, masked)
+    responses = {}
+    for u in survivors:
+        if u in drop_after_masking:
+            continue
+        responses[u] = timed(u, clients[u].unmask, dropped, survivors)
+        sent[u] += sum(16 * len(s) + 9 for _, s in responses[u].values())
+    total = timed(None, server.unmask, responses)
+    stats = {
+        "degree": k,
+        "threshold": t,
+        "bytes_sent": sent,
+        "client_s": client_s,
+        "server_s": server_s,
+        "survivors": survivors,
+        "dropped": dropped,
+        "prime": PRIME,
+    }
+    return total, stats

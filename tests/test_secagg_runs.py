@@ -1,0 +1,109 @@
+"""Secure aggregation inside fedray runs: in-process, on Ray with dropouts, with DP."""
+
+import numpy as np
+import pytest
+
+from fedray import api, config
+from fedray.errors import ConfigError
+from tests.conftest import ROOT
+
+pytest.importorskip("tensorflow")
+
+COMMON = ["rounds=5", "data.num_clients=6", "strategy.min_fit_clients=1",
+          "strategy.weighting=uniform", "runtime.progress=false", "checkpoint.every=0"]  # fmt: skip
+SECURE = ["privacy.secure_aggregation.enabled=true", "privacy.secure_aggregation.clip=10"]
+LINREG = ROOT / "experiments" / "linreg.yaml"
+
+
+def test_secure_and_plain_runs_differ_only_by_the_quantization_error(tmp_path):
+    local = ["runtime.executor=local", "runtime.clients_per_actor=3"]
+    plain = api.run(LINREG, out=tmp_path / "p", overrides=[*COMMON, *local])
+    secure = api.run(LINREG, out=tmp_path / "s", overrides=[*COMMON, *local, *SECURE])
+    step = secure.final["agg/secagg/quantization_step"]
+    assert step == pytest.approx(20 / (2**16 - 1))
+    # Each round's mean is off by at most one step per coordinate (stochastic rounding,
+    # n clients, divided by n); linreg's local SGD is contractive, so after R rounds
+    # the weights differ by at most R steps.
+    for a, b in zip(plain.params, secure.params):
+        assert np.abs(a - b).max() <= 5 * step
+        assert not np.array_equal(a, b)  # the secure run really went through the codec
+    assert [r["clients/ok"] for r in secure.rows] == [6] * 5
+    assert "fit/loss" not in secure.final  # clients reveal nothing but masked vectors
+
+
+def test_hosts_send_only_masked_integers():
+    from fedray.aggregators import SecureAggregation
+    from fedray.client import ClientHost, HostSpec
+    from fedray.records import RoundInfo
+
+    cfg = config.load(LINREG, ["data.num_clients=2"])
+    agg = SecureAggregation(clip=10.0)
+    host = ClientHost(HostSpec(cfg, (0, 1), agg))
+    info = RoundInfo(1, 0)
+    setup = {0: ([1], 2, 17), 1: ([0], 2, 17)}
+    keys = host.secure_step("advertise", [0, 1], setup, info)
+    shares = host.secure_step("share", [0, 1], {0: {1: keys[1]}, 1: {0: keys[0]}}, info)
+    host.secure_step("inbox", [0, 1], {0: {1: shares[1][0]}, 1: {0: shares[0][1]}}, info)
+    out = host.fit([0, 1], host.initial_params(), info)
+    for u in out:
+        assert u.delta == [] and u.metrics == {} and u.masked.dtype == np.uint32
+        assert u.masked.size == 2 and int(u.masked.max()) < 2**17
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_secure_aggregation_on_ray_survives_client_crashes(tmp_path):
+    overrides = [*COMMON, *SECURE, "faults.crash_rate=0.25", "runtime.clients_per_actor=1",
+                 "runtime.max_restarts=-1", "rounds=3"]  # fmt: skip
+    hist = api.run(LINREG, out=tmp_path, overrides=overrides)
+    from fedray.client import simulated_fault
+
+    cfg = config.load(LINREG, overrides)
+    crashes = 0
+    for row in hist.rows:
+        last = int(row.get("round/attempts", 1)) - 1  # a retry draws fresh faults
+        faults = sum(simulated_fault(cfg, 0, row["round"], c, last) is not None for c in range(6))
+        crashes += faults
+        # A client that crashes after the key exchange is a SecAgg dropout: its pairwise
+        # masks are removed through the survivors' shares, and the sum is exact. (Too
+        # few survivors abort the protocol, revealing nothing, and the round is retried.)
+        assert row["clients/ok"] == 6 - faults and row["round/committed"] == 1
+        assert row["agg/secagg/clients"] == 6 - faults
+    assert crashes > 0
+    assert hist.final["eval/mae"] < 2.0  # it learned through the masked sums
+
+
+def test_secure_aggregation_composes_with_central_dp(tmp_path):
+    hist = api.run(
+        LINREG,
+        out=tmp_path,
+        overrides=[
+            *COMMON,
+            "runtime.executor=local",
+            "runtime.clients_per_actor=6",
+            "strategy.fraction_fit=0.5",
+            "privacy.secure_aggregation.enabled=true",
+            "privacy.dp.noise_multiplier=0.5",
+            "privacy.dp.delta=1e-5",
+            "privacy.dp.clip=5.0",
+            "privacy.dp.noise_seed=1",
+        ],
+    )
+    assert hist.summary["privacy"]["epsilon"] > 0
+    row = hist.rows[-1]
+    assert row["agg/dp/noise_std"] == pytest.approx(0.5 * 5.0 / 3.0)  # zC/m on the sum
+    assert row["agg/secagg/quantization_step"] == pytest.approx(10 / (2**16 - 1))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["strategy.name=krum", "strategy.min_fit_clients=3"], "strategy.name='krum'"),
+        (["privacy.secure_aggregation.clip=null"], "no privacy.secure_aggregation.clip"),
+        (["strategy.weighting=examples"], "strategy.weighting='examples'"),
+        (["privacy.secure_aggregation.threshold=0.4"], "greater than 0.5"),
+    ],
+)
+def test_bad_secure_aggregation_configs_are_clear_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        config.load({"data": {"num_clients": 6}}, [*SECURE, *overrides])
