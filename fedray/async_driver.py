@@ -65,6 +65,7 @@ def run_async(
     seed: int,
     callback: Callback,
     evaluate_every: int = 1,
+    max_update_norm: float | None = None,
     resume: DriverState | None = None,
     checkpoint: Callable[[DriverState], object] | None = None,
     checkpoint_every: int = 0,
@@ -123,7 +124,7 @@ def run_async(
                 failures += 1
                 logger.warning("client %d failed: %s", cid, result.reason)
                 continue
-            problem = validate_update(result, params)
+            problem = validate_update(result, params, max_update_norm)
             if problem is not None:
                 failures += 1
                 logger.warning("client %d failed: %s", cid, problem)

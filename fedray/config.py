@@ -140,6 +140,7 @@ class StrategyConfig(_Section):
     over_commit: float = Field(0.0, ge=0)
     on_too_few: Literal["retry", "stop", "skip"] = "retry"
     max_retries: int = Field(2, ge=0)
+    max_update_norm: float | None = Field(None, gt=0)
 
 
 class EvaluationConfig(_Section):

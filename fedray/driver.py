@@ -117,8 +117,13 @@ class Executor(Protocol):
         ...
 
 
-def validate_update(update: ClientUpdate, reference: Params) -> str | None:
-    """Why ``update`` is unusable against the global ``reference`` params, or None."""
+def validate_update(
+    update: ClientUpdate, reference: Params, max_norm: float | None = None
+) -> str | None:
+    """Why ``update`` is unusable against the global ``reference`` params, or None.
+
+    ``max_norm`` rejects an update whose L2 norm (over all arrays) exceeds it.
+    """
     if update.masked is not None:  # secure aggregation: only the masked integers travel
         if update.delta:
             return "a masked update must not also carry its delta"
@@ -132,6 +137,10 @@ def validate_update(update: ClientUpdate, reference: Params) -> str | None:
         return "update contains NaN or Inf"
     if update.num_examples <= 0:
         return f"num_examples must be > 0, got {update.num_examples}"
+    if max_norm is not None:
+        norm = tree.global_norm(update.delta)
+        if norm > max_norm:
+            return f"update norm {norm:.4g} exceeds strategy.max_update_norm={max_norm:g}"
     for name, arrays in update.extras.items():
         problem = tree.structure_mismatch(arrays, reference)
         if problem is not None:
@@ -265,7 +274,11 @@ def _fit_round(
             )
         results = iter(executor.fit(ids, handle, info))
         for result in results:
-            problem = validate_update(result, params) if isinstance(result, ClientUpdate) else None
+            problem = (
+                validate_update(result, params, policy.max_update_norm)
+                if isinstance(result, ClientUpdate)
+                else None
+            )
             if isinstance(result, ClientFailure):
                 failures.append(result)
             elif problem is not None:

@@ -167,11 +167,14 @@ class RoundPolicy:
             stop raises :class:`~fedray.errors.RoundFailedError` after the last
             checkpoint, so ``--resume`` loses nothing.
         max_retries: Extra attempts per round under ``"retry"``.
+        max_update_norm: Reject (count as failed) any update whose L2 norm exceeds
+            this; None accepts any finite norm.
     """
 
     over_commit: float = 0.0
     on_too_few: str = "retry"
     max_retries: int = 2
+    max_update_norm: float | None = None
 
     def __post_init__(self) -> None:
         if not self.over_commit >= 0:
@@ -182,6 +185,8 @@ class RoundPolicy:
             )
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.max_update_norm is not None and not self.max_update_norm > 0:
+            raise ValueError(f"max_update_norm must be > 0, got {self.max_update_norm}")
 
 
 AggState = dict[str, Any]

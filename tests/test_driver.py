@@ -246,3 +246,11 @@ def test_validate_update_messages():
     assert "num_examples must be > 0, got 0" in validate_update(
         ClientUpdate(0, [np.zeros(2, np.float32)], 0), ref
     )
+
+
+def test_absurd_norms_are_rejected_with_the_reason(caplog):
+    ex = QuadraticExecutor([[2.0], [8.0], [1000.0]], [1, 1, 1])
+    params, rows = _run(ex, rounds=1, policy=RoundPolicy(max_update_norm=100.0))
+    assert rows[0]["clients/failed"] == 1 and rows[0]["clients/ok"] == 2
+    np.testing.assert_allclose(params[0], [0.5 * 5.0])  # the mean of clients 0 and 1 only
+    assert "client 2 failed: update norm 500 exceeds strategy.max_update_norm=100" in caplog.text
