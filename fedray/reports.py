@@ -105,6 +105,14 @@ def report(run_dir: str | Path) -> Any:
             table.add_row(f"time/{key}", f"{value:.3f}")
     failed = int(df["clients/failed"].sum()) if "clients/failed" in df else 0
     table.add_row("client failures (all rounds)", str(failed))
+    privacy = summary.get("privacy") or {}
+    for key in ("mode", "epsilon", "epsilon_rdp", "delta", "noise_multiplier", "rounds"):
+        if privacy.get(key) is not None:
+            value = privacy[key]
+            shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+            table.add_row(f"privacy/{key}", shown)
+    if cfg.get("privacy", {}).get("secure_aggregation", {}).get("enabled"):
+        table.add_row("secure aggregation", "SecAgg(+)")
     return table
 
 

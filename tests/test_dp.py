@@ -282,6 +282,14 @@ def test_a_dp_run_reports_epsilon_per_round_and_in_the_summary(tmp_path, linreg_
     )  # fmt: skip
     assert p["stopped_early"] is False
     assert hist.summary["privacy"] == p
+    from rich.console import Console
+
+    from fedray.reports import report
+
+    console = Console(width=120, record=True)
+    console.print(report(tmp_path))
+    text = console.export_text()
+    assert "privacy/epsilon" in text and f"{p['epsilon']:.4g}" in text
 
 
 def test_max_epsilon_stops_a_run_cleanly(tmp_path, linreg_config):
