@@ -138,3 +138,14 @@ def test_quantization_is_unbiased_and_the_sum_decodes_within_n_steps():
     err = np.abs(q.decode_sum(total, n) - np.sum(xs, axis=0))
     assert err.max() <= n * q.step
     assert r == 8 + 5  # 30 * 255 < 2^13: the sum cannot wrap
+
+
+def test_the_cost_benchmark_decodes_within_its_bound_on_a_tiny_grid(tmp_path):
+    from fedray.bench import secagg
+
+    for scheme in ("secagg+", "secagg"):
+        row = secagg.measure(8, 200, scheme, dropout=0.25)
+        assert row["dropped"] == 2 and row["max_abs_error"] <= row["error_bound"]
+        assert row["client_kib_sent"] > row["plain_bytes_per_client_kib"]  # + the shares
+    assert secagg.main(["--clients", "4", "--dims", "50", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "secagg.csv").is_file() and (tmp_path / "secagg.png").is_file()
