@@ -76,4 +76,6 @@ def test_fedbuff_on_ray_with_slow_clients(ray_instance, tmp_path, linreg_config)
     assert list(hist.metrics["round"]) == [1, 2, 3, 4]
     assert (hist.metrics["clients/ok"] == 2).all()
     assert "agg/staleness_mean" in hist.metrics.columns
-    assert hist.metrics["eval/loss"].iloc[-1] < hist.metrics["eval/loss"].iloc[0]
+    # It learned y = 3x + 1 (noise variance 1: the optimum MSE is about 1). The loss need
+    # not fall at every step: asynchronous steps depend on arrival timing.
+    assert hist.metrics["eval/loss"].iloc[-1] < 2.0
