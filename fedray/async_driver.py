@@ -21,7 +21,7 @@ import numpy as np
 from fedray import tree
 from fedray.callbacks import Callback, Logs
 from fedray.checkpoint import DriverState
-from fedray.driver import validate_update
+from fedray.driver import due, validate_update
 from fedray.records import ClientFailure, ClientUpdate, Params, RoundInfo
 from fedray.strategy import Strategy
 
@@ -149,18 +149,14 @@ def run_async(
                 "fit/loss": float(np.mean([u.metrics.get("loss", np.nan) for u in batch])),
             }
             failures = 0
-            if evaluate_every and (version % evaluate_every == 0 or version == rounds):
+            if due(version, evaluate_every, rounds):
                 logs.update({f"eval/{k}": v for k, v in executor.evaluate(handle).items()})
             now = time.perf_counter()
             logs["time/round_s"] = now - t_step
             t_step = now
             callback.on_round_end(version, logs)
             rows.append({"round": version, **logs})
-            if (
-                checkpoint is not None
-                and checkpoint_every
-                and (version % checkpoint_every == 0 or version == rounds)
-            ):
+            if checkpoint is not None and due(version, checkpoint_every, rounds):
                 checkpoint(
                     DriverState(
                         server_round=version,

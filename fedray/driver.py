@@ -162,6 +162,17 @@ def _weighted(items: Sequence[ClientUpdate | ClientEval], prefix: str) -> Logs:
     }
 
 
+def due(server_round: int, every: int, last: int) -> bool:
+    """Whether a task run every ``every`` rounds (0: never) runs in ``server_round``.
+
+    The ``last`` round always runs it.
+
+    >>> [r for r in range(1, 8) if due(r, 3, 7)], due(7, 0, 7)
+    ([3, 6, 7], False)
+    """
+    return bool(every) and (server_round % every == 0 or server_round == last)
+
+
 def _sample(
     strategy: Strategy, num_clients: int, policy: RoundPolicy, rng: np.random.Generator
 ) -> tuple[list[int], int]:
@@ -205,31 +216,33 @@ def _secure_finish(
     info: RoundInfo,
     agg_state: AggState,
     failures: list[ClientFailure],
-) -> list[ClientUpdate]:
+) -> tuple[list[ClientUpdate], list[int]]:
     """SecAgg rounds 2-3: collect masked vectors, unmask, decode the survivors' sum.
 
-    Returns one decoded-sum update, or [] when the protocol aborts (too few survivors;
-    nothing is revealed) and every client of the round counts as failed.
+    Returns (the one decoded-sum update, the survivors in it), or ([], []) when the
+    protocol aborts (too few survivors; nothing is revealed) and every client of the
+    round counts as failed.
     """
     dim = secure.dim(agg_state)
-    good = []
+    masked: dict[int, np.ndarray] = {}
     for u in updates:
         assert u.masked is not None
         if u.masked.size != dim:
-            failures.append(ClientFailure(u.client_id, f"masked update has {u.masked.size} "
-                                          f"values, expected {dim}"))  # fmt: skip
+            reason = f"masked update has {u.masked.size} values, expected {dim}"
+            failures.append(ClientFailure(u.client_id, reason))
         else:
-            good.append(u)
+            masked[u.client_id] = u.masked
     try:
-        masked = {u.client_id: u.masked for u in good if u.masked is not None}
         dropped, survivors = server.collect_masked(masked)
         asks = {u: (dropped, survivors) for u in survivors}
         responses = executor.client_phase(survivors, "unmask", asks, info)
         total = server.unmask(responses)
     except SecAggError as exc:
-        failures.extend(ClientFailure(u.client_id, f"secure aggregation: {exc}") for u in good)
-        return []
-    return [secure.decode(total, survivors, agg_state)] if survivors else []
+        failures.extend(ClientFailure(c, f"secure aggregation: {exc}") for c in masked)
+        return [], []
+    if not survivors:
+        return [], []
+    return [secure.decode(total, survivors, agg_state)], survivors
 
 
 def _fit_round(
@@ -241,17 +254,17 @@ def _fit_round(
     rng: np.random.Generator,
     seed: int,
     server_round: int,
-    settings: dict[str, float],
     agg_state: AggState,
-) -> tuple[list[ClientUpdate], list[ClientFailure], int, int, int]:
+) -> tuple[list[ClientUpdate], list[ClientFailure], int, int, list[int]]:
     """Fit one round, retrying per ``policy``.
 
-    Returns (updates, failures, sampled, attempts, ok): under secure aggregation
-    ``updates`` is the one decoded sum and ``ok`` the number of clients in it.
+    Returns (updates, failures, sampled, attempts, participants): ``participants`` are
+    the clients whose updates count; under secure aggregation ``updates`` is the one
+    decoded sum of theirs.
     """
     failures: list[ClientFailure] = []
     sampled = 0
-    ok = 0
+    participants: list[int] = []
     secure = strategy.aggregator if isinstance(strategy.aggregator, SecureAggregation) else None
     for attempt in range(policy.max_retries + 1 if policy.on_too_few == "retry" else 1):
         ids, wanted = _sample(strategy, executor.num_clients, policy, rng)
@@ -261,7 +274,7 @@ def _fit_round(
             seed=seed,
             num_sampled=len(ids),
             attempt=attempt,
-            settings=dict(settings),
+            settings=dict(agg_state.get("round_settings", {})),
         )
         updates: list[ClientUpdate] = []
         server = None
@@ -290,17 +303,19 @@ def _fit_round(
         close = getattr(results, "close", None)
         if close is not None:
             close()  # let the executor abandon what is still running
-        ok = len(updates)
+        participants = [u.client_id for u in updates]
         if secure is not None and server is not None and updates:
-            updates = _secure_finish(secure, server, executor, updates, info, agg_state, failures)
-            ok = int(updates[0].metrics["_count"]) if updates else 0
+            updates, participants = _secure_finish(
+                secure, server, executor, updates, info, agg_state, failures
+            )
+        ok = len(participants)
         if ok >= strategy.min_fit_clients:
             break
         logger.warning(
             "round %d (attempt %d): only %d of %d clients succeeded, fewer than min_fit_clients=%d",
             server_round,
             attempt + 1,
-            len(updates),
+            ok,
             len(ids),
             strategy.min_fit_clients,
         )
@@ -319,7 +334,7 @@ def _fit_round(
         logger.warning(
             "round %d: the global model is unchanged (strategy.on_too_few='skip')", server_round
         )
-    return updates, failures, sampled, attempt + 1, ok
+    return updates, failures, sampled, attempt + 1, participants
 
 
 def run_rounds(
@@ -392,7 +407,7 @@ def run_rounds(
             break
         t0 = time.perf_counter()
         callback.on_round_begin(server_round)
-        updates, failures, sampled, attempts, ok = _fit_round(
+        updates, failures, sampled, attempts, participants = _fit_round(
             strategy,
             executor,
             handle,
@@ -401,20 +416,19 @@ def run_rounds(
             rng,
             seed,
             server_round,
-            agg_state.get("round_settings", {}),
             agg_state,
         )
         t_fit = time.perf_counter()
         logs = {
             "clients/sampled": sampled,
-            "clients/ok": ok,
+            "clients/ok": len(participants),
             "clients/failed": len(failures),
             **_weighted(updates, "fit"),
         }
         if attempts > 1:
             logs["round/attempts"] = attempts
         committed = False
-        if ok >= strategy.min_fit_clients:
+        if len(participants) >= strategy.min_fit_clients:
             delta, agg_state, measurements = strategy.aggregator.aggregate(updates, agg_state, rng)
             new_params, new_opt_state = strategy.server_optimizer.apply(params, delta, opt_state)
             logs.update({f"agg/{k}": v for k, v in measurements.items()})
@@ -427,20 +441,17 @@ def run_rounds(
                 )
         logs["round/committed"] = int(committed)
         if privacy is not None:
-            logs["privacy/epsilon"] = privacy.record([u.client_id for u in updates])
+            logs["privacy/epsilon"] = privacy.record(participants)
         t_agg = time.perf_counter()
-        if evaluate_every and (server_round % evaluate_every == 0 or server_round == rounds):
+        if due(server_round, evaluate_every, rounds):
             logs.update({f"eval/{k}": v for k, v in executor.evaluate(handle).items()})
-        if federated_evaluate_every and (
-            server_round % federated_evaluate_every == 0 or server_round == rounds
-        ):
+        if due(server_round, federated_evaluate_every, rounds):
             evals = executor.evaluate_clients(range(executor.num_clients), handle)
             answered = [e for e in evals if isinstance(e, ClientEval)]
             logs.update(_weighted(answered, "fed_eval"))
             logs["fed_eval/clients"] = len(answered)
-        if train_evaluate_every and (
-            server_round % train_evaluate_every == 0 or server_round == rounds
-        ):  # the global model on every client's training data (e.g. FedProx's training loss)
+        if due(server_round, train_evaluate_every, rounds):
+            # the global model on every client's training data (e.g. FedProx's training loss)
             evals = executor.evaluate_clients(range(executor.num_clients), handle, "train")
             logs.update(_weighted([e for e in evals if isinstance(e, ClientEval)], "train"))
         t_end = time.perf_counter()
@@ -454,11 +465,7 @@ def run_rounds(
         )
         callback.on_round_end(server_round, logs)
         rows.append({"round": server_round, **logs})
-        if (
-            checkpoint is not None
-            and checkpoint_every
-            and (server_round % checkpoint_every == 0 or server_round == rounds)
-        ):
+        if checkpoint is not None and due(server_round, checkpoint_every, rounds):
             checkpoint(
                 DriverState(
                     server_round=server_round,

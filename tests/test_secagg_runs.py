@@ -107,3 +107,24 @@ def test_secure_aggregation_composes_with_central_dp(tmp_path):
 def test_bad_secure_aggregation_configs_are_clear_errors(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         config.load({"data": {"num_clients": 6}}, [*SECURE, *overrides])
+
+
+def test_dp_sgd_under_secure_aggregation_accounts_the_real_clients(tmp_path):
+    hist = api.run(
+        LINREG,
+        out=tmp_path,
+        overrides=[
+            *COMMON,
+            *SECURE,
+            "rounds=2",
+            "runtime.executor=local",
+            "runtime.clients_per_actor=6",
+            "privacy.dp.mode=dpsgd",
+            "privacy.dp.noise_multiplier=1.0",
+            "privacy.dp.delta=1e-5",
+            "privacy.dp.noise_seed=0",
+        ],
+    )
+    per_client = hist.summary["privacy"]["epsilon_per_client"]
+    assert sorted(int(c) for c in per_client) == list(range(6))  # not the sum's pseudo-id
+    assert hist.final["agg/secagg/clients"] == 6
