@@ -29,6 +29,7 @@ from fedray.records import (
     Params,
     RoundInfo,
 )
+from fedray.secagg import SecAggError
 
 logger = logging.getLogger(__name__)
 
@@ -375,7 +376,7 @@ class RayExecutor:
                 out.update(ray.get(ref))
             except ray.exceptions.RayTaskError as exc:
                 cause = _unwrap(exc)
-                if type(cause).__name__ in ("SecAggError", "SecAggAbortError"):
+                if isinstance(cause, SecAggError):  # tampering: stop the round, loudly
                     raise cause from None
                 logger.warning("secure aggregation step %s failed on a host: %s", name, cause)
             except ray.exceptions.RayActorError:

@@ -19,6 +19,19 @@ from fedray.aggregators.mean import Mean
 from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
 
 
+def clip_to(delta: Params, clip: float) -> tuple[Params, float]:
+    """``delta`` scaled to L2 norm at most ``clip`` (flat, over all arrays); and its norm.
+
+    >>> d, n = clip_to([np.array([3.0, 4.0])], 1.0)
+    >>> [round(x, 6) for x in d[0].tolist()], n
+    ([0.6, 0.8], 5.0)
+    """
+    norm = tree.global_norm(delta)
+    if norm <= clip:
+        return delta, norm
+    return tree.scale(delta, clip / norm), norm
+
+
 def clip_update(update: ClientUpdate, max_norm: float) -> tuple[ClientUpdate, bool]:
     """The update scaled down to ``max_norm`` if longer; returns (update, was_clipped).
 
@@ -26,10 +39,10 @@ def clip_update(update: ClientUpdate, max_norm: float) -> tuple[ClientUpdate, bo
     >>> u.delta[0].tolist(), clipped
     ([0.6000000000000001, 0.8], True)
     """
-    norm = tree.global_norm(update.delta)
+    delta, norm = clip_to(update.delta, max_norm)
     if norm <= max_norm:
         return update, False
-    return replace(update, delta=tree.scale(update.delta, max_norm / norm)), True
+    return replace(update, delta=delta), True
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedray import tree
+from fedray.aggregators.clip import clip_to
 from fedray.privacy.accounting import split_noise
 from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
 
@@ -56,19 +56,6 @@ class AdaptiveClip:
             raise ValueError(f"target_quantile must be in (0, 1), got {self.target_quantile}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-
-
-def clip_to(delta: Params, clip: float) -> tuple[Params, float]:
-    """``delta`` scaled to L2 norm at most ``clip`` (flat, over all arrays); and its norm.
-
-    >>> d, n = clip_to([np.array([3.0, 4.0])], 1.0)
-    >>> [round(x, 6) for x in d[0].tolist()], n
-    ([0.6, 0.8], 5.0)
-    """
-    norm = tree.global_norm(delta)
-    if norm <= clip:
-        return delta, norm
-    return tree.scale(delta, clip / norm), norm
 
 
 def next_clip(clip: float, unclipped_fraction: float, target: float, lr: float) -> float:

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from fedray.aggregators.dp import UNCLIPPED, CentralDP, clip_to
+from fedray.aggregators.clip import clip_to
+from fedray.aggregators.dp import UNCLIPPED, CentralDP
 from fedray.aggregators.mean import Mean
 from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
 from fedray.secagg import Quantizer, SecAggServer, harary_neighbours
