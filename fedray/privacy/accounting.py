@@ -286,8 +286,37 @@ class DPFedAvgAccountant:
         }
 
 
+class _PerClientLedger:
+    """Bookkeeping of ledgers whose ε is per client: who took part, how often.
+
+    The ledger classes declare ``participations`` and ``rounds`` and define ``epsilon``.
+    """
+
+    participations: dict[int, int]
+    rounds: int
+
+    def epsilon(self) -> float:
+        raise NotImplementedError
+
+    def record(self, participants: Sequence[int]) -> float:
+        """Count one round for each client whose (noised) update was sent; returns ε."""
+        self.rounds += 1
+        for cid in participants:
+            self.participations[cid] = self.participations.get(cid, 0) + 1
+        return self.epsilon()
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint must keep."""
+        return {"rounds": self.rounds, "participations": dict(self.participations)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state`."""
+        self.rounds = int(state["rounds"])
+        self.participations = {int(k): int(v) for k, v in state["participations"].items()}
+
+
 @dataclass
-class LocalDPAccountant:
+class LocalDPAccountant(_PerClientLedger):
     """Per-client ε of local DP: each client composes only its own releases.
 
     Attributes:
@@ -324,22 +353,6 @@ class LocalDPAccountant:
         worst = max(self.participations.values(), default=0)
         return self.max_epsilon is None or self.client_epsilon(worst + 1) <= self.max_epsilon
 
-    def record(self, participants: Sequence[int]) -> float:
-        """Count one release for each client whose noised update was sent."""
-        self.rounds += 1
-        for cid in participants:
-            self.participations[cid] = self.participations.get(cid, 0) + 1
-        return self.epsilon()
-
-    def state(self) -> dict[str, Any]:
-        """What a checkpoint must keep."""
-        return {"rounds": self.rounds, "participations": dict(self.participations)}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state`."""
-        self.rounds = int(state["rounds"])
-        self.participations = {int(k): int(v) for k, v in state["participations"].items()}
-
     def report(self) -> dict[str, Any]:
         """Per-client ε (the worst is the reported ε) for ``summary.json``."""
         per_client = {c: self.client_epsilon(k) for c, k in sorted(self.participations.items())}
@@ -356,7 +369,7 @@ class LocalDPAccountant:
 
 
 @dataclass
-class DPSGDAccountant:
+class DPSGDAccountant(_PerClientLedger):
     """Per-client ε of example-level DP-SGD inside the clients.
 
     Client k's every local step is ``PoissonSampled(B / n_k, Gaussian(z))``; it runs
@@ -404,22 +417,6 @@ class DPSGDAccountant:
             self.client_epsilon(c, self.participations.get(c, 0) + 1) for c in self.examples
         )
         return worst <= self.max_epsilon
-
-    def record(self, participants: Sequence[int]) -> float:
-        """Count one round of local steps for each client that sent an update."""
-        self.rounds += 1
-        for cid in participants:
-            self.participations[cid] = self.participations.get(cid, 0) + 1
-        return self.epsilon()
-
-    def state(self) -> dict[str, Any]:
-        """What a checkpoint must keep."""
-        return {"rounds": self.rounds, "participations": dict(self.participations)}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state`."""
-        self.rounds = int(state["rounds"])
-        self.participations = {int(k): int(v) for k, v in state["participations"].items()}
 
     def report(self) -> dict[str, Any]:
         """Per-client ε (the worst is the reported ε) for ``summary.json``."""
