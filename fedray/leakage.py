@@ -35,14 +35,14 @@ def audit_run(run_dir: str | Path, *, max_examples: int = 2000) -> dict[str, Any
     Raises:
         FedrayError: ``run_dir`` is not a finished run, or it has no test set.
     """
-    import keras
+    d = Path(run_dir)
+    if not (d / "summary.json").is_file() or not (d / "model.keras").is_file():
+        raise FedrayError(f"'{d}' is not a finished fedray run (needs summary.json, model.keras)")
+    import keras  # only once the run is known to exist: bad input fails in a clean line
 
     from fedray import config as config_mod
     from fedray.data import load_host_data
 
-    d = Path(run_dir)
-    if not (d / "summary.json").is_file() or not (d / "model.keras").is_file():
-        raise FedrayError(f"'{d}' is not a finished fedray run (needs summary.json, model.keras)")
     summary = json.loads((d / "summary.json").read_text())
     cfg = config_mod.load(summary["config"])
     ids = list(range(cfg.data.num_clients))
@@ -82,6 +82,9 @@ def audit(runs: Sequence[str | Path], out_dir: str | Path) -> Any:
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    for run in runs:  # every path is checked before the first model loads
+        if not (Path(run) / "summary.json").is_file():
+            raise FedrayError(f"'{run}' is not a finished fedray run (needs summary.json)")
     results = [audit_run(r) for r in runs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

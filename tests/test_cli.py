@@ -126,3 +126,11 @@ def test_privacy_command_answers_both_questions_without_training():
     assert res.returncode == 2
     assert "--sampling-rate = 2.0: expected 0 < q <= 1" in res.stderr
     assert "--noise-multiplier = -1.0: expected z >= 0" in res.stderr
+
+
+def test_audit_of_a_missing_run_is_one_clear_line(tmp_path):
+    res = _fedray("audit", str(tmp_path / "nope"), timeout=60)
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines == [f"fedray: error: '{tmp_path / 'nope'}' is not a finished fedray run "
+                     "(needs summary.json)"]  # fmt: skip

@@ -389,3 +389,22 @@ def test_a_resumed_dp_run_equals_the_uninterrupted_one(tmp_path, linreg_config):
     assert resumed.summary["privacy"]["rounds"] == 4
     assert [r["privacy/epsilon"] for r in resumed.rows] == [r["privacy/epsilon"] for r in full.rows]
     assert [r["agg/dp/clip"] for r in resumed.rows] == [r["agg/dp/clip"] for r in full.rows]
+
+
+def test_audit_writes_a_table_and_plot_for_plain_and_dp_runs(tmp_path, linreg_config):
+    pytest.importorskip("tensorflow")
+    import pandas as pd
+
+    from fedray import api
+    from fedray.leakage import audit
+
+    plain = [o for o in DP_RUN if not o.startswith("privacy.")]
+    api.run(linreg_config, out=tmp_path / "plain", overrides=[*plain, "rounds=2"])
+    api.run(linreg_config, out=tmp_path / "dp", overrides=[*DP_RUN, "rounds=2"])
+    table = audit([tmp_path / "plain", tmp_path / "dp"], tmp_path / "audit")
+    assert list(table["mechanism"]) == ["no DP", "DP-FedAvg (central)"]
+    assert table["epsilon"].iloc[0] == float("inf") and table["epsilon"].iloc[1] > 0
+    assert ((table["auc"] >= 0) & (table["auc"] <= 1)).all()
+    assert (table["members"] == table["nonmembers"]).all()
+    assert pd.read_csv(tmp_path / "audit" / "audit.csv").shape[0] == 2
+    assert (tmp_path / "audit" / "audit.png").stat().st_size > 0
