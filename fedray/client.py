@@ -396,20 +396,26 @@ class ClientHost:
             ],
         )  # fmt: skip
         eval_traced = tf.function(eval_fn, input_signature=[*data_spec, params_spec])
-        # Trace both now, off the critical path of round 1: no client, no step runs.
-        initial = [v.numpy() for v in weights]
-        none = np.zeros(0, np.int32)
-        no_seeds = np.zeros((0, 2), np.int64)
-        fit_traced(none, none, no_seeds, none, initial, self._no_corrections(initial), no_seeds)
-        eval_traced(x_all[:0], y_all[:0], initial)
-        self._set(initial)
+        # Trace both now, off the critical path of round 1: no client, no step runs. The
+        # concrete functions are kept: calling them skips the per-call argument binding
+        # of a polymorphic tf.function (~0.5 ms, a tenth of a small client's training).
+        fit_concrete = fit_traced.get_concrete_function()
+        eval_concrete = eval_traced.get_concrete_function()
+        initial = [tf.constant(v.numpy()) for v in weights]
+        none = tf.zeros([0], tf.int32)
+        no_seeds = tf.zeros([0, 2], tf.int64)
+        fit_concrete(none, none, no_seeds, none, initial, self._no_corrections(initial), no_seeds)
+        eval_concrete(x_all[:0], y_all[:0], initial)
+        self._set([v.numpy() for v in initial])
         self._metric_names = names
-        return fit_traced, eval_traced
+        return fit_concrete, eval_concrete
 
     @staticmethod
     def _no_corrections(params: Sequence[Any]) -> list[np.ndarray]:
         """Empty stacked corrections: what ``fit_many`` gets when SCAFFOLD is off."""
-        return [np.zeros((0, *p.shape), p.dtype.name) for p in params]
+        import tensorflow as tf
+
+        return [tf.zeros([0, *p.shape], p.dtype) for p in params]
 
     def _check(self) -> None:
         if self._error is not None:
@@ -569,14 +575,17 @@ class ClientHost:
         self, jobs: Sequence[_Job], params_t: list[Any], info: RoundInfo
     ) -> list[tuple[Params, Metrics]]:
         """Run the traced training of ``jobs`` in one call; per client (delta, metrics)."""
-        offsets = np.array([self._rows[j.cid][0] for j in jobs], np.int32)
-        sizes = np.array([self._rows[j.cid][1] for j in jobs], np.int32)
-        seeds = np.stack([self.client_seed(info.seed, info.server_round, j.cid) for j in jobs])
-        steps = np.array([j.steps for j in jobs], np.int32)
-        noise = np.stack([self._noise_seed(info, j.cid) for j in jobs])
+        tf = self._tf
+        offsets = tf.constant([self._rows[j.cid][0] for j in jobs], tf.int32)
+        sizes = tf.constant([self._rows[j.cid][1] for j in jobs], tf.int32)
+        seeds = tf.constant(
+            np.stack([self.client_seed(info.seed, info.server_round, j.cid) for j in jobs])
+        )
+        steps = tf.constant([j.steps for j in jobs], tf.int32)
+        noise = tf.constant(np.stack([self._noise_seed(info, j.cid) for j in jobs]))
         if self.spec.client.control_variates:
             corrections = [
-                np.stack([j.correction[i] for j in jobs if j.correction is not None])
+                tf.constant(np.stack([j.correction[i] for j in jobs if j.correction is not None]))
                 for i in range(len(params_t))
             ]
         else:
@@ -695,7 +704,7 @@ class ClientHost:
                 self._controls[cid] = [np.array(c) for c in entry["control"]]
 
     def _evaluate(self, data: tuple[Any, Any], params: Params) -> Metrics:
-        logs = self._eval_fn(data[0], data[1], list(params))
+        logs = self._eval_fn(data[0], data[1], [self._tf.convert_to_tensor(p) for p in params])
         return {k: float(v) for k, v in logs.items()}
 
     def evaluate(self, params: Params) -> Metrics:
