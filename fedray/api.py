@@ -27,7 +27,14 @@ import numpy as np
 
 from fedray import checkpoint as checkpoint_mod
 from fedray import config as config_mod
-from fedray.aggregators import AdaptiveClip, CentralDP, LocalDP, Mean, SecureAggregation
+from fedray.aggregators import (
+    AdaptiveClip,
+    CentralDP,
+    LocalDP,
+    Mean,
+    SecureAggregation,
+    Summable,
+)
 from fedray.callbacks import (
     Callback,
     CallbackList,
@@ -238,19 +245,38 @@ def check_inputs(cfg: Config) -> None:
             )
 
 
+def pre_aggregates(cfg: Config, strategy: Strategy) -> bool:
+    """Whether hosts send one partial sum each (``runtime.pre_aggregate``, when possible).
+
+    Possible with a linear (:class:`~fedray.aggregators.Summable`) aggregator in
+    synchronous rounds without over-commitment, which must see single arrivals.
+    """
+    return (
+        cfg.runtime.pre_aggregate
+        and isinstance(strategy.aggregator, Summable)
+        and strategy.buffering is None
+        and cfg.strategy.over_commit == 0
+    )
+
+
 def make_executor(cfg: Config, strategy: Strategy) -> tuple[Any, bool]:
     """Create the executor named by ``runtime.executor``; returns (executor, started_ray)."""
+    options: dict[str, Any] = {
+        "client": strategy.client,
+        "pre_aggregate": pre_aggregates(cfg, strategy),
+        "max_update_norm": cfg.strategy.max_update_norm,
+    }
     if cfg.runtime.executor == "local":
         from fedray.local import LocalExecutor
 
-        return LocalExecutor(cfg, strategy.aggregator, client=strategy.client), False
+        return LocalExecutor(cfg, strategy.aggregator, **options), False
     from fedray import runtime
 
     started = runtime.connect(
         cfg.runtime.address, num_cpus=cfg.runtime.num_cpus, verbose=cfg.runtime.verbose
     )
     try:
-        return runtime.RayExecutor(cfg, strategy.aggregator, client=strategy.client), started
+        return runtime.RayExecutor(cfg, strategy.aggregator, **options), started
     except BaseException:
         if started:
             runtime.shutdown()

@@ -21,9 +21,10 @@ import numpy as np
 from fedray import tree
 from fedray.callbacks import Callback, Logs
 from fedray.checkpoint import DriverState
-from fedray.driver import due, validate_update
+from fedray.driver import due
 from fedray.records import ClientFailure, ClientUpdate, Params, RoundInfo
 from fedray.strategy import Strategy
+from fedray.validation import validate_update
 
 logger = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@
 ``fedray plot RUN [RUN ...] [--out FILE.png] [--metric KEY]`` / ``fedray report RUN``
 ``fedray predict RUN --input FILE.csv [--output FILE.csv]``
 ``fedray bench speed [--repeats N] [--rounds R] [--grid linreg:2,4 blobs:8] [--out DIR]``
+``fedray bench scale [--grid 1000:1000 10000:100] [--nodes M] [--out DIR]``
 ``fedray audit RUN [RUN ...] [--out DIR]``
 ``fedray privacy --noise-multiplier Z | --target-epsilon E  --sampling-rate Q --rounds T --delta D``
 """
@@ -67,9 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", help="CSV to write (default: <input>.predictions.csv)")
     b = sub.add_parser(
         "bench",
-        help="benchmarks: 'fedray bench speed [--repeats N] [--grid linreg:2,4 blobs:8]'",
+        help="benchmarks: 'fedray bench speed|scale|secagg [options, see --help]'",
     )
-    b.add_argument("suite", choices=["speed", "secagg"], help="which benchmark")
+    b.add_argument("suite", choices=["speed", "scale", "secagg"], help="which benchmark")
     b.add_argument("args", nargs=argparse.REMAINDER, help="options of the benchmark (--help)")
     au = sub.add_parser(
         "audit", help="membership-inference leakage of trained runs (AUC, empirical ε bound)"
@@ -211,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fedray.bench import secagg
 
             return secagg.main(args.args)
+        if args.command == "bench" and args.suite == "scale":
+            from fedray.bench import scale
+
+            return scale.main(args.args)
         if args.command == "bench":
             from fedray.bench import speed
 

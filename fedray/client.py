@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fedray.aggregators import Aggregator
+from fedray.aggregators import Aggregator, Summable, presum
 from fedray.attacks import attack_update, choose_attackers, flip_labels
 from fedray.config import Config
 from fedray.errors import ConfigError
@@ -41,8 +41,10 @@ from fedray.records import (
     ClientUpdate,
     Metrics,
     Params,
+    PartialSum,
     RoundInfo,
 )
+from fedray.validation import validate_update
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,11 @@ class HostSpec:
         with_test_set: Hold the server test set for centralized evaluation.
         threads: TensorFlow intra/inter-op threads for this host.
         client: The strategy's client options (e.g. FedProx's ``proximal_mu``).
+        pre_aggregate: Send one :class:`~fedray.records.PartialSum` of the valid
+            updates per ``fit`` call instead of every update (the aggregator must be
+            :class:`~fedray.aggregators.Summable`).
+        max_update_norm: With ``pre_aggregate``, the host rejects updates longer than
+            this before summing (the driver's check, moved to where the updates are).
     """
 
     config: Config
@@ -66,6 +73,15 @@ class HostSpec:
     with_test_set: bool = False
     threads: int = 1
     client: ClientOptions = field(default_factory=ClientOptions)
+    pre_aggregate: bool = False
+    max_update_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.pre_aggregate and not isinstance(self.aggregator, Summable):
+            raise ValueError(
+                f"pre_aggregate needs a Summable aggregator (a linear rule), got "
+                f"{type(self.aggregator).__name__}"
+            )
 
 
 def configure_tensorflow(threads: int, *, verbose: bool) -> None:
@@ -508,14 +524,15 @@ class ClientHost:
         params: Params,
         info: RoundInfo,
         extras: dict[str, Params] | None = None,
-    ) -> list[ClientUpdate | ClientFailure]:
+    ) -> list[ClientUpdate | ClientFailure | PartialSum]:
         """Train each client from ``params``; a client that raises becomes a ClientFailure.
 
         The clients train one after another inside one traced call (in chunks that
         keep the stacked updates under ~64 MB); then each update is encoded, masked or
         attacked on its own. ``extras`` carries what the aggregator broadcasts beside
         the weights (SCAFFOLD's server control variate ``"control"``). Results come
-        back in the order of ``client_ids``.
+        back in the order of ``client_ids``; with ``spec.pre_aggregate`` the valid
+        updates come back as one :class:`PartialSum` (first), followed by the failures.
         """
         self._check()
         done: dict[int, ClientUpdate | ClientFailure] = {}
@@ -543,7 +560,33 @@ class ClientHost:
                     done[job.cid] = self._finish_fit(job, delta, metrics, info, extras, params)
                 except Exception as exc:
                     done[job.cid] = ClientFailure(job.cid, f"{type(exc).__name__}: {exc}")
-        return [done[cid] for cid in client_ids]
+        results = [done[cid] for cid in client_ids]
+        if not self.spec.pre_aggregate:
+            return list(results)
+        return self._presum(results, params)
+
+    def _presum(
+        self, results: Sequence[ClientUpdate | ClientFailure], params: Params
+    ) -> list[ClientUpdate | ClientFailure | PartialSum]:
+        """Validate each update as the driver would, then sum the valid ones."""
+        assert isinstance(self.spec.aggregator, Summable)
+        valid: list[ClientUpdate] = []
+        failures: list[ClientUpdate | ClientFailure | PartialSum] = []
+        for r in results:
+            problem = (
+                validate_update(r, params, self.spec.max_update_norm)
+                if isinstance(r, ClientUpdate)
+                else None
+            )
+            if isinstance(r, ClientFailure):
+                failures.append(r)
+            elif problem is not None:
+                failures.append(ClientFailure(r.client_id, problem))
+            else:
+                valid.append(r)
+        if not valid:
+            return failures
+        return [presum(valid, self.spec.aggregator), *failures]
 
     def _plan_fit(
         self, cid: int, params: Params, info: RoundInfo, extras: dict[str, Params] | None

@@ -123,6 +123,7 @@ class StrategyConfig(_Section):
         "multi_krum",
     ] = "fedavg"
     fraction_fit: float = Field(1.0, gt=0, le=1)
+    clients_per_round: int | None = Field(None, ge=1)
     min_fit_clients: int = Field(1, ge=1)
     proximal_mu: float = Field(0.01, ge=0)
     server_learning_rate: float | None = Field(None, gt=0)
@@ -245,6 +246,7 @@ class RuntimeConfig(_Section):
     round_timeout_s: float | None = Field(None, gt=0)
     restart_timeout_s: float = Field(120.0, gt=0)
     max_restarts: int = Field(3, ge=-1)
+    pre_aggregate: bool = True
     progress: bool = True
     verbose: bool = False
 
@@ -275,6 +277,19 @@ class Config(_Section):
                 f"{self.data.num_clients - 1} (data.num_clients={self.data.num_clients})"
             )
         s = self.strategy
+        if s.clients_per_round is not None:  # the same as fraction_fit = K / N
+            if s.fraction_fit != 1.0:
+                raise ValueError(
+                    f"set strategy.clients_per_round={s.clients_per_round} or "
+                    f"strategy.fraction_fit={s.fraction_fit}, not both"
+                )
+            if s.clients_per_round > self.data.num_clients:
+                raise ValueError(
+                    f"strategy.clients_per_round={s.clients_per_round} exceeds "
+                    f"data.num_clients={self.data.num_clients}"
+                )
+            s = s.model_copy(update={"fraction_fit": s.clients_per_round / self.data.num_clients})
+            object.__setattr__(self, "strategy", s)  # frozen: resolved once, here
         if s.name in ("krum", "multi_krum") and s.min_fit_clients < 2 * s.num_byzantine + 3:
             raise ValueError(
                 f"strategy.name={s.name!r} with strategy.num_byzantine={s.num_byzantine} needs "

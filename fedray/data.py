@@ -155,19 +155,32 @@ def make_synthetic(
     *,
     num_features: int = 60,
     num_classes: int = 10,
+    total: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Synthetic(alpha, beta) of the FedProx paper (Li et al., 2020).
 
     Device k draws ``u_k ~ N(0, alpha)``, ``W_k, b_k ~ N(u_k, 1)``, ``B_k ~ N(0, beta)``,
     ``v_k ~ N(B_k, 1)`` and ``x ~ N(v_k, diag(j^-1.2))``; labels are
     ``argmax(softmax(x W_k + b_k))``. Device sizes are ``lognormal(4, 2) + 50`` as in the
-    paper's generator.
+    paper's generator. With ``total``, the sizes keep those lognormal proportions but
+    are scaled to add up to exactly ``total`` rows (2 per device first), so the amount
+    of data stays fixed however many devices share it.
 
     Returns:
         ``(x, y, device)``: features, labels and the device id of every row.
     """
     sizes = rng.lognormal(4, 2, num_devices).astype(np.int64) + 50
     sizes = np.minimum(sizes, 20_000)  # keep one heavy-tailed draw from dominating memory
+    if total is not None:  # 2 rows each (one to train, one to test), the rest by weight
+        if total < 2 * num_devices:
+            raise DataError(
+                f"data.num_samples={total} is too small for {num_devices} synthetic "
+                f"devices; expected at least 2 per device ({2 * num_devices})"
+            )
+        spare = total - 2 * num_devices
+        scaled = 2 + np.floor(spare * sizes / sizes.sum()).astype(np.int64)
+        scaled[np.argmax(scaled)] += total - int(scaled.sum())
+        sizes = scaled
     mean_w = rng.normal(0, alpha, num_devices)
     big_b = rng.normal(0, beta, num_devices)
     std_x = np.power(np.arange(1, num_features + 1, dtype=np.float64), -1.2) ** 0.5
@@ -303,14 +316,17 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
             rng,
             num_features=s.num_features,
             num_classes=s.num_classes,
+            total=cfg.num_samples,
         )
-        # 90/10 train/test per device, as in the FedProx generator.
+        # 90/10 train/test per device, as in the FedProx generator. Rows come grouped
+        # by device, so each device's rows are one contiguous run.
+        starts = np.searchsorted(dev, np.arange(cfg.num_clients + 1))
         train_idx, test_idx = [], []
         for k in range(cfg.num_clients):
-            idx = np.flatnonzero(dev == k)
-            cut = int(0.9 * len(idx))
-            train_idx.append(idx[:cut])
-            test_idx.append(idx[cut:])
+            lo, hi = int(starts[k]), int(starts[k + 1])
+            cut = lo + max(1, int(0.9 * (hi - lo)))
+            train_idx.append(np.arange(lo, cut))
+            test_idx.append(np.arange(cut, hi))
         tr, te = np.concatenate(train_idx), np.concatenate(test_idx)
         ds = _finish(x[tr], y[tr], x[te], y[te], cfg, rng, name)
         ds.num_classes = s.num_classes

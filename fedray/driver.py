@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedray import tree
-from fedray.aggregators import SecureAggregation
+from fedray.aggregators import Aggregator, Mean, SecureAggregation, Summable, combine, presum
 from fedray.callbacks import Callback, Logs
 from fedray.checkpoint import DriverState
 from fedray.errors import RoundFailedError
@@ -25,13 +25,16 @@ from fedray.records import (
     ClientEval,
     ClientFailure,
     ClientUpdate,
+    FitResult,
     Metrics,
     Params,
+    PartialSum,
     RoundInfo,
     RoundPolicy,
 )
 from fedray.secagg import SecAggError, SecAggServer
 from fedray.strategy import Strategy
+from fedray.validation import validate_update
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +78,10 @@ class Executor(Protocol):
         """
         ...
 
-    def fit(
-        self, client_ids: Sequence[int], params: Any, info: RoundInfo
-    ) -> Iterable[ClientUpdate | ClientFailure]:
+    def fit(self, client_ids: Sequence[int], params: Any, info: RoundInfo) -> Iterable[FitResult]:
         """Train the given clients from the broadcast ``params`` handle.
+
+        Hosts that pre-aggregate send one :class:`PartialSum` for their valid updates.
 
         Results may be yielded as they arrive; the driver may stop reading early
         (over-commitment), and the executor then leaves the rest to finish unseen.
@@ -115,39 +118,6 @@ class Executor(Protocol):
     def close(self) -> None:
         """Release hosts and resources."""
         ...
-
-
-def validate_update(
-    update: ClientUpdate, reference: Params, max_norm: float | None = None
-) -> str | None:
-    """Why ``update`` is unusable against the global ``reference`` params, or None.
-
-    ``max_norm`` rejects an update whose L2 norm (over all arrays) exceeds it.
-    """
-    if update.masked is not None:  # secure aggregation: only the masked integers travel
-        if update.delta:
-            return "a masked update must not also carry its delta"
-        if update.masked.ndim != 1 or update.masked.dtype.kind != "u":
-            return f"masked update must be a flat unsigned vector, got {update.masked.dtype}"
-        return None
-    problem = tree.structure_mismatch(update.delta, reference)
-    if problem is not None:
-        return f"wrong update structure: {problem}"
-    if not tree.all_finite(update.delta):
-        return "update contains NaN or Inf"
-    if update.num_examples <= 0:
-        return f"num_examples must be > 0, got {update.num_examples}"
-    if max_norm is not None:
-        norm = tree.global_norm(update.delta)
-        if norm > max_norm:
-            return f"update norm {norm:.4g} exceeds strategy.max_update_norm={max_norm:g}"
-    for name, arrays in update.extras.items():
-        problem = tree.structure_mismatch(arrays, reference)
-        if problem is not None:
-            return f"wrong {name} structure: {problem}"
-        if not tree.all_finite(arrays):
-            return f"{name} contains NaN or Inf"
-    return None
 
 
 def _weighted(items: Sequence[ClientUpdate | ClientEval], prefix: str) -> Logs:
@@ -255,12 +225,12 @@ def _fit_round(
     seed: int,
     server_round: int,
     agg_state: AggState,
-) -> tuple[list[ClientUpdate], list[ClientFailure], int, int, list[int]]:
+) -> tuple[list[ClientUpdate | PartialSum], list[ClientFailure], int, int, list[int]]:
     """Fit one round, retrying per ``policy``.
 
     Returns (updates, failures, sampled, attempts, participants): ``participants`` are
     the clients whose updates count; under secure aggregation ``updates`` is the one
-    decoded sum of theirs.
+    decoded sum of theirs, and hosts that pre-aggregate send partial sums.
     """
     failures: list[ClientFailure] = []
     sampled = 0
@@ -277,6 +247,7 @@ def _fit_round(
             settings=dict(agg_state.get("round_settings", {})),
         )
         updates: list[ClientUpdate] = []
+        partials: list[PartialSum] = []  # pre-aggregated in hosts, validated there
         server = None
         if secure is not None and ids:
             started = ids
@@ -287,6 +258,9 @@ def _fit_round(
             )
         results = iter(executor.fit(ids, handle, info))
         for result in results:
+            if isinstance(result, PartialSum):
+                partials.append(result)
+                continue
             problem = (
                 validate_update(result, params, policy.max_update_norm)
                 if isinstance(result, ClientUpdate)
@@ -303,7 +277,9 @@ def _fit_round(
         close = getattr(results, "close", None)
         if close is not None:
             close()  # let the executor abandon what is still running
-        participants = [u.client_id for u in updates]
+        participants = sorted(
+            [u.client_id for u in updates] + [c for p in partials for c in p.client_ids]
+        )
         if secure is not None and server is not None and updates:
             updates, participants = _secure_finish(
                 secure, server, executor, updates, info, agg_state, failures
@@ -334,7 +310,47 @@ def _fit_round(
         logger.warning(
             "round %d: the global model is unchanged (strategy.on_too_few='skip')", server_round
         )
-    return updates, failures, sampled, attempt + 1, participants
+    return [*updates, *partials], failures, sampled, attempt + 1, participants
+
+
+def _aggregate(
+    aggregator: Aggregator,
+    updates: Sequence[ClientUpdate | PartialSum],
+    params: Params,
+    state: AggState,
+    rng: np.random.Generator,
+) -> tuple[Params, AggState, Metrics]:
+    """The aggregator's result; partial sums (and any plain updates) go through its sum."""
+    parts = [u for u in updates if isinstance(u, PartialSum)]
+    plain = [u for u in updates if isinstance(u, ClientUpdate)]
+    if not parts:
+        return aggregator.aggregate(plain, state, rng)
+    if not isinstance(aggregator, Summable):
+        raise TypeError(f"partial sums need a Summable aggregator, got {type(aggregator).__name__}")
+    if plain:
+        parts.append(presum(plain, aggregator))
+    total = combine(parts)
+    cast = [np.asarray(t).astype(p.dtype) for t, p in zip(total.total, params, strict=True)]
+    return aggregator.aggregate_sum(
+        cast, len(total.client_ids), total.metric_sums, state, rng, weight=total.weight
+    )
+
+
+def _fit_logs(updates: Sequence[ClientUpdate | PartialSum]) -> Logs:
+    """Example-weighted training metrics (``fit/*``) from updates and partial sums."""
+    parts = [u for u in updates if isinstance(u, PartialSum)]
+    plain = [u for u in updates if isinstance(u, ClientUpdate)]
+    if not parts:
+        return _weighted(plain, "fit")
+    sums = [*parts, *([presum(plain, Mean())] if plain else [])]
+    total = combine(sums)
+    if total.num_examples <= 0:
+        return {}
+    return {
+        f"fit/{k}": v / total.num_examples
+        for k, v in sorted(total.metric_sums.items())
+        if not k.startswith("_")
+    }
 
 
 def run_rounds(
@@ -423,13 +439,15 @@ def run_rounds(
             "clients/sampled": sampled,
             "clients/ok": len(participants),
             "clients/failed": len(failures),
-            **_weighted(updates, "fit"),
+            **_fit_logs(updates),
         }
         if attempts > 1:
             logs["round/attempts"] = attempts
         committed = False
         if len(participants) >= strategy.min_fit_clients:
-            delta, agg_state, measurements = strategy.aggregator.aggregate(updates, agg_state, rng)
+            delta, agg_state, measurements = _aggregate(
+                strategy.aggregator, updates, params, agg_state, rng
+            )
             new_params, new_opt_state = strategy.server_optimizer.apply(params, delta, opt_state)
             logs.update({f"agg/{k}": v for k, v in measurements.items()})
             if tree.all_finite(new_params):

@@ -14,8 +14,10 @@ from fedray.records import (
     ClientFailure,
     ClientOptions,
     ClientUpdate,
+    FitResult,
     Metrics,
     Params,
+    PartialSum,
     RoundInfo,
 )
 
@@ -29,6 +31,8 @@ class LocalExecutor:
         clients_per_host: Clients per host; defaults to ``runtime.clients_per_actor``
             (``auto`` puts every client in one in-process host).
         client: The strategy's client options (e.g. FedProx's ``proximal_mu``).
+        pre_aggregate: Hosts send one partial sum each (see :class:`HostSpec`).
+        max_update_norm: The hosts' norm check when they pre-aggregate.
     """
 
     def __init__(
@@ -38,13 +42,25 @@ class LocalExecutor:
         *,
         clients_per_host: int | None = None,
         client: ClientOptions = ClientOptions(),  # noqa: B008 - frozen, immutable
+        pre_aggregate: bool = False,
+        max_update_norm: float | None = None,
     ) -> None:
         per_host = clients_per_host or resolve(
             config.runtime.clients_per_actor, config.data.num_clients, cpu_slots=1
         )
         groups = group_clients(config.data.num_clients, per_host)
         self.hosts = [
-            ClientHost(HostSpec(config, g, aggregator, with_test_set=(i == 0), client=client))
+            ClientHost(
+                HostSpec(
+                    config,
+                    g,
+                    aggregator,
+                    with_test_set=(i == 0),
+                    client=client,
+                    pre_aggregate=pre_aggregate,
+                    max_update_norm=max_update_norm,
+                )
+            )
             for i, g in enumerate(groups)
         ]
         self._host_of = {cid: h for h, g in zip(self.hosts, groups, strict=True) for cid in g}
@@ -75,12 +91,10 @@ class LocalExecutor:
             plan.setdefault(id(host), (host, []))[1].append(cid)
         return list(plan.values())
 
-    def fit(
-        self, client_ids: Sequence[int], handle: Any, info: RoundInfo
-    ) -> list[ClientUpdate | ClientFailure]:
+    def fit(self, client_ids: Sequence[int], handle: Any, info: RoundInfo) -> list[FitResult]:
         """Train the sampled clients, host by host."""
         params, extras = handle
-        out: list[ClientUpdate | ClientFailure] = []
+        out: list[FitResult] = []
         for host, ids in self._by_host(client_ids):
             out.extend(host.fit(ids, params, info, extras))
         return out
@@ -96,8 +110,11 @@ class LocalExecutor:
 
     def submit(self, client_id: int, handle: Any, info: RoundInfo) -> int:
         """In-process: train now; the ticket is a sequence number (FIFO completion)."""
+        result = self.fit([client_id], handle, info)[0]
+        if isinstance(result, PartialSum):
+            raise RuntimeError("asynchronous training needs every update: pre_aggregate is on")
         self._tickets += 1
-        self._done[self._tickets] = self.fit([client_id], handle, info)[0]
+        self._done[self._tickets] = result
         return self._tickets
 
     def wait(self, tickets: list[Any]) -> list[tuple[Any, ClientUpdate | ClientFailure]]:

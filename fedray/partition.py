@@ -125,6 +125,8 @@ def column(values: Sequence[object] | np.ndarray) -> tuple[list[np.ndarray], lis
     (['a', 'b', 'c'], [[1], [0, 2], [3]])
     """
     arr = np.asarray(values)
-    keys, inverse = np.unique(arr, return_inverse=True)
-    parts = [np.flatnonzero(inverse == k).astype(np.int64) for k in range(len(keys))]
+    keys, inverse, counts = np.unique(arr, return_inverse=True, return_counts=True)
+    # One stable sort instead of one scan per key: O(n log n) for 10,000s of clients.
+    order = np.argsort(inverse.ravel(), kind="stable").astype(np.int64)
+    parts = np.split(order, np.cumsum(counts)[:-1])
     return parts, [k.item() if hasattr(k, "item") else k for k in keys]

@@ -64,6 +64,30 @@ class ClientUpdate:
 
 
 @dataclass(frozen=True)
+class PartialSum:
+    """Several clients' updates, summed inside their host (pre-aggregation).
+
+    A host whose aggregator is linear (:class:`~fedray.aggregators.base.Summable`)
+    sends this one record instead of one update per client. Every update was encoded
+    (clipped, noised) and validated on its own first.
+
+    Attributes:
+        client_ids: The clients whose updates are in the sum, ascending.
+        total: ``sum_k w_k * delta_k`` in float64, ``w_k`` the aggregator's weight.
+        weight: ``sum_k w_k``.
+        num_examples: ``sum_k n_k``.
+        metric_sums: ``sum_k n_k * m_k`` for logged metrics (present in every update);
+            plain ``sum_k m_k`` for protocol metrics (names starting with ``_``).
+    """
+
+    client_ids: tuple[int, ...]
+    total: Params
+    weight: float
+    num_examples: int
+    metric_sums: Metrics = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ClientFailure:
     """A client that did not deliver a usable result this round.
 
@@ -188,6 +212,9 @@ class RoundPolicy:
         if self.max_update_norm is not None and not self.max_update_norm > 0:
             raise ValueError(f"max_update_norm must be > 0, got {self.max_update_norm}")
 
+
+FitResult = ClientUpdate | ClientFailure | PartialSum
+"""What a host's ``fit`` returns per client (or, pre-aggregated, per host)."""
 
 AggState = dict[str, Any]
 """Named aggregator / server-optimizer state (never a positional tuple)."""

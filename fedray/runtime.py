@@ -8,6 +8,7 @@ collected with ``ray.wait`` as hosts finish.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -25,8 +26,10 @@ from fedray.records import (
     ClientFailure,
     ClientOptions,
     ClientUpdate,
+    FitResult,
     Metrics,
     Params,
+    PartialSum,
     RoundInfo,
 )
 from fedray.secagg import SecAggError
@@ -148,6 +151,8 @@ class RayExecutor:
         config: The validated run config.
         aggregator: The strategy's aggregator (its ``encode`` runs in the hosts).
         client: The strategy's client options (e.g. FedProx's ``proximal_mu``).
+        pre_aggregate: Hosts send one partial sum each (see :class:`HostSpec`).
+        max_update_norm: The hosts' norm check when they pre-aggregate.
     """
 
     def __init__(
@@ -156,6 +161,8 @@ class RayExecutor:
         aggregator: Aggregator,
         *,
         client: ClientOptions = ClientOptions(),  # noqa: B008 - frozen, immutable
+        pre_aggregate: bool = False,
+        max_update_norm: float | None = None,
     ) -> None:
         import ray
 
@@ -184,7 +191,14 @@ class RayExecutor:
                 **host_options(config, g),
             ).remote(
                 HostSpec(
-                    config, g, aggregator, with_test_set=(i == 0), client=client, threads=threads
+                    config,
+                    g,
+                    aggregator,
+                    with_test_set=(i == 0),
+                    client=client,
+                    threads=threads,
+                    pre_aggregate=pre_aggregate,
+                    max_update_norm=max_update_norm,
                 )
             )
             for i, g in enumerate(groups)
@@ -343,9 +357,7 @@ class RayExecutor:
                 calls[getattr(self.hosts[h], method).remote(ids, *args)] = ids
         return calls, skipped
 
-    def fit(
-        self, client_ids: Sequence[int], params: Any, info: RoundInfo
-    ) -> Iterator[ClientUpdate | ClientFailure]:
+    def fit(self, client_ids: Sequence[int], params: Any, info: RoundInfo) -> Iterator[FitResult]:
         """Start every sampled client's training and yield updates as they finish."""
         self._await_restarts()
         params_ref, extras_ref = params
@@ -424,7 +436,12 @@ class RayExecutor:
         for ref in ready:
             cid = self._tickets.pop(ref)
             try:
-                out.append((ref, ray.get(ref)[0]))
+                result = ray.get(ref)[0]
+                if isinstance(result, PartialSum):
+                    raise RuntimeError(
+                        "asynchronous training needs every update: pre_aggregate is on"
+                    )
+                out.append((ref, result))
             except ray.exceptions.RayError as exc:
                 cause = _unwrap(exc)
                 out.append(
@@ -474,3 +491,33 @@ def shutdown() -> None:
     import ray
 
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def simulated_cluster(nodes: int, cpus_per_node: int = 1) -> Iterator[dict[str, str]]:
+    """A multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``), connected.
+
+    Yields the node names by node id (``head``, ``node-1``, ...); the cluster and the
+    connection are shut down on exit. For scaling runs and tests of spreading.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if nodes < 1:
+        raise ValueError(f"nodes must be >= 1, got {nodes}")
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False},
+    )
+    try:
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=cpus_per_node)
+        ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+        cluster.wait_for_nodes()
+        alive = sorted(
+            (n for n in ray.nodes() if n["Alive"]), key=lambda n: not n.get("IsHead", False)
+        )
+        yield {n["NodeID"]: ("head" if i == 0 else f"node-{i}") for i, n in enumerate(alive)}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

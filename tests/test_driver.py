@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from fedray.callbacks import Callback, RoundRecorder
-from fedray.driver import run_rounds, validate_update
+from fedray.driver import run_rounds
 from fedray.errors import RoundFailedError
 from fedray.records import ClientEval, ClientFailure, ClientUpdate, RoundInfo, RoundPolicy
 from fedray.server_opt import ServerSGD
 from fedray.strategy import Strategy, fedavg
+from fedray.validation import validate_update
 
 
 class QuadraticExecutor:

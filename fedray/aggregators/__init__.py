@@ -1,9 +1,10 @@
 """Aggregators: pure-numpy rules that turn client updates into one delta."""
 
-from fedray.aggregators.base import Aggregator
+from fedray.aggregators.base import Aggregator, Summable
 from fedray.aggregators.clip import NormBound, clip_update
 from fedray.aggregators.dp import AdaptiveClip, CentralDP, LocalDP
 from fedray.aggregators.mean import Mean, weighted_mean
+from fedray.aggregators.presum import combine, presum
 from fedray.aggregators.robust import Krum, Median, TrimmedMean
 from fedray.aggregators.scaffold import Scaffold
 from fedray.aggregators.secure import SecureAggregation
@@ -21,8 +22,11 @@ __all__ = [
     "Scaffold",
     "SecureAggregation",
     "StalenessWeighted",
+    "Summable",
     "TrimmedMean",
     "clip_update",
+    "combine",
+    "presum",
     "staleness_weight",
     "weighted_mean",
 ]

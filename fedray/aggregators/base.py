@@ -7,6 +7,10 @@ An aggregator has three pure methods:
   leaves it (clipping, masking and local noise live here);
 * ``aggregate(updates, state, rng) -> (delta, state, measurements)`` on the driver.
 
+An aggregator whose result depends on the updates only through a weighted sum is
+also :class:`Summable`: hosts may then send one pre-aggregated sum for all their
+clients (:mod:`fedray.aggregators.presum`) instead of every update.
+
 Wrappers hold an ``inner`` aggregator and add exactly one concern. Measurements
 are reported to callbacks and never mixed into the parameters.
 """
@@ -37,4 +41,29 @@ class Aggregator(Protocol):
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
     ) -> tuple[Params, AggState, Metrics]:
         """Combine ``updates`` into one delta; returns ``(delta, state, measurements)``."""
+        ...
+
+
+@runtime_checkable
+class Summable(Protocol):
+    """An aggregator that needs only ``sum_k w_k * delta_k``, ``sum_k w_k`` and the count."""
+
+    def weight(self, update: ClientUpdate) -> float:
+        """``w_k`` of one encoded update in the sum."""
+        ...
+
+    def aggregate_sum(
+        self,
+        total: Params,
+        count: int,
+        metric_sums: Metrics,
+        state: AggState,
+        rng: np.random.Generator,
+        *,
+        weight: float | None = None,
+    ) -> tuple[Params, AggState, Metrics]:
+        """The same result as ``aggregate`` on the updates that make up ``total``.
+
+        ``weight`` is ``sum_k w_k``; None means ``count`` (every ``w_k = 1``).
+        """
         ...

@@ -153,6 +153,10 @@ class CentralDP:
         bits = sum(u.metrics.get(UNCLIPPED, 0.0) for u in updates)
         return self.aggregate_sum(total, len(updates), {UNCLIPPED: bits}, state, rng)
 
+    def weight(self, update: ClientUpdate) -> float:
+        """Every clipped update counts once: the sum is unweighted."""
+        return 1.0
+
     def aggregate_sum(
         self,
         total: Params,
@@ -160,8 +164,13 @@ class CentralDP:
         metric_sums: Metrics,
         state: AggState,
         rng: np.random.Generator,
+        *,
+        weight: float | None = None,
     ) -> tuple[Params, AggState, Metrics]:
-        """The same from the sum of the clipped updates (e.g. a secure sum) and of the bits."""
+        """The same from the sum of the clipped updates (e.g. a secure sum) and of the bits.
+
+        ``weight`` is ignored: the denominator is the fixed expected count ``m``.
+        """
         clip = float(state["round_settings"]["dp_clip"])
         shapes = state["shapes"]
         sigma = self.update_noise_multiplier * clip
@@ -226,8 +235,26 @@ class LocalDP:
         if not updates:
             raise ValueError("LocalDP.aggregate needs at least one update")
         shapes = [(tuple(d.shape), str(d.dtype)) for d in updates[0].delta]
-        total = _sum(updates, shapes)
-        n = len(updates)
-        delta = [(t / n).astype(dt) for t, (_, dt) in zip(total, shapes, strict=True)]
-        sigma = self.noise_multiplier * self.clip / math.sqrt(n)
+        total = [t.astype(dt) for t, (_, dt) in zip(_sum(updates, shapes), shapes, strict=True)]
+        return self.aggregate_sum(total, len(updates), {}, state, rng)
+
+    def weight(self, update: ClientUpdate) -> float:
+        """Every noised update counts once."""
+        return 1.0
+
+    def aggregate_sum(
+        self,
+        total: Params,
+        count: int,
+        metric_sums: Metrics,
+        state: AggState,
+        rng: np.random.Generator,
+        *,
+        weight: float | None = None,
+    ) -> tuple[Params, AggState, Metrics]:
+        """The uniform mean from the sum of ``count`` noised updates."""
+        if count <= 0:
+            raise ValueError(f"count must be > 0, got {count}")
+        delta = [(np.asarray(t, np.float64) / count).astype(t.dtype) for t in total]
+        sigma = self.noise_multiplier * self.clip / math.sqrt(count)
         return delta, state, {"dp/clip": self.clip, "dp/noise_std": sigma}

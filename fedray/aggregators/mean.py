@@ -76,6 +76,10 @@ class Mean:
         """Nothing happens on the client."""
         return update
 
+    def weight(self, update: ClientUpdate) -> float:
+        """``n_k`` (examples) or 1 (uniform)."""
+        return float(update.num_examples) if self.weighting == "examples" else 1.0
+
     def aggregate_sum(
         self,
         total: Params,
@@ -83,20 +87,27 @@ class Mean:
         metric_sums: Metrics,
         state: AggState,
         rng: np.random.Generator,
+        *,
+        weight: float | None = None,
     ) -> tuple[Params, AggState, Metrics]:
-        """The uniform mean from the sum of ``count`` deltas (secure aggregation's output).
+        """The mean from ``total = sum_k w_k * delta_k`` and ``weight = sum_k w_k``.
+
+        Without ``weight`` (secure aggregation's plain sum of ``count`` deltas) the
+        weights must be uniform.
 
         Raises:
-            ValueError: With example weighting: the sum carries no weights.
+            ValueError: With example weighting but no weight, or a non-positive weight.
         """
-        if self.weighting != "uniform":
-            raise ValueError(
-                "a secure sum carries no example counts; use Mean(weighting='uniform')"
-            )
-        if count <= 0:
-            raise ValueError(f"count must be > 0, got {count}")
-        delta = [(t / count).astype(t.dtype) for t in total]
-        return delta, state, {"num_clients": float(count), "total_weight": float(count)}
+        if weight is None:
+            if self.weighting != "uniform":
+                raise ValueError(
+                    "a secure sum carries no example counts; use Mean(weighting='uniform')"
+                )
+            weight = float(count)
+        if count <= 0 or not weight > 0:
+            raise ValueError(f"count and weight must be > 0, got {count} and {weight}")
+        delta = [(np.asarray(t, np.float64) / weight).astype(t.dtype) for t in total]
+        return delta, state, {"num_clients": float(count), "total_weight": float(weight)}
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator

@@ -63,7 +63,8 @@ def _quality(logs: dict[str, Any]) -> tuple[str, float]:
     return "mse", float(logs["eval/loss"])
 
 
-def _run_fedray(config: str, clients: int, rounds: int | None, per_actor: str) -> dict[str, Any]:
+def run_fedray(config: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """One ``fedray.run`` of ``config``; its start, median round, CPU per round, quality."""
     from fedray.api import run
     from fedray.callbacks import Callback
 
@@ -77,12 +78,8 @@ def _run_fedray(config: str, clients: int, rounds: int | None, per_actor: str) -
             marks["end"], marks["cpu1"] = time.time(), tree_cpu_seconds()
 
     with tempfile.TemporaryDirectory() as out:
-        hist = run(
-            config,
-            out=out,
-            overrides=[*_overrides(clients, rounds), f"runtime.clients_per_actor={per_actor}"],
-            callbacks=[Probe()],
-        )
+        hist = run(config, out=out, overrides=list(overrides), callbacks=[Probe()])
+        hosts = json.loads((Path(out) / "summary.json").read_text()).get("hosts", [])
     round_s = [float(r["time/round_s"]) for r in hist.rows]
     metric, value = _quality(hist.final)
     return {
@@ -93,26 +90,38 @@ def _run_fedray(config: str, clients: int, rounds: int | None, per_actor: str) -
         "rounds": len(round_s),
         "quality_metric": metric,
         "quality": value,
+        "hosts": [{"node_id": h.get("node_id"), "clients": len(h["clients"])} for h in hosts],
     }
 
 
-def _load(config: str, clients: int, rounds: int | None) -> tuple[Any, Any, list[np.ndarray]]:
+def _load(config: str, overrides: Sequence[str]) -> tuple[Any, Any, list[np.ndarray]]:
     from fedray import config as config_mod
     from fedray.data import load_dataset, partition_indices
 
-    cfg = config_mod.load(config, _overrides(clients, rounds))
+    cfg = config_mod.load(config, list(overrides))
     ds = load_dataset(cfg.data, cfg.seed)
     return cfg, ds, partition_indices(ds, cfg.data, cfg.seed)
 
 
-def _run_naive(config: str, clients: int, rounds: int | None) -> dict[str, Any]:
+def first_sample(cfg: Any) -> list[int]:
+    """The clients fedray's driver samples in round 1 (its RNG is seeded with the seed)."""
+    from fedray.api import build_strategy
+
+    return build_strategy(cfg).sample_clients(cfg.data.num_clients, np.random.default_rng(cfg.seed))
+
+
+def run_naive(config: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """The tutorial loop on ``config``: sampled clients one after another, fresh models."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
+    from fedray.api import build_strategy
     from fedray.models import build_model
 
-    cfg, ds, parts = _load(config, clients, rounds)
+    cfg, ds, parts = _load(config, overrides)
     info = ds.info
+    strategy = build_strategy(cfg)
+    rng = np.random.default_rng(cfg.seed)  # the same samples as fedray's driver
     keras.utils.set_random_seed(cfg.seed)
     global_model = build_model(cfg.model, cfg.client, info)  # same initial weights as fedray
     weights = global_model.get_weights()
@@ -121,7 +130,7 @@ def _run_naive(config: str, clients: int, rounds: int | None) -> dict[str, Any]:
     for _ in range(cfg.rounds):
         t0 = time.perf_counter()
         local = []
-        for idx in parts:
+        for idx in (parts[k] for k in strategy.sample_clients(len(parts), rng)):
             model = build_model(cfg.model, cfg.client, info)  # a fresh model per client
             model.set_weights(weights)
             model.fit(
@@ -163,18 +172,23 @@ def parallel_hosts(clients: int, cpus: int) -> int:
     return min(math.ceil(clients / per_host), cpus)
 
 
-def _run_floor(config: str, clients: int, rounds: int | None) -> dict[str, Any]:
+def run_floor(config: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """Round 1's optimizer steps in one traced loop, divided by the parallel hosts."""
+    from fedray import config as config_mod
     from fedray.client import configure_tensorflow
 
     cpus = os.cpu_count() or 1
-    hosts = parallel_hosts(clients, cpus)
+    cfg0 = config_mod.load(config, list(overrides))
+    hosts = parallel_hosts(cfg0.data.num_clients, cpus)
     configure_tensorflow(max(1, cpus // hosts), verbose=False)
     import keras
     import tensorflow as tf
 
     from fedray.models import build_model
 
-    cfg, ds, parts = _load(config, clients, rounds)
+    cfg, ds, parts = _load(config, overrides)
+    parts = [parts[k] for k in first_sample(cfg)]
+    hosts = min(hosts, len(parts))
     batch, epochs = cfg.client.batch_size, cfg.client.local_epochs
     steps = sum(math.ceil(len(p) / batch) for p in parts) * epochs
     keras.utils.set_random_seed(cfg.seed)
@@ -209,18 +223,25 @@ def _run_floor(config: str, clients: int, rounds: int | None) -> dict[str, Any]:
 
 def child(system: str, config: str, clients: int, rounds: int | None) -> dict[str, Any]:
     """Run one system once in this process and measure it (called in a subprocess)."""
+    res = measure(system, config, _overrides(clients, rounds))
+    res.pop("hosts", None)
+    return res
+
+
+def measure(system: str, config: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """Run ``system`` once in this process: its figures plus startup and peak PSS."""
     import psutil
 
     created = psutil.Process().create_time()
     with PeakPSS() as mem:
         if system == "fedray":
-            res = _run_fedray(config, clients, rounds, "auto")
+            res = run_fedray(config, [*overrides, "runtime.clients_per_actor=auto"])
         elif system == "fedray_dedicated":
-            res = _run_fedray(config, clients, rounds, "1")
+            res = run_fedray(config, [*overrides, "runtime.clients_per_actor=1"])
         elif system == "naive":
-            res = _run_naive(config, clients, rounds)
+            res = run_naive(config, overrides)
         elif system == "floor":
-            res = _run_floor(config, clients, rounds)
+            res = run_floor(config, overrides)
         else:
             raise ValueError(f"unknown system {system!r}")
     res["startup_s"] = res.pop("begin") - created

@@ -1,0 +1,42 @@
+"""Checks on what a client sends, shared by the driver and (for pre-aggregation) the hosts.
+
+Layer 0: only numpy.
+"""
+
+from __future__ import annotations
+
+from fedray import tree
+from fedray.records import ClientUpdate, Params
+
+
+def validate_update(
+    update: ClientUpdate, reference: Params, max_norm: float | None = None
+) -> str | None:
+    """Why ``update`` is unusable against the global ``reference`` params, or None.
+
+    ``max_norm`` rejects an update whose L2 norm (over all arrays) exceeds it.
+    """
+    if update.masked is not None:  # secure aggregation: only the masked integers travel
+        if update.delta:
+            return "a masked update must not also carry its delta"
+        if update.masked.ndim != 1 or update.masked.dtype.kind != "u":
+            return f"masked update must be a flat unsigned vector, got {update.masked.dtype}"
+        return None
+    problem = tree.structure_mismatch(update.delta, reference)
+    if problem is not None:
+        return f"wrong update structure: {problem}"
+    if not tree.all_finite(update.delta):
+        return "update contains NaN or Inf"
+    if update.num_examples <= 0:
+        return f"num_examples must be > 0, got {update.num_examples}"
+    if max_norm is not None:
+        norm = tree.global_norm(update.delta)
+        if norm > max_norm:
+            return f"update norm {norm:.4g} exceeds strategy.max_update_norm={max_norm:g}"
+    for name, arrays in update.extras.items():
+        problem = tree.structure_mismatch(arrays, reference)
+        if problem is not None:
+            return f"wrong {name} structure: {problem}"
+        if not tree.all_finite(arrays):
+            return f"{name} contains NaN or Inf"
+    return None
