@@ -367,7 +367,7 @@ def run(
         ui: Callback = (
             ProgressBar(cfg.rounds, keys=keys) if cfg.runtime.progress else LoggingCallback(keys)
         )
-        csv_log = CSVLogger(out_dir / "metrics.csv")
+        csv_log = CSVLogger(out_dir / "metrics.csv", parquet=False)  # written after close
         if state is not None:  # the history so far continues in the same files
             recorder.rows = [dict(r) for r in state.rows]
             csv_log.rows = [dict(r) for r in state.rows]
@@ -425,6 +425,7 @@ def run(
             from fedray import runtime
 
             runtime.shutdown()
+    csv_log.write_parquet()  # pandas only now, with the hosts gone (peak memory)
     round_times = [r["time/round_s"] for r in recorder.rows]
     summary = {
         "config": cfg.to_dict(),
