@@ -6,12 +6,13 @@ without Ray. One host serves one or many clients, one after another, on the same
 compiled Keras model:
 
 1. ``__init__``: cap TensorFlow's thread pools to the host's CPU share (before TF
-   starts), load the shards, keep each client's data as in-memory tensors, build
+   starts), load the shards, keep all clients' rows in one in-memory tensor, build
    and compile the model once, and trace the training and evaluation functions.
-2. ``fit``: for each client, one call of the traced function: load the global
-   weights, restore the optimizer's initial state (never the learning rate), run
-   all local epochs, and return ``local - global`` through the aggregator's
-   ``encode``.
+2. ``fit``: one call of the traced function trains every sampled client in turn: load
+   the global weights, restore the optimizer's initial state (never the learning
+   rate), run all local epochs. Each ``local - global`` then goes through the
+   aggregator's ``encode``; with pre-aggregation the host validates and sums them
+   into one :class:`~fedray.records.PartialSum`.
 """
 
 from __future__ import annotations

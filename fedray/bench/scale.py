@@ -198,31 +198,34 @@ def summarize(raw: Any) -> Any:
 
 
 def plot(summary: Any, path: Path) -> None:
-    """Round time vs sampled clients and peak memory vs registered clients, log-log."""
+    """Round time vs sampled clients (per N: fedray, floor, naive) and memory vs N, log-log."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for n, g in summary.groupby("registered"):
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (n, g) in enumerate(summary.groupby("registered")):
         g = g.sort_values("sampled")
-        ax1.plot(g.sampled, g.fedray_round_s, marker="s", label=f"fedray, N={n:,}")
-    if "naive_round_s" in summary:
-        d = summary.dropna(subset=["naive_round_s"]).groupby("sampled").naive_round_s.median()
-        ax1.plot(d.index, d.values, marker="o", color="tab:red", ls="--", label="naive loop")
-    if "floor_round_s" in summary:
-        d = summary.groupby("sampled").floor_round_s.median()
-        ax1.plot(d.index, d.values, marker="x", color="gray", ls=":", label="compute floor")
+        c = colors[i % len(colors)]
+        ax1.plot(g.sampled, g.fedray_round_s, marker="s", color=c, label=f"fedray, N={n:,}")
+        if "floor_round_s" in g:
+            ax1.plot(g.sampled, g.floor_round_s, marker="x", color=c, ls=":", alpha=0.7)
+        if "naive_round_s" in g and g.naive_round_s.notna().any():
+            d = g.dropna(subset=["naive_round_s"])
+            ax1.plot(d.sampled, d.naive_round_s, marker="o", color=c, ls="--", alpha=0.7)
+    ax1.plot([], [], "k:", marker="x", label="compute floor (dotted)")
+    ax1.plot([], [], "k--", marker="o", label="naive loop (dashed)")
     ax1.set(xscale="log", yscale="log", xlabel="clients sampled per round (K)",
             ylabel="median round time (s)", title="round time vs clients")  # fmt: skip
     by_n = summary.groupby("registered")
     ax2.plot(list(by_n.groups), by_n.fedray_peak_pss_mb.max() / 1024, marker="s",
-             label="fedray (packed)")  # fmt: skip
+             color="tab:blue", label="fedray (packed)")  # fmt: skip
     if "fedray_dedicated_peak_pss_mb" in summary:
         d = summary.dropna(subset=["fedray_dedicated_peak_pss_mb"])
         ax2.plot(d.registered, d.fedray_dedicated_peak_pss_mb / 1024, marker="^",
-                 ls="none", label="fedray (1 actor/client)")  # fmt: skip
+                 color="tab:cyan", ls="none", label="fedray (1 actor/client)")  # fmt: skip
     if "naive_peak_pss_mb" in summary:
         d = summary.dropna(subset=["naive_peak_pss_mb"]).groupby("registered").naive_peak_pss_mb
         ax2.plot(list(d.groups), d.max() / 1024, marker="o", color="tab:red", ls="--",
