@@ -45,7 +45,7 @@ from fedray.records import (
     PartialSum,
     RoundInfo,
 )
-from fedray.validation import validate_update
+from fedray.validation import screen
 
 logger = logging.getLogger(__name__)
 
@@ -574,17 +574,11 @@ class ClientHost:
         valid: list[ClientUpdate] = []
         failures: list[ClientUpdate | ClientFailure | PartialSum] = []
         for r in results:
-            problem = (
-                validate_update(r, params, self.spec.max_update_norm)
-                if isinstance(r, ClientUpdate)
-                else None
-            )
-            if isinstance(r, ClientFailure):
-                failures.append(r)
-            elif problem is not None:
-                failures.append(ClientFailure(r.client_id, problem))
+            checked = screen(r, params, self.spec.max_update_norm)
+            if isinstance(checked, ClientUpdate):
+                valid.append(checked)
             else:
-                valid.append(r)
+                failures.append(checked)
         if not valid:
             return failures
         return [presum(valid, self.spec.aggregator), *failures]

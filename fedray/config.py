@@ -240,7 +240,7 @@ class RuntimeConfig(_Section):
 
     executor: Literal["ray", "local"] = "ray"
     address: str | None = None
-    clients_per_actor: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    clients_per_actor: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     num_cpus: int | None = Field(None, ge=1)
     scheduling: Literal["default", "spread"] = "default"
     round_timeout_s: float | None = Field(None, gt=0)

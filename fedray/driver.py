@@ -34,7 +34,7 @@ from fedray.records import (
 )
 from fedray.secagg import SecAggError, SecAggServer
 from fedray.strategy import Strategy
-from fedray.validation import validate_update
+from fedray.validation import screen
 
 logger = logging.getLogger(__name__)
 
@@ -261,17 +261,11 @@ def _fit_round(
             if isinstance(result, PartialSum):
                 partials.append(result)
                 continue
-            problem = (
-                validate_update(result, params, policy.max_update_norm)
-                if isinstance(result, ClientUpdate)
-                else None
-            )
-            if isinstance(result, ClientFailure):
-                failures.append(result)
-            elif problem is not None:
-                failures.append(ClientFailure(result.client_id, problem))
+            checked = screen(result, params, policy.max_update_norm)
+            if isinstance(checked, ClientUpdate):
+                updates.append(checked)
             else:
-                updates.append(result)
+                failures.append(checked)
             if len(updates) == wanted and len(ids) > wanted:
                 break  # over-commitment: the first K valid updates make the round
         close = getattr(results, "close", None)

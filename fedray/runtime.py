@@ -145,7 +145,7 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 class RayExecutor:
-    """One Ray actor per host; ``clients_per_actor`` clients per host (default 1).
+    """Ray actors hosting the clients; ``runtime.clients_per_actor`` per host (default auto).
 
     Args:
         config: The validated run config.

@@ -6,7 +6,7 @@ Layer 0: only numpy.
 from __future__ import annotations
 
 from fedray import tree
-from fedray.records import ClientUpdate, Params
+from fedray.records import ClientFailure, ClientUpdate, Params
 
 
 def validate_update(
@@ -40,3 +40,18 @@ def validate_update(
         if not tree.all_finite(arrays):
             return f"{name} contains NaN or Inf"
     return None
+
+
+def screen(
+    result: ClientUpdate | ClientFailure, reference: Params, max_norm: float | None = None
+) -> ClientUpdate | ClientFailure:
+    """The update if usable, else a :class:`ClientFailure` with the reason (failures pass).
+
+    >>> import numpy as np
+    >>> screen(ClientUpdate(3, [np.array([np.nan])], 1), [np.zeros(1)]).reason
+    'update contains NaN or Inf'
+    """
+    if isinstance(result, ClientFailure):
+        return result
+    problem = validate_update(result, reference, max_norm)
+    return result if problem is None else ClientFailure(result.client_id, problem)

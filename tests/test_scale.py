@@ -28,7 +28,7 @@ def _local(n, *extra):
 
 
 def test_pre_aggregated_run_equals_a_run_that_aggregates_every_update(tmp_path):
-    common = _local(40, "rounds=3", "runtime.clients_per_actor=7", "faults.nan_rate=0.2")
+    common = _local(24, "rounds=2", "runtime.clients_per_actor=12", "faults.nan_rate=0.2")
     on = api.run(SCALE, out=tmp_path / "on", overrides=[*common, "runtime.pre_aggregate=true"])
     off = api.run(SCALE, out=tmp_path / "off", overrides=[*common, "runtime.pre_aggregate=false"])
     for a, b in zip(on.params, off.params, strict=True):
