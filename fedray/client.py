@@ -538,9 +538,12 @@ class ClientHost:
         self._check()
         done: dict[int, ClientUpdate | ClientFailure] = {}
         jobs: list[_Job] = []
+        server_c = None  # SCAFFOLD's server control variate c: the same for every client
+        if self.spec.client.control_variates:
+            server_c = (extras or {}).get("control") or [np.zeros_like(p) for p in params]
         for cid in client_ids:
             try:
-                jobs.append(self._plan_fit(cid, params, info, extras))
+                jobs.append(self._plan_fit(cid, params, info, server_c))
             except _SkipClientError as skip:
                 done[cid] = ClientFailure(cid, str(skip))
             except Exception as exc:
@@ -558,10 +561,10 @@ class ClientHost:
                 continue
             for job, (delta, metrics) in zip(part, trained, strict=True):
                 try:
-                    done[job.cid] = self._finish_fit(job, delta, metrics, info, extras, params)
+                    done[job.cid] = self._finish_fit(job, delta, metrics, info, server_c)
                 except Exception as exc:
                     done[job.cid] = ClientFailure(job.cid, f"{type(exc).__name__}: {exc}")
-        results = [done[cid] for cid in client_ids]
+        results: list[ClientUpdate | ClientFailure] = [done[cid] for cid in client_ids]
         if not self.spec.pre_aggregate:
             return list(results)
         return self._presum(results, params)
@@ -583,9 +586,7 @@ class ClientHost:
             return failures
         return [presum(valid, self.spec.aggregator), *failures]
 
-    def _plan_fit(
-        self, cid: int, params: Params, info: RoundInfo, extras: dict[str, Params] | None
-    ) -> _Job:
+    def _plan_fit(self, cid: int, params: Params, info: RoundInfo, server_c: Params | None) -> _Job:
         """What one client runs this round; raises for a missing client or a simulated fault."""
         if cid not in self._rows:
             raise KeyError(f"client {cid} is not hosted here ({list(self._rows)})")
@@ -600,8 +601,7 @@ class ClientHost:
         if steps < total and self.spec.config.faults.drop_stragglers:
             raise _SkipClientError(f"straggler dropped: {steps} of {total} local steps")
         correction = None
-        if self.spec.client.control_variates:
-            server_c = (extras or {}).get("control") or [np.zeros_like(p) for p in params]
+        if server_c is not None:
             own_c = self._controls.setdefault(cid, [np.zeros_like(p) for p in params])
             correction = [
                 np.subtract(c, ci, dtype=np.asarray(p).dtype)
@@ -645,8 +645,7 @@ class ClientHost:
         delta: Params,
         metrics: Metrics,
         info: RoundInfo,
-        extras: dict[str, Params] | None,
-        params: Params,
+        server_c: Params | None,
     ) -> ClientUpdate:
         """One trained client's update: control variates, encode, mask, simulated faults."""
         cid, steps, total = job.cid, job.steps, job.total
@@ -654,9 +653,8 @@ class ClientHost:
             delta = [np.full_like(d, np.nan) for d in delta]
         metrics = {**metrics, "work_fraction": steps / total if total else 1.0}
         update_extras: dict[str, Params] = {}
-        if self.spec.client.control_variates:
+        if server_c is not None:
             # Option II of Karimireddy et al.: c_i+ = c_i - c + (x - y_i) / (K * lr).
-            server_c = (extras or {}).get("control") or [np.zeros_like(p) for p in params]
             own_c = self._controls[cid]
             scale = 1.0 / (max(steps, 1) * self.spec.config.client.learning_rate)
             delta_c = [

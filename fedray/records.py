@@ -109,6 +109,20 @@ class ClientEval:
     metrics: Metrics
 
 
+def check_gaussian(noise_multiplier: float, clip: float) -> None:
+    """Refuse a Gaussian mechanism's impossible settings: z < 0 or C <= 0 (or NaN).
+
+    >>> check_gaussian(1.0, 0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: clip must be > 0, got 0.0
+    """
+    if not noise_multiplier >= 0:
+        raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
+    if not clip > 0:
+        raise ValueError(f"clip must be > 0, got {clip}")
+
+
 @dataclass(frozen=True)
 class DPSGD:
     """Example-level DP-SGD inside each client (Abadi et al., CCS 2016, arXiv:1607.00133).
@@ -129,10 +143,7 @@ class DPSGD:
     noise_seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.noise_multiplier >= 0:
-            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
-        if not self.clip > 0:
-            raise ValueError(f"clip must be > 0, got {self.clip}")
+        check_gaussian(self.noise_multiplier, self.clip)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import numpy as np
 
 from fedray.aggregators.clip import clip_to
 from fedray.privacy.accounting import split_noise
-from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
+from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo, check_gaussian
 
 UNCLIPPED = "_dp_unclipped"  # a private metric: read by the aggregator, never logged
 
@@ -209,10 +209,7 @@ class LocalDP:
     noise_seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.noise_multiplier >= 0:
-            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
-        if not self.clip > 0:
-            raise ValueError(f"clip must be > 0, got {self.clip}")
+        check_gaussian(self.noise_multiplier, self.clip)
 
     def init(self, params: Params) -> AggState:
         """Stateless."""

@@ -28,7 +28,6 @@ import argparse
 import json
 import logging
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedray.bench.speed import measure
+from fedray.bench.speed import measure, spawn_child
 
 logger = logging.getLogger(__name__)
 
@@ -105,15 +104,6 @@ def child(argv: Sequence[str]) -> dict[str, Any]:
     return res
 
 
-def _spawn(args: list[str], timeout_s: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "fedray.bench.scale", "child", *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{res.stderr[-4000:]}")
-    out: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
-    return out
-
-
 def run_benchmark(
     *,
     grid: Sequence[tuple[int, int]],
@@ -133,7 +123,9 @@ def run_benchmark(
             for system in systems(n, k):
                 r = NAIVE_ROUNDS if system == "naive" else rounds
                 t0 = time.perf_counter()
-                result = _spawn([system, str(n), str(k), str(r)], timeout_s)
+                result = spawn_child(
+                    "fedray.bench.scale", [system, str(n), str(k), str(r)], timeout_s
+                )
                 rows.append({"registered": n, "sampled": k, "system": system, "repeat": rep,
                              **result})  # fmt: skip
                 logger.info(
@@ -150,7 +142,9 @@ def run_benchmark(
     if nodes:
         n, k = 1000, 1000
         t0 = time.perf_counter()
-        result = _spawn(["multinode", str(n), str(k), str(rounds), str(nodes)], timeout_s)
+        result = spawn_child(
+            "fedray.bench.scale", ["multinode", str(n), str(k), str(rounds), str(nodes)], timeout_s
+        )
         placed = pd.DataFrame(result["placement"])
         placed.insert(0, "round_s", result["round_s"])
         placed.to_csv(out_dir / "scale_nodes.csv", index=False)

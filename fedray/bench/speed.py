@@ -174,19 +174,17 @@ def parallel_hosts(clients: int, cpus: int) -> int:
 
 def run_floor(config: str, overrides: Sequence[str]) -> dict[str, Any]:
     """Round 1's optimizer steps in one traced loop, divided by the parallel hosts."""
-    from fedray import config as config_mod
     from fedray.client import configure_tensorflow
 
+    cfg, ds, parts = _load(config, overrides)  # numpy only: TF is not started yet
     cpus = os.cpu_count() or 1
-    cfg0 = config_mod.load(config, list(overrides))
-    hosts = parallel_hosts(cfg0.data.num_clients, cpus)
+    hosts = parallel_hosts(cfg.data.num_clients, cpus)
     configure_tensorflow(max(1, cpus // hosts), verbose=False)
     import keras
     import tensorflow as tf
 
     from fedray.models import build_model
 
-    cfg, ds, parts = _load(config, overrides)
     parts = [parts[k] for k in first_sample(cfg)]
     hosts = min(hosts, len(parts))
     batch, epochs = cfg.client.batch_size, cfg.client.local_epochs
@@ -256,6 +254,20 @@ def _systems(clients: int) -> list[str]:
     return out
 
 
+def spawn_child(module: str, args: Sequence[str], timeout_s: float) -> dict[str, Any]:
+    """Run ``python -m MODULE child ARGS...`` in a fresh process; its last stdout line (JSON).
+
+    Raises:
+        RuntimeError: The child failed; the message ends with its stderr.
+    """
+    cmd = [sys.executable, "-m", module, "child", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{res.stderr[-4000:]}")
+    out: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
 def run_benchmark(
     *,
     grid: Mapping[str, Sequence[int]],
@@ -275,15 +287,11 @@ def run_benchmark(
             systems = _systems(c)
             systems = systems[rep % len(systems) :] + systems[: rep % len(systems)]  # rotate
             for system in systems:
-                config = WORKLOADS[w][0]
-                cmd = [sys.executable, "-m", "fedray.bench.speed", "child", system, config, str(c)]
+                args = [system, WORKLOADS[w][0], str(c)]
                 if rounds is not None:
-                    cmd.append(str(rounds))
+                    args.append(str(rounds))
                 t0 = time.perf_counter()
-                res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-                if res.returncode != 0:
-                    raise RuntimeError(f"{system} {w} x{c} failed:\n{res.stderr[-4000:]}")
-                result = json.loads(res.stdout.strip().splitlines()[-1])
+                result = spawn_child("fedray.bench.speed", args, timeout_s)
                 rows.append(
                     {"workload": w, "clients": c, "system": system, "repeat": rep, **result}
                 )
