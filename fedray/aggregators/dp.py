@@ -6,13 +6,17 @@
   and divides by the *expected* number of clients m = qN, never the realised one.
   Weights are uniform. Optional adaptive clipping (Andrew, Thakkar, McMahan,
   Ramaswamy, NeurIPS 2021, arXiv:1905.03871): clients report whether their update was
-  unclipped; the noised fraction b̄ moves C geometrically toward the target quantile
-  γ: ``C <- C exp(-η (b̄ - γ))`` (more unclipped than wanted shrinks C).
+  unclipped as the *centred* bit ``b - 1/2`` (sensitivity ½, as in TF-Privacy's
+  ``QuantileEstimatorQuery``, so a count noised with std σ_b costs the multiplier
+  2σ_b); the driver forms ``b̄ = clamp((Σ(b - ½) + N(0, σ_b²)) / m + ½, 0, 1)``, which
+  moves C geometrically toward the target quantile γ: ``C <- C exp(-η (b̄ - γ))``
+  (more unclipped than wanted shrinks C).
 * :class:`LocalDP`: each client clips and noises its own update before it leaves the
   host; the server averages the noised updates.
 
-Noise on the driver comes from the ``rng`` the driver passes, which ``fedray.api``
-seeds from ``secrets`` (or ``privacy.dp.noise_seed``); never from global numpy state.
+Noise on the driver comes from the ``rng`` the driver passes: a fresh generator per
+round seeded from ``secrets`` (or derived from ``privacy.dp.noise_seed``), never
+checkpointed and never the sampling generator or global numpy state.
 Measurements: ``dp/clip``, ``dp/noise_std`` (on the mean) and, when adaptive,
 ``dp/unclipped_fraction`` (the noised estimate).
 """
@@ -133,22 +137,23 @@ class CentralDP:
         }
 
     def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
-        """In the host: clip to this round's C; report only the unclipped bit.
+        """In the host: clip to this round's C; report only the centred unclipped bit.
 
         Training metrics and the example count are withheld: under DP the server sees
-        nothing of a client but its clipped update (and, adaptively, one bit).
+        nothing of a client but its clipped update (and, adaptively, ``b - ½``).
         """
         default = self.clip.initial if isinstance(self.clip, AdaptiveClip) else float(self.clip)
         clip = float(info.settings.get("dp_clip", default))
         delta, norm = clip_to(update.delta, clip)
-        return replace(
-            update, delta=delta, num_examples=1, metrics={UNCLIPPED: float(norm <= clip)}
-        )
+        metrics: Metrics = {}
+        if isinstance(self.clip, AdaptiveClip):
+            metrics[UNCLIPPED] = float(norm <= clip) - 0.5
+        return replace(update, delta=delta, num_examples=1, metrics=metrics)
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
     ) -> tuple[Params, AggState, Metrics]:
-        """(Σ clipped + N(0, (z_Δ C)^2)) / m; adapt C from the noised unclipped count."""
+        """(Σ clipped + N(0, (z_Δ C)^2)) / m; adapt C from the noised centred count."""
         total = _sum(updates, state["shapes"])  # zeros when nobody took part: still counts
         bits = sum(u.metrics.get(UNCLIPPED, 0.0) for u in updates)
         return self.aggregate_sum(total, len(updates), {UNCLIPPED: bits}, state, rng)
@@ -184,9 +189,9 @@ class CentralDP:
         meas: Metrics = {"dp/clip": clip, "dp/noise_std": sigma / m}
         new_state = state
         if isinstance(self.clip, AdaptiveClip):
-            bits = metric_sums.get(UNCLIPPED, 0.0)
-            noised = bits + (rng.normal(0.0, self.count_stddev) if self.noise_multiplier else 0)
-            frac = float(np.clip(noised / m, 0.0, 1.0))
+            centred = metric_sums.get(UNCLIPPED, 0.0)  # Σ (b - ½): sensitivity ½
+            noised = centred + (rng.normal(0.0, self.count_stddev) if self.noise_multiplier else 0)
+            frac = float(np.clip(noised / m + 0.5, 0.0, 1.0))
             new_clip = next_clip(clip, frac, self.clip.target_quantile, self.clip.learning_rate)
             new_state = {**state, "round_settings": {"dp_clip": new_clip}}
             meas["dp/unclipped_fraction"] = frac

@@ -10,6 +10,13 @@ the integer sum into the float sum of the survivors' updates, and ``aggregate`` 
 to the inner aggregator's ``aggregate_sum`` (a uniform mean, or DP-FedAvg's noised sum:
 central DP on top of secure aggregation). Masking is per client, before any sum.
 
+Under central DP the quantized update must still have L2 norm at most C, the
+sensitivity the noise is calibrated to. Stochastic rounding moves each coordinate by
+less than one step, so the update is clipped to ``C - step sqrt(d)`` before it is
+quantized: the decoded contribution then never exceeds C (bits too few for the
+model's size are refused). The rounding coins come from ``secrets``, not the public
+run seed. Rounds with fewer than ``min_clients`` clients abort before unmasking.
+
 Measurements: ``secagg/clients`` (survivors), ``secagg/dropped`` and
 ``secagg/quantization_step``, plus the inner aggregator's.
 """
@@ -17,6 +24,7 @@ Measurements: ``secagg/clients`` (survivors), ``secagg/dropped`` and
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from fedray.aggregators.clip import clip_to
-from fedray.aggregators.dp import UNCLIPPED, CentralDP
+from fedray.aggregators.dp import UNCLIPPED, AdaptiveClip, CentralDP
 from fedray.aggregators.mean import Mean
 from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
 from fedray.secagg import Quantizer, SecAggServer, harary_neighbours
@@ -44,6 +52,8 @@ class SecureAggregation:
         degree: Neighbours per client (SecAgg+'s k); None is 2 ceil(log2 n) + 2, and
             ``n - 1`` or more is the complete graph (plain SecAgg).
         threshold: Fraction of a neighbourhood (itself included) needed to unmask.
+        min_clients: The smallest cohort whose sum is revealed; a round with fewer
+            sampled or surviving clients aborts before any share is revealed.
     """
 
     inner: Mean | CentralDP = field(default_factory=lambda: Mean(weighting="uniform"))
@@ -51,6 +61,7 @@ class SecureAggregation:
     bits: int = 16
     degree: int | None = None
     threshold: float = 0.6
+    min_clients: int = 3
 
     def __post_init__(self) -> None:
         if isinstance(self.inner, Mean) and self.inner.weighting != "uniform":
@@ -63,6 +74,37 @@ class SecureAggregation:
         if isinstance(self.inner, CentralDP) and not isinstance(self.inner.clip, float | int):
             raise ValueError("secure aggregation needs a fixed DP clip (adaptive is not supported)")
         Quantizer(self.clip, self.bits)  # validates
+        if self.min_clients < 1:
+            raise ValueError(f"min_clients must be >= 1, got {self.min_clients}")
+
+    @property
+    def private(self) -> bool:
+        """Whether the inner aggregator is central DP (its sensitivity must hold)."""
+        return isinstance(self.inner, CentralDP)
+
+    def l2_bound(self, dim: int) -> float:
+        """The clip applied before quantizing, so the decoded update has norm <= clip.
+
+        Without DP it is ``clip``; under DP it is ``clip - step sqrt(dim)``.
+
+        >>> round(SecureAggregation(inner=CentralDP(1.0, 10.0, 1.0), bits=16).l2_bound(100), 6)
+        0.999695
+
+        Raises:
+            ValueError: ``bits`` are too few for ``dim`` coordinates (the margin would
+                eat more than half of the clip).
+        """
+        if not self.private:
+            return self.clip
+        margin = self.quantizer.step * math.sqrt(dim)
+        if margin > self.clip / 2:
+            need = math.ceil(math.log2(4 * math.sqrt(dim) + 1))
+            raise ValueError(
+                f"privacy.secure_aggregation.bits={self.bits} is too coarse for a model of "
+                f"{dim} parameters under privacy.dp: rounding could add {margin:.3g} to an "
+                f"update's norm (clip {self.clip:g}); use bits >= {need}"
+            )
+        return self.clip - margin
 
     @property
     def quantizer(self) -> Quantizer:
@@ -79,19 +121,25 @@ class SecureAggregation:
     def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
         """In the host: inner client step, clip, quantize (the host then masks)."""
         update = self.inner.encode(update, info)
-        delta, _ = clip_to(update.delta, self.clip)
+        dim = sum(d.size for d in update.delta)
+        delta, _ = clip_to(update.delta, self.l2_bound(dim))
         flat = np.concatenate([d.ravel() for d in delta]) if delta else np.zeros(0)
         bit = update.metrics.get(UNCLIPPED)
-        if bit is not None:  # adaptive-clipping bit, summed securely as one more coordinate
-            flat = np.append(flat, (2 * bit - 1) * self.clip)
-        rng = np.random.default_rng([info.seed, info.server_round, update.client_id, 17])
+        if bit is not None:  # centred adaptive-clipping bit (±½), one more coordinate
+            flat = np.append(flat, 2 * bit * self.clip)
+        rng = (
+            np.random.default_rng(secrets.randbits(128))  # coins the server cannot know
+            if self.private
+            else np.random.default_rng([info.seed, info.server_round, update.client_id, 17])
+        )
         levels = self.quantizer.encode(flat, rng)
         return replace(update, delta=[], num_examples=1, metrics={}, masked=levels)
 
     def dim(self, state: AggState) -> int:
-        """Length of a client's masked vector (the weights, plus DP's unclipped bit)."""
+        """Length of a client's masked vector (the weights, plus adaptive DP's bit)."""
         size = int(sum(math.prod(s) for s, _ in state["shapes"]))
-        return size + (1 if isinstance(self.inner, CentralDP) else 0)
+        adaptive = isinstance(self.inner, CentralDP) and isinstance(self.inner.clip, AdaptiveClip)
+        return size + (1 if adaptive else 0)
 
     def begin_round(
         self, server_round: int, client_ids: Sequence[int], rng: np.random.Generator
@@ -111,7 +159,7 @@ class SecureAggregation:
         size = sum(math.prod(s) for s, _ in shapes)
         metrics: Metrics = {"_count": float(n)}  # "_": read by aggregate, never logged
         if isinstance(self.inner, CentralDP) and values.size == size + 1:
-            metrics[UNCLIPPED] = float(round((values[-1] / self.clip + n) / 2))
+            metrics[UNCLIPPED] = float(round(values[-1] / self.clip)) / 2  # Σ (b - ½)
         out, pos = [], 0
         for s, dt in shapes:
             k = math.prod(s)

@@ -228,9 +228,16 @@ class SecAggClient:
     ) -> dict[int, tuple[str, tuple[int, ...]]]:
         """Round 3: s-shares of dropped neighbours and b-shares of surviving ones.
 
+        A request that cannot come from an honest server is refused before anything
+        is decrypted: one that lists this client as dropped or leaves it out of the
+        survivors (this client did send its masked input), or one that names fewer
+        than t survivors in this client's neighbourhood (the server could not
+        reconstruct honestly, so the answer would only serve to isolate one input).
+
         Raises:
-            SecAggError: Asked to reveal both kinds of share for one client, or a share
-                failed authentication (tampered or misrouted).
+            SecAggError: Asked to reveal both kinds of share for one client, an
+                inconsistent request (see above), or a share failed authentication
+                (tampered or misrouted).
         """
         from cryptography.exceptions import InvalidTag
 
@@ -238,6 +245,17 @@ class SecAggClient:
         if both:
             raise SecAggError(
                 f"client {self.cid}: refusing to reveal both shares of clients {sorted(both)}"
+            )
+        if self.cid in dropped or self.cid not in survivors:
+            raise SecAggError(
+                f"client {self.cid}: refusing an unmask request that lists this client as "
+                "dropped (it sent its masked input)"
+            )
+        live = set(survivors) & {self.cid, *self.neighbours}
+        if len(live) < self.threshold:
+            raise SecAggError(
+                f"client {self.cid}: refusing an unmask request naming {len(live)} survivors "
+                f"in its neighbourhood, fewer than the threshold t={self.threshold}"
             )
         out: dict[int, tuple[str, tuple[int, ...]]] = {}
         for v, ct in sorted(self._received.items()):
@@ -257,8 +275,7 @@ class SecAggClient:
             if (src, dst) != (v, self.cid):
                 raise SecAggError(f"client {self.cid}: share addressed {src}->{dst}, not {v}")
             out[v] = (kind, s_share if kind == "s" else b_share)
-        if self.cid in survivors:
-            out[self.cid] = ("b", self._own[1])
+        out[self.cid] = ("b", self._own[1])
         return out
 
 

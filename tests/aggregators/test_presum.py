@@ -77,7 +77,7 @@ def test_central_dp_from_partial_sums_equals_dp_on_every_update():
     for w, g in zip(want, got, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)  # the same noise draw
     bits = sum(u.metrics[UNCLIPPED] for u in ups)
-    assert 0 < bits < len(ups)  # the adaptive clip saw a mix: the test is not vacuous
+    assert -len(ups) / 2 < bits < len(ups) / 2  # centred bits: a mix, not vacuous
     assert got_state["round_settings"]["dp_clip"] == pytest.approx(
         want_state["round_settings"]["dp_clip"]
     )

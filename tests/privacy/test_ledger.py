@@ -1,0 +1,138 @@
+"""Invariant 3: the ledger prices what really ran; resume never re-prices the past."""
+
+import math
+
+import dp_accounting as dpa
+import numpy as np
+import pytest
+from dp_accounting import pld, rdp
+
+from fedray.privacy import DPFedAvgAccountant, DPSGDAccountant, LocalDPAccountant
+
+
+def test_heterogeneous_rounds_compose_as_dp_accounting_does():
+    ledger = DPFedAvgAccountant(2.0, 0.5, 1e-5)
+    ledger.record([])
+    ledger.record([])
+    ledger.noise_multiplier = 3.0  # e.g. an extended run recalibrated its z
+    for _ in range(4):
+        ledger.record([])
+    ref = rdp.RdpAccountant()
+    ref.compose(dpa.PoissonSampledDpEvent(0.5, dpa.GaussianDpEvent(2.0)), 2)
+    ref.compose(dpa.PoissonSampledDpEvent(0.5, dpa.GaussianDpEvent(3.0)), 4)
+    assert ledger.epsilon() == pytest.approx(ref.get_epsilon(1e-5), rel=1e-9)
+    ref_pld = pld.PLDAccountant()
+    ref_pld.compose(dpa.PoissonSampledDpEvent(0.5, dpa.GaussianDpEvent(2.0)), 2)
+    ref_pld.compose(dpa.PoissonSampledDpEvent(0.5, dpa.GaussianDpEvent(3.0)), 4)
+    assert ledger.epsilon(method="pld") == pytest.approx(ref_pld.get_epsilon(1e-5), rel=1e-6)
+    # The checkpointed state brings the same past back, whatever z the new run has.
+    again = DPFedAvgAccountant(9.0, 0.5, 1e-5)
+    again.restore(ledger.state())
+    assert again.epsilon() == ledger.epsilon() and again.rounds == 6
+
+
+def test_local_dp_precision_composes_releases_of_different_noise():
+    ledger = LocalDPAccountant(noise_multiplier=4.0, delta=1e-5)
+    ledger.record([0, 1])
+    ledger.noise_multiplier = 8.0
+    ledger.record([0])
+    # Client 0: releases with multipliers 4/2 and 8/2 on sensitivity 2C.
+    want = dpa.get_epsilon_gaussian((2.0**-2 + 4.0**-2) ** -0.5, 1e-5)
+    assert ledger.epsilon() == pytest.approx(want)
+    back = LocalDPAccountant(noise_multiplier=1.0, delta=1e-5)
+    back.restore(ledger.state())
+    assert back.epsilon() == pytest.approx(want)
+
+
+def test_resume_extending_a_target_epsilon_run_reports_what_ran(tmp_path):
+    pytest.importorskip("tensorflow")
+    from fedray import api
+
+    cfg = {"rounds": 2, "data": {"dataset": "linreg", "num_clients": 4},
+           "strategy": {"fraction_fit": 0.5},
+           "privacy": {"dp": {"target_epsilon": 2.0, "delta": 1e-5}},
+           "runtime": {"executor": "local", "progress": False, "clients_per_actor": 4}}  # fmt: skip
+    h1 = api.run(cfg, out=tmp_path)
+    z1 = h1.summary["privacy"]["noise_multiplier"]
+    h2 = api.run(cfg, out=tmp_path, overrides=["rounds=6"], resume=True)
+    p = h2.summary["privacy"]
+    events = [(e["noise_multiplier"], e["rounds"]) for e in p["events"]]
+    assert events[0] == (z1, 2) and sum(n for _, n in events) == 6
+    z2 = p["noise_multiplier"]
+    ref = rdp.RdpAccountant()
+    ref.compose(dpa.PoissonSampledDpEvent(0.5, dpa.GaussianDpEvent(z1)), 2)
+    ref.compose(dpa.PoissonSampledDpEvent(0.5, dpa.GaussianDpEvent(z2)), 4)
+    assert p["epsilon_rdp"] == pytest.approx(ref.get_epsilon(1e-5), rel=1e-9)
+    assert p["epsilon_rdp"] <= 2.0  # the extension was calibrated on top of the past
+    # Resuming the same run (same rounds) reuses its z exactly.
+    from fedray import checkpoint, config
+
+    state = checkpoint.load(tmp_path, config_fingerprint=checkpoint.fingerprint(
+        config.load(cfg).to_dict()))  # fmt: skip
+    again = config.load(cfg, ["rounds=6"])
+    assert api.noise_multiplier(again, state.loop_state["privacy"]) == z2
+
+
+def test_dp_sgd_batch_cap_tail_is_spent_from_delta():
+    from fedray.privacy.accounting import (
+        RoundEvent,
+        compose_epsilon,
+        poisson_batch_cap,
+        truncation_probability,
+    )
+
+    for batch in (16, 64, 256):
+        cap = poisson_batch_cap(batch)
+        for n in (batch, 4 * batch, 60_000):
+            assert truncation_probability(n, batch, cap) <= 1e-12
+    ledger = DPSGDAccountant(noise_multiplier=1.1, delta=1e-5, batch_size=256,
+                             local_epochs=60, examples={0: 60_000}, cap=341)  # fmt: skip
+    ledger.record([0])
+    steps = 60 * math.ceil(60_000 / 256)
+    spent = steps * truncation_probability(60_000, 256, 341)
+    assert spent > 1e-5  # the old cap (B + 5 sqrt(B) + 5) spent more than all of δ ...
+    assert ledger.epsilon() == math.inf  # ... so no ε can be claimed at this δ
+    ledger.cap = None  # today's cap
+    assert ledger.report()["delta_truncation"] < 1e-7
+    assert ledger.epsilon() == pytest.approx(
+        compose_epsilon([(RoundEvent(1.1, None, 256 / 60_000), steps)], 1e-5), rel=1e-3
+    )
+
+
+def test_delta_at_or_above_one_over_n_is_warned(caplog):
+    from fedray import api, config
+
+    cfg = config.load({"data": {"num_clients": 10},
+                       "privacy": {"dp": {"noise_multiplier": 1.0, "delta": 0.5}}})  # fmt: skip
+    api.warn_on_delta(cfg)
+    assert "privacy.dp.delta=0.5 is not well below 1 / data.num_clients" in caplog.text
+    caplog.clear()
+    api.warn_on_delta(config.load(cfg.to_dict(), ["privacy.dp.delta=1e-5"]))
+    assert not caplog.text
+
+
+def test_accountant_q_and_z_are_not_swapped():
+    from fedray.privacy import dpfedavg_epsilon
+
+    ledger = DPSGDAccountant(noise_multiplier=1.3, delta=1e-5, batch_size=8,
+                             local_epochs=2, examples={5: 100})  # fmt: skip
+    ledger.record([5])
+    assert ledger.epsilon() == pytest.approx(
+        dpfedavg_epsilon(1.3, 8 / 100, 2 * math.ceil(100 / 8), 1e-5), rel=1e-9
+    )
+    assert ledger.epsilon() != pytest.approx(dpfedavg_epsilon(8 / 100, 1.3 / 10, 26, 1e-5))
+
+
+@pytest.mark.parametrize("delta", [1e-3, 1e-6, 1e-8])
+def test_epsilon_depends_on_delta_as_dp_accounting_says(delta):
+    from fedray.privacy import dpfedavg_epsilon
+
+    ref = rdp.RdpAccountant()
+    ref.compose(dpa.PoissonSampledDpEvent(0.05, dpa.GaussianDpEvent(1.2)), 300)
+    assert dpfedavg_epsilon(1.2, 0.05, 300, delta) == pytest.approx(ref.get_epsilon(delta))
+    ref_pld = pld.PLDAccountant()
+    ref_pld.compose(dpa.PoissonSampledDpEvent(0.05, dpa.GaussianDpEvent(1.2)), 300)
+    assert dpfedavg_epsilon(1.2, 0.05, 300, delta, method="pld") == pytest.approx(
+        ref_pld.get_epsilon(delta), rel=1e-6
+    )
+    assert np.isfinite(dpfedavg_epsilon(1.2, 0.05, 300, delta))
