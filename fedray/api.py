@@ -89,8 +89,12 @@ class History:
         return keras.saving.load_model(self.out_dir / "model.keras")
 
 
-def build_strategy(cfg: Config) -> Strategy:
-    """The strategy named by ``strategy.name``, with the options that recipe takes."""
+def build_strategy(cfg: Config, privacy_state: Mapping[str, Any] | None = None) -> Strategy:
+    """The strategy named by ``strategy.name``, with the options that recipe takes.
+
+    ``privacy_state`` is the ledger of a resumed run: a ``target_epsilon`` run is then
+    calibrated for the rounds still to come, on top of those already spent.
+    """
     s = cfg.strategy
     kwargs: dict[str, Any] = {"fraction_fit": s.fraction_fit, "min_fit_clients": s.min_fit_clients}
     if s.name == "scaffold":
@@ -123,10 +127,11 @@ def build_strategy(cfg: Config) -> Strategy:
     dp = cfg.privacy.dp
     if dp is not None and dp.mode == "dpsgd":  # example-level DP inside each client
         assert not isinstance(dp.clip, str)
-        sgd = DPSGD(noise_multiplier=noise_multiplier(cfg), clip=dp.clip, noise_seed=dp.noise_seed)
+        z = noise_multiplier(cfg, privacy_state)
+        sgd = DPSGD(noise_multiplier=z, clip=dp.clip, noise_seed=dp.noise_seed)
         strategy = replace(strategy, client=replace(strategy.client, dp_sgd=sgd))
     elif dp is not None:
-        strategy = with_dp(strategy, dp_mechanism(cfg), sampling=dp.sampling)
+        strategy = with_dp(strategy, dp_mechanism(cfg, privacy_state), sampling=dp.sampling)
     sa = cfg.privacy.secure_aggregation
     if sa.enabled:
         inner = strategy.aggregator
@@ -134,14 +139,18 @@ def build_strategy(cfg: Config) -> Strategy:
         if isinstance(inner, Mean):
             inner = Mean(weighting="uniform")
         clip = sa.clip
-        if clip is None and isinstance(inner, CentralDP):
-            clip = float(inner.clip)  # type: ignore[arg-type]
+        if clip is None:  # DP's clip, or Flower's SecAgg+ clipping range
+            clip = float(inner.clip) if isinstance(inner, CentralDP) else 8.0  # type: ignore[arg-type]
         degree = {"auto": None, "all": cfg.data.num_clients}.get(str(sa.neighbours))
         if isinstance(sa.neighbours, int):
             degree = sa.neighbours
-        assert clip is not None
         secure = SecureAggregation(
-            inner=inner, clip=clip, bits=sa.bits, degree=degree, threshold=sa.threshold
+            inner=inner,
+            clip=clip,
+            bits=sa.bits,
+            degree=degree,
+            threshold=sa.threshold,
+            min_clients=sa.min_clients,
         )
         strategy = replace(strategy, aggregator=secure)
     if s.norm_bound is not None:
@@ -149,40 +158,68 @@ def build_strategy(cfg: Config) -> Strategy:
     return strategy
 
 
-def noise_multiplier(cfg: Config) -> float:
-    """``privacy.dp.noise_multiplier``, or the one calibrated for ``target_epsilon``."""
+def noise_multiplier(cfg: Config, privacy_state: Mapping[str, Any] | None = None) -> float:
+    """``privacy.dp.noise_multiplier``, or the one calibrated for ``target_epsilon``.
+
+    On resume (``privacy_state``, the ledger's checkpointed state) with the same
+    ``rounds``, the z the run started with is reused, so the resumed run is the
+    uninterrupted one. With more ``rounds``, the remaining rounds get the z that keeps
+    the whole run, the spent rounds as they ran plus the new ones, within the target.
+    """
     dp = cfg.privacy.dp
     if dp is None:
         raise ValueError("the config has no privacy.dp section")
     if dp.noise_multiplier is not None:
         return dp.noise_multiplier
     assert dp.target_epsilon is not None and dp.delta is not None  # checked by the config
+    plan = (privacy_state or {}).get("plan")
+    if plan and int(plan["rounds"]) == cfg.rounds:
+        return float(plan["noise_multiplier"])
+    from fedray.privacy.accounting import RoundEvent
+
+    spent = int((privacy_state or {}).get("rounds", 0))
+    prior = [(RoundEvent.from_json(e), int(n)) for e, n in (privacy_state or {}).get("history", [])]
+    if prior:
+        spent = sum(n for _, n in prior)
+    left = cfg.rounds - spent
+    key = f"privacy.dp.target_epsilon = {dp.target_epsilon!r}"
+    if privacy_state and left <= 0:
+        raise ConfigError(f"rounds = {cfg.rounds}: the resumed run has spent {spent} rounds")
     if dp.mode == "local":  # T releases in the worst case, each with sensitivity 2C
         import dp_accounting
 
         sigma = dp_accounting.get_sigma_gaussian(dp.target_epsilon, dp.delta)
-        return float(2.0 * math.sqrt(cfg.rounds) * sigma)
+        if not privacy_state:
+            return float(2.0 * math.sqrt(cfg.rounds) * sigma)
+        worst = max((float(v) for v in privacy_state.get("precision", {}).values()), default=0.0)
+        room = sigma**-2 - worst  # precision still allowed: Σ (2 / z_i)^2 <= 1 / σ^2
+        if room <= 0:
+            raise ConfigError(f"{key}: already spent by the {spent} rounds run so far")
+        return float(2.0 * math.sqrt(left / room))
     from fedray.privacy import calibrate_noise_multiplier
 
     try:
         return calibrate_noise_multiplier(
             dp.target_epsilon,
             cfg.strategy.fraction_fit,
-            cfg.rounds,
+            left,
             dp.delta,
             sampling=dp.sampling,
             population=cfg.data.num_clients,
+            prior=prior,
         )
     except ValueError as exc:
-        raise ConfigError(f"privacy.dp.target_epsilon = {dp.target_epsilon!r}: {exc}") from None
+        raise ConfigError(f"{key}: {exc}") from None
 
 
-def dp_mechanism(cfg: Config) -> CentralDP | LocalDP:
-    """The DP aggregator described by ``privacy.dp``."""
+def dp_mechanism(
+    cfg: Config, privacy_state: Mapping[str, Any] | None = None
+) -> CentralDP | LocalDP:
+    """The DP aggregator described by ``privacy.dp`` (see :func:`noise_multiplier`)."""
     dp = cfg.privacy.dp
     if dp is None:
         raise ValueError("the config has no privacy.dp section")
-    z = noise_multiplier(cfg)
+    z = noise_multiplier(cfg, privacy_state)
     if dp.mode == "local":
         assert not isinstance(dp.clip, str)
         return LocalDP(noise_multiplier=z, clip=dp.clip, noise_seed=dp.noise_seed)
@@ -227,6 +264,18 @@ def dp_accountant(cfg: Config, mechanism: CentralDP | LocalDP) -> Any:
         count_noise_multiplier=2 * mechanism.count_stddev if adaptive else None,
         max_epsilon=dp.max_epsilon,
     )
+
+
+def warn_on_delta(cfg: Config) -> None:
+    """Warn when δ is not well below 1/N (a guarantee that allows outright leaks)."""
+    dp = cfg.privacy.dp
+    if dp is not None and dp.delta is not None and dp.delta >= 1 / cfg.data.num_clients:
+        logger.warning(
+            "privacy.dp.delta=%g is not well below 1 / data.num_clients = %g: a guarantee "
+            "at this δ allows one client's data to leak outright; use δ << 1/N (e.g. 1e-5)",
+            dp.delta,
+            1 / cfg.data.num_clients,
+        )
 
 
 def _default_out(cfg_source: Any) -> Path:
@@ -329,20 +378,30 @@ def run(
     else:
         out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    strategy = build_strategy(cfg)
+    privacy_state = state.loop_state.get("privacy") if state is not None else None
+    strategy = build_strategy(cfg, privacy_state)
     dp = cfg.privacy.dp
     ledger = None
     rng_seed = None
+    if dp is not None:
+        warn_on_delta(cfg)
+        # Sampling comes from a secret seed unless the user fixed one; the driver's
+        # noise comes from a fresh secret generator each round (never checkpointed).
+        rng_seed = dp.noise_seed if dp.noise_seed is not None else secrets.randbits(128)
     if dp is not None and dp.mode != "dpsgd":
         mechanism = strategy.aggregator
         if isinstance(mechanism, SecureAggregation):
             mechanism = mechanism.inner
         assert isinstance(mechanism, (CentralDP, LocalDP))
         ledger = dp_accountant(cfg, mechanism)
-        # Sampling and noise come from a secret seed unless the user fixed one.
-        rng_seed = dp.noise_seed if dp.noise_seed is not None else secrets.randbits(128)
     executor, started_ray = make_executor(cfg, strategy)
     try:
+        if isinstance(strategy.aggregator, SecureAggregation):
+            dim = int(sum(np.size(p) for p in executor.initial_params()))
+            try:
+                strategy.aggregator.l2_bound(dim)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if dp is not None and dp.mode == "dpsgd":  # per-client ε needs the shard sizes
             from fedray.privacy import DPSGDAccountant
 
@@ -360,6 +419,21 @@ def run(
                 examples=examples,
                 max_epsilon=dp.max_epsilon,
             )
+        if ledger is not None:
+            ledger.planned_rounds = cfg.rounds
+        canaries, params0 = None, None
+        if cfg.privacy.canaries.count:
+            from fedray.privacy.canary import CanaryAudit
+
+            c = cfg.privacy.canaries
+            canaries = CanaryAudit(
+                count=c.count,
+                held_out=c.held_out or c.count,
+                sampling_rate=cfg.strategy.fraction_fit,
+                seed=cfg.seed,
+                norm=c.norm,
+            )
+            params0 = executor.initial_params()
         startup_s = time.perf_counter() - t_start
         logger.info("started in %.1f s; %d clients", startup_s, executor.num_clients)
         recorder = RoundRecorder()
@@ -409,6 +483,8 @@ def run(
                 ),
                 privacy=ledger,
                 rng_seed=rng_seed,
+                noise_seed=dp.noise_seed if dp is not None else None,
+                canaries=canaries,
             )
         t_end = time.perf_counter()
         (out_dir / "model.keras").write_bytes(executor.export(params))
@@ -442,9 +518,14 @@ def run(
             {
                 **ledger.report(),
                 "max_epsilon": dp.max_epsilon if dp is not None else None,
-                "stopped_early": ledger.rounds < cfg.rounds,
+                "stopped_early": len(recorder.rows) < cfg.rounds,
             }
             if ledger is not None
+            else None
+        ),
+        "canaries": (
+            canaries.estimate(params0, params, delta=dp.delta if dp and dp.delta else 1e-5)
+            if canaries is not None and params0 is not None
             else None
         ),
         "hosts": [

@@ -94,6 +94,17 @@ def _parser() -> argparse.ArgumentParser:
         help="client sampling (fixed needs --clients)",
     )
     pv.add_argument("--clients", type=int, help="N, the client population (fixed sampling)")
+    pv.add_argument(
+        "--expected-clients",
+        "-m",
+        type=float,
+        help="m = qN: plan an adaptive-clipping run (its noised count costs part of z)",
+    )
+    pv.add_argument(
+        "--count-stddev",
+        type=float,
+        help="σ_b of adaptive clipping's count (default m / 20; needs --expected-clients)",
+    )
     return p
 
 
@@ -114,6 +125,11 @@ def _privacy(args: argparse.Namespace) -> int:
         problems.append(f"--target-epsilon = {args.target_epsilon}: expected ε > 0")
     if args.sampling == "fixed" and not args.clients:
         problems.append("--sampling fixed needs --clients N")
+    m, sigma_b = args.expected_clients, args.count_stddev
+    if m is not None and not m > 0:
+        problems.append(f"--expected-clients = {m}: expected m > 0")
+    if sigma_b is not None and (m is None or not sigma_b > 0):
+        problems.append(f"--count-stddev = {sigma_b}: expected σ_b > 0, with --expected-clients")
     if problems:
         raise FedrayError("; ".join(problems))
     common = {"sampling": args.sampling, "population": args.clients}
@@ -124,8 +140,27 @@ def _privacy(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise FedrayError(f"--target-epsilon = {args.target_epsilon}: {exc}") from None
         print(f"noise_multiplier z = {z:.4f} for ε <= {args.target_epsilon:g} (RDP)")
-    eps_rdp = dpfedavg_epsilon(z, q, rounds, delta, **common)
     print(f"z={z:g} q={q:g} T={rounds} δ={delta:g} ({args.sampling} sampling)")
+    if m is not None:  # adaptive clipping: the run's own ledger prices these events
+        from fedray.privacy import DPFedAvgAccountant
+        from fedray.privacy.accounting import split_noise
+
+        sigma_b = sigma_b if sigma_b is not None else m / 20
+        try:
+            z_delta = split_noise(z, sigma_b)
+        except ValueError as exc:
+            raise FedrayError(f"--count-stddev = {sigma_b:g}: {exc}") from None
+        print(
+            f"adaptive clipping: m={m:g}, σ_b={sigma_b:g}: updates z_Δ = {z_delta:.4f}, "
+            f"centred count 2σ_b = {2 * sigma_b:g}"
+        )
+        ledger = DPFedAvgAccountant(z, q, delta, count_noise_multiplier=2 * sigma_b, **common)
+        ledger.rounds = rounds
+        print(f"ε (RDP) = {ledger.epsilon():.4f}")
+        if args.sampling == "poisson":
+            print(f"ε (PLD) = {ledger.epsilon(method='pld'):.4f}")
+        return 0
+    eps_rdp = dpfedavg_epsilon(z, q, rounds, delta, **common)
     print(f"ε (RDP) = {eps_rdp:.4f}")
     if args.sampling == "poisson":
         eps_pld = dpfedavg_epsilon(z, q, rounds, delta, method="pld")

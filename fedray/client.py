@@ -279,10 +279,16 @@ class ClientHost:
         dp = self.spec.client.dp_sgd
         import keras
 
+        from fedray.privacy.accounting import poisson_batch_cap
+
+        trainable_ids = {id(v) for v in model.trainable_variables}
+        dp_moves = [id(w) in trainable_ids for w in weights]
+
         per_example_loss = (
             keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
         )
-        dp_bmax = batch + 5 * math.ceil(math.sqrt(batch)) + 5  # P(batch > bmax) < 1e-6
+        # P(batch > cap) <= 1e-12 per step; the accountant spends that tail from δ.
+        dp_bmax = poisson_batch_cap(batch)
 
         def dp_step(x: Any, y: Any, n: Any, s0: Any, s1: Any, s2: Any) -> Any:
             """One DP-SGD step on a Poisson batch (padded to a fixed maximum with a mask)."""
@@ -366,7 +372,13 @@ class ClientHost:
                         seen += size
             delta = [v - p for v, p in zip(weights, params, strict=True)]
             logs = model.get_metrics_result()
-            if dp is not None:  # only the loss: metrics of non-private forward passes aren't run
+            if dp is not None:
+                # Only the trainable weights move by noised gradients; non-trainable
+                # state (BatchNorm's moving statistics) was updated from raw examples
+                # and must not leave the host: its delta is zero.
+                delta = [
+                    d if keep else tf.zeros_like(d) for d, keep in zip(delta, dp_moves, strict=True)
+                ]
                 return delta, {"loss": loss_sum / tf.maximum(seen, 1.0)}
             if custom:  # the task loss without the proximal term, averaged over examples
                 logs = {**logs, "loss": loss_sum / tf.maximum(seen, 1.0)}
@@ -662,7 +674,12 @@ class ClientHost:
             ]
             self._controls[cid] = [ci + dc for ci, dc in zip(own_c, delta_c, strict=True)]
             update_extras["delta_c"] = delta_c
-        update = ClientUpdate(cid, delta, self._rows[cid][1], metrics, extras=update_extras)
+        if self.spec.client.dp_sgd is not None:
+            # DP-SGD: only the noised weights leave the host; the training loss of raw
+            # examples and the example count would leave un-noised.
+            update = ClientUpdate(cid, delta, 1, {}, extras=update_extras)
+        else:
+            update = ClientUpdate(cid, delta, self._rows[cid][1], metrics, extras=update_extras)
         delay = self._delay(cid)
         if delay:  # a slow device (faults.delay_s): fixed per client, from the seed
             time.sleep(delay)

@@ -213,13 +213,34 @@ class DPConfig(_Section):
 
 
 class SecureAggregationConfig(_Section):
-    """SecAgg / SecAgg+ (see the README's Privacy section)."""
+    """SecAgg / SecAgg+ (see the README's Privacy section).
+
+    ``clip`` defaults to DP's clip under central DP and to 8.0 otherwise (Flower's
+    SecAgg+ clipping range); ``bits`` defaults to 22 (Flower's quantization range
+    2^22). A round with fewer than ``min_clients`` sampled or surviving clients aborts
+    before anything is unmasked.
+    """
 
     enabled: bool = False
-    bits: int = Field(16, ge=1, le=40)
+    bits: int = Field(22, ge=1, le=40)
     clip: float | None = Field(None, gt=0)
     neighbours: int | Literal["auto", "all"] = "auto"
     threshold: float = Field(0.6, gt=0.5, le=1.0)
+    min_clients: int = Field(3, ge=1)
+
+
+class CanaryConfig(_Section):
+    """Canary clients for a client-level empirical ε estimate (``summary.json``)."""
+
+    count: int = Field(0, ge=0)
+    held_out: int | None = Field(None, ge=2)
+    norm: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _checks(self) -> CanaryConfig:
+        if self.count == 1:
+            raise ValueError("privacy.canaries.count must be 0 (off) or >= 2, got 1")
+        return self
 
 
 class PrivacyConfig(_Section):
@@ -227,10 +248,11 @@ class PrivacyConfig(_Section):
 
     dp: DPConfig | None = None
     secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
+    canaries: CanaryConfig = CanaryConfig()
 
 
 class CheckpointConfig(_Section):
-    """Driver checkpoints in the run directory (``checkpoint.pkl``), for ``--resume``."""
+    """Driver checkpoints in the run directory (``checkpoint.npz``), for ``--resume``."""
 
     every: int = Field(1, ge=0)
 
@@ -308,6 +330,8 @@ class Config(_Section):
                 + "; set strategy.over_commit=0"
             )
         dp = self.privacy.dp
+        if dp is not None:
+            check_dp_releases(self)
         if dp is not None and dp.mode != "dpsgd":
             allowed = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
             if s.name not in allowed:
@@ -321,17 +345,30 @@ class Config(_Section):
                     "'examples' (example counts are private and raise a client's "
                     "sensitivity); set strategy.weighting=uniform or auto"
                 )
-            if s.over_commit > 0:
-                raise ValueError(
-                    f"privacy.dp cannot use strategy.over_commit={s.over_commit}: keeping the "
-                    "first K arrivals changes the sampling the accountant assumes"
-                )
             if dp.mode == "central" and s.min_fit_clients > 1:
                 raise ValueError(
                     f"privacy.dp (central) commits every round, even with no participants; "
                     f"strategy.min_fit_clients={s.min_fit_clients} must be 1"
                 )
         sa = self.privacy.secure_aggregation
+        if self.privacy.canaries.count:
+            n = self.privacy.canaries.count
+            if sa.enabled:
+                raise ValueError(
+                    f"privacy.canaries.count={n} does not work with "
+                    "privacy.secure_aggregation.enabled=true: canaries join the server's sum "
+                    "after the secure sum is decoded"
+                )
+            if dp is not None and dp.mode != "central":
+                raise ValueError(
+                    f"privacy.canaries.count={n} does not work with privacy.dp.mode="
+                    f"{dp.mode!r}: canaries estimate client-level central DP"
+                )
+            if s.name not in ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi"):
+                raise ValueError(
+                    f"privacy.canaries.count={n} does not work with strategy.name={s.name!r}: "
+                    "canaries join a mean of updates"
+                )
         if sa.enabled:
             allowed = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
             problems = []
@@ -347,9 +384,6 @@ class Config(_Section):
                 problems.append("privacy.dp.mode='local' (already noised per client)")
             if dp is not None and dp.mode == "central" and dp.clip == "adaptive":
                 problems.append("privacy.dp.clip='adaptive' (give a fixed clip)")
-            if (dp is None or dp.mode != "central") and sa.clip is None:
-                problems.append("no privacy.secure_aggregation.clip (the L2 clip and "
-                                "quantization range of updates)")  # fmt: skip
             if problems:
                 raise ValueError(
                     "privacy.secure_aggregation.enabled=true does not work with "
@@ -365,6 +399,52 @@ class Config(_Section):
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain YAML/JSON-able values."""
         return self.model_dump(mode="json")
+
+
+def check_dp_releases(cfg: Config) -> None:
+    """Refuse, under ``privacy.dp``, whatever would let an unaccounted value leave a host.
+
+    Every release under DP is noised and charged to the privacy ledger, or refused
+    here with one line naming both keys.
+
+    Raises:
+        ValueError: The first combination that would release something un-noised or
+            uncharged.
+    """
+    dp = cfg.privacy.dp
+    if dp is None:
+        return
+    mode = f"privacy.dp.mode={dp.mode!r}"
+    ev, s = cfg.evaluation, cfg.strategy
+    if ev.train_every > 0:
+        raise ValueError(
+            f"{mode} does not work with evaluation.train_every={ev.train_every}: per-client "
+            "training metrics would leave the hosts un-noised; set evaluation.train_every=0"
+        )
+    if ev.federated_every > 0:
+        raise ValueError(
+            f"{mode} does not work with evaluation.federated_every={ev.federated_every}: "
+            "per-client evaluation metrics and counts would leave the hosts un-noised; set "
+            "evaluation.federated_every=0 (evaluation.every uses the server's test set)"
+        )
+    if s.name == "fedbuff":
+        raise ValueError(
+            f"{mode} does not work with strategy.name='fedbuff': the asynchronous loop has "
+            "no privacy ledger, so its releases would go uncharged; use a synchronous "
+            "strategy (fedavg, fedprox, fedavgm, fedadam, ...)"
+        )
+    if s.over_commit > 0:
+        raise ValueError(
+            f"{mode} does not work with strategy.over_commit={s.over_commit}: late clients' "
+            "noised updates would leave their hosts without being charged, and keeping the "
+            "first K arrivals changes the sampling the accountant assumes; set "
+            "strategy.over_commit=0"
+        )
+    if dp.mode == "dpsgd" and s.weighting == "examples":
+        raise ValueError(
+            f"{mode} does not work with strategy.weighting='examples': the example counts "
+            "would leave the hosts un-noised; set strategy.weighting=uniform or auto"
+        )
 
 
 def _allowed_keys(model: type[BaseModel], loc: Iterable[Any]) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from fedray.aggregators import Aggregator, Mean, SecureAggregation, Summable, co
 from fedray.callbacks import Callback, Logs
 from fedray.checkpoint import DriverState
 from fedray.errors import RoundFailedError
+from fedray.privacy.canary import CanaryAudit
 from fedray.records import (
     AggState,
     ClientEval,
@@ -47,7 +49,11 @@ class PrivacyLedger(Protocol):
         ...
 
     def record(self, participants: Sequence[int]) -> float:
-        """Spend one round; returns ε so far."""
+        """Spend one release event: every listed client released once; returns ε so far."""
+        ...
+
+    def epsilon(self) -> float:
+        """ε of what was recorded."""
         ...
 
     def state(self) -> dict[str, Any]:
@@ -204,6 +210,12 @@ def _secure_finish(
             masked[u.client_id] = u.masked
     try:
         dropped, survivors = server.collect_masked(masked)
+        if len(survivors) < secure.min_clients:
+            raise SecAggError(
+                f"{len(survivors)} clients survived, fewer than "
+                f"privacy.secure_aggregation.min_clients={secure.min_clients}; aborted "
+                "before any share was revealed"
+            )
         asks = {u: (dropped, survivors) for u in survivors}
         responses = executor.client_phase(survivors, "unmask", asks, info)
         total = server.unmask(responses)
@@ -225,20 +237,34 @@ def _fit_round(
     seed: int,
     server_round: int,
     agg_state: AggState,
+    privacy: PrivacyLedger | None = None,
 ) -> tuple[list[ClientUpdate | PartialSum], list[ClientFailure], int, int, list[int]]:
     """Fit one round, retrying per ``policy``.
 
     Returns (updates, failures, sampled, attempts, participants): ``participants`` are
     the clients whose updates count; under secure aggregation ``updates`` is the one
     decoded sum of theirs, and hosts that pre-aggregate send partial sums.
+
+    With ``privacy``, every attempt is charged before its clients start: each started
+    client counts as a release whether or not its update is kept (a failed attempt's
+    noised updates reached the server too), and a retry that the budget cannot pay
+    for is not started.
     """
     failures: list[ClientFailure] = []
     sampled = 0
     participants: list[int] = []
     secure = strategy.aggregator if isinstance(strategy.aggregator, SecureAggregation) else None
+    ok = 0
     for attempt in range(policy.max_retries + 1 if policy.on_too_few == "retry" else 1):
+        if attempt > 0 and privacy is not None and not privacy.allows_next_round():
+            logger.warning(
+                "round %d: no retry, a new attempt would exceed the privacy budget", server_round
+            )
+            break
         ids, wanted = _sample(strategy, executor.num_clients, policy, rng)
         sampled += len(ids)
+        if privacy is not None:
+            privacy.record(ids)  # charged before anything can leave a host
         info = RoundInfo(
             server_round=server_round,
             seed=seed,
@@ -249,6 +275,14 @@ def _fit_round(
         updates: list[ClientUpdate] = []
         partials: list[PartialSum] = []  # pre-aggregated in hosts, validated there
         server = None
+        if secure is not None and len(ids) < secure.min_clients:
+            failures.extend(
+                ClientFailure(c, f"secure aggregation needs at least {secure.min_clients} "
+                              f"clients (privacy.secure_aggregation.min_clients), {len(ids)} "
+                              "were sampled; the round aborted before any training")
+                for c in ids
+            )  # fmt: skip
+            ids = []
         if secure is not None and ids:
             started = ids
             ids, server = _secure_setup(secure, executor, ids, info, rng)
@@ -347,6 +381,23 @@ def _fit_logs(updates: Sequence[ClientUpdate | PartialSum]) -> Logs:
     }
 
 
+def _canary_updates(
+    canaries: CanaryAudit,
+    strategy: Strategy,
+    params: Params,
+    agg_state: AggState,
+    server_round: int,
+    seed: int,
+) -> list[ClientUpdate]:
+    """This round's canaries, encoded by the aggregator as a client's update would be."""
+    settings = dict(agg_state.get("round_settings", {}))
+    info = RoundInfo(server_round=server_round, seed=seed, num_sampled=0, settings=settings)
+    clip = settings.get("dp_clip")
+    norm = None if clip is None else float(clip) * (1 - 1e-6)  # at the clip, never above
+    raw = canaries.updates(server_round, params, norm, {})
+    return [strategy.aggregator.encode(u, info) for u in raw]
+
+
 def run_rounds(
     *,
     strategy: Strategy,
@@ -363,6 +414,8 @@ def run_rounds(
     policy: RoundPolicy = RoundPolicy(),  # noqa: B008 - frozen, immutable
     privacy: PrivacyLedger | None = None,
     rng_seed: int | None = None,
+    noise_seed: int | None = None,
+    canaries: CanaryAudit | None = None,
 ) -> Params:
     """Run ``rounds`` rounds of federated training and return the final global params.
 
@@ -381,9 +434,14 @@ def run_rounds(
 
     With ``privacy``, every round is charged to the ledger (``privacy/epsilon``), and
     the run stops cleanly before a round that would exceed its budget, keeping the
-    model of the last allowed round. ``rng_seed`` seeds the driver's RNG (sampling and
-    aggregator noise) separately from ``seed`` (client randomness); DP runs pass a
-    secret one so that neither the sample nor the noise can be predicted.
+    model of the last allowed round. ``rng_seed`` seeds the driver's sampling RNG
+    separately from ``seed`` (client randomness); DP runs pass a secret one so that
+    the sample cannot be predicted. With ``privacy``, the aggregator's noise comes from
+    a fresh generator each round, seeded from ``secrets`` (or derived from
+    ``noise_seed`` and the round, for reproducible tests), never the sampling RNG and
+    never checkpointed: a checkpoint cannot regenerate or predict the noise, and a
+    resumed DP run equals the uninterrupted one except for the noise. ``canaries``
+    inserts canary updates into every aggregated round (an audit run).
 
     Raises:
         RoundFailedError: Too few clients succeeded and ``policy`` says to stop; the
@@ -427,6 +485,7 @@ def run_rounds(
             seed,
             server_round,
             agg_state,
+            privacy,
         )
         t_fit = time.perf_counter()
         logs = {
@@ -439,8 +498,16 @@ def run_rounds(
             logs["round/attempts"] = attempts
         committed = False
         if len(participants) >= strategy.min_fit_clients:
+            noise_rng = rng
+            if privacy is not None:
+                noise_rng = np.random.default_rng(
+                    secrets.randbits(128) if noise_seed is None else [noise_seed, server_round, 7]
+                )
+            if canaries is not None:
+                updates = [*updates, *_canary_updates(canaries, strategy, params, agg_state,
+                                                      server_round, seed)]  # fmt: skip
             delta, agg_state, measurements = _aggregate(
-                strategy.aggregator, updates, params, agg_state, rng
+                strategy.aggregator, updates, params, agg_state, noise_rng
             )
             new_params, new_opt_state = strategy.server_optimizer.apply(params, delta, opt_state)
             logs.update({f"agg/{k}": v for k, v in measurements.items()})
@@ -453,7 +520,7 @@ def run_rounds(
                 )
         logs["round/committed"] = int(committed)
         if privacy is not None:
-            logs["privacy/epsilon"] = privacy.record(participants)
+            logs["privacy/epsilon"] = privacy.epsilon()
         t_agg = time.perf_counter()
         if due(server_round, evaluate_every, rounds):
             logs.update({f"eval/{k}": v for k, v in executor.evaluate(handle).items()})

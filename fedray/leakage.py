@@ -4,7 +4,11 @@ Runs the loss-threshold membership-inference attack of
 :mod:`fedray.privacy.audit` on a finished run: members are the clients' training
 examples, non-members the held-out test examples (equal numbers, drawn with the run's
 seed). Writes ``audit.csv`` (one row per run) and ``audit.png`` (ROC curves, and the
-analytical ε next to the measured lower bound). Layer 3: loads the Keras model.
+analytical ε next to the measured estimate). The estimate is empirical and single-run:
+every score comes from one model, members are fixed by the train/test split, and it is
+example-level while the analytical ε is client-level, so it says how much this attack
+extracts, not what DP allows. Canary clients (``privacy.canaries``) give a client-level
+estimate. Layer 3: loads the Keras model.
 """
 
 from __future__ import annotations
@@ -103,11 +107,11 @@ def audit(runs: Sequence[str | Path], out_dir: str | Path) -> Any:
     names = [Path(r["run"]).name for r in results]
     x = np.arange(len(results))
     analytic = [min(r["epsilon"], 50.0) for r in results]
-    eps_ax.bar(x - 0.2, analytic, 0.4, label="analytical ε (∞ drawn at 50)")
+    eps_ax.bar(x - 0.2, analytic, 0.4, label="analytical ε, client-level (∞ drawn at 50)")
     eps_ax.bar(x + 0.2, [r["epsilon_lower_bound"] for r in results], 0.4,
-               label="measured ε lower bound (95%)")  # fmt: skip
+               label="empirical single-run estimate, example-level (95%)")  # fmt: skip
     eps_ax.set_xticks(x, names, rotation=20, fontsize=7)
-    eps_ax.set(ylabel="ε", title="analytical vs empirical ε")
+    eps_ax.set(ylabel="ε", title="analytical ε vs an empirical, single-run estimate")
     eps_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "audit.png", dpi=120)

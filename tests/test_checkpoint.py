@@ -51,14 +51,71 @@ def test_checkpoint_file_round_trip_and_errors(tmp_path):
     back = checkpoint.load(tmp_path, config_fingerprint="abc")
     assert back.server_round == 3 and back.rows == [{"r": 1}]
     np.testing.assert_array_equal(back.params[0], [0.0, 1.0, 2.0])
-    assert not (tmp_path / "checkpoint.pkl.tmp").exists()  # written atomically
+    assert not (tmp_path / "checkpoint.npz.tmp").exists()  # written atomically
     with pytest.raises(CheckpointError, match="written for a different configuration"):
         checkpoint.load(tmp_path, config_fingerprint="xyz")
-    (tmp_path / "checkpoint.pkl").write_bytes(b"\x80\x05garbage")
+    (tmp_path / "checkpoint.npz").write_bytes(b"\x80\x05garbage")
     with pytest.raises(CheckpointError, match="is corrupt or unreadable"):
         checkpoint.load(tmp_path, config_fingerprint="abc")
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         checkpoint.load(tmp_path / "none", config_fingerprint="abc")
+
+
+def test_checkpoint_keeps_every_kind_of_state_exactly(tmp_path):
+    rng = np.random.default_rng(2**100 + 7)
+    state = DriverState(
+        server_round=5,
+        params=[np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1], np.int64)],
+        agg_state={"shapes": [((2, 3), "float32")], "round_settings": {"dp_clip": 0.25},
+                   "inner": {"c": [np.ones(2)]}, "s": np.float32(1.5)},
+        opt_state={"m": [np.zeros(2)], "t": 3},
+        rng_state=dict(rng.bit_generator.state),
+        rows=[{"round": 1, "fit/loss": float("nan"), "eval/acc": 0.5}],
+        client_state={3: {"control": [np.full(2, 2.0)]}},
+        loop_state={"privacy": {"participations": {"3": 2}}, "dispatched": 4},
+    )  # fmt: skip
+    checkpoint.save(tmp_path, state, config_fingerprint="f")
+    back = checkpoint.load(tmp_path, config_fingerprint="f")
+    assert back.agg_state["shapes"] == [((2, 3), "float32")]  # tuples stay tuples
+    assert back.agg_state["s"] == np.float32(1.5) and back.agg_state["s"].dtype == np.float32
+    assert back.params[0].dtype == np.float32 and back.params[1].dtype == np.int64
+    assert list(back.client_state) == [3]  # int keys stay int
+    np.testing.assert_array_equal(back.client_state[3]["control"][0], [2.0, 2.0])
+    assert np.isnan(back.rows[0]["fit/loss"]) and back.loop_state == state.loop_state
+    resumed = np.random.default_rng()
+    resumed.bit_generator.state = back.rng_state
+    assert resumed.integers(1 << 62) == rng.integers(1 << 62)
+
+
+def test_loading_a_tampered_checkpoint_cannot_run_code(tmp_path):
+    import io
+    import json
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    # An object array carrying a pickle whose loading would create a file, and a JSON
+    # document that points at it: the loader must refuse, never unpickle.
+    payload = np.array([Exploit()], dtype=object)
+    doc = {"format": checkpoint.FORMAT, "fingerprint": "f",
+           "state": {"server_round": 1, "params": [{"__nd__": "a0"}], "agg_state": {},
+                     "opt_state": {}, "rng_state": {}, "rows": [], "client_state": {},
+                     "loop_state": {}}}  # fmt: skip
+    buffer = io.BytesIO()
+    np.savez(buffer, a0=payload, __state__=np.frombuffer(json.dumps(doc).encode(), np.uint8))
+    (tmp_path / "checkpoint.npz").write_bytes(buffer.getvalue())
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        checkpoint.load(tmp_path, config_fingerprint="f")
+    assert not marker.exists()
+    # A raw pickle under the checkpoint's name is refused too, and runs nothing.
+    (tmp_path / "checkpoint.npz").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(CheckpointError):
+        checkpoint.load(tmp_path, config_fingerprint="f")
+    assert not marker.exists()
 
 
 def _metrics(d):

@@ -40,9 +40,15 @@ def test_clipped_norms_never_exceed_c_and_short_updates_are_untouched():
         if _norm(u.delta) <= 0.7:
             for a, b in zip(enc.delta, u.delta):
                 np.testing.assert_array_equal(a, b)
-        # The server learns only the clipped update and the unclipped bit.
-        assert enc.metrics == {UNCLIPPED: float(_norm(u.delta) <= 0.7)}
+        # The server learns only the clipped update (a fixed clip needs no bit).
+        assert enc.metrics == {}
         assert enc.num_examples == 1
+    adaptive = CentralDP(noise_multiplier=1.0, expected_clients=100, clip=AdaptiveClip(0.7))
+    for cid in range(50):
+        u = _update(cid, rng, scale=float(rng.choice([0.01, 10.0])))
+        enc = adaptive.encode(u, RoundInfo(1, 0))
+        # ... and, adaptively, the centred unclipped bit b - 1/2 (sensitivity 1/2).
+        assert enc.metrics == {UNCLIPPED: float(_norm(u.delta) <= 0.7) - 0.5}
 
 
 def test_noise_std_on_the_mean_is_z_c_over_m():
@@ -228,7 +234,8 @@ def test_budget_exhaustion_stops_with_the_model_of_the_last_allowed_round():
         ledger = DPFedAvgAccountant(1.0, 0.5, 1e-5, max_epsilon=max_epsilon)
         rec = RoundRecorder()
         params = run_rounds(strategy=strategy, executor=ex, rounds=rounds, seed=0,
-                            callback=rec, privacy=ledger, rng_seed=1234)  # fmt: skip
+                            callback=rec, privacy=ledger, rng_seed=1234,
+                            noise_seed=99)  # fmt: skip
         return params, rec.rows, ledger
 
     budget = dpfedavg_epsilon(1.0, 0.5, 4, 1e-5) + 1e-9  # room for exactly 4 rounds
@@ -237,7 +244,7 @@ def test_budget_exhaustion_stops_with_the_model_of_the_last_allowed_round():
     assert rows[-1]["privacy/epsilon"] <= budget
     for r in rows:
         assert r["privacy/epsilon"] == pytest.approx(dpfedavg_epsilon(1.0, 0.5, r["round"], 1e-5))
-    ref, _, _ = run(4, None)  # the same secret-seeded noise, 4 rounds, no budget
+    ref, _, _ = run(4, None)  # the same seeded sampling and noise, 4 rounds, no budget
     np.testing.assert_array_equal(params[0], ref[0])
 
 

@@ -20,7 +20,7 @@ def test_secure_and_plain_runs_differ_only_by_the_quantization_error(tmp_path):
     plain = api.run(LINREG, out=tmp_path / "p", overrides=[*COMMON, *local])
     secure = api.run(LINREG, out=tmp_path / "s", overrides=[*COMMON, *local, *SECURE])
     step = secure.final["agg/secagg/quantization_step"]
-    assert step == pytest.approx(20 / (2**16 - 1))
+    assert step == pytest.approx(20 / (2**22 - 1))  # the default 22 bits
     # Each round's mean is off by at most one step per coordinate (stochastic rounding,
     # n clients, divided by n); linreg's local SGD is contractive, so after R rounds
     # the weights differ by at most R steps.
@@ -92,14 +92,13 @@ def test_secure_aggregation_composes_with_central_dp(tmp_path):
     assert hist.summary["privacy"]["epsilon"] > 0
     row = hist.rows[-1]
     assert row["agg/dp/noise_std"] == pytest.approx(0.5 * 5.0 / 3.0)  # zC/m on the sum
-    assert row["agg/secagg/quantization_step"] == pytest.approx(10 / (2**16 - 1))
+    assert row["agg/secagg/quantization_step"] == pytest.approx(10 / (2**22 - 1))
 
 
 @pytest.mark.parametrize(
     "overrides,message",
     [
         (["strategy.name=krum", "strategy.min_fit_clients=3"], "strategy.name='krum'"),
-        (["privacy.secure_aggregation.clip=null"], "no privacy.secure_aggregation.clip"),
         (["strategy.weighting=examples"], "strategy.weighting='examples'"),
         (["privacy.secure_aggregation.threshold=0.4"], "greater than 0.5"),
     ],
