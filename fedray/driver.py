@@ -388,13 +388,18 @@ def _canary_updates(
     agg_state: AggState,
     server_round: int,
     seed: int,
+    updates: Sequence[ClientUpdate | PartialSum],
 ) -> list[ClientUpdate]:
     """This round's canaries, encoded by the aggregator as a client's update would be."""
     settings = dict(agg_state.get("round_settings", {}))
     info = RoundInfo(server_round=server_round, seed=seed, num_sampled=0, settings=settings)
     clip = settings.get("dp_clip")
     norm = None if clip is None else float(clip) * (1 - 1e-6)  # at the clip, never above
-    raw = canaries.updates(server_round, params, norm, {})
+    counts = [(u.num_examples, 1) if isinstance(u, ClientUpdate)
+              else (u.num_examples, len(u.client_ids)) for u in updates]  # fmt: skip
+    clients = sum(c for _, c in counts)
+    examples = max(1, round(sum(n for n, _ in counts) / clients)) if clients else 1
+    raw = canaries.updates(server_round, params, norm, examples)  # weighted as an average client
     return [strategy.aggregator.encode(u, info) for u in raw]
 
 
@@ -505,7 +510,7 @@ def run_rounds(
                 )
             if canaries is not None:
                 updates = [*updates, *_canary_updates(canaries, strategy, params, agg_state,
-                                                      server_round, seed)]  # fmt: skip
+                                                      server_round, seed, updates)]  # fmt: skip
             delta, agg_state, measurements = _aggregate(
                 strategy.aggregator, updates, params, agg_state, noise_rng
             )

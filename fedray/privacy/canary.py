@@ -62,9 +62,13 @@ class CanaryAudit:
         return [int(i) for i in np.flatnonzero(draws < self.sampling_rate)]
 
     def updates(
-        self, server_round: int, params: Params, norm: float | None, metrics: dict[str, float]
+        self, server_round: int, params: Params, norm: float | None, examples: int = 1
     ) -> list[ClientUpdate]:
-        """This round's canary updates, shaped like ``params`` (already clipped)."""
+        """This round's canary updates, shaped like ``params``, of norm ``norm``.
+
+        ``examples`` is each canary's example count (the round's average client's, so
+        an example-weighted mean weighs a canary like a typical client).
+        """
         shapes = [(np.shape(p), np.asarray(p).dtype) for p in params]
         dim = int(sum(math.prod(s) for s, _ in shapes))
         scale = self.norm if norm is None else norm
@@ -75,7 +79,7 @@ class CanaryAudit:
                 k = math.prod(s)
                 delta.append(flat[pos : pos + k].reshape(s).astype(dt))
                 pos += k
-            out.append(ClientUpdate(CANARY_ID - i, delta, 1, dict(metrics)))
+            out.append(ClientUpdate(CANARY_ID - i, delta, examples))
         return out
 
     def estimate(self, initial: Params, final: Params, delta: float) -> dict[str, Any]:

@@ -41,15 +41,16 @@ def shamir_split(secret: bytes, threshold: int, xs: Sequence[int]) -> dict[int, 
     return {x: tuple(v) for x, v in out.items()}
 
 
-def shamir_combine(shares: Mapping[int, Sequence[int]], threshold: int, length: int) -> bytes:
-    """The ``length``-byte secret from at least ``threshold`` shares.
+def interpolate_at_zero(shares: Mapping[int, Sequence[int]]) -> list[int]:
+    """Lagrange interpolation at x = 0 of each chunk, through exactly the given shares.
 
-    Raises:
-        ValueError: Fewer than ``threshold`` shares.
+    With ``threshold`` shares this is the secret's chunks; with fewer it is the value
+    at 0 of a lower-degree polynomial, which says nothing about the secret.
+
+    >>> interpolate_at_zero({1: (5,), 2: (7,)})  # the line through (1, 5), (2, 7)
+    [3]
     """
-    if len(shares) < threshold:
-        raise ValueError(f"need {threshold} shares to reconstruct, got {len(shares)}")
-    xs = sorted(shares)[:threshold]
+    xs = sorted(shares)
     chunks = []
     for i in range(len(shares[xs[0]])):
         value = 0
@@ -61,5 +62,18 @@ def shamir_combine(shares: Mapping[int, Sequence[int]], threshold: int, length: 
                     den = den * (j - m) % PRIME
             value = (value + shares[j][i] * num * pow(den, PRIME - 2, PRIME)) % PRIME
         chunks.append(value)
+    return chunks
+
+
+def shamir_combine(shares: Mapping[int, Sequence[int]], threshold: int, length: int) -> bytes:
+    """The ``length``-byte secret from at least ``threshold`` shares.
+
+    Raises:
+        ValueError: Fewer than ``threshold`` shares.
+    """
+    if len(shares) < threshold:
+        raise ValueError(f"need {threshold} shares to reconstruct, got {len(shares)}")
+    xs = sorted(shares)[:threshold]
+    chunks = interpolate_at_zero({x: shares[x] for x in xs})
     sizes = [CHUNK] * (len(chunks) - 1) + [length - CHUNK * (len(chunks) - 1)]
     return b"".join(c.to_bytes(s, "big") for c, s in zip(chunks, sizes, strict=True))

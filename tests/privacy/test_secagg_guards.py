@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedray.secagg import SecAggClient, SecAggError, SecAggServer
-from fedray.secagg.shamir import shamir_combine, shamir_split
+from fedray.secagg.shamir import interpolate_at_zero, shamir_combine, shamir_split
 
 
 def _setup(ids, t, r=20):
@@ -72,24 +72,6 @@ def test_secure_aggregation_works_with_enabled_alone(tmp_path):
     assert hist.final["agg/secagg/quantization_step"] == pytest.approx(16 / (2**22 - 1))
 
 
-def _at_zero(shares):
-    """Lagrange interpolation at 0 of each chunk, from whatever shares are given."""
-    from fedray.secagg.shamir import PRIME
-
-    xs = sorted(shares)
-    out = []
-    for i in range(len(shares[xs[0]])):
-        value = 0
-        for j in xs:
-            num, den = 1, 1
-            for m in xs:
-                if m != j:
-                    num, den = num * (-m) % PRIME, den * (j - m) % PRIME
-            value = (value + shares[j][i] * num * pow(den, PRIME - 2, PRIME)) % PRIME
-        out.append(value)
-    return tuple(out)
-
-
 @pytest.mark.parametrize("t", [2, 3, 5])
 def test_fewer_than_t_shamir_shares_carry_no_secret(t):
     from fedray.secagg.shamir import CHUNK
@@ -102,5 +84,5 @@ def test_fewer_than_t_shamir_shares_carry_no_secret(t):
         assert shamir_combine({x: shares[x] for x in xs[:t]}, t, 32) == secret
         # t - 1 shares fit a polynomial of degree t - 2 whose value at 0 is not the secret
         # (it would be, were the sharing polynomial one degree short).
-        assert _at_zero({x: shares[x] for x in xs[: t - 1]}) != chunks
+        assert tuple(interpolate_at_zero({x: shares[x] for x in xs[: t - 1]})) != chunks
         assert all(shares[x] != chunks for x in xs)  # no share is the secret itself
