@@ -177,10 +177,9 @@ def noise_multiplier(cfg: Config, privacy_state: Mapping[str, Any] | None = None
         return float(plan["noise_multiplier"])
     from fedray.privacy.accounting import RoundEvent
 
-    spent = int((privacy_state or {}).get("rounds", 0))
     prior = [(RoundEvent.from_json(e), int(n)) for e, n in (privacy_state or {}).get("history", [])]
-    if prior:
-        spent = sum(n for _, n in prior)
+    # Server rounds completed (a ledger may have charged more attempts than rounds).
+    spent = int((privacy_state or {}).get("server_round", sum(n for _, n in prior)))
     left = cfg.rounds - spent
     key = f"privacy.dp.target_epsilon = {dp.target_epsilon!r}"
     if privacy_state and left <= 0:
@@ -199,7 +198,7 @@ def noise_multiplier(cfg: Config, privacy_state: Mapping[str, Any] | None = None
     from fedray.privacy import calibrate_noise_multiplier
 
     try:
-        return calibrate_noise_multiplier(
+        z = calibrate_noise_multiplier(
             dp.target_epsilon,
             cfg.strategy.fraction_fit,
             left,
@@ -210,6 +209,18 @@ def noise_multiplier(cfg: Config, privacy_state: Mapping[str, Any] | None = None
         )
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}") from None
+    if prior:
+        logger.warning(
+            "resumed with rounds=%d under %s: the %d rounds already run keep their noise; "
+            "the %d new rounds get noise_multiplier=%.4g so that the whole run stays within "
+            "the target",
+            cfg.rounds,
+            key,
+            spent,
+            left,
+            z,
+        )
+    return z
 
 
 def dp_mechanism(
@@ -242,6 +253,20 @@ def dp_mechanism(
         raise ConfigError(f"privacy.dp: {exc}") from None
 
 
+def budget(cfg: Config) -> float | None:
+    """The ε the ledger must not exceed: ``max_epsilon``, else ``target_epsilon``.
+
+    A ``target_epsilon`` is calibrated for one release per client per round; retried
+    attempts spend more, and the run then stops at the target instead of passing it.
+    """
+    dp = cfg.privacy.dp
+    if dp is None:
+        return None
+    if dp.max_epsilon is not None:
+        return dp.max_epsilon
+    return None if dp.target_epsilon is None else dp.target_epsilon * (1 + 1e-9)
+
+
 def dp_accountant(cfg: Config, mechanism: CentralDP | LocalDP) -> Any:
     """The privacy ledger of a run with ``privacy.dp``."""
     from fedray.privacy import DPFedAvgAccountant, LocalDPAccountant
@@ -252,7 +277,7 @@ def dp_accountant(cfg: Config, mechanism: CentralDP | LocalDP) -> Any:
         return LocalDPAccountant(
             noise_multiplier=mechanism.noise_multiplier,
             delta=dp.delta,
-            max_epsilon=dp.max_epsilon,
+            max_epsilon=budget(cfg),
         )
     adaptive = isinstance(mechanism.clip, AdaptiveClip)
     return DPFedAvgAccountant(
@@ -262,7 +287,7 @@ def dp_accountant(cfg: Config, mechanism: CentralDP | LocalDP) -> Any:
         sampling=dp.sampling,
         population=cfg.data.num_clients,
         count_noise_multiplier=2 * mechanism.count_stddev if adaptive else None,
-        max_epsilon=dp.max_epsilon,
+        max_epsilon=budget(cfg),
     )
 
 
@@ -378,7 +403,9 @@ def run(
     else:
         out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    privacy_state = state.loop_state.get("privacy") if state is not None else None
+    privacy_state = None
+    if state is not None and "privacy" in state.loop_state:
+        privacy_state = {**state.loop_state["privacy"], "server_round": state.server_round}
     strategy = build_strategy(cfg, privacy_state)
     dp = cfg.privacy.dp
     ledger = None
@@ -417,7 +444,7 @@ def run(
                 batch_size=cfg.client.batch_size,
                 local_epochs=cfg.client.local_epochs,
                 examples=examples,
-                max_epsilon=dp.max_epsilon,
+                max_epsilon=budget(cfg),
             )
         if ledger is not None:
             ledger.planned_rounds = cfg.rounds

@@ -48,10 +48,10 @@ def test_resume_extending_a_target_epsilon_run_reports_what_ran(tmp_path):
     pytest.importorskip("tensorflow")
     from fedray import api
 
-    cfg = {"rounds": 2, "data": {"dataset": "linreg", "num_clients": 4},
-           "strategy": {"fraction_fit": 0.5},
+    cfg = {"rounds": 2, "data": {"dataset": "linreg", "num_clients": 8},
+           "strategy": {"fraction_fit": 0.25},  # q = 0.5 makes dp-accounting's RDP slow
            "privacy": {"dp": {"target_epsilon": 2.0, "delta": 1e-5}},
-           "runtime": {"executor": "local", "progress": False, "clients_per_actor": 4}}  # fmt: skip
+           "runtime": {"executor": "local", "progress": False, "clients_per_actor": 8}}  # fmt: skip
     h1 = api.run(cfg, out=tmp_path)
     z1 = h1.summary["privacy"]["noise_multiplier"]
     h2 = api.run(cfg, out=tmp_path, overrides=["rounds=6"], resume=True)
@@ -60,8 +60,8 @@ def test_resume_extending_a_target_epsilon_run_reports_what_ran(tmp_path):
     assert events[0] == (z1, 2) and sum(n for _, n in events) == 6
     z2 = p["noise_multiplier"]
     ref = rdp.RdpAccountant()
-    ref.compose(dpa.PoissonSampledDpEvent(0.5, dpa.GaussianDpEvent(z1)), 2)
-    ref.compose(dpa.PoissonSampledDpEvent(0.5, dpa.GaussianDpEvent(z2)), 4)
+    ref.compose(dpa.PoissonSampledDpEvent(0.25, dpa.GaussianDpEvent(z1)), 2)
+    ref.compose(dpa.PoissonSampledDpEvent(0.25, dpa.GaussianDpEvent(z2)), 4)
     assert p["epsilon_rdp"] == pytest.approx(ref.get_epsilon(1e-5), rel=1e-9)
     assert p["epsilon_rdp"] <= 2.0  # the extension was calibrated on top of the past
     # Resuming the same run (same rounds) reuses its z exactly.
@@ -136,3 +136,19 @@ def test_epsilon_depends_on_delta_as_dp_accounting_says(delta):
         ref_pld.get_epsilon(delta), rel=1e-6
     )
     assert np.isfinite(dpfedavg_epsilon(1.2, 0.05, 300, delta))
+
+
+def test_a_target_epsilon_is_also_the_ledgers_budget():
+    from fedray import api, config
+
+    cfg = config.load({"data": {"num_clients": 10}, "privacy": {"dp": {
+        "mode": "local", "target_epsilon": 3.0, "delta": 1e-5}}})  # fmt: skip
+    assert api.budget(cfg) == pytest.approx(3.0)
+    ledger = api.dp_accountant(cfg, api.dp_mechanism(cfg))
+    for _ in range(cfg.rounds):  # the planned rounds fit exactly ...
+        assert ledger.allows_next_round()
+        ledger.record([0])
+    assert ledger.epsilon() == pytest.approx(3.0)
+    assert not ledger.allows_next_round()  # ... and a retry's extra release would not
+    explicit = config.load(cfg.to_dict(), ["privacy.dp.max_epsilon=2.0"])
+    assert api.budget(explicit) == 2.0
