@@ -547,8 +547,9 @@ def run_rounds(
                 "time/eval_s": t_end - t_agg,
             }
         )
-        callback.on_round_end(server_round, logs)
         rows.append({"round": server_round, **logs})
+        # The checkpoint is written before the round is reported, so a row in
+        # metrics.csv always has its checkpoint (a kill in between loses nothing).
         if checkpoint is not None and due(server_round, checkpoint_every, rounds):
             checkpoint(
                 DriverState(
@@ -562,5 +563,6 @@ def run_rounds(
                     loop_state={"privacy": privacy.state()} if privacy is not None else {},
                 )
             )
+        callback.on_round_end(server_round, logs)
     callback.on_run_end(logs)
     return params
