@@ -423,8 +423,10 @@ def run(
         ledger = dp_accountant(cfg, mechanism)
     executor, started_ray = make_executor(cfg, strategy)
     try:
-        if isinstance(strategy.aggregator, SecureAggregation):
-            dim = int(sum(np.size(p) for p in executor.initial_params()))
+        secure = isinstance(strategy.aggregator, SecureAggregation)
+        params0 = executor.initial_params() if secure or cfg.privacy.canaries.count else None
+        if isinstance(strategy.aggregator, SecureAggregation) and params0 is not None:
+            dim = int(sum(np.size(p) for p in params0))
             try:
                 strategy.aggregator.l2_bound(dim)
             except ValueError as exc:
@@ -448,7 +450,7 @@ def run(
             )
         if ledger is not None:
             ledger.planned_rounds = cfg.rounds
-        canaries, params0 = None, None
+        canaries = None
         if cfg.privacy.canaries.count:
             from fedray.privacy.canary import CanaryAudit
 
@@ -460,7 +462,6 @@ def run(
                 seed=cfg.seed,
                 norm=c.norm,
             )
-            params0 = executor.initial_params()
         startup_s = time.perf_counter() - t_start
         logger.info("started in %.1f s; %d clients", startup_s, executor.num_clients)
         recorder = RoundRecorder()
