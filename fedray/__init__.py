@@ -24,4 +24,13 @@ def run(config: Any, **kwargs: Any) -> History:
     return _run(config, **kwargs)
 
 
-__all__ = ["__version__", "run"]
+def fit(model_fn: Any, clients: Any, **kwargs: Any) -> History:
+    """Train on clients' arrays already in memory; see :func:`fedray.api.fit`."""
+    from fedray.api import fit as _fit
+
+    return _fit(model_fn, clients, **kwargs)
+
+
+from fedray import strategy  # noqa: E402 - light (numpy), so ``fedray.strategy.fedavg()`` works
+
+__all__ = ["__version__", "fit", "run", "strategy"]

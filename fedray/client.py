@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from fedray.records import (
     RoundInfo,
 )
 from fedray.validation import screen
+
+if TYPE_CHECKING:
+    from fedray.memory import InMemory
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ class HostSpec:
             :class:`~fedray.aggregators.Summable`).
         max_update_norm: With ``pre_aggregate``, the host rejects updates longer than
             this before summing (the driver's check, moved to where the updates are).
+        source: This host's clients' arrays (``fedray.fit``) instead of ``data.*``.
     """
 
     config: Config
@@ -76,6 +80,7 @@ class HostSpec:
     client: ClientOptions = field(default_factory=ClientOptions)
     pre_aggregate: bool = False
     max_update_norm: float | None = None
+    source: InMemory | None = None
 
     def __post_init__(self) -> None:
         if self.pre_aggregate and not isinstance(self.aggregator, Summable):
@@ -143,9 +148,12 @@ class ClientHost:
         from fedray.models import build_model
 
         self._tf = tf
-        host_data = load_host_data(
-            cfg.data, cfg.seed, spec.client_ids, with_test_set=spec.with_test_set
-        )
+        if spec.source is not None:
+            host_data = spec.source.host_data(cfg.data, cfg.seed)
+        else:
+            host_data = load_host_data(
+                cfg.data, cfg.seed, spec.client_ids, with_test_set=spec.with_test_set
+            )
         self.info = host_data.info
         self.shards = host_data.shards
         attack = cfg.attack
@@ -159,7 +167,8 @@ class ClientHost:
             for cid in self.attackers & set(self.shards):
                 self.shards[cid].y = flip_labels(self.shards[cid].y, self.info.num_classes)
         keras.utils.set_random_seed(cfg.seed)
-        self.model = build_model(cfg.model, cfg.client, self.info)
+        builder = spec.source.model_fn if spec.source is not None else None
+        self.model = build_model(cfg.model, cfg.client, self.info, builder=builder)
         self.model.optimizer.build(self.model.trainable_variables)
         # Tensors live in the host for the whole run: no per-round data pipeline. All
         # clients' training rows sit in one tensor; client k owns rows [off_k, off_k + n_k).

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedray.compat import RECIPE_ONLY, check_compatible
 from fedray.errors import ConfigError
 
 FILE_DATASETS = ("npz", "csv", "parquet")
@@ -37,7 +38,16 @@ class DataConfig(_Section):
     """Which dataset, where it lives, and how it is split over clients."""
 
     dataset: Literal[
-        "linreg", "synthetic", "blobs", "digits", "npz", "csv", "parquet", "mnist", "cifar10"
+        "linreg",
+        "synthetic",
+        "blobs",
+        "digits",
+        "npz",
+        "csv",
+        "parquet",
+        "mnist",
+        "cifar10",
+        "memory",
     ] = "linreg"
     path: str | None = None
     test_path: str | None = None
@@ -318,77 +328,7 @@ class Config(_Section):
                 f"strategy.min_fit_clients >= 2f + 3 = {2 * s.num_byzantine + 3}, "
                 f"got {s.min_fit_clients}"
             )
-        if s.over_commit > 0 and s.name in ("scaffold", "fedbuff"):
-            raise ValueError(
-                f"strategy.over_commit={s.over_commit} does not work with "
-                f"strategy.name={s.name!r}: "
-                + (
-                    "late clients would update their control variates unseen by the server"
-                    if s.name == "scaffold"
-                    else "fedbuff is already asynchronous (use strategy.concurrency)"
-                )
-                + "; set strategy.over_commit=0"
-            )
-        dp = self.privacy.dp
-        if dp is not None:
-            check_dp_releases(self)
-        if dp is not None and dp.mode != "dpsgd":
-            allowed = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
-            if s.name not in allowed:
-                raise ValueError(
-                    f"privacy.dp does not work with strategy.name={s.name!r}; expected one of "
-                    f"{', '.join(allowed)} (a mean of clipped updates)"
-                )
-            if s.weighting == "examples":
-                raise ValueError(
-                    "privacy.dp needs uniform client weights, got strategy.weighting="
-                    "'examples' (example counts are private and raise a client's "
-                    "sensitivity); set strategy.weighting=uniform or auto"
-                )
-            if dp.mode == "central" and s.min_fit_clients > 1:
-                raise ValueError(
-                    f"privacy.dp (central) commits every round, even with no participants; "
-                    f"strategy.min_fit_clients={s.min_fit_clients} must be 1"
-                )
-        sa = self.privacy.secure_aggregation
-        if self.privacy.canaries.count:
-            n = self.privacy.canaries.count
-            if sa.enabled:
-                raise ValueError(
-                    f"privacy.canaries.count={n} does not work with "
-                    "privacy.secure_aggregation.enabled=true: canaries join the server's sum "
-                    "after the secure sum is decoded"
-                )
-            if dp is not None and dp.mode != "central":
-                raise ValueError(
-                    f"privacy.canaries.count={n} does not work with privacy.dp.mode="
-                    f"{dp.mode!r}: canaries estimate client-level central DP"
-                )
-            if s.name not in ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi"):
-                raise ValueError(
-                    f"privacy.canaries.count={n} does not work with strategy.name={s.name!r}: "
-                    "canaries join a mean of updates"
-                )
-        if sa.enabled:
-            allowed = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
-            problems = []
-            if s.name not in allowed:
-                problems.append(f"strategy.name={s.name!r} (expected one of {', '.join(allowed)})")
-            if s.weighting == "examples":
-                problems.append("strategy.weighting='examples' (a secure sum has no counts)")
-            if s.over_commit > 0:
-                problems.append(f"strategy.over_commit={s.over_commit}")
-            if self.attack.fraction > 0:
-                problems.append(f"attack.fraction={self.attack.fraction}")
-            if dp is not None and dp.mode == "local":
-                problems.append("privacy.dp.mode='local' (already noised per client)")
-            if dp is not None and dp.mode == "central" and dp.clip == "adaptive":
-                problems.append("privacy.dp.clip='adaptive' (give a fixed clip)")
-            if problems:
-                raise ValueError(
-                    "privacy.secure_aggregation.enabled=true does not work with "
-                    + "; ".join(problems)
-                )
+        check_compatible(features(self))
         if self.strategy.min_fit_clients > self.data.num_clients:
             raise ValueError(
                 f"strategy.min_fit_clients={self.strategy.min_fit_clients} exceeds "
@@ -401,50 +341,32 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
-def check_dp_releases(cfg: Config) -> None:
-    """Refuse, under ``privacy.dp``, whatever would let an unaccounted value leave a host.
+def features(cfg: Config) -> dict[str, Any]:
+    """The run's features as config key -> value, for :func:`fedray.compat.check_compatible`.
 
-    Every release under DP is noised and charged to the privacy ledger, or refused
-    here with one line naming both keys.
-
-    Raises:
-        ValueError: The first combination that would release something un-noised or
-            uncharged.
+    Recipe options (``strategy.trim_beta``, ...) appear only when set away from their
+    default, so that one the recipe ignores can be refused.
     """
-    dp = cfg.privacy.dp
-    if dp is None:
-        return
-    mode = f"privacy.dp.mode={dp.mode!r}"
-    ev, s = cfg.evaluation, cfg.strategy
-    if ev.train_every > 0:
-        raise ValueError(
-            f"{mode} does not work with evaluation.train_every={ev.train_every}: per-client "
-            "training metrics would leave the hosts un-noised; set evaluation.train_every=0"
-        )
-    if ev.federated_every > 0:
-        raise ValueError(
-            f"{mode} does not work with evaluation.federated_every={ev.federated_every}: "
-            "per-client evaluation metrics and counts would leave the hosts un-noised; set "
-            "evaluation.federated_every=0 (evaluation.every uses the server's test set)"
-        )
-    if s.name == "fedbuff":
-        raise ValueError(
-            f"{mode} does not work with strategy.name='fedbuff': the asynchronous loop has "
-            "no privacy ledger, so its releases would go uncharged; use a synchronous "
-            "strategy (fedavg, fedprox, fedavgm, fedadam, ...)"
-        )
-    if s.over_commit > 0:
-        raise ValueError(
-            f"{mode} does not work with strategy.over_commit={s.over_commit}: late clients' "
-            "noised updates would leave their hosts without being charged, and keeping the "
-            "first K arrivals changes the sampling the accountant assumes; set "
-            "strategy.over_commit=0"
-        )
-    if dp.mode == "dpsgd" and s.weighting == "examples":
-        raise ValueError(
-            f"{mode} does not work with strategy.weighting='examples': the example counts "
-            "would leave the hosts un-noised; set strategy.weighting=uniform or auto"
-        )
+    s, dp, sa = cfg.strategy, cfg.privacy.dp, cfg.privacy.secure_aggregation
+    out: dict[str, Any] = {
+        "strategy.name": s.name,
+        "strategy.norm_bound": s.norm_bound,
+        "strategy.max_update_norm": s.max_update_norm,
+        "strategy.over_commit": s.over_commit,
+        "strategy.min_fit_clients": s.min_fit_clients,
+        "privacy.dp.mode": dp.mode if dp is not None else None,
+        "privacy.dp.clip": dp.clip if dp is not None else None,
+        "privacy.secure_aggregation.enabled": sa.enabled,
+        "privacy.canaries.count": cfg.privacy.canaries.count,
+        "attack.fraction": cfg.attack.fraction,
+        "evaluation.train_every": cfg.evaluation.train_every,
+        "evaluation.federated_every": cfg.evaluation.federated_every,
+    }
+    for option in RECIPE_ONLY:
+        value = getattr(s, option)
+        if value != StrategyConfig.model_fields[option].default:
+            out[f"strategy.{option}"] = value
+    return out
 
 
 def _allowed_keys(model: type[BaseModel], loc: Iterable[Any]) -> list[str]:

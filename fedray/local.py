@@ -9,6 +9,7 @@ from fedray.aggregators import Aggregator
 from fedray.client import ClientHost, HostSpec, group_clients
 from fedray.client import clients_per_host as resolve
 from fedray.config import Config
+from fedray.memory import InMemory
 from fedray.records import (
     ClientEval,
     ClientFailure,
@@ -33,6 +34,7 @@ class LocalExecutor:
         client: The strategy's client options (e.g. FedProx's ``proximal_mu``).
         pre_aggregate: Hosts send one partial sum each (see :class:`HostSpec`).
         max_update_norm: The hosts' norm check when they pre-aggregate.
+        source: The clients' arrays (``fedray.fit``) instead of ``data.*``.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class LocalExecutor:
         client: ClientOptions = ClientOptions(),  # noqa: B008 - frozen, immutable
         pre_aggregate: bool = False,
         max_update_norm: float | None = None,
+        source: InMemory | None = None,
     ) -> None:
         per_host = clients_per_host or resolve(
             config.runtime.clients_per_actor, config.data.num_clients, cpu_slots=1
@@ -59,6 +62,7 @@ class LocalExecutor:
                     client=client,
                     pre_aggregate=pre_aggregate,
                     max_update_norm=max_update_norm,
+                    source=source.for_host(g, with_test_set=(i == 0)) if source else None,
                 )
             )
             for i, g in enumerate(groups)

@@ -9,6 +9,7 @@ optimizer, loss and metrics are kept unchanged; otherwise fedray compiles it wit
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from fedray.config import ClientConfig, ModelConfig
@@ -71,11 +72,25 @@ def _builtin(cfg: ModelConfig, info: DatasetInfo) -> Any:
     return keras.Model(inputs, outputs, name=f"fedray_{cfg.name}")
 
 
-def build_model(cfg: ModelConfig, client: ClientConfig, info: DatasetInfo) -> Any:
-    """Build and compile the model described by ``cfg`` for a dataset with ``info``."""
+def build_model(
+    cfg: ModelConfig,
+    client: ClientConfig,
+    info: DatasetInfo,
+    *,
+    builder: Callable[[], Any] | None = None,
+) -> Any:
+    """Build and compile the model described by ``cfg`` for a dataset with ``info``.
+
+    ``builder`` (``fedray.fit``'s ``model_fn``), when given, builds it instead, with
+    no arguments. A model that comes back uncompiled is compiled with ``client.*``.
+    """
     import keras
 
-    if cfg.name in ("linear", "mlp", "cnn"):
+    if builder is not None:
+        model = builder()
+        if not isinstance(model, keras.Model):
+            raise ConfigError(f"model_fn returned {type(model).__name__}; expected a keras.Model")
+    elif cfg.name in ("linear", "mlp", "cnn"):
         model = _builtin(cfg, info)
     else:
         model = resolve_builder(cfg.name)(

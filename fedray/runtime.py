@@ -15,12 +15,14 @@ import os
 import socket
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from fedray.aggregators import Aggregator
 from fedray.client import ClientHost, HostSpec, clients_per_host, group_clients
 from fedray.config import Config
 from fedray.errors import ConfigError, FedrayError
+from fedray.memory import InMemory
 from fedray.records import (
     ClientEval,
     ClientFailure,
@@ -99,7 +101,21 @@ def connect(address: str | None, *, num_cpus: int | None, verbose: bool) -> bool
 
 
 class _RayClientHost(ClientHost):
-    """The plain host plus what only a Ray actor can do: know its node, really crash or hang."""
+    """The plain host plus what only a Ray actor can do: know its node, really crash or hang.
+
+    With in-memory shards (``fedray.fit``), ``store`` names a :class:`_ShardStore`
+    that hands host ``index`` its shards' object-store refs; the host reads the shards
+    itself, at start and after every restart. (A name, not a handle: Ray warns about
+    any handle or ref among a restartable actor's constructor arguments.)
+    """
+
+    def __init__(self, spec: HostSpec, store: str = "", index: int = 0) -> None:
+        if spec.source is not None:
+            import ray
+
+            refs = ray.get(ray.get_actor(store).refs.remote(index))
+            spec = replace(spec, source=spec.source.filled(ray.get(refs)))
+        super().__init__(spec)
 
     def ready(self) -> dict[str, Any]:
         import ray
@@ -112,6 +128,22 @@ class _RayClientHost(ClientHost):
 
     def _hang(self, cid: int) -> None:
         time.sleep(10**6)  # until the driver's round deadline kills and restarts this host
+
+
+class _ShardStore:
+    """Keeps the object-store refs of ``fedray.fit``'s shards, per host.
+
+    The refs travel inside a list, so Ray leaves them unresolved; a host asks for its
+    own when it starts. Hosts then take no object-store constructor arguments, which
+    Ray could not give back to a restarted host once they went out of scope.
+    """
+
+    def __init__(self, refs: list[list[Any]]) -> None:
+        self._refs = refs
+
+    def refs(self, index: int) -> list[Any]:
+        """Host ``index``'s shard refs (then the test set's, for host 0)."""
+        return self._refs[index]
 
 
 def host_options(config: Config, client_ids: tuple[int, ...]) -> dict[str, Any]:
@@ -153,6 +185,8 @@ class RayExecutor:
         client: The strategy's client options (e.g. FedProx's ``proximal_mu``).
         pre_aggregate: Hosts send one partial sum each (see :class:`HostSpec`).
         max_update_norm: The hosts' norm check when they pre-aggregate.
+        source: The clients' arrays (``fedray.fit``): each shard is put in the object
+            store once and handed to its host (and to the host again after a restart).
     """
 
     def __init__(
@@ -163,6 +197,7 @@ class RayExecutor:
         client: ClientOptions = ClientOptions(),  # noqa: B008 - frozen, immutable
         pre_aggregate: bool = False,
         max_update_norm: float | None = None,
+        source: InMemory | None = None,
     ) -> None:
         import ray
 
@@ -183,6 +218,20 @@ class RayExecutor:
         cpus_per_host = min(1.0, total_cpus / len(groups))
         threads = max(1, math.floor(total_cpus / len(groups)))
         remote_host = ray.remote(_RayClientHost)
+        # In-memory shards go into the object store once, each; a store actor keeps
+        # their refs, so a restarted host gets its shards back from the object store.
+        parts: list[InMemory | None] = [None] * len(groups)
+        store_name, self._store = f"fedray-shards-{os.getpid()}-{id(self)}", None
+        if source is not None:
+            refs = {c: ray.put(xy) for c, xy in source.shards.items()}
+            test_ref = None if source.test is None else ray.put(source.test)
+            host_refs: list[list[Any]] = []
+            for i, g in enumerate(groups):
+                part = source.for_host(g, with_test_set=(i == 0))
+                host_refs.append([refs[c] for c in g] + ([test_ref] if part.test else []))
+                parts[i] = replace(part, shards=dict.fromkeys(g), test=None)
+            store = ray.remote(_ShardStore).options(num_cpus=0, name=store_name)
+            self._store = store.remote(host_refs)
         self.hosts = [
             remote_host.options(
                 num_cpus=cpus_per_host,
@@ -199,7 +248,10 @@ class RayExecutor:
                     threads=threads,
                     pre_aggregate=pre_aggregate,
                     max_update_norm=max_update_norm,
-                )
+                    source=parts[i],
+                ),
+                store_name,
+                i,
             )
             for i, g in enumerate(groups)
         ]
@@ -480,10 +532,13 @@ class RayExecutor:
         return np.asarray(self._ray.get(self.hosts[0].predict.remote(params, x))).tolist()  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        """Kill the host actors."""
+        """Kill the host actors (and the shard store, which frees the shards)."""
         for h in self.hosts:
             self._ray.kill(h)
         self.hosts = []
+        if self._store is not None:
+            self._ray.kill(self._store)
+            self._store = None
 
 
 def shutdown() -> None:

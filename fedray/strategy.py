@@ -29,6 +29,8 @@ from fedray.aggregators import (
     StalenessWeighted,
     TrimmedMean,
 )
+from fedray.aggregators.mean import Weighting
+from fedray.compat import check_compatible, strategy_features
 from fedray.records import Buffering, ClientOptions
 from fedray.server_opt import ServerAdaptive, ServerMomentum, ServerOptimizer, ServerSGD
 
@@ -97,11 +99,21 @@ class Strategy:
         return sorted(int(i) for i in rng.choice(num_clients, size=k, replace=False))
 
 
-def fedavg(*, fraction_fit: float = 1.0, min_fit_clients: int = 1) -> Strategy:
-    """FedAvg: example-weighted mean of client deltas, server SGD with lr 1."""
+def fedavg(
+    *,
+    fraction_fit: float = 1.0,
+    min_fit_clients: int = 1,
+    weighting: Weighting = "examples",
+    server_learning_rate: float = 1.0,
+) -> Strategy:
+    """FedAvg: a mean of client deltas (example-weighted by default), then server SGD.
+
+    ``weighting="uniform"`` gives every client the same weight (the textbook's
+    unweighted FedAvg, and what DP and secure aggregation need).
+    """
     return Strategy(
-        aggregator=Mean(weighting="examples"),
-        server_optimizer=ServerSGD(learning_rate=1.0),
+        aggregator=Mean(weighting=weighting),
+        server_optimizer=ServerSGD(learning_rate=server_learning_rate),
         fraction_fit=fraction_fit,
         min_fit_clients=min_fit_clients,
         name="fedavg",
@@ -269,23 +281,13 @@ def with_dp(
     and the round still counts). Server optimizers are post-processing and are kept.
 
     Raises:
-        ValueError: The strategy does not aggregate with a plain mean (robust
-            aggregators, SCAFFOLD and FedBuff have no DP analysis here), or it weights
-            clients by example counts (DP needs uniform weights).
+        ConfigError: :func:`fedray.compat.check_compatible` refuses the combination:
+            the strategy does not aggregate with a plain mean (robust aggregators,
+            SCAFFOLD and FedBuff have no DP analysis here), or it weights clients by
+            example counts (DP needs uniform weights).
     """
-    agg = strategy.aggregator
-    if not isinstance(agg, Mean):
-        raise ValueError(
-            f"differential privacy needs a mean aggregator, but strategy {strategy.name!r} "
-            f"aggregates with {type(agg).__name__}; use fedavg, fedprox, fedavgm, "
-            "fedadagrad, fedadam or fedyogi"
-        )
-    if agg.weighting != "uniform":
-        raise ValueError(
-            f"differential privacy needs uniform client weights, got weighting="
-            f"{agg.weighting!r}: example counts are private and would raise a client's "
-            "sensitivity above C/m; use Mean(weighting='uniform')"
-        )
+    mode = "local" if isinstance(mechanism, LocalDP) else "central"
+    check_compatible({**strategy_features(strategy), "privacy.dp.mode": mode})
     if isinstance(mechanism, LocalDP):
         return replace(strategy, aggregator=mechanism)
     return replace(strategy, aggregator=mechanism, sampling=sampling, min_fit_clients=0)

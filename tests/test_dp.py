@@ -321,7 +321,8 @@ def test_max_epsilon_stops_a_run_cleanly(tmp_path, linreg_config):
         (["privacy.dp.noise_multiplier=1.0"], "privacy.dp.delta is required"),
         (["privacy.dp.delta=1e-5"], "exactly one of noise_multiplier"),
         (["privacy.dp.noise_multiplier=1", "privacy.dp.delta=1e-5", "strategy.name=krum",
-          "strategy.min_fit_clients=3"], "privacy.dp does not work with strategy.name='krum'"),
+          "strategy.min_fit_clients=3"],
+         "privacy.dp.mode='central' does not work with strategy.name='krum'"),
         (["privacy.dp.noise_multiplier=1", "privacy.dp.delta=1e-5", "strategy.weighting=examples"],
          "uniform client weights"),
     ],
@@ -335,7 +336,7 @@ def test_bad_dp_configs_get_clear_errors(overrides, message):
 
 
 def test_an_unreachable_target_epsilon_is_a_clear_error():
-    from fedray import api, config
+    from fedray import build, config
     from fedray.errors import ConfigError
 
     cfg = config.load(
@@ -345,12 +346,12 @@ def test_an_unreachable_target_epsilon_is_a_clear_error():
     with pytest.raises(
         ConfigError, match=r"privacy.dp.target_epsilon = 0.0001: .*cannot be reached"
     ):
-        api.build_strategy(cfg)
+        build.build_strategy(cfg)
     cfg = config.load(
         {"rounds": 100, "data": {"num_clients": 100}},
         ["privacy.dp.target_epsilon=3", "privacy.dp.delta=1e-5", "strategy.fraction_fit=0.1"],
     )
-    strategy = api.build_strategy(cfg)
+    strategy = build.build_strategy(cfg)
     assert strategy.aggregator.noise_multiplier == pytest.approx(1.796, abs=3e-3)  # shared notes
 
 

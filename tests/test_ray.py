@@ -79,3 +79,41 @@ def test_fedbuff_on_ray_with_slow_clients(ray_instance, tmp_path, linreg_config)
     # It learned y = 3x + 1 (noise variance 1: the optimum MSE is about 1). The loss need
     # not fall at every step: asynchronous steps depend on arrival timing.
     assert hist.metrics["eval/loss"].iloc[-1] < 2.0
+
+
+def test_fit_on_ray_equals_fit_in_process_and_a_restarted_host_gets_its_shards_back(
+    ray_instance, tmp_path
+):
+    import fedray
+    from fedray import build, memory
+    from fedray.runtime import RayExecutor
+    from tests.e2e.test_api import create_model, textbook
+
+    x, y = textbook()
+    clients = [(x[:30], y[:30]), (x[30:70], y[30:70]), (x[70:], y[70:])]
+    kw = {"rounds": 2, "strategy": fedray.strategy.fedavg(weighting="uniform")}
+    on_ray = fedray.fit(create_model, clients, out=tmp_path / "r",
+                        runtime={"progress": False, "clients_per_actor": 2}, **kw)  # fmt: skip
+    local = fedray.fit(create_model, clients, out=tmp_path / "l",
+                       runtime={"executor": "local", "progress": False}, **kw)  # fmt: skip
+    for a, b in zip(on_ray.params, local.params, strict=True):
+        np.testing.assert_array_equal(a, b)
+    source = memory.from_clients(clients, model_fn=create_model)
+    cfg = config.load({"data": {"dataset": "memory", "num_clients": 3},
+                       "runtime": {"clients_per_actor": 2}})  # fmt: skip
+    executor = RayExecutor(cfg, build.build_strategy(cfg).aggregator, source=source)
+    try:
+        ray.kill(executor.hosts[1], no_restart=False)  # Ray restarts it with the same args
+        import time
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                info = ray.get(executor.hosts[1].ready.remote(), timeout=60)
+                break
+            except ray.exceptions.ActorUnavailableError:
+                assert time.monotonic() < deadline, "the host never came back"
+                time.sleep(0.5)
+        assert info["examples"] == {2: 30}
+    finally:
+        executor.close()

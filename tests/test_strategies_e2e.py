@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fedray import api, config
+from fedray import build, config
 from fedray.aggregators import Krum, Mean, Median, NormBound, TrimmedMean
 from fedray.cli import main
 from fedray.errors import ConfigError
@@ -36,14 +36,14 @@ pytest.importorskip("tensorflow")
 )  # fmt: skip
 def test_config_builds_the_composed_strategy(overrides, aggregator, optimizer):
     cfg = config.load({"data": {"num_clients": 6}}, overrides)
-    s = api.build_strategy(cfg)
+    s = build.build_strategy(cfg)
     assert s.aggregator == aggregator and s.server_optimizer == optimizer
 
 
 def test_fedprox_carries_mu_to_the_clients():
-    s = api.build_strategy(config.load({}, ["strategy.name=fedprox", "strategy.proximal_mu=0.5"]))
+    s = build.build_strategy(config.load({}, ["strategy.name=fedprox", "strategy.proximal_mu=0.5"]))
     assert s.client.proximal_mu == 0.5 and s.aggregator == Mean()
-    assert api.build_strategy(config.load({})).client.proximal_mu == 0.0
+    assert build.build_strategy(config.load({})).client.proximal_mu == 0.0
 
 
 def test_krum_needs_enough_clients_per_round():

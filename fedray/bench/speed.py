@@ -105,7 +105,7 @@ def _load(config: str, overrides: Sequence[str]) -> tuple[Any, Any, list[np.ndar
 
 def first_sample(cfg: Any) -> list[int]:
     """The clients fedray's driver samples in round 1 (its RNG is seeded with the seed)."""
-    from fedray.api import build_strategy
+    from fedray.build import build_strategy
 
     return build_strategy(cfg).sample_clients(cfg.data.num_clients, np.random.default_rng(cfg.seed))
 
@@ -115,7 +115,7 @@ def run_naive(config: str, overrides: Sequence[str]) -> dict[str, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from fedray.api import build_strategy
+    from fedray.build import build_strategy
     from fedray.models import build_model
 
     cfg, ds, parts = _load(config, overrides)

@@ -46,7 +46,7 @@ def test_local_dp_precision_composes_releases_of_different_noise():
 
 def test_resume_extending_a_target_epsilon_run_reports_what_ran(tmp_path):
     pytest.importorskip("tensorflow")
-    from fedray import api
+    from fedray import api, build
 
     cfg = {"rounds": 2, "data": {"dataset": "linreg", "num_clients": 8},
            "strategy": {"fraction_fit": 0.25},  # q = 0.5 makes dp-accounting's RDP slow
@@ -70,7 +70,7 @@ def test_resume_extending_a_target_epsilon_run_reports_what_ran(tmp_path):
     state = checkpoint.load(tmp_path, config_fingerprint=checkpoint.fingerprint(
         config.load(cfg).to_dict()))  # fmt: skip
     again = config.load(cfg, ["rounds=6"])
-    assert api.noise_multiplier(again, state.loop_state["privacy"]) == z2
+    assert build.noise_multiplier(again, state.loop_state["privacy"]) == z2
 
 
 def test_dp_sgd_batch_cap_tail_is_spent_from_delta():
@@ -100,14 +100,14 @@ def test_dp_sgd_batch_cap_tail_is_spent_from_delta():
 
 
 def test_delta_at_or_above_one_over_n_is_warned(caplog):
-    from fedray import api, config
+    from fedray import build, config
 
     cfg = config.load({"data": {"num_clients": 10},
                        "privacy": {"dp": {"noise_multiplier": 1.0, "delta": 0.5}}})  # fmt: skip
-    api.warn_on_delta(cfg)
+    build.warn_on_delta(cfg)
     assert "privacy.dp.delta=0.5 is not well below 1 / data.num_clients" in caplog.text
     caplog.clear()
-    api.warn_on_delta(config.load(cfg.to_dict(), ["privacy.dp.delta=1e-5"]))
+    build.warn_on_delta(config.load(cfg.to_dict(), ["privacy.dp.delta=1e-5"]))
     assert not caplog.text
 
 
@@ -139,16 +139,16 @@ def test_epsilon_depends_on_delta_as_dp_accounting_says(delta):
 
 
 def test_a_target_epsilon_is_also_the_ledgers_budget():
-    from fedray import api, config
+    from fedray import build, config
 
     cfg = config.load({"data": {"num_clients": 10}, "privacy": {"dp": {
         "mode": "local", "target_epsilon": 3.0, "delta": 1e-5}}})  # fmt: skip
-    assert api.budget(cfg) == pytest.approx(3.0)
-    ledger = api.dp_accountant(cfg, api.dp_mechanism(cfg))
+    assert build.budget(cfg) == pytest.approx(3.0)
+    ledger = build.dp_accountant(cfg, build.dp_mechanism(cfg))
     for _ in range(cfg.rounds):  # the planned rounds fit exactly ...
         assert ledger.allows_next_round()
         ledger.record([0])
     assert ledger.epsilon() == pytest.approx(3.0)
     assert not ledger.allows_next_round()  # ... and a retry's extra release would not
     explicit = config.load(cfg.to_dict(), ["privacy.dp.max_epsilon=2.0"])
-    assert api.budget(explicit) == 2.0
+    assert build.budget(explicit) == 2.0

@@ -130,17 +130,17 @@ LINREG = ["rounds=4", "data.dataset=linreg", "data.num_clients=6", "strategy.fra
 
 
 def _counting_executors(monkeypatch):
-    from fedray import api
+    from fedray import build
 
     counters = []
-    real = api.make_executor
+    real = build.make_executor
 
     def wrapped(cfg, strategy):
         executor, started = real(cfg, strategy)
         counters.append(ReleaseCounter(executor))
         return counters[-1], started
 
-    monkeypatch.setattr(api, "make_executor", wrapped)
+    monkeypatch.setattr(build, "make_executor", wrapped)
     return counters
 
 

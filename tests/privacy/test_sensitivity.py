@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from fedray import api, config
+from fedray import api, build, config
 from fedray.aggregators import CentralDP, Mean, SecureAggregation
 from fedray.records import ClientUpdate, RoundInfo
 
@@ -20,8 +20,8 @@ def test_adaptive_clipping_count_multiplier_is_the_one_accounted():
     cfg = config.load({"data": {"num_clients": 400}, "strategy": {"fraction_fit": 0.1},
                        "privacy": {"dp": {"noise_multiplier": 1.0, "delta": 1e-5,
                                           "clip": "adaptive"}}})  # fmt: skip
-    agg = api.dp_mechanism(cfg)
-    accounted = api.dp_accountant(cfg, agg).count_noise_multiplier
+    agg = build.dp_mechanism(cfg)
+    accounted = build.dp_accountant(cfg, agg).count_noise_multiplier
     state = agg.init([np.zeros(3, np.float32)])
     info = RoundInfo(1, 0, num_sampled=1, settings=state["round_settings"])
 

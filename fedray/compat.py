@@ -1,0 +1,277 @@
+"""Which features combine: the one place that refuses a combination.
+
+Every feature of a run is named by its config key (``strategy.norm_bound``,
+``privacy.secure_aggregation.enabled``, ...). A run is described by a flat mapping of
+those keys to their values, from a config (:func:`fedray.config.features`) or from a
+hand-composed :class:`~fedray.strategy.Strategy` (:func:`strategy_features`).
+:func:`check_compatible` holds that mapping against one table of :class:`Rule` s and
+refuses the first pair that cannot work, in one line naming both keys, their values
+and what to do instead. Anything not refused here must work, with its invariants
+tested (``tests/test_interactions.py``, which also publishes the table).
+
+Layer 1: knows the aggregators and strategies, never the config or the runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fedray.aggregators import (
+    CentralDP,
+    Krum,
+    LocalDP,
+    Mean,
+    Median,
+    NormBound,
+    Scaffold,
+    SecureAggregation,
+    StalenessWeighted,
+    TrimmedMean,
+)
+from fedray.aggregators.base import Aggregator
+from fedray.errors import ConfigError
+
+MEAN_RECIPES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
+"""Recipes that aggregate with a plain mean of updates (what DP and SecAgg need)."""
+
+RECIPE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "fedavg": ("server_learning_rate", "weighting"),
+    "fedprox": ("proximal_mu", "weighting"),
+    "scaffold": ("server_learning_rate",),
+    "fedbuff": ("concurrency", "buffer_size", "server_learning_rate"),
+    "fedavgm": ("server_learning_rate", "server_momentum", "weighting"),
+    "fedadagrad": ("server_learning_rate", "beta1", "beta2", "tau", "weighting"),
+    "fedadam": ("server_learning_rate", "beta1", "beta2", "tau", "weighting"),
+    "fedyogi": ("server_learning_rate", "beta1", "beta2", "tau", "weighting"),
+    "fedmedian": (),
+    "trimmed_mean": ("trim_beta",),
+    "krum": ("num_byzantine",),
+    "multi_krum": ("num_byzantine", "krum_selected"),
+}
+"""The ``strategy.*`` options each recipe reads, beyond those every recipe takes."""
+
+RECIPE_ONLY = tuple(sorted({o for opts in RECIPE_OPTIONS.values() for o in opts}))
+"""Every recipe-specific option: setting one that ``strategy.name`` does not read is refused."""
+
+
+def _on(value: Any) -> bool:
+    """A feature is on when it is set and not zero, False or None."""
+    return value is not None and value is not False and value != 0
+
+
+def _is(*allowed: Any) -> Callable[[Any], bool]:
+    return lambda v: v in allowed
+
+
+def _not(*allowed: Any) -> Callable[[Any], bool]:
+    return lambda v: v not in allowed
+
+
+_DP = "privacy.dp.mode"
+_SA = "privacy.secure_aggregation.enabled"
+_CANARIES = "privacy.canaries.count"
+_NAME = "strategy.name"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``a`` (when ``when_a`` holds for its value) does not work with ``b`` (``when_b``).
+
+    Attributes:
+        a: The first feature's key.
+        b: The second feature's key.
+        why: Why not, and what to do instead; the end of the one-line error.
+        when_a: Which values of ``a`` the rule is about (default: any that is on).
+        when_b: Which values of ``b`` the rule is about (default: any that is on).
+    """
+
+    a: str
+    b: str
+    why: str
+    when_a: Callable[[Any], bool] = _on
+    when_b: Callable[[Any], bool] = _on
+
+    def applies(self, features: Mapping[str, Any]) -> bool:
+        """Whether both sides hold in ``features`` (a missing key is off)."""
+        return self.when_a(features.get(self.a)) and self.when_b(features.get(self.b))
+
+    def message(self, features: Mapping[str, Any]) -> str:
+        """The one-line refusal, naming both keys and their values."""
+        return (
+            f"{self.a}={features.get(self.a)!r} does not work with "
+            f"{self.b}={features.get(self.b)!r}: {self.why}"
+        )
+
+
+_MEAN = "a mean of clipped updates; expected one of " + ", ".join(MEAN_RECIPES)
+
+RULES: tuple[Rule, ...] = (
+    # --- every release under DP is charged or refused --------------------------------
+    Rule(_DP, "evaluation.train_every", "per-client training metrics would leave the hosts "
+         "un-noised; set evaluation.train_every=0"),
+    Rule(_DP, "evaluation.federated_every", "per-client evaluation metrics and counts would "
+         "leave the hosts un-noised; set evaluation.federated_every=0 (evaluation.every uses "
+         "the server's test set)"),
+    Rule(_DP, _NAME, "the asynchronous loop has no privacy ledger, so its releases would go "
+         "uncharged; use a synchronous strategy (fedavg, fedprox, fedavgm, fedadam, ...)",
+         when_b=_is("fedbuff")),
+    Rule(_DP, "strategy.over_commit", "late clients' noised updates would leave their hosts "
+         "without being charged, and keeping the first K arrivals changes the sampling the "
+         "accountant assumes; set strategy.over_commit=0"),
+    Rule(_DP, "strategy.weighting", "DP needs uniform client weights: the example counts "
+         "would leave the hosts un-noised and raise a client's sensitivity; set "
+         "strategy.weighting=uniform or auto",
+         when_b=_is("examples")),
+    Rule(_DP, _NAME, "client-level DP needs a mean aggregator, " + _MEAN,
+         when_a=_is("central", "local"),
+         when_b=_not(None, *MEAN_RECIPES)),
+    Rule(_DP, "strategy.min_fit_clients", "central DP commits every round, even one with no "
+         "participants; set strategy.min_fit_clients=1", when_a=_is("central"),
+         when_b=lambda v: v is not None and v > 1),
+    # --- secure aggregation: the server sees only the sum -----------------------------
+    Rule(_SA, _NAME, "the server sees only the sum, so the rule must be " + _MEAN,
+         when_b=_not(None, *MEAN_RECIPES)),
+    Rule(_SA, "strategy.weighting", "a secure sum has no example counts; set "
+         "strategy.weighting=uniform or auto", when_b=_is("examples")),
+    Rule(_SA, "strategy.norm_bound", "the server never sees a single update to clip; set "
+         "privacy.secure_aggregation.clip, which the hosts apply before masking"),
+    Rule(_SA, "strategy.max_update_norm", "the server sees only masked updates, so it cannot "
+         "check their norms; set privacy.secure_aggregation.clip, which the hosts apply "
+         "before masking"),
+    Rule("strategy.aggregator", _SA, "secure aggregation must be the outermost aggregator: a "
+         "wrapper outside it would get one decoded sum instead of the updates"),
+    Rule(_SA, "strategy.over_commit", "a masked update is useless without the others of its "
+         "cohort; set strategy.over_commit=0"),
+    Rule(_SA, "attack.fraction", "simulated attacks tamper with updates the server never "
+         "sees; set attack.fraction=0"),
+    Rule(_SA, _DP, "local DP already noises each update; use privacy.dp.mode=central "
+         "(noised on the decoded sum)", when_b=_is("local")),
+    Rule(_SA, "privacy.dp.clip", "the quantization range needs a fixed clip; give "
+         "privacy.dp.clip a number", when_b=_is("adaptive")),
+    # --- canary audits ------------------------------------------------------------------
+    Rule(_CANARIES, _SA, "canaries join the server's sum after the secure sum is decoded"),
+    Rule(_CANARIES, _DP, "canaries estimate client-level central DP",
+         when_b=_is("local", "dpsgd")),
+    Rule(_CANARIES, _NAME, "canaries join a mean of updates", when_b=_not(None, *MEAN_RECIPES)),
+    # --- the loop ---------------------------------------------------------------------
+    Rule("strategy.over_commit", _NAME, "late clients would update their control variates "
+         "unseen by the server; set strategy.over_commit=0", when_b=_is("scaffold")),
+    Rule("strategy.over_commit", _NAME, "fedbuff is already asynchronous (use "
+         "strategy.concurrency); set strategy.over_commit=0", when_b=_is("fedbuff")),
+    Rule(_NAME, "evaluation.federated_every", "the asynchronous loop evaluates only on the "
+         "server's test set (evaluation.every); set evaluation.federated_every=0",
+         when_a=_is("fedbuff")),
+    Rule(_NAME, "evaluation.train_every", "the asynchronous loop evaluates only on the "
+         "server's test set (evaluation.every); set evaluation.train_every=0",
+         when_a=_is("fedbuff")),
+)  # fmt: skip
+"""The refusals, in the order they are checked (the first that applies is reported)."""
+
+
+def check_compatible(features: Mapping[str, Any]) -> None:
+    """Refuse the first combination of ``features`` that cannot work.
+
+    Args:
+        features: Config key -> value for every feature of the run (a missing key is
+            off). ``privacy.dp.mode`` is None without DP.
+
+    Raises:
+        ConfigError: One line naming both keys, their values and what to do instead.
+
+    >>> check_compatible({"strategy.name": "fedavg", "strategy.norm_bound": 2.0})
+    >>> check_compatible({"privacy.secure_aggregation.enabled": True,
+    ...                   "strategy.norm_bound": 2.0})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    fedray.errors.ConfigError: privacy.secure_aggregation.enabled=True does not work with ...
+    """
+    for rule in RULES:
+        if rule.applies(features):
+            raise ConfigError(rule.message(features))
+    check_recipe_options(features)
+
+
+def check_recipe_options(features: Mapping[str, Any]) -> None:
+    """Refuse a recipe option (``strategy.trim_beta``, ...) that ``strategy.name`` ignores.
+
+    ``features`` holds ``strategy.<option>`` only for options set away from their
+    default; an option the recipe does not read would otherwise be silently dropped.
+
+    Raises:
+        ConfigError: Naming the option, its value, the recipe and the options it takes.
+    """
+    name = features.get(_NAME)
+    if name not in RECIPE_OPTIONS:
+        return
+    for option in RECIPE_ONLY:
+        key = f"strategy.{option}"
+        if key in features and option not in RECIPE_OPTIONS[name]:
+            takes = ", ".join(f"strategy.{o}" for o in RECIPE_OPTIONS[name]) or "none"
+            raise ConfigError(
+                f"{key}={features[key]!r} does not apply to {_NAME}={name!r}, which would "
+                f"ignore it (its own options: {takes}); remove it or change {_NAME}"
+            )
+
+
+def chain(aggregator: Aggregator) -> Iterator[Aggregator]:
+    """The aggregator and every aggregator it wraps (through ``inner``), outermost first.
+
+    >>> [type(a).__name__ for a in chain(NormBound(Median()))]
+    ['NormBound', 'Median']
+    """
+    current: Any = aggregator
+    while current is not None:
+        yield current
+        current = getattr(current, "inner", None)
+
+
+_RULE_NAMES: tuple[tuple[type, str], ...] = (
+    (Median, "fedmedian"),
+    (TrimmedMean, "trimmed_mean"),
+    (Krum, "krum"),
+    (Scaffold, "scaffold"),
+    (StalenessWeighted, "fedbuff"),
+)
+
+
+def strategy_features(strategy: Any) -> dict[str, Any]:
+    """The features a hand-composed :class:`~fedray.strategy.Strategy` turns on.
+
+    Walks its aggregator chain, so any wrapping order is judged by the same rules as
+    the config: ``NormBound(SecureAggregation(...))`` is refused like
+    ``strategy.norm_bound`` with ``privacy.secure_aggregation.enabled``.
+
+    >>> from fedray.strategy import Strategy
+    >>> strategy_features(Strategy(aggregator=NormBound(Median(), max_norm=1.0)))
+    {'strategy.name': 'fedmedian', 'strategy.norm_bound': 1.0}
+    """
+    out: dict[str, Any] = {}
+    links = list(chain(strategy.aggregator))
+    secure = [i for i, a in enumerate(links) if isinstance(a, SecureAggregation)]
+    if secure and secure[0] > 0:
+        out["strategy.aggregator"] = "(".join(type(a).__name__ for a in links[: secure[0] + 1])
+    for agg in links:
+        if isinstance(agg, NormBound):
+            out["strategy.norm_bound"] = agg.max_norm
+        elif isinstance(agg, SecureAggregation):
+            out[_SA] = True
+        elif isinstance(agg, CentralDP):
+            out[_DP] = "central"
+        elif isinstance(agg, LocalDP):
+            out[_DP] = "local"
+        elif isinstance(agg, Mean) and agg.weighting == "examples":
+            out["strategy.weighting"] = "examples"
+        for kind, name in _RULE_NAMES:
+            if isinstance(agg, kind):
+                out.setdefault(_NAME, name)
+    if strategy.buffering is not None:
+        out[_NAME] = "fedbuff"
+    if strategy.client.dp_sgd is not None:
+        out[_DP] = "dpsgd"
+    if _NAME not in out:
+        base = links[-1]
+        linear = isinstance(base, (Mean, CentralDP, LocalDP))
+        named = strategy.name if strategy.name in RECIPE_OPTIONS else "fedavg"
+        out[_NAME] = named if linear else f"custom({type(base).__name__})"
+    return dict(sorted(out.items()))

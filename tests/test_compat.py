@@ -1,0 +1,71 @@
+"""check_compatible: the one table of refusals, reached from configs and composed strategies."""
+
+import pytest
+
+from fedray import compat, config
+from fedray.aggregators import Mean, Median, NormBound, SecureAggregation
+from fedray.errors import ConfigError
+from fedray.strategy import Strategy
+
+
+def _load(*overrides):
+    return config.load({"data": {"num_clients": 8}}, list(overrides))
+
+
+def test_norm_bound_with_secure_aggregation_is_refused_naming_both_keys():
+    # Before: it validated and built NormBound(SecureAggregation); no keys were
+    # exchanged and every client failed at run time.
+    with pytest.raises(ConfigError) as err:
+        _load("privacy.secure_aggregation.enabled=true", "strategy.norm_bound=2")
+    line = str(err.value)
+    both = "privacy.secure_aggregation.enabled=True does not work with strategy.norm_bound=2"
+    assert both in line
+    assert "privacy.secure_aggregation.clip" in line and "\n" not in line
+
+
+def test_max_update_norm_with_secure_aggregation_is_refused():
+    # Before: masked updates skipped the norm check, so the bound silently did nothing.
+    with pytest.raises(ConfigError, match="strategy.max_update_norm=3.0"):
+        _load("privacy.secure_aggregation.enabled=true", "strategy.max_update_norm=3")
+
+
+@pytest.mark.parametrize(
+    "name,option",
+    [("fedavg", "trim_beta=0.2"), ("fedmedian", "proximal_mu=0.1"), ("krum", "beta1=0.5"),
+     ("fedprox", "server_momentum=0.5"), ("scaffold", "weighting=examples")],
+)  # fmt: skip
+def test_an_option_the_recipe_ignores_is_refused(name, option):
+    with pytest.raises(ConfigError) as err:
+        _load(f"strategy.name={name}", f"strategy.{option}", "strategy.min_fit_clients=3")
+    key = option.partition("=")[0]
+    assert f"strategy.{key}=" in str(err.value) and f"strategy.name='{name}'" in str(err.value)
+
+
+def test_an_option_at_its_default_or_read_by_the_recipe_passes():
+    _load("strategy.name=trimmed_mean", "strategy.trim_beta=0.2")
+    _load("strategy.name=fedavg", "strategy.trim_beta=0.1")  # the default: nothing to ignore
+    _load("strategy.name=fedadam", "strategy.beta1=0.5", "strategy.weighting=uniform")
+
+
+def test_a_hand_composed_strategy_is_judged_by_the_same_rules_in_any_order():
+    inside = Strategy(aggregator=NormBound(SecureAggregation(Mean(weighting="uniform"))))
+    with pytest.raises(ConfigError, match="does not work with strategy.norm_bound=1.0"):
+        compat.check_compatible(compat.strategy_features(inside))
+    fine = Strategy(aggregator=NormBound(Median(), max_norm=1.0))
+    compat.check_compatible(compat.strategy_features(fine))
+
+
+def test_every_rule_names_two_keys_and_fires_on_its_own():
+    for rule in compat.RULES:
+        assert rule.a != rule.b and "." in rule.a and "." in rule.b
+        hits = [r for r in compat.RULES if r.applies({rule.a: _on_value(rule.when_a),
+                                                      rule.b: _on_value(rule.when_b)})]  # fmt: skip
+        assert rule in hits
+
+
+def _on_value(pred):
+    for v in (True, 1, 0.5, 3, "central", "local", "dpsgd", "examples", "adaptive", "fedbuff",
+              "scaffold", "krum", "x(y)"):  # fmt: skip
+        if pred(v):
+            return v
+    raise AssertionError("no value turns the rule on")
