@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedray.aggregators import Aggregator
-from fedray.client import ClientHost, HostSpec, group_clients
-from fedray.client import clients_per_host as resolve
+from fedray.client.host import ClientHost
+from fedray.client.spec import HostSpec, group_clients
+from fedray.client.spec import clients_per_host as resolve
 from fedray.config import Config
 from fedray.memory import InMemory
 from fedray.records import (

@@ -19,7 +19,8 @@ from dataclasses import replace
 from typing import Any
 
 from fedray.aggregators import Aggregator
-from fedray.client import ClientHost, HostSpec, clients_per_host, group_clients
+from fedray.client.host import ClientHost
+from fedray.client.spec import HostSpec, clients_per_host, group_clients
 from fedray.config import Config
 from fedray.errors import ConfigError, FedrayError
 from fedray.memory import InMemory

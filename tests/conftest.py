@@ -1,3 +1,4 @@
+import builtins
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -14,3 +15,39 @@ def linreg_config() -> dict:
     import yaml
 
     return yaml.safe_load((ROOT / "experiments" / "linreg.yaml").read_text())
+
+
+# --- the pure tier never imports TensorFlow -------------------------------------------
+# A test that imports TensorFlow or Keras (directly, or through a host or a run) must be
+# marked `keras` (or `ray`, `slow`, `chaos`), so that `pytest -m "not keras and not ray
+# and not slow"` stays the fast inner loop. Every import statement is watched while an
+# unmarked test runs; the first heavy one fails that test, naming the mark it needs.
+_HEAVY = ("tensorflow", "keras")
+_TIERS = {"keras", "ray", "slow", "chaos"}
+_current: dict[str, object] = {"item": None, "heavy": None}
+_real_import = builtins.__import__
+
+
+def _watching_import(name, *args, **kwargs):
+    if _current["item"] is not None and _current["heavy"] is None and name.startswith(_HEAVY):
+        _current["heavy"] = name
+    return _real_import(name, *args, **kwargs)
+
+
+builtins.__import__ = _watching_import
+
+
+def _watch(item):
+    pure = not (_TIERS & {m.name for m in item.iter_markers()})
+    _current.update(item=item if pure else None, heavy=None)
+    try:
+        result = yield
+    finally:
+        heavy, _current["item"] = _current["heavy"], None
+    if pure and heavy is not None:
+        pytest.fail(f"{item.nodeid} imports {heavy}; mark it @pytest.mark.keras", pytrace=False)
+    return result
+
+
+pytest_runtest_setup = pytest.hookimpl(wrapper=True)(_watch)
+pytest_runtest_call = pytest.hookimpl(wrapper=True)(_watch)

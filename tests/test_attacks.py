@@ -4,7 +4,8 @@ import pytest
 from fedray import config
 from fedray.aggregators import Mean
 from fedray.attacks import attack_update, choose_attackers, flip_labels
-from fedray.client import ClientHost, HostSpec
+from fedray.client.host import ClientHost
+from fedray.client.spec import HostSpec
 from fedray.errors import ConfigError
 from fedray.records import ClientUpdate, RoundInfo
 
@@ -38,6 +39,7 @@ def _host(overrides):
     return ClientHost(HostSpec(cfg, tuple(range(5)), Mean()))
 
 
+@pytest.mark.keras
 def test_byzantine_clients_in_a_host_send_the_flipped_update():
     honest = _host([])
     attacked = _host(["attack.fraction=0.4", "attack.scale=3"])
@@ -53,6 +55,7 @@ def test_byzantine_clients_in_a_host_send_the_flipped_update():
             np.testing.assert_allclose(x, factor * y, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.keras
 def test_label_flip_changes_only_the_attackers_labels():
     honest = _host([])
     flipped = _host(["attack.fraction=0.4", "attack.kind=label_flip"])
@@ -61,6 +64,7 @@ def test_label_flip_changes_only_the_attackers_labels():
         np.testing.assert_array_equal(flipped.shards[cid].y, expected)
 
 
+@pytest.mark.keras
 def test_label_flip_needs_classes():
     pytest.importorskip("tensorflow")
     cfg = config.load({"attack": {"fraction": 1.0, "kind": "label_flip"}})

@@ -6,7 +6,7 @@ Marked ``chaos`` (run alone with ``pytest -m chaos``); part of the default run a
 import pytest
 
 from fedray import api, config
-from fedray.client import simulated_fault
+from fedray.client.behaviours import simulated_fault
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.chaos]

@@ -123,6 +123,7 @@ def _metrics(d):
     return df[[c for c in df.columns if not c.startswith("time/")]]
 
 
+@pytest.mark.keras
 def test_api_resume_matches_uninterrupted_run(tmp_path, linreg_config):
     pytest.importorskip("tensorflow")
     from fedray import api

@@ -37,6 +37,7 @@ def _fedray(*args, timeout=300):
         ),
     ],
 )
+@pytest.mark.slow
 def test_bad_config_is_one_clear_line_and_nonzero_exit(args, expected, tmp_path):
     res = _fedray("run", "experiments/linreg.yaml", "--out", str(tmp_path / "o"), *args, timeout=60)
     assert res.returncode == 2
@@ -47,12 +48,14 @@ def test_bad_config_is_one_clear_line_and_nonzero_exit(args, expected, tmp_path)
     assert not (tmp_path / "o").exists()  # nothing was started or written
 
 
+@pytest.mark.slow
 def test_missing_config_file():
     res = _fedray("run", "experiments/nope.yaml", timeout=60)
     assert res.returncode == 2
     assert "config file not found: 'experiments/nope.yaml'" in res.stderr
 
 
+@pytest.mark.slow
 def test_a_round_without_survivors_stops_with_exit_3_and_a_clear_message(tmp_path):
     out = tmp_path / "run"
     common = ["--out", str(out), "--local", "--no-progress", "--set", "rounds=3"]
@@ -95,6 +98,7 @@ def test_fedray_run_linreg_end_to_end(tmp_path):
     assert "oneDNN" not in res.stderr and "cuda" not in res.stderr.lower()
 
 
+@pytest.mark.slow
 def test_missing_data_file_fails_before_anything_starts(tmp_path):
     res = _fedray(
         "run", "experiments/hospitals.yaml", "--out", str(tmp_path / "o"),
@@ -106,6 +110,7 @@ def test_missing_data_file_fails_before_anything_starts(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_unreachable_address_fails_fast_with_a_clear_message(tmp_path):
     # The subprocess timeout is the hang guard; the probe itself gives up after 3 s.
     res = _fedray("run", "experiments/linreg.yaml", "--address", "127.0.0.1:1", timeout=60)
@@ -114,6 +119,7 @@ def test_unreachable_address_fails_fast_with_a_clear_message(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_privacy_command_answers_both_questions_without_training():
     res = _fedray("privacy", "-z", "1.0", "-q", "0.01", "-T", "1000", "-d", "1e-5", timeout=120)
     assert res.returncode == 0, res.stderr
@@ -128,6 +134,7 @@ def test_privacy_command_answers_both_questions_without_training():
     assert "--noise-multiplier = -1.0: expected z >= 0" in res.stderr
 
 
+@pytest.mark.slow
 def test_audit_of_a_missing_run_is_one_clear_line(tmp_path):
     res = _fedray("audit", str(tmp_path / "nope"), timeout=60)
     assert res.returncode == 2

@@ -8,7 +8,8 @@ import pytest
 
 from fedray import api, config
 from fedray.aggregators import Mean
-from fedray.client import ClientHost, HostSpec
+from fedray.client.host import ClientHost
+from fedray.client.spec import HostSpec
 from fedray.errors import ConfigError, DataError
 from fedray.records import ClientFailure, ClientUpdate, RoundInfo
 
@@ -20,6 +21,7 @@ def _spec(overrides=(), ids=(0, 1), **kw):
     return HostSpec(cfg, tuple(ids), Mean(), **kw)
 
 
+@pytest.mark.keras
 def test_host_fit_returns_deltas_and_resets_optimizer_but_not_learning_rate():
     host = ClientHost(_spec(["client.optimizer=adam", "client.learning_rate=0.05"]))
     info = host.ready()
@@ -31,7 +33,7 @@ def test_host_fit_returns_deltas_and_resets_optimizer_but_not_learning_rate():
     assert isinstance(out[0], ClientUpdate)
     assert [d.shape for d in out[0].delta] == [p.shape for p in params]
     assert out[0].num_examples == 50 and np.isfinite(out[0].metrics["loss"])
-    opt = host.model.optimizer
+    opt = host.trainer.model.optimizer
     assert int(opt.iterations.numpy()) == 2  # 50 examples, batch 32
     # Same params, client and round give the same update again: Adam's moments and
     # step count were restored to their initial values, the learning rate was kept ...
@@ -45,12 +47,14 @@ def test_host_fit_returns_deltas_and_resets_optimizer_but_not_learning_rate():
     assert not all(np.array_equal(a, b) for a, b in zip(out[0].delta, other.delta))
 
 
+@pytest.mark.keras
 def test_unknown_client_is_a_failure_not_a_crash():
     host = ClientHost(_spec(ids=(0,)))
     out = host.fit([1], host.initial_params(), RoundInfo(server_round=1, seed=0))
     assert isinstance(out[0], ClientFailure) and "client 1 is not hosted here" in out[0].reason
 
 
+@pytest.mark.keras
 def test_start_up_errors_are_delivered_by_ready(tmp_path):
     cfg = config.load({"data": {"dataset": "csv", "path": str(tmp_path / "none.csv")}})
     host = ClientHost(HostSpec(cfg, (0,), Mean()))
@@ -58,15 +62,17 @@ def test_start_up_errors_are_delivered_by_ready(tmp_path):
         host.ready()
 
 
+@pytest.mark.keras
 def test_same_seed_gives_identical_initial_models_on_every_host():
     a = ClientHost(_spec(ids=(0,))).initial_params()
     b = ClientHost(_spec(ids=(1,))).initial_params()
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 def test_thread_pools_are_capped_before_tensorflow_starts():
     code = (
-        "from fedray.client import configure_tensorflow\n"
+        "from fedray.client.trainer import configure_tensorflow\n"
         "configure_tensorflow(1, verbose=False)\n"
         "import tensorflow as tf\n"
         "print(tf.config.threading.get_intra_op_parallelism_threads(),"
@@ -76,6 +82,7 @@ def test_thread_pools_are_capped_before_tensorflow_starts():
     assert out.stdout.split() == ["1", "1"]
 
 
+@pytest.mark.keras
 def test_linreg_hello_world_in_process(tmp_path, linreg_config):
     hist = api.run(
         linreg_config, out=tmp_path, overrides=["runtime.executor=local", "runtime.progress=false"]
@@ -100,6 +107,7 @@ def test_linreg_hello_world_in_process(tmp_path, linreg_config):
     np.testing.assert_allclose(pred[:, 0], [y0, y10], rtol=1e-5)
 
 
+@pytest.mark.keras
 def test_packed_and_dedicated_hosts_give_the_same_model(tmp_path, linreg_config):
     common = ["runtime.executor=local", "runtime.progress=false", "rounds=3", "data.num_clients=4"]
     a = api.run(
@@ -127,6 +135,7 @@ def dropout_mlp(input_shape, num_outputs):
     )
 
 
+@pytest.mark.keras
 def test_dropout_models_are_identical_packed_and_dedicated(tmp_path):
     cfg = {
         "rounds": 2,
@@ -142,6 +151,7 @@ def test_dropout_models_are_identical_packed_and_dedicated(tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.keras
 def test_classification_with_federated_evaluation(tmp_path):
     cfg = {
         "rounds": 4,
@@ -163,6 +173,7 @@ def test_classification_with_federated_evaluation(tmp_path):
     assert final["fed_eval/clients"] == 3 and final["fed_eval/accuracy"] > 0.7
 
 
+@pytest.mark.keras
 def test_cnn_and_custom_functional_builder(tmp_path):
     base = {
         "rounds": 1,
@@ -180,6 +191,7 @@ def test_cnn_and_custom_functional_builder(tmp_path):
     assert custom.model().name == "custom_functional"
 
 
+@pytest.mark.keras
 def test_bad_builders_and_cnn_on_tabular_data(tmp_path):
     base = {"rounds": 1, "runtime": {"executor": "local", "progress": False}}
     with pytest.raises(ConfigError, match="returned str; expected a keras.Model"):
@@ -190,6 +202,7 @@ def test_bad_builders_and_cnn_on_tabular_data(tmp_path):
         api.run({**base, "model": {"name": "cnn"}}, out=tmp_path)
 
 
+@pytest.mark.keras
 def test_local_training_is_exact_gradient_descent_on_full_batches():
     # batch_size >= shard size: each epoch is one full-batch SGD step, independent of shuffling.
     spec = _spec(
@@ -209,6 +222,7 @@ def test_local_training_is_exact_gradient_descent_on_full_batches():
     np.testing.assert_allclose(update.delta[1][0], b + 0.25, rtol=1e-4)
 
 
+@pytest.mark.keras
 def test_fedprox_step_is_gradient_descent_on_the_proximal_objective():
     from fedray.records import ClientOptions
 
@@ -237,6 +251,7 @@ def test_fedprox_step_is_gradient_descent_on_the_proximal_objective():
     np.testing.assert_allclose(update.metrics["loss"], np.mean(losses), rtol=1e-4)
 
 
+@pytest.mark.keras
 def test_fedprox_with_tiny_mu_matches_fedavg_and_mu_zero_is_fedavg(tmp_path, linreg_config):
     common = ["runtime.executor=local", "runtime.progress=false", "rounds=3"]
     avg = api.run(linreg_config, out=tmp_path / "a", overrides=common)
@@ -255,6 +270,7 @@ def test_fedprox_with_tiny_mu_matches_fedavg_and_mu_zero_is_fedavg(tmp_path, lin
         np.testing.assert_allclose(a, t, rtol=1e-5, atol=1e-6)  # the proximal path agrees
 
 
+@pytest.mark.keras
 def test_stragglers_do_whole_epochs_of_their_work_exactly():
     base = ["data.dataset=digits", "data.num_clients=4", "client.local_epochs=4"]
     stragglers = ClientHost(
@@ -274,6 +290,7 @@ def test_stragglers_do_whole_epochs_of_their_work_exactly():
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.keras
 def test_dropped_stragglers_are_failures_with_a_reason():
     cfg = config.load(
         {}, ["data.num_clients=2", "faults.straggler_fraction=1", "faults.drop_stragglers=true"]

@@ -149,6 +149,7 @@ def test_keras_image_datasets_from_a_cached_file(tmp_path, name, shape):
     assert ds.x_train.min() >= 0.0 and ds.x_train.max() <= 1.0
 
 
+@pytest.mark.keras
 def test_mnist_without_path_uses_keras_datasets(monkeypatch):
     keras = pytest.importorskip("keras")
     rng = np.random.default_rng(0)

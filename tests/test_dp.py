@@ -68,6 +68,7 @@ def test_noise_std_on_the_mean_is_z_c_over_m():
     assert abs(float(x.mean())) < 6 * expected / math.sqrt(n)
 
 
+@pytest.mark.slow
 def test_the_estimator_is_unbiased_under_poisson_sampling():
     rng = np.random.default_rng(2)
     num_clients, q = 40, 0.25
@@ -93,6 +94,7 @@ def test_the_estimator_is_unbiased_under_poisson_sampling():
     assert np.mean(sizes) == pytest.approx(q * num_clients, rel=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start", [0.01, 100.0])
 def test_adaptive_clip_converges_to_the_target_quantile_from_either_side(start):
     rng = np.random.default_rng(3)
@@ -123,6 +125,7 @@ def test_adaptive_clip_converges_to_the_target_quantile_from_either_side(start):
     assert (clips[5] > start) if start < 1 else (clips[5] < start)
 
 
+@pytest.mark.slow
 def test_adaptive_clipping_splits_the_noise_budget_as_the_paper_does():
     assert split_noise(1.0, 5.0) == pytest.approx(1.005, abs=1e-3)  # m = 100, sigma_b = m/20
     with pytest.raises(ValueError, match="noise_multiplier < 2 \\* count_stddev"):
@@ -147,6 +150,7 @@ REFERENCE = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("z,q,rounds,rdp,pld", REFERENCE)
 def test_epsilon_matches_dp_accounting_and_the_reference_table(z, q, rounds, rdp, pld):
     T = rounds  # noqa: N806 - the papers' name
@@ -166,6 +170,7 @@ def test_epsilon_matches_dp_accounting_and_the_reference_table(z, q, rounds, rdp
         assert eps_pld == pytest.approx(pld, abs=0.01 * max(1, pld))
 
 
+@pytest.mark.slow
 def test_fixed_size_sampling_uses_the_replace_one_analysis():
     # N = 1000, m = 10, T = 1000: z = 2 gives 3.58 under replace-one (shared notes).
     eps = dpfedavg_epsilon(2.0, 0.01, 1000, 1e-5, sampling="fixed", population=1000)
@@ -174,6 +179,7 @@ def test_fixed_size_sampling_uses_the_replace_one_analysis():
         dpfedavg_epsilon(2.0, 0.01, 10, 1e-5, method="pld", sampling="fixed", population=1000)
 
 
+@pytest.mark.slow
 def test_calibration_hits_the_target_from_below():
     z = calibrate_noise_multiplier(3.0, 0.01, 1000, 1e-5)
     assert z == pytest.approx(0.865, abs=2e-3)
@@ -222,6 +228,7 @@ def test_example_weighting_is_refused_under_dp():
         with_dp(krum(num_byzantine=1, min_fit_clients=5), dp)
 
 
+@pytest.mark.slow
 def test_budget_exhaustion_stops_with_the_model_of_the_last_allowed_round():
     from fedray.callbacks import RoundRecorder
     from fedray.driver import run_rounds
@@ -262,6 +269,7 @@ DP_RUN = [
 ]
 
 
+@pytest.mark.keras
 def test_a_dp_run_reports_epsilon_per_round_and_in_the_summary(tmp_path, linreg_config):
     pytest.importorskip("tensorflow")
     import json
@@ -299,6 +307,7 @@ def test_a_dp_run_reports_epsilon_per_round_and_in_the_summary(tmp_path, linreg_
     assert "privacy/epsilon" in text and f"{p['epsilon']:.4g}" in text
 
 
+@pytest.mark.keras
 def test_max_epsilon_stops_a_run_cleanly(tmp_path, linreg_config):
     pytest.importorskip("tensorflow")
     from fedray import api
@@ -335,6 +344,7 @@ def test_bad_dp_configs_get_clear_errors(overrides, message):
         config.load({"data": {"num_clients": 10}}, overrides)
 
 
+@pytest.mark.slow
 def test_an_unreachable_target_epsilon_is_a_clear_error():
     from fedray import build, config
     from fedray.errors import ConfigError
@@ -381,6 +391,7 @@ def test_the_empirical_epsilon_bound_never_exceeds_the_true_epsilon(mu):
         assert lb > 2.0  # not vacuous when leakage is large (n = 5000 caps it near ln n)
 
 
+@pytest.mark.keras
 def test_a_resumed_dp_run_equals_the_uninterrupted_one(tmp_path, linreg_config):
     pytest.importorskip("tensorflow")
     from fedray import api
@@ -399,6 +410,7 @@ def test_a_resumed_dp_run_equals_the_uninterrupted_one(tmp_path, linreg_config):
     assert [r["agg/dp/clip"] for r in resumed.rows] == [r["agg/dp/clip"] for r in full.rows]
 
 
+@pytest.mark.keras
 def test_audit_writes_a_table_and_plot_for_plain_and_dp_runs(tmp_path, linreg_config):
     pytest.importorskip("tensorflow")
     import pandas as pd

@@ -14,7 +14,8 @@ pytest.importorskip("dp_accounting")
 
 
 def _host(dp, *overrides, n=64):
-    from fedray.client import ClientHost, HostSpec
+    from fedray.client.host import ClientHost
+    from fedray.client.spec import HostSpec
 
     cfg = config.load(
         {"data": {"dataset": "blobs", "num_samples": n * 2, "num_clients": 1, "test_fraction": 0.5},
@@ -29,6 +30,7 @@ def _norm(delta):
     return math.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64))) for d in delta))
 
 
+@pytest.mark.keras
 def test_without_noise_or_clipping_a_full_poisson_batch_is_one_plain_sgd_step():
     # B = n: q = 1, so every example is in the one batch of the epoch.
     plain, private = _host(None), _host(DPSGD(noise_multiplier=0.0, clip=1e9, noise_seed=1))
@@ -39,6 +41,7 @@ def test_without_noise_or_clipping_a_full_poisson_batch_is_one_plain_sgd_step():
         np.testing.assert_allclose(x, y, rtol=2e-4, atol=1e-6)
 
 
+@pytest.mark.keras
 def test_per_example_gradients_are_clipped():
     c = 1e-3
     host = _host(DPSGD(noise_multiplier=0.0, clip=c, noise_seed=1))
@@ -51,6 +54,7 @@ def test_per_example_gradients_are_clipped():
     assert _norm(free.fit([0], params, RoundInfo(1, 0))[0].delta) > 100 * c
 
 
+@pytest.mark.keras
 def test_noise_std_is_z_c_over_b_per_coordinate():
     z, c, n = 2.0, 1e-4, 64
     host = _host(DPSGD(noise_multiplier=z, clip=c, noise_seed=3), n=n)
@@ -64,6 +68,7 @@ def test_noise_std_is_z_c_over_b_per_coordinate():
     assert not np.array_equal(d1[0], d2[0])
 
 
+@pytest.mark.keras
 def test_poisson_batches_vary_in_size_and_accounting_is_per_client(tmp_path):
     from fedray import api
     from fedray.privacy import dpfedavg_epsilon

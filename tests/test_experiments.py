@@ -14,6 +14,7 @@ OFFLINE = sorted(
 )
 
 
+@pytest.mark.keras
 @pytest.mark.parametrize("path", OFFLINE, ids=lambda p: p.stem)
 def test_shipped_config_runs_one_round(path, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # configs use repo-relative data paths

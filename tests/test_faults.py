@@ -3,7 +3,7 @@
 import pytest
 
 from fedray import api, config
-from fedray.client import simulated_fault
+from fedray.client.behaviours import simulated_fault
 
 FAULTS = ["faults.crash_rate=0.15", "faults.hang_rate=0.1", "faults.nan_rate=0.15"]
 
@@ -25,6 +25,7 @@ def test_fault_schedule_is_seeded_and_follows_the_rates():
     assert kinds == [k for row in _expected(cfg).values() for k in row]
 
 
+@pytest.mark.keras
 def test_in_process_faults_are_counted_failures(tmp_path, linreg_config):
     pytest.importorskip("tensorflow")
     overrides = [*FAULTS, "rounds=6", "data.num_clients=4", "strategy.min_fit_clients=1",

@@ -76,6 +76,7 @@ def test_async_loop_tracks_staleness_and_steps_every_buffer():
     assert ex.peak == 2  # never more than `concurrency` clients in flight
 
 
+@pytest.mark.keras
 def test_fedbuff_runs_end_to_end_in_process(tmp_path, linreg_config):
     pytest.importorskip("tensorflow")
     from fedray import api
@@ -93,6 +94,7 @@ def test_fedbuff_runs_end_to_end_in_process(tmp_path, linreg_config):
     assert hist.metrics["eval/loss"].iloc[-1] < hist.metrics["eval/loss"].iloc[0]
 
 
+@pytest.mark.keras
 def test_fedbuff_resumes_from_its_last_server_step(tmp_path, linreg_config):
     pytest.importorskip("tensorflow")
     from fedray import api, checkpoint

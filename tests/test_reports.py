@@ -32,6 +32,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.keras
 def test_parquet_matches_csv(runs):
     d = runs[0.01]
     csv, pq = pd.read_csv(d / "metrics.csv"), pd.read_parquet(d / "metrics.parquet")
@@ -58,6 +59,7 @@ def _read_scalars(tb_dir):
     return scalars
 
 
+@pytest.mark.keras
 def test_tensorboard_scalars_per_round(runs):
     scalars = _read_scalars(runs[0.01] / "tb")
     assert {"fit/loss", "eval/loss", "eval/accuracy", "clients/ok", "time/round_s"} <= set(scalars)
@@ -67,6 +69,7 @@ def test_tensorboard_scalars_per_round(runs):
     np.testing.assert_allclose(values, csv["eval/loss"], rtol=1e-6)
 
 
+@pytest.mark.keras
 def test_plot_overlays_runs(runs, tmp_path):
     png = plot_runs([runs[0.01], runs[0.05]], tmp_path / "c.png", ["eval/accuracy"])
     assert png.stat().st_size > 10_000
@@ -74,6 +77,7 @@ def test_plot_overlays_runs(runs, tmp_path):
     assert (tmp_path / "d.png").stat().st_size > 10_000
 
 
+@pytest.mark.keras
 def test_report_table_lists_setup_and_final_metrics(runs, capsys):
     from rich.console import Console
 
@@ -85,6 +89,7 @@ def test_report_table_lists_setup_and_final_metrics(runs, capsys):
     assert "eval/loss" in capsys.readouterr().out
 
 
+@pytest.mark.keras
 def test_predict_writes_the_models_predictions(runs, tmp_path):
     import keras
 
@@ -100,6 +105,7 @@ def test_predict_writes_the_models_predictions(runs, tmp_path):
     assert (preds.prediction == model.predict(x, verbose=0).argmax(1)).all()
 
 
+@pytest.mark.keras
 def test_predict_errors_are_clear(runs, tmp_path):
     with pytest.raises(DataError, match="--input: file not found"):
         predict(runs[0.01], tmp_path / "none.csv", tmp_path / "p.csv")

@@ -32,6 +32,7 @@ def _toy(tmp_path):
     }  # fmt: skip
 
 
+@pytest.mark.keras
 def test_scaffold_converges_where_fedavg_drifts(tmp_path):
     cfg = _toy(tmp_path)
     ds = data.load_dataset(config.load(cfg).data, 0)
@@ -66,6 +67,7 @@ def test_scaffold_aggregator_needs_every_clients_delta_c():
         )
 
 
+@pytest.mark.keras
 def test_scaffold_resume_restores_client_control_variates(tmp_path):
     cfg = _toy(tmp_path)
     common = ["strategy.name=scaffold", "runtime.clients_per_actor=1"]

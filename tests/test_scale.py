@@ -27,6 +27,7 @@ def _local(n, *extra):
     ]
 
 
+@pytest.mark.keras
 def test_pre_aggregated_run_equals_a_run_that_aggregates_every_update(tmp_path):
     common = _local(24, "rounds=2", "runtime.clients_per_actor=12", "faults.nan_rate=0.2")
     on = api.run(SCALE, out=tmp_path / "on", overrides=[*common, "runtime.pre_aggregate=true"])
@@ -40,6 +41,7 @@ def test_pre_aggregated_run_equals_a_run_that_aggregates_every_update(tmp_path):
     assert sum(r["clients/failed"] for r in on.rows) > 0  # the NaN clients were rejected
 
 
+@pytest.mark.keras
 def test_hosts_send_one_partial_sum_and_every_failure():
     from fedray.local import LocalExecutor
 
@@ -57,6 +59,7 @@ def test_hosts_send_one_partial_sum_and_every_failure():
         LocalExecutor(cfg, Median(), pre_aggregate=True)
 
 
+@pytest.mark.keras
 def test_clients_per_round_samples_exactly_k_each_round(tmp_path):
     hist = api.run(
         SCALE,
@@ -94,6 +97,7 @@ def test_clients_per_round_errors_name_the_values():
         config.load(SCALE, ["strategy.clients_per_round=5", "strategy.fraction_fit=0.5"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clients", [10, 1000, 10_000])
 def test_synthetic_total_rows_stay_fixed_however_many_clients(clients):
     cfg = config.load(SCALE, [f"data.num_clients={clients}", "data.num_samples=50000"])

@@ -140,6 +140,7 @@ def test_quantization_is_unbiased_and_the_sum_decodes_within_n_steps():
     assert r == 8 + 5  # 30 * 255 < 2^13: the sum cannot wrap
 
 
+@pytest.mark.slow
 def test_the_cost_benchmark_decodes_within_its_bound_on_a_tiny_grid(tmp_path):
     from fedray.bench import secagg
 

@@ -15,6 +15,7 @@ SECURE = ["privacy.secure_aggregation.enabled=true", "privacy.secure_aggregation
 LINREG = ROOT / "experiments" / "linreg.yaml"
 
 
+@pytest.mark.keras
 def test_secure_and_plain_runs_differ_only_by_the_quantization_error(tmp_path):
     local = ["runtime.executor=local", "runtime.clients_per_actor=3"]
     plain = api.run(LINREG, out=tmp_path / "p", overrides=[*COMMON, *local])
@@ -31,9 +32,11 @@ def test_secure_and_plain_runs_differ_only_by_the_quantization_error(tmp_path):
     assert "fit/loss" not in secure.final  # clients reveal nothing but masked vectors
 
 
+@pytest.mark.keras
 def test_hosts_send_only_masked_integers():
     from fedray.aggregators import SecureAggregation
-    from fedray.client import ClientHost, HostSpec
+    from fedray.client.host import ClientHost
+    from fedray.client.spec import HostSpec
     from fedray.records import RoundInfo
 
     cfg = config.load(LINREG, ["data.num_clients=2"])
@@ -56,7 +59,7 @@ def test_secure_aggregation_on_ray_survives_client_crashes(tmp_path):
     overrides = [*COMMON, *SECURE, "faults.crash_rate=0.25", "runtime.clients_per_actor=1",
                  "runtime.max_restarts=-1", "rounds=3"]  # fmt: skip
     hist = api.run(LINREG, out=tmp_path, overrides=overrides)
-    from fedray.client import simulated_fault
+    from fedray.client.behaviours import simulated_fault
 
     cfg = config.load(LINREG, overrides)
     crashes = 0
@@ -73,6 +76,7 @@ def test_secure_aggregation_on_ray_survives_client_crashes(tmp_path):
     assert hist.final["eval/mae"] < 2.0  # it learned through the masked sums
 
 
+@pytest.mark.keras
 def test_secure_aggregation_composes_with_central_dp(tmp_path):
     hist = api.run(
         LINREG,
@@ -108,6 +112,7 @@ def test_bad_secure_aggregation_configs_are_clear_errors(overrides, message):
         config.load({"data": {"num_clients": 6}}, [*SECURE, *overrides])
 
 
+@pytest.mark.keras
 def test_dp_sgd_under_secure_aggregation_accounts_the_real_clients(tmp_path):
     hist = api.run(
         LINREG,

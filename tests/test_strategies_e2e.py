@@ -51,6 +51,7 @@ def test_krum_needs_enough_clients_per_round():
         config.load({"data": {"num_clients": 6}, "strategy": {"name": "krum", "num_byzantine": 1}})
 
 
+@pytest.mark.keras
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_runs_three_rounds_from_the_cli(name, tmp_path, capsys):
     out = tmp_path / name

@@ -166,7 +166,7 @@ def run_naive(config: str, overrides: Sequence[str]) -> dict[str, Any]:
 
 def parallel_hosts(clients: int, cpus: int) -> int:
     """How many fedray hosts train at once with ``clients_per_actor: auto``."""
-    from fedray.client import clients_per_host
+    from fedray.client.spec import clients_per_host
 
     per_host = clients_per_host("auto", clients, float(cpus))
     return min(math.ceil(clients / per_host), cpus)
@@ -174,7 +174,7 @@ def parallel_hosts(clients: int, cpus: int) -> int:
 
 def run_floor(config: str, overrides: Sequence[str]) -> dict[str, Any]:
     """Round 1's optimizer steps in one traced loop, divided by the parallel hosts."""
-    from fedray.client import configure_tensorflow
+    from fedray.client.trainer import configure_tensorflow
 
     cfg, ds, parts = _load(config, overrides)  # numpy only: TF is not started yet
     cpus = os.cpu_count() or 1

@@ -6,6 +6,7 @@ import pytest
 from fedray.privacy.audit import epsilon_lower_bound
 
 
+@pytest.mark.slow
 def test_the_lower_bound_is_positive_at_most_alpha_of_the_time_under_the_null():
     rng = np.random.default_rng(1)
     trials = 1000
@@ -38,6 +39,7 @@ def test_canary_estimate_matches_a_gaussian_mechanism():
     assert canary_epsilon(held_out[:100], held_out[100:200], 1e-5)["epsilon"] < 1.0
 
 
+@pytest.mark.keras
 def test_canary_audit_run_reports_a_client_level_estimate(tmp_path):
     pytest.importorskip("tensorflow")
     from fedray import api

@@ -10,6 +10,7 @@ from dp_accounting import pld, rdp
 from fedray.privacy import DPFedAvgAccountant, DPSGDAccountant, LocalDPAccountant
 
 
+@pytest.mark.slow
 def test_heterogeneous_rounds_compose_as_dp_accounting_does():
     ledger = DPFedAvgAccountant(2.0, 0.5, 1e-5)
     ledger.record([])
@@ -44,6 +45,7 @@ def test_local_dp_precision_composes_releases_of_different_noise():
     assert back.epsilon() == pytest.approx(want)
 
 
+@pytest.mark.keras
 def test_resume_extending_a_target_epsilon_run_reports_what_ran(tmp_path):
     pytest.importorskip("tensorflow")
     from fedray import api, build
@@ -111,6 +113,7 @@ def test_delta_at_or_above_one_over_n_is_warned(caplog):
     assert not caplog.text
 
 
+@pytest.mark.slow
 def test_accountant_q_and_z_are_not_swapped():
     from fedray.privacy import dpfedavg_epsilon
 
@@ -123,6 +126,7 @@ def test_accountant_q_and_z_are_not_swapped():
     assert ledger.epsilon() != pytest.approx(dpfedavg_epsilon(8 / 100, 1.3 / 10, 26, 1e-5))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delta", [1e-3, 1e-6, 1e-8])
 def test_epsilon_depends_on_delta_as_dp_accounting_says(delta):
     from fedray.privacy import dpfedavg_epsilon

@@ -13,6 +13,7 @@ def _plan(capsys, *args):
     return out, {k: float(v) for k, v in re.findall(r"ε \((RDP|PLD)\) = ([0-9.]+)", out)}
 
 
+@pytest.mark.keras
 def test_adaptive_plan_equals_the_runs_own_figures(capsys, tmp_path):
     pytest.importorskip("tensorflow")
     from fedray import api

@@ -35,6 +35,7 @@ def _run(agg, ledger, *, rounds=4, fraction=0.5, min_fit=1, flaky=(), resume=Non
     return ex
 
 
+@pytest.mark.slow
 def test_central_dp_rounds_are_each_charged_once_per_client():
     ledger = DPFedAvgAccountant(1.0, 0.5, 1e-5)
     ex = _run(CentralDP(noise_multiplier=1.0, expected_clients=3.0, clip=1.0), ledger, rounds=6)
@@ -52,6 +53,7 @@ def test_failed_attempts_of_local_dp_are_charged_too():
     assert ledger.epsilon() == pytest.approx(ledger.client_epsilon(2))
 
 
+@pytest.mark.slow
 def test_failed_attempts_of_dp_sgd_are_charged_too():
     agg = Mean(weighting="uniform")  # DP-SGD noises inside training; the mean is plain
     ledger = DPSGDAccountant(noise_multiplier=1.0, delta=1e-5, batch_size=5, local_epochs=1,
@@ -73,6 +75,7 @@ def test_a_resumed_run_keeps_charging_on_top_of_the_restored_ledger():
     assert_charged(both, second)
 
 
+@pytest.mark.keras
 def test_partial_sums_of_packed_hosts_are_charged(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
     counters = _counting_executors(monkeypatch)
@@ -82,6 +85,7 @@ def test_partial_sums_of_packed_hosts_are_charged(tmp_path, monkeypatch):
     assert_charged(counters[0], ledger)
 
 
+@pytest.mark.keras
 def test_dp_sgd_with_crashes_and_retries_is_charged(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
     counters = _counting_executors(monkeypatch)
@@ -91,6 +95,7 @@ def test_dp_sgd_with_crashes_and_retries_is_charged(tmp_path, monkeypatch):
     assert_charged(counters[0], _ledger_of(hist))
 
 
+@pytest.mark.keras
 def test_secure_aggregation_with_central_dp_is_charged(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
     counters = _counting_executors(monkeypatch)
@@ -135,8 +140,8 @@ def _counting_executors(monkeypatch):
     counters = []
     real = build.make_executor
 
-    def wrapped(cfg, strategy):
-        executor, started = real(cfg, strategy)
+    def wrapped(cfg, strategy, source=None):
+        executor, started = real(cfg, strategy, source)
         counters.append(ReleaseCounter(executor))
         return counters[-1], started
 

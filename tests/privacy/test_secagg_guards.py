@@ -38,6 +38,7 @@ def test_a_lying_server_cannot_isolate_one_input():
     np.testing.assert_array_equal(total, sum(x.values()) % 2**20)
 
 
+@pytest.mark.keras
 def test_rounds_below_the_minimum_cohort_reveal_nothing(tmp_path):
     pytest.importorskip("tensorflow")
     from fedray import api
@@ -60,6 +61,7 @@ def test_rounds_below_the_minimum_cohort_reveal_nothing(tmp_path):
         assert r["agg/secagg/clients"] == 0 or r["agg/secagg/clients"] >= 3
 
 
+@pytest.mark.keras
 def test_secure_aggregation_works_with_enabled_alone(tmp_path):
     pytest.importorskip("tensorflow")
     from fedray import api

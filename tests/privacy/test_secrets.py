@@ -1,6 +1,7 @@
 """Invariant 4: nothing secret is persisted; the checkpoint cannot rebuild the noise."""
 
 import numpy as np
+import pytest
 
 from fedray.aggregators import CentralDP, Mean
 from fedray.callbacks import Callback
@@ -25,6 +26,7 @@ def _run(rounds, *, noise_seed=None, resume=None):
     return params, states, ex
 
 
+@pytest.mark.slow
 def test_the_checkpointed_generator_cannot_regenerate_the_noise():
     params, states, _ = _run(1)
     state = states[-1]
@@ -46,6 +48,7 @@ def test_the_checkpointed_generator_cannot_regenerate_the_noise():
     assert "history" in state.loop_state["privacy"]
 
 
+@pytest.mark.slow
 def test_resume_is_exact_with_a_noise_seed_and_differs_only_by_noise_without():
     full, _, _ = _run(4, noise_seed=5)
     _, states, _ = _run(2, noise_seed=5)

@@ -15,6 +15,7 @@ from fedray.aggregators import CentralDP, Mean, SecureAggregation
 from fedray.records import ClientUpdate, RoundInfo
 
 
+@pytest.mark.slow
 def test_adaptive_clipping_count_multiplier_is_the_one_accounted():
     m = 40.0
     cfg = config.load({"data": {"num_clients": 400}, "strategy": {"fraction_fit": 0.1},
@@ -68,9 +69,11 @@ def test_too_few_bits_for_the_model_are_refused_under_dp():
     assert SecureAggregation(inner=Mean(weighting="uniform"), bits=8).l2_bound(10**6) == 1.0
 
 
+@pytest.mark.keras
 def test_dp_sgd_releases_no_non_trainable_state(tmp_path):
     pytest.importorskip("tensorflow")
-    from fedray.client import ClientHost, HostSpec
+    from fedray.client.host import ClientHost
+    from fedray.client.spec import HostSpec
     from fedray.records import DPSGD, ClientOptions
 
     cfg = config.load({"data": {"dataset": "blobs", "num_samples": 200, "num_clients": 2},
@@ -79,7 +82,7 @@ def test_dp_sgd_releases_no_non_trainable_state(tmp_path):
     dp = DPSGD(noise_multiplier=1.0, clip=1.0, noise_seed=0)
     host = ClientHost(HostSpec(cfg, (0, 1), Mean(), client=ClientOptions(dp_sgd=dp)))
     params = host.initial_params()
-    trainable = [v.trainable for v in host.model.weights]
+    trainable = [v.trainable for v in host.trainer.model.weights]
     assert not all(trainable)  # the BatchNorm moving statistics
     for update in host.fit([0, 1], params, RoundInfo(1, 0)):
         for delta, keep in zip(update.delta, trainable):
@@ -90,6 +93,7 @@ def test_dp_sgd_releases_no_non_trainable_state(tmp_path):
         assert update.metrics == {} and update.num_examples == 1  # B2: no loss, no n_k
 
 
+@pytest.mark.keras
 def test_dp_sgd_run_logs_no_training_metrics(tmp_path):
     pytest.importorskip("tensorflow")
     hist = api.run(

@@ -1,0 +1,1 @@
+"""Client hosts: the host, its trainer, its spec and simulated behaviours."""

@@ -1,0 +1,427 @@
+"""The client host: a plain class that owns clients' shards and answers for each of them.
+
+It is made remote at the edge (``ray.remote`` in :mod:`fedray.runtime`) and used
+in-process by :class:`fedray.local.LocalExecutor`, so it is testable without Ray. One
+host serves one or many clients, one after another, with one trainer
+(:mod:`fedray.client.trainer`):
+
+1. ``__init__``: load the shards (or take ``fedray.fit``'s), apply simulated label
+   flips, and start the trainer (the compiled model and its traced loops).
+2. ``fit``: plan each sampled client (simulated faults, straggling, SCAFFOLD's
+   correction), train them all in one trainer call, then finish each update on its
+   own: control variates, the aggregator's ``encode``, masking, simulated attacks.
+   With pre-aggregation the host validates and sums them into one
+   :class:`~fedray.records.PartialSum`.
+3. ``secure_step``: the client side of secure aggregation; secret keys stay here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from fedray.aggregators import Summable, presum
+from fedray.attacks import attack_update, choose_attackers, flip_labels
+from fedray.client.behaviours import simulated_fault
+from fedray.client.spec import HostSpec
+from fedray.client.trainer import Trainer, TrainJob
+from fedray.errors import ConfigError
+from fedray.records import (
+    ClientEval,
+    ClientFailure,
+    ClientUpdate,
+    Metrics,
+    Params,
+    PartialSum,
+    RoundInfo,
+)
+from fedray.validation import screen
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One client's planned round (see :meth:`ClientHost._plan_fit`)."""
+
+    train: TrainJob  # what the trainer runs
+    total: int  # local steps of a full round
+    fault: str | None  # simulated fault still to apply after training ("nan")
+
+    @property
+    def cid(self) -> int:
+        """The client."""
+        return self.train.cid
+
+
+class _SkipClientError(Exception):
+    """A client that does not train this round, for the given reason."""
+
+
+class ClientHost:
+    """Owns the shards of ``spec.client_ids`` and one compiled model."""
+
+    def __init__(self, spec: HostSpec) -> None:
+        self.spec = spec
+        self._error: BaseException | None = None
+        try:
+            self._setup(spec)
+        except Exception as exc:  # delivered by ready(), so the caller gets the real error
+            self._error = exc
+
+    def _setup(self, spec: HostSpec) -> None:
+        t0 = time.perf_counter()
+        cfg = spec.config
+        from fedray.data import load_host_data
+
+        if spec.source is not None:
+            host_data = spec.source.host_data(cfg.data, cfg.seed)
+        else:
+            host_data = load_host_data(
+                cfg.data, cfg.seed, spec.client_ids, with_test_set=spec.with_test_set
+            )
+        self.info = host_data.info
+        self.shards = host_data.shards
+        attack = cfg.attack
+        self.attackers = choose_attackers(cfg.data.num_clients, attack.fraction, cfg.seed)
+        if attack.kind == "label_flip" and self.attackers & set(self.shards):
+            if self.info.task != "classification" or not self.info.num_classes:
+                raise ConfigError(
+                    "attack.kind = 'label_flip' needs a classification dataset; "
+                    f"{cfg.data.dataset!r} is a {self.info.task} task"
+                )
+            for cid in self.attackers & set(self.shards):
+                self.shards[cid].y = flip_labels(self.shards[cid].y, self.info.num_classes)
+        self._examples = {cid: len(s.x) for cid, s in self.shards.items()}
+        make = spec.trainer
+        if make is None:
+            from fedray.client.trainer import KerasTrainer
+
+            make = KerasTrainer
+        self.trainer: Trainer = make(spec, host_data)
+        self._controls: dict[int, Params] = {}  # SCAFFOLD's client control variates
+        self._secagg: dict[int, Any] = {}  # this round's SecAggClient per client (secret keys)
+        self._secagg_inbox: dict[int, dict[int, bytes]] = {}
+        self.setup_s = time.perf_counter() - t0
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def ready(self) -> dict[str, Any]:
+        """Raise the start-up error, if any; else describe the host."""
+        self._check()
+        return {
+            "pid": os.getpid(),
+            "clients": list(self.spec.client_ids),
+            "examples": dict(self._examples),
+            "threads": self.spec.threads,
+            **self.trainer.describe(),
+            "setup_s": self.setup_s,
+        }
+
+    def initial_params(self) -> Params:
+        """The freshly initialised model's weights (identical on every host: same seed)."""
+        self._check()
+        return self.trainer.initial_params()
+
+    @staticmethod
+    def client_seed(seed: int, server_round: int, client_id: int) -> np.ndarray:
+        """Shuffle seed of one client in one round, derived from (seed, round, id).
+
+        Deriving it from the round (not from how often this host trained before) keeps
+        results identical whether clients are packed or dedicated, and on resume.
+        """
+        state = np.random.SeedSequence([seed, server_round, client_id]).generate_state(2)
+        return state.astype(np.int64)
+
+    def _noise_seed(self, info: RoundInfo, cid: int) -> np.ndarray:
+        """DP-SGD's batch-and-noise seed: secret, unless ``noise_seed`` fixes it."""
+        dp = self.spec.client.dp_sgd
+        if dp is None:
+            return np.zeros(2, np.int64)
+        if dp.noise_seed is None:
+            return np.array([secrets.randbits(62), secrets.randbits(62)], np.int64)
+        state = np.random.SeedSequence([dp.noise_seed, info.server_round, cid, 13])
+        return state.generate_state(2).astype(np.int64)
+
+    def _delay(self, cid: int) -> float:
+        """Simulated extra seconds per fit: ``faults.delay_s * u``, ``u ~ U(0, 1)`` per client."""
+        max_delay = self.spec.config.faults.delay_s
+        if max_delay <= 0:
+            return 0.0
+        u = float(np.random.default_rng([self.spec.config.seed, 6, cid]).random())
+        return max_delay * u
+
+    def fault(self, cid: int, info: RoundInfo) -> str | None:
+        """The simulated fault of this client in this round (see :func:`simulated_fault`)."""
+        return simulated_fault(self.spec.config, info.seed, info.server_round, cid, info.attempt)
+
+    def _crash(self, cid: int) -> None:
+        """In-process there is no host process to lose: the client fails instead."""
+        raise RuntimeError(f"simulated crash of client {cid}'s host (faults.crash_rate)")
+
+    def _hang(self, cid: int) -> None:
+        """In-process a hang would block the run: the client fails instead."""
+        raise TimeoutError(f"simulated hang of client {cid} (faults.hang_rate)")
+
+    def _straggler_steps(self, cid: int, info: RoundInfo, total: int) -> int:
+        """Local steps this client runs this round (fewer when it straggles).
+
+        With ``faults.straggler_fraction = p``, each sampled client straggles with
+        probability ``p`` (randomness from (seed, round, id)); a straggler runs a uniform
+        number of whole epochs in [1, E - 1] as in the FedProx paper, or, with E = 1, a
+        uniform number of steps in [1, steps - 1].
+        """
+        p = self.spec.config.faults.straggler_fraction
+        if p <= 0 or total <= 1:
+            return total
+        rng = np.random.default_rng([info.seed, info.server_round, cid, 5])
+        if rng.random() >= p:
+            return total
+        epochs = self.spec.config.client.local_epochs
+        per_epoch = total // epochs
+        if epochs > 1:
+            return int(rng.integers(1, epochs)) * per_epoch
+        return int(rng.integers(1, total))
+
+    def fit(
+        self,
+        client_ids: Sequence[int],
+        params: Params,
+        info: RoundInfo,
+        extras: dict[str, Params] | None = None,
+    ) -> list[ClientUpdate | ClientFailure | PartialSum]:
+        """Train each client from ``params``; a client that raises becomes a ClientFailure.
+
+        The clients train one after another inside one traced call (in chunks that
+        keep the stacked updates under ~64 MB); then each update is encoded, masked or
+        attacked on its own. ``extras`` carries what the aggregator broadcasts beside
+        the weights (SCAFFOLD's server control variate ``"control"``). Results come
+        back in the order of ``client_ids``; with ``spec.pre_aggregate`` the valid
+        updates come back as one :class:`PartialSum` (first), followed by the failures.
+        """
+        self._check()
+        done: dict[int, ClientUpdate | ClientFailure] = {}
+        jobs: list[_Job] = []
+        server_c = None  # SCAFFOLD's server control variate c: the same for every client
+        if self.spec.client.control_variates:
+            server_c = (extras or {}).get("control") or [np.zeros_like(p) for p in params]
+        for cid in client_ids:
+            try:
+                jobs.append(self._plan_fit(cid, params, info, server_c))
+            except _SkipClientError as skip:
+                done[cid] = ClientFailure(cid, str(skip))
+            except Exception as exc:
+                done[cid] = ClientFailure(cid, f"{type(exc).__name__}: {exc}")
+        model_bytes = sum(np.asarray(p).nbytes for p in params) or 1
+        chunk = max(1, (64 << 20) // model_bytes)
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start : start + chunk]
+            try:
+                trained = self.trainer.train([job.train for job in part], params)
+            except Exception as exc:
+                for job in part:
+                    done[job.cid] = ClientFailure(job.cid, f"{type(exc).__name__}: {exc}")
+                continue
+            for job, (delta, metrics) in zip(part, trained, strict=True):
+                try:
+                    done[job.cid] = self._finish_fit(job, delta, metrics, info, server_c)
+                except Exception as exc:
+                    done[job.cid] = ClientFailure(job.cid, f"{type(exc).__name__}: {exc}")
+        results: list[ClientUpdate | ClientFailure] = [done[cid] for cid in client_ids]
+        if not self.spec.pre_aggregate:
+            return list(results)
+        return self._presum(results, params)
+
+    def _presum(
+        self, results: Sequence[ClientUpdate | ClientFailure], params: Params
+    ) -> list[ClientUpdate | ClientFailure | PartialSum]:
+        """Validate each update as the driver would, then sum the valid ones."""
+        assert isinstance(self.spec.aggregator, Summable)
+        valid: list[ClientUpdate] = []
+        failures: list[ClientUpdate | ClientFailure | PartialSum] = []
+        for r in results:
+            checked = screen(r, params, self.spec.max_update_norm)
+            if isinstance(checked, ClientUpdate):
+                valid.append(checked)
+            else:
+                failures.append(checked)
+        if not valid:
+            return failures
+        return [presum(valid, self.spec.aggregator), *failures]
+
+    def _plan_fit(self, cid: int, params: Params, info: RoundInfo, server_c: Params | None) -> _Job:
+        """What one client runs this round; raises for a missing client or a simulated fault."""
+        if cid not in self._examples:
+            raise KeyError(f"client {cid} is not hosted here ({list(self._examples)})")
+        fault = self.fault(cid, info)
+        if fault == "crash":
+            self._crash(cid)
+        elif fault == "hang":
+            self._hang(cid)
+        n = self._examples[cid]
+        total = self.spec.config.client.local_epochs * -(-n // self.spec.config.client.batch_size)
+        steps = self._straggler_steps(cid, info, total)
+        if steps < total and self.spec.config.faults.drop_stragglers:
+            raise _SkipClientError(f"straggler dropped: {steps} of {total} local steps")
+        correction = None
+        if server_c is not None:
+            own_c = self._controls.setdefault(cid, [np.zeros_like(p) for p in params])
+            correction = [
+                np.subtract(c, ci, dtype=np.asarray(p).dtype)
+                for c, ci, p in zip(server_c, own_c, params, strict=True)
+            ]
+        seed = self.client_seed(info.seed, info.server_round, cid)
+        job = TrainJob(cid, steps, seed, self._noise_seed(info, cid), correction)
+        return _Job(job, total, fault)
+
+    def _finish_fit(
+        self,
+        job: _Job,
+        delta: Params,
+        metrics: Metrics,
+        info: RoundInfo,
+        server_c: Params | None,
+    ) -> ClientUpdate:
+        """One trained client's update: control variates, encode, mask, simulated faults."""
+        cid, steps, total = job.train.cid, job.train.steps, job.total
+        if job.fault == "nan":  # a broken client: the driver must reject this update
+            delta = [np.full_like(d, np.nan) for d in delta]
+        metrics = {**metrics, "work_fraction": steps / total if total else 1.0}
+        update_extras: dict[str, Params] = {}
+        if server_c is not None:
+            # Option II of Karimireddy et al.: c_i+ = c_i - c + (x - y_i) / (K * lr).
+            own_c = self._controls[cid]
+            scale = 1.0 / (max(steps, 1) * self.spec.config.client.learning_rate)
+            delta_c = [
+                (-c - d * scale).astype(d.dtype) for c, d in zip(server_c, delta, strict=True)
+            ]
+            self._controls[cid] = [ci + dc for ci, dc in zip(own_c, delta_c, strict=True)]
+            update_extras["delta_c"] = delta_c
+        if self.spec.client.dp_sgd is not None:
+            # DP-SGD: only the noised weights leave the host; the training loss of raw
+            # examples and the example count would leave un-noised.
+            update = ClientUpdate(cid, delta, 1, {}, extras=update_extras)
+        else:
+            update = ClientUpdate(cid, delta, self._examples[cid], metrics, extras=update_extras)
+        delay = self._delay(cid)
+        if delay:  # a slow device (faults.delay_s): fixed per client, from the seed
+            time.sleep(delay)
+        update = self.spec.aggregator.encode(update, info)
+        if update.masked is not None:  # secure aggregation: mask inside the host
+            update = self._mask(update, info)
+        if cid in self.attackers:
+            attack = self.spec.config.attack
+            rng = np.random.default_rng([info.seed, info.server_round, cid, 4])
+            update = attack_update(update, attack.kind, attack.scale, rng)
+        return update
+
+    def secure_step(
+        self, name: str, client_ids: Sequence[int], payload: dict[int, Any], info: RoundInfo
+    ) -> dict[int, Any]:
+        """One secure-aggregation step for each of this host's clients in ``client_ids``.
+
+        ``advertise`` makes each client's fresh key pairs (kept here, never returned),
+        ``share`` returns its encrypted Shamir shares, ``inbox`` stores the shares
+        addressed to it, and ``unmask`` returns the shares the server may have. The
+        masking itself happens in :meth:`fit`.
+        """
+        from fedray.secagg import SecAggAbortError, SecAggClient, SecAggError
+
+        self._check()
+        out: dict[int, Any] = {}
+        for cid in client_ids:
+            try:
+                if name == "advertise":
+                    neighbours, threshold, bits = payload[cid]
+                    client = SecAggClient(cid, info.server_round, neighbours, threshold, bits)
+                    self._secagg[cid] = client
+                    out[cid] = client.advertise()
+                elif name == "share":
+                    out[cid] = self._secagg[cid].share_keys(payload[cid])
+                elif name == "inbox":
+                    self._secagg_inbox[cid] = payload[cid]
+                    out[cid] = True
+                elif name == "unmask":
+                    dropped, survivors = payload[cid]
+                    out[cid] = self._secagg.pop(cid).unmask(dropped, survivors)
+                    self._secagg_inbox.pop(cid, None)
+                else:
+                    raise ValueError(f"unknown secure-aggregation step {name!r}")
+            except SecAggAbortError as exc:  # too few live neighbours: this client drops out
+                logger.warning("client %d: %s", cid, exc)
+                self._secagg.pop(cid, None)
+            except SecAggError:
+                raise  # a protocol violation (tampering) must stop the round, loudly
+            except Exception as exc:
+                logger.warning("client %d: secure aggregation step %s failed: %s", cid, name, exc)
+        return out
+
+    def _mask(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
+        client = self._secagg.get(update.client_id)
+        if client is None or client.round_id != info.server_round:
+            raise RuntimeError(
+                f"client {update.client_id} has no secure-aggregation keys for round "
+                f"{info.server_round} (its host restarted?)"
+            )
+        assert update.masked is not None
+        inbox = self._secagg_inbox.get(update.client_id, {})
+        return replace(update, masked=client.masked_input(update.masked, inbox))
+
+    def client_state(self) -> dict[int, dict[str, Params]]:
+        """Per-client state kept in this host across rounds (SCAFFOLD's control variates)."""
+        self._check()
+        return {cid: {"control": [np.array(c) for c in cs]} for cid, cs in self._controls.items()}
+
+    def restore_client_state(self, state: dict[int, dict[str, Params]]) -> None:
+        """Load per-client state saved by :meth:`client_state` (for the clients hosted here)."""
+        self._check()
+        for cid, entry in state.items():
+            if cid in self._examples and "control" in entry:
+                self._controls[cid] = [np.array(c) for c in entry["control"]]
+
+    def evaluate(self, params: Params) -> Metrics:
+        """Centralized evaluation on the server test set held by this host."""
+        self._check()
+        result = self.trainer.evaluate(params, "server")
+        return {} if result is None else result[1]
+
+    def evaluate_clients(
+        self, client_ids: Sequence[int], params: Params, split: str = "test"
+    ) -> list[ClientEval | ClientFailure]:
+        """Evaluate ``params`` on each client's ``test`` split or ``train`` shard.
+
+        Clients without a local test split are skipped for ``test``; ``train`` gives the
+        global model's loss on the training data (as plotted in the FedProx paper).
+        """
+        self._check()
+        out: list[ClientEval | ClientFailure] = []
+        for cid in client_ids:
+            if cid not in self._examples:
+                continue
+            try:
+                result = self.trainer.evaluate(params, split, cid)
+            except Exception as exc:
+                out.append(ClientFailure(cid, f"{type(exc).__name__}: {exc}"))
+                continue
+            if result is not None:
+                out.append(ClientEval(cid, result[0], result[1]))
+        return out
+
+    def predict(self, params: Params, x: np.ndarray) -> np.ndarray:
+        """The model's predictions for ``x`` under ``params``."""
+        self._check()
+        return self.trainer.predict(params, x)
+
+    def export(self, params: Params) -> bytes:
+        """The model with ``params`` as ``.keras`` file bytes (so the driver needs no TF)."""
+        self._check()
+        return self.trainer.export(params)
