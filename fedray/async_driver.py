@@ -21,7 +21,7 @@ import numpy as np
 from fedray import tree
 from fedray.callbacks import Callback, Logs
 from fedray.checkpoint import DriverState
-from fedray.driver import due
+from fedray.driver import due, weighted_logs
 from fedray.records import ClientFailure, ClientUpdate, Params, RoundInfo
 from fedray.strategy import Strategy
 from fedray.validation import validate_update
@@ -75,13 +75,17 @@ def run_async(
 
     Each idle client is picked uniformly at random (seeded) whenever a training slot
     frees; an update's staleness is the number of server steps taken since its client
-    started, written to ``metrics["staleness"]`` for the aggregator.
+    started, written to ``metrics["staleness"]`` for the aggregator. ``fit/*`` are
+    example-weighted over the step's updates, as in synchronous rounds.
 
-    Checkpoints are taken after a server step (every ``checkpoint_every``). ``resume``
-    continues from one: the model, optimizer and aggregator state, RNG and history are
-    restored, and the clients that were in flight (or buffered) at the checkpoint
-    start again from the restored model. Asynchronous runs depend on arrival timing,
-    so a resumed run is a valid continuation, not a bit-identical replay.
+    Checkpoints are taken after a server step (every ``checkpoint_every``), before the
+    step is reported. They hold, besides the model, optimizer and aggregator state, RNG
+    and history, the buffered updates and the clients still in flight with the model
+    version each started from. ``resume`` restores the buffer and starts those clients
+    again from their own versions with their own seeds: a client's randomness comes
+    from its dispatch, so in-process (where arrivals come in dispatch order) a resumed
+    run equals the uninterrupted one bit for bit. On Ray, arrival order follows timing,
+    so a resumed run is the same process continued, not a replay.
     """
     buffering = strategy.buffering
     if buffering is None:
@@ -92,34 +96,103 @@ def run_async(
     opt_state = strategy.server_optimizer.init(params)
     version, dispatched = 0, 0
     rows: list[Logs] = []
+    loop: dict[str, Any] = {}
     if resume is not None:
         params, agg_state, opt_state = resume.params, resume.agg_state, resume.opt_state
         rng.bit_generator.state = resume.rng_state
         version, dispatched = resume.server_round, int(resume.loop_state.get("dispatched", 0))
-        rows = list(resume.rows)
-    handle = executor.broadcast(params, agg_state.get("broadcast"))
+        rows, loop = list(resume.rows), resume.loop_state
+    handles = {version: executor.broadcast(params, agg_state.get("broadcast"))}
+    versions: dict[int, Params] = {version: params}  # models that in-flight clients started from
+    for v, p in loop.get("versions", {}).items():
+        versions[int(v)] = list(p)
     idle = set(range(executor.num_clients))
-    in_flight: dict[Any, tuple[int, int]] = {}
-    buffer: list[ClientUpdate] = []
+    in_flight: dict[Any, tuple[int, int, int]] = {}  # ticket -> (client, version, dispatch)
+    buffer: list[ClientUpdate] = [ClientUpdate(**u) for u in loop.get("buffer", [])]
     failures = 0
     concurrency = min(buffering.concurrency, executor.num_clients)
+
+    def start(cid: int, started: int, index: int) -> None:
+        if started not in handles:
+            handles[started] = executor.broadcast(versions[started], agg_state.get("broadcast"))
+        info = RoundInfo(server_round=index, seed=seed, num_sampled=1)
+        idle.discard(cid)
+        in_flight[executor.submit(cid, handles[started], info)] = (cid, started, index)
 
     def dispatch() -> None:
         nonlocal dispatched
         while len(in_flight) < concurrency and idle:
             cid = int(rng.choice(sorted(idle)))
-            idle.discard(cid)
             dispatched += 1  # a fresh shuffle seed per dispatch, derived from the count
-            info = RoundInfo(server_round=dispatched, seed=seed, num_sampled=1)
-            in_flight[executor.submit(cid, handle, info)] = (cid, version)
+            start(cid, version, dispatched)
+
+    def state() -> DriverState:
+        live = {v for _, v, _ in in_flight.values()}
+        return DriverState(
+            server_round=version,
+            params=params,
+            agg_state=agg_state,
+            opt_state=opt_state,
+            rng_state=dict(rng.bit_generator.state),
+            rows=rows,
+            loop_state={
+                "dispatched": dispatched,
+                "in_flight": [list(t) for t in in_flight.values()],  # in dispatch order
+                "versions": {str(v): versions[v] for v in sorted(live)},
+                "buffer": [dict(vars(u)) for u in buffer],
+            },
+        )
 
     callback.on_run_begin({"num_clients": executor.num_clients, "rounds": rounds})
-    dispatch()
+    for cid, started, index in loop.get("in_flight", []):  # resumed: the same clients again
+        start(int(cid), int(started), int(index))
     logs: Logs = dict(rows[-1]) if rows else {}
     t_step = time.perf_counter()
     while version < rounds:
+        while len(buffer) >= buffering.buffer_size and version < rounds:
+            batch, buffer = buffer[: buffering.buffer_size], buffer[buffering.buffer_size :]
+            callback.on_round_begin(version + 1)
+            delta, agg_state, meas = strategy.aggregator.aggregate(batch, agg_state, rng)
+            new_params, new_opt = strategy.server_optimizer.apply(params, delta, opt_state)
+            committed = tree.all_finite(new_params)
+            if committed:
+                params, opt_state = new_params, new_opt
+            version += 1
+            versions[version] = params
+            handles[version] = (
+                executor.broadcast(params, agg_state.get("broadcast"))
+                if committed
+                else handles[version - 1]
+            )
+            live = {v for _, v, _ in in_flight.values()} | {version}
+            for v in [v for v in versions if v not in live]:
+                versions.pop(v)
+                handles.pop(v, None)
+            logs = {
+                "clients/ok": len(batch),
+                "clients/failed": failures,
+                "round/committed": int(committed),
+                **{f"agg/{k}": v for k, v in meas.items()},
+                **{k: v for k, v in weighted_logs(batch, "fit").items() if k != "fit/staleness"},
+            }
+            failures = 0
+            if due(version, evaluate_every, rounds):
+                logs.update(
+                    {f"eval/{k}": v for k, v in executor.evaluate(handles[version]).items()}
+                )
+            now = time.perf_counter()
+            logs["time/round_s"] = now - t_step
+            t_step = now
+            rows.append({"round": version, **logs})
+            # Checkpoint first, then report: a reported step always has its checkpoint.
+            if checkpoint is not None and due(version, checkpoint_every, rounds):
+                checkpoint(state())
+            callback.on_round_end(version, logs)
+        if version >= rounds:
+            break
+        dispatch()
         for ticket, result in executor.wait(list(in_flight)):
-            cid, started = in_flight.pop(ticket)
+            cid, started, _ = in_flight.pop(ticket)
             idle.add(cid)
             if isinstance(result, ClientFailure):
                 failures += 1
@@ -132,43 +205,5 @@ def run_async(
                 continue
             stale = {**result.metrics, "staleness": float(version - started)}
             buffer.append(replace(result, metrics=stale))
-        while len(buffer) >= buffering.buffer_size and version < rounds:
-            batch, buffer = buffer[: buffering.buffer_size], buffer[buffering.buffer_size :]
-            callback.on_round_begin(version + 1)
-            delta, agg_state, meas = strategy.aggregator.aggregate(batch, agg_state, rng)
-            new_params, new_opt = strategy.server_optimizer.apply(params, delta, opt_state)
-            committed = tree.all_finite(new_params)
-            if committed:
-                params, opt_state = new_params, new_opt
-                handle = executor.broadcast(params, agg_state.get("broadcast"))
-            version += 1
-            logs = {
-                "clients/ok": len(batch),
-                "clients/failed": failures,
-                "round/committed": int(committed),
-                **{f"agg/{k}": v for k, v in meas.items()},
-                "fit/loss": float(np.mean([u.metrics.get("loss", np.nan) for u in batch])),
-            }
-            failures = 0
-            if due(version, evaluate_every, rounds):
-                logs.update({f"eval/{k}": v for k, v in executor.evaluate(handle).items()})
-            now = time.perf_counter()
-            logs["time/round_s"] = now - t_step
-            t_step = now
-            callback.on_round_end(version, logs)
-            rows.append({"round": version, **logs})
-            if checkpoint is not None and due(version, checkpoint_every, rounds):
-                checkpoint(
-                    DriverState(
-                        server_round=version,
-                        params=params,
-                        agg_state=agg_state,
-                        opt_state=opt_state,
-                        rng_state=dict(rng.bit_generator.state),
-                        rows=rows,
-                        loop_state={"dispatched": dispatched},
-                    )
-                )
-        dispatch()
     callback.on_run_end(logs)
     return params

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedray.aggregators import AdaptiveClip, CentralDP, LocalDP, Mean, SecureAggregation, Summable
-from fedray.compat import RECIPE_OPTIONS, check_compatible, strategy_features
+from fedray.compat import RECIPE_OPTIONS, chain, check_compatible, strategy_features
 from fedray.config import Config, features
 from fedray.errors import ConfigError, DataError
 from fedray.memory import InMemory
@@ -287,12 +287,13 @@ def ledger(cfg: Config, strategy: Strategy, executor: Any) -> Any:
             max_epsilon=budget(cfg),
         )
     else:
-        mechanism = strategy.aggregator
-        if isinstance(mechanism, SecureAggregation):
-            mechanism = mechanism.inner
-        if not isinstance(mechanism, (CentralDP, LocalDP)):
-            raise ValueError(f"privacy.dp but the aggregator is {type(mechanism).__name__}")
-        out = dp_accountant(cfg, mechanism)
+        # The mechanism, wherever the wrappers put it (SecAgg, a norm bound, ...).
+        found = [a for a in chain(strategy.aggregator) if isinstance(a, (CentralDP, LocalDP))]
+        if not found:
+            raise ValueError(
+                f"privacy.dp but no DP mechanism in {type(strategy.aggregator).__name__}"
+            )
+        out = dp_accountant(cfg, found[0])
     out.planned_rounds = cfg.rounds
     return out
 

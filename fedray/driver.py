@@ -126,7 +126,7 @@ class Executor(Protocol):
         ...
 
 
-def _weighted(items: Sequence[ClientUpdate | ClientEval], prefix: str) -> Logs:
+def weighted_logs(items: Sequence[ClientUpdate | ClientEval], prefix: str) -> Logs:
     """Example-weighted mean of each metric present in every item."""
     total = sum(i.num_examples for i in items)
     if not items or total <= 0:
@@ -369,7 +369,7 @@ def _fit_logs(updates: Sequence[ClientUpdate | PartialSum]) -> Logs:
     parts = [u for u in updates if isinstance(u, PartialSum)]
     plain = [u for u in updates if isinstance(u, ClientUpdate)]
     if not parts:
-        return _weighted(plain, "fit")
+        return weighted_logs(plain, "fit")
     sums = [*parts, *([presum(plain, Mean())] if plain else [])]
     total = combine(sums)
     if total.num_examples <= 0:
@@ -532,12 +532,12 @@ def run_rounds(
         if due(server_round, federated_evaluate_every, rounds):
             evals = executor.evaluate_clients(range(executor.num_clients), handle)
             answered = [e for e in evals if isinstance(e, ClientEval)]
-            logs.update(_weighted(answered, "fed_eval"))
+            logs.update(weighted_logs(answered, "fed_eval"))
             logs["fed_eval/clients"] = len(answered)
         if due(server_round, train_evaluate_every, rounds):
             # the global model on every client's training data (e.g. FedProx's training loss)
             evals = executor.evaluate_clients(range(executor.num_clients), handle, "train")
-            logs.update(_weighted([e for e in evals if isinstance(e, ClientEval)], "train"))
+            logs.update(weighted_logs([e for e in evals if isinstance(e, ClientEval)], "train"))
         t_end = time.perf_counter()
         logs.update(
             {

@@ -17,7 +17,7 @@ from fedray.checkpoint import CheckpointError, DriverState
 from fedray.driver import run_rounds
 from fedray.strategy import fedadam
 from tests.conftest import ROOT
-from tests.test_driver import QuadraticExecutor
+from tests.fakes import QuadraticExecutor
 
 
 def _ex():

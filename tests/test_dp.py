@@ -232,7 +232,7 @@ def test_example_weighting_is_refused_under_dp():
 def test_budget_exhaustion_stops_with_the_model_of_the_last_allowed_round():
     from fedray.callbacks import RoundRecorder
     from fedray.driver import run_rounds
-    from tests.test_driver import QuadraticExecutor
+    from tests.fakes import QuadraticExecutor
 
     def run(rounds, max_epsilon):
         ex = QuadraticExecutor([[float(i)] for i in range(10)], [1] * 10)

@@ -1,79 +1,16 @@
 """The round loop on a pure-numpy fake executor: FedAvg math, failures, rollback."""
 
-from collections.abc import Sequence
-
 import numpy as np
 import pytest
 
 from fedray.callbacks import Callback, RoundRecorder
 from fedray.driver import run_rounds
 from fedray.errors import RoundFailedError
-from fedray.records import ClientEval, ClientFailure, ClientUpdate, RoundInfo, RoundPolicy
+from fedray.records import ClientUpdate, RoundPolicy
 from fedray.server_opt import ServerSGD
 from fedray.strategy import Strategy, fedavg
 from fedray.validation import validate_update
-
-
-class QuadraticExecutor:
-    """Client k pulls the model halfway towards its target t_k: delta = 0.5 (t_k - w).
-
-    ``behaviour`` maps client id -> "fail" | "nan" | "shape" | "huge".
-    """
-
-    def __init__(self, targets, sizes, behaviour=None):
-        self.targets = [np.asarray(t, np.float32) for t in targets]
-        self.sizes = sizes
-        self.behaviour = behaviour or {}
-        self.broadcasts = 0
-        self.fit_calls = []
-
-    @property
-    def num_clients(self):
-        return len(self.targets)
-
-    def initial_params(self):
-        return [np.zeros_like(self.targets[0])]
-
-    def broadcast(self, params, extras=None):
-        self.broadcasts += 1
-        out = [np.array(p) for p in params]
-        for p in out:
-            p.setflags(write=False)  # like Ray's object store
-        return out
-
-    def fit(self, client_ids: Sequence[int], params, info: RoundInfo):
-        self.fit_calls.append((list(client_ids), info.server_round))
-        out = []
-        for cid in reversed(client_ids):  # arrival order must not matter
-            kind = self.behaviour.get(cid)
-            if kind == "fail" or (kind == "flaky" and info.attempt == 0):
-                out.append(ClientFailure(cid, "RuntimeError: boom"))
-                continue
-            delta = [0.5 * (self.targets[cid] - params[0])]
-            if kind == "nan":
-                delta = [np.full_like(delta[0], np.nan)]
-            elif kind == "shape":
-                delta = [np.zeros(7, np.float32)]
-            elif kind == "huge":
-                delta = [np.full_like(delta[0], 3e38)]
-            out.append(ClientUpdate(cid, delta, self.sizes[cid], {"loss": float(cid)}))
-        return out
-
-    def evaluate(self, params):
-        return {"w": float(params[0][0])}
-
-    def evaluate_clients(self, client_ids, params, split="test"):
-        offset = 0.0 if split == "test" else 100.0
-        return [ClientEval(c, 1, {"w": float(params[0][0]) + offset}) for c in client_ids]
-
-    def client_state(self):
-        return {}
-
-    def restore_client_state(self, state):
-        pass
-
-    def close(self):
-        pass
+from tests.fakes import QuadraticExecutor
 
 
 def _run(executor, strategy=None, rounds=3, **kw):

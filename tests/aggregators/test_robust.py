@@ -1,10 +1,9 @@
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
 from fedray.aggregators import Krum, Mean, Median, NormBound, TrimmedMean
 from fedray.records import ClientUpdate, RoundInfo
+from tests.fakes import SumPlusOne
 
 RNG = np.random.default_rng(0)
 
@@ -57,21 +56,6 @@ def test_krum_ties_break_by_client_id_and_minimum_clients():
         ValueError, match="krum needs at least 5 client updates \\(n >= 2f \\+ 3 with f=1\\), got 4"
     ):
         Krum(num_byzantine=1).aggregate(_ups([[0], [1], [2], [3]]), {}, RNG)
-
-
-@dataclass(frozen=True)
-class SumPlusOne:
-    """A trivial inner aggregator (the TFF testing trick): sum of deltas plus one."""
-
-    def init(self, params):
-        return {"calls": 0}
-
-    def encode(self, update, info):
-        return ClientUpdate(update.client_id, update.delta, update.num_examples, {"encoded": 1.0})
-
-    def aggregate(self, updates, state, rng):
-        total = [sum(u.delta[i] for u in updates) + 1 for i in range(len(updates[0].delta))]
-        return total, {"calls": state["calls"] + 1}, {"inner": 7.0}
 
 
 def test_norm_bound_clips_then_delegates_everything_to_inner():

@@ -3,7 +3,7 @@
 import numpy as np
 
 from fedray.records import ClientFailure, ClientUpdate
-from tests.test_driver import QuadraticExecutor
+from tests.fakes import QuadraticExecutor
 
 
 class EncodingExecutor(QuadraticExecutor):

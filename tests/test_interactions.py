@@ -1,0 +1,222 @@
+"""The interaction matrix: every pair of features (and a seeded sample of triples) either
+runs with its invariants checked, or is refused at config time in one line naming both.
+
+Cells run in-process through the real config, build, loop, executor, hosts and
+aggregators, with a numpy trainer in the hosts (:class:`tests.fakes.NumpyTrainer`)
+instead of Keras. The invariants of a cell that runs:
+
+* the weights are finite;
+* under DP, the ledger charged every release that left a host;
+* with ``resume``, a run stopped after round 1 and resumed equals the uninterrupted one;
+* with secure aggregation (and no DP noise), the run equals the same run without it
+  within the quantization bound.
+
+``python -m tests.test_interactions`` regenerates ``docs/interactions.md`` from the
+same table; a test checks that the published file is current.
+"""
+
+import itertools
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedray import api, build, config
+from fedray.errors import ConfigError
+from tests.privacy.harness import ReleaseCounter, assert_charged
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "interactions.md"
+
+_DP = ["privacy.dp.delta=1e-5", "privacy.dp.noise_multiplier=0.5", "privacy.dp.noise_seed=3"]
+FEATURES: dict[str, tuple[str, list[str]]] = {
+    # strategies
+    "fedavg": ("strategy", ["strategy.name=fedavg"]),
+    "fedprox": ("strategy", ["strategy.name=fedprox", "strategy.proximal_mu=0.1"]),
+    "scaffold": ("strategy", ["strategy.name=scaffold"]),
+    "fedadam": ("strategy", ["strategy.name=fedadam", "strategy.server_learning_rate=0.05"]),
+    "median": ("strategy", ["strategy.name=fedmedian"]),
+    "krum": ("strategy", ["strategy.name=krum", "strategy.min_fit_clients=3"]),
+    "fedbuff": ("strategy", ["strategy.name=fedbuff", "strategy.concurrency=3",
+                             "strategy.buffer_size=2"]),
+    # privacy
+    "no privacy": ("privacy", []),
+    "central": ("privacy", ["privacy.dp.mode=central", "privacy.dp.clip=1.0", *_DP]),
+    "central adaptive": ("privacy", ["privacy.dp.mode=central", "privacy.dp.clip=adaptive", *_DP]),
+    "local": ("privacy", ["privacy.dp.mode=local", "privacy.dp.clip=1.0", *_DP]),
+    "dpsgd": ("privacy", ["privacy.dp.mode=dpsgd", "privacy.dp.clip=1.0", *_DP]),
+    "secagg": ("privacy", ["privacy.secure_aggregation.enabled=true"]),
+    "secagg + central": ("privacy", ["privacy.secure_aggregation.enabled=true",
+                                     "privacy.dp.mode=central", "privacy.dp.clip=1.0", *_DP]),
+    # wrappers
+    "norm_bound": ("wrapper", ["strategy.norm_bound=1.0"]),
+    "max_update_norm": ("wrapper", ["strategy.max_update_norm=50"]),
+    # runtime
+    "packed": ("runtime", ["runtime.clients_per_actor=3"]),
+    "dedicated": ("runtime", ["runtime.clients_per_actor=1"]),
+    # faults and over-commitment
+    "faults": ("faults", ["faults.crash_rate=0.2"]),
+    "over_commit": ("faults", ["strategy.over_commit=0.5", "strategy.fraction_fit=0.5"]),
+    # resume
+    "resume": ("resume", []),
+}  # fmt: skip
+
+BASE = ["rounds=2", "data.dataset=linreg", "data.num_clients=6", "client.batch_size=16",
+        "runtime.executor=local", "runtime.progress=false", "checkpoint.every=1"]  # fmt: skip
+
+PAIRS = [
+    (a, b)
+    for a, b in itertools.combinations(FEATURES, 2)
+    if FEATURES[a][0] != FEATURES[b][0] or FEATURES[a][0] in ("wrapper", "faults")
+]
+TRIPLES = random.Random(15).sample(
+    [c for c in itertools.combinations(FEATURES, 3)
+     if len({FEATURES[f][0] for f in c}) == 3 and "no privacy" not in c],
+    40,
+)  # fmt: skip
+
+
+def overrides(cell):
+    return [*BASE, *(o for f in cell for o in FEATURES[f][1])]
+
+
+def keys(feature):
+    return {o.partition("=")[0] for o in FEATURES[feature][1]}
+
+
+def decide(cell):
+    """None if the cell's config is accepted, else the one-line refusal."""
+    try:
+        config.load({}, overrides(cell))
+    except ConfigError as exc:
+        return str(exc).removeprefix("invalid config: ")
+    return None
+
+
+@pytest.fixture
+def numpy_hosts(monkeypatch):
+    """Hosts train with numpy; every executor is wrapped to count releases."""
+    import fedray.client.trainer as trainer_mod
+    from tests.fakes import NumpyTrainer
+
+    monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)
+    seen = {"counters": [], "ledgers": []}
+    real_make, real_rounds = build.make_executor, api.run_rounds
+
+    def make(cfg, strategy, source=None):
+        executor, started = real_make(cfg, strategy, source)
+        seen["counters"].append(ReleaseCounter(executor))
+        return seen["counters"][-1], started
+
+    def rounds(**kw):
+        seen["ledgers"].append(kw["privacy"])
+        return real_rounds(**kw)
+
+    monkeypatch.setattr(build, "make_executor", make)
+    monkeypatch.setattr(api, "run_rounds", rounds)
+    return seen
+
+
+def _run(tmp_path, cell, extra=(), resume=False, name="run"):
+    return api.run({}, out=tmp_path / name, overrides=[*overrides(cell), *extra], resume=resume)
+
+
+def check_cell(cell, tmp_path, seen):
+    refusal = decide(cell)
+    if refusal is not None:
+        assert "\n" not in refusal and len(refusal) < 400
+        assert "does not work with" in refusal or "does not apply to" in refusal, refusal
+        named = [f for f in cell if any(k in refusal for k in keys(f))]
+        assert len(named) >= 2, f"{cell}: the refusal must name two features' keys: {refusal}"
+        return
+    hist = _run(tmp_path, cell)
+    assert all(np.all(np.isfinite(p)) for p in hist.params), cell
+    assert len(hist.rows) == 2
+    dp = any(f in cell for f in ("central", "central adaptive", "local", "dpsgd",
+                                 "secagg + central"))  # fmt: skip
+    if dp:
+        ledger = seen["ledgers"][-1] if "fedbuff" not in cell else None
+        assert ledger is not None and np.isfinite(hist.summary["privacy"]["epsilon"])
+        assert_charged(seen["counters"][-1], ledger)
+    secure = any(f.startswith("secagg") for f in cell)
+    # SecAgg's rounding coins are secret (never the run seed), so a secure run repeats
+    # itself only within the quantization bound: each round's decoded mean is within
+    # one step per coordinate of the exact one, and two rounds of the linear model's
+    # SGD keep the gap within 4x that.
+    bound = 4 * 2 * max(r["agg/secagg/quantization_step"] for r in hist.rows) if secure else 0
+    if "resume" in cell:
+        _run(tmp_path, cell, ["rounds=1"], name="resumed")
+        again = _run(tmp_path, cell, resume=True, name="resumed")
+        assert [r["round"] for r in again.rows] == [1, 2]
+        for p, q in zip(hist.params, again.params, strict=True):
+            assert np.max(np.abs(p - q)) <= bound, (cell, np.max(np.abs(p - q)), bound)
+    if "secagg" in cell:  # the same run without secure aggregation (same uniform weights)
+        plain_cell = tuple(f for f in cell if f != "secagg")
+        plain = _run(tmp_path, plain_cell, ["strategy.weighting=uniform"], name="plain")
+        for p, q in zip(hist.params, plain.params, strict=True):
+            assert np.max(np.abs(p - q)) <= bound, (cell, np.max(np.abs(p - q)), bound)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", PAIRS, ids=" x ".join)
+def test_every_pair_runs_or_is_refused_naming_both(cell, tmp_path, numpy_hosts):
+    check_cell(cell, tmp_path, numpy_hosts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", TRIPLES, ids=" x ".join)
+def test_a_sample_of_triples_runs_or_is_refused(cell, tmp_path, numpy_hosts):
+    check_cell(cell, tmp_path, numpy_hosts)
+
+
+def test_norm_bound_with_secure_aggregation_is_refused_not_a_run_where_every_client_fails():
+    # Before check_compatible, this cell validated and every client failed at run time.
+    refusal = decide(("secagg", "norm_bound"))
+    assert refusal is not None and "strategy.norm_bound" in refusal
+
+
+def render():
+    """The published matrix: which pairs run and which are refused (and why)."""
+    names = list(FEATURES)
+    lines = [
+        "# Feature interactions",
+        "",
+        "Generated by `python -m tests.test_interactions` from `tests/test_interactions.py`;",
+        "do not edit. Every pair of features either runs in the interaction test with its",
+        "invariants checked (finite weights, every release charged under DP, resume equals",
+        "the uninterrupted run, secure equals plain within the quantization bound), or is",
+        "refused at config time by `fedray.compat.check_compatible` with one line naming",
+        "both keys. ✓ runs; ✗ refused (reasons below); · same group.",
+        "",
+        "| | " + " | ".join(f"{i + 1}" for i in range(len(names))) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    reasons: dict[str, list[str]] = {}
+    for i, a in enumerate(names):
+        row = []
+        for b in names:
+            cell = tuple(sorted((a, b), key=names.index))
+            if a == b or ((a, b) not in PAIRS and (b, a) not in PAIRS):
+                row.append("·")
+                continue
+            refusal = decide(cell)
+            row.append("✓" if refusal is None else "✗")
+            if refusal is not None:
+                reasons.setdefault(refusal, []).append(" × ".join(cell))
+        lines.append(f"| {i + 1}. {a} | " + " | ".join(row) + " |")
+    lines += ["", "## Refusals", ""]
+    for reason, cells in sorted(reasons.items()):
+        unique = sorted(set(cells), key=cells.index)
+        lines.append(f"- `{reason}`: {', '.join(unique)}")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_published_matrix_is_current():
+    assert DOC.read_text() == render(), "run: python -m tests.test_interactions"
+
+
+if __name__ == "__main__":
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(render())
+    print(f"wrote {DOC}")
