@@ -197,6 +197,8 @@ def run(
                 seed=cfg.seed,
                 callback=cb,
                 evaluate_every=cfg.evaluation.every,
+                federated_evaluate_every=cfg.evaluation.federated_every,
+                train_evaluate_every=cfg.evaluation.train_every,
                 max_update_norm=cfg.strategy.max_update_norm,
                 resume=state,
                 checkpoint=save,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -21,8 +21,8 @@ import numpy as np
 from fedray import tree
 from fedray.callbacks import Callback, Logs
 from fedray.checkpoint import DriverState
-from fedray.driver import due, weighted_logs
-from fedray.records import ClientFailure, ClientUpdate, Params, RoundInfo
+from fedray.driver import due, evaluate_round, weighted_logs
+from fedray.records import ClientEval, ClientFailure, ClientUpdate, Params, RoundInfo
 from fedray.strategy import Strategy
 from fedray.validation import validate_update
 
@@ -57,6 +57,12 @@ class AsyncExecutor(Protocol):
         """Centralized evaluation."""
         ...
 
+    def evaluate_clients(
+        self, client_ids: Sequence[int], params: Any, split: str = "test"
+    ) -> list[ClientEval | ClientFailure]:
+        """Evaluation on the clients' own ``test`` splits or ``train`` shards."""
+        ...
+
 
 def run_async(
     *,
@@ -66,6 +72,8 @@ def run_async(
     seed: int,
     callback: Callback,
     evaluate_every: int = 1,
+    federated_evaluate_every: int = 0,
+    train_evaluate_every: int = 0,
     max_update_norm: float | None = None,
     resume: DriverState | None = None,
     checkpoint: Callable[[DriverState], object] | None = None,
@@ -176,10 +184,15 @@ def run_async(
                 **{k: v for k, v in weighted_logs(batch, "fit").items() if k != "fit/staleness"},
             }
             failures = 0
-            if due(version, evaluate_every, rounds):
-                logs.update(
-                    {f"eval/{k}": v for k, v in executor.evaluate(handles[version]).items()}
+            logs.update(
+                evaluate_round(
+                    executor,
+                    handles[version],
+                    due(version, evaluate_every, rounds),
+                    due(version, federated_evaluate_every, rounds),
+                    due(version, train_evaluate_every, rounds),
                 )
+            )
             now = time.perf_counter()
             logs["time/round_s"] = now - t_step
             t_step = now

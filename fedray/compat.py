@@ -160,12 +160,6 @@ RULES: tuple[Rule, ...] = (
          "unseen by the server; set strategy.over_commit=0", when_b=_is("scaffold")),
     Rule("strategy.over_commit", _NAME, "fedbuff is already asynchronous (use "
          "strategy.concurrency); set strategy.over_commit=0", when_b=_is("fedbuff")),
-    Rule(_NAME, "evaluation.federated_every", "the asynchronous loop evaluates only on the "
-         "server's test set (evaluation.every); set evaluation.federated_every=0",
-         when_a=_is("fedbuff")),
-    Rule(_NAME, "evaluation.train_every", "the asynchronous loop evaluates only on the "
-         "server's test set (evaluation.every); set evaluation.train_every=0",
-         when_a=_is("fedbuff")),
 )  # fmt: skip
 """The refusals, in the order they are checked (the first that applies is reported)."""
 

@@ -138,6 +138,26 @@ def weighted_logs(items: Sequence[ClientUpdate | ClientEval], prefix: str) -> Lo
     }
 
 
+def evaluate_round(executor: Any, handle: Any, server: bool, federated: bool, train: bool) -> Logs:
+    """The round's evaluations, each example-weighted over the clients that answer.
+
+    ``eval/*`` on the server's test set, ``fed_eval/*`` on the clients' test splits
+    and ``train/*`` on their training rows.
+    """
+    logs: Logs = {}
+    if server:
+        logs.update({f"eval/{k}": v for k, v in executor.evaluate(handle).items()})
+    if federated:
+        evals = executor.evaluate_clients(range(executor.num_clients), handle)
+        answered = [e for e in evals if isinstance(e, ClientEval)]
+        logs.update(weighted_logs(answered, "fed_eval"))
+        logs["fed_eval/clients"] = len(answered)
+    if train:  # the global model on every client's training data (FedProx's training loss)
+        evals = executor.evaluate_clients(range(executor.num_clients), handle, "train")
+        logs.update(weighted_logs([e for e in evals if isinstance(e, ClientEval)], "train"))
+    return logs
+
+
 def due(server_round: int, every: int, last: int) -> bool:
     """Whether a task run every ``every`` rounds (0: never) runs in ``server_round``.
 
@@ -527,17 +547,15 @@ def run_rounds(
         if privacy is not None:
             logs["privacy/epsilon"] = privacy.epsilon()
         t_agg = time.perf_counter()
-        if due(server_round, evaluate_every, rounds):
-            logs.update({f"eval/{k}": v for k, v in executor.evaluate(handle).items()})
-        if due(server_round, federated_evaluate_every, rounds):
-            evals = executor.evaluate_clients(range(executor.num_clients), handle)
-            answered = [e for e in evals if isinstance(e, ClientEval)]
-            logs.update(weighted_logs(answered, "fed_eval"))
-            logs["fed_eval/clients"] = len(answered)
-        if due(server_round, train_evaluate_every, rounds):
-            # the global model on every client's training data (e.g. FedProx's training loss)
-            evals = executor.evaluate_clients(range(executor.num_clients), handle, "train")
-            logs.update(weighted_logs([e for e in evals if isinstance(e, ClientEval)], "train"))
+        logs.update(
+            evaluate_round(
+                executor,
+                handle,
+                due(server_round, evaluate_every, rounds),
+                due(server_round, federated_evaluate_every, rounds),
+                due(server_round, train_evaluate_every, rounds),
+            )
+        )
         t_end = time.perf_counter()
         logs.update(
             {

@@ -58,6 +58,8 @@ FEATURES: dict[str, tuple[str, list[str]]] = {
     # faults and over-commitment
     "faults": ("faults", ["faults.crash_rate=0.2"]),
     "over_commit": ("faults", ["strategy.over_commit=0.5", "strategy.fraction_fit=0.5"]),
+    # federated evaluation (on the clients' own test splits)
+    "fed_eval": ("evaluation", ["evaluation.federated_every=1", "data.client_test_fraction=0.2"]),
     # resume
     "resume": ("resume", []),
 }  # fmt: skip
@@ -133,6 +135,8 @@ def check_cell(cell, tmp_path, seen):
     hist = _run(tmp_path, cell)
     assert all(np.all(np.isfinite(p)) for p in hist.params), cell
     assert len(hist.rows) == 2
+    if "fed_eval" in cell:
+        assert all(np.isfinite(r["fed_eval/loss"]) and r["fed_eval/clients"] > 0 for r in hist.rows)
     dp = any(f in cell for f in ("central", "central adaptive", "local", "dpsgd",
                                  "secagg + central"))  # fmt: skip
     if dp:
