@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedray import tree
+from fedray.aggregators import broadcast
 from fedray.callbacks import Callback, Logs
 from fedray.checkpoint import DriverState
 from fedray.driver import due, evaluate_round, weighted_logs
@@ -110,7 +111,7 @@ def run_async(
         rng.bit_generator.state = resume.rng_state
         version, dispatched = resume.server_round, int(resume.loop_state.get("dispatched", 0))
         rows, loop = list(resume.rows), resume.loop_state
-    handles = {version: executor.broadcast(params, agg_state.get("broadcast"))}
+    handles = {version: executor.broadcast(params, broadcast(strategy.aggregator, agg_state))}
     versions: dict[int, Params] = {version: params}  # models that in-flight clients started from
     for v, p in loop.get("versions", {}).items():
         versions[int(v)] = list(p)
@@ -122,7 +123,9 @@ def run_async(
 
     def start(cid: int, started: int, index: int) -> None:
         if started not in handles:
-            handles[started] = executor.broadcast(versions[started], agg_state.get("broadcast"))
+            handles[started] = executor.broadcast(
+                versions[started], broadcast(strategy.aggregator, agg_state)
+            )
         info = RoundInfo(server_round=index, seed=seed, num_sampled=1)
         idle.discard(cid)
         in_flight[executor.submit(cid, handles[started], info)] = (cid, started, index)
@@ -168,7 +171,7 @@ def run_async(
             version += 1
             versions[version] = params
             handles[version] = (
-                executor.broadcast(params, agg_state.get("broadcast"))
+                executor.broadcast(params, broadcast(strategy.aggregator, agg_state))
                 if committed
                 else handles[version - 1]
             )

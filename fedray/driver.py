@@ -17,7 +17,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedray import tree
-from fedray.aggregators import Aggregator, Mean, SecureAggregation, Summable, combine, presum
+from fedray.aggregators import (
+    Aggregator,
+    Mean,
+    SecureAggregation,
+    Summable,
+    broadcast,
+    client_settings,
+    combine,
+    presum,
+)
 from fedray.callbacks import Callback, Logs
 from fedray.checkpoint import DriverState
 from fedray.errors import RoundFailedError
@@ -290,7 +299,7 @@ def _fit_round(
             seed=seed,
             num_sampled=len(ids),
             attempt=attempt,
-            settings=dict(agg_state.get("round_settings", {})),
+            settings=client_settings(strategy.aggregator, agg_state),
         )
         updates: list[ClientUpdate] = []
         partials: list[PartialSum] = []  # pre-aggregated in hosts, validated there
@@ -411,7 +420,7 @@ def _canary_updates(
     updates: Sequence[ClientUpdate | PartialSum],
 ) -> list[ClientUpdate]:
     """This round's canaries, encoded by the aggregator as a client's update would be."""
-    settings = dict(agg_state.get("round_settings", {}))
+    settings = client_settings(strategy.aggregator, agg_state)
     info = RoundInfo(server_round=server_round, seed=seed, num_sampled=0, settings=settings)
     clip = settings.get("dp_clip")
     norm = None if clip is None else float(clip) * (1 - 1e-6)  # at the clip, never above
@@ -485,7 +494,7 @@ def run_rounds(
             executor.restore_client_state(resume.client_state)
         if privacy is not None and "privacy" in resume.loop_state:
             privacy.restore(resume.loop_state["privacy"])
-    handle = executor.broadcast(params, agg_state.get("broadcast"))
+    handle = executor.broadcast(params, broadcast(strategy.aggregator, agg_state))
     callback.on_run_begin({"num_clients": executor.num_clients, "rounds": rounds})
     logs: Logs = dict(resume.rows[-1]) if resume is not None and resume.rows else {}
     rows: list[Logs] = list(resume.rows) if resume is not None else []
@@ -538,7 +547,7 @@ def run_rounds(
             logs.update({f"agg/{k}": v for k, v in measurements.items()})
             if tree.all_finite(new_params):
                 params, opt_state, committed = new_params, new_opt_state, True
-                handle = executor.broadcast(params, agg_state.get("broadcast"))
+                handle = executor.broadcast(params, broadcast(strategy.aggregator, agg_state))
             else:
                 logger.warning(
                     "round %d: aggregated model is not finite; rolled back", server_round

@@ -29,7 +29,7 @@ class RoundInfo:
         attempt: 0 for a round's first try; ``k`` for its k-th retry after too few
             clients succeeded (see :class:`RoundPolicy`).
         settings: Per-round scalars the aggregator sends to clients with the round,
-            from its state's ``"round_settings"`` (e.g. DP's adaptive clip norm).
+            from its ``client_settings`` hook (e.g. DP's adaptive clip norm).
     """
 
     server_round: int

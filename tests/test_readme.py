@@ -37,3 +37,27 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)  # the example as a user runs it
     assert (tmp_path / "runs" / "api-demo" / "model.keras").exists()
     assert namespace["history"].final["eval/accuracy"] > 0.5
+
+
+@pytest.mark.keras
+def test_readme_fit_example_prints_what_it_says(tmp_path, monkeypatch):
+    import re
+
+    import numpy as np
+
+    import fedray
+
+    text = (ROOT / "README.md").read_text()
+    api = text[text.index("**Your own arrays, the Keras way.**") :]
+    code = re.search(r"```python\n(.*?)```", api, re.S).group(1)
+    real = fedray.fit
+
+    def in_process(*args, **kwargs):  # the same run in-process (it equals the Ray run)
+        return real(*args, **kwargs, out=tmp_path, runtime={"executor": "local", "progress": 0})
+
+    monkeypatch.setattr(fedray, "fit", in_process)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    pred = namespace["history"].model().predict(np.array([[0.0], [10.0]]), verbose=0).ravel()
+    claimed = [float(v) for v in re.findall(r"≈ \[\[([\d.]+)\], \[([\d.]+)\]\]", code)[0]]
+    np.testing.assert_allclose(pred, claimed, atol=0.006)

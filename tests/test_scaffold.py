@@ -60,7 +60,7 @@ def test_scaffold_converges_where_fedavg_drifts(tmp_path):
 def test_scaffold_aggregator_needs_every_clients_delta_c():
     agg = Scaffold(num_clients=3)
     state = agg.init([np.zeros(2, np.float32)])
-    assert state["broadcast"]["control"][0].tolist() == [0.0, 0.0]
+    assert agg.broadcast(state)["control"][0].tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match=r"clients \[1\] sent none"):
         agg.aggregate(
             [ClientUpdate(1, [np.zeros(2, np.float32)], 1)], state, np.random.default_rng(0)

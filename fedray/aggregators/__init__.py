@@ -1,6 +1,6 @@
 """Aggregators: pure-numpy rules that turn client updates into one delta."""
 
-from fedray.aggregators.base import Aggregator, Summable
+from fedray.aggregators.base import Aggregator, Summable, broadcast, client_settings
 from fedray.aggregators.clip import NormBound, clip_update
 from fedray.aggregators.dp import AdaptiveClip, CentralDP, LocalDP
 from fedray.aggregators.mean import Mean, weighted_mean
@@ -24,6 +24,8 @@ __all__ = [
     "StalenessWeighted",
     "Summable",
     "TrimmedMean",
+    "broadcast",
+    "client_settings",
     "clip_update",
     "combine",
     "presum",

@@ -11,8 +11,16 @@ An aggregator whose result depends on the updates only through a weighted sum is
 also :class:`Summable`: hosts may then send one pre-aggregated sum for all their
 clients (:mod:`fedray.aggregators.presum`) instead of every update.
 
-Wrappers hold an ``inner`` aggregator and add exactly one concern. Measurements
-are reported to callbacks and never mixed into the parameters.
+Two optional hooks say what the aggregator sends with each round, instead of keys
+the loop would have to know inside its state:
+
+* ``client_settings(state) -> {name: float}``: per-round scalars for the clients'
+  ``encode`` (``RoundInfo.settings``; DP's adaptive clip norm);
+* ``broadcast(state) -> {name: Params}``: arrays sent with the weights (SCAFFOLD's
+  server control variate).
+
+Wrappers hold an ``inner`` aggregator, add exactly one concern, and pass both hooks
+through. Measurements are reported to callbacks and never mixed into the parameters.
 """
 
 from __future__ import annotations
@@ -67,3 +75,30 @@ class Summable(Protocol):
         ``weight`` is ``sum_k w_k``; None means ``count`` (every ``w_k = 1``).
         """
         ...
+
+
+def client_settings(aggregator: Aggregator, state: AggState) -> dict[str, float]:
+    """The per-round scalars ``aggregator`` sends to clients ({} without the hook).
+
+    A wrapper that has no hook passes its inner aggregator's through, reading the
+    inner state under ``"inner"`` (or, when it keeps none there, its own state).
+
+    >>> from fedray.aggregators import Mean
+    >>> client_settings(Mean(), {})
+    {}
+    """
+    hook = getattr(aggregator, "client_settings", None)
+    if hook is not None:
+        return dict(hook(state))
+    inner = getattr(aggregator, "inner", None)  # a wrapper without the hook: its inner's
+    return {} if inner is None else client_settings(inner, state.get("inner", state))
+
+
+def broadcast(aggregator: Aggregator, state: AggState) -> dict[str, Params] | None:
+    """The arrays ``aggregator`` sends with the weights (None without the hook)."""
+    hook = getattr(aggregator, "broadcast", None)
+    if hook is None:
+        inner = getattr(aggregator, "inner", None)  # a wrapper without the hook: its inner's
+        return None if inner is None else broadcast(inner, state.get("inner", state))
+    out = hook(state)
+    return dict(out) if out else None

@@ -136,6 +136,10 @@ class CentralDP:
             "shapes": [(tuple(p.shape), str(p.dtype)) for p in params],
         }
 
+    def client_settings(self, state: AggState) -> dict[str, float]:
+        """This round's clip norm C, for the clients' ``encode`` (``dp_clip``)."""
+        return {"dp_clip": float(state["round_settings"]["dp_clip"])}
+
     def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
         """In the host: clip to this round's C; report only the centred unclipped bit.
 

@@ -8,7 +8,7 @@ Client side (in the hosts, ``ClientOptions(control_variates=True)``): local step
 the client sends ``delta_y`` and ``delta_c = c_i+ - c_i``. Server side (here): the
 inner aggregator combines ``delta_y`` (uniform mean in the paper) and
 ``c <- c + |S| / N * mean(delta_c)``. The new ``c`` is broadcast to clients through
-``state["broadcast"]["control"]``. Measurements: the inner's, plus ``control_norm``.
+its ``broadcast`` hook. Measurements: the inner's, plus ``control_norm``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedray import tree
-from fedray.aggregators.base import Aggregator
+from fedray.aggregators.base import Aggregator, client_settings
 from fedray.aggregators.mean import Mean
 from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
 
@@ -43,11 +43,19 @@ class Scaffold:
     def init(self, params: Params) -> AggState:
         """``c = 0``, broadcast with the initial model."""
         c = tree.zeros_like(params)
-        return {"inner": self.inner.init(params), "control": c, "broadcast": {"control": c}}
+        return {"inner": self.inner.init(params), "control": c}
 
     def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
         """Delegates to the inner aggregator."""
         return self.inner.encode(update, info)
+
+    def client_settings(self, state: AggState) -> dict[str, float]:
+        """The inner aggregator's (its state is under ``"inner"``)."""
+        return client_settings(self.inner, state["inner"])
+
+    def broadcast(self, state: AggState) -> dict[str, Params]:
+        """The server control variate ``c``, sent with the weights."""
+        return {"control": state["control"]}
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
@@ -77,5 +85,5 @@ class Scaffold:
             )
             for i, c0 in enumerate(state["control"])
         ]
-        new_state = {"inner": inner_state, "control": c, "broadcast": {"control": c}}
+        new_state = {"inner": inner_state, "control": c}
         return delta, new_state, {**meas, "control_norm": tree.global_norm(c)}

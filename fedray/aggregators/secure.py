@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from fedray.aggregators.base import client_settings
 from fedray.aggregators.clip import clip_to
 from fedray.aggregators.dp import UNCLIPPED, AdaptiveClip, CentralDP
 from fedray.aggregators.mean import Mean
@@ -117,6 +118,10 @@ class SecureAggregation:
             **self.inner.init(params),
             "shapes": [(tuple(p.shape), str(p.dtype)) for p in params],
         }
+
+    def client_settings(self, state: AggState) -> dict[str, float]:
+        """The inner aggregator's (its state is merged into this one's)."""
+        return client_settings(self.inner, state)
 
     def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
         """In the host: inner client step, clip, quantize (the host then masks)."""

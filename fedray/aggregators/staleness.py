@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fedray import tree
-from fedray.aggregators.base import Aggregator
+from fedray.aggregators.base import Aggregator, broadcast, client_settings
 from fedray.aggregators.mean import Mean
 from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
 
@@ -45,6 +45,14 @@ class StalenessWeighted:
     def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
         """Delegates to the inner aggregator."""
         return self.inner.encode(update, info)
+
+    def client_settings(self, state: AggState) -> dict[str, float]:
+        """The inner aggregator's (the state is the inner state)."""
+        return client_settings(self.inner, state)
+
+    def broadcast(self, state: AggState) -> dict[str, Params] | None:
+        """The inner aggregator's."""
+        return broadcast(self.inner, state)
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator

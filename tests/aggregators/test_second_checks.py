@@ -37,7 +37,7 @@ def test_scaffold_server_variate_after_two_rounds_by_hand():
     np.testing.assert_allclose(state["control"][0], [1.0, -1.0])  # 0 + 2/4 * (2, -2)
     _, state, _ = agg.aggregate([up(2, [-8, 8])], state, np.random.default_rng(0))
     np.testing.assert_allclose(state["control"][0], [-1.0, 1.0])  # + 1/4 * (-8, 8)
-    np.testing.assert_allclose(state["broadcast"]["control"][0], [-1.0, 1.0])
+    np.testing.assert_allclose(agg.broadcast(state)["control"][0], [-1.0, 1.0])
 
 
 def test_adaptive_clip_update_is_geometric():

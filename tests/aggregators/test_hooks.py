@@ -1,0 +1,87 @@
+"""Per-round settings and broadcasts reach the clients through any wrapping."""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from fedray.aggregators import (
+    AdaptiveClip,
+    CentralDP,
+    Mean,
+    NormBound,
+    Scaffold,
+    SecureAggregation,
+    StalenessWeighted,
+    broadcast,
+    client_settings,
+)
+from fedray.callbacks import Callback
+from fedray.driver import run_rounds
+from fedray.strategy import Strategy
+from tests.privacy.fakes import EncodingExecutor
+
+
+def adaptive():
+    return CentralDP(noise_multiplier=0.5, expected_clients=6,
+                     clip=AdaptiveClip(initial=0.3, learning_rate=0.5))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Nest:
+    """A user's wrapper without hooks that keeps its inner state under "inner"."""
+
+    inner: object = field(default_factory=adaptive)
+
+    def init(self, params):
+        return {"inner": self.inner.init(params), "calls": 0}
+
+    def encode(self, update, info):
+        return self.inner.encode(update, info)
+
+    def aggregate(self, updates, state, rng):
+        delta, inner, meas = self.inner.aggregate(updates, state["inner"], rng)
+        return delta, {"inner": inner, "calls": state["calls"] + 1}, meas
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [lambda a: a, lambda a: NormBound(a, max_norm=2.0), StalenessWeighted,
+     lambda a: SecureAggregation(CentralDP(0.5, 6, clip=0.3), clip=0.3),  # fixed clips only
+     Nest, lambda a: Nest(NormBound(a))],
+    ids=["bare", "norm_bound", "staleness", "secagg", "nest", "nest(norm_bound)"],
+)  # fmt: skip
+def test_the_clip_norm_reaches_the_clients_through_any_wrapping(wrap):
+    agg = wrap(adaptive())
+    assert client_settings(agg, agg.init([np.zeros(3, np.float32)])) == {"dp_clip": 0.3}
+
+
+def test_scaffold_broadcasts_its_control_variate_and_passes_settings_through():
+    agg = Scaffold(adaptive(), num_clients=4)
+    state = agg.init([np.zeros(2, np.float32)])
+    assert client_settings(agg, state) == {"dp_clip": 0.3}
+    assert broadcast(agg, state)["control"][0].tolist() == [0.0, 0.0]
+    assert broadcast(Mean(), Mean().init([np.zeros(1)])) is None
+
+
+class SettingsSeen(EncodingExecutor):
+    def __init__(self, aggregator):
+        super().__init__(aggregator, num_clients=6)
+        self.settings = []
+
+    def fit(self, client_ids, params, info):
+        self.settings.append(dict(info.settings))
+        yield from super().fit(client_ids, params, info)
+
+
+def test_a_nested_wrapper_s_clients_clip_to_the_adapted_norm():
+    # Before the hooks, the loop read state["round_settings"] at the top of the state:
+    # under a wrapper that nests its inner state, clients never got the adaptive clip
+    # and clipped to the default while the server adapted its own.
+    agg = Nest()
+    executor = SettingsSeen(agg)
+    strategy = Strategy(aggregator=agg, sampling="poisson", min_fit_clients=0)
+    run_rounds(strategy=strategy, executor=executor, rounds=3, seed=0, callback=Callback(),
+               evaluate_every=0, noise_seed=1, privacy=None)  # fmt: skip
+    clips = [s["dp_clip"] for s in executor.settings]
+    assert clips[0] == 0.3 and len(set(clips)) == 3  # the norm adapts, and clients follow
