@@ -84,7 +84,7 @@ def run_async(
 
     Each idle client is picked uniformly at random (seeded) whenever a training slot
     frees; an update's staleness is the number of server steps taken since its client
-    started, written to ``metrics["staleness"]`` for the aggregator. ``fit/*`` are
+    started, written to ``protocol["staleness"]`` for the aggregator. ``fit/*`` are
     example-weighted over the step's updates, as in synchronous rounds.
 
     Checkpoints are taken after a server step (every ``checkpoint_every``), before the
@@ -184,7 +184,7 @@ def run_async(
                 "clients/failed": failures,
                 "round/committed": int(committed),
                 **{f"agg/{k}": v for k, v in meas.items()},
-                **{k: v for k, v in weighted_logs(batch, "fit").items() if k != "fit/staleness"},
+                **weighted_logs(batch, "fit"),
             }
             failures = 0
             logs.update(
@@ -219,7 +219,7 @@ def run_async(
                 failures += 1
                 logger.warning("client %d failed: %s", cid, problem)
                 continue
-            stale = {**result.metrics, "staleness": float(version - started)}
-            buffer.append(replace(result, metrics=stale))
+            stale = {**result.protocol, "staleness": float(version - started)}
+            buffer.append(replace(result, protocol=stale))
     callback.on_run_end(logs)
     return params

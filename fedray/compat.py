@@ -211,8 +211,8 @@ def check_recipe_options(features: Mapping[str, Any]) -> None:
 def chain(aggregator: Aggregator) -> Iterator[Aggregator]:
     """The aggregator and every aggregator it wraps (through ``inner``), outermost first.
 
-    >>> [type(a).__name__ for a in chain(NormBound(Median()))]
-    ['NormBound', 'Median']
+    >>> " > ".join(type(a).__name__ for a in chain(NormBound(Median())))
+    'NormBound > Median'
     """
     current: Any = aggregator
     while current is not None:

@@ -22,16 +22,20 @@ FILE_DATASETS = ("npz", "csv", "parquet")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class SyntheticConfig(_Section):
     """Synthetic(alpha, beta) of Li et al. (FedProx): alpha = model skew, beta = data skew."""
 
     alpha: float = Field(1.0, ge=0)
+    """model skew α of Synthetic(α, β)"""
     beta: float = Field(1.0, ge=0)
+    """data skew β of Synthetic(α, β)"""
     num_features: int = Field(60, ge=1)
+    """features of Synthetic(α, β)"""
     num_classes: int = Field(10, ge=2)
+    """classes of Synthetic(α, β)"""
 
 
 class DataConfig(_Section):
@@ -49,22 +53,42 @@ class DataConfig(_Section):
         "cifar10",
         "memory",
     ] = "linreg"
+    """the data source (see [Datasets](datasets.md)); `memory` is arrays passed to `fedray.fit`"""
     path: str | None = None
+    """`npz`/`csv`/`parquet` file; for `mnist`/`cifar10` an optional offline `.npz`"""
     test_path: str | None = None
+    """separate test table for `csv`/`parquet`"""
     num_clients: int = Field(2, ge=1)
+    """registered clients"""
     partition: Literal["iid", "dirichlet", "shards", "column"] = "iid"
+    """how rows are split over clients (see [Datasets](datasets.md#partitioners))"""
     alpha: float = Field(0.5, gt=0)
+    """Dirichlet concentration (smaller = more label skew)"""
     shards_per_client: int = Field(2, ge=1)
+    """for `shards`"""
     column: str | None = None
+    """for `column` (`synthetic` uses `client`: its devices)"""
     column_values: list[str | int] | None = None
+    """for `column`: client k owns the rows whose value is the k-th; a node may then hold only its
+    own clients' rows
+    """
     num_classes: int | None = Field(None, ge=2)
+    """fix the class count (needed when each node sees only its own clients' labels)"""
     label: str = "label"
+    """label column of `csv`/`parquet`"""
     task: Literal["auto", "classification", "regression"] = "auto"
+    """`auto`: integer labels are classes"""
     num_samples: int | None = Field(None, ge=1)
+    """size of generated datasets (`linreg` 100, `blobs` 20,000; `synthetic`: total rows over all
+    devices, lognormal shares; unset = the paper's lognormal(4, 2) + 50 per device)
+    """
     test_fraction: float = Field(0.2, ge=0, lt=1)
+    """server test split when the data has none"""
     client_test_fraction: float = Field(0.0, ge=0, lt=1)
+    """each client's local test split (federated evaluation)"""
     synthetic: SyntheticConfig = SyntheticConfig()
     placement: dict[int, str] | None = None
+    """pin a client's actor to the node(s) advertising that resource"""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DataConfig:
@@ -84,7 +108,9 @@ class ModelConfig(_Section):
     """The Keras model: a built-in name or ``package.module:function``."""
 
     name: str = "linear"
+    """the Keras model (see [Datasets](datasets.md#models))"""
     hidden: list[int] = Field(default_factory=lambda: [64])
+    """hidden layer sizes of `mlp`"""
 
     @field_validator("name")
     @classmethod
@@ -108,11 +134,17 @@ class ClientConfig(_Section):
     """Local training on each client."""
 
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = "sgd"
+    """local optimizer (its state is reset every round; its learning rate never is)"""
     learning_rate: float = Field(0.01, gt=0)
+    """local learning rate"""
     local_epochs: int = Field(1, ge=1)
+    """local epochs per round"""
     batch_size: int = Field(32, ge=1)
+    """local batch size"""
     loss: str = "auto"
+    """`auto`: MSE (regression) or sparse categorical cross-entropy"""
     metrics: list[str] | Literal["auto"] = "auto"
+    """`auto`: `mae` or `accuracy`"""
 
 
 class StrategyConfig(_Section):
@@ -132,71 +164,136 @@ class StrategyConfig(_Section):
         "krum",
         "multi_krum",
     ] = "fedavg"
+    """the federated algorithm: an aggregator + a server optimizer (see
+    [Strategies](strategies.md))
+    """
     fraction_fit: float = Field(1.0, gt=0, le=1)
+    """fraction of clients sampled per round"""
     clients_per_round: int | None = Field(None, ge=1)
+    """sample exactly K clients per round instead (the same as `fraction_fit = K / num_clients`;
+    set one of the two)
+    """
     min_fit_clients: int = Field(1, ge=1)
+    """a round commits only if this many clients succeed"""
     proximal_mu: float = Field(0.01, ge=0)
+    """FedProx's μ: clients minimise f(w) + μ/2‖w − w_global‖²"""
     server_learning_rate: float | None = Field(None, gt=0)
+    """server step size (FedAvg 1, FedAvgM 1, adaptive 0.01)"""
     server_momentum: float = Field(0.9, ge=0, lt=1)
+    """FedAvgM momentum"""
     beta1: float = Field(0.9, ge=0, lt=1)
+    """first-moment decay of FedAdagrad/FedAdam/FedYogi (Reddi et al. 2021)"""
     beta2: float = Field(0.99, ge=0, lt=1)
+    """second-moment decay of FedAdam/FedYogi"""
     tau: float = Field(1e-3, ge=0)
+    """adaptivity (the denominator's ε) of FedAdagrad/FedAdam/FedYogi"""
     trim_beta: float = Field(0.1, ge=0, lt=0.5)
+    """fraction trimmed per side by `trimmed_mean`"""
     num_byzantine: int = Field(0, ge=0)
+    """`f` for `krum`/`multi_krum` (needs `min_fit_clients` ≥ 2f + 3)"""
     krum_selected: int | None = Field(None, ge=1)
+    """updates averaged by `multi_krum`"""
     norm_bound: float | None = Field(None, gt=0)
+    """clip every update to this L2 norm on the server before any aggregator"""
     concurrency: int = Field(10, ge=1)
+    """`fedbuff`: clients training at once"""
     buffer_size: int = Field(5, ge=1)
+    """`fedbuff`: arrivals per server step (a logged round is one server step)"""
     weighting: Literal["auto", "examples", "uniform"] = "auto"
+    """client weights of mean-based strategies; `auto` is `examples` (FedAvg) without DP and
+    `uniform` with it
+    """
     over_commit: float = Field(0.0, ge=0)
+    """sample `ceil(K × over_commit)` extra clients and aggregate the first K valid updates to
+    arrive
+    """
     on_too_few: Literal["retry", "stop", "skip"] = "retry"
+    """fewer than `min_fit_clients` succeeded: sample again then stop, stop at once, or keep the
+    old model and go on
+    """
     max_retries: int = Field(2, ge=0)
+    """extra attempts per round under `retry`"""
     max_update_norm: float | None = Field(None, gt=0)
+    """reject (count as failed, with the norm in the reason) any update longer than this"""
 
 
 class EvaluationConfig(_Section):
     """Centralized (server test set) and federated (client test splits) evaluation."""
 
     every: int = Field(1, ge=0)
+    """centralized evaluation every N rounds (0: never; the last round always)"""
     federated_every: int = Field(0, ge=0)
+    """federated evaluation on clients' test splits every N rounds"""
     train_every: int = Field(0, ge=0)
+    """the global model on every client's training data every N rounds (`train/*`)"""
     predict: list[list[float]] | None = None
+    """inputs whose predictions are printed and stored at the end"""
 
 
 class AttackConfig(_Section):
     """Byzantine clients, simulated (for testing robust aggregators)."""
 
     fraction: float = Field(0.0, ge=0, le=1)
+    """Byzantine clients (a fixed, seeded set) for testing robust aggregators"""
     kind: Literal["sign_flip", "gaussian", "label_flip"] = "sign_flip"
+    """send `-scale × update`, noise of norm `scale`, or train on labels `C-1-y`"""
     scale: float = Field(4.0, gt=0)
+    """the attack's `scale`"""
 
 
 class FaultsConfig(_Section):
     """Simulated faults."""
 
     straggler_fraction: float = Field(0.0, ge=0, le=1)
+    """each sampled client straggles with this probability and runs only 1…E−1 of its E local
+    epochs (FedProx's setting)
+    """
     drop_stragglers: bool = False
+    """drop stragglers' partial updates (a round deadline) instead of using them"""
     delay_s: float = Field(0.0, ge=0)
+    """slow devices: each client waits a fixed `delay_s × u` seconds per fit, `u ~ U(0, 1)` from
+    the seed
+    """
     crash_rate: float = Field(0.0, ge=0, le=1)
+    """per client and round (seeded): the client's device drops out (on Ray its host process exits)
+    """
     hang_rate: float = Field(0.0, ge=0, le=1)
+    """per client and round (seeded): the client sleeps past the round deadline"""
     nan_rate: float = Field(0.0, ge=0, le=1)
+    """per client and round (seeded): the client returns NaN"""
 
 
 class DPConfig(_Section):
     """Client-level differential privacy (see the README's Privacy section)."""
 
     mode: Literal["central", "local", "dpsgd"] = "central"
+    """`central`: the server clips and noises the mean (DP-FedAvg); `local`: each client noises its
+    own update; `dpsgd`: example-level DP-SGD inside each client
+    """
     noise_multiplier: float | None = Field(None, ge=0)
+    """z: noise std over the clip norm (give this or `target_epsilon`)"""
     target_epsilon: float | None = Field(None, gt=0)
+    """calibrate z so that the whole run spends this ε"""
     max_epsilon: float | None = Field(None, gt=0)
+    """stop before a round that would spend more than this ε"""
     delta: float | None = Field(None, gt=0, lt=1)
+    """δ of the (ε, δ) guarantee; required, well below 1 / num_clients"""
     clip: Annotated[float, Field(gt=0)] | Literal["adaptive"] = 1.0
+    """L2 clip norm C of each update, or `adaptive` (Andrew et al. 2021; central DP only)"""
     initial_clip: float = Field(0.1, gt=0)
+    """adaptive clipping: the first round's C"""
     target_quantile: float = Field(0.5, gt=0, lt=1)
+    """adaptive clipping: the fraction of updates left unclipped"""
     clip_learning_rate: float = Field(0.2, gt=0)
+    """adaptive clipping: the geometric step of C per round"""
     count_stddev: float | None = Field(None, gt=0)
+    """adaptive clipping: σ_b of the noised unclipped count (default m / 20)"""
     sampling: Literal["poisson", "fixed"] = "poisson"
+    """`poisson`: each client joins with probability q (what the accountant assumes); `fixed`:
+    exactly K
+    """
     noise_seed: int | None = Field(None, ge=0)
+    """fix the noise (reproducible tests only: the noise is then predictable)"""
 
     @model_validator(mode="after")
     def _checks(self) -> DPConfig:
@@ -232,19 +329,30 @@ class SecureAggregationConfig(_Section):
     """
 
     enabled: bool = False
+    """SecAgg / SecAgg+: the server sees only the sum of masked, quantized updates"""
     bits: int = Field(22, ge=1, le=40)
+    """quantization bits per coordinate"""
     clip: float | None = Field(None, gt=0)
+    """L2 clip of each update in the host, also the quantization range (default: DP's clip, else
+    8.0)
+    """
     neighbours: int | Literal["auto", "all"] = "auto"
+    """SecAgg+ neighbours per client (`auto`: 2⌈log₂ n⌉ + 2; `all`: plain SecAgg)"""
     threshold: float = Field(0.6, gt=0.5, le=1.0)
+    """fraction of a neighbourhood needed to unmask"""
     min_clients: int = Field(3, ge=1)
+    """the smallest cohort whose sum is revealed; smaller rounds abort before unmasking"""
 
 
 class CanaryConfig(_Section):
     """Canary clients for a client-level empirical ε estimate (``summary.json``)."""
 
     count: int = Field(0, ge=0)
+    """canary clients for a client-level empirical ε estimate (`summary.json`); 0: off"""
     held_out: int | None = Field(None, ge=2)
+    """canaries never inserted, the null distribution (default: `count`)"""
     norm: float = Field(1.0, gt=0)
+    """L2 norm of each canary update (at most the DP clip)"""
 
     @model_validator(mode="after")
     def _checks(self) -> CanaryConfig:
@@ -265,29 +373,51 @@ class CheckpointConfig(_Section):
     """Driver checkpoints in the run directory (``checkpoint.npz``), for ``--resume``."""
 
     every: int = Field(1, ge=0)
+    """write the driver's full state to `DIR/checkpoint.npz` every N rounds (atomically; 0: never)
+    """
 
 
 class RuntimeConfig(_Section):
     """Where the clients run."""
 
     executor: Literal["ray", "local"] = "ray"
+    """`local`: in-process, no Ray"""
     address: str | None = None
+    """unset: private local Ray instance"""
     clients_per_actor: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    """clients served by one actor (one model, shards of each); `auto`: one actor per client while
+    the cluster's CPUs allow, packed beyond that (see [Speed and scale](performance.md#scale))
+    """
     num_cpus: int | None = Field(None, ge=1)
+    """CPUs of the private local Ray instance"""
     scheduling: Literal["default", "spread"] = "default"
+    """`spread`: place actors on as many nodes as possible"""
     round_timeout_s: float | None = Field(None, gt=0)
+    """aggregate what arrived by then; late clients count as failed and their hosts are restarted"""
     restart_timeout_s: float = Field(120.0, gt=0)
+    """how long the driver waits for a restarting host before counting its clients as failed"""
     max_restarts: int = Field(3, ge=-1)
+    """Ray restarts of a crashed client host (−1: unlimited); a restart reloads its shards and
+    model
+    """
     pre_aggregate: bool = True
+    """with a linear rule (FedAvg's mean, DP-FedAvg, local DP) each actor sends one partial sum of
+    its clients' validated, encoded updates instead of every update; off for robust rules,
+    SCAFFOLD, FedBuff, over-commitment and secure aggregation, which need single updates
+    """
     progress: bool = True
+    """progress bar (else one log line per round)"""
     verbose: bool = False
+    """show TensorFlow and Ray logs"""
 
 
 class Config(_Section):
     """A whole fedray run."""
 
     seed: int = Field(0, ge=0)
+    """seeds data generation, partitioning, sampling, model init and shuffling"""
     rounds: int = Field(10, ge=1)
+    """federated rounds"""
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     client: ClientConfig = ClientConfig()

@@ -140,7 +140,7 @@ def weighted_logs(items: Sequence[ClientUpdate | ClientEval], prefix: str) -> Lo
     total = sum(i.num_examples for i in items)
     if not items or total <= 0:
         return {}
-    keys = {k for k in set.intersection(*(set(i.metrics) for i in items)) if k[:1] != "_"}
+    keys = set.intersection(*(set(i.metrics) for i in items))
     return {
         f"{prefix}/{k}": sum(i.metrics[k] * i.num_examples for i in items) / total
         for k in sorted(keys)
@@ -389,7 +389,7 @@ def _aggregate(
     total = combine(parts)
     cast = [np.asarray(t).astype(p.dtype) for t, p in zip(total.total, params, strict=True)]
     return aggregator.aggregate_sum(
-        cast, len(total.client_ids), total.metric_sums, state, rng, weight=total.weight
+        cast, len(total.client_ids), total.protocol_sums, state, rng, weight=total.weight
     )
 
 
@@ -403,11 +403,7 @@ def _fit_logs(updates: Sequence[ClientUpdate | PartialSum]) -> Logs:
     total = combine(sums)
     if total.num_examples <= 0:
         return {}
-    return {
-        f"fit/{k}": v / total.num_examples
-        for k, v in sorted(total.metric_sums.items())
-        if not k.startswith("_")
-    }
+    return {f"fit/{k}": v / total.num_examples for k, v in sorted(total.metric_sums.items())}
 
 
 def _canary_updates(

@@ -47,8 +47,9 @@ class ClientUpdate:
         client_id: Global id of the client, ``0 <= client_id < num_clients``.
         delta: ``local_weights - global_weights``, one array per model weight.
         num_examples: Training examples the client used (the FedAvg weight).
-        metrics: Client-side training metrics, e.g. ``{"loss": 0.3}``. Names that
-            start with ``_`` are protocol values for the aggregator and never logged.
+        metrics: Client-side training metrics, e.g. ``{"loss": 0.3}``; logged.
+        protocol: Values for the aggregator, never logged: DP's centred unclipped
+            bit, a decoded secure sum's client count, FedBuff's staleness.
         extras: Further per-client arrays with the structure of the params, e.g.
             SCAFFOLD's control-variate change ``{"delta_c": ...}``.
         masked: Under secure aggregation, the quantized and masked update (a flat
@@ -61,6 +62,7 @@ class ClientUpdate:
     metrics: Metrics = field(default_factory=dict)
     extras: dict[str, Params] = field(default_factory=dict)
     masked: np.ndarray | None = None
+    protocol: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,8 @@ class PartialSum:
         total: ``sum_k w_k * delta_k`` in float64, ``w_k`` the aggregator's weight.
         weight: ``sum_k w_k``.
         num_examples: ``sum_k n_k``.
-        metric_sums: ``sum_k n_k * m_k`` for logged metrics (present in every update);
-            plain ``sum_k m_k`` for protocol metrics (names starting with ``_``).
+        metric_sums: ``sum_k n_k * m_k`` for the logged metrics every update has.
+        protocol_sums: ``sum_k p_k`` for the protocol values every update has.
     """
 
     client_ids: tuple[int, ...]
@@ -85,6 +87,7 @@ class PartialSum:
     weight: float
     num_examples: int
     metric_sums: Metrics = field(default_factory=dict)
+    protocol_sums: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ Layer 0: only numpy.
 
 from __future__ import annotations
 
+import math
+
 from fedray import tree
 from fedray.records import ClientFailure, ClientUpdate, Params
 
@@ -16,6 +18,9 @@ def validate_update(
 
     ``max_norm`` rejects an update whose L2 norm (over all arrays) exceeds it.
     """
+    bad = sorted(k for k, v in update.protocol.items() if not math.isfinite(v))
+    if bad:
+        return f"protocol values {bad} are not finite"
     if update.masked is not None:  # secure aggregation: only the masked integers travel
         if update.delta:
             return "a masked update must not also carry its delta"

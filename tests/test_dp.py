@@ -48,7 +48,7 @@ def test_clipped_norms_never_exceed_c_and_short_updates_are_untouched():
         u = _update(cid, rng, scale=float(rng.choice([0.01, 10.0])))
         enc = adaptive.encode(u, RoundInfo(1, 0))
         # ... and, adaptively, the centred unclipped bit b - 1/2 (sensitivity 1/2).
-        assert enc.metrics == {UNCLIPPED: float(_norm(u.delta) <= 0.7) - 0.5}
+        assert enc.metrics == {} and enc.protocol == {UNCLIPPED: float(_norm(u.delta) <= 0.7) - 0.5}
 
 
 def test_noise_std_on_the_mean_is_z_c_over_m():

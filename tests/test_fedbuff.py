@@ -13,8 +13,8 @@ from fedray.strategy import fedbuff
 
 def test_staleness_weights_scale_each_delta_before_the_mean():
     ups = [
-        ClientUpdate(0, [np.array([4.0])], 1, {"staleness": 0.0}),
-        ClientUpdate(1, [np.array([4.0])], 1, {"staleness": 3.0}),
+        ClientUpdate(0, [np.array([4.0])], 1, protocol={"staleness": 0.0}),
+        ClientUpdate(1, [np.array([4.0])], 1, protocol={"staleness": 3.0}),
     ]
     delta, _, meas = StalenessWeighted(Mean("uniform")).aggregate(ups, {}, np.random.default_rng(0))
     np.testing.assert_allclose(delta[0], [(4.0 * 1 + 4.0 * 0.5) / 2])

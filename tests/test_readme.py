@@ -61,3 +61,18 @@ def test_readme_fit_example_prints_what_it_says(tmp_path, monkeypatch):
     pred = namespace["history"].model().predict(np.array([[0.0], [10.0]]), verbose=0).ravel()
     claimed = [float(v) for v in re.findall(r"≈ \[\[([\d.]+)\], \[([\d.]+)\]\]", code)[0]]
     np.testing.assert_allclose(pred, claimed, atol=0.006)
+
+
+def test_the_published_config_reference_is_current():
+    from fedray.reference import config_reference
+
+    current = (ROOT / "docs" / "config.md").read_text()
+    assert current == config_reference(), "run: python -m fedray.reference"
+
+
+def test_every_config_key_has_a_meaning_in_the_reference():
+    from fedray.reference import config_reference
+
+    rows = [r for r in config_reference().splitlines() if r.startswith("| `")]
+    assert len(rows) > 80
+    assert [r for r in rows if r.rstrip().endswith("|  |")] == []

@@ -7,7 +7,8 @@ An aggregator has three pure methods:
   leaves it (clipping, masking and local noise live here);
 * ``aggregate(updates, state, rng) -> (delta, state, measurements)`` on the driver.
 
-An aggregator whose result depends on the updates only through a weighted sum is
+An aggregator whose result depends on the updates only through a weighted sum (and
+the sums of their ``protocol`` values) is
 also :class:`Summable`: hosts may then send one pre-aggregated sum for all their
 clients (:mod:`fedray.aggregators.presum`) instead of every update.
 
@@ -64,7 +65,7 @@ class Summable(Protocol):
         self,
         total: Params,
         count: int,
-        metric_sums: Metrics,
+        protocol: dict[str, float],
         state: AggState,
         rng: np.random.Generator,
         *,
@@ -72,7 +73,8 @@ class Summable(Protocol):
     ) -> tuple[Params, AggState, Metrics]:
         """The same result as ``aggregate`` on the updates that make up ``total``.
 
-        ``weight`` is ``sum_k w_k``; None means ``count`` (every ``w_k = 1``).
+        ``protocol`` holds the sums of the updates' protocol values; ``weight`` is
+        ``sum_k w_k``, None meaning ``count`` (every ``w_k = 1``).
         """
         ...
 

@@ -34,7 +34,7 @@ from fedray.aggregators.clip import clip_to
 from fedray.privacy.accounting import split_noise
 from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo, check_gaussian
 
-UNCLIPPED = "_dp_unclipped"  # a private metric: read by the aggregator, never logged
+UNCLIPPED = "dp_unclipped"  # a protocol value (ClientUpdate.protocol): never logged
 
 
 @dataclass(frozen=True)
@@ -149,17 +149,17 @@ class CentralDP:
         default = self.clip.initial if isinstance(self.clip, AdaptiveClip) else float(self.clip)
         clip = float(info.settings.get("dp_clip", default))
         delta, norm = clip_to(update.delta, clip)
-        metrics: Metrics = {}
-        if isinstance(self.clip, AdaptiveClip):
-            metrics[UNCLIPPED] = float(norm <= clip) - 0.5
-        return replace(update, delta=delta, num_examples=1, metrics=metrics)
+        protocol = (
+            {UNCLIPPED: float(norm <= clip) - 0.5} if isinstance(self.clip, AdaptiveClip) else {}
+        )
+        return replace(update, delta=delta, num_examples=1, metrics={}, protocol=protocol)
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
     ) -> tuple[Params, AggState, Metrics]:
         """(Σ clipped + N(0, (z_Δ C)^2)) / m; adapt C from the noised centred count."""
         total = _sum(updates, state["shapes"])  # zeros when nobody took part: still counts
-        bits = sum(u.metrics.get(UNCLIPPED, 0.0) for u in updates)
+        bits = sum(u.protocol.get(UNCLIPPED, 0.0) for u in updates)
         return self.aggregate_sum(total, len(updates), {UNCLIPPED: bits}, state, rng)
 
     def weight(self, update: ClientUpdate) -> float:
@@ -170,7 +170,7 @@ class CentralDP:
         self,
         total: Params,
         count: int,
-        metric_sums: Metrics,
+        protocol: dict[str, float],
         state: AggState,
         rng: np.random.Generator,
         *,
@@ -193,7 +193,7 @@ class CentralDP:
         meas: Metrics = {"dp/clip": clip, "dp/noise_std": sigma / m}
         new_state = state
         if isinstance(self.clip, AdaptiveClip):
-            centred = metric_sums.get(UNCLIPPED, 0.0)  # Σ (b - ½): sensitivity ½
+            centred = protocol.get(UNCLIPPED, 0.0)  # Σ (b - ½): sensitivity ½
             noised = centred + (rng.normal(0.0, self.count_stddev) if self.noise_multiplier else 0)
             frac = float(np.clip(noised / m + 0.5, 0.0, 1.0))
             new_clip = next_clip(clip, frac, self.clip.target_quantile, self.clip.learning_rate)
@@ -252,7 +252,7 @@ class LocalDP:
         self,
         total: Params,
         count: int,
-        metric_sums: Metrics,
+        protocol: dict[str, float],
         state: AggState,
         rng: np.random.Generator,
         *,

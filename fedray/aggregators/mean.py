@@ -84,7 +84,7 @@ class Mean:
         self,
         total: Params,
         count: int,
-        metric_sums: Metrics,
+        protocol: dict[str, float],
         state: AggState,
         rng: np.random.Generator,
         *,

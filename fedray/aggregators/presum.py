@@ -11,7 +11,7 @@ al., "Towards Federated Learning at Scale: System Design", SysML 2019
 Math: ``total = sum_k w_k * delta_k`` accumulated in float64 in client-id order, so
 that the result depends neither on arrival order nor on how clients are packed into
 hosts (beyond float64 rounding). Logged metrics are summed weighted by examples,
-protocol metrics (``_`` names, e.g. DP's unclipped bit) plainly.
+protocol values (``ClientUpdate.protocol``, e.g. DP's unclipped bit) plainly.
 """
 
 from __future__ import annotations
@@ -48,16 +48,17 @@ def presum(updates: Sequence[ClientUpdate], aggregator: Summable) -> PartialSum:
         for acc, d in zip(total, u.delta, strict=True):
             acc += w * d
     shared = set.intersection(*(set(u.metrics) for u in ordered))
-    sums: Metrics = {}
-    for key in sorted(shared):
-        plain = key.startswith("_")  # a protocol value: summed without example weights
-        sums[key] = float(sum(u.metrics[key] * (1 if plain else u.num_examples) for u in ordered))
+    sums: Metrics = {
+        k: float(sum(u.metrics[k] * u.num_examples for u in ordered)) for k in sorted(shared)
+    }
+    protocol = set.intersection(*(set(u.protocol) for u in ordered))
     return PartialSum(
         client_ids=tuple(u.client_id for u in ordered),
         total=total,
         weight=weight,
         num_examples=sum(u.num_examples for u in ordered),
         metric_sums=sums,
+        protocol_sums={k: float(sum(u.protocol[k] for u in ordered)) for k in sorted(protocol)},
     )
 
 
@@ -84,10 +85,12 @@ def combine(parts: Sequence[PartialSum]) -> PartialSum:
         for acc, t in zip(total, p.total, strict=True):
             acc += t
     shared = set.intersection(*(set(p.metric_sums) for p in ordered))
+    protocol = set.intersection(*(set(p.protocol_sums) for p in ordered))
     return PartialSum(
         client_ids=tuple(sorted(ids)),
         total=total,
         weight=sum(p.weight for p in ordered),
         num_examples=sum(p.num_examples for p in ordered),
         metric_sums={k: sum(p.metric_sums[k] for p in ordered) for k in sorted(shared)},
+        protocol_sums={k: sum(p.protocol_sums[k] for p in ordered) for k in sorted(protocol)},
     )

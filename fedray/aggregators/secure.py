@@ -129,7 +129,7 @@ class SecureAggregation:
         dim = sum(d.size for d in update.delta)
         delta, _ = clip_to(update.delta, self.l2_bound(dim))
         flat = np.concatenate([d.ravel() for d in delta]) if delta else np.zeros(0)
-        bit = update.metrics.get(UNCLIPPED)
+        bit = update.protocol.get(UNCLIPPED)
         if bit is not None:  # centred adaptive-clipping bit (±½), one more coordinate
             flat = np.append(flat, 2 * bit * self.clip)
         rng = (
@@ -138,7 +138,7 @@ class SecureAggregation:
             else np.random.default_rng([info.seed, info.server_round, update.client_id, 17])
         )
         levels = self.quantizer.encode(flat, rng)
-        return replace(update, delta=[], num_examples=1, metrics={}, masked=levels)
+        return replace(update, delta=[], num_examples=1, metrics={}, masked=levels, protocol={})
 
     def dim(self, state: AggState) -> int:
         """Length of a client's masked vector (the weights, plus adaptive DP's bit)."""
@@ -162,15 +162,15 @@ class SecureAggregation:
         values = self.quantizer.decode_sum(total, n)
         shapes = state["shapes"]
         size = sum(math.prod(s) for s, _ in shapes)
-        metrics: Metrics = {"_count": float(n)}  # "_": read by aggregate, never logged
+        protocol = {"count": float(n)}
         if isinstance(self.inner, CentralDP) and values.size == size + 1:
-            metrics[UNCLIPPED] = float(round(values[-1] / self.clip)) / 2  # Σ (b - ½)
+            protocol[UNCLIPPED] = float(round(values[-1] / self.clip)) / 2  # Σ (b - ½)
         out, pos = [], 0
         for s, dt in shapes:
             k = math.prod(s)
             out.append(values[pos : pos + k].reshape(s).astype(dt))
             pos += k
-        return ClientUpdate(SUM_ID, out, max(n, 1), metrics)
+        return ClientUpdate(SUM_ID, out, max(n, 1), protocol=protocol)
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
@@ -188,9 +188,9 @@ class SecureAggregation:
                 f"{len(updates)} updates; the driver runs the protocol first"
             )
         total = updates[0]
-        count = int(total.metrics["_count"])
+        count = int(total.protocol["count"])
         delta, new_inner, meas = self.inner.aggregate_sum(
-            total.delta, count, total.metrics, state, rng
+            total.delta, count, total.protocol, state, rng
         )
         new_state: dict[str, Any] = {**state, **new_inner}
         return delta, new_state, {**meas, "secagg/clients": float(count),

@@ -4,7 +4,7 @@ Nguyen, Malik, Zhan, Yousefpour, Rabbat, Malek, Huba, "Federated Learning with B
 Asynchronous Aggregation", AISTATS 2022, arXiv:2106.06639. An update computed from a
 model that is ``s`` server steps old is scaled by ``1 / sqrt(1 + s)`` before the inner
 aggregator sees it. The asynchronous driver writes ``s`` into
-``update.metrics["staleness"]``. Measurements: the inner's, plus staleness mean and max.
+``update.protocol["staleness"]``. Measurements: the inner's, plus staleness mean and max.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def staleness_weight(staleness: float) -> float:
 
 @dataclass(frozen=True)
 class StalenessWeighted:
-    """Scales each delta by ``staleness_weight(update.metrics["staleness"])``, then ``inner``."""
+    """Scales each delta by ``staleness_weight(update.protocol["staleness"])``, then ``inner``."""
 
     inner: Aggregator = field(default_factory=lambda: Mean(weighting="uniform"))
 
@@ -58,7 +58,7 @@ class StalenessWeighted:
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
     ) -> tuple[Params, AggState, Metrics]:
         """Down-weight stale updates, then aggregate with ``inner``."""
-        stale = [float(u.metrics.get("staleness", 0.0)) for u in updates]
+        stale = [float(u.protocol.get("staleness", 0.0)) for u in updates]
         scaled = [
             replace(u, delta=tree.scale(u.delta, staleness_weight(s)))
             for u, s in zip(updates, stale, strict=True)

@@ -36,7 +36,7 @@ def _via_partials(agg, updates, state, rng, sizes):
     total = combine(list(reversed(parts)))  # arrival order must not matter
     cast = [t.astype(np.float32) for t in total.total]
     return agg.aggregate_sum(
-        cast, len(total.client_ids), total.metric_sums, state, rng, weight=total.weight
+        cast, len(total.client_ids), total.protocol_sums, state, rng, weight=total.weight
     )
 
 
@@ -55,13 +55,14 @@ def test_mean_of_partial_sums_equals_mean_of_every_update(weighting, sizes):
 
 def test_partial_sum_weights_by_examples_and_sums_metrics_hand_computed():
     ups = [
-        ClientUpdate(0, [np.array([1.0, 2.0])], 1, {"loss": 3.0, "_bit": 1.0}),
-        ClientUpdate(1, [np.array([4.0, 8.0])], 3, {"loss": 1.0, "_bit": 0.0}),
+        ClientUpdate(0, [np.array([1.0, 2.0])], 1, {"loss": 3.0}, protocol={"bit": 1.0}),
+        ClientUpdate(1, [np.array([4.0, 8.0])], 3, {"loss": 1.0}, protocol={"bit": 0.0}),
     ]
     p = presum(ups, Mean("examples"))
     np.testing.assert_allclose(p.total[0], [13.0, 26.0])  # 1*[1,2] + 3*[4,8]
     assert (p.weight, p.num_examples) == (4.0, 4)
-    assert p.metric_sums == {"loss": 6.0, "_bit": 1.0}  # 1*3 + 3*1; the bit summed plainly
+    assert p.metric_sums == {"loss": 6.0}  # 1*3 + 3*1
+    assert p.protocol_sums == {"bit": 1.0}  # protocol values are summed plainly
     u = presum(ups, Mean("uniform"))
     np.testing.assert_allclose(u.total[0], [5.0, 10.0])
     assert u.weight == 2.0
@@ -76,7 +77,7 @@ def test_central_dp_from_partial_sums_equals_dp_on_every_update():
     got, got_state, _ = _via_partials(agg, ups, state, np.random.default_rng(7), [5, 7, 11])
     for w, g in zip(want, got, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)  # the same noise draw
-    bits = sum(u.metrics[UNCLIPPED] for u in ups)
+    bits = sum(u.protocol[UNCLIPPED] for u in ups)
     assert -len(ups) / 2 < bits < len(ups) / 2  # centred bits: a mix, not vacuous
     assert got_state["round_settings"]["dp_clip"] == pytest.approx(
         want_state["round_settings"]["dp_clip"]
