@@ -240,9 +240,9 @@ def run(
         host_info = list(getattr(executor, "host_info", []))
         executor.close()
         if started_ray:
-            from fedray import runtime
+            from fedray.runtime.connect import shutdown
 
-            runtime.shutdown()
+            shutdown()
     csv_log.write_parquet()  # pandas only now, with the hosts gone (peak memory)
     round_times = [r["time/round_s"] for r in recorder.rows]
     summary = {

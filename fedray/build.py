@@ -368,17 +368,18 @@ def make_executor(
         "source": source,
     }
     if cfg.runtime.executor == "local":
-        from fedray.local import LocalExecutor
+        from fedray.runtime.local import LocalExecutor
 
         return LocalExecutor(cfg, strategy.aggregator, **options), False
-    from fedray import runtime
+    from fedray.runtime.connect import connect, shutdown
+    from fedray.runtime.ray_executor import RayExecutor
 
-    started = runtime.connect(
+    started = connect(
         cfg.runtime.address, num_cpus=cfg.runtime.num_cpus, verbose=cfg.runtime.verbose
     )
     try:
-        return runtime.RayExecutor(cfg, strategy.aggregator, **options), started
+        return RayExecutor(cfg, strategy.aggregator, **options), started
     except BaseException:
         if started:
-            runtime.shutdown()
+            shutdown()
         raise

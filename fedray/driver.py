@@ -20,7 +20,6 @@ from fedray import tree
 from fedray.aggregators import (
     Aggregator,
     Mean,
-    SecureAggregation,
     Summable,
     broadcast,
     client_settings,
@@ -43,7 +42,6 @@ from fedray.records import (
     RoundInfo,
     RoundPolicy,
 )
-from fedray.secagg import SecAggError, SecAggServer
 from fedray.strategy import Strategy
 from fedray.validation import screen
 
@@ -195,67 +193,6 @@ def _sample(
     return ids, wanted
 
 
-def _secure_setup(
-    secure: SecureAggregation,
-    executor: Executor,
-    ids: list[int],
-    info: RoundInfo,
-    rng: np.random.Generator,
-) -> tuple[list[int], SecAggServer]:
-    """SecAgg rounds 0-1 (keys, encrypted shares); returns U2 (who will train) and the server."""
-    server = secure.begin_round(info.server_round, ids, rng)
-    setup = {u: (list(server.neighbours[u]), server.threshold, server.modulus_bits) for u in ids}
-    keys = executor.client_phase(ids, "advertise", setup, info)
-    routed = server.collect_keys(keys)
-    shares = executor.client_phase(sorted(routed), "share", routed, info)
-    inbox = server.route_shares(shares)
-    delivered = executor.client_phase(sorted(inbox), "inbox", inbox, info)
-    return sorted(delivered), server
-
-
-def _secure_finish(
-    secure: SecureAggregation,
-    server: SecAggServer,
-    executor: Executor,
-    updates: list[ClientUpdate],
-    info: RoundInfo,
-    agg_state: AggState,
-    failures: list[ClientFailure],
-) -> tuple[list[ClientUpdate], list[int]]:
-    """SecAgg rounds 2-3: collect masked vectors, unmask, decode the survivors' sum.
-
-    Returns (the one decoded-sum update, the survivors in it), or ([], []) when the
-    protocol aborts (too few survivors; nothing is revealed) and every client of the
-    round counts as failed.
-    """
-    dim = secure.dim(agg_state)
-    masked: dict[int, np.ndarray] = {}
-    for u in updates:
-        assert u.masked is not None
-        if u.masked.size != dim:
-            reason = f"masked update has {u.masked.size} values, expected {dim}"
-            failures.append(ClientFailure(u.client_id, reason))
-        else:
-            masked[u.client_id] = u.masked
-    try:
-        dropped, survivors = server.collect_masked(masked)
-        if len(survivors) < secure.min_clients:
-            raise SecAggError(
-                f"{len(survivors)} clients survived, fewer than "
-                f"privacy.secure_aggregation.min_clients={secure.min_clients}; aborted "
-                "before any share was revealed"
-            )
-        asks = {u: (dropped, survivors) for u in survivors}
-        responses = executor.client_phase(survivors, "unmask", asks, info)
-        total = server.unmask(responses)
-    except SecAggError as exc:
-        failures.extend(ClientFailure(c, f"secure aggregation: {exc}") for c in masked)
-        return [], []
-    if not survivors:
-        return [], []
-    return [secure.decode(total, survivors, agg_state)], survivors
-
-
 def _fit_round(
     strategy: Strategy,
     executor: Executor,
@@ -282,7 +219,8 @@ def _fit_round(
     failures: list[ClientFailure] = []
     sampled = 0
     participants: list[int] = []
-    secure = strategy.aggregator if isinstance(strategy.aggregator, SecureAggregation) else None
+    hook = getattr(strategy.aggregator, "session", None)  # secure aggregation's protocol
+    session = hook() if hook is not None else None
     ok = 0
     for attempt in range(policy.max_retries + 1 if policy.on_too_few == "retry" else 1):
         if attempt > 0 and privacy is not None and not privacy.allows_next_round():
@@ -304,21 +242,9 @@ def _fit_round(
         updates: list[ClientUpdate] = []
         partials: list[PartialSum] = []  # pre-aggregated in hosts, validated there
         server = None
-        if secure is not None and len(ids) < secure.min_clients:
-            failures.extend(
-                ClientFailure(c, f"secure aggregation needs at least {secure.min_clients} "
-                              f"clients (privacy.secure_aggregation.min_clients), {len(ids)} "
-                              "were sampled; the round aborted before any training")
-                for c in ids
-            )  # fmt: skip
-            ids = []
-        if secure is not None and ids:
-            started = ids
-            ids, server = _secure_setup(secure, executor, ids, info, rng)
-            failures.extend(
-                ClientFailure(c, "dropped during secure-aggregation key exchange")
-                for c in sorted(set(started) - set(ids))
-            )
+        if session is not None:
+            ids, dropped, server = session.start(executor, ids, info, rng)
+            failures.extend(dropped)
         results = iter(executor.fit(ids, handle, info))
         for result in results:
             if isinstance(result, PartialSum):
@@ -337,10 +263,9 @@ def _fit_round(
         participants = sorted(
             [u.client_id for u in updates] + [c for p in partials for c in p.client_ids]
         )
-        if secure is not None and server is not None and updates:
-            updates, participants = _secure_finish(
-                secure, server, executor, updates, info, agg_state, failures
-            )
+        if session is not None and server is not None and updates:
+            updates, participants, lost = session.finish(server, executor, updates, info, agg_state)
+            failures.extend(lost)
         ok = len(participants)
         if ok >= strategy.min_fit_clients:
             break

@@ -43,7 +43,7 @@ def _cfg(*overrides):
 
 
 def test_data_placement_pins_each_clients_host_to_its_node(cluster):
-    from fedray.runtime import RayExecutor
+    from fedray.runtime.ray_executor import RayExecutor
 
     cfg = _cfg("data.placement={0: site_b, 1: site_a}")
     ex = RayExecutor(cfg, Mean())
@@ -67,7 +67,7 @@ def test_spread_scheduling_uses_both_nodes_and_a_run_completes(cluster, tmp_path
 
 def test_packed_clients_with_different_placements_are_refused(cluster):
     from fedray.errors import ConfigError
-    from fedray.runtime import RayExecutor
+    from fedray.runtime.ray_executor import RayExecutor
 
     cfg = _cfg("data.placement={0: site_a, 1: site_b}", "runtime.clients_per_actor=2")
     with pytest.raises(ConfigError, match=r"clients \[0, 1\] share one actor"):

@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray")
 def test_removing_a_worker_node_mid_run_reschedules_its_clients_and_completes(tmp_path, caplog):
     from ray.cluster_utils import Cluster
 
-    caplog.set_level(logging.INFO, logger="fedray.runtime")
+    caplog.set_level(logging.INFO, logger="fedray.runtime.supervisor")
 
     # The head has room for every host, so hosts lost with the worker restart there.
     cluster = Cluster(

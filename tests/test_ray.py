@@ -37,7 +37,7 @@ def test_linreg_on_ray_matches_in_process_run(ray_instance, tmp_path, linreg_con
 def test_hosts_are_actors_with_capped_threads_and_a_dead_host_fails_only_its_clients(
     ray_instance, linreg_config
 ):
-    from fedray.runtime import RayExecutor
+    from fedray.runtime.ray_executor import RayExecutor
 
     cfg = config.load(linreg_config)
     ex = RayExecutor(cfg, Mean())
@@ -58,7 +58,7 @@ def test_hosts_are_actors_with_capped_threads_and_a_dead_host_fails_only_its_cli
 
 def test_start_up_data_error_reaches_the_driver_unwrapped(ray_instance, tmp_path):
     cfg = config.load({"data": {"dataset": "csv", "path": str(tmp_path / "gone.csv")}})
-    from fedray.runtime import RayExecutor
+    from fedray.runtime.ray_executor import RayExecutor
 
     with pytest.raises(DataError, match="data.path: file not found: '.*gone.csv'"):
         RayExecutor(cfg, Mean())
@@ -86,7 +86,7 @@ def test_fit_on_ray_equals_fit_in_process_and_a_restarted_host_gets_its_shards_b
 ):
     import fedray
     from fedray import build, memory
-    from fedray.runtime import RayExecutor
+    from fedray.runtime.ray_executor import RayExecutor
     from tests.e2e.test_api import create_model, textbook
 
     x, y = textbook()

@@ -43,7 +43,7 @@ def test_pre_aggregated_run_equals_a_run_that_aggregates_every_update(tmp_path):
 
 @pytest.mark.keras
 def test_hosts_send_one_partial_sum_and_every_failure():
-    from fedray.local import LocalExecutor
+    from fedray.runtime.local import LocalExecutor
 
     cfg = config.load(SCALE, _local(12, "faults.nan_rate=0.3"))
     ex = LocalExecutor(cfg, Mean(), clients_per_host=6, pre_aggregate=True)

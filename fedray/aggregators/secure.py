@@ -27,7 +27,7 @@ import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from fedray.aggregators.mean import Mean
 from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
 from fedray.secagg import Quantizer, SecAggServer, harary_neighbours
 from fedray.secagg.protocol import default_degree
+
+if TYPE_CHECKING:
+    from fedray.secagg.session import SecureSession
 
 SUM_ID = -1  # the client id of the single decoded-sum update handed to ``aggregate``
 
@@ -118,6 +121,12 @@ class SecureAggregation:
             **self.inner.init(params),
             "shapes": [(tuple(p.shape), str(p.dtype)) for p in params],
         }
+
+    def session(self) -> SecureSession:
+        """The driver's side of a round (:mod:`fedray.secagg.session`)."""
+        from fedray.secagg.session import SecureSession
+
+        return SecureSession(self)
 
     def client_settings(self, state: AggState) -> dict[str, float]:
         """The inner aggregator's (its state is merged into this one's)."""

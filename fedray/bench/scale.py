@@ -69,7 +69,7 @@ def systems(registered: int, sampled: int) -> list[str]:
 def run_multinode(config: str, over: Sequence[str], nodes: int) -> dict[str, Any]:
     """Run fedray on a simulated cluster of ``nodes`` one-CPU nodes; who ran what."""
     from fedray.api import run
-    from fedray.runtime import simulated_cluster
+    from fedray.runtime.connect import simulated_cluster
 
     with simulated_cluster(nodes) as names:
         with tempfile.TemporaryDirectory() as out:

@@ -45,15 +45,16 @@ def measure(n: int, d: int, scheme: str, dropout: float, seed: int = 0) -> dict[
     total, stats = run_protocol(inputs, round_id=1, modulus_bits=r, degree=degree, rng=rng,
                                 drop_after_shares=drops)  # fmt: skip
     survivors = stats["survivors"]
-    assert isinstance(survivors, list)
+    if not isinstance(survivors, list):
+        raise TypeError(f"run_protocol's survivors: expected a list, got {survivors!r}")
     decoded = q.decode_sum(total, len(survivors))
     want = np.sum([floats[u] for u in survivors], axis=0, dtype=np.float64)
     max_err = float(np.abs(decoded - want).max())
     client_s = stats["client_s"]
     sent = stats["bytes_sent"]
-    assert isinstance(client_s, dict) and isinstance(sent, dict)
     server_s = stats["server_s"]
-    assert isinstance(server_s, float)
+    if not (isinstance(client_s, dict) and isinstance(sent, dict) and isinstance(server_s, float)):
+        raise TypeError(f"run_protocol's timings have unexpected types: {sorted(stats)}")
     del plain
     return {
         "scheme": scheme,

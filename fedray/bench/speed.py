@@ -166,7 +166,7 @@ def run_naive(config: str, overrides: Sequence[str]) -> dict[str, Any]:
 
 def parallel_hosts(clients: int, cpus: int) -> int:
     """How many fedray hosts train at once with ``clients_per_actor: auto``."""
-    from fedray.client.spec import clients_per_host
+    from fedray.runtime.plan import clients_per_host
 
     per_host = clients_per_host("auto", clients, float(cpus))
     return min(math.ceil(clients / per_host), cpus)

@@ -1,7 +1,7 @@
 """The client host: a plain class that owns clients' shards and answers for each of them.
 
-It is made remote at the edge (``ray.remote`` in :mod:`fedray.runtime`) and used
-in-process by :class:`fedray.local.LocalExecutor`, so it is testable without Ray. One
+It is made remote at the edge (``ray.remote`` in :mod:`fedray.runtime.ray_executor`) and used
+in-process by :class:`fedray.runtime.local.LocalExecutor`, so it is testable without Ray. One
 host serves one or many clients, one after another, with one trainer
 (:mod:`fedray.client.trainer`):
 
@@ -245,7 +245,10 @@ class ClientHost:
         self, results: Sequence[ClientUpdate | ClientFailure], params: Params
     ) -> list[ClientUpdate | ClientFailure | PartialSum]:
         """Validate each update as the driver would, then sum the valid ones."""
-        assert isinstance(self.spec.aggregator, Summable)
+        if not isinstance(self.spec.aggregator, Summable):  # HostSpec refuses it too
+            raise TypeError(
+                f"pre-aggregation needs a Summable aggregator, got {self.spec.aggregator}"
+            )
         valid: list[ClientUpdate] = []
         failures: list[ClientUpdate | ClientFailure | PartialSum] = []
         for r in results:
@@ -372,7 +375,8 @@ class ClientHost:
                 f"client {update.client_id} has no secure-aggregation keys for round "
                 f"{info.server_round} (its host restarted?)"
             )
-        assert update.masked is not None
+        if update.masked is None:
+            raise ValueError(f"client {update.client_id}: nothing to mask (no quantized update)")
         inbox = self._secagg_inbox.get(update.client_id, {})
         return replace(update, masked=client.masked_input(update.masked, inbox))
 

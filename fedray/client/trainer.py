@@ -269,7 +269,8 @@ class KerasTrainer:
 
         def dp_step(x: Any, y: Any, n: Any, s0: Any, s1: Any, s2: Any) -> Any:
             """One DP-SGD step on a Poisson batch (padded to a fixed maximum with a mask)."""
-            assert dp is not None
+            if dp is None:  # traced only under DP-SGD
+                raise ValueError("dp_step needs ClientOptions.dp_sgd")
             q = tf.minimum(1.0, batch / tf.cast(n, tf.float32))
             k = tf.random.stateless_binomial(
                 [], seed=s0, counts=tf.cast(n, tf.float32), probs=q, output_dtype=tf.int32

@@ -7,8 +7,7 @@ from typing import Any
 
 from fedray.aggregators import Aggregator
 from fedray.client.host import ClientHost
-from fedray.client.spec import HostSpec, group_clients
-from fedray.client.spec import clients_per_host as resolve
+from fedray.client.spec import HostSpec
 from fedray.config import Config
 from fedray.memory import InMemory
 from fedray.records import (
@@ -22,6 +21,8 @@ from fedray.records import (
     PartialSum,
     RoundInfo,
 )
+from fedray.runtime.plan import clients_per_host as resolve
+from fedray.runtime.plan import group_clients
 
 
 class LocalExecutor:

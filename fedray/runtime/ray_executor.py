@@ -1,18 +1,16 @@
-"""Ray: connecting, client-host actors and the ``RayExecutor``.
+"""``RayExecutor``: client hosts as Ray actors.
 
-This is the only module that imports Ray. Hosts are the plain
-:class:`~fedray.client.ClientHost` made remote here. Each round the global weights
-are put in the object store once and the same ref goes to every host; updates are
-collected with ``ray.wait`` as hosts finish.
+Hosts are the plain :class:`~fedray.client.host.ClientHost` made remote here. Each
+round the global weights are put in the object store once and the same ref goes to
+every host; updates are collected with ``ray.wait`` as hosts finish, with a deadline.
+Restarts and dead hosts are the :class:`~fedray.runtime.supervisor.Supervisor`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -20,7 +18,7 @@ from typing import Any
 
 from fedray.aggregators import Aggregator
 from fedray.client.host import ClientHost
-from fedray.client.spec import HostSpec, clients_per_host, group_clients
+from fedray.client.spec import HostSpec
 from fedray.config import Config
 from fedray.errors import ConfigError, FedrayError
 from fedray.memory import InMemory
@@ -35,70 +33,11 @@ from fedray.records import (
     PartialSum,
     RoundInfo,
 )
+from fedray.runtime.plan import clients_per_host, group_clients
+from fedray.runtime.supervisor import Supervisor
 from fedray.secagg import SecAggError
 
 logger = logging.getLogger(__name__)
-
-
-def probe_address(address: str, timeout_s: float = 3.0) -> None:
-    """Fail within seconds when ``host:port`` has no listener (Ray itself may retry for minutes).
-
-    ``auto`` and ``ray://`` addresses are left to Ray, which fails fast when no cluster
-    is found.
-    """
-    if address == "auto" or "://" in address:
-        return
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise FedrayError(
-            f"runtime.address = {address!r}: expected 'auto' or host:port, e.g. 10.0.0.5:6379"
-        )
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        raise FedrayError(
-            f"runtime.address = {address!r}: no Ray head answers there within {timeout_s:g} s "
-            f"({exc.strerror or exc}); start one with `ray start --head --port={port}` "
-            "or leave runtime.address unset for a private local instance"
-        ) from None
-
-
-def connect(address: str | None, *, num_cpus: int | None, verbose: bool) -> bool:
-    """Start a private local Ray instance (``address`` None) or join a cluster.
-
-    Returns:
-        True when this call started Ray (so the caller should shut it down).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    kwargs: dict[str, Any] = {
-        "logging_level": logging.INFO if verbose else logging.ERROR,
-        "log_to_driver": verbose,
-        "configure_logging": True,
-    }
-    if address is None:
-        ray.init(
-            address="local",
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
-            **kwargs,
-        )
-    else:
-        probe_address(address)
-        try:
-            ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise FedrayError(
-                f"runtime.address = {address!r}: cannot connect to a Ray cluster ({exc}); "
-                "expected 'auto' or host:port of a running head (ray start --head)"
-            ) from None
-    return True
 
 
 class _RayClientHost(ClientHost):
@@ -260,10 +199,7 @@ class RayExecutor:
         self._host_index = {cid: i for i, g in enumerate(groups) for cid in g}
         self._num_clients = config.data.num_clients
         self._round_timeout_s = config.runtime.round_timeout_s
-        self._restart_timeout_s = config.runtime.restart_timeout_s
-        self._down: dict[int, float] = {}  # host index -> when it died or was killed
-        self._dead: set[int] = set()  # hosts that will never come back (max_restarts used up)
-        self._saved_state: dict[int, dict[str, Params]] = {}  # last checkpointed client state
+        self.supervisor = Supervisor(self.hosts, groups, config.runtime.restart_timeout_s)
         self._tickets: dict[Any, int] = {}  # submit/wait (FedBuff): in-flight ref -> client
         try:
             self.host_info = ray.get([h.ready.remote() for h in self.hosts])
@@ -304,62 +240,6 @@ class RayExecutor:
             plan.setdefault(self._host_index[cid], []).append(cid)
         return plan
 
-    def _mark_down(self, index: int) -> None:
-        self._down.setdefault(index, time.monotonic())
-
-    def _await_restarts(self) -> None:
-        """Wait until hosts that died (and that Ray restarts) answer again.
-
-        A call sent to a restarting actor fails at once with ``ActorUnavailableError``,
-        so each down host is pinged until it answers. The wait is bounded: a host that
-        is not back ``runtime.restart_timeout_s`` after it went down (e.g. its node is
-        gone and no other node has room) is skipped, its clients counted as failed, and
-        it is pinged once per round after that. A host whose ``runtime.max_restarts``
-        are used up is dead for good.
-        """
-        ray = self._ray
-        while self._down:
-            pings = {self.hosts[i].ready.remote(): i for i in self._down}
-            ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=1.0)
-            for ref in ready:
-                index = pings[ref]
-                try:
-                    ray.get(ref)
-                except ray.exceptions.ActorDiedError:
-                    logger.warning("client host %d is dead for good (runtime.max_restarts)", index)
-                    self._dead.add(index)
-                except ray.exceptions.RayActorError:
-                    continue  # still restarting
-                else:
-                    logger.info("client host %d is back", index)
-                    self._restore_host_state(index)
-                del self._down[index]
-            now = time.monotonic()
-            if not any(now < since + self._restart_timeout_s for since in self._down.values()):
-                break
-            time.sleep(0.25)
-        if self._down:
-            logger.warning(
-                "client hosts %s are still restarting after runtime.restart_timeout_s=%g; "
-                "their clients fail until they are back",
-                sorted(self._down),
-                self._restart_timeout_s,
-            )
-
-    def _restore_host_state(self, index: int) -> None:
-        """A restarted host reloaded its shards; give its clients their last saved state."""
-        group = set(self._groups[index])
-        part = {c: v for c, v in self._saved_state.items() if c in group}
-        if part:
-            self._ray.get(self.hosts[index].restore_client_state.remote(part))
-
-    def _unavailable(self, index: int) -> str | None:
-        if index in self._dead:
-            return "host is dead for good (runtime.max_restarts used up)"
-        if index in self._down:
-            return "host is still restarting (crash or node loss)"
-        return None
-
     def _stream(
         self, calls: dict[Any, list[int]], what: str, timeout_s: float | None = None
     ) -> Iterator[Any]:
@@ -381,7 +261,7 @@ class RayExecutor:
                     ids = calls[ref]
                     index = self._host_index[ids[0]]
                     ray.kill(self.hosts[index], no_restart=False)
-                    self._mark_down(index)
+                    self.supervisor.mark_down(index)
                     reason = f"no result within runtime.round_timeout_s={timeout_s:g}"
                     yield from (ClientFailure(cid, reason) for cid in ids)
                 return
@@ -393,7 +273,7 @@ class RayExecutor:
                     reason = f"host failed during {what}: {type(cause).__name__}: {cause}"
                     results = [ClientFailure(cid, reason) for cid in calls[ref]]
                     if isinstance(exc, ray.exceptions.RayActorError):
-                        self._mark_down(self._host_index[calls[ref][0]])
+                        self.supervisor.mark_down(self._host_index[calls[ref][0]])
                 yield from results
 
     def _calls(
@@ -403,7 +283,7 @@ class RayExecutor:
         calls: dict[Any, list[int]] = {}
         skipped: list[ClientFailure] = []
         for h, ids in self._plan(client_ids).items():
-            reason = self._unavailable(h)
+            reason = self.supervisor.unavailable(h)
             if reason is not None:
                 skipped.extend(ClientFailure(cid, reason) for cid in ids)
             else:
@@ -412,7 +292,7 @@ class RayExecutor:
 
     def fit(self, client_ids: Sequence[int], params: Any, info: RoundInfo) -> Iterator[FitResult]:
         """Start every sampled client's training and yield updates as they finish."""
-        self._await_restarts()
+        self.supervisor.await_restarts()
         params_ref, extras_ref = params
         calls, skipped = self._calls(client_ids, "fit", params_ref, info, extras_ref)
         yield from skipped
@@ -428,10 +308,10 @@ class RayExecutor:
         """
         ray = self._ray
         if name == "advertise":
-            self._await_restarts()  # restarted hosts join the new round
+            self.supervisor.await_restarts()  # restarted hosts join the new round
         calls = {}
         for h, ids in self._plan(client_ids).items():
-            if self._unavailable(h) is None:
+            if self.supervisor.unavailable(h) is None:
                 part = {c: payload[c] for c in ids if c in payload}
                 calls[self.hosts[h].secure_step.remote(name, ids, part, info)] = h
         out: dict[int, Any] = {}
@@ -445,30 +325,30 @@ class RayExecutor:
                     raise cause from None
                 logger.warning("secure aggregation step %s failed on a host: %s", name, cause)
             except ray.exceptions.RayActorError:
-                self._mark_down(calls[ref])
+                self.supervisor.mark_down(calls[ref])
         return out
 
     def client_state(self) -> dict[int, dict[str, Params]]:
         """Per-client state of every host (for checkpoints)."""
         ray = self._ray
-        self._await_restarts()
-        out = dict(self._saved_state)  # hosts that are down keep their last saved state
+        self.supervisor.await_restarts()
+        out = dict(self.supervisor.saved_state)  # hosts that are down keep their last saved state
         calls = {
             h.client_state.remote(): i
             for i, h in enumerate(self.hosts)
-            if self._unavailable(i) is None
+            if self.supervisor.unavailable(i) is None
         }
         for ref, index in calls.items():
             try:
                 out.update(ray.get(ref))
             except ray.exceptions.RayActorError:
-                self._mark_down(index)
-        self._saved_state = out
+                self.supervisor.mark_down(index)
+        self.supervisor.saved_state = out
         return out
 
     def restore_client_state(self, state: dict[int, dict[str, Params]]) -> None:
         """Give every host its clients' saved state."""
-        self._saved_state = dict(state)
+        self.supervisor.saved_state = dict(state)
         ref = self._ray.put(state)
         self._ray.get([h.restore_client_state.remote(ref) for h in self.hosts])
 
@@ -504,26 +384,26 @@ class RayExecutor:
 
     def evaluate(self, params: Any) -> Metrics:
         """Centralized evaluation on host 0's held-out test set ({} while host 0 is down)."""
-        self._await_restarts()
+        self.supervisor.await_restarts()
         ray = self._ray
         try:
             return dict(ray.get(self.hosts[0].evaluate.remote(params[0])))
         except ray.exceptions.RayActorError as exc:
             logger.warning("evaluation skipped: host 0 failed (%s)", type(exc).__name__)
-            self._mark_down(0)
+            self.supervisor.mark_down(0)
             return {}
 
     def evaluate_clients(
         self, client_ids: Sequence[int], params: Any, split: str = "test"
     ) -> list[ClientEval | ClientFailure]:
         """Federated evaluation on the clients' local ``test`` splits or ``train`` shards."""
-        self._await_restarts()
+        self.supervisor.await_restarts()
         calls, skipped = self._calls(client_ids, "evaluate_clients", params[0], split)
         return [*skipped, *self._stream(calls, "evaluate")]
 
     def export(self, params: Params) -> bytes:
         """The final model as ``.keras`` bytes, saved by host 0."""
-        self._await_restarts()
+        self.supervisor.await_restarts()
         return bytes(self._ray.get(self.hosts[0].export.remote(params)))
 
     def predict(self, params: Params, x: list[list[float]]) -> list[list[float]]:
@@ -540,40 +420,3 @@ class RayExecutor:
         if self._store is not None:
             self._ray.kill(self._store)
             self._store = None
-
-
-def shutdown() -> None:
-    """Shut down the Ray instance this process started."""
-    import ray
-
-    ray.shutdown()
-
-
-@contextlib.contextmanager
-def simulated_cluster(nodes: int, cpus_per_node: int = 1) -> Iterator[dict[str, str]]:
-    """A multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``), connected.
-
-    Yields the node names by node id (``head``, ``node-1``, ...); the cluster and the
-    connection are shut down on exit. For scaling runs and tests of spreading.
-    """
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if nodes < 1:
-        raise ValueError(f"nodes must be >= 1, got {nodes}")
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False},
-    )
-    try:
-        for _ in range(nodes - 1):
-            cluster.add_node(num_cpus=cpus_per_node)
-        ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
-        cluster.wait_for_nodes()
-        alive = sorted(
-            (n for n in ray.nodes() if n["Alive"]), key=lambda n: not n.get("IsHead", False)
-        )
-        yield {n["NodeID"]: ("head" if i == 0 else f"node-{i}") for i, n in enumerate(alive)}
-    finally:
-        ray.shutdown()
-        cluster.shutdown()

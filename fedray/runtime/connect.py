@@ -1,0 +1,116 @@
+"""Connecting to Ray: a private local instance, an existing cluster, or a simulated one.
+
+fedray never attaches to a stranger's cluster unless told to (``--address``); an
+address where no head answers fails within seconds, never a hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from fedray.errors import FedrayError
+
+logger = logging.getLogger(__name__)
+
+
+def probe_address(address: str, timeout_s: float = 3.0) -> None:
+    """Fail within seconds when ``host:port`` has no listener (Ray itself may retry for minutes).
+
+    ``auto`` and ``ray://`` addresses are left to Ray, which fails fast when no cluster
+    is found.
+    """
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise FedrayError(
+            f"runtime.address = {address!r}: expected 'auto' or host:port, e.g. 10.0.0.5:6379"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise FedrayError(
+            f"runtime.address = {address!r}: no Ray head answers there within {timeout_s:g} s "
+            f"({exc.strerror or exc}); start one with `ray start --head --port={port}` "
+            "or leave runtime.address unset for a private local instance"
+        ) from None
+
+
+def connect(address: str | None, *, num_cpus: int | None, verbose: bool) -> bool:
+    """Start a private local Ray instance (``address`` None) or join a cluster.
+
+    Returns:
+        True when this call started Ray (so the caller should shut it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    kwargs: dict[str, Any] = {
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        "log_to_driver": verbose,
+        "configure_logging": True,
+    }
+    if address is None:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            **kwargs,
+        )
+    else:
+        probe_address(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise FedrayError(
+                f"runtime.address = {address!r}: cannot connect to a Ray cluster ({exc}); "
+                "expected 'auto' or host:port of a running head (ray start --head)"
+            ) from None
+    return True
+
+
+def shutdown() -> None:
+    """Shut down the Ray instance this process started."""
+    import ray
+
+    ray.shutdown()
+
+
+@contextlib.contextmanager
+def simulated_cluster(nodes: int, cpus_per_node: int = 1) -> Iterator[dict[str, str]]:
+    """A multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``), connected.
+
+    Yields the node names by node id (``head``, ``node-1``, ...); the cluster and the
+    connection are shut down on exit. For scaling runs and tests of spreading.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if nodes < 1:
+        raise ValueError(f"nodes must be >= 1, got {nodes}")
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False},
+    )
+    try:
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=cpus_per_node)
+        ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+        cluster.wait_for_nodes()
+        alive = sorted(
+            (n for n in ray.nodes() if n["Alive"]), key=lambda n: not n.get("IsHead", False)
+        )
+        yield {n["NodeID"]: ("head" if i == 0 else f"node-{i}") for i, n in enumerate(alive)}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -1,0 +1,107 @@
+"""One round of secure aggregation, the driver's side: a session, not a mode of the loop.
+
+SecAgg (Bonawitz et al., CCS 2017, arXiv:1611.04482) with SecAgg+ neighbourhoods (Bell
+et al., CCS 2020). The loop asks the aggregator for a session (its ``session()`` hook:
+only :class:`~fedray.aggregators.SecureAggregation` has one, and
+:func:`fedray.compat.check_compatible` keeps it outermost) and runs it around the
+round's training, through the executor's typed protocol steps (``client_phase``):
+
+1. :meth:`SecureSession.start` (rounds 0-1): too small a cohort aborts before any
+   training; keys are advertised and encrypted shares routed; the clients that
+   completed key exchange are the ones that train (and mask, in their hosts).
+2. :meth:`SecureSession.finish` (rounds 2-3): the masked vectors are collected, the
+   survivors unmask, and the integer sum is decoded into one update for the
+   aggregator. Too few survivors abort before any share is revealed.
+
+The client side (keys, shares, masking) stays in the hosts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedray.records import AggState, ClientFailure, ClientUpdate, RoundInfo
+from fedray.secagg.protocol import SecAggError, SecAggServer
+
+if TYPE_CHECKING:
+    from fedray.aggregators.secure import SecureAggregation
+
+
+class SecureSession:
+    """The driver's side of secure aggregation for ``secure``'s rounds."""
+
+    def __init__(self, secure: SecureAggregation) -> None:
+        self.secure = secure
+
+    def start(
+        self, executor: Any, ids: list[int], info: RoundInfo, rng: np.random.Generator
+    ) -> tuple[list[int], list[ClientFailure], SecAggServer | None]:
+        """Key exchange for the sampled ``ids``; returns (who trains, failures, server)."""
+        secure = self.secure
+        if len(ids) < secure.min_clients:
+            reason = (
+                f"secure aggregation needs at least {secure.min_clients} clients "
+                f"(privacy.secure_aggregation.min_clients), {len(ids)} were sampled; the "
+                "round aborted before any training"
+            )
+            return [], [ClientFailure(c, reason) for c in ids], None
+        server = secure.begin_round(info.server_round, ids, rng)
+        setup = {
+            u: (list(server.neighbours[u]), server.threshold, server.modulus_bits) for u in ids
+        }
+        keys = executor.client_phase(ids, "advertise", setup, info)
+        routed = server.collect_keys(keys)
+        shares = executor.client_phase(sorted(routed), "share", routed, info)
+        inbox = server.route_shares(shares)
+        trained = sorted(executor.client_phase(sorted(inbox), "inbox", inbox, info))
+        dropped = [
+            ClientFailure(c, "dropped during secure-aggregation key exchange")
+            for c in sorted(set(ids) - set(trained))
+        ]
+        return trained, dropped, server
+
+    def finish(
+        self,
+        server: SecAggServer,
+        executor: Any,
+        updates: Sequence[ClientUpdate],
+        info: RoundInfo,
+        agg_state: AggState,
+    ) -> tuple[list[ClientUpdate], list[int], list[ClientFailure]]:
+        """Unmask the survivors' sum; returns (the decoded sum, survivors, failures).
+
+        When the protocol aborts (too few survivors; nothing is revealed) the decoded
+        sum and the survivors are empty and every client that sent a vector failed.
+        """
+        secure = self.secure
+        dim = secure.dim(agg_state)
+        failures: list[ClientFailure] = []
+        masked: dict[int, np.ndarray] = {}
+        for u in updates:
+            if u.masked is None:
+                failures.append(ClientFailure(u.client_id, "sent an unmasked update under SecAgg"))
+            elif u.masked.size != dim:
+                reason = f"masked update has {u.masked.size} values, expected {dim}"
+                failures.append(ClientFailure(u.client_id, reason))
+            else:
+                masked[u.client_id] = u.masked
+        try:
+            dropped, survivors = server.collect_masked(masked)
+            if len(survivors) < secure.min_clients:
+                raise SecAggError(
+                    f"{len(survivors)} clients survived, fewer than "
+                    f"privacy.secure_aggregation.min_clients={secure.min_clients}; aborted "
+                    "before any share was revealed"
+                )
+            asks = {u: (dropped, survivors) for u in survivors}
+            responses = executor.client_phase(survivors, "unmask", asks, info)
+            total = server.unmask(responses)
+        except SecAggError as exc:
+            failures += [ClientFailure(c, f"secure aggregation: {exc}") for c in masked]
+            return [], [], failures
+        if not survivors:
+            return [], [], failures
+        return [secure.decode(total, survivors, agg_state)], survivors, failures
