@@ -112,6 +112,107 @@ def _callbacks(
     return recorder, csv_log, cb
 
 
+def _train(
+    cfg: Config,
+    strategy: Strategy,
+    executor: Any,
+    callback: Callback,
+    state: Any,
+    save: Callable[[Any], object],
+    ledger: Any,
+    canaries: Any,
+    rng_seed: int | None,
+) -> Params:
+    """Run the rounds: buffered server steps (FedBuff) or synchronous rounds."""
+    dp = cfg.privacy.dp
+    if strategy.buffering is not None:  # FedBuff: asynchronous server steps
+        from fedray.async_driver import run_async
+
+        return run_async(
+            strategy=strategy,
+            executor=executor,
+            rounds=cfg.rounds,
+            seed=cfg.seed,
+            callback=callback,
+            evaluate_every=cfg.evaluation.every,
+            federated_evaluate_every=cfg.evaluation.federated_every,
+            train_evaluate_every=cfg.evaluation.train_every,
+            max_update_norm=cfg.strategy.max_update_norm,
+            resume=state,
+            checkpoint=save,
+            checkpoint_every=cfg.checkpoint.every,
+        )
+    return run_rounds(
+        strategy=strategy,
+        executor=executor,
+        rounds=cfg.rounds,
+        seed=cfg.seed,
+        callback=callback,
+        evaluate_every=cfg.evaluation.every,
+        federated_evaluate_every=cfg.evaluation.federated_every,
+        train_evaluate_every=cfg.evaluation.train_every,
+        resume=state,
+        checkpoint=save,
+        checkpoint_every=cfg.checkpoint.every,
+        policy=RoundPolicy(
+            over_commit=cfg.strategy.over_commit,
+            on_too_few=cfg.strategy.on_too_few,
+            max_retries=cfg.strategy.max_retries,
+            max_update_norm=cfg.strategy.max_update_norm,
+        ),
+        privacy=ledger,
+        rng_seed=rng_seed,
+        noise_seed=dp.noise_seed if dp is not None else None,
+        canaries=canaries,
+    )
+
+
+def _summary(
+    cfg: Config,
+    strategy: Strategy,
+    rows: list[dict[str, Any]],
+    params: Params,
+    params0: Params | None,
+    ledger: Any,
+    canaries: Any,
+    host_info: list[dict[str, Any]],
+    predictions: Any,
+    times: dict[str, float],
+) -> dict[str, Any]:
+    """The contents of ``summary.json``."""
+    dp = cfg.privacy.dp
+    round_times = [r["time/round_s"] for r in rows]
+    return {
+        "config": cfg.to_dict(),
+        "strategy": strategy.name,
+        "final": rows[-1] if rows else {},
+        "predictions": predictions,
+        "time": {
+            **times,
+            "round_s_median": statistics.median(round_times) if round_times else None,
+        },
+        "params": {"count": int(sum(np.size(p) for p in params)), "arrays": len(params)},
+        "privacy": (
+            {
+                **ledger.report(),
+                "max_epsilon": dp.max_epsilon if dp is not None else None,
+                "stopped_early": len(rows) < cfg.rounds,
+            }
+            if ledger is not None
+            else None
+        ),
+        "canaries": (
+            canaries.estimate(params0, params, delta=dp.delta if dp and dp.delta else 1e-5)
+            if canaries is not None and params0 is not None
+            else None
+        ),
+        "hosts": [
+            {k: info[k] for k in ("clients", "pid", "node_id", "setup_s") if k in info}
+            for info in host_info
+        ],
+    }
+
+
 def run(
     config: str | Path | Mapping[str, Any] | Config,
     *,
@@ -187,47 +288,7 @@ def run(
         recorder, csv_log, cb = _callbacks(cfg, out_dir, state, callbacks)
         save = lambda st: checkpoint_mod.save(out_dir, st, config_fingerprint=fp)  # noqa: E731
         t_rounds = time.perf_counter()
-        if composed.buffering is not None:  # FedBuff: asynchronous server steps
-            from fedray.async_driver import run_async
-
-            params = run_async(
-                strategy=composed,
-                executor=executor,
-                rounds=cfg.rounds,
-                seed=cfg.seed,
-                callback=cb,
-                evaluate_every=cfg.evaluation.every,
-                federated_evaluate_every=cfg.evaluation.federated_every,
-                train_evaluate_every=cfg.evaluation.train_every,
-                max_update_norm=cfg.strategy.max_update_norm,
-                resume=state,
-                checkpoint=save,
-                checkpoint_every=cfg.checkpoint.every,
-            )
-        else:
-            params = run_rounds(
-                strategy=composed,
-                executor=executor,
-                rounds=cfg.rounds,
-                seed=cfg.seed,
-                callback=cb,
-                evaluate_every=cfg.evaluation.every,
-                federated_evaluate_every=cfg.evaluation.federated_every,
-                train_evaluate_every=cfg.evaluation.train_every,
-                resume=state,
-                checkpoint=save,
-                checkpoint_every=cfg.checkpoint.every,
-                policy=RoundPolicy(
-                    over_commit=cfg.strategy.over_commit,
-                    on_too_few=cfg.strategy.on_too_few,
-                    max_retries=cfg.strategy.max_retries,
-                    max_update_norm=cfg.strategy.max_update_norm,
-                ),
-                privacy=ledger,
-                rng_seed=rng_seed,
-                noise_seed=dp.noise_seed if dp is not None else None,
-                canaries=canaries,
-            )
+        params = _train(cfg, composed, executor, cb, state, save, ledger, canaries, rng_seed)
         t_end = time.perf_counter()
         (out_dir / "model.keras").write_bytes(executor.export(params))
         predictions = None
@@ -244,38 +305,10 @@ def run(
 
             shutdown()
     csv_log.write_parquet()  # pandas only now, with the hosts gone (peak memory)
-    round_times = [r["time/round_s"] for r in recorder.rows]
-    summary = {
-        "config": cfg.to_dict(),
-        "strategy": composed.name,
-        "final": recorder.rows[-1] if recorder.rows else {},
-        "predictions": predictions,
-        "time": {
-            "startup_s": startup_s,
-            "rounds_s": t_end - t_rounds,
-            "total_s": time.perf_counter() - t_start,
-            "round_s_median": statistics.median(round_times) if round_times else None,
-        },
-        "params": {"count": int(sum(np.size(p) for p in params)), "arrays": len(params)},
-        "privacy": (
-            {
-                **ledger.report(),
-                "max_epsilon": dp.max_epsilon if dp is not None else None,
-                "stopped_early": len(recorder.rows) < cfg.rounds,
-            }
-            if ledger is not None
-            else None
-        ),
-        "canaries": (
-            canaries.estimate(params0, params, delta=dp.delta if dp and dp.delta else 1e-5)
-            if canaries is not None and params0 is not None
-            else None
-        ),
-        "hosts": [
-            {k: info[k] for k in ("clients", "pid", "node_id", "setup_s") if k in info}
-            for info in host_info
-        ],
-    }
+    total_s = time.perf_counter() - t_start
+    times = {"startup_s": startup_s, "rounds_s": t_end - t_rounds, "total_s": total_s}
+    summary = _summary(cfg, composed, recorder.rows, params, params0, ledger, canaries,
+                       host_info, predictions, times)  # fmt: skip
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return History(out_dir=out_dir, rows=recorder.rows, summary=summary, params=params)
 

@@ -104,3 +104,38 @@ def broadcast(aggregator: Aggregator, state: AggState) -> dict[str, Params] | No
         return None if inner is None else broadcast(inner, state.get("inner", state))
     out = hook(state)
     return dict(out) if out else None
+
+
+class SameState:
+    """For wrappers whose state is their ``inner`` aggregator's, unchanged.
+
+    Supplies ``init``, ``encode`` and both hooks by delegation, so a wrapper that
+    adds one server-side concern (clipping, staleness weights) writes only its
+    ``aggregate``.
+    """
+
+    inner: Aggregator
+
+    def init(self, params: Params) -> AggState:
+        """The inner state."""
+        return self.inner.init(params)
+
+    def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
+        """Delegates to the inner aggregator (this wrapper works on the server)."""
+        return self.inner.encode(update, info)
+
+    def client_settings(self, state: AggState) -> dict[str, float]:
+        """The inner aggregator's (the state is the inner state)."""
+        return client_settings(self.inner, state)
+
+    def broadcast(self, state: AggState) -> dict[str, Params] | None:
+        """The inner aggregator's."""
+        return broadcast(self.inner, state)
+
+
+class Unweighted:
+    """For linear rules whose sum counts every update once (``w_k = 1``)."""
+
+    def weight(self, update: ClientUpdate) -> float:
+        """Every update counts once: the sum is unweighted (example counts are private)."""
+        return 1.0

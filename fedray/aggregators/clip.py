@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fedray import tree
-from fedray.aggregators.base import Aggregator, broadcast, client_settings
+from fedray.aggregators.base import Aggregator, SameState
 from fedray.aggregators.mean import Mean
-from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
+from fedray.records import AggState, ClientUpdate, Metrics, Params
 
 
 def clip_to(delta: Params, clip: float) -> tuple[Params, float]:
@@ -46,7 +46,7 @@ def clip_update(update: ClientUpdate, max_norm: float) -> tuple[ClientUpdate, bo
 
 
 @dataclass(frozen=True)
-class NormBound:
+class NormBound(SameState):
     """Wraps any aggregator; clips each update to ``max_norm`` first.
 
     Attributes:
@@ -60,22 +60,6 @@ class NormBound:
     def __post_init__(self) -> None:
         if not self.max_norm > 0:
             raise ValueError(f"max_norm must be > 0, got {self.max_norm}")
-
-    def init(self, params: Params) -> AggState:
-        """The inner state."""
-        return self.inner.init(params)
-
-    def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
-        """Delegates to the inner aggregator (clipping happens on the server)."""
-        return self.inner.encode(update, info)
-
-    def client_settings(self, state: AggState) -> dict[str, float]:
-        """The inner aggregator's (the state is the inner state)."""
-        return client_settings(self.inner, state)
-
-    def broadcast(self, state: AggState) -> dict[str, Params] | None:
-        """The inner aggregator's."""
-        return broadcast(self.inner, state)
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fedray.aggregators.base import Unweighted
 from fedray.aggregators.clip import clip_to
 from fedray.privacy.accounting import split_noise
 from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo, check_gaussian
@@ -90,7 +91,7 @@ def _sum(updates: Sequence[ClientUpdate], shapes: list[tuple[tuple[int, ...], st
 
 
 @dataclass(frozen=True)
-class CentralDP:
+class CentralDP(Unweighted):
     """DP-FedAvg: client-side clipping, Gaussian noise on the sum, fixed denominator m.
 
     Attributes:
@@ -162,10 +163,6 @@ class CentralDP:
         bits = sum(u.protocol.get(UNCLIPPED, 0.0) for u in updates)
         return self.aggregate_sum(total, len(updates), {UNCLIPPED: bits}, state, rng)
 
-    def weight(self, update: ClientUpdate) -> float:
-        """Every clipped update counts once: the sum is unweighted."""
-        return 1.0
-
     def aggregate_sum(
         self,
         total: Params,
@@ -203,7 +200,7 @@ class CentralDP:
 
 
 @dataclass(frozen=True)
-class LocalDP:
+class LocalDP(Unweighted):
     """Local DP: each client clips to C and adds N(0, (z C)^2) before sending.
 
     Attributes:
@@ -243,10 +240,6 @@ class LocalDP:
         shapes = [(tuple(d.shape), str(d.dtype)) for d in updates[0].delta]
         total = [t.astype(dt) for t, (_, dt) in zip(_sum(updates, shapes), shapes, strict=True)]
         return self.aggregate_sum(total, len(updates), {}, state, rng)
-
-    def weight(self, update: ClientUpdate) -> float:
-        """Every noised update counts once."""
-        return 1.0
 
     def aggregate_sum(
         self,

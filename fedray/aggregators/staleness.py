@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fedray import tree
-from fedray.aggregators.base import Aggregator, broadcast, client_settings
+from fedray.aggregators.base import Aggregator, SameState
 from fedray.aggregators.mean import Mean
-from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
+from fedray.records import AggState, ClientUpdate, Metrics, Params
 
 
 def staleness_weight(staleness: float) -> float:
@@ -33,26 +33,10 @@ def staleness_weight(staleness: float) -> float:
 
 
 @dataclass(frozen=True)
-class StalenessWeighted:
+class StalenessWeighted(SameState):
     """Scales each delta by ``staleness_weight(update.protocol["staleness"])``, then ``inner``."""
 
     inner: Aggregator = field(default_factory=lambda: Mean(weighting="uniform"))
-
-    def init(self, params: Params) -> AggState:
-        """The inner state."""
-        return self.inner.init(params)
-
-    def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
-        """Delegates to the inner aggregator."""
-        return self.inner.encode(update, info)
-
-    def client_settings(self, state: AggState) -> dict[str, float]:
-        """The inner aggregator's (the state is the inner state)."""
-        return client_settings(self.inner, state)
-
-    def broadcast(self, state: AggState) -> dict[str, Params] | None:
-        """The inner aggregator's."""
-        return broadcast(self.inner, state)
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
