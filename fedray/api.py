@@ -125,41 +125,33 @@ def _train(
 ) -> Params:
     """Run the rounds: buffered server steps (FedBuff) or synchronous rounds."""
     dp = cfg.privacy.dp
+    ev = cfg.evaluation
+    common: dict[str, Any] = {
+        "strategy": strategy,
+        "executor": executor,
+        "rounds": cfg.rounds,
+        "seed": cfg.seed,
+        "callback": callback,
+        "evaluate_every": ev.every,
+        "federated_evaluate_every": ev.federated_every,
+        "train_evaluate_every": ev.train_every,
+        "resume": state,
+        "checkpoint": save,
+        "checkpoint_every": cfg.checkpoint.every,
+    }
     if strategy.buffering is not None:  # FedBuff: asynchronous server steps
         from fedray.async_driver import run_async
 
-        return run_async(
-            strategy=strategy,
-            executor=executor,
-            rounds=cfg.rounds,
-            seed=cfg.seed,
-            callback=callback,
-            evaluate_every=cfg.evaluation.every,
-            federated_evaluate_every=cfg.evaluation.federated_every,
-            train_evaluate_every=cfg.evaluation.train_every,
-            max_update_norm=cfg.strategy.max_update_norm,
-            resume=state,
-            checkpoint=save,
-            checkpoint_every=cfg.checkpoint.every,
-        )
+        return run_async(**common, max_update_norm=cfg.strategy.max_update_norm)
+    policy = RoundPolicy(
+        over_commit=cfg.strategy.over_commit,
+        on_too_few=cfg.strategy.on_too_few,
+        max_retries=cfg.strategy.max_retries,
+        max_update_norm=cfg.strategy.max_update_norm,
+    )
     return run_rounds(
-        strategy=strategy,
-        executor=executor,
-        rounds=cfg.rounds,
-        seed=cfg.seed,
-        callback=callback,
-        evaluate_every=cfg.evaluation.every,
-        federated_evaluate_every=cfg.evaluation.federated_every,
-        train_evaluate_every=cfg.evaluation.train_every,
-        resume=state,
-        checkpoint=save,
-        checkpoint_every=cfg.checkpoint.every,
-        policy=RoundPolicy(
-            over_commit=cfg.strategy.over_commit,
-            on_too_few=cfg.strategy.on_too_few,
-            max_retries=cfg.strategy.max_retries,
-            max_update_norm=cfg.strategy.max_update_norm,
-        ),
+        **common,
+        policy=policy,
         privacy=ledger,
         rng_seed=rng_seed,
         noise_seed=dp.noise_seed if dp is not None else None,
