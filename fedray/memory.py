@@ -60,10 +60,6 @@ class InMemory:
         test = values[len(ids)] if len(values) > len(ids) else None
         return replace(self, shards=shards, test=test)
 
-    def payload(self) -> list[Any]:
-        """The arrays, in the order :meth:`filled` takes them back."""
-        return [*self.shards.values(), *([self.test] if self.test is not None else [])]
-
     def host_data(self, cfg: DataConfig, seed: int) -> HostData:
         """This host's shards as :func:`fedray.data.load_host_data` would give them.
 

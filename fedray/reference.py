@@ -9,6 +9,7 @@ cannot drift from what the validator accepts. ``python -m fedray.reference`` rew
 from __future__ import annotations
 
 import sys
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ def _type(annotation: Any) -> str:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin is typing.Annotated:
         return _type(args[0])
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return " or ".join(_type(a) for a in args if a is not type(None))
     if origin is not None:
         inner = ", ".join(_type(a) for a in args)

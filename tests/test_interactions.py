@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedray import api, build, config
+from fedray import api, config
 from fedray.errors import ConfigError
-from tests.privacy.harness import ReleaseCounter, assert_charged
+from tests.privacy.harness import assert_charged, spy_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "interactions.md"
@@ -103,21 +103,7 @@ def numpy_hosts(monkeypatch):
     from tests.fakes import NumpyTrainer
 
     monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)
-    seen = {"counters": [], "ledgers": []}
-    real_make, real_rounds = build.make_executor, api.run_rounds
-
-    def make(cfg, strategy, source=None):
-        executor, started = real_make(cfg, strategy, source)
-        seen["counters"].append(ReleaseCounter(executor))
-        return seen["counters"][-1], started
-
-    def rounds(**kw):
-        seen["ledgers"].append(kw["privacy"])
-        return real_rounds(**kw)
-
-    monkeypatch.setattr(build, "make_executor", make)
-    monkeypatch.setattr(api, "run_rounds", rounds)
-    return seen
+    return spy_runs(monkeypatch)
 
 
 def _run(tmp_path, cell, extra=(), resume=False, name="run"):

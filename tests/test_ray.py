@@ -124,29 +124,15 @@ def test_fit_on_ray_equals_fit_in_process_and_a_restarted_host_gets_its_shards_b
 def test_a_sample_of_interaction_cells_on_ray(ray_instance, tmp_path, monkeypatch, cell):
     # The interaction matrix runs in-process with a numpy trainer; a sample runs here,
     # on Ray actors with the Keras trainer, with the same invariants.
-    from fedray import build
-    from tests.privacy.harness import ReleaseCounter, assert_charged
+    from tests.privacy.harness import assert_charged, spy_runs
     from tests.test_interactions import decide, overrides
 
     assert decide(cell) is None
-    counters, ledgers = [], []
-    real_make, real_rounds = build.make_executor, api.run_rounds
-
-    def make(cfg, strategy, source=None):
-        executor, started = real_make(cfg, strategy, source)
-        counters.append(ReleaseCounter(executor))
-        return counters[-1], started
-
-    def rounds(**kw):
-        ledgers.append(kw["privacy"])
-        return real_rounds(**kw)
-
-    monkeypatch.setattr(build, "make_executor", make)
-    monkeypatch.setattr(api, "run_rounds", rounds)
+    seen = spy_runs(monkeypatch)
     hist = api.run({}, out=tmp_path, overrides=[*overrides(cell), "runtime.executor=ray"])
     assert len(hist.rows) == 2 and all(np.all(np.isfinite(p)) for p in hist.params)
     if "fed_eval" in cell:
         assert all(r["fed_eval/clients"] > 0 for r in hist.rows)
     else:
         assert any(r.get("agg/secagg/clients", 0) >= 3 for r in hist.rows)
-        assert_charged(counters[0], ledgers[0])
+        assert_charged(seen["counters"][0], seen["ledgers"][0])

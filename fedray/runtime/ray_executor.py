@@ -168,7 +168,9 @@ class RayExecutor:
             host_refs: list[list[Any]] = []
             for i, g in enumerate(groups):
                 part = source.for_host(g, with_test_set=(i == 0))
-                host_refs.append([refs[c] for c in g] + ([test_ref] if part.test else []))
+                host_refs.append(
+                    [refs[c] for c in g] + ([test_ref] if part.test is not None else [])
+                )
                 parts[i] = replace(part, shards=dict.fromkeys(g), test=None)
             store = ray.remote(_ShardStore).options(num_cpus=0, name=store_name)
             self._store = store.remote(host_refs)

@@ -52,3 +52,28 @@ def assert_charged(counter: ReleaseCounter, ledger) -> None:
         return
     for cid, n in counter.released.items():
         assert ledger.participations.get(cid, 0) >= n, (cid, n, ledger.participations)
+
+
+def spy_runs(monkeypatch):
+    """Wrap every executor ``fedray.run`` builds in a :class:`ReleaseCounter`, and keep
+    the privacy ledger each synchronous run is given.
+
+    Returns ``{"counters": [...], "ledgers": [...]}``, filled as runs start.
+    """
+    from fedray import api, build
+
+    seen = {"counters": [], "ledgers": []}
+    real_make, real_rounds = build.make_executor, api.run_rounds
+
+    def make(cfg, strategy, source=None):
+        executor, started = real_make(cfg, strategy, source)
+        seen["counters"].append(ReleaseCounter(executor))
+        return seen["counters"][-1], started
+
+    def rounds(**kw):
+        seen["ledgers"].append(kw["privacy"])
+        return real_rounds(**kw)
+
+    monkeypatch.setattr(build, "make_executor", make)
+    monkeypatch.setattr(api, "run_rounds", rounds)
+    return seen

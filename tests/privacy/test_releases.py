@@ -18,7 +18,7 @@ from fedray.privacy import DPFedAvgAccountant, DPSGDAccountant, LocalDPAccountan
 from fedray.records import RoundPolicy
 from fedray.strategy import Strategy, with_dp
 from tests.privacy.fakes import EncodingExecutor
-from tests.privacy.harness import ReleaseCounter, assert_charged
+from tests.privacy.harness import ReleaseCounter, assert_charged, spy_runs
 
 
 def _run(agg, ledger, *, rounds=4, fraction=0.5, min_fit=1, flaky=(), resume=None, ckpt=None):
@@ -78,31 +78,30 @@ def test_a_resumed_run_keeps_charging_on_top_of_the_restored_ledger():
 @pytest.mark.keras
 def test_partial_sums_of_packed_hosts_are_charged(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
-    counters = _counting_executors(monkeypatch)
+    seen = spy_runs(monkeypatch)
     hist = _api_run(tmp_path, ["privacy.dp.mode=local", "privacy.dp.noise_multiplier=4.0",
                                *RETRIES])  # fmt: skip
-    ledger = _ledger_of(hist)
-    assert_charged(counters[0], ledger)
+    assert_charged(seen["counters"][0], _ledger_of(seen, hist))
 
 
 @pytest.mark.keras
 def test_dp_sgd_with_crashes_and_retries_is_charged(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
-    counters = _counting_executors(monkeypatch)
+    seen = spy_runs(monkeypatch)
     hist = _api_run(tmp_path, ["privacy.dp.mode=dpsgd", "privacy.dp.noise_multiplier=1.0",
                                *RETRIES])  # fmt: skip
     assert any(r.get("round/attempts", 1) > 1 for r in hist.rows)  # retries happened
-    assert_charged(counters[0], _ledger_of(hist))
+    assert_charged(seen["counters"][0], _ledger_of(seen, hist))
 
 
 @pytest.mark.keras
 def test_secure_aggregation_with_central_dp_is_charged(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
-    counters = _counting_executors(monkeypatch)
+    seen = spy_runs(monkeypatch)
     hist = _api_run(tmp_path, ["privacy.dp.noise_multiplier=1.0",
                                "privacy.secure_aggregation.enabled=true"])  # fmt: skip
     assert any(r.get("agg/secagg/clients", 0) >= 3 for r in hist.rows)
-    assert_charged(counters[0], _ledger_of(hist))
+    assert_charged(seen["counters"][0], _ledger_of(seen, hist))
 
 
 @pytest.mark.parametrize("mode", ["central", "local", "dpsgd"])
@@ -134,43 +133,13 @@ LINREG = ["rounds=4", "data.dataset=linreg", "data.num_clients=6", "strategy.fra
           "checkpoint.every=0"]  # fmt: skip
 
 
-def _counting_executors(monkeypatch):
-    from fedray import build
-
-    counters = []
-    real = build.make_executor
-
-    def wrapped(cfg, strategy, source=None):
-        executor, started = real(cfg, strategy, source)
-        counters.append(ReleaseCounter(executor))
-        return counters[-1], started
-
-    monkeypatch.setattr(build, "make_executor", wrapped)
-    return counters
-
-
-_LEDGERS = []
-
-
 def _api_run(tmp_path, overrides):
-    from fedray import api, driver
+    from fedray import api
 
-    real = driver.run_rounds
-
-    def spy(**kw):
-        _LEDGERS.append(kw["privacy"])
-        return real(**kw)
-
-    import fedray.api as api_mod
-
-    api_mod.run_rounds = spy
-    try:
-        return api.run({}, out=tmp_path, overrides=[*LINREG, *overrides])
-    finally:
-        api_mod.run_rounds = real
+    return api.run({}, out=tmp_path, overrides=[*LINREG, *overrides])
 
 
-def _ledger_of(hist):
-    ledger = _LEDGERS[-1]
+def _ledger_of(seen, hist):
+    ledger = seen["ledgers"][-1]
     assert ledger is not None and np.isfinite(hist.summary["privacy"]["epsilon"])
     return ledger
