@@ -38,8 +38,8 @@ from fedray.callbacks import (
     TensorBoardLogger,
 )
 from fedray.config import Config
-from fedray.driver import run_rounds
 from fedray.errors import ConfigError, FedrayError
+from fedray.loop import Buffered, Checkpointer, Evaluation, Scheduler, SyncRounds, run_rounds
 from fedray.memory import InMemory, from_clients
 from fedray.records import Params, RoundPolicy
 from fedray.strategy import Strategy
@@ -123,35 +123,30 @@ def _train(
     canaries: Any,
     rng_seed: int | None,
 ) -> Params:
-    """Run the rounds: buffered server steps (FedBuff) or synchronous rounds."""
-    dp = cfg.privacy.dp
-    ev = cfg.evaluation
-    common: dict[str, Any] = {
-        "strategy": strategy,
-        "executor": executor,
-        "rounds": cfg.rounds,
-        "seed": cfg.seed,
-        "callback": callback,
-        "evaluate_every": ev.every,
-        "federated_evaluate_every": ev.federated_every,
-        "train_evaluate_every": ev.train_every,
-        "resume": state,
-        "checkpoint": save,
-        "checkpoint_every": cfg.checkpoint.every,
-    }
+    """Run the server steps: buffered (FedBuff) or synchronous rounds, one loop."""
+    dp, ev, st = cfg.privacy.dp, cfg.evaluation, cfg.strategy
+    scheduler: Scheduler
     if strategy.buffering is not None:  # FedBuff: asynchronous server steps
-        from fedray.async_driver import run_async
-
-        return run_async(**common, max_update_norm=cfg.strategy.max_update_norm)
-    policy = RoundPolicy(
-        over_commit=cfg.strategy.over_commit,
-        on_too_few=cfg.strategy.on_too_few,
-        max_retries=cfg.strategy.max_retries,
-        max_update_norm=cfg.strategy.max_update_norm,
-    )
+        b = strategy.buffering
+        scheduler = Buffered(b.concurrency, b.buffer_size, max_update_norm=st.max_update_norm)
+    else:
+        policy = RoundPolicy(
+            over_commit=st.over_commit,
+            on_too_few=st.on_too_few,
+            max_retries=st.max_retries,
+            max_update_norm=st.max_update_norm,
+        )
+        scheduler = SyncRounds(policy)
     return run_rounds(
-        **common,
-        policy=policy,
+        strategy=strategy,
+        executor=executor,
+        rounds=cfg.rounds,
+        seed=cfg.seed,
+        callback=callback,
+        scheduler=scheduler,
+        evaluation=Evaluation(ev.every, ev.federated_every, ev.train_every),
+        checkpoint=Checkpointer(save, cfg.checkpoint.every),
+        resume=state,
         privacy=ledger,
         rng_seed=rng_seed,
         noise_seed=dp.noise_seed if dp is not None else None,

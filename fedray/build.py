@@ -18,7 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fedray.aggregators import AdaptiveClip, CentralDP, LocalDP, Mean, SecureAggregation, Summable
+from fedray.aggregators import (
+    AdaptiveClip,
+    CentralDP,
+    LinearAggregator,
+    LocalDP,
+    Mean,
+    SecureAggregation,
+)
 from fedray.compat import RECIPE_OPTIONS, chain, check_compatible, strategy_features
 from fedray.config import Config, features
 from fedray.errors import ConfigError, DataError
@@ -146,7 +153,7 @@ def noise_multiplier(cfg: Config, privacy_state: Mapping[str, Any] | None = None
     plan = (privacy_state or {}).get("plan")
     if plan and int(plan["rounds"]) == cfg.rounds:
         return float(plan["noise_multiplier"])
-    from fedray.privacy.accounting import RoundEvent
+    from fedray.privacy import RoundEvent
 
     prior = [(RoundEvent.from_json(e), int(n)) for e, n in (privacy_state or {}).get("history", [])]
     # Server rounds completed (a ledger may have charged more attempts than rounds).
@@ -338,12 +345,12 @@ def check_inputs(cfg: Config) -> None:
 def pre_aggregates(cfg: Config, strategy: Strategy) -> bool:
     """Whether hosts send one partial sum each (``runtime.pre_aggregate``, when possible).
 
-    Possible with a linear (:class:`~fedray.aggregators.Summable`) aggregator in
+    Possible with a linear (:class:`~fedray.aggregators.LinearAggregator`) aggregator in
     synchronous rounds without over-commitment, which must see single arrivals.
     """
     return (
         cfg.runtime.pre_aggregate
-        and isinstance(strategy.aggregator, Summable)
+        and isinstance(strategy.aggregator, LinearAggregator)
         and strategy.buffering is None
         and cfg.strategy.over_commit == 0
     )

@@ -142,8 +142,7 @@ def _privacy(args: argparse.Namespace) -> int:
         print(f"noise_multiplier z = {z:.4f} for ε <= {args.target_epsilon:g} (RDP)")
     print(f"z={z:g} q={q:g} T={rounds} δ={delta:g} ({args.sampling} sampling)")
     if m is not None:  # adaptive clipping: the run's own ledger prices these events
-        from fedray.privacy import DPFedAvgAccountant
-        from fedray.privacy.accounting import split_noise
+        from fedray.privacy import DPFedAvgAccountant, split_noise
 
         sigma_b = sigma_b if sigma_b is not None else m / 20
         try:

@@ -69,7 +69,7 @@ class ClientUpdate:
 class PartialSum:
     """Several clients' updates, summed inside their host (pre-aggregation).
 
-    A host whose aggregator is linear (:class:`~fedray.aggregators.base.Summable`)
+    A host whose aggregator is linear (:class:`~fedray.aggregators.base.LinearAggregator`)
     sends this one record instead of one update per client. Every update was encoded
     (clipped, noised) and validated on its own first.
 

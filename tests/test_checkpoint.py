@@ -14,7 +14,7 @@ import pytest
 from fedray import checkpoint
 from fedray.callbacks import RoundRecorder
 from fedray.checkpoint import CheckpointError, DriverState
-from fedray.driver import run_rounds
+from fedray.loop import Checkpointer, run_rounds
 from fedray.strategy import fedadam
 from tests.conftest import ROOT
 from tests.fakes import QuadraticExecutor
@@ -32,7 +32,7 @@ def test_resumed_driver_equals_uninterrupted_run():
     states = []
     full = run_rounds(
         strategy=_strategy(), executor=_ex(), rounds=6, seed=3, callback=RoundRecorder(),
-        checkpoint=lambda st: states.append(copy.deepcopy(st)), checkpoint_every=1,
+        checkpoint=Checkpointer(lambda st: states.append(copy.deepcopy(st)), every=1),
     )  # fmt: skip
     assert [s.server_round for s in states] == [1, 2, 3, 4, 5, 6]
     rec = RoundRecorder()

@@ -12,8 +12,8 @@ from fedray.privacy import (
     LocalDPAccountant,
     calibrate_noise_multiplier,
     dpfedavg_epsilon,
+    split_noise,
 )
-from fedray.privacy.accounting import split_noise
 from fedray.records import ClientUpdate, RoundInfo
 from fedray.strategy import Strategy, fedavg, with_dp
 
@@ -231,7 +231,7 @@ def test_example_weighting_is_refused_under_dp():
 @pytest.mark.slow
 def test_budget_exhaustion_stops_with_the_model_of_the_last_allowed_round():
     from fedray.callbacks import RoundRecorder
-    from fedray.driver import run_rounds
+    from fedray.loop import run_rounds
     from tests.fakes import QuadraticExecutor
 
     def run(rounds, max_epsilon):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from fedray.callbacks import Callback, RoundRecorder
-from fedray.driver import run_rounds
 from fedray.errors import RoundFailedError
+from fedray.loop import Checkpointer, Evaluation, SyncRounds, run_rounds
 from fedray.records import ClientUpdate, RoundPolicy
 from fedray.server_opt import ServerSGD
 from fedray.strategy import Strategy, fedavg
@@ -58,7 +58,7 @@ def test_invalid_updates_are_rejected(kind, caplog):
 
 def test_too_few_clients_with_skip_leaves_the_model_unchanged(caplog):
     ex = QuadraticExecutor([[2.0], [8.0]], [1, 1], behaviour={0: "fail", 1: "fail"})
-    params, rows = _run(ex, rounds=2, policy=RoundPolicy(on_too_few="skip"))
+    params, rows = _run(ex, rounds=2, scheduler=SyncRounds(RoundPolicy(on_too_few="skip")))
     np.testing.assert_allclose(params[0], [0.0])
     assert [r["round/committed"] for r in rows] == [0, 0]
     assert "fewer than min_fit_clients=1" in caplog.text
@@ -68,7 +68,7 @@ def test_too_few_clients_retries_then_stops_with_a_clear_error():
     ex = QuadraticExecutor([[2.0], [8.0]], [1, 1], behaviour={0: "fail", 1: "fail"})
     saved = []
     with pytest.raises(RoundFailedError, match=r"round 1: only 0 clients succeeded after 3 "):
-        _run(ex, rounds=2, checkpoint=saved.append, checkpoint_every=1)
+        _run(ex, rounds=2, checkpoint=Checkpointer(saved.append))
     assert [info for _, info in ex.fit_calls] == [1, 1, 1]  # 1 try + max_retries=2
     assert saved == []  # nothing was committed, nothing half-written
 
@@ -83,8 +83,8 @@ def test_stop_policy_stops_at_once_after_checkpointing_earlier_rounds():
 
     with pytest.raises(RoundFailedError, match="on_too_few='stop'.*--resume"):
         run_rounds(strategy=fedavg(), executor=ex, rounds=3, seed=0, callback=BreakAfterRound1(),
-                   checkpoint=saved.append, checkpoint_every=1,
-                   policy=RoundPolicy(on_too_few="stop"))  # fmt: skip
+                   checkpoint=Checkpointer(saved.append),
+                   scheduler=SyncRounds(RoundPolicy(on_too_few="stop")))  # fmt: skip
     assert len(ex.fit_calls) == 2
     assert [st.server_round for st in saved] == [1]
     np.testing.assert_allclose(saved[0].params[0], [2.5])  # round 1 is kept: 0.5 * 5
@@ -102,7 +102,9 @@ def test_retry_draws_fresh_faults_and_recovers():
 def test_over_commitment_aggregates_the_first_k_valid_arrivals():
     ex = QuadraticExecutor([[float(i)] for i in range(10)], [1] * 10, behaviour={9: "nan"})
     policy = RoundPolicy(over_commit=0.5)
-    params, rows = _run(ex, strategy=fedavg(fraction_fit=0.4), rounds=1, policy=policy)
+    params, rows = _run(
+        ex, strategy=fedavg(fraction_fit=0.4), rounds=1, scheduler=SyncRounds(policy)
+    )
     ((ids, _),) = ex.fit_calls
     assert len(ids) == 6  # K = 4 wanted, ceil(4 * 0.5) = 2 extra
     arrived = [c for c in reversed(ids) if c != 9][:4]  # the fake answers in reverse id order
@@ -161,14 +163,20 @@ def test_callbacks_see_every_hook_in_order():
 
 
 def test_federated_evaluation_is_logged():
-    _, rows = _run(QuadraticExecutor([[2.0], [8.0]], [1, 1]), rounds=2, federated_evaluate_every=2)
+    _, rows = _run(
+        QuadraticExecutor([[2.0], [8.0]], [1, 1]),
+        rounds=2,
+        evaluation=Evaluation(federated_every=2),
+    )
     assert "fed_eval/w" not in rows[0]
     assert rows[1]["fed_eval/w"] == pytest.approx(rows[1]["eval/w"])
     assert rows[1]["fed_eval/clients"] == 2
 
 
 def test_training_data_evaluation_is_logged_under_train():
-    _, rows = _run(QuadraticExecutor([[2.0], [8.0]], [1, 1]), rounds=2, train_evaluate_every=1)
+    _, rows = _run(
+        QuadraticExecutor([[2.0], [8.0]], [1, 1]), rounds=2, evaluation=Evaluation(train_every=1)
+    )
     assert rows[0]["train/w"] == pytest.approx(rows[0]["eval/w"] + 100.0)
 
 
@@ -188,7 +196,7 @@ def test_validate_update_messages():
 
 def test_absurd_norms_are_rejected_with_the_reason(caplog):
     ex = QuadraticExecutor([[2.0], [8.0], [1000.0]], [1, 1, 1])
-    params, rows = _run(ex, rounds=1, policy=RoundPolicy(max_update_norm=100.0))
+    params, rows = _run(ex, rounds=1, scheduler=SyncRounds(RoundPolicy(max_update_norm=100.0)))
     assert rows[0]["clients/failed"] == 1 and rows[0]["clients/ok"] == 2
     np.testing.assert_allclose(params[0], [0.5 * 5.0])  # the mean of clients 0 and 1 only
     assert "client 2 failed: update norm 500 exceeds strategy.max_update_norm=100" in caplog.text

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from fedray.aggregators import Mean, StalenessWeighted, staleness_weight
-from fedray.async_driver import run_async
 from fedray.callbacks import RoundRecorder
+from fedray.loop import run_rounds
 from fedray.records import ClientUpdate
 from fedray.strategy import fedbuff
 
@@ -61,7 +61,7 @@ class ScriptedExecutor:
 def test_async_loop_tracks_staleness_and_steps_every_buffer():
     ex = ScriptedExecutor(4, finish_order=[0, 1, 2, 3, 0, 1])
     rec = RoundRecorder()
-    params = run_async(
+    params = run_rounds(
         strategy=fedbuff(concurrency=2, buffer_size=2), executor=ex, rounds=2, seed=0,
         callback=rec,
     )  # fmt: skip
@@ -104,7 +104,7 @@ def test_fedbuff_resumes_from_its_last_server_step(tmp_path, linreg_config):
     first = api.run(linreg_config, out=tmp_path, overrides=[*common, "rounds=3"])
     saved = checkpoint.load(tmp_path, config_fingerprint=checkpoint.fingerprint(
         first.summary["config"]))  # fmt: skip
-    assert saved.server_round == 3 and saved.loop_state["dispatched"] >= 6
+    assert saved.server_round == 3 and saved.loop_state["scheduler"]["dispatched"] >= 6
     for a, b in zip(saved.params, first.params):
         np.testing.assert_array_equal(a, b)
     more = api.run(linreg_config, out=tmp_path, overrides=[*common, "rounds=6"], resume=True)

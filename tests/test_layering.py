@@ -14,9 +14,8 @@ LIGHT = [
     "fedray.strategy",
     "fedray.partition",
     "fedray.callbacks",
-    "fedray.driver",
+    "fedray.loop",
     "fedray.validation",
-    "fedray.async_driver",
     "fedray.checkpoint",
     "fedray.attacks",
     "fedray.privacy",
@@ -85,9 +84,8 @@ def test_math_layers_import_no_keras_or_tensorflow_text():
         "strategy.py",
         "partition.py",
         "callbacks.py",
-        "driver.py",
+        *[str(p.relative_to(pkg)) for p in (pkg / "loop").glob("*.py")],
         "validation.py",
-        "async_driver.py",
         "checkpoint.py",
         "attacks.py",
         *[str(p.relative_to(pkg)) for p in (pkg / "aggregators").glob("*.py")],
@@ -98,3 +96,57 @@ def test_math_layers_import_no_keras_or_tensorflow_text():
         text = (pkg / name).read_text()
         for mod in ("tensorflow", "keras", "ray"):
             assert f"import {mod}" not in text and f"from {mod}" not in text, (name, mod)
+
+
+# The layer table of ARCHITECTURE.md: a module imports only from its own layer or lower.
+LAYERS = {
+    0: ["records", "tree", "errors"],
+    1: ["aggregators", "server_opt", "strategy", "partition", "privacy", "secagg",
+        "validation", "attacks", "compat"],
+    2: ["loop", "callbacks", "checkpoint"],
+}  # fmt: skip
+EDGE = 3  # everything else: client, runtime, data, models, config, build, api, cli, bench
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    return next((n for n, names in LAYERS.items() if top in names), EDGE)
+
+
+def _fedray_imports(path):
+    """Every fedray module a file imports, at the top or inside a function."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fedray"):
+            if node.module == "fedray":
+                yield from (f"fedray.{a.name}" for a in node.names)
+            else:
+                yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("fedray."))
+
+
+def test_no_module_imports_from_a_higher_layer():
+    from pathlib import Path
+
+    import fedray
+
+    pkg = Path(fedray.__file__).parent
+    offences = []
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg.parent).with_suffix("")
+        module = ".".join(rel.parts).removesuffix(".__init__")
+        if module == "fedray":
+            continue  # the package's lazy public entry points (fit, run)
+        for target in _fedray_imports(path):
+            if _layer(target) > _layer(module):
+                offences.append(f"{module} (layer {_layer(module)}) imports {target}")
+    assert offences == []
+
+
+def test_the_layer_rule_catches_a_math_module_importing_config(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from fedray.config import Config\n")
+    assert [_layer(t) for t in _fedray_imports(bad)] == [EDGE]
+    assert _layer("fedray.aggregators.mean") == 1 and _layer("fedray.client.host") == EDGE

@@ -1,6 +1,6 @@
 """Aggregators: pure-numpy rules that turn client updates into one delta."""
 
-from fedray.aggregators.base import Aggregator, Summable, broadcast, client_settings
+from fedray.aggregators.base import Aggregator, LinearAggregator, broadcast, client_settings
 from fedray.aggregators.clip import NormBound, clip_update
 from fedray.aggregators.dp import AdaptiveClip, CentralDP, LocalDP
 from fedray.aggregators.mean import Mean, weighted_mean
@@ -15,6 +15,7 @@ __all__ = [
     "Aggregator",
     "CentralDP",
     "Krum",
+    "LinearAggregator",
     "LocalDP",
     "Mean",
     "Median",
@@ -22,7 +23,6 @@ __all__ = [
     "Scaffold",
     "SecureAggregation",
     "StalenessWeighted",
-    "Summable",
     "TrimmedMean",
     "broadcast",
     "client_settings",

@@ -8,9 +8,9 @@ An aggregator has three pure methods:
 * ``aggregate(updates, state, rng) -> (delta, state, measurements)`` on the driver.
 
 An aggregator whose result depends on the updates only through a weighted sum (and
-the sums of their ``protocol`` values) is
-also :class:`Summable`: hosts may then send one pre-aggregated sum for all their
-clients (:mod:`fedray.aggregators.presum`) instead of every update.
+the sums of their ``protocol`` values) is a :class:`LinearAggregator`: hosts may then
+send one pre-aggregated sum for all their clients (:mod:`fedray.aggregators.presum`)
+instead of every update, and secure aggregation can hand it its decoded sum.
 
 Two optional hooks say what the aggregator sends with each round, instead of keys
 the loop would have to know inside its state:
@@ -31,7 +31,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
+from fedray.records import AggState, ClientUpdate, Metrics, Params, PartialSum, RoundInfo
 
 
 @runtime_checkable
@@ -53,30 +53,60 @@ class Aggregator(Protocol):
         ...
 
 
-@runtime_checkable
-class Summable(Protocol):
-    """An aggregator that needs only ``sum_k w_k * delta_k``, ``sum_k w_k`` and the count."""
+class LinearAggregator:
+    """A rule whose result depends on the updates only through their weighted sum.
+
+    Subclasses give ``weight`` (``w_k`` of one encoded update) and ``finalize``,
+    which turns a :class:`~fedray.records.PartialSum` (``sum_k w_k * delta_k``,
+    ``sum_k w_k``, the client ids and the sums of the protocol values) into the
+    delta. ``aggregate`` is ``finalize`` of the updates' sum, so the three ways a sum
+    reaches the server end in one method: plain updates summed on the driver, hosts'
+    pre-aggregated sums (:mod:`fedray.aggregators.presum`) and secure aggregation's
+    decoded sum. The delta is float64; the loop casts it to the model's dtypes.
+    """
 
     def weight(self, update: ClientUpdate) -> float:
         """``w_k`` of one encoded update in the sum."""
-        ...
+        raise NotImplementedError
 
-    def aggregate_sum(
-        self,
-        total: Params,
-        count: int,
-        protocol: dict[str, float],
-        state: AggState,
-        rng: np.random.Generator,
-        *,
-        weight: float | None = None,
+    def finalize(
+        self, total: PartialSum, state: AggState, rng: np.random.Generator
     ) -> tuple[Params, AggState, Metrics]:
-        """The same result as ``aggregate`` on the updates that make up ``total``.
+        """The delta from the sum of the updates; returns ``(delta, state, measurements)``."""
+        raise NotImplementedError
 
-        ``protocol`` holds the sums of the updates' protocol values; ``weight`` is
-        ``sum_k w_k``, None meaning ``count`` (every ``w_k = 1``).
+    def empty(self, state: AggState) -> PartialSum:
+        """The sum of no update (a rule that can release nothing refuses it).
+
+        Raises:
+            ValueError: Always, unless the rule overrides it.
         """
-        ...
+        raise ValueError(f"{type(self).__name__} needs at least one update, got 0")
+
+    def aggregate(
+        self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
+    ) -> tuple[Params, AggState, Metrics]:
+        """``finalize`` of the weighted sum of ``updates`` (float64, by client id).
+
+        The delta has the updates' dtypes.
+        """
+        from fedray.aggregators.presum import presum
+
+        if not updates:
+            return self.finalize(self.empty(state), state, rng)
+        delta, state, meas = self.finalize(presum(updates, self), state, rng)
+        like = updates[0].delta  # the updates' dtypes
+        cast = [np.asarray(d).astype(r.dtype) for d, r in zip(delta, like, strict=True)]
+        return cast, state, meas
+
+
+def zero_sum(shapes: Sequence[tuple[tuple[int, ...], str]]) -> PartialSum:
+    """The sum of no update for a model of these ``(shape, dtype)`` arrays.
+
+    >>> zero_sum([((2,), "float32")]).total[0].tolist()
+    [0.0, 0.0]
+    """
+    return PartialSum((), [np.zeros(s, np.float64) for s, _ in shapes], 0.0, 0)
 
 
 def client_settings(aggregator: Aggregator, state: AggState) -> dict[str, float]:
@@ -133,7 +163,7 @@ class SameState:
         return broadcast(self.inner, state)
 
 
-class Unweighted:
+class Unweighted(LinearAggregator):
     """For linear rules whose sum counts every update once (``w_k = 1``)."""
 
     def weight(self, update: ClientUpdate) -> float:

@@ -25,15 +25,22 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedray.aggregators.base import Unweighted
+from fedray.aggregators.base import Unweighted, zero_sum
 from fedray.aggregators.clip import clip_to
 from fedray.privacy.accounting import split_noise
-from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo, check_gaussian
+from fedray.records import (
+    AggState,
+    ClientUpdate,
+    Metrics,
+    Params,
+    PartialSum,
+    RoundInfo,
+    check_gaussian,
+)
 
 UNCLIPPED = "dp_unclipped"  # a protocol value (ClientUpdate.protocol): never logged
 
@@ -80,14 +87,6 @@ def _noise_rng(seed: int | None, info: RoundInfo, cid: int) -> np.random.Generat
     if seed is None:
         return np.random.default_rng(secrets.randbits(128))
     return np.random.default_rng([seed, info.server_round, cid, info.attempt, 11])
-
-
-def _sum(updates: Sequence[ClientUpdate], shapes: list[tuple[tuple[int, ...], str]]) -> Params:
-    acc = [np.zeros(s, np.float64) for s, _ in shapes]
-    for u in sorted(updates, key=lambda u: u.client_id):
-        for a, d in zip(acc, u.delta, strict=True):
-            a += d
-    return acc
 
 
 @dataclass(frozen=True)
@@ -155,27 +154,17 @@ class CentralDP(Unweighted):
         )
         return replace(update, delta=delta, num_examples=1, metrics={}, protocol=protocol)
 
-    def aggregate(
-        self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
-    ) -> tuple[Params, AggState, Metrics]:
-        """(Σ clipped + N(0, (z_Δ C)^2)) / m; adapt C from the noised centred count."""
-        total = _sum(updates, state["shapes"])  # zeros when nobody took part: still counts
-        bits = sum(u.protocol.get(UNCLIPPED, 0.0) for u in updates)
-        return self.aggregate_sum(total, len(updates), {UNCLIPPED: bits}, state, rng)
+    def empty(self, state: AggState) -> PartialSum:
+        """Nobody took part: a zero sum, still noised and released."""
+        return zero_sum(state["shapes"])
 
-    def aggregate_sum(
-        self,
-        total: Params,
-        count: int,
-        protocol: dict[str, float],
-        state: AggState,
-        rng: np.random.Generator,
-        *,
-        weight: float | None = None,
+    def finalize(
+        self, total: PartialSum, state: AggState, rng: np.random.Generator
     ) -> tuple[Params, AggState, Metrics]:
-        """The same from the sum of the clipped updates (e.g. a secure sum) and of the bits.
+        """(Σ clipped + N(0, (z_Δ C)^2)) / m; adapt C from the noised centred count.
 
-        ``weight`` is ignored: the denominator is the fixed expected count ``m``.
+        The sum may come from the driver, from hosts' pre-aggregates or from secure
+        aggregation; the denominator is always the fixed expected count ``m``.
         """
         clip = float(state["round_settings"]["dp_clip"])
         shapes = state["shapes"]
@@ -185,12 +174,12 @@ class CentralDP(Unweighted):
             (
                 (np.asarray(t, np.float64) + (rng.normal(0.0, sigma, t.shape) if sigma else 0)) / m
             ).astype(dt)
-            for t, (_, dt) in zip(total, shapes, strict=True)
+            for t, (_, dt) in zip(total.total, shapes, strict=True)
         ]
         meas: Metrics = {"dp/clip": clip, "dp/noise_std": sigma / m}
         new_state = state
         if isinstance(self.clip, AdaptiveClip):
-            centred = protocol.get(UNCLIPPED, 0.0)  # Σ (b - ½): sensitivity ½
+            centred = total.protocol_sums.get(UNCLIPPED, 0.0)  # Σ (b - ½): sensitivity ½
             noised = centred + (rng.normal(0.0, self.count_stddev) if self.noise_multiplier else 0)
             frac = float(np.clip(noised / m + 0.5, 0.0, 1.0))
             new_clip = next_clip(clip, frac, self.clip.target_quantile, self.clip.learning_rate)
@@ -231,29 +220,13 @@ class LocalDP(Unweighted):
         ]
         return replace(update, delta=noised, num_examples=1, metrics={})
 
-    def aggregate(
-        self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
+    def finalize(
+        self, total: PartialSum, state: AggState, rng: np.random.Generator
     ) -> tuple[Params, AggState, Metrics]:
         """The uniform mean of the noised updates (post-processing)."""
-        if not updates:
-            raise ValueError("LocalDP.aggregate needs at least one update")
-        shapes = [(tuple(d.shape), str(d.dtype)) for d in updates[0].delta]
-        total = [t.astype(dt) for t, (_, dt) in zip(_sum(updates, shapes), shapes, strict=True)]
-        return self.aggregate_sum(total, len(updates), {}, state, rng)
-
-    def aggregate_sum(
-        self,
-        total: Params,
-        count: int,
-        protocol: dict[str, float],
-        state: AggState,
-        rng: np.random.Generator,
-        *,
-        weight: float | None = None,
-    ) -> tuple[Params, AggState, Metrics]:
-        """The uniform mean from the sum of ``count`` noised updates."""
+        count = len(total.client_ids)
         if count <= 0:
             raise ValueError(f"count must be > 0, got {count}")
-        delta = [(np.asarray(t, np.float64) / count).astype(t.dtype) for t in total]
+        delta = [np.asarray(t, np.float64) / count for t in total.total]
         sigma = self.noise_multiplier * self.clip / math.sqrt(count)
         return delta, state, {"dp/clip": self.clip, "dp/noise_std": sigma}

@@ -17,7 +17,8 @@ from typing import Literal
 
 import numpy as np
 
-from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
+from fedray.aggregators.base import LinearAggregator
+from fedray.records import AggState, ClientUpdate, Metrics, Params, PartialSum, RoundInfo
 
 Weighting = Literal["examples", "uniform"]
 
@@ -59,7 +60,7 @@ def weighted_mean(updates: Sequence[ClientUpdate], *, weighting: Weighting = "ex
 
 
 @dataclass(frozen=True)
-class Mean:
+class Mean(LinearAggregator):
     """Weighted mean aggregator (FedAvg).
 
     Attributes:
@@ -80,39 +81,16 @@ class Mean:
         """``n_k`` (examples) or 1 (uniform)."""
         return float(update.num_examples) if self.weighting == "examples" else 1.0
 
-    def aggregate_sum(
-        self,
-        total: Params,
-        count: int,
-        protocol: dict[str, float],
-        state: AggState,
-        rng: np.random.Generator,
-        *,
-        weight: float | None = None,
+    def finalize(
+        self, total: PartialSum, state: AggState, rng: np.random.Generator
     ) -> tuple[Params, AggState, Metrics]:
-        """The mean from ``total = sum_k w_k * delta_k`` and ``weight = sum_k w_k``.
-
-        Without ``weight`` (secure aggregation's plain sum of ``count`` deltas) the
-        weights must be uniform.
+        """The mean ``sum_k w_k delta_k / sum_k w_k``.
 
         Raises:
-            ValueError: With example weighting but no weight, or a non-positive weight.
+            ValueError: With no client in the sum or a non-positive total weight.
         """
-        if weight is None:
-            if self.weighting != "uniform":
-                raise ValueError(
-                    "a secure sum carries no example counts; use Mean(weighting='uniform')"
-                )
-            weight = float(count)
+        count, weight = len(total.client_ids), total.weight
         if count <= 0 or not weight > 0:
             raise ValueError(f"count and weight must be > 0, got {count} and {weight}")
-        delta = [(np.asarray(t, np.float64) / weight).astype(t.dtype) for t in total]
+        delta = [np.asarray(t, np.float64) / weight for t in total.total]
         return delta, state, {"num_clients": float(count), "total_weight": float(weight)}
-
-    def aggregate(
-        self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
-    ) -> tuple[Params, AggState, Metrics]:
-        """Weighted mean of the deltas; see :func:`weighted_mean`."""
-        delta = weighted_mean(updates, weighting=self.weighting)
-        total = sum(u.num_examples if self.weighting == "examples" else 1 for u in updates)
-        return delta, state, {"num_clients": float(len(updates)), "total_weight": float(total)}

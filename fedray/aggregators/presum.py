@@ -17,14 +17,22 @@ protocol values (``ClientUpdate.protocol``, e.g. DP's unclipped bit) plainly.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
-from fedray.aggregators.base import Summable
 from fedray.records import ClientUpdate, Metrics, PartialSum
 
 
-def presum(updates: Sequence[ClientUpdate], aggregator: Summable) -> PartialSum:
+class Weighted(Protocol):
+    """Anything that gives an encoded update its weight in a sum."""
+
+    def weight(self, update: ClientUpdate) -> float:
+        """``w_k`` of ``update``."""
+        ...
+
+
+def presum(updates: Sequence[ClientUpdate], aggregator: Weighted) -> PartialSum:
     """Sum encoded, validated updates with the aggregator's weights.
 
     Raises:

@@ -6,8 +6,9 @@ inner aggregator's client step (e.g. DP clipping), L2-clips the update to ``clip
 quantizes every coordinate of ``[-clip, clip]`` to ``bits`` bits with unbiased
 stochastic rounding; the host then masks the integers (its keys never leave it). On
 the driver, after the protocol's unmasking round, :meth:`SecureAggregation.decode` turns
-the integer sum into the float sum of the survivors' updates, and ``aggregate`` hands it
-to the inner aggregator's ``aggregate_sum`` (a uniform mean, or DP-FedAvg's noised sum:
+the integer sum into the float sum of the survivors' updates (a
+:class:`~fedray.records.PartialSum`), and :meth:`SecureAggregation.finalize` hands it to
+the inner linear rule's ``finalize`` (a uniform mean, or DP-FedAvg's noised sum:
 central DP on top of secure aggregation). Masking is per client, before any sum.
 
 Under central DP the quantized update must still have L2 norm at most C, the
@@ -27,22 +28,19 @@ import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedray.aggregators.base import client_settings
+from fedray.aggregators.base import zero_sum
 from fedray.aggregators.clip import clip_to
 from fedray.aggregators.dp import UNCLIPPED, AdaptiveClip, CentralDP
 from fedray.aggregators.mean import Mean
-from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
-from fedray.secagg import Quantizer, SecAggServer, harary_neighbours
-from fedray.secagg.protocol import default_degree
+from fedray.records import AggState, ClientUpdate, Metrics, Params, PartialSum, RoundInfo
+from fedray.secagg import Quantizer
 
 if TYPE_CHECKING:
     from fedray.secagg.session import SecureSession
-
-SUM_ID = -1  # the client id of the single decoded-sum update handed to ``aggregate``
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class SecureAggregation:
     """Wraps a linear aggregator (uniform ``Mean`` or ``CentralDP``) with SecAgg(+).
 
     Attributes:
-        inner: Receives the decoded sum through ``aggregate_sum``.
+        inner: Receives the decoded sum through its ``finalize``.
         clip: L2 clip of each update, also the per-coordinate quantization range.
         bits: Quantization bits per coordinate.
         degree: Neighbours per client (SecAgg+'s k); None is 2 ceil(log2 n) + 2, and
@@ -116,9 +114,9 @@ class SecureAggregation:
         return Quantizer(self.clip, self.bits)
 
     def init(self, params: Params) -> AggState:
-        """The inner state plus the model's shapes."""
+        """The inner state (under ``"inner"``) and the model's shapes."""
         return {
-            **self.inner.init(params),
+            "inner": self.inner.init(params),
             "shapes": [(tuple(p.shape), str(p.dtype)) for p in params],
         }
 
@@ -127,10 +125,6 @@ class SecureAggregation:
         from fedray.secagg.session import SecureSession
 
         return SecureSession(self)
-
-    def client_settings(self, state: AggState) -> dict[str, float]:
-        """The inner aggregator's (its state is merged into this one's)."""
-        return client_settings(self.inner, state)
 
     def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
         """In the host: inner client step, clip, quantize (the host then masks)."""
@@ -155,52 +149,43 @@ class SecureAggregation:
         adaptive = isinstance(self.inner, CentralDP) and isinstance(self.inner.clip, AdaptiveClip)
         return size + (1 if adaptive else 0)
 
-    def begin_round(
-        self, server_round: int, client_ids: Sequence[int], rng: np.random.Generator
-    ) -> SecAggServer:
-        """The server side of this round's protocol: graph, threshold and modulus."""
-        n = len(client_ids)
-        k = default_degree(n) if self.degree is None else min(self.degree, n - 1)
-        graph = harary_neighbours(list(client_ids), k, rng)
-        t = max(1, math.ceil(self.threshold * (k + 1)))
-        return SecAggServer(server_round, graph, t, self.quantizer.modulus_bits(max(n, 1)))
-
-    def decode(self, total: np.ndarray, survivors: Sequence[int], state: AggState) -> ClientUpdate:
-        """The float sum of the survivors' updates as one update (id ``SUM_ID``)."""
+    def decode(self, total: np.ndarray, survivors: Sequence[int], state: AggState) -> PartialSum:
+        """The float sum of the survivors' updates, each counted once."""
         n = len(survivors)
         values = self.quantizer.decode_sum(total, n)
         shapes = state["shapes"]
         size = sum(math.prod(s) for s, _ in shapes)
-        protocol = {"count": float(n)}
+        protocol: dict[str, float] = {}
         if isinstance(self.inner, CentralDP) and values.size == size + 1:
             protocol[UNCLIPPED] = float(round(values[-1] / self.clip)) / 2  # Σ (b - ½)
         out, pos = [], 0
-        for s, dt in shapes:
+        for s, _ in shapes:
             k = math.prod(s)
-            out.append(values[pos : pos + k].reshape(s).astype(dt))
+            out.append(np.asarray(values[pos : pos + k], np.float64).reshape(s))
             pos += k
-        return ClientUpdate(SUM_ID, out, max(n, 1), protocol=protocol)
+        return PartialSum(tuple(sorted(survivors)), out, float(n), n, protocol_sums=protocol)
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
     ) -> tuple[Params, AggState, Metrics]:
-        """Hand the decoded sum (one update from :meth:`decode`) to the inner aggregator.
+        """No update at all: a zero sum of zero clients (DP-FedAvg still releases noise).
 
-        No update at all is a zero sum of zero clients (DP-FedAvg still releases noise).
+        Raises:
+            ValueError: Given masked updates: their sum needs the protocol, which the
+                driver runs (:meth:`session`) before :meth:`finalize`.
         """
-        if not updates:
-            zeros = np.zeros(self.dim(state), np.uint64)
-            updates = [self.decode(zeros, [], state)]
-        if len(updates) != 1 or updates[0].client_id != SUM_ID:
+        if updates:
             raise ValueError(
-                "SecureAggregation.aggregate takes the one decoded sum from decode(), got "
-                f"{len(updates)} updates; the driver runs the protocol first"
+                "SecureAggregation.aggregate cannot sum masked updates; the driver runs the "
+                f"protocol (session()) and hands finalize() the decoded sum, got {len(updates)}"
             )
-        total = updates[0]
-        count = int(total.protocol["count"])
-        delta, new_inner, meas = self.inner.aggregate_sum(
-            total.delta, count, total.protocol, state, rng
-        )
-        new_state: dict[str, Any] = {**state, **new_inner}
-        return delta, new_state, {**meas, "secagg/clients": float(count),
-                                  "secagg/quantization_step": self.quantizer.step}  # fmt: skip
+        return self.finalize(zero_sum(state["shapes"]), state, rng)
+
+    def finalize(
+        self, total: PartialSum, state: AggState, rng: np.random.Generator
+    ) -> tuple[Params, AggState, Metrics]:
+        """Hand the decoded sum (from :meth:`decode`) to the inner linear rule."""
+        delta, inner, meas = self.inner.finalize(total, state["inner"], rng)
+        count = float(len(total.client_ids))
+        meas = {**meas, "secagg/clients": count, "secagg/quantization_step": self.quantizer.step}
+        return delta, {**state, "inner": inner}, meas

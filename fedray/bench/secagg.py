@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedray.secagg import Quantizer
-from fedray.secagg.protocol import default_degree, run_protocol
+from fedray.secagg import Quantizer, default_degree, run_protocol
 
 
 def measure(n: int, d: int, scheme: str, dropout: float, seed: int = 0) -> dict[str, float | str]:

@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from fedray.aggregators import Summable, presum
+from fedray.aggregators import LinearAggregator, presum
 from fedray.attacks import attack_update, choose_attackers, flip_labels
 from fedray.client.behaviours import simulated_fault
-from fedray.client.spec import HostSpec
-from fedray.client.trainer import Trainer, TrainJob
+from fedray.client.spec import HostSpec, Trainer, TrainJob
 from fedray.errors import ConfigError
 from fedray.records import (
     ClientEval,
@@ -245,9 +244,9 @@ class ClientHost:
         self, results: Sequence[ClientUpdate | ClientFailure], params: Params
     ) -> list[ClientUpdate | ClientFailure | PartialSum]:
         """Validate each update as the driver would, then sum the valid ones."""
-        if not isinstance(self.spec.aggregator, Summable):  # HostSpec refuses it too
+        if not isinstance(self.spec.aggregator, LinearAggregator):  # HostSpec refuses it too
             raise TypeError(
-                f"pre-aggregation needs a Summable aggregator, got {self.spec.aggregator}"
+                f"pre-aggregation needs a LinearAggregator aggregator, got {self.spec.aggregator}"
             )
         valid: list[ClientUpdate] = []
         failures: list[ClientUpdate | ClientFailure | PartialSum] = []

@@ -2,18 +2,72 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from fedray.aggregators import Aggregator, Summable
+import numpy as np
+
+from fedray.aggregators import Aggregator, LinearAggregator
 from fedray.config import Config
-from fedray.records import ClientOptions
+from fedray.records import ClientOptions, Metrics, Params
 
 if TYPE_CHECKING:
-    from fedray.client.trainer import Trainer
     from fedray.data import HostData
     from fedray.memory import InMemory
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One client's training in a round, as the host planned it.
+
+    Attributes:
+        cid: The client.
+        steps: Local steps it runs (fewer when it straggles).
+        seed: Its shuffle seed, from (seed, round, id).
+        noise_seed: DP-SGD's batch-and-noise seed (zeros without DP-SGD).
+        correction: SCAFFOLD's ``c - c_i``, or None.
+    """
+
+    cid: int
+    steps: int
+    seed: np.ndarray
+    noise_seed: np.ndarray
+    correction: Params | None = None
+
+
+class Trainer(Protocol):
+    """What a host needs from its model: train, evaluate, predict, export."""
+
+    def initial_params(self) -> Params:
+        """The freshly initialised model's weights (identical on every host)."""
+        ...
+
+    def train(self, jobs: Sequence[TrainJob], params: Params) -> list[tuple[Params, Metrics]]:
+        """Train every job's client from ``params``; per job ``(local - global, metrics)``."""
+        ...
+
+    def evaluate(
+        self, params: Params, split: str, cid: int | None = None
+    ) -> tuple[int, Metrics] | None:
+        """``params`` on the server test set, or client ``cid``'s test split or rows.
+
+        ``split`` is ``"server"``, ``"test"`` or ``"train"``; returns (examples,
+        metrics), or None without such data.
+        """
+        ...
+
+    def predict(self, params: Params, x: np.ndarray) -> np.ndarray:
+        """The model's outputs for ``x`` under ``params``."""
+        ...
+
+    def export(self, params: Params) -> bytes:
+        """The model with ``params`` as ``.keras`` file bytes."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the host's ``ready()`` (threads, device)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -29,7 +83,7 @@ class HostSpec:
         client: The strategy's client options (e.g. FedProx's ``proximal_mu``).
         pre_aggregate: Send one :class:`~fedray.records.PartialSum` of the valid
             updates per ``fit`` call instead of every update (the aggregator must be
-            :class:`~fedray.aggregators.Summable`).
+            :class:`~fedray.aggregators.LinearAggregator`).
         max_update_norm: With ``pre_aggregate``, the host rejects updates longer than
             this before summing (the driver's check, moved to where the updates are).
         source: This host's clients' arrays (``fedray.fit``) instead of ``data.*``.
@@ -49,8 +103,8 @@ class HostSpec:
     trainer: Callable[[HostSpec, HostData], Trainer] | None = None
 
     def __post_init__(self) -> None:
-        if self.pre_aggregate and not isinstance(self.aggregator, Summable):
+        if self.pre_aggregate and not isinstance(self.aggregator, LinearAggregator):
             raise ValueError(
-                f"pre_aggregate needs a Summable aggregator (a linear rule), got "
+                f"pre_aggregate needs a LinearAggregator aggregator (a linear rule), got "
                 f"{type(self.aggregator).__name__}"
             )

@@ -18,12 +18,13 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedray.client.spec import TrainJob
+from fedray.client.steps import ControlVariates, DPSGDGradient, Proximal, gradient_step
 from fedray.records import Metrics, Params
 
 if TYPE_CHECKING:
@@ -31,59 +32,6 @@ if TYPE_CHECKING:
     from fedray.data import HostData
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    """One client's training in a round, as the host planned it.
-
-    Attributes:
-        cid: The client.
-        steps: Local steps it runs (fewer when it straggles).
-        seed: Its shuffle seed, from (seed, round, id).
-        noise_seed: DP-SGD's batch-and-noise seed (zeros without DP-SGD).
-        correction: SCAFFOLD's ``c - c_i``, or None.
-    """
-
-    cid: int
-    steps: int
-    seed: np.ndarray
-    noise_seed: np.ndarray
-    correction: Params | None = None
-
-
-class Trainer(Protocol):
-    """What a host needs from its model: train, evaluate, predict, export."""
-
-    def initial_params(self) -> Params:
-        """The freshly initialised model's weights (identical on every host)."""
-        ...
-
-    def train(self, jobs: Sequence[TrainJob], params: Params) -> list[tuple[Params, Metrics]]:
-        """Train every job's client from ``params``; per job ``(local - global, metrics)``."""
-        ...
-
-    def evaluate(
-        self, params: Params, split: str, cid: int | None = None
-    ) -> tuple[int, Metrics] | None:
-        """``params`` on the server test set, or client ``cid``'s test split or rows.
-
-        ``split`` is ``"server"``, ``"test"`` or ``"train"``; returns (examples,
-        metrics), or None without such data.
-        """
-        ...
-
-    def predict(self, params: Params, x: np.ndarray) -> np.ndarray:
-        """The model's outputs for ``x`` under ``params``."""
-        ...
-
-    def export(self, params: Params) -> bytes:
-        """The model with ``params`` as ``.keras`` file bytes."""
-        ...
-
-    def describe(self) -> dict[str, Any]:
-        """Facts for the host's ``ready()`` (threads, device)."""
-        ...
 
 
 def configure_tensorflow(threads: int, *, verbose: bool) -> None:
@@ -221,85 +169,27 @@ class KerasTrainer:
         mu = float(self.spec.client.proximal_mu)
         trainable = list(model.trainable_variables)
         anchor_index = [next(i for i, w in enumerate(weights) if w is v) for v in trainable]
-
         scaffold = bool(self.spec.client.control_variates)
         custom = mu > 0 or scaffold  # decided at trace time; else the model's own train_step
-
-        def custom_step(x: Any, y: Any, params: Any, correction: Any) -> Any:
-            """Keras' train step with FedProx's and/or SCAFFOLD's change.
-
-            FedProx adds mu/2 * ||w - w_global||^2 to the objective; SCAFFOLD adds the
-            correction ``c - c_i`` to the gradient.
-            """
-            with tf.GradientTape() as tape:
-                y_pred = model(x, training=True)
-                loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
-                objective = loss
-                if mu > 0:
-                    drift = tf.add_n(
-                        [
-                            tf.reduce_sum(tf.square(v - tf.cast(params[j], v.dtype)))
-                            for v, j in zip(trainable, anchor_index, strict=True)
-                        ]
-                    )
-                    objective = loss + 0.5 * mu * drift
-            grads = tape.gradient(objective, trainable)
-            if scaffold:
-                grads = [
-                    g + tf.cast(correction[j], g.dtype)
-                    for g, j in zip(grads, anchor_index, strict=True)
-                ]
-            opt.apply(grads, trainable)
-            model.compute_metrics(x, y, y_pred)
-            return loss
+        custom_step = gradient_step(
+            tf, model, anchor_index, Proximal(mu) if mu > 0 else None,
+            ControlVariates() if scaffold else None,
+        )  # fmt: skip
 
         dp = self.spec.client.dp_sgd
-        import keras
-
-        from fedray.privacy.accounting import poisson_batch_cap
-
-        trainable_ids = {id(v) for v in model.trainable_variables}
+        dp_step: Any = None
+        trainable_ids = {id(v) for v in trainable}
         dp_moves = [id(w) in trainable_ids for w in weights]
+        if dp is not None:
+            import keras
 
-        per_example_loss = (
-            keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
-        )
-        # P(batch > cap) <= 1e-12 per step; the accountant spends that tail from δ.
-        dp_bmax = poisson_batch_cap(batch)
+            from fedray.privacy import poisson_batch_cap
 
-        def dp_step(x: Any, y: Any, n: Any, s0: Any, s1: Any, s2: Any) -> Any:
-            """One DP-SGD step on a Poisson batch (padded to a fixed maximum with a mask)."""
-            if dp is None:  # traced only under DP-SGD
-                raise ValueError("dp_step needs ClientOptions.dp_sgd")
-            q = tf.minimum(1.0, batch / tf.cast(n, tf.float32))
-            k = tf.random.stateless_binomial(
-                [], seed=s0, counts=tf.cast(n, tf.float32), probs=q, output_dtype=tf.int32
-            )
-            bmax = tf.minimum(n, dp_bmax)
-            idx = tf.random.experimental.stateless_shuffle(tf.range(n), seed=s1)[:bmax]
-            mask = tf.cast(tf.range(bmax) < k, tf.float32)
-            xb, yb = tf.gather(x, idx), tf.gather(y, idx)
-
-            def one(example: Any) -> Any:
-                x1, y1 = example
-                with tf.GradientTape() as tape:
-                    pred = model(x1[None], training=True)
-                    loss = per_example_loss(y1[None], pred)
-                return [*tape.gradient(loss, trainable), loss]
-
-            *grads, losses = tf.vectorized_map(one, (xb, yb))
-            sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [bmax, -1]), 1) for g in grads])
-            scale = tf.minimum(1.0, dp.clip / (tf.sqrt(sq) + 1e-12)) * mask
-            noisy = []
-            for j, g in enumerate(grads):
-                summed = tf.tensordot(scale, g, axes=1)
-                noise = tf.random.stateless_normal(
-                    tf.shape(summed), seed=s2 + j, stddev=dp.noise_multiplier * dp.clip
-                )
-                noisy.append((summed + noise) / batch)  # the expected batch size, never k
-            opt.apply(noisy, trainable)
-            losses = tf.reshape(tf.cast(losses, tf.float32), [bmax])
-            return tf.reduce_sum(losses * mask), tf.reduce_sum(mask)
+            loss = model.loss
+            per_example_loss = keras.losses.get(loss) if isinstance(loss, str) else loss
+            # P(batch > cap) <= 1e-12 per step; the accountant spends that tail from δ.
+            gradient = DPSGDGradient(dp.clip, dp.noise_multiplier, batch, poisson_batch_cap(batch))
+            dp_step = gradient.build(tf, model, per_example_loss)
 
         def batch_step(idx: Any, params: Any, correction: Any) -> Any:
             """One step on the rows ``idx``; returns (loss * size, size) for custom steps."""

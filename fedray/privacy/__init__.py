@@ -4,17 +4,28 @@ The DP mechanisms themselves are aggregators: :mod:`fedray.aggregators.dp`.
 """
 
 from fedray.privacy.accounting import (
-    DPFedAvgAccountant,
-    DPSGDAccountant,
-    LocalDPAccountant,
+    RoundEvent,
     calibrate_noise_multiplier,
+    combined_multiplier,
+    compose_epsilon,
     dpfedavg_epsilon,
+    round_event,
+    split_noise,
 )
+from fedray.privacy.dpsgd import DPSGDAccountant, poisson_batch_cap, truncation_probability
+from fedray.privacy.ledgers import DPFedAvgAccountant, LocalDPAccountant
 
 __all__ = [
     "DPFedAvgAccountant",
     "DPSGDAccountant",
     "LocalDPAccountant",
+    "RoundEvent",
     "calibrate_noise_multiplier",
+    "combined_multiplier",
+    "compose_epsilon",
     "dpfedavg_epsilon",
+    "poisson_batch_cap",
+    "round_event",
+    "split_noise",
+    "truncation_probability",
 ]

@@ -105,13 +105,13 @@ class LocalExecutor:
             out.extend(host.fit(ids, params, info, extras))
         return out
 
-    def client_phase(
-        self, client_ids: Sequence[int], name: str, payload: dict[int, Any], info: RoundInfo
+    def call(
+        self, client_ids: Sequence[int], step: str, payload: dict[int, Any], info: RoundInfo
     ) -> dict[int, Any]:
         """One secure-aggregation step for each client, host by host."""
         out: dict[int, Any] = {}
         for host, ids in self._by_host(client_ids):
-            out.update(host.secure_step(name, ids, payload, info))
+            out.update(host.secure_step(step, ids, payload, info))
         return out
 
     def submit(self, client_id: int, handle: Any, info: RoundInfo) -> int:

@@ -300,8 +300,8 @@ class RayExecutor:
         yield from skipped
         yield from self._stream(calls, "fit", self._round_timeout_s)
 
-    def client_phase(
-        self, client_ids: Sequence[int], name: str, payload: dict[int, Any], info: RoundInfo
+    def call(
+        self, client_ids: Sequence[int], step: str, payload: dict[int, Any], info: RoundInfo
     ) -> dict[int, Any]:
         """One secure-aggregation step on every host with these clients, in parallel.
 
@@ -309,13 +309,13 @@ class RayExecutor:
         ``runtime.round_timeout_s`` drops its clients from the protocol.
         """
         ray = self._ray
-        if name == "advertise":
+        if step == "advertise":
             self.supervisor.await_restarts()  # restarted hosts join the new round
         calls = {}
         for h, ids in self._plan(client_ids).items():
             if self.supervisor.unavailable(h) is None:
                 part = {c: payload[c] for c in ids if c in payload}
-                calls[self.hosts[h].secure_step.remote(name, ids, part, info)] = h
+                calls[self.hosts[h].secure_step.remote(step, ids, part, info)] = h
         out: dict[int, Any] = {}
         ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=self._round_timeout_s)
         for ref in ready:
@@ -325,7 +325,7 @@ class RayExecutor:
                 cause = _unwrap(exc)
                 if isinstance(cause, SecAggError):  # tampering: stop the round, loudly
                     raise cause from None
-                logger.warning("secure aggregation step %s failed on a host: %s", name, cause)
+                logger.warning("secure aggregation step %s failed on a host: %s", step, cause)
             except ray.exceptions.RayActorError:
                 self.supervisor.mark_down(calls[ref])
         return out

@@ -4,16 +4,11 @@ SecAgg (Bonawitz et al., CCS 2017, ePrint 2017/281) with SecAgg+'s sparse neighb
 graphs (Bell et al., CCS 2020, ePrint 2020/704), built on the ``cryptography`` package.
 """
 
-from fedray.secagg.protocol import (
-    SecAggAbortError,
-    SecAggClient,
-    SecAggError,
-    SecAggServer,
-    harary_neighbours,
-    run_protocol,
-)
+from fedray.secagg.graph import default_degree, harary_neighbours
+from fedray.secagg.protocol import SecAggAbortError, SecAggClient, SecAggError, SecAggServer
 from fedray.secagg.quantize import Quantizer
 from fedray.secagg.shamir import shamir_combine, shamir_split
+from fedray.secagg.simulate import run_protocol
 
 __all__ = [
     "Quantizer",
@@ -21,6 +16,7 @@ __all__ = [
     "SecAggClient",
     "SecAggError",
     "SecAggServer",
+    "default_degree",
     "harary_neighbours",
     "run_protocol",
     "shamir_combine",

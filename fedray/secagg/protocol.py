@@ -30,17 +30,15 @@ consistency round), multi-round differencing of different participant sets.
 
 from __future__ import annotations
 
-import math
 import secrets
 import struct
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedray.secagg.shamir import PRIME, shamir_combine, shamir_split
+from fedray.secagg.shamir import shamir_combine, shamir_split
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
@@ -56,38 +54,6 @@ class SecAggError(Exception):
 
 class SecAggAbortError(SecAggError):
     """Too few clients survived for the threshold: the round reveals nothing."""
-
-
-def harary_neighbours(
-    ids: Sequence[int], degree: int, rng: np.random.Generator
-) -> dict[int, list[int]]:
-    """A k-regular Harary graph over ``ids`` with randomly permuted labels (SecAgg+).
-
-    Each client is linked to the ``degree // 2`` clients on either side of it on a
-    random ring; ``degree >= len(ids) - 1`` gives the complete graph (plain SecAgg).
-
-    >>> g = harary_neighbours(list(range(10)), 4, np.random.default_rng(0))
-    >>> sorted(len(v) for v in g.values()) == [4] * 10
-    True
-    """
-    ids = list(ids)
-    n = len(ids)
-    if degree >= n - 1:
-        return {u: sorted(v for v in ids if v != u) for u in ids}
-    half = max(1, (degree + 1) // 2)
-    ring = [ids[i] for i in rng.permutation(n)]
-    out: dict[int, set[int]] = {u: set() for u in ids}
-    for i, u in enumerate(ring):
-        for off in range(1, half + 1):
-            v = ring[(i + off) % n]
-            out[u].add(v)
-            out[v].add(u)
-    return {u: sorted(v) for u, v in out.items()}
-
-
-def default_degree(n: int) -> int:
-    """SecAgg+'s k = O(log n): 2 ceil(log2 n) + 2, capped at n - 1."""
-    return min(n - 1, 2 * math.ceil(math.log2(max(n, 2))) + 2)
 
 
 def _info(purpose: str, round_id: int, u: int, v: int) -> bytes:
@@ -384,82 +350,3 @@ class SecAggServer:
                     total = ((total - p) if u < v else (total + p)) & mask
         out: np.ndarray = total
         return out
-
-
-def run_protocol(
-    inputs: Mapping[int, np.ndarray],
-    *,
-    round_id: int,
-    modulus_bits: int,
-    degree: int | None = None,
-    threshold: int | None = None,
-    rng: np.random.Generator | None = None,
-    drop_before_shares: Sequence[int] = (),
-    drop_after_shares: Sequence[int] = (),
-    drop_after_masking: Sequence[int] = (),
-) -> tuple[np.ndarray, dict[str, object]]:
-    """Run one whole round in-process (tests, benchmarks); returns (sum, stats).
-
-    The ``drop_*`` clients disappear at the named stage. ``stats`` has the graph
-    degree, the threshold, the bytes each client sent, each client's compute seconds
-    (``client_s``) and the server's (``server_s``).
-    """
-    ids = sorted(inputs)
-    n = len(ids)
-    k = default_degree(n) if degree is None else min(degree, n - 1)
-    t = threshold if threshold is not None else (k + 1) // 2 + 1
-    graph = harary_neighbours(ids, k, rng or np.random.default_rng(secrets.randbits(64)))
-    client_s = dict.fromkeys(ids, 0.0)
-    server_s = 0.0
-
-    def timed(who: int | None, fn: Any, *args: Any) -> Any:
-        nonlocal server_s
-        t0 = time.perf_counter()
-        out = fn(*args)
-        if who is None:
-            server_s += time.perf_counter() - t0
-        else:
-            client_s[who] += time.perf_counter() - t0
-        return out
-
-    clients = {}
-    for u in ids:
-        clients[u] = timed(u, SecAggClient, u, round_id, graph[u], t, modulus_bits)
-    server = SecAggServer(round_id, graph, t, modulus_bits)
-    sent = dict.fromkeys(ids, 0)
-    keys = {u: timed(u, c.advertise) for u, c in clients.items()}
-    for u in keys:
-        sent[u] += 64
-    peer_keys = timed(None, server.collect_keys, keys)
-    shares = {}
-    for u in ids:
-        if u in drop_before_shares:
-            continue
-        shares[u] = timed(u, clients[u].share_keys, peer_keys[u])
-        sent[u] += sum(len(ct) for ct in shares[u].values())
-    inbox = timed(None, server.route_shares, shares)
-    masked = {}
-    for u in inbox:
-        if u in drop_after_shares:
-            continue
-        masked[u] = timed(u, clients[u].masked_input, inputs[u], inbox[u])
-        sent[u] += masked[u].nbytes
-    dropped, survivors = timed(None, server.collect_masked, masked)
-    responses = {}
-    for u in survivors:
-        if u in drop_after_masking:
-            continue
-        responses[u] = timed(u, clients[u].unmask, dropped, survivors)
-        sent[u] += sum(16 * len(s) + 9 for _, s in responses[u].values())
-    total = timed(None, server.unmask, responses)
-    stats = {
-        "degree": k,
-        "threshold": t,
-        "bytes_sent": sent,
-        "client_s": client_s,
-        "server_s": server_s,
-        "survivors": survivors,
-        "dropped": dropped,
-        "prime": PRIME,
-    }
-    return total, stats

@@ -4,26 +4,29 @@ SecAgg (Bonawitz et al., CCS 2017, arXiv:1611.04482) with SecAgg+ neighbourhoods
 et al., CCS 2020). The loop asks the aggregator for a session (its ``session()`` hook:
 only :class:`~fedray.aggregators.SecureAggregation` has one, and
 :func:`fedray.compat.check_compatible` keeps it outermost) and runs it around the
-round's training, through the executor's typed protocol steps (``client_phase``):
+round's training, through the executor's typed protocol steps (``Executor.call``):
 
 1. :meth:`SecureSession.start` (rounds 0-1): too small a cohort aborts before any
    training; keys are advertised and encrypted shares routed; the clients that
    completed key exchange are the ones that train (and mask, in their hosts).
 2. :meth:`SecureSession.finish` (rounds 2-3): the masked vectors are collected, the
-   survivors unmask, and the integer sum is decoded into one update for the
-   aggregator. Too few survivors abort before any share is revealed.
+   survivors unmask, and the integer sum is decoded into one
+   :class:`~fedray.records.PartialSum` for the aggregator's ``finalize``. Too few
+   survivors abort before any share is revealed.
 
 The client side (keys, shares, masking) stays in the hosts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedray.records import AggState, ClientFailure, ClientUpdate, RoundInfo
+from fedray.records import AggState, ClientFailure, ClientUpdate, PartialSum, RoundInfo
+from fedray.secagg.graph import default_degree, harary_neighbours
 from fedray.secagg.protocol import SecAggError, SecAggServer
 
 if TYPE_CHECKING:
@@ -48,15 +51,20 @@ class SecureSession:
                 "round aborted before any training"
             )
             return [], [ClientFailure(c, reason) for c in ids], None
-        server = secure.begin_round(info.server_round, ids, rng)
+        n = len(ids)
+        k = default_degree(n) if secure.degree is None else min(secure.degree, n - 1)
+        graph = harary_neighbours(list(ids), k, rng)
+        t = max(1, math.ceil(secure.threshold * (k + 1)))
+        bits = secure.quantizer.modulus_bits(max(n, 1))
+        server = SecAggServer(info.server_round, graph, t, bits)
         setup = {
             u: (list(server.neighbours[u]), server.threshold, server.modulus_bits) for u in ids
         }
-        keys = executor.client_phase(ids, "advertise", setup, info)
+        keys = executor.call(ids, "advertise", setup, info)
         routed = server.collect_keys(keys)
-        shares = executor.client_phase(sorted(routed), "share", routed, info)
+        shares = executor.call(sorted(routed), "share", routed, info)
         inbox = server.route_shares(shares)
-        trained = sorted(executor.client_phase(sorted(inbox), "inbox", inbox, info))
+        trained = sorted(executor.call(sorted(inbox), "inbox", inbox, info))
         dropped = [
             ClientFailure(c, "dropped during secure-aggregation key exchange")
             for c in sorted(set(ids) - set(trained))
@@ -70,11 +78,11 @@ class SecureSession:
         updates: Sequence[ClientUpdate],
         info: RoundInfo,
         agg_state: AggState,
-    ) -> tuple[list[ClientUpdate], list[int], list[ClientFailure]]:
-        """Unmask the survivors' sum; returns (the decoded sum, survivors, failures).
+    ) -> tuple[PartialSum | None, list[ClientFailure]]:
+        """Unmask the survivors' sum; returns (the decoded sum, failures).
 
-        When the protocol aborts (too few survivors; nothing is revealed) the decoded
-        sum and the survivors are empty and every client that sent a vector failed.
+        When the protocol aborts (too few survivors; nothing is revealed) there is no
+        sum and every client that sent a vector failed.
         """
         secure = self.secure
         dim = secure.dim(agg_state)
@@ -97,11 +105,11 @@ class SecureSession:
                     "before any share was revealed"
                 )
             asks = {u: (dropped, survivors) for u in survivors}
-            responses = executor.client_phase(survivors, "unmask", asks, info)
+            responses = executor.call(survivors, "unmask", asks, info)
             total = server.unmask(responses)
         except SecAggError as exc:
             failures += [ClientFailure(c, f"secure aggregation: {exc}") for c in masked]
-            return [], [], failures
+            return None, failures
         if not survivors:
-            return [], [], failures
-        return [secure.decode(total, survivors, agg_state)], survivors, failures
+            return None, failures
+        return secure.decode(total, survivors, agg_state), failures

@@ -17,7 +17,7 @@ from fedray.aggregators import (
     client_settings,
 )
 from fedray.callbacks import Callback
-from fedray.driver import run_rounds
+from fedray.loop import Evaluation, run_rounds
 from fedray.strategy import Strategy
 from tests.privacy.fakes import EncodingExecutor
 
@@ -82,6 +82,6 @@ def test_a_nested_wrapper_s_clients_clip_to_the_adapted_norm():
     executor = SettingsSeen(agg)
     strategy = Strategy(aggregator=agg, sampling="poisson", min_fit_clients=0)
     run_rounds(strategy=strategy, executor=executor, rounds=3, seed=0, callback=Callback(),
-               evaluate_every=0, noise_seed=1, privacy=None)  # fmt: skip
+               evaluation=Evaluation(every=0), noise_seed=1, privacy=None)  # fmt: skip
     clips = [s["dp_clip"] for s in executor.settings]
     assert clips[0] == 0.3 and len(set(clips)) == 3  # the norm adapts, and clients follow

@@ -3,8 +3,17 @@
 import numpy as np
 import pytest
 
-from fedray.aggregators import AdaptiveClip, CentralDP, LocalDP, Mean, Summable, combine, presum
+from fedray.aggregators import (
+    AdaptiveClip,
+    CentralDP,
+    LinearAggregator,
+    LocalDP,
+    Mean,
+    combine,
+    presum,
+)
 from fedray.aggregators.dp import UNCLIPPED
+from fedray.loop.steps import aggregate
 from fedray.records import ClientUpdate, PartialSum, RoundInfo
 
 
@@ -34,10 +43,7 @@ def _hosts(updates, sizes):
 def _via_partials(agg, updates, state, rng, sizes):
     parts = [presum(group, agg) for group in _hosts(updates, sizes)]
     total = combine(list(reversed(parts)))  # arrival order must not matter
-    cast = [t.astype(np.float32) for t in total.total]
-    return agg.aggregate_sum(
-        cast, len(total.client_ids), total.protocol_sums, state, rng, weight=total.weight
-    )
+    return aggregate(agg, [total], updates[0].delta, state, rng)  # the loop's path
 
 
 @pytest.mark.parametrize("weighting", ["examples", "uniform"])
@@ -98,9 +104,9 @@ def test_robust_and_stateful_rules_are_not_summable():
     from fedray.aggregators import Krum, Median, NormBound, Scaffold, TrimmedMean
 
     for agg in (Median(), TrimmedMean(0.1), Krum(), NormBound(), Scaffold()):
-        assert not isinstance(agg, Summable), agg
+        assert not isinstance(agg, LinearAggregator), agg
     for agg in (Mean(), CentralDP(1.0, 10.0), LocalDP(1.0)):
-        assert isinstance(agg, Summable), agg
+        assert isinstance(agg, LinearAggregator), agg
 
 
 def test_combine_refuses_overlapping_parts_and_presum_refuses_nothing():
@@ -113,6 +119,10 @@ def test_combine_refuses_overlapping_parts_and_presum_refuses_nothing():
         combine([])
 
 
-def test_mean_without_weight_refuses_example_weighting():
-    with pytest.raises(ValueError, match="no example counts"):
-        Mean("examples").aggregate_sum([np.ones(2)], 2, {}, {}, np.random.default_rng(0))
+def test_secure_sums_refuse_example_weighting_and_an_empty_mean():
+    from fedray.aggregators import SecureAggregation
+
+    with pytest.raises(ValueError, match="without example counts"):
+        SecureAggregation(Mean("examples"))
+    with pytest.raises(ValueError, match="Mean needs at least one update, got 0"):
+        Mean().aggregate([], {}, np.random.default_rng(0))

@@ -28,5 +28,5 @@ class EncodingExecutor(QuadraticExecutor):
     def evaluate_clients(self, client_ids, params, split="test"):
         return []
 
-    def client_phase(self, client_ids, name, payload, info):
+    def call(self, client_ids, name, payload, info):
         return {}

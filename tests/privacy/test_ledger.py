@@ -76,7 +76,7 @@ def test_resume_extending_a_target_epsilon_run_reports_what_ran(tmp_path):
 
 
 def test_dp_sgd_batch_cap_tail_is_spent_from_delta():
-    from fedray.privacy.accounting import (
+    from fedray.privacy import (
         RoundEvent,
         compose_epsilon,
         poisson_batch_cap,

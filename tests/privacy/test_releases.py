@@ -12,8 +12,8 @@ import pytest
 from fedray import config
 from fedray.aggregators import CentralDP, LocalDP, Mean
 from fedray.callbacks import Callback
-from fedray.driver import run_rounds
 from fedray.errors import ConfigError
+from fedray.loop import Checkpointer, SyncRounds, run_rounds
 from fedray.privacy import DPFedAvgAccountant, DPSGDAccountant, LocalDPAccountant
 from fedray.records import RoundPolicy
 from fedray.strategy import Strategy, with_dp
@@ -30,8 +30,8 @@ def _run(agg, ledger, *, rounds=4, fraction=0.5, min_fit=1, flaky=(), resume=Non
         strategy = Strategy(aggregator=agg, fraction_fit=fraction, min_fit_clients=min_fit)
     run_rounds(strategy=strategy, executor=ex, rounds=rounds, seed=0, callback=Callback(),
                privacy=ledger, rng_seed=5,
-               policy=RoundPolicy(on_too_few="retry", max_retries=2),
-               resume=resume, checkpoint=ckpt, checkpoint_every=1 if ckpt else 0)  # fmt: skip
+               scheduler=SyncRounds(RoundPolicy(on_too_few="retry", max_retries=2)),
+               resume=resume, checkpoint=Checkpointer(ckpt) if ckpt else None)  # fmt: skip
     return ex
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from fedray.aggregators import CentralDP, Mean
 from fedray.callbacks import Callback
-from fedray.driver import run_rounds
+from fedray.loop import Checkpointer, run_rounds
 from fedray.privacy import DPFedAvgAccountant
 from fedray.strategy import Strategy, with_dp
 from tests.privacy.fakes import EncodingExecutor
@@ -20,8 +20,7 @@ def _run(rounds, *, noise_seed=None, resume=None):
     ex = EncodingExecutor(agg, num_clients=6, dim=DIM)
     params = run_rounds(strategy=strategy, executor=ex, rounds=rounds, seed=0,
                         callback=Callback(), privacy=DPFedAvgAccountant(Z, 0.5, 1e-5),
-                        rng_seed=11, resume=resume, checkpoint=states.append,
-                        checkpoint_every=1,
+                        rng_seed=11, resume=resume, checkpoint=Checkpointer(states.append),
                         **({"noise_seed": noise_seed} if noise_seed else {}))  # fmt: skip
     return params, states, ex
 
@@ -44,7 +43,7 @@ def test_the_checkpointed_generator_cannot_regenerate_the_noise():
         residual = released_sum - noise  # the un-noised sum, if the guess were right
         assert np.abs(residual).max() > 50.0, f"noise rebuilt from the checkpoint ({back} back)"
     # ... and nothing in the checkpoint is a generator state other than the sampler's.
-    assert set(state.loop_state) == {"privacy"}
+    assert set(state.loop_state) == {"privacy", "scheduler"} and state.loop_state["scheduler"] == {}
     assert "history" in state.loop_state["privacy"]
 
 

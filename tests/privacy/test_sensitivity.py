@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedray import api, build, config
-from fedray.aggregators import CentralDP, Mean, SecureAggregation
+from fedray.aggregators import CentralDP, Mean, SecureAggregation, client_settings
 from fedray.records import ClientUpdate, RoundInfo
 
 
@@ -50,13 +50,13 @@ def test_quantized_update_never_exceeds_the_dp_clip(bits, dim):
     # A unit-norm update spread evenly over every coordinate: the worst case for rounding.
     sa = SecureAggregation(inner=CentralDP(1.0, 10.0, 1.0), clip=1.0, bits=bits)
     state = sa.init([np.zeros(dim, np.float32)])
-    info = RoundInfo(1, 0, num_sampled=1, settings=state["round_settings"])
+    info = RoundInfo(1, 0, num_sampled=1, settings=client_settings(sa, state))
     rng = np.random.default_rng(0)
     for trial in range(3):
         v = rng.choice([-1.0, 1.0], dim) if trial == 0 else rng.normal(size=dim)
         v = (v / np.linalg.norm(v)).astype(np.float32)
         masked = sa.encode(ClientUpdate(3, [v], 1), info).masked
-        contribution = sa.decode(masked.astype(np.uint64), [3], state).delta[0]
+        contribution = sa.decode(masked.astype(np.uint64), [3], state).total[0]
         # Adding this client moves the decoded sum by its contribution: at most C = 1,
         # so the noise z C is z times the real sensitivity, as accounted.
         assert np.linalg.norm(contribution.astype(np.float64)) <= 1.0 + 1e-9

@@ -1,0 +1,138 @@
+"""The pieces a client's traced training step is composed of.
+
+The plain step is the model's own ``train_step``. Each piece changes one thing:
+
+* :class:`Proximal`: FedProx (Li et al., "Federated Optimization in Heterogeneous
+  Networks", MLSys 2020, arXiv:1812.06127) adds ``mu/2 ||w - w_global||^2`` to the
+  objective.
+* :class:`ControlVariates`: SCAFFOLD (Karimireddy et al., ICML 2020,
+  arXiv:1910.06378) adds the correction ``c - c_i`` to the gradient.
+* :class:`DPSGDGradient`: DP-SGD (Abadi et al., CCS 2016, arXiv:1607.00133) replaces
+  the batch gradient by the clipped per-example gradients of a Poisson batch, summed,
+  noised and divided by the expected batch size.
+
+Every piece builds TensorFlow code at trace time (``tf`` is passed in, so this module
+imports no TensorFlow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Step = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Proximal:
+    """FedProx's proximal term ``mu/2 ||w - w_global||^2``."""
+
+    mu: float
+
+    def penalty(self, tf: Any, trainable: Sequence[Any], anchors: Sequence[Any]) -> Any:
+        """The term for the current weights and their global values."""
+        drift = tf.add_n(
+            [
+                tf.reduce_sum(tf.square(v - tf.cast(a, v.dtype)))
+                for v, a in zip(trainable, anchors, strict=True)
+            ]
+        )
+        return 0.5 * self.mu * drift
+
+
+@dataclass(frozen=True)
+class ControlVariates:
+    """SCAFFOLD's gradient correction ``g + (c - c_i)``."""
+
+    def correct(self, tf: Any, grads: Sequence[Any], corrections: Sequence[Any]) -> list[Any]:
+        """The corrected gradients."""
+        return [g + tf.cast(c, g.dtype) for g, c in zip(grads, corrections, strict=True)]
+
+
+def gradient_step(
+    tf: Any,
+    model: Any,
+    anchor_index: Sequence[int],
+    proximal: Proximal | None,
+    control: ControlVariates | None,
+) -> Step:
+    """Keras' train step with the given pieces: ``step(x, y, params, correction) -> loss``.
+
+    ``anchor_index[j]`` is the position of trainable variable ``j`` among the model's
+    weights (and so in ``params`` and ``correction``).
+    """
+    trainable = list(model.trainable_variables)
+    opt = model.optimizer
+
+    def step(x: Any, y: Any, params: Any, correction: Any) -> Any:
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+            objective = loss
+            if proximal is not None:
+                anchors = [params[j] for j in anchor_index]
+                objective = loss + proximal.penalty(tf, trainable, anchors)
+        grads = tape.gradient(objective, trainable)
+        if control is not None:
+            grads = control.correct(tf, grads, [correction[j] for j in anchor_index])
+        opt.apply(grads, trainable)
+        model.compute_metrics(x, y, y_pred)
+        return loss
+
+    return step
+
+
+@dataclass(frozen=True)
+class DPSGDGradient:
+    """DP-SGD's private gradient on a Poisson batch padded to ``cap`` rows.
+
+    Attributes:
+        clip: Per-example L2 clip norm.
+        noise_multiplier: z; the noise on the summed gradients has std ``z * clip``.
+        batch_size: B, the expected batch size (the divisor, never the realised size).
+        cap: The padded batch size (P(batch > cap) is spent from δ by the accountant).
+    """
+
+    clip: float
+    noise_multiplier: float
+    batch_size: int
+    cap: int
+
+    def build(self, tf: Any, model: Any, per_example_loss: Any) -> Step:
+        """``step(x, y, n, s0, s1, s2) -> (loss sum, batch size)`` on a client's rows."""
+        trainable = list(model.trainable_variables)
+        opt = model.optimizer
+        batch, cap = self.batch_size, self.cap
+        clip, std = self.clip, self.noise_multiplier * self.clip
+
+        def step(x: Any, y: Any, n: Any, s0: Any, s1: Any, s2: Any) -> Any:
+            q = tf.minimum(1.0, batch / tf.cast(n, tf.float32))
+            k = tf.random.stateless_binomial(
+                [], seed=s0, counts=tf.cast(n, tf.float32), probs=q, output_dtype=tf.int32
+            )
+            bmax = tf.minimum(n, cap)
+            idx = tf.random.experimental.stateless_shuffle(tf.range(n), seed=s1)[:bmax]
+            mask = tf.cast(tf.range(bmax) < k, tf.float32)
+            xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+
+            def one(example: Any) -> Any:
+                x1, y1 = example
+                with tf.GradientTape() as tape:
+                    pred = model(x1[None], training=True)
+                    loss = per_example_loss(y1[None], pred)
+                return [*tape.gradient(loss, trainable), loss]
+
+            *grads, losses = tf.vectorized_map(one, (xb, yb))
+            sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [bmax, -1]), 1) for g in grads])
+            scale = tf.minimum(1.0, clip / (tf.sqrt(sq) + 1e-12)) * mask
+            noisy = []
+            for j, g in enumerate(grads):
+                summed = tf.tensordot(scale, g, axes=1)
+                noise = tf.random.stateless_normal(tf.shape(summed), seed=s2 + j, stddev=std)
+                noisy.append((summed + noise) / batch)  # the expected batch size, never k
+            opt.apply(noisy, trainable)
+            losses = tf.reshape(tf.cast(losses, tf.float32), [bmax])
+            return tf.reduce_sum(losses * mask), tf.reduce_sum(mask)
+
+        return step

@@ -1,0 +1,256 @@
+"""Run configuration: a YAML file, validated up front as a whole.
+
+Every key has a type, a default and a range. An unknown key, a wrong type or an
+out-of-range value raises :class:`~fedray.errors.ConfigError` that lists each bad key
+with its value and what is allowed. Validation is done by pydantic.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from fedray.compat import RECIPE_ONLY, check_compatible
+from fedray.config.privacy import CanaryConfig, DPConfig, PrivacyConfig, SecureAggregationConfig
+from fedray.config.sections import (
+    FILE_DATASETS,
+    AttackConfig,
+    CheckpointConfig,
+    ClientConfig,
+    DataConfig,
+    EvaluationConfig,
+    FaultsConfig,
+    ModelConfig,
+    RuntimeConfig,
+    StrategyConfig,
+    SyntheticConfig,
+    _Section,
+)
+from fedray.errors import ConfigError
+
+__all__ = [
+    "FILE_DATASETS",
+    "AttackConfig",
+    "CanaryConfig",
+    "CheckpointConfig",
+    "ClientConfig",
+    "Config",
+    "ConfigError",
+    "DPConfig",
+    "DataConfig",
+    "EvaluationConfig",
+    "FaultsConfig",
+    "ModelConfig",
+    "PrivacyConfig",
+    "RuntimeConfig",
+    "SecureAggregationConfig",
+    "StrategyConfig",
+    "SyntheticConfig",
+    "apply_overrides",
+    "features",
+    "load",
+    "validate",
+]
+
+
+class Config(_Section):
+    """A whole fedray run."""
+
+    seed: int = Field(0, ge=0)
+    """seeds data generation, partitioning, sampling, model init and shuffling"""
+    rounds: int = Field(10, ge=1)
+    """federated rounds"""
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    client: ClientConfig = ClientConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    attack: AttackConfig = AttackConfig()
+    faults: FaultsConfig = FaultsConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        placement = self.data.placement or {}
+        bad = sorted(c for c in placement if not 0 <= c < self.data.num_clients)
+        if bad:
+            raise ValueError(
+                f"data.placement names clients {bad}; client ids run from 0 to "
+                f"{self.data.num_clients - 1} (data.num_clients={self.data.num_clients})"
+            )
+        s = self.strategy
+        if s.clients_per_round is not None:  # the same as fraction_fit = K / N
+            if s.fraction_fit != 1.0:
+                raise ValueError(
+                    f"set strategy.clients_per_round={s.clients_per_round} or "
+                    f"strategy.fraction_fit={s.fraction_fit}, not both"
+                )
+            if s.clients_per_round > self.data.num_clients:
+                raise ValueError(
+                    f"strategy.clients_per_round={s.clients_per_round} exceeds "
+                    f"data.num_clients={self.data.num_clients}"
+                )
+            s = s.model_copy(update={"fraction_fit": s.clients_per_round / self.data.num_clients})
+            object.__setattr__(self, "strategy", s)  # frozen: resolved once, here
+        if s.name in ("krum", "multi_krum") and s.min_fit_clients < 2 * s.num_byzantine + 3:
+            raise ValueError(
+                f"strategy.name={s.name!r} with strategy.num_byzantine={s.num_byzantine} needs "
+                f"strategy.min_fit_clients >= 2f + 3 = {2 * s.num_byzantine + 3}, "
+                f"got {s.min_fit_clients}"
+            )
+        check_compatible(features(self))
+        if self.strategy.min_fit_clients > self.data.num_clients:
+            raise ValueError(
+                f"strategy.min_fit_clients={self.strategy.min_fit_clients} exceeds "
+                f"data.num_clients={self.data.num_clients}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain YAML/JSON-able values."""
+        return self.model_dump(mode="json")
+
+
+def features(cfg: Config) -> dict[str, Any]:
+    """The run's features as config key -> value, for :func:`fedray.compat.check_compatible`.
+
+    Recipe options (``strategy.trim_beta``, ...) appear only when set away from their
+    default, so that one the recipe ignores can be refused.
+    """
+    s, dp, sa = cfg.strategy, cfg.privacy.dp, cfg.privacy.secure_aggregation
+    out: dict[str, Any] = {
+        "strategy.name": s.name,
+        "strategy.norm_bound": s.norm_bound,
+        "strategy.max_update_norm": s.max_update_norm,
+        "strategy.over_commit": s.over_commit,
+        "strategy.min_fit_clients": s.min_fit_clients,
+        "privacy.dp.mode": dp.mode if dp is not None else None,
+        "privacy.dp.clip": dp.clip if dp is not None else None,
+        "privacy.secure_aggregation.enabled": sa.enabled,
+        "privacy.canaries.count": cfg.privacy.canaries.count,
+        "attack.fraction": cfg.attack.fraction,
+        "evaluation.train_every": cfg.evaluation.train_every,
+        "evaluation.federated_every": cfg.evaluation.federated_every,
+    }
+    for option in RECIPE_ONLY:
+        value = getattr(s, option)
+        if value != StrategyConfig.model_fields[option].default:
+            out[f"strategy.{option}"] = value
+    return out
+
+
+def _allowed_keys(model: type[BaseModel], loc: Iterable[Any]) -> list[str]:
+    """Keys allowed at ``loc`` (the parent of an unknown key)."""
+    current: type[BaseModel] = model
+    for part in loc:
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        current = annotation
+    return list(current.model_fields)
+
+
+_TYPE_TAGS = ("literal[", "constrained-", "list[", "dict[")
+_TYPE_NAMES = ("int", "str", "float", "bool", "none")
+
+
+def _is_type_tag(part: object) -> bool:
+    return isinstance(part, str) and (part.startswith(_TYPE_TAGS) or part in _TYPE_NAMES)
+
+
+def _format_error(err: Mapping[str, Any]) -> str:
+    # Drop pydantic's union-member tags (e.g. "constrained-int", "literal['auto']").
+    loc = [p for p in err["loc"] if not _is_type_tag(p)]
+    key = ".".join(str(p) for p in loc) or "config"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(Config, loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        msg = f"unknown key '{key}'"
+        if hint:
+            msg += f" (did you mean '{'.'.join([*map(str, loc[:-1]), hint[0]])}'?)"
+        return msg + f"; allowed keys here: {', '.join(allowed)}"
+    text = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "value_error" and (not loc or isinstance(value, Mapping)):
+        return text  # a cross-field check: its message names the keys itself
+    return f"{key} = {value!r}: {text}"
+
+
+def validate(raw: Mapping[str, Any]) -> Config:
+    """Validate a nested mapping into a :class:`Config`.
+
+    Raises:
+        ConfigError: One line per problem, each naming the key, the value and
+            what is allowed.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(dict(raw))
+    except ValidationError as exc:
+        merged: dict[str, list[str]] = {}
+        for e in exc.errors():
+            key, _, text = _format_error(e).partition(": ")
+            merged.setdefault(key, []).append(text)
+        lines = [
+            f"{k}: {' or '.join(dict.fromkeys(v))}" if v != [""] else k for k, v in merged.items()
+        ]
+        raise ConfigError("invalid config: " + "; ".join(lines)) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` strings to a nested dict (values parsed as YAML).
+
+    >>> apply_overrides({"data": {"num_clients": 2}}, ["data.num_clients=4", "rounds=3"])
+    {'data': {'num_clients': 4}, 'rounds': 3}
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            child = node.get(p)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[p] = child
+            node = child
+        node[parts[-1]] = yaml.safe_load(text)
+    return out
+
+
+def load(source: str | Path | Mapping[str, Any] | Config, overrides: Iterable[str] = ()) -> Config:
+    """Load and validate a config from a YAML path, a mapping or a :class:`Config`.
+
+    Raises:
+        ConfigError: The file is missing or not YAML, or a key is invalid.
+    """
+    overrides = list(overrides)
+    if isinstance(source, Config):
+        if not overrides:
+            return source
+        raw: Any = source.to_dict()
+    elif isinstance(source, Mapping):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: '{path}' (expected a YAML file)")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                f"config file '{path}' must hold a mapping of keys, got {type(raw).__name__}"
+            )
+    return validate(apply_overrides(raw, overrides))

@@ -1,0 +1,297 @@
+"""The sections of a run configuration, one pydantic model each.
+
+Every key has a type, a default, a range and a docstring (the generated reference,
+``docs/config.md``, is built from them).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FILE_DATASETS = ("npz", "csv", "parquet")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class SyntheticConfig(_Section):
+    """Synthetic(alpha, beta) of Li et al. (FedProx): alpha = model skew, beta = data skew."""
+
+    alpha: float = Field(1.0, ge=0)
+    """model skew α of Synthetic(α, β)"""
+    beta: float = Field(1.0, ge=0)
+    """data skew β of Synthetic(α, β)"""
+    num_features: int = Field(60, ge=1)
+    """features of Synthetic(α, β)"""
+    num_classes: int = Field(10, ge=2)
+    """classes of Synthetic(α, β)"""
+
+
+class DataConfig(_Section):
+    """Which dataset, where it lives, and how it is split over clients."""
+
+    dataset: Literal[
+        "linreg",
+        "synthetic",
+        "blobs",
+        "digits",
+        "npz",
+        "csv",
+        "parquet",
+        "mnist",
+        "cifar10",
+        "memory",
+    ] = "linreg"
+    """the data source (see [Datasets](datasets.md)); `memory` is arrays passed to `fedray.fit`"""
+    path: str | None = None
+    """`npz`/`csv`/`parquet` file; for `mnist`/`cifar10` an optional offline `.npz`"""
+    test_path: str | None = None
+    """separate test table for `csv`/`parquet`"""
+    num_clients: int = Field(2, ge=1)
+    """registered clients"""
+    partition: Literal["iid", "dirichlet", "shards", "column"] = "iid"
+    """how rows are split over clients (see [Datasets](datasets.md#partitioners))"""
+    alpha: float = Field(0.5, gt=0)
+    """Dirichlet concentration (smaller = more label skew)"""
+    shards_per_client: int = Field(2, ge=1)
+    """for `shards`"""
+    column: str | None = None
+    """for `column` (`synthetic` uses `client`: its devices)"""
+    column_values: list[str | int] | None = None
+    """for `column`: client k owns the rows whose value is the k-th; a node may then hold only its
+    own clients' rows
+    """
+    num_classes: int | None = Field(None, ge=2)
+    """fix the class count (needed when each node sees only its own clients' labels)"""
+    label: str = "label"
+    """label column of `csv`/`parquet`"""
+    task: Literal["auto", "classification", "regression"] = "auto"
+    """`auto`: integer labels are classes"""
+    num_samples: int | None = Field(None, ge=1)
+    """size of generated datasets (`linreg` 100, `blobs` 20,000; `synthetic`: total rows over all
+    devices, lognormal shares; unset = the paper's lognormal(4, 2) + 50 per device)
+    """
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+    """server test split when the data has none"""
+    client_test_fraction: float = Field(0.0, ge=0, lt=1)
+    """each client's local test split (federated evaluation)"""
+    synthetic: SyntheticConfig = SyntheticConfig()
+    placement: dict[int, str] | None = None
+    """pin a client's actor to the node(s) advertising that resource"""
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> DataConfig:
+        if self.dataset in FILE_DATASETS and not self.path:
+            raise ValueError(f"data.path is required for dataset {self.dataset!r}")
+        if self.partition == "column" and self.dataset not in ("synthetic",) and not self.column:
+            raise ValueError("data.column is required when data.partition is 'column'")
+        if self.column_values is not None and len(self.column_values) != self.num_clients:
+            raise ValueError(
+                f"data.column_values has {len(self.column_values)} values but "
+                f"data.num_clients={self.num_clients}; give one value per client"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    """The Keras model: a built-in name or ``package.module:function``."""
+
+    name: str = "linear"
+    """the Keras model (see [Datasets](datasets.md#models))"""
+    hidden: list[int] = Field(default_factory=lambda: [64])
+    """hidden layer sizes of `mlp`"""
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in ("linear", "mlp", "cnn") and ":" not in v:
+            raise ValueError(
+                f"unknown model {v!r}; expected 'linear', 'mlp', 'cnn' or 'package.module:function'"
+            )
+        return v
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        bad = [h for h in v if h < 1]
+        if bad:
+            raise ValueError(f"hidden sizes must be >= 1, got {bad}")
+        return v
+
+
+class ClientConfig(_Section):
+    """Local training on each client."""
+
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = "sgd"
+    """local optimizer (its state is reset every round; its learning rate never is)"""
+    learning_rate: float = Field(0.01, gt=0)
+    """local learning rate"""
+    local_epochs: int = Field(1, ge=1)
+    """local epochs per round"""
+    batch_size: int = Field(32, ge=1)
+    """local batch size"""
+    loss: str = "auto"
+    """`auto`: MSE (regression) or sparse categorical cross-entropy"""
+    metrics: list[str] | Literal["auto"] = "auto"
+    """`auto`: `mae` or `accuracy`"""
+
+
+class StrategyConfig(_Section):
+    """How the server combines client updates."""
+
+    name: Literal[
+        "fedavg",
+        "fedprox",
+        "scaffold",
+        "fedbuff",
+        "fedavgm",
+        "fedadagrad",
+        "fedadam",
+        "fedyogi",
+        "fedmedian",
+        "trimmed_mean",
+        "krum",
+        "multi_krum",
+    ] = "fedavg"
+    """the federated algorithm: an aggregator + a server optimizer (see
+    [Strategies](strategies.md))
+    """
+    fraction_fit: float = Field(1.0, gt=0, le=1)
+    """fraction of clients sampled per round"""
+    clients_per_round: int | None = Field(None, ge=1)
+    """sample exactly K clients per round instead (the same as `fraction_fit = K / num_clients`;
+    set one of the two)
+    """
+    min_fit_clients: int = Field(1, ge=1)
+    """a round commits only if this many clients succeed"""
+    proximal_mu: float = Field(0.01, ge=0)
+    """FedProx's μ: clients minimise f(w) + μ/2‖w − w_global‖²"""
+    server_learning_rate: float | None = Field(None, gt=0)
+    """server step size (FedAvg 1, FedAvgM 1, adaptive 0.01)"""
+    server_momentum: float = Field(0.9, ge=0, lt=1)
+    """FedAvgM momentum"""
+    beta1: float = Field(0.9, ge=0, lt=1)
+    """first-moment decay of FedAdagrad/FedAdam/FedYogi (Reddi et al. 2021)"""
+    beta2: float = Field(0.99, ge=0, lt=1)
+    """second-moment decay of FedAdam/FedYogi"""
+    tau: float = Field(1e-3, ge=0)
+    """adaptivity (the denominator's ε) of FedAdagrad/FedAdam/FedYogi"""
+    trim_beta: float = Field(0.1, ge=0, lt=0.5)
+    """fraction trimmed per side by `trimmed_mean`"""
+    num_byzantine: int = Field(0, ge=0)
+    """`f` for `krum`/`multi_krum` (needs `min_fit_clients` ≥ 2f + 3)"""
+    krum_selected: int | None = Field(None, ge=1)
+    """updates averaged by `multi_krum`"""
+    norm_bound: float | None = Field(None, gt=0)
+    """clip every update to this L2 norm on the server before any aggregator"""
+    concurrency: int = Field(10, ge=1)
+    """`fedbuff`: clients training at once"""
+    buffer_size: int = Field(5, ge=1)
+    """`fedbuff`: arrivals per server step (a logged round is one server step)"""
+    weighting: Literal["auto", "examples", "uniform"] = "auto"
+    """client weights of mean-based strategies; `auto` is `examples` (FedAvg) without DP and
+    `uniform` with it
+    """
+    over_commit: float = Field(0.0, ge=0)
+    """sample `ceil(K × over_commit)` extra clients and aggregate the first K valid updates to
+    arrive
+    """
+    on_too_few: Literal["retry", "stop", "skip"] = "retry"
+    """fewer than `min_fit_clients` succeeded: sample again then stop, stop at once, or keep the
+    old model and go on
+    """
+    max_retries: int = Field(2, ge=0)
+    """extra attempts per round under `retry`"""
+    max_update_norm: float | None = Field(None, gt=0)
+    """reject (count as failed, with the norm in the reason) any update longer than this"""
+
+
+class EvaluationConfig(_Section):
+    """Centralized (server test set) and federated (client test splits) evaluation."""
+
+    every: int = Field(1, ge=0)
+    """centralized evaluation every N rounds (0: never; the last round always)"""
+    federated_every: int = Field(0, ge=0)
+    """federated evaluation on clients' test splits every N rounds"""
+    train_every: int = Field(0, ge=0)
+    """the global model on every client's training data every N rounds (`train/*`)"""
+    predict: list[list[float]] | None = None
+    """inputs whose predictions are printed and stored at the end"""
+
+
+class AttackConfig(_Section):
+    """Byzantine clients, simulated (for testing robust aggregators)."""
+
+    fraction: float = Field(0.0, ge=0, le=1)
+    """Byzantine clients (a fixed, seeded set) for testing robust aggregators"""
+    kind: Literal["sign_flip", "gaussian", "label_flip"] = "sign_flip"
+    """send `-scale × update`, noise of norm `scale`, or train on labels `C-1-y`"""
+    scale: float = Field(4.0, gt=0)
+    """the attack's `scale`"""
+
+
+class FaultsConfig(_Section):
+    """Simulated faults."""
+
+    straggler_fraction: float = Field(0.0, ge=0, le=1)
+    """each sampled client straggles with this probability and runs only 1…E−1 of its E local
+    epochs (FedProx's setting)
+    """
+    drop_stragglers: bool = False
+    """drop stragglers' partial updates (a round deadline) instead of using them"""
+    delay_s: float = Field(0.0, ge=0)
+    """slow devices: each client waits a fixed `delay_s × u` seconds per fit, `u ~ U(0, 1)` from
+    the seed
+    """
+    crash_rate: float = Field(0.0, ge=0, le=1)
+    """per client and round (seeded): the client's device drops out (on Ray its host process exits)
+    """
+    hang_rate: float = Field(0.0, ge=0, le=1)
+    """per client and round (seeded): the client sleeps past the round deadline"""
+    nan_rate: float = Field(0.0, ge=0, le=1)
+    """per client and round (seeded): the client returns NaN"""
+
+
+class CheckpointConfig(_Section):
+    """Driver checkpoints in the run directory (``checkpoint.npz``), for ``--resume``."""
+
+    every: int = Field(1, ge=0)
+    """write the driver's full state to `DIR/checkpoint.npz` every N rounds (atomically; 0: never)
+    """
+
+
+class RuntimeConfig(_Section):
+    """Where the clients run."""
+
+    executor: Literal["ray", "local"] = "ray"
+    """`local`: in-process, no Ray"""
+    address: str | None = None
+    """unset: private local Ray instance"""
+    clients_per_actor: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    """clients served by one actor (one model, shards of each); `auto`: one actor per client while
+    the cluster's CPUs allow, packed beyond that (see [Speed and scale](performance.md#scale))
+    """
+    num_cpus: int | None = Field(None, ge=1)
+    """CPUs of the private local Ray instance"""
+    scheduling: Literal["default", "spread"] = "default"
+    """`spread`: place actors on as many nodes as possible"""
+    round_timeout_s: float | None = Field(None, gt=0)
+    """aggregate what arrived by then; late clients count as failed and their hosts are restarted"""
+    restart_timeout_s: float = Field(120.0, gt=0)
+    """how long the driver waits for a restarting host before counting its clients as failed"""
+    max_restarts: int = Field(3, ge=-1)
+    """Ray restarts of a crashed client host (−1: unlimited); a restart reloads its shards and
+    model
+    """
+    pre_aggregate: bool = True
+    """with a linear rule (FedAvg's mean, DP-FedAvg, local DP) each actor sends one partial sum of
+    its clients' validated, encoded updates instead of every update; off for robust rules,
+    SCAFFOLD, FedBuff, over-commitment and secure aggregation, which need single updates
+    """
+    progress: bool = True
+    """progress bar (else one log line per round)"""
+    verbose: bool = False
+    """show TensorFlow and Ray logs"""

@@ -1,0 +1,206 @@
+"""The one loop: server steps from a scheduler, then the same body for every step.
+
+Each step: check the privacy budget, let the scheduler collect updates
+(:class:`~fedray.loop.schedulers.SyncRounds` or
+:class:`~fedray.loop.schedulers.Buffered`), aggregate them, apply the server
+optimizer, keep the new model only if it is finite, broadcast it, evaluate, write
+the checkpoint and report the step to the callbacks. FedBuff's buffered steps get the
+same evaluation, failure accounting and exact-resume checkpoints as synchronous
+rounds, because they run through the same body.
+
+Layer 2: knows the strategy (pure math) and the :class:`~fedray.loop.Executor`
+protocol, never Ray or Keras.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedray import tree
+from fedray.aggregators import broadcast, client_settings
+from fedray.callbacks import Callback, Logs
+from fedray.checkpoint import DriverState
+from fedray.loop.executor import Executor, PrivacyLedger
+from fedray.loop.schedulers import Buffered, Context, Scheduler, Step, SyncRounds
+from fedray.loop.steps import Evaluation, aggregate, canary_updates, due, evaluate_round, fit_logs
+from fedray.privacy.canary import CanaryAudit
+from fedray.records import AggState, Params, RoundInfo
+from fedray.strategy import Strategy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Checkpointer:
+    """Hands the loop's full state to ``save`` every ``every`` steps (and after the last)."""
+
+    save: Callable[[DriverState], object]
+    every: int = 1
+
+
+def default_scheduler(strategy: Strategy) -> Scheduler:
+    """:class:`Buffered` for a strategy with buffering (FedBuff), else :class:`SyncRounds`."""
+    if strategy.buffering is None:
+        return SyncRounds()
+    return Buffered(strategy.buffering.concurrency, strategy.buffering.buffer_size)
+
+
+def run_rounds(
+    *,
+    strategy: Strategy,
+    executor: Executor,
+    rounds: int,
+    seed: int,
+    callback: Callback,
+    scheduler: Scheduler | None = None,
+    evaluation: Evaluation = Evaluation(),  # noqa: B008 - frozen, immutable
+    checkpoint: Checkpointer | None = None,
+    resume: DriverState | None = None,
+    privacy: PrivacyLedger | None = None,
+    rng_seed: int | None = None,
+    noise_seed: int | None = None,
+    canaries: CanaryAudit | None = None,
+) -> Params:
+    """Run ``rounds`` server steps and return the final global params.
+
+    A step commits its new model only if at least ``strategy.min_fit_clients``
+    clients' updates count and the new model is finite; otherwise the global model
+    stays as it was and ``round/committed`` is 0. The scheduler (default:
+    :func:`default_scheduler`) decides who trains and what happens to failures.
+
+    With ``checkpoint``, the full loop state (model, aggregator and optimizer state,
+    sampling RNG, history, the hosts' per-client state and the scheduler's state) is
+    saved before the step is reported, so a row in the history always has its
+    checkpoint; ``resume`` continues from such a state, giving the same result as an
+    uninterrupted run.
+
+    With ``privacy``, every attempt is charged to the ledger before its clients start
+    (``privacy/epsilon``), and the run stops cleanly before a step that would exceed
+    its budget, keeping the model of the last allowed step. ``rng_seed`` seeds the
+    sampling RNG apart from ``seed`` (client randomness); DP runs pass a secret one
+    so that the sample cannot be predicted. Under ``privacy`` the aggregator's noise
+    comes from a fresh generator each step, seeded from ``secrets`` (or derived from
+    ``noise_seed`` and the step, for reproducible tests), never the sampling RNG and
+    never checkpointed: a resumed DP run equals the uninterrupted one except for the
+    noise. ``canaries`` inserts canary updates into every aggregated step (an audit).
+
+    Raises:
+        RoundFailedError: Too few clients succeeded and the policy says to stop; the
+            checkpoint holds every step before this one.
+    """
+    scheduler = scheduler or default_scheduler(strategy)
+    rng = np.random.default_rng(seed if rng_seed is None else rng_seed)
+    ctx = Context(strategy, executor, rng, seed, privacy)
+    params = executor.initial_params()
+    agg_state = strategy.aggregator.init(params)
+    opt_state = strategy.server_optimizer.init(params)
+    first, rows = 1, []
+    if resume is not None:  # continue exactly where the checkpoint left off
+        params, agg_state, opt_state = resume.params, resume.agg_state, resume.opt_state
+        rng.bit_generator.state = resume.rng_state
+        first, rows = resume.server_round + 1, list(resume.rows)
+        if resume.client_state:
+            executor.restore_client_state(resume.client_state)
+        if privacy is not None and "privacy" in resume.loop_state:
+            privacy.restore(resume.loop_state["privacy"])
+        scheduler.restore(resume.loop_state.get("scheduler", {}))
+    handle = executor.broadcast(params, broadcast(strategy.aggregator, agg_state))
+    callback.on_run_begin({"num_clients": executor.num_clients, "rounds": rounds})
+    logs: Logs = dict(rows[-1]) if rows else {}
+    for server_round in range(first, rounds + 1):
+        if privacy is not None and not privacy.allows_next_round():
+            logger.warning(
+                "stopping before round %d: it would exceed the privacy budget "
+                "(privacy.dp.max_epsilon); the model of round %d is final",
+                server_round,
+                server_round - 1,
+            )
+            break
+        t0 = time.perf_counter()
+        callback.on_round_begin(server_round)
+        step = scheduler.collect(ctx, server_round, params, handle, agg_state)
+        t_fit = time.perf_counter()
+        logs = {
+            "clients/sampled": step.sampled,
+            "clients/ok": len(step.participants),
+            "clients/failed": len(step.failures),
+            **fit_logs(step.updates),
+        }
+        if step.attempts > 1:
+            logs["round/attempts"] = step.attempts
+        committed = False
+        if len(step.participants) >= strategy.min_fit_clients:
+            new = _server_step(ctx, step, params, agg_state, opt_state, server_round, canaries,
+                               noise_seed)  # fmt: skip
+            new_params, agg_state, new_opt_state, measurements = new
+            logs.update({f"agg/{k}": v for k, v in measurements.items()})
+            if tree.all_finite(new_params):
+                params, opt_state, committed = new_params, new_opt_state, True
+                handle = executor.broadcast(params, broadcast(strategy.aggregator, agg_state))
+            else:
+                logger.warning(
+                    "round %d: aggregated model is not finite; rolled back", server_round
+                )
+        logs["round/committed"] = int(committed)
+        if privacy is not None:
+            logs["privacy/epsilon"] = privacy.epsilon()
+        t_agg = time.perf_counter()
+        logs.update(evaluate_round(executor, handle, evaluation, server_round, rounds))
+        t_end = time.perf_counter()
+        logs.update({"time/round_s": t_end - t0, "time/fit_s": t_fit - t0,
+                     "time/aggregate_s": t_agg - t_fit, "time/eval_s": t_end - t_agg})  # fmt: skip
+        rows.append({"round": server_round, **logs})
+        if checkpoint is not None and due(server_round, checkpoint.every, rounds):
+            loop_state = {"scheduler": scheduler.state()}
+            if privacy is not None:
+                loop_state["privacy"] = privacy.state()
+            checkpoint.save(
+                DriverState(
+                    server_round=server_round,
+                    params=params,
+                    agg_state=agg_state,
+                    opt_state=opt_state,
+                    rng_state=dict(rng.bit_generator.state),
+                    rows=rows,
+                    client_state=executor.client_state(),
+                    loop_state=loop_state,
+                )
+            )
+        callback.on_round_end(server_round, logs)
+    callback.on_run_end(logs)
+    return params
+
+
+def _server_step(
+    ctx: Context,
+    step: Step,
+    params: Params,
+    agg_state: AggState,
+    opt_state: AggState,
+    server_round: int,
+    canaries: CanaryAudit | None,
+    noise_seed: int | None,
+) -> tuple[Params, AggState, AggState, dict[str, float]]:
+    """Aggregate the step's updates and apply the server optimizer (not yet committed)."""
+    strategy = ctx.strategy
+    noise_rng = ctx.rng
+    if ctx.privacy is not None:  # the noise: fresh per step, never checkpointed
+        entropy = secrets.randbits(128) if noise_seed is None else [noise_seed, server_round, 7]
+        noise_rng = np.random.default_rng(entropy)
+    updates = step.updates
+    if canaries is not None:
+        settings = client_settings(strategy.aggregator, agg_state)
+        info = RoundInfo(server_round=server_round, seed=ctx.seed, num_sampled=0,
+                         settings=settings)  # fmt: skip
+        updates = [*updates, *canary_updates(canaries, strategy, params, agg_state, info, updates)]
+    delta, agg_state, measurements = aggregate(
+        strategy.aggregator, updates, params, agg_state, noise_rng
+    )
+    new_params, new_opt_state = strategy.server_optimizer.apply(params, delta, opt_state)
+    return new_params, agg_state, new_opt_state, measurements

@@ -1,0 +1,117 @@
+"""What the loop needs from where clients run, and from the privacy ledger.
+
+Layer 2: protocols only. ``LocalExecutor`` and ``RayExecutor`` (``fedray.runtime``)
+implement :class:`Executor`; ``fedray.privacy``'s accountants implement
+:class:`PrivacyLedger`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from fedray.records import (
+    ClientEval,
+    ClientFailure,
+    ClientUpdate,
+    FitResult,
+    Metrics,
+    Params,
+    RoundInfo,
+)
+
+
+class PrivacyLedger(Protocol):
+    """The running privacy cost of a run (``fedray.privacy``'s accountants)."""
+
+    def allows_next_round(self) -> bool:
+        """Whether one more round stays within the budget."""
+        ...
+
+    def record(self, participants: Sequence[int]) -> float:
+        """Spend one release event: every listed client released once; returns ε so far."""
+        ...
+
+    def epsilon(self) -> float:
+        """ε of what was recorded."""
+        ...
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps."""
+        ...
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state`."""
+        ...
+
+
+class Executor(Protocol):
+    """Where client work runs. Implementations: ``LocalExecutor``, ``RayExecutor``.
+
+    Synchronous rounds use :meth:`fit`; buffered steps use :meth:`submit` and
+    :meth:`wait`; secure aggregation's protocol steps use :meth:`call`.
+    """
+
+    @property
+    def num_clients(self) -> int:
+        """Number of registered clients."""
+        ...
+
+    def initial_params(self) -> Params:
+        """The freshly initialised global model's weights."""
+        ...
+
+    def broadcast(self, params: Params, extras: dict[str, Params] | None = None) -> Any:
+        """Make ``params`` (and the aggregator's ``extras``) available to every host once.
+
+        Returns an opaque handle for ``fit``, ``submit`` and the evaluations.
+        """
+        ...
+
+    def fit(self, client_ids: Sequence[int], params: Any, info: RoundInfo) -> Iterable[FitResult]:
+        """Train the given clients from the broadcast ``params`` handle.
+
+        Hosts that pre-aggregate send one :class:`~fedray.records.PartialSum` for their
+        valid updates. Results may be yielded as they arrive; the loop may stop reading
+        early (over-commitment), and the executor then leaves the rest to finish unseen.
+        """
+        ...
+
+    def submit(self, client_id: int, params: Any, info: RoundInfo) -> Any:
+        """Start one client's training; returns a ticket for :meth:`wait`."""
+        ...
+
+    def wait(self, tickets: list[Any]) -> list[tuple[Any, ClientUpdate | ClientFailure]]:
+        """Block until at least one ticket finishes; return the finished ones."""
+        ...
+
+    def call(
+        self, client_ids: Sequence[int], step: str, payload: dict[int, Any], info: RoundInfo
+    ) -> dict[int, Any]:
+        """Run one typed protocol step (secure aggregation) for each client in its host.
+
+        Returns the clients' answers; a client whose host failed is left out (dropped).
+        """
+        ...
+
+    def evaluate(self, params: Any) -> Metrics:
+        """Centralized evaluation on the held-out test set ({} when there is none)."""
+        ...
+
+    def evaluate_clients(
+        self, client_ids: Sequence[int], params: Any, split: str = "test"
+    ) -> list[ClientEval | ClientFailure]:
+        """Evaluation on the clients' own ``test`` splits or ``train`` shards."""
+        ...
+
+    def client_state(self) -> dict[int, dict[str, Params]]:
+        """Per-client state kept in the hosts across rounds (for checkpoints)."""
+        ...
+
+    def restore_client_state(self, state: dict[int, dict[str, Params]]) -> None:
+        """Hand saved per-client state back to the hosts (on resume)."""
+        ...
+
+    def close(self) -> None:
+        """Release hosts and resources."""
+        ...

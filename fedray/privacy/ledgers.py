@@ -1,0 +1,274 @@
+"""The privacy ledgers: the running ε of a run, from the releases that actually ran.
+
+* :class:`DPFedAvgAccountant`: client-level DP-FedAvg (McMahan et al., ICLR 2018,
+  arXiv:1710.06963), the rounds composed by ``dp-accounting``
+  (:func:`~fedray.privacy.accounting.compose_epsilon`).
+* :class:`LocalDPAccountant`: local DP, each client's own releases composed without
+  amplification, converted by the analytic Gaussian mechanism (Balle & Wang, ICML
+  2018, arXiv:1805.06530).
+
+Every ledger has ``allows_next_round``, ``record(participants)``, ``epsilon``,
+``state`` and ``restore`` (the loop's :class:`~fedray.loop.PrivacyLedger`). Layer 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fedray.privacy.accounting import (
+    RoundEvent,
+    Sampling,
+    compose_epsilon,
+    split_noise,
+)
+
+
+@dataclass
+class DPFedAvgAccountant:
+    """The running privacy cost of a DP-FedAvg run: the rounds that actually ran.
+
+    The ledger keeps the list of round events it composed (z_Δ, the count's
+    multiplier, q, sampling, N), run-length encoded, so a resumed or extended run
+    whose noise differs from the first part is priced as it ran, never re-priced at
+    today's settings.
+
+    Attributes:
+        noise_multiplier: z of the rounds to come (total, including the count's share
+            when adaptive).
+        sampling_rate: q.
+        delta: δ.
+        sampling: ``"poisson"`` or ``"fixed"``.
+        population: N.
+        count_noise_multiplier: 2σ_b with adaptive clipping (then the update part is
+            ``split_noise(z, σ_b)``), else None.
+        max_epsilon: Stop before a round would exceed this ε.
+        history: ``[(event, rounds), ...]`` of the rounds spent (checkpointed).
+    """
+
+    noise_multiplier: float
+    sampling_rate: float
+    delta: float
+    sampling: Sampling = "poisson"
+    population: int | None = None
+    count_noise_multiplier: float | None = None
+    max_epsilon: float | None = None
+    history: list[tuple[RoundEvent, int]] = field(default_factory=list)
+    planned_rounds: int | None = None
+    _cache: dict[tuple[Any, ...], float] = field(default_factory=dict, repr=False)
+
+    @property
+    def event(self) -> RoundEvent:
+        """The event of the next round, at the current settings."""
+        z = self.noise_multiplier
+        count = self.count_noise_multiplier
+        if count is not None:
+            z = split_noise(z, count / 2)
+        return RoundEvent(z, count, self.sampling_rate, self.sampling, self.population)
+
+    @property
+    def rounds(self) -> int:
+        """Rounds spent so far."""
+        return sum(n for _, n in self.history)
+
+    @rounds.setter
+    def rounds(self, value: int) -> None:
+        self.history = [(self.event, int(value))] if value > 0 else []
+
+    def _spend(self, event: RoundEvent, n: int = 1) -> None:
+        if self.history and self.history[-1][0] == event:
+            self.history[-1] = (event, self.history[-1][1] + n)
+        else:
+            self.history.append((event, n))
+
+    def epsilon(self, rounds: int | None = None, method: Literal["rdp", "pld"] = "rdp") -> float:
+        """ε of the rounds spent, or after ``rounds`` rounds in all (the rest at today's z)."""
+        runs = list(self.history)
+        extra = 0 if rounds is None else rounds - self.rounds
+        if extra < 0:
+            raise ValueError(f"{self.rounds} rounds are already spent; cannot price {rounds}")
+        if extra:
+            runs.append((self.event, extra))
+        key = (tuple(runs), method)
+        if key not in self._cache:
+            self._cache[key] = compose_epsilon(runs, self.delta, method=method)
+        return self._cache[key]
+
+    def allows_next_round(self) -> bool:
+        """Whether one more round stays within ``max_epsilon``."""
+        return self.max_epsilon is None or self.epsilon(self.rounds + 1) <= self.max_epsilon
+
+    def record(self, participants: Sequence[int]) -> float:
+        """Spend one round (it counts even with no participants); returns ε (RDP)."""
+        self._spend(self.event)
+        return self.epsilon()
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint must keep: the events composed so far (JSON-able).
+
+        ``plan`` records the rounds and z the run was calibrated for, so that a resume
+        of the same run reuses that z exactly.
+        """
+        return {
+            "history": [[e.to_json(), n] for e, n in self.history],
+            **_plan(self.planned_rounds, self.noise_multiplier),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state` (the past keeps the settings it ran with)."""
+        self.history = [(RoundEvent.from_json(e), int(n)) for e, n in state["history"]]
+
+    def report(self) -> dict[str, Any]:
+        """The figures for ``summary.json``: RDP and PLD ε (PLD is the reported ε)."""
+        eps_rdp = self.epsilon()
+        eps_pld = None if self.sampling == "fixed" else self.epsilon(method="pld")
+        return {
+            "mode": "central",
+            "epsilon": eps_pld if eps_pld is not None else eps_rdp,
+            "epsilon_rdp": eps_rdp,
+            "epsilon_pld": eps_pld,
+            "delta": self.delta,
+            "noise_multiplier": self.noise_multiplier,
+            "update_noise_multiplier": self.event.noise_multiplier,
+            "count_noise_multiplier": self.count_noise_multiplier,
+            "sampling_rate": self.sampling_rate,
+            "sampling": self.sampling,
+            "rounds": self.rounds,
+            "events": [{**e.to_json(), "rounds": n} for e, n in self.history],
+            "adjacency": "replace-one client" if self.sampling == "fixed" else "add/remove client",
+        }
+
+
+def _plan(rounds: int | None, noise_multiplier: float) -> dict[str, Any]:
+    if rounds is None:
+        return {}
+    return {"plan": {"rounds": rounds, "noise_multiplier": noise_multiplier}}
+
+
+class _PerClientLedger:
+    """Bookkeeping of ledgers whose ε is per client: who released, how often.
+
+    The ledger classes declare ``participations`` and ``rounds`` and define ``epsilon``
+    and ``_charge``. A client that released twice in one round (a retried attempt) is
+    listed twice and charged twice.
+    """
+
+    participations: dict[int, int]
+    rounds: int
+    noise_multiplier: float
+    planned_rounds: int | None = None
+
+    def epsilon(self) -> float:
+        raise NotImplementedError
+
+    def _charge(self, cid: int) -> None:
+        """Extra per-release bookkeeping of a subclass (none by default)."""
+
+    def record(self, participants: Sequence[int]) -> float:
+        """Count one round and one release per listed client (duplicates count); returns ε."""
+        self.rounds += 1
+        for cid in participants:
+            self.participations[int(cid)] = self.participations.get(int(cid), 0) + 1
+            self._charge(int(cid))
+        return self.epsilon()
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint must keep (JSON-able: string keys)."""
+        return {
+            "rounds": self.rounds,
+            "participations": {str(k): v for k, v in self.participations.items()},
+            **_plan(self.planned_rounds, self.noise_multiplier),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state`."""
+        self.rounds = int(state["rounds"])
+        self.participations = {int(k): int(v) for k, v in state["participations"].items()}
+
+
+@dataclass
+class LocalDPAccountant(_PerClientLedger):
+    """Per-client ε of local DP: each client composes only its own releases.
+
+    A release with multiplier z_l (std z_l C, sensitivity 2C) adds ``(2 / z_l)^2`` to
+    the client's *precision*; k releases of any multipliers are one Gaussian with
+    multiplier ``precision^-1/2`` (Gaussians compose exactly), so a resumed run whose z
+    changed is priced as it ran.
+
+    Attributes:
+        noise_multiplier: z_l of the releases to come.
+        delta: δ per client.
+        max_epsilon: Stop before any client's ε would exceed this.
+        participations: Releases per client id (checkpointed).
+        precision: Σ (2 / z_l)^2 over each client's releases (checkpointed).
+    """
+
+    noise_multiplier: float
+    delta: float
+    max_epsilon: float | None = None
+    participations: dict[int, int] = field(default_factory=dict)
+    rounds: int = 0
+    precision: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def _unit(self) -> float:
+        return math.inf if self.noise_multiplier == 0 else (2.0 / self.noise_multiplier) ** 2
+
+    def _charge(self, cid: int) -> None:
+        self.precision[cid] = self.precision.get(cid, 0.0) + self._unit
+
+    @staticmethod
+    def epsilon_of_precision(precision: float, delta: float) -> float:
+        """ε of one Gaussian with multiplier ``precision^-1/2`` (analytic Gaussian)."""
+        import dp_accounting as dpa
+
+        if precision <= 0:
+            return 0.0
+        if math.isinf(precision):
+            return math.inf
+        return float(dpa.get_epsilon_gaussian(precision**-0.5, delta))
+
+    def client_epsilon(self, releases: int) -> float:
+        """ε of ``releases`` releases at today's z_l (sensitivity 2C)."""
+        if releases <= 0:
+            return 0.0
+        return self.epsilon_of_precision(releases * self._unit, self.delta)
+
+    def epsilon(self) -> float:
+        """The worst client's ε so far."""
+        return self.epsilon_of_precision(max(self.precision.values(), default=0.0), self.delta)
+
+    def allows_next_round(self) -> bool:
+        """Whether every client could take part once more within ``max_epsilon``."""
+        worst = max(self.precision.values(), default=0.0)
+        return (
+            self.max_epsilon is None
+            or self.epsilon_of_precision(worst + self._unit, self.delta) <= self.max_epsilon
+        )
+
+    def state(self) -> dict[str, Any]:
+        """Participations and per-client precision (JSON-able)."""
+        return {**super().state(), "precision": {str(k): v for k, v in self.precision.items()}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state`."""
+        super().restore(state)
+        self.precision = {int(k): float(v) for k, v in state["precision"].items()}
+
+    def report(self) -> dict[str, Any]:
+        """Per-client ε (the worst is the reported ε) for ``summary.json``."""
+        per_client = {
+            c: self.epsilon_of_precision(p, self.delta) for c, p in sorted(self.precision.items())
+        }
+        return {
+            "mode": "local",
+            "epsilon": self.epsilon(),
+            "epsilon_per_client": per_client,
+            "delta": self.delta,
+            "noise_multiplier": self.noise_multiplier,
+            "sampling_rate": None,
+            "rounds": self.rounds,
+            "adjacency": "any two datasets of one client (sensitivity 2C)",
+        }
