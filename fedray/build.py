@@ -26,35 +26,26 @@ from fedray.aggregators import (
     Mean,
     SecureAggregation,
 )
-from fedray.compat import RECIPE_OPTIONS, chain, check_compatible, strategy_features
+from fedray.compat import chain, check_compatible, strategy_features
 from fedray.config import Config, features
 from fedray.errors import ConfigError, DataError
 from fedray.memory import InMemory
 from fedray.records import DPSGD
-from fedray.strategy import STRATEGIES, Strategy, with_dp, with_norm_bound
+from fedray.strategy import Strategy, with_dp, with_norm_bound
 
 logger = logging.getLogger(__name__)
 
-_PARAMETER = {"proximal_mu": "mu", "trim_beta": "beta", "krum_selected": "num_selected"}
 """Config option -> recipe keyword, where they differ."""
 
 
 def recipe(cfg: Config) -> Strategy:
-    """The recipe named by ``strategy.name``, called with the options it reads.
+    """The recipe named by ``strategy.name``, with its options (its config's ``build``).
 
     >>> from fedray import config
     >>> recipe(config.load({}, ["strategy.name=trimmed_mean", "strategy.trim_beta=0.2"])).name
     'trimmed_mean'
     """
-    s = cfg.strategy
-    kwargs: dict[str, Any] = {"fraction_fit": s.fraction_fit, "min_fit_clients": s.min_fit_clients}
-    for option in RECIPE_OPTIONS[s.name]:
-        value = getattr(s, option)
-        if option != "weighting" and value is not None:
-            kwargs[_PARAMETER.get(option, option)] = value
-    if s.name == "scaffold":
-        kwargs["num_clients"] = cfg.data.num_clients
-    return STRATEGIES[s.name](**kwargs)
+    return cfg.strategy.build(cfg.data.num_clients)
 
 
 def with_config(cfg: Config, strategy: Strategy) -> Config:
@@ -91,7 +82,7 @@ def build_strategy(
     else:
         composed = recipe(cfg)
         private = cfg.privacy.dp is not None or cfg.privacy.secure_aggregation.enabled
-        w = cfg.strategy.weighting
+        w = getattr(cfg.strategy, "weighting", "auto")
         if (w == "uniform" or (w == "auto" and private)) and isinstance(composed.aggregator, Mean):
             composed = replace(composed, aggregator=Mean(weighting="uniform"))
     dp = cfg.privacy.dp

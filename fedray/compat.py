@@ -36,25 +36,6 @@ from fedray.errors import ConfigError
 MEAN_RECIPES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
 """Recipes that aggregate with a plain mean of updates (what DP and SecAgg need)."""
 
-RECIPE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "fedavg": ("server_learning_rate", "weighting"),
-    "fedprox": ("proximal_mu", "weighting"),
-    "scaffold": ("server_learning_rate",),
-    "fedbuff": ("concurrency", "buffer_size", "server_learning_rate"),
-    "fedavgm": ("server_learning_rate", "server_momentum", "weighting"),
-    "fedadagrad": ("server_learning_rate", "beta1", "beta2", "tau", "weighting"),
-    "fedadam": ("server_learning_rate", "beta1", "beta2", "tau", "weighting"),
-    "fedyogi": ("server_learning_rate", "beta1", "beta2", "tau", "weighting"),
-    "fedmedian": (),
-    "trimmed_mean": ("trim_beta",),
-    "krum": ("num_byzantine",),
-    "multi_krum": ("num_byzantine", "krum_selected"),
-}
-"""The ``strategy.*`` options each recipe reads, beyond those every recipe takes."""
-
-RECIPE_ONLY = tuple(sorted({o for opts in RECIPE_OPTIONS.values() for o in opts}))
-"""Every recipe-specific option: setting one that ``strategy.name`` does not read is refused."""
-
 
 def _on(value: Any) -> bool:
     """A feature is on when it is set and not zero, False or None."""
@@ -183,29 +164,6 @@ def check_compatible(features: Mapping[str, Any]) -> None:
     for rule in RULES:
         if rule.applies(features):
             raise ConfigError(rule.message(features))
-    check_recipe_options(features)
-
-
-def check_recipe_options(features: Mapping[str, Any]) -> None:
-    """Refuse a recipe option (``strategy.trim_beta``, ...) that ``strategy.name`` ignores.
-
-    ``features`` holds ``strategy.<option>`` only for options set away from their
-    default; an option the recipe does not read would otherwise be silently dropped.
-
-    Raises:
-        ConfigError: Naming the option, its value, the recipe and the options it takes.
-    """
-    name = features.get(_NAME)
-    if name not in RECIPE_OPTIONS:
-        return
-    for option in RECIPE_ONLY:
-        key = f"strategy.{option}"
-        if key in features and option not in RECIPE_OPTIONS[name]:
-            takes = ", ".join(f"strategy.{o}" for o in RECIPE_OPTIONS[name]) or "none"
-            raise ConfigError(
-                f"{key}={features[key]!r} does not apply to {_NAME}={name!r}, which would "
-                f"ignore it (its own options: {takes}); remove it or change {_NAME}"
-            )
 
 
 def chain(aggregator: Aggregator) -> Iterator[Aggregator]:
@@ -266,6 +224,6 @@ def strategy_features(strategy: Any) -> dict[str, Any]:
     if _NAME not in out:
         base = links[-1]
         linear = isinstance(base, (Mean, CentralDP, LocalDP))
-        named = strategy.name if strategy.name in RECIPE_OPTIONS else "fedavg"
+        named = strategy.name if strategy.name in MEAN_RECIPES else "fedavg"
         out[_NAME] = named if linear else f"custom({type(base).__name__})"
     return dict(sorted(out.items()))

@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from fedray.config import Config
+from fedray.config.strategy import RECIPES, FedAvgConfig
 
 _BOUNDS = (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"))
 
@@ -62,10 +63,36 @@ def _default(field: FieldInfo) -> str:
     return f"`{field.default}`"
 
 
+def _row(key: str, field: FieldInfo, note: str = "") -> str:
+    meaning = " ".join((note + (field.description or "")).split()).replace("|", "\\|")
+    allowed = " ".join(x for x in (_type(field.annotation), _bounds(field)) if x)
+    return f"| `{key}` | {_default(field)} | {allowed} | {meaning} |"
+
+
+def _strategy_rows() -> list[str]:
+    """``strategy.name``, the options of every recipe, then each recipe's own."""
+    names = " \\| ".join(f"`{n}`" for n in RECIPES)
+    meaning = " ".join((FedAvgConfig.model_fields["name"].description or "").split())
+    rows = [f"| `strategy.name` | `fedavg` | {names} | {meaning} |"]
+    common = [k for k in FedAvgConfig.model_fields if k not in FedAvgConfig.options()]
+    rows += [_row(f"strategy.{k}", FedAvgConfig.model_fields[k]) for k in common if k != "name"]
+    readers: dict[str, list[str]] = {}
+    for name, model in RECIPES.items():
+        for option in model.options():
+            readers.setdefault(option, []).append(name)
+    for option, recipes in readers.items():
+        field = RECIPES[recipes[0]].model_fields[option]
+        rows.append(_row(f"strategy.{option}", field, f"({', '.join(recipes)} only) "))
+    return rows
+
+
 def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     rows: list[str] = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
+        if key == "strategy":
+            rows += _strategy_rows()
+            continue
         annotation = field.annotation
         section = next(
             (
@@ -78,9 +105,7 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
         if section is not None:
             rows += _rows(section, f"{key}.")
             continue
-        meaning = " ".join((field.description or "").split()).replace("|", "\\|")
-        allowed = " ".join(x for x in (_type(annotation), _bounds(field)) if x)
-        rows.append(f"| `{key}` | {_default(field)} | {allowed} | {meaning} |")
+        rows.append(_row(key, field))
     return rows
 
 
@@ -89,7 +114,7 @@ def config_reference() -> str:
     lines = [
         "# Config reference",
         "",
-        "Generated from `fedray/config.py` by `python -m fedray.reference`; do not edit.",
+        "Generated from `fedray/config/` by `python -m fedray.reference`; do not edit.",
         "Every key has a type, a default and a range; an unknown key, a wrong type or an",
         "out-of-range value is refused in one line naming the key, the value and what is",
         "allowed. Which combinations of features are refused is in",

@@ -98,7 +98,7 @@ class NumpyTrainer:
 
     def __init__(self, spec, data):
         self.spec = spec
-        c = spec.config.client
+        c = spec.train
         self.lr, self.batch, self.epochs = c.learning_rate, c.batch_size, c.local_epochs
         self.shards = {cid: (s.x.astype(np.float64), s.y.reshape(len(s.y), -1).astype(np.float64))
                        for cid, s in data.shards.items()}  # fmt: skip
@@ -111,7 +111,7 @@ class NumpyTrainer:
         return {"trainer": "numpy"}
 
     def initial_params(self):
-        rng = np.random.default_rng(self.spec.config.seed)
+        rng = np.random.default_rng(self.spec.seed)
         return [rng.normal(0, 0.1, (self.dim, 1)).astype(np.float32), np.zeros(1, np.float32)]
 
     @staticmethod

@@ -36,7 +36,7 @@ def test_update_attacks():
 def _host(overrides):
     pytest.importorskip("tensorflow")
     cfg = config.load({"data": {"dataset": "digits", "num_clients": 5}}, overrides)
-    return ClientHost(HostSpec(cfg, tuple(range(5)), Mean()))
+    return ClientHost(HostSpec.from_config(cfg, tuple(range(5)), Mean()))
 
 
 @pytest.mark.keras
@@ -68,6 +68,6 @@ def test_label_flip_changes_only_the_attackers_labels():
 def test_label_flip_needs_classes():
     pytest.importorskip("tensorflow")
     cfg = config.load({"attack": {"fraction": 1.0, "kind": "label_flip"}})
-    host = ClientHost(HostSpec(cfg, (0, 1), Mean()))
+    host = ClientHost(HostSpec.from_config(cfg, (0, 1), Mean()))
     with pytest.raises(ConfigError, match="'label_flip' needs a classification dataset"):
         host.ready()

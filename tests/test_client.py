@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ pytest.importorskip("tensorflow")
 
 def _spec(overrides=(), ids=(0, 1), **kw):
     cfg = config.load({"rounds": 2, "data": {"dataset": "linreg", "num_clients": 2}}, overrides)
-    return HostSpec(cfg, tuple(ids), Mean(), **kw)
+    return HostSpec.from_config(cfg, tuple(ids), Mean(), **kw)
 
 
 @pytest.mark.keras
@@ -57,7 +58,7 @@ def test_unknown_client_is_a_failure_not_a_crash():
 @pytest.mark.keras
 def test_start_up_errors_are_delivered_by_ready(tmp_path):
     cfg = config.load({"data": {"dataset": "csv", "path": str(tmp_path / "none.csv")}})
-    host = ClientHost(HostSpec(cfg, (0,), Mean()))
+    host = ClientHost(HostSpec.from_config(cfg, (0,), Mean()))
     with pytest.raises(DataError, match="file not found"):
         host.ready()
 
@@ -230,7 +231,7 @@ def test_fedprox_step_is_gradient_descent_on_the_proximal_objective():
     spec = _spec(
         ["client.batch_size=64", "client.local_epochs=2", f"client.learning_rate={lr}"], ids=(0,)
     )
-    host = ClientHost(HostSpec(spec.config, (0,), Mean(), client=ClientOptions(proximal_mu=mu)))
+    host = ClientHost(replace(spec, client=ClientOptions(proximal_mu=mu)))
     x = host.shards[0].x.astype(np.float64)[:, 0]
     y = host.shards[0].y.astype(np.float64)[:, 0]
     wg, bg = 0.5, -0.25
@@ -274,7 +275,9 @@ def test_fedprox_with_tiny_mu_matches_fedavg_and_mu_zero_is_fedavg(tmp_path, lin
 def test_stragglers_do_whole_epochs_of_their_work_exactly():
     base = ["data.dataset=digits", "data.num_clients=4", "client.local_epochs=4"]
     stragglers = ClientHost(
-        HostSpec(config.load({}, [*base, "faults.straggler_fraction=1"]), (0, 1, 2, 3), Mean())
+        HostSpec.from_config(
+            config.load({}, [*base, "faults.straggler_fraction=1"]), (0, 1, 2, 3), Mean()
+        )
     )
     params = stragglers.initial_params()
     info = RoundInfo(server_round=2, seed=0)
@@ -284,7 +287,7 @@ def test_stragglers_do_whole_epochs_of_their_work_exactly():
         assert epochs_done in (1, 2, 3) and frac == epochs_done / 4
         # The same client with E = epochs_done and no stragglers computes the same update.
         cfg = config.load({}, [*base[:2], f"client.local_epochs={epochs_done}"])
-        honest = ClientHost(HostSpec(cfg, (update.client_id,), Mean()))
+        honest = ClientHost(HostSpec.from_config(cfg, (update.client_id,), Mean()))
         ref = honest.fit([update.client_id], params, info)[0]
         for a, b in zip(update.delta, ref.delta):
             np.testing.assert_array_equal(a, b)
@@ -295,7 +298,7 @@ def test_dropped_stragglers_are_failures_with_a_reason():
     cfg = config.load(
         {}, ["data.num_clients=2", "faults.straggler_fraction=1", "faults.drop_stragglers=true"]
     )
-    host = ClientHost(HostSpec(cfg, (0, 1), Mean()))
+    host = ClientHost(HostSpec.from_config(cfg, (0, 1), Mean()))
     out = host.fit([0, 1], host.initial_params(), RoundInfo(server_round=1, seed=0))
     assert all(isinstance(r, ClientFailure) for r in out)
     assert out[0].reason.startswith("straggler dropped: 1 of 2 local steps")

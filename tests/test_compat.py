@@ -41,10 +41,25 @@ def test_an_option_the_recipe_ignores_is_refused(name, option):
     assert f"strategy.{key}=" in str(err.value) and f"strategy.name='{name}'" in str(err.value)
 
 
-def test_an_option_at_its_default_or_read_by_the_recipe_passes():
+def test_an_option_read_by_the_recipe_passes_and_each_recipe_has_only_its_own():
     _load("strategy.name=trimmed_mean", "strategy.trim_beta=0.2")
-    _load("strategy.name=fedavg", "strategy.trim_beta=0.1")  # the default: nothing to ignore
     _load("strategy.name=fedadam", "strategy.beta1=0.5", "strategy.weighting=uniform")
+    # Each recipe is its own model: even another recipe's option at its default is not
+    # one of its keys, and what to_dict writes loads back unchanged.
+    with pytest.raises(ConfigError, match="trim_beta=0.1 does not apply to strategy.name='fedavg'"):
+        _load("strategy.name=fedavg", "strategy.trim_beta=0.1")
+    for name in ("fedavg", "fedprox", "fedbuff", "trimmed_mean"):
+        cfg = _load(f"strategy.name={name}")
+        assert config.load(cfg.to_dict()) == cfg
+        assert cfg.strategy.name == name
+    assert "trim_beta" not in _load("strategy.name=fedavg").to_dict()["strategy"]
+
+
+def test_a_strategy_without_a_name_is_fedavg_and_a_bad_name_is_one_line():
+    assert config.load({"strategy": {"fraction_fit": 0.5}}).strategy.name == "fedavg"
+    with pytest.raises(ConfigError, match=r"strategy.name = 'fedavgg': expected one of .*"
+                       r"\(did you mean 'fedavg'\?\)"):  # fmt: skip
+        _load("strategy.name=fedavgg")
 
 
 def test_a_hand_composed_strategy_is_judged_by_the_same_rules_in_any_order():

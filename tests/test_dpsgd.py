@@ -23,7 +23,7 @@ def _host(dp, *overrides, n=64):
          "client": {"optimizer": "sgd", "learning_rate": 1.0, "batch_size": n}},
         list(overrides),
     )  # fmt: skip
-    return ClientHost(HostSpec(cfg, (0,), Mean(), client=ClientOptions(dp_sgd=dp)))
+    return ClientHost(HostSpec.from_config(cfg, (0,), Mean(), client=ClientOptions(dp_sgd=dp)))
 
 
 def _norm(delta):

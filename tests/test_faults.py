@@ -10,7 +10,7 @@ FAULTS = ["faults.crash_rate=0.15", "faults.hang_rate=0.1", "faults.nan_rate=0.1
 
 def _expected(cfg):
     return {
-        r: [simulated_fault(cfg, cfg.seed, r, c) for c in range(cfg.data.num_clients)]
+        r: [simulated_fault(cfg.faults, cfg.seed, r, c) for c in range(cfg.data.num_clients)]
         for r in range(1, cfg.rounds + 1)
     }
 

@@ -150,3 +150,42 @@ def test_the_layer_rule_catches_a_math_module_importing_config(tmp_path):
     bad.write_text("def f():\n    from fedray.config import Config\n")
     assert [_layer(t) for t in _fedray_imports(bad)] == [EDGE]
     assert _layer("fedray.aggregators.mean") == 1 and _layer("fedray.client.host") == EDGE
+
+
+def test_no_module_is_over_400_lines():
+    from pathlib import Path
+
+    import fedray
+
+    pkg = Path(fedray.__file__).parent
+    long = {
+        str(p.relative_to(pkg)): n
+        for p in pkg.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert long == {}
+
+
+def test_public_names_are_imported_from_their_package():
+    """One import path per public name: what a package exports is imported from it."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    import fedray
+
+    root = Path(fedray.__file__).parent.parent
+    home: dict[str, str] = {}
+    for init in sorted((root / "fedray").rglob("__init__.py")):
+        mod = ".".join(init.parent.relative_to(root).parts)
+        for name in getattr(importlib.import_module(mod), "__all__", []):
+            home.setdefault(name, mod)
+    deep = []
+    for path in [*(root / "tests").rglob("*.py"), *(root / "experiments").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fedray."):
+                for alias in node.names:
+                    pkg = home.get(alias.name)
+                    if pkg and node.module != pkg and node.module.startswith(pkg + "."):
+                        deep.append(f"{path.name}: {node.module}.{alias.name} (use {pkg})")
+    assert deep == []

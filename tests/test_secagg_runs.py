@@ -41,7 +41,7 @@ def test_hosts_send_only_masked_integers():
 
     cfg = config.load(LINREG, ["data.num_clients=2"])
     agg = SecureAggregation(clip=10.0)
-    host = ClientHost(HostSpec(cfg, (0, 1), agg))
+    host = ClientHost(HostSpec.from_config(cfg, (0, 1), agg))
     info = RoundInfo(1, 0)
     setup = {0: ([1], 2, 17), 1: ([0], 2, 17)}
     keys = host.secure_step("advertise", [0, 1], setup, info)
@@ -65,7 +65,9 @@ def test_secure_aggregation_on_ray_survives_client_crashes(tmp_path):
     crashes = 0
     for row in hist.rows:
         last = int(row.get("round/attempts", 1)) - 1  # a retry draws fresh faults
-        faults = sum(simulated_fault(cfg, 0, row["round"], c, last) is not None for c in range(6))
+        faults = sum(
+            simulated_fault(cfg.faults, 0, row["round"], c, last) is not None for c in range(6)
+        )
         crashes += faults
         # A client that crashes after the key exchange is a SecAgg dropout: its pairwise
         # masks are removed through the survivors' shares, and the sum is exact. (Too

@@ -22,7 +22,7 @@ import os
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from fedray.records import (
     PartialSum,
     RoundInfo,
 )
+from fedray.secagg.session import SecureClients
 from fedray.validation import screen
 
 logger = logging.getLogger(__name__)
@@ -77,24 +78,23 @@ class ClientHost:
 
     def _setup(self, spec: HostSpec) -> None:
         t0 = time.perf_counter()
-        cfg = spec.config
         from fedray.data import load_host_data
 
         if spec.source is not None:
-            host_data = spec.source.host_data(cfg.data, cfg.seed)
+            host_data = spec.source.host_data(spec.data, spec.seed)
         else:
             host_data = load_host_data(
-                cfg.data, cfg.seed, spec.client_ids, with_test_set=spec.with_test_set
+                spec.data, spec.seed, spec.client_ids, with_test_set=spec.with_test_set
             )
         self.info = host_data.info
         self.shards = host_data.shards
-        attack = cfg.attack
-        self.attackers = choose_attackers(cfg.data.num_clients, attack.fraction, cfg.seed)
+        attack = spec.attack
+        self.attackers = choose_attackers(spec.data.num_clients, attack.fraction, spec.seed)
         if attack.kind == "label_flip" and self.attackers & set(self.shards):
             if self.info.task != "classification" or not self.info.num_classes:
                 raise ConfigError(
                     "attack.kind = 'label_flip' needs a classification dataset; "
-                    f"{cfg.data.dataset!r} is a {self.info.task} task"
+                    f"{spec.data.dataset!r} is a {self.info.task} task"
                 )
             for cid in self.attackers & set(self.shards):
                 self.shards[cid].y = flip_labels(self.shards[cid].y, self.info.num_classes)
@@ -106,8 +106,7 @@ class ClientHost:
             make = KerasTrainer
         self.trainer: Trainer = make(spec, host_data)
         self._controls: dict[int, Params] = {}  # SCAFFOLD's client control variates
-        self._secagg: dict[int, Any] = {}  # this round's SecAggClient per client (secret keys)
-        self._secagg_inbox: dict[int, dict[int, bytes]] = {}
+        self._secure = SecureClients()  # this round's SecAgg keys per client (secret)
         self.setup_s = time.perf_counter() - t0
 
     def _check(self) -> None:
@@ -153,15 +152,15 @@ class ClientHost:
 
     def _delay(self, cid: int) -> float:
         """Simulated extra seconds per fit: ``faults.delay_s * u``, ``u ~ U(0, 1)`` per client."""
-        max_delay = self.spec.config.faults.delay_s
+        max_delay = self.spec.faults.delay_s
         if max_delay <= 0:
             return 0.0
-        u = float(np.random.default_rng([self.spec.config.seed, 6, cid]).random())
+        u = float(np.random.default_rng([self.spec.seed, 6, cid]).random())
         return max_delay * u
 
     def fault(self, cid: int, info: RoundInfo) -> str | None:
         """The simulated fault of this client in this round (see :func:`simulated_fault`)."""
-        return simulated_fault(self.spec.config, info.seed, info.server_round, cid, info.attempt)
+        return simulated_fault(self.spec.faults, info.seed, info.server_round, cid, info.attempt)
 
     def _crash(self, cid: int) -> None:
         """In-process there is no host process to lose: the client fails instead."""
@@ -179,13 +178,13 @@ class ClientHost:
         number of whole epochs in [1, E - 1] as in the FedProx paper, or, with E = 1, a
         uniform number of steps in [1, steps - 1].
         """
-        p = self.spec.config.faults.straggler_fraction
+        p = self.spec.faults.straggler_fraction
         if p <= 0 or total <= 1:
             return total
         rng = np.random.default_rng([info.seed, info.server_round, cid, 5])
         if rng.random() >= p:
             return total
-        epochs = self.spec.config.client.local_epochs
+        epochs = self.spec.train.local_epochs
         per_epoch = total // epochs
         if epochs > 1:
             return int(rng.integers(1, epochs)) * per_epoch
@@ -270,9 +269,9 @@ class ClientHost:
         elif fault == "hang":
             self._hang(cid)
         n = self._examples[cid]
-        total = self.spec.config.client.local_epochs * -(-n // self.spec.config.client.batch_size)
+        total = self.spec.train.local_epochs * -(-n // self.spec.train.batch_size)
         steps = self._straggler_steps(cid, info, total)
-        if steps < total and self.spec.config.faults.drop_stragglers:
+        if steps < total and self.spec.faults.drop_stragglers:
             raise _SkipClientError(f"straggler dropped: {steps} of {total} local steps")
         correction = None
         if server_c is not None:
@@ -302,7 +301,7 @@ class ClientHost:
         if server_c is not None:
             # Option II of Karimireddy et al.: c_i+ = c_i - c + (x - y_i) / (K * lr).
             own_c = self._controls[cid]
-            scale = 1.0 / (max(steps, 1) * self.spec.config.client.learning_rate)
+            scale = 1.0 / (max(steps, 1) * self.spec.train.learning_rate)
             delta_c = [
                 (-c - d * scale).astype(d.dtype) for c, d in zip(server_c, delta, strict=True)
             ]
@@ -319,9 +318,9 @@ class ClientHost:
             time.sleep(delay)
         update = self.spec.aggregator.encode(update, info)
         if update.masked is not None:  # secure aggregation: mask inside the host
-            update = self._mask(update, info)
+            update = self._secure.mask(update, info)
         if cid in self.attackers:
-            attack = self.spec.config.attack
+            attack = self.spec.attack
             rng = np.random.default_rng([info.seed, info.server_round, cid, 4])
             update = attack_update(update, attack.kind, attack.scale, rng)
         return update
@@ -329,55 +328,9 @@ class ClientHost:
     def secure_step(
         self, name: str, client_ids: Sequence[int], payload: dict[int, Any], info: RoundInfo
     ) -> dict[int, Any]:
-        """One secure-aggregation step for each of this host's clients in ``client_ids``.
-
-        ``advertise`` makes each client's fresh key pairs (kept here, never returned),
-        ``share`` returns its encrypted Shamir shares, ``inbox`` stores the shares
-        addressed to it, and ``unmask`` returns the shares the server may have. The
-        masking itself happens in :meth:`fit`.
-        """
-        from fedray.secagg import SecAggAbortError, SecAggClient, SecAggError
-
+        """One secure-aggregation step for this host's clients (:class:`SecureClients`)."""
         self._check()
-        out: dict[int, Any] = {}
-        for cid in client_ids:
-            try:
-                if name == "advertise":
-                    neighbours, threshold, bits = payload[cid]
-                    client = SecAggClient(cid, info.server_round, neighbours, threshold, bits)
-                    self._secagg[cid] = client
-                    out[cid] = client.advertise()
-                elif name == "share":
-                    out[cid] = self._secagg[cid].share_keys(payload[cid])
-                elif name == "inbox":
-                    self._secagg_inbox[cid] = payload[cid]
-                    out[cid] = True
-                elif name == "unmask":
-                    dropped, survivors = payload[cid]
-                    out[cid] = self._secagg.pop(cid).unmask(dropped, survivors)
-                    self._secagg_inbox.pop(cid, None)
-                else:
-                    raise ValueError(f"unknown secure-aggregation step {name!r}")
-            except SecAggAbortError as exc:  # too few live neighbours: this client drops out
-                logger.warning("client %d: %s", cid, exc)
-                self._secagg.pop(cid, None)
-            except SecAggError:
-                raise  # a protocol violation (tampering) must stop the round, loudly
-            except Exception as exc:
-                logger.warning("client %d: secure aggregation step %s failed: %s", cid, name, exc)
-        return out
-
-    def _mask(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
-        client = self._secagg.get(update.client_id)
-        if client is None or client.round_id != info.server_round:
-            raise RuntimeError(
-                f"client {update.client_id} has no secure-aggregation keys for round "
-                f"{info.server_round} (its host restarted?)"
-            )
-        if update.masked is None:
-            raise ValueError(f"client {update.client_id}: nothing to mask (no quantized update)")
-        inbox = self._secagg_inbox.get(update.client_id, {})
-        return replace(update, masked=client.masked_input(update.masked, inbox))
+        return self._secure.step(name, client_ids, payload, info)
 
     def client_state(self) -> dict[int, dict[str, Params]]:
         """Per-client state kept in this host across rounds (SCAFFOLD's control variates)."""

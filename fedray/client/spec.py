@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from fedray.aggregators import Aggregator, LinearAggregator
-from fedray.config import Config
+from fedray.config import AttackConfig, ClientConfig, Config, DataConfig, FaultsConfig, ModelConfig
 from fedray.records import ClientOptions, Metrics, Params
 
 if TYPE_CHECKING:
@@ -72,12 +72,20 @@ class Trainer(Protocol):
 
 @dataclass(frozen=True)
 class HostSpec:
-    """Everything a host needs to start: the config and the clients it serves.
+    """Everything a host needs to start: narrow settings and the clients it serves.
+
+    Never the whole run config: :meth:`from_config` picks the sections a host reads.
 
     Attributes:
-        config: The validated run config.
         client_ids: Global ids of the clients this host owns.
         aggregator: The strategy's aggregator, whose ``encode`` runs here.
+        seed: The run seed (data, model initialisation, client randomness).
+        data: Where the clients' rows come from and how they are partitioned.
+        model: The model to build.
+        train: Local training (optimizer, batch size, epochs).
+        faults: Simulated faults and stragglers.
+        attack: Simulated Byzantine clients.
+        verbose: Let TensorFlow log.
         with_test_set: Hold the server test set for centralized evaluation.
         threads: TensorFlow intra/inter-op threads for this host.
         client: The strategy's client options (e.g. FedProx's ``proximal_mu``).
@@ -91,9 +99,15 @@ class HostSpec:
             compiled Keras model (:class:`~fedray.client.trainer.KerasTrainer`).
     """
 
-    config: Config
     client_ids: tuple[int, ...]
     aggregator: Aggregator
+    seed: int
+    data: DataConfig
+    model: ModelConfig
+    train: ClientConfig
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    verbose: bool = False
     with_test_set: bool = False
     threads: int = 1
     client: ClientOptions = field(default_factory=ClientOptions)
@@ -108,3 +122,21 @@ class HostSpec:
                 f"pre_aggregate needs a LinearAggregator aggregator (a linear rule), got "
                 f"{type(self.aggregator).__name__}"
             )
+
+    @classmethod
+    def from_config(
+        cls, config: Config, client_ids: tuple[int, ...], aggregator: Aggregator, **kw: Any
+    ) -> HostSpec:
+        """The spec of a host of ``config``'s run (``kw``: the other fields)."""
+        return cls(
+            client_ids=tuple(client_ids),
+            aggregator=aggregator,
+            seed=config.seed,
+            data=config.data,
+            model=config.model,
+            train=config.client,
+            faults=config.faults,
+            attack=config.attack,
+            verbose=config.runtime.verbose,
+            **kw,
+        )

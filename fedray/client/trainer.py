@@ -64,8 +64,7 @@ class KerasTrainer:
     """
 
     def __init__(self, spec: HostSpec, data: HostData) -> None:
-        cfg = spec.config
-        configure_tensorflow(spec.threads, verbose=cfg.runtime.verbose)
+        configure_tensorflow(spec.threads, verbose=spec.verbose)
         import keras
         import tensorflow as tf
 
@@ -73,9 +72,9 @@ class KerasTrainer:
 
         self._tf = tf
         self.spec = spec
-        keras.utils.set_random_seed(cfg.seed)
+        keras.utils.set_random_seed(spec.seed)
         builder = spec.source.model_fn if spec.source is not None else None
-        self.model = build_model(cfg.model, cfg.client, data.info, builder=builder)
+        self.model = build_model(spec.model, spec.train, data.info, builder=builder)
         self.model.optimizer.build(self.model.trainable_variables)
         self._rows: dict[int, tuple[int, int]] = {}
         offset = 0
@@ -149,8 +148,8 @@ class KerasTrainer:
         ]
         params_spec = [tf.TensorSpec(v.shape, v.dtype) for v in weights]
         stacked_spec = [tf.TensorSpec([None, *v.shape], v.dtype) for v in weights]
-        batch = self.spec.config.client.batch_size
-        epochs = self.spec.config.client.local_epochs
+        batch = self.spec.train.batch_size
+        epochs = self.spec.train.local_epochs
         eval_batch = max(batch, 1024)  # evaluation needs no small batches: fewer steps
 
         def load(params: Any) -> None:

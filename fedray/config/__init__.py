@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from fedray.compat import RECIPE_ONLY, check_compatible
+from fedray.compat import check_compatible
 from fedray.config.privacy import CanaryConfig, DPConfig, PrivacyConfig, SecureAggregationConfig
 from fedray.config.sections import (
     FILE_DATASETS,
@@ -27,10 +27,10 @@ from fedray.config.sections import (
     FaultsConfig,
     ModelConfig,
     RuntimeConfig,
-    StrategyConfig,
     SyntheticConfig,
     _Section,
 )
+from fedray.config.strategy import RECIPES, FedAvgConfig, StrategyConfig, _recipe_name
 from fedray.errors import ConfigError
 
 __all__ = [
@@ -68,7 +68,7 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     client: ClientConfig = ClientConfig()
-    strategy: StrategyConfig = StrategyConfig()
+    strategy: StrategyConfig = Field(default_factory=FedAvgConfig)
     evaluation: EvaluationConfig = EvaluationConfig()
     attack: AttackConfig = AttackConfig()
     faults: FaultsConfig = FaultsConfig()
@@ -99,11 +99,11 @@ class Config(_Section):
                 )
             s = s.model_copy(update={"fraction_fit": s.clients_per_round / self.data.num_clients})
             object.__setattr__(self, "strategy", s)  # frozen: resolved once, here
-        if s.name in ("krum", "multi_krum") and s.min_fit_clients < 2 * s.num_byzantine + 3:
+        f = getattr(s, "num_byzantine", None)
+        if f is not None and s.min_fit_clients < 2 * f + 3:
             raise ValueError(
-                f"strategy.name={s.name!r} with strategy.num_byzantine={s.num_byzantine} needs "
-                f"strategy.min_fit_clients >= 2f + 3 = {2 * s.num_byzantine + 3}, "
-                f"got {s.min_fit_clients}"
+                f"strategy.name={s.name!r} with strategy.num_byzantine={f} needs "
+                f"strategy.min_fit_clients >= 2f + 3 = {2 * f + 3}, got {s.min_fit_clients}"
             )
         check_compatible(features(self))
         if self.strategy.min_fit_clients > self.data.num_clients:
@@ -121,8 +121,7 @@ class Config(_Section):
 def features(cfg: Config) -> dict[str, Any]:
     """The run's features as config key -> value, for :func:`fedray.compat.check_compatible`.
 
-    Recipe options (``strategy.trim_beta``, ...) appear only when set away from their
-    default, so that one the recipe ignores can be refused.
+    ``strategy.weighting`` appears only when set (``auto`` adapts to the run).
     """
     s, dp, sa = cfg.strategy, cfg.privacy.dp, cfg.privacy.secure_aggregation
     out: dict[str, Any] = {
@@ -139,10 +138,9 @@ def features(cfg: Config) -> dict[str, Any]:
         "evaluation.train_every": cfg.evaluation.train_every,
         "evaluation.federated_every": cfg.evaluation.federated_every,
     }
-    for option in RECIPE_ONLY:
-        value = getattr(s, option)
-        if value != StrategyConfig.model_fields[option].default:
-            out[f"strategy.{option}"] = value
+    weighting = getattr(s, "weighting", "auto")
+    if weighting != "auto":
+        out["strategy.weighting"] = weighting
     return out
 
 
@@ -166,9 +164,39 @@ def _is_type_tag(part: object) -> bool:
     return isinstance(part, str) and (part.startswith(_TYPE_TAGS) or part in _TYPE_NAMES)
 
 
+def _strategy_error(err: Mapping[str, Any], loc: list[Any]) -> str | None:
+    """The message of an error inside ``strategy``, in terms of ``strategy.name``."""
+    if err["type"] == "union_tag_invalid":
+        name = _recipe_name(err.get("input"))
+        hint = difflib.get_close_matches(name, list(RECIPES), n=1)
+        also = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return f"strategy.name = {name!r}: expected one of {', '.join(RECIPES)}{also}"
+    if len(loc) < 2 or loc[1] not in RECIPES:
+        return None
+    name = str(loc.pop(1))  # pydantic's tag of the recipe model
+    if err["type"] != "extra_forbidden":
+        return None
+    option = str(loc[-1])
+    own = RECIPES[name].options()
+    takes = ", ".join(f"strategy.{o}" for o in own) or "none"
+    if any(option in model.options() for model in RECIPES.values()):
+        return (
+            f"strategy.{option}={err.get('input')!r} does not apply to strategy.name={name!r}, "
+            f"which would ignore it (its own options: {takes}); remove it or change strategy.name"
+        )
+    allowed = list(RECIPES[name].model_fields)
+    hint = difflib.get_close_matches(option, allowed, n=1)
+    also = f" (did you mean 'strategy.{hint[0]}'?)" if hint else ""
+    return f"unknown key 'strategy.{option}'{also}; allowed keys for {name}: {', '.join(allowed)}"
+
+
 def _format_error(err: Mapping[str, Any]) -> str:
     # Drop pydantic's union-member tags (e.g. "constrained-int", "literal['auto']").
     loc = [p for p in err["loc"] if not _is_type_tag(p)]
+    if loc and loc[0] == "strategy":
+        special = _strategy_error(err, loc)
+        if special is not None:
+            return special
     key = ".".join(str(p) for p in loc) or "config"
     value = err.get("input")
     if err["type"] == "extra_forbidden":

@@ -7,7 +7,6 @@ from typing import Any
 
 from fedray.aggregators import Aggregator
 from fedray.client.host import ClientHost
-from fedray.client.spec import HostSpec
 from fedray.config import Config
 from fedray.memory import InMemory
 from fedray.records import (
@@ -21,8 +20,8 @@ from fedray.records import (
     PartialSum,
     RoundInfo,
 )
+from fedray.runtime.plan import HostPlan
 from fedray.runtime.plan import clients_per_host as resolve
-from fedray.runtime.plan import group_clients
 
 
 class LocalExecutor:
@@ -53,23 +52,16 @@ class LocalExecutor:
         per_host = clients_per_host or resolve(
             config.runtime.clients_per_actor, config.data.num_clients, cpu_slots=1
         )
-        groups = group_clients(config.data.num_clients, per_host)
-        self.hosts = [
-            ClientHost(
-                HostSpec(
-                    config,
-                    g,
-                    aggregator,
-                    with_test_set=(i == 0),
-                    client=client,
-                    pre_aggregate=pre_aggregate,
-                    max_update_norm=max_update_norm,
-                    source=source.for_host(g, with_test_set=(i == 0)) if source else None,
-                )
-            )
-            for i, g in enumerate(groups)
-        ]
-        self._host_of = {cid: h for h, g in zip(self.hosts, groups, strict=True) for cid in g}
+        self.plan = HostPlan.make(
+            config,
+            aggregator,
+            per_host,
+            sources=(lambda i, g: source.for_host(g, with_test_set=(i == 0))) if source else None,
+            client=client,
+            pre_aggregate=pre_aggregate,
+            max_update_norm=max_update_norm,
+        )
+        self.hosts = [ClientHost(spec) for spec in self.plan.specs]
         self.host_info = [h.ready() for h in self.hosts]
         self._num_clients = config.data.num_clients
         self._tickets = 0  # submit/wait (FedBuff): results of in-process "async" training
@@ -91,11 +83,7 @@ class LocalExecutor:
         return params, extras
 
     def _by_host(self, client_ids: Sequence[int]) -> list[tuple[ClientHost, list[int]]]:
-        plan: dict[int, tuple[ClientHost, list[int]]] = {}
-        for cid in client_ids:
-            host = self._host_of[cid]
-            plan.setdefault(id(host), (host, []))[1].append(cid)
-        return list(plan.values())
+        return [(self.hosts[h], ids) for h, ids in self.plan.by_host(client_ids).items()]
 
     def fit(self, client_ids: Sequence[int], handle: Any, info: RoundInfo) -> list[FitResult]:
         """Train the sampled clients, host by host."""

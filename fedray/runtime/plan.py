@@ -1,4 +1,4 @@
-"""How clients are packed into hosts, shared by the local and the Ray executor.
+"""How clients are packed into hosts: one :class:`HostPlan` serves both executors.
 
 ``runtime.clients_per_actor: auto`` keeps one host per client while the CPUs allow and
 packs evenly beyond that; hosts get contiguous blocks of client ids, so a client's host
@@ -8,6 +8,17 @@ is known from its id alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from fedray.client.spec import HostSpec
+
+if TYPE_CHECKING:
+    from fedray.aggregators import Aggregator
+    from fedray.config import Config
+    from fedray.memory import InMemory
 
 
 def clients_per_host(setting: int | str, num_clients: int, cpu_slots: float) -> int:
@@ -37,3 +48,69 @@ def group_clients(num_clients: int, clients_per_host: int) -> list[tuple[int, ..
         tuple(range(s, min(s + clients_per_host, num_clients)))
         for s in range(0, num_clients, clients_per_host)
     ]
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """Which clients each host serves, and the spec it starts from.
+
+    Attributes:
+        specs: One :class:`~fedray.client.spec.HostSpec` per host; host 0 also holds
+            the server test set.
+    """
+
+    specs: tuple[HostSpec, ...]
+
+    @classmethod
+    def make(
+        cls,
+        config: Config,
+        aggregator: Aggregator,
+        per_host: int,
+        *,
+        sources: Callable[[int, tuple[int, ...]], InMemory | None] | None = None,
+        **spec: Any,
+    ) -> HostPlan:
+        """Pack ``config``'s clients ``per_host`` to a host.
+
+        ``sources(i, group)`` gives host ``i`` its in-memory shards (``fedray.fit``);
+        ``spec`` holds the other :class:`~fedray.client.spec.HostSpec` fields.
+        """
+        groups = group_clients(config.data.num_clients, per_host)
+        return cls(
+            tuple(
+                HostSpec.from_config(
+                    config,
+                    g,
+                    aggregator,
+                    with_test_set=(i == 0),
+                    source=sources(i, g) if sources is not None else None,
+                    **spec,
+                )
+                for i, g in enumerate(groups)
+            )
+        )
+
+    @property
+    def groups(self) -> list[tuple[int, ...]]:
+        """Each host's client ids."""
+        return [s.client_ids for s in self.specs]
+
+    @cached_property
+    def host_of(self) -> dict[int, int]:
+        """The host index of every client."""
+        return {cid: i for i, s in enumerate(self.specs) for cid in s.client_ids}
+
+    def by_host(self, client_ids: Sequence[int]) -> dict[int, list[int]]:
+        """``client_ids`` grouped by host index (hosts in first-seen order).
+
+        >>> from fedray import config
+        >>> from fedray.aggregators import Mean
+        >>> plan = HostPlan.make(config.load({"data": {"num_clients": 5}}), Mean(), 2)
+        >>> plan.groups, plan.by_host([4, 0, 1])
+        ([(0, 1), (2, 3), (4,)], {2: [4], 0: [0, 1]})
+        """
+        out: dict[int, list[int]] = {}
+        for cid in client_ids:
+            out.setdefault(self.host_of[cid], []).append(cid)
+        return out

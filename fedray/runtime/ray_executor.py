@@ -17,10 +17,8 @@ from dataclasses import replace
 from typing import Any
 
 from fedray.aggregators import Aggregator
-from fedray.client.host import ClientHost
-from fedray.client.spec import HostSpec
 from fedray.config import Config
-from fedray.errors import ConfigError, FedrayError
+from fedray.errors import FedrayError
 from fedray.memory import InMemory
 from fedray.records import (
     ClientEval,
@@ -33,81 +31,12 @@ from fedray.records import (
     PartialSum,
     RoundInfo,
 )
-from fedray.runtime.plan import clients_per_host, group_clients
+from fedray.runtime.plan import HostPlan, clients_per_host, group_clients
+from fedray.runtime.ray_host import RayClientHost, ShardStore, host_options
 from fedray.runtime.supervisor import Supervisor
 from fedray.secagg import SecAggError
 
 logger = logging.getLogger(__name__)
-
-
-class _RayClientHost(ClientHost):
-    """The plain host plus what only a Ray actor can do: know its node, really crash or hang.
-
-    With in-memory shards (``fedray.fit``), ``store`` names a :class:`_ShardStore`
-    that hands host ``index`` its shards' object-store refs; the host reads the shards
-    itself, at start and after every restart. (A name, not a handle: Ray warns about
-    any handle or ref among a restartable actor's constructor arguments.)
-    """
-
-    def __init__(self, spec: HostSpec, store: str = "", index: int = 0) -> None:
-        if spec.source is not None:
-            import ray
-
-            refs = ray.get(ray.get_actor(store).refs.remote(index))
-            spec = replace(spec, source=spec.source.filled(ray.get(refs)))
-        super().__init__(spec)
-
-    def ready(self) -> dict[str, Any]:
-        import ray
-
-        return {**super().ready(), "node_id": ray.get_runtime_context().get_node_id()}
-
-    def _crash(self, cid: int) -> None:
-        logger.warning("client %d: simulated host crash (faults.crash_rate)", cid)
-        os._exit(1)  # the whole host process dies; Ray restarts it (runtime.max_restarts)
-
-    def _hang(self, cid: int) -> None:
-        time.sleep(10**6)  # until the driver's round deadline kills and restarts this host
-
-
-class _ShardStore:
-    """Keeps the object-store refs of ``fedray.fit``'s shards, per host.
-
-    The refs travel inside a list, so Ray leaves them unresolved; a host asks for its
-    own when it starts. Hosts then take no object-store constructor arguments, which
-    Ray could not give back to a restarted host once they went out of scope.
-    """
-
-    def __init__(self, refs: list[list[Any]]) -> None:
-        self._refs = refs
-
-    def refs(self, index: int) -> list[Any]:
-        """Host ``index``'s shard refs (then the test set's, for host 0)."""
-        return self._refs[index]
-
-
-def host_options(config: Config, client_ids: tuple[int, ...]) -> dict[str, Any]:
-    """Ray scheduling options of one host: data placement and spreading.
-
-    ``data.placement`` maps a client id to a custom resource that only the node(s)
-    holding that client's data advertise (``ray start --resources='{"site_a": 1}'``);
-    the host asks for a sliver of it, so Ray can only place it there. Clients packed
-    into one host must share one placement.
-    """
-    placement = config.data.placement or {}
-    wanted = {placement.get(c, "<unplaced>") for c in client_ids}
-    if placement and len(wanted) > 1:
-        raise ConfigError(
-            f"clients {list(client_ids)} share one actor but data.placement puts them on "
-            f"{sorted(wanted)}; set runtime.clients_per_actor=1 or place them together"
-        )
-    wanted.discard("<unplaced>")
-    options: dict[str, Any] = {}
-    if wanted:
-        options["resources"] = {wanted.pop(): 0.001}
-    if config.runtime.scheduling == "spread":
-        options["scheduling_strategy"] = "SPREAD"
-    return options
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -145,60 +74,57 @@ class RayExecutor:
         total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
         setting = config.runtime.clients_per_actor
         per_host = clients_per_host(setting, config.data.num_clients, total_cpus)
-        groups = group_clients(config.data.num_clients, per_host)
+        num_hosts = len(group_clients(config.data.num_clients, per_host))
         if setting == "auto":
             logger.info(
                 "runtime.clients_per_actor=auto: %d clients on %d actors (%d per actor) for "
                 "%g CPUs; set runtime.clients_per_actor=1 for one actor per client",
                 config.data.num_clients,
-                len(groups),
+                num_hosts,
                 per_host,
                 total_cpus,
             )
-        cpus_per_host = min(1.0, total_cpus / len(groups))
-        threads = max(1, math.floor(total_cpus / len(groups)))
-        remote_host = ray.remote(_RayClientHost)
+        cpus_per_host = min(1.0, total_cpus / num_hosts)
+        threads = max(1, math.floor(total_cpus / num_hosts))
         # In-memory shards go into the object store once, each; a store actor keeps
         # their refs, so a restarted host gets its shards back from the object store.
-        parts: list[InMemory | None] = [None] * len(groups)
         store_name, self._store = f"fedray-shards-{os.getpid()}-{id(self)}", None
+        host_refs: list[list[Any]] = []
+        sources = None
         if source is not None:
             refs = {c: ray.put(xy) for c, xy in source.shards.items()}
             test_ref = None if source.test is None else ray.put(source.test)
-            host_refs: list[list[Any]] = []
-            for i, g in enumerate(groups):
+
+            def sources(i: int, g: tuple[int, ...]) -> InMemory:
                 part = source.for_host(g, with_test_set=(i == 0))
-                host_refs.append(
-                    [refs[c] for c in g] + ([test_ref] if part.test is not None else [])
-                )
-                parts[i] = replace(part, shards=dict.fromkeys(g), test=None)
-            store = ray.remote(_ShardStore).options(num_cpus=0, name=store_name)
+                test = [test_ref] if part.test is not None else []
+                host_refs.append([refs[c] for c in g] + test)
+                return replace(part, shards=dict.fromkeys(g), test=None)  # the refs travel apart
+
+        self.plan = HostPlan.make(
+            config,
+            aggregator,
+            per_host,
+            sources=sources,
+            client=client,
+            threads=threads,
+            pre_aggregate=pre_aggregate,
+            max_update_norm=max_update_norm,
+        )
+        groups = self.plan.groups
+        if source is not None:
+            store = ray.remote(ShardStore).options(num_cpus=0, name=store_name)
             self._store = store.remote(host_refs)
+        remote_host = ray.remote(RayClientHost)
         self.hosts = [
             remote_host.options(
                 num_cpus=cpus_per_host,
                 max_restarts=config.runtime.max_restarts,  # a restart reloads shards and model
                 max_task_retries=0,  # a call in flight when the host died fails its clients
-                **host_options(config, g),
-            ).remote(
-                HostSpec(
-                    config,
-                    g,
-                    aggregator,
-                    with_test_set=(i == 0),
-                    client=client,
-                    threads=threads,
-                    pre_aggregate=pre_aggregate,
-                    max_update_norm=max_update_norm,
-                    source=parts[i],
-                ),
-                store_name,
-                i,
-            )
-            for i, g in enumerate(groups)
+                **host_options(config, spec.client_ids),
+            ).remote(spec, store_name, i)
+            for i, spec in enumerate(self.plan.specs)
         ]
-        self._groups = groups
-        self._host_index = {cid: i for i, g in enumerate(groups) for cid in g}
         self._num_clients = config.data.num_clients
         self._round_timeout_s = config.runtime.round_timeout_s
         self.supervisor = Supervisor(self.hosts, groups, config.runtime.restart_timeout_s)
@@ -236,12 +162,6 @@ class RayExecutor:
         """Put ``params`` (and extras) in the object store once; every host gets the refs."""
         return self._ray.put(params), (self._ray.put(extras) if extras else None)
 
-    def _plan(self, client_ids: Sequence[int]) -> dict[int, list[int]]:
-        plan: dict[int, list[int]] = {}
-        for cid in client_ids:
-            plan.setdefault(self._host_index[cid], []).append(cid)
-        return plan
-
     def _stream(
         self, calls: dict[Any, list[int]], what: str, timeout_s: float | None = None
     ) -> Iterator[Any]:
@@ -261,7 +181,7 @@ class RayExecutor:
             if not ready:  # the deadline passed
                 for ref in pending:
                     ids = calls[ref]
-                    index = self._host_index[ids[0]]
+                    index = self.plan.host_of[ids[0]]
                     ray.kill(self.hosts[index], no_restart=False)
                     self.supervisor.mark_down(index)
                     reason = f"no result within runtime.round_timeout_s={timeout_s:g}"
@@ -275,7 +195,7 @@ class RayExecutor:
                     reason = f"host failed during {what}: {type(cause).__name__}: {cause}"
                     results = [ClientFailure(cid, reason) for cid in calls[ref]]
                     if isinstance(exc, ray.exceptions.RayActorError):
-                        self.supervisor.mark_down(self._host_index[calls[ref][0]])
+                        self.supervisor.mark_down(self.plan.host_of[calls[ref][0]])
                 yield from results
 
     def _calls(
@@ -284,7 +204,7 @@ class RayExecutor:
         """Start ``method`` on each host with sampled clients; skip hosts that are down."""
         calls: dict[Any, list[int]] = {}
         skipped: list[ClientFailure] = []
-        for h, ids in self._plan(client_ids).items():
+        for h, ids in self.plan.by_host(client_ids).items():
             reason = self.supervisor.unavailable(h)
             if reason is not None:
                 skipped.extend(ClientFailure(cid, reason) for cid in ids)
@@ -312,7 +232,7 @@ class RayExecutor:
         if step == "advertise":
             self.supervisor.await_restarts()  # restarted hosts join the new round
         calls = {}
-        for h, ids in self._plan(client_ids).items():
+        for h, ids in self.plan.by_host(client_ids).items():
             if self.supervisor.unavailable(h) is None:
                 part = {c: payload[c] for c in ids if c in payload}
                 calls[self.hosts[h].secure_step.remote(step, ids, part, info)] = h
@@ -357,7 +277,7 @@ class RayExecutor:
     def submit(self, client_id: int, params: Any, info: RoundInfo) -> Any:
         """Start one client's training on its host; the ticket is the result's ref."""
         params_ref, extras_ref = params
-        ref = self.hosts[self._host_index[client_id]].fit.remote(
+        ref = self.hosts[self.plan.host_of[client_id]].fit.remote(
             [client_id], params_ref, info, extras_ref
         )
         self._tickets[ref] = client_id

@@ -14,23 +14,28 @@ round's training, through the executor's typed protocol steps (``Executor.call``
    :class:`~fedray.records.PartialSum` for the aggregator's ``finalize``. Too few
    survivors abort before any share is revealed.
 
-The client side (keys, shares, masking) stays in the hosts.
+The clients' side (:class:`SecureClients`: keys, shares, masking) runs in their hosts;
+its secret keys never leave them.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedray.records import AggState, ClientFailure, ClientUpdate, PartialSum, RoundInfo
 from fedray.secagg.graph import default_degree, harary_neighbours
-from fedray.secagg.protocol import SecAggError, SecAggServer
+from fedray.secagg.protocol import SecAggAbortError, SecAggClient, SecAggError, SecAggServer
 
 if TYPE_CHECKING:
     from fedray.aggregators.secure import SecureAggregation
+
+logger = logging.getLogger(__name__)
 
 
 class SecureSession:
@@ -113,3 +118,74 @@ class SecureSession:
         if not survivors:
             return None, failures
         return secure.decode(total, survivors, agg_state), failures
+
+
+class SecureClients:
+    """The clients' side of secure aggregation, inside their host.
+
+    Holds each client's :class:`~fedray.secagg.protocol.SecAggClient` for the round
+    (its secret keys never leave the host) and the shares addressed to it.
+    """
+
+    def __init__(self) -> None:
+        self.clients: dict[int, SecAggClient] = {}
+        self.inbox: dict[int, dict[int, bytes]] = {}
+
+    def step(
+        self, name: str, client_ids: Sequence[int], payload: dict[int, Any], info: RoundInfo
+    ) -> dict[int, Any]:
+        """One protocol step for each of ``client_ids``; a client that fails is left out.
+
+        ``advertise`` makes each client's fresh key pairs (kept here, never returned),
+        ``share`` returns its encrypted Shamir shares, ``inbox`` stores the shares
+        addressed to it, and ``unmask`` returns the shares the server may have. The
+        masking itself happens in the host's ``fit`` (:meth:`mask`).
+
+        Raises:
+            SecAggError: A protocol violation (tampering): it must stop the round.
+        """
+        out: dict[int, Any] = {}
+        for cid in client_ids:
+            try:
+                if name == "advertise":
+                    neighbours, threshold, bits = payload[cid]
+                    client = SecAggClient(cid, info.server_round, neighbours, threshold, bits)
+                    self.clients[cid] = client
+                    out[cid] = client.advertise()
+                elif name == "share":
+                    out[cid] = self.clients[cid].share_keys(payload[cid])
+                elif name == "inbox":
+                    self.inbox[cid] = payload[cid]
+                    out[cid] = True
+                elif name == "unmask":
+                    dropped, survivors = payload[cid]
+                    out[cid] = self.clients.pop(cid).unmask(dropped, survivors)
+                    self.inbox.pop(cid, None)
+                else:
+                    raise ValueError(f"unknown secure-aggregation step {name!r}")
+            except SecAggAbortError as exc:  # too few live neighbours: this client drops out
+                logger.warning("client %d: %s", cid, exc)
+                self.clients.pop(cid, None)
+            except SecAggError:
+                raise
+            except Exception as exc:
+                logger.warning("client %d: secure aggregation step %s failed: %s", cid, name, exc)
+        return out
+
+    def mask(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
+        """Mask a quantized update with its client's keys of this round.
+
+        Raises:
+            RuntimeError: The client has no keys for this round (its host restarted).
+            ValueError: The update carries nothing to mask.
+        """
+        client = self.clients.get(update.client_id)
+        if client is None or client.round_id != info.server_round:
+            raise RuntimeError(
+                f"client {update.client_id} has no secure-aggregation keys for round "
+                f"{info.server_round} (its host restarted?)"
+            )
+        if update.masked is None:
+            raise ValueError(f"client {update.client_id}: nothing to mask (no quantized update)")
+        inbox = self.inbox.get(update.client_id, {})
+        return replace(update, masked=client.masked_input(update.masked, inbox))

@@ -5,9 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from fedray.aggregators import AdaptiveClip, CentralDP, Mean, SecureAggregation
+from fedray.aggregators import AdaptiveClip, CentralDP, Mean, Scaffold, SecureAggregation
 from fedray.aggregators.dp import next_clip
-from fedray.aggregators.scaffold import Scaffold
 from fedray.records import ClientUpdate, RoundInfo
 
 

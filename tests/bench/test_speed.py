@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from fedray.bench import speed
+from fedray.bench import speed, speed_report
 
 
 def _raw():
@@ -25,14 +25,14 @@ def _raw():
 
 
 def test_summary_takes_medians_and_ratios():
-    s = speed.summarize(_raw()).iloc[0]
+    s = speed_report.summarize(_raw()).iloc[0]
     assert s.fedray_round_s == pytest.approx(0.011)
     assert s.naive_round_s == pytest.approx(1.1)
     assert s.speedup_round == pytest.approx(100.0)
     assert s.fedray_over_floor == pytest.approx(2.2)
     assert s.ratio_peak_pss_mb == pytest.approx(2.0)
     assert s.quality_metric == "mse"
-    table = speed.markdown(speed.summarize(_raw()))
+    table = speed_report.markdown(speed_report.summarize(_raw()))
     assert "| linreg | 4 | 1.100 | 0.0110 | 100x |" in table
 
 

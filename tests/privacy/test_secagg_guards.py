@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fedray.secagg import SecAggClient, SecAggError, SecAggServer
-from fedray.secagg.shamir import interpolate_at_zero, shamir_combine, shamir_split
+from fedray.secagg import SecAggClient, SecAggError, SecAggServer, shamir_combine, shamir_split
+from fedray.secagg.shamir import interpolate_at_zero
 
 
 def _setup(ids, t, r=20):

@@ -80,7 +80,7 @@ def test_dp_sgd_releases_no_non_trainable_state(tmp_path):
                        "model": {"name": "tests.custom_models:batchnorm"},
                        "client": {"batch_size": 16}})  # fmt: skip
     dp = DPSGD(noise_multiplier=1.0, clip=1.0, noise_seed=0)
-    host = ClientHost(HostSpec(cfg, (0, 1), Mean(), client=ClientOptions(dp_sgd=dp)))
+    host = ClientHost(HostSpec.from_config(cfg, (0, 1), Mean(), client=ClientOptions(dp_sgd=dp)))
     params = host.initial_params()
     trainable = [v.trainable for v in host.trainer.model.weights]
     assert not all(trainable)  # the BatchNorm moving statistics
