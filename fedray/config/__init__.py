@@ -164,16 +164,15 @@ def _is_type_tag(part: object) -> bool:
     return isinstance(part, str) and (part.startswith(_TYPE_TAGS) or part in _TYPE_NAMES)
 
 
-def _strategy_error(err: Mapping[str, Any], loc: list[Any]) -> str | None:
-    """The message of an error inside ``strategy``, in terms of ``strategy.name``."""
+def _strategy_error(err: Mapping[str, Any], loc: list[Any], name: str) -> str | None:
+    """The message of an error inside ``strategy`` (recipe ``name``), by ``strategy.name``."""
     if err["type"] == "union_tag_invalid":
-        name = _recipe_name(err.get("input"))
         hint = difflib.get_close_matches(name, list(RECIPES), n=1)
         also = f" (did you mean {hint[0]!r}?)" if hint else ""
         return f"strategy.name = {name!r}: expected one of {', '.join(RECIPES)}{also}"
-    if len(loc) < 2 or loc[1] not in RECIPES:
+    if len(loc) < 2 or (loc[1] not in RECIPES and loc[1] != "adaptive"):
         return None
-    name = str(loc.pop(1))  # pydantic's tag of the recipe model
+    loc.pop(1)  # pydantic's tag of the recipe model
     if err["type"] != "extra_forbidden":
         return None
     option = str(loc[-1])
@@ -190,11 +189,11 @@ def _strategy_error(err: Mapping[str, Any], loc: list[Any]) -> str | None:
     return f"unknown key 'strategy.{option}'{also}; allowed keys for {name}: {', '.join(allowed)}"
 
 
-def _format_error(err: Mapping[str, Any]) -> str:
+def _format_error(err: Mapping[str, Any], recipe: str = "fedavg") -> str:
     # Drop pydantic's union-member tags (e.g. "constrained-int", "literal['auto']").
     loc = [p for p in err["loc"] if not _is_type_tag(p)]
     if loc and loc[0] == "strategy":
-        special = _strategy_error(err, loc)
+        special = _strategy_error(err, loc, recipe)
         if special is not None:
             return special
     key = ".".join(str(p) for p in loc) or "config"
@@ -225,8 +224,9 @@ def validate(raw: Mapping[str, Any]) -> Config:
         return Config.model_validate(dict(raw))
     except ValidationError as exc:
         merged: dict[str, list[str]] = {}
+        recipe = _recipe_name(raw.get("strategy", {}))
         for e in exc.errors():
-            key, _, text = _format_error(e).partition(": ")
+            key, _, text = _format_error(e, recipe).partition(": ")
             merged.setdefault(key, []).append(text)
         lines = [
             f"{k}: {' or '.join(dict.fromkeys(v))}" if v != [""] else k for k, v in merged.items()

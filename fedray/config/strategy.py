@@ -142,22 +142,10 @@ class FedAvgMConfig(_Common, _ServerRate, _Weighting):
     """FedAvgM momentum"""
 
 
-class FedAdagradConfig(_Common, _Adaptive):
-    """FedAdagrad (Reddi et al. 2021)."""
+class AdaptiveConfig(_Common, _Adaptive):
+    """FedAdagrad, FedAdam and FedYogi (Reddi et al. 2021): one set of options."""
 
-    name: Literal["fedadagrad"] = "fedadagrad"
-
-
-class FedAdamConfig(_Common, _Adaptive):
-    """FedAdam (Reddi et al. 2021)."""
-
-    name: Literal["fedadam"] = "fedadam"
-
-
-class FedYogiConfig(_Common, _Adaptive):
-    """FedYogi (Reddi et al. 2021)."""
-
-    name: Literal["fedyogi"] = "fedyogi"
+    name: Literal["fedadagrad", "fedadam", "fedyogi"] = "fedadam"
 
 
 class FedMedianConfig(_Common):
@@ -194,9 +182,9 @@ RECIPES: dict[str, type[_Common]] = {
     "scaffold": ScaffoldConfig,
     "fedbuff": FedBuffConfig,
     "fedavgm": FedAvgMConfig,
-    "fedadagrad": FedAdagradConfig,
-    "fedadam": FedAdamConfig,
-    "fedyogi": FedYogiConfig,
+    "fedadagrad": AdaptiveConfig,
+    "fedadam": AdaptiveConfig,
+    "fedyogi": AdaptiveConfig,
     "fedmedian": FedMedianConfig,
     "trimmed_mean": TrimmedMeanConfig,
     "krum": KrumConfig,
@@ -206,10 +194,16 @@ RECIPES: dict[str, type[_Common]] = {
 
 
 def _recipe_name(value: Any) -> str:
-    """The discriminator: ``name`` (``fedavg`` when omitted)."""
+    """``strategy.name`` (``fedavg`` when omitted)."""
     if isinstance(value, dict):
         return str(value.get("name", "fedavg"))
     return str(getattr(value, "name", "fedavg"))
+
+
+def _tag(value: Any) -> str:
+    """The discriminator: the recipe's name, ``adaptive`` for the three adaptive ones."""
+    name = _recipe_name(value)
+    return "adaptive" if name in ("fedadagrad", "fedadam", "fedyogi") else name
 
 
 StrategyConfig = Annotated[
@@ -218,13 +212,11 @@ StrategyConfig = Annotated[
     | Annotated[ScaffoldConfig, Tag("scaffold")]
     | Annotated[FedBuffConfig, Tag("fedbuff")]
     | Annotated[FedAvgMConfig, Tag("fedavgm")]
-    | Annotated[FedAdagradConfig, Tag("fedadagrad")]
-    | Annotated[FedAdamConfig, Tag("fedadam")]
-    | Annotated[FedYogiConfig, Tag("fedyogi")]
+    | Annotated[AdaptiveConfig, Tag("adaptive")]
     | Annotated[FedMedianConfig, Tag("fedmedian")]
     | Annotated[TrimmedMeanConfig, Tag("trimmed_mean")]
     | Annotated[KrumConfig, Tag("krum")]
     | Annotated[MultiKrumConfig, Tag("multi_krum")],
-    Discriminator(_recipe_name),
+    Discriminator(_tag),
 ]
 """How the server combines client updates: the recipe ``name`` and its options."""
