@@ -57,6 +57,9 @@ class ScriptedExecutor:
     def evaluate(self, params):
         return {"w": float(params[0][0])}
 
+    def client_state(self):
+        return {}
+
 
 def test_async_loop_tracks_staleness_and_steps_every_buffer():
     ex = ScriptedExecutor(4, finish_order=[0, 1, 2, 3, 0, 1])
@@ -74,6 +77,37 @@ def test_async_loop_tracks_staleness_and_steps_every_buffer():
     assert params[0][0] == pytest.approx(1.0 + (1.0 / np.sqrt(2)) / 2)
     assert len({s[2] for s in ex.submitted}) == len(ex.submitted)  # fresh seed per dispatch
     assert ex.peak == 2  # never more than `concurrency` clients in flight
+
+
+def test_buffered_steps_refuse_a_privacy_ledger_rather_than_release_uncharged():
+    from fedray.privacy import DPFedAvgAccountant
+
+    ex = ScriptedExecutor(4, finish_order=[0, 1])
+    with pytest.raises(ValueError, match="cannot be charged to a privacy ledger"):
+        ledger = DPFedAvgAccountant(1.0, 0.5, 1e-5)
+        run_rounds(strategy=fedbuff(concurrency=2, buffer_size=2), executor=ex, rounds=1, seed=0,
+                   callback=RoundRecorder(), privacy=ledger)  # fmt: skip
+    assert ex.submitted == []  # refused before any client started
+
+
+def test_buffered_steps_checkpoint_and_resume_bit_for_bit():
+    from fedray.loop import Checkpointer
+
+    def run(rounds, resume=None, states=None):
+        ex = ScriptedExecutor(4, finish_order=[])  # first in, first out: as in-process
+        save = Checkpointer(states.append) if states is not None else None
+        params = run_rounds(strategy=fedbuff(concurrency=3, buffer_size=2), executor=ex,
+                            rounds=rounds, seed=0, callback=RoundRecorder(), resume=resume,
+                            checkpoint=save)  # fmt: skip
+        return params, ex
+
+    states = []
+    full, first = run(5, states=states)
+    resumed, ex = run(5, resume=states[1])
+    np.testing.assert_array_equal(full[0], resumed[0])
+    assert first.submitted[-len(ex.submitted) :] == ex.submitted  # the same dispatches
+    assert states[1].loop_state["scheduler"]["in_flight"]  # clients were in flight at the cut
+    assert ex.submitted[0][2] == states[1].loop_state["scheduler"]["in_flight"][0][2]
 
 
 @pytest.mark.keras

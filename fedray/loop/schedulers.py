@@ -285,7 +285,17 @@ class Buffered:
     def collect(
         self, ctx: Context, server_round: int, params: Params, handle: Any, agg_state: AggState
     ) -> Step:
-        """Keep ``concurrency`` clients training until ``buffer_size`` updates arrived."""
+        """Keep ``concurrency`` clients training until ``buffer_size`` updates arrived.
+
+        Raises:
+            ValueError: With a privacy ledger: buffered steps have no privacy analysis
+                here, so their releases could not be charged.
+        """
+        if ctx.privacy is not None:
+            raise ValueError(
+                "buffered (FedBuff) steps have no privacy accounting: their releases cannot "
+                "be charged to a privacy ledger; use synchronous rounds (SyncRounds) under DP"
+            )
         version = server_round - 1  # server steps taken so far
         self.versions[version], self._handles[version] = params, handle
         if self._idle is None:  # the first step of this process
