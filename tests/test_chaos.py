@@ -13,13 +13,13 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.chaos]
 
 BASE = [
     "rounds=20",
-    "data.num_clients=10",
+    "data.num_clients=6",
     "data.num_samples=6000",
     "strategy.min_fit_clients=1",
     "runtime.progress=false",
 ]
 CHAOS = [
-    "faults.crash_rate=0.1",  # 22 crashes, 7 hangs and 11 NaNs in 20 rounds
+    "faults.crash_rate=0.1",  # 12 crashes, 4 hangs and 5 NaNs in 20 rounds
     "faults.hang_rate=0.05",
     "faults.nan_rate=0.05",
     "runtime.clients_per_actor=1",
@@ -37,14 +37,14 @@ def test_twenty_rounds_of_crashes_hangs_and_nans_complete_close_to_the_fault_fre
     assert [r["round"] for r in chaos.rows] == list(range(1, 21))
     injected = {"crash": 0, "hang": 0, "nan": 0}
     for row in chaos.rows:  # every injected fault is counted, in its own round
-        kinds = [simulated_fault(cfg.faults, cfg.seed, row["round"], c) for c in range(10)]
+        kinds = [simulated_fault(cfg.faults, cfg.seed, row["round"], c) for c in range(6)]
         for k in kinds:
             if k is not None:
                 injected[k] += 1
         faults = sum(k is not None for k in kinds)
         assert row["clients/failed"] == faults, (row["round"], kinds)
-        assert row["clients/ok"] == 10 - faults
+        assert row["clients/ok"] == 6 - faults
     assert min(injected.values()) > 0, injected  # the schedule exercises every kind
-    assert sum(injected.values()) >= 40
+    assert sum(injected.values()) >= 20
     gap = clean.final["eval/accuracy"] - chaos.final["eval/accuracy"]
     assert abs(gap) <= 0.02, (clean.final["eval/accuracy"], chaos.final["eval/accuracy"])
