@@ -37,4 +37,4 @@ def test_in_process_faults_are_counted_failures(tmp_path, linreg_config):
         assert row["clients/failed"] == faults and row["clients/ok"] == 4 - faults
 
 
-# Real crashes and hangs on Ray: tests/test_chaos.py (20 rounds, 10 clients).
+# Real crashes and hangs on Ray: tests/runtime/test_chaos.py (20 rounds, 6 clients).

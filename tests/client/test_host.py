@@ -141,7 +141,7 @@ def test_dropout_models_are_identical_packed_and_dedicated(tmp_path):
     cfg = {
         "rounds": 2,
         "data": {"dataset": "digits", "num_clients": 3},
-        "model": {"name": "tests.test_client:dropout_mlp"},
+        "model": {"name": "tests.client.test_host:dropout_mlp"},
         "runtime": {"executor": "local", "progress": False},
     }
     runs = [
