@@ -39,7 +39,7 @@ from fedray.callbacks import (
 )
 from fedray.config import Config
 from fedray.errors import ConfigError, FedrayError
-from fedray.loop import Buffered, Checkpointer, Evaluation, Scheduler, SyncRounds, run_rounds
+from fedray.loop import Checkpointer, Evaluation, default_scheduler, run_rounds
 from fedray.memory import InMemory, from_clients
 from fedray.records import Params, RoundPolicy
 from fedray.strategy import Strategy
@@ -125,25 +125,19 @@ def _train(
 ) -> Params:
     """Run the server steps: buffered (FedBuff) or synchronous rounds, one loop."""
     dp, ev, st = cfg.privacy.dp, cfg.evaluation, cfg.strategy
-    scheduler: Scheduler
-    if strategy.buffering is not None:  # FedBuff: asynchronous server steps
-        b = strategy.buffering
-        scheduler = Buffered(b.concurrency, b.buffer_size, max_update_norm=st.max_update_norm)
-    else:
-        policy = RoundPolicy(
-            over_commit=st.over_commit,
-            on_too_few=st.on_too_few,
-            max_retries=st.max_retries,
-            max_update_norm=st.max_update_norm,
-        )
-        scheduler = SyncRounds(policy)
+    policy = RoundPolicy(
+        over_commit=st.over_commit,
+        on_too_few=st.on_too_few,
+        max_retries=st.max_retries,
+        max_update_norm=st.max_update_norm,
+    )
     return run_rounds(
         strategy=strategy,
         executor=executor,
         rounds=cfg.rounds,
         seed=cfg.seed,
         callback=callback,
-        scheduler=scheduler,
+        scheduler=default_scheduler(strategy, policy),
         evaluation=Evaluation(ev.every, ev.federated_every, ev.train_every),
         checkpoint=Checkpointer(save, cfg.checkpoint.every),
         resume=state,

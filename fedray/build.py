@@ -35,8 +35,6 @@ from fedray.strategy import Strategy, with_dp, with_norm_bound
 
 logger = logging.getLogger(__name__)
 
-"""Config option -> recipe keyword, where they differ."""
-
 
 def recipe(cfg: Config) -> Strategy:
     """The recipe named by ``strategy.name``, with its options (its config's ``build``).

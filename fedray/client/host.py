@@ -245,7 +245,8 @@ class ClientHost:
         """Validate each update as the driver would, then sum the valid ones."""
         if not isinstance(self.spec.aggregator, LinearAggregator):  # HostSpec refuses it too
             raise TypeError(
-                f"pre-aggregation needs a LinearAggregator aggregator, got {self.spec.aggregator}"
+                f"pre-aggregation needs a linear aggregator (a LinearAggregator), got "
+                f"{self.spec.aggregator}"
             )
         valid: list[ClientUpdate] = []
         failures: list[ClientUpdate | ClientFailure | PartialSum] = []

@@ -119,7 +119,7 @@ class HostSpec:
     def __post_init__(self) -> None:
         if self.pre_aggregate and not isinstance(self.aggregator, LinearAggregator):
             raise ValueError(
-                f"pre_aggregate needs a LinearAggregator aggregator (a linear rule), got "
+                f"pre_aggregate needs a linear aggregator (a LinearAggregator), got "
                 f"{type(self.aggregator).__name__}"
             )
 

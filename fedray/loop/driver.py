@@ -30,7 +30,7 @@ from fedray.loop.executor import Executor, PrivacyLedger
 from fedray.loop.schedulers import Buffered, Context, Scheduler, Step, SyncRounds
 from fedray.loop.steps import Evaluation, aggregate, canary_updates, due, evaluate_round, fit_logs
 from fedray.privacy.canary import CanaryAudit
-from fedray.records import AggState, Params, RoundInfo
+from fedray.records import AggState, Params, RoundInfo, RoundPolicy
 from fedray.strategy import Strategy
 
 logger = logging.getLogger(__name__)
@@ -44,11 +44,15 @@ class Checkpointer:
     every: int = 1
 
 
-def default_scheduler(strategy: Strategy) -> Scheduler:
-    """:class:`Buffered` for a strategy with buffering (FedBuff), else :class:`SyncRounds`."""
-    if strategy.buffering is None:
-        return SyncRounds()
-    return Buffered(strategy.buffering.concurrency, strategy.buffering.buffer_size)
+def default_scheduler(strategy: Strategy, policy: RoundPolicy = RoundPolicy()) -> Scheduler:  # noqa: B008
+    """:class:`Buffered` for a strategy with buffering (FedBuff), else :class:`SyncRounds`.
+
+    ``policy`` rules synchronous rounds; buffered steps take its ``max_update_norm``.
+    """
+    b = strategy.buffering
+    if b is None:
+        return SyncRounds(policy)
+    return Buffered(b.concurrency, b.buffer_size, max_update_norm=policy.max_update_norm)
 
 
 def run_rounds(
@@ -198,7 +202,7 @@ def _server_step(
         settings = client_settings(strategy.aggregator, agg_state)
         info = RoundInfo(server_round=server_round, seed=ctx.seed, num_sampled=0,
                          settings=settings)  # fmt: skip
-        updates = [*updates, *canary_updates(canaries, strategy, params, agg_state, info, updates)]
+        updates = [*updates, *canary_updates(canaries, strategy, params, info, updates)]
     delta, agg_state, measurements = aggregate(
         strategy.aggregator, updates, params, agg_state, noise_rng
     )

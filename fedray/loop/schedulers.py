@@ -257,13 +257,13 @@ class Buffered:
     concurrency: int
     buffer_size: int
     max_update_norm: float | None = None
-    dispatched: int = 0
-    buffer: list[ClientUpdate] = field(default_factory=list)
-    versions: dict[int, Params] = field(default_factory=dict)  # models in-flight clients use
-    restarts: list[tuple[int, int, int]] = field(default_factory=list)  # resumed in-flight
-    _handles: dict[int, Any] = field(default_factory=dict)
-    _in_flight: dict[Any, tuple[int, int, int]] = field(default_factory=dict)
-    _idle: set[int] | None = None
+    dispatched: int = field(default=0, init=False)
+    buffer: list[ClientUpdate] = field(default_factory=list, init=False)
+    versions: dict[int, Params] = field(default_factory=dict, init=False)  # in-flight models
+    restarts: list[tuple[int, int, int]] = field(default_factory=list, init=False)  # resumed
+    _handles: dict[int, Any] = field(default_factory=dict, init=False)
+    _in_flight: dict[Any, tuple[int, int, int]] = field(default_factory=dict, init=False)
+    _idle: set[int] | None = field(default=None, init=False)
 
     def state(self) -> dict[str, Any]:
         """The dispatch count, the buffer and the clients in flight with their models."""

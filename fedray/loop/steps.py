@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fedray.aggregators import Aggregator, LinearAggregator, Mean, client_settings, combine, presum
+from fedray.aggregators import Aggregator, LinearAggregator, Mean, combine, presum
 from fedray.callbacks import Logs
 from fedray.privacy.canary import CanaryAudit
 from fedray.records import (
@@ -129,13 +129,14 @@ def canary_updates(
     canaries: CanaryAudit,
     strategy: Strategy,
     params: Params,
-    agg_state: AggState,
     info: RoundInfo,
     updates: Sequence[ClientUpdate | PartialSum],
 ) -> list[ClientUpdate]:
-    """This round's canaries, encoded by the aggregator as a client's update would be."""
-    settings = client_settings(strategy.aggregator, agg_state)
-    clip = settings.get("dp_clip")
+    """This round's canaries, encoded by the aggregator as a client's update would be.
+
+    ``info`` carries the round's client settings (DP's clip norm).
+    """
+    clip = info.settings.get("dp_clip")
     norm = None if clip is None else float(clip) * (1 - 1e-6)  # at the clip, never above
     counts = [(u.num_examples, 1) if isinstance(u, ClientUpdate)
               else (u.num_examples, len(u.client_ids)) for u in updates]  # fmt: skip

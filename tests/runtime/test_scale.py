@@ -55,7 +55,10 @@ def test_hosts_send_one_partial_sum_and_every_failure():
     assert all("NaN" in f.reason for f in failed) and failed
     ids = sorted([c for s in sums for c in s.client_ids] + [f.client_id for f in failed])
     assert ids == list(range(12))
-    with pytest.raises(ValueError, match="needs a LinearAggregator aggregator"):
+    with pytest.raises(
+        ValueError,
+        match=r"pre_aggregate needs a linear aggregator \(a LinearAggregator\), got Median",
+    ):
         LocalExecutor(cfg, Median(), pre_aggregate=True)
 
 
