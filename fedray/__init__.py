@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from fedray.api import History
+    from fedray.api import RunHistory
 
 
-def run(config: Any, **kwargs: Any) -> History:
+def run(config: Any, **kwargs: Any) -> RunHistory:
     """Train a federated model; see :func:`fedray.api.run`."""
     from fedray.api import run as _run
 
     return _run(config, **kwargs)
 
 
-def fit(model_fn: Any, clients: Any, **kwargs: Any) -> History:
+def fit(model_fn: Any, clients: Any, **kwargs: Any) -> RunHistory:
     """Train on clients' arrays already in memory; see :func:`fedray.api.fit`."""
     from fedray.api import fit as _fit
 

@@ -17,7 +17,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,9 @@ from fedray.callbacks import (
     Callback,
     CallbackList,
     CSVLogger,
+    History,
     LoggingCallback,
     ProgressBar,
-    RoundRecorder,
     TensorBoardLogger,
 )
 from fedray.config import Config
@@ -47,38 +46,19 @@ from fedray.strategy import Strategy
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class History:
-    """The result of a run.
+class RunHistory(History):
+    """What :func:`run` and :func:`fit` return: the run's :class:`~fedray.callbacks.History`.
 
-    Attributes:
-        out_dir: Where ``metrics.csv``, ``summary.json`` and ``model.keras`` are.
-        rows: One dict of logs per round.
-        summary: The contents of ``summary.json``.
-        params: The final global weights.
+    The loop recorded every round in it; the run then filled in ``out_dir``,
+    ``summary`` and ``params``, and :meth:`model` loads the saved model.
     """
-
-    out_dir: Path
-    rows: list[dict[str, Any]]
-    summary: dict[str, Any]
-    params: Params
-
-    @property
-    def metrics(self) -> Any:
-        """Per-round metrics as a pandas DataFrame."""
-        import pandas as pd
-
-        return pd.DataFrame(self.rows)
-
-    @property
-    def final(self) -> dict[str, Any]:
-        """The last round's metrics."""
-        return dict(self.summary["final"])
 
     def model(self) -> Any:
         """Load the final global model with Keras."""
         import keras
 
+        if self.out_dir is None:
+            raise ValueError("this history has no run directory (its run has not finished)")
         return keras.saving.load_model(self.out_dir / "model.keras")
 
 
@@ -96,20 +76,16 @@ def _out_dir(config: Any, out: str | Path | None) -> Path:
 
 
 def _callbacks(
-    cfg: Config, out_dir: Path, state: Any, extra: Iterable[Callback]
-) -> tuple[RoundRecorder, CSVLogger, CallbackList]:
-    """History (the row store), the CSV log, TensorBoard, the progress display and ``extra``."""
-    recorder = RoundRecorder()
+    cfg: Config, out_dir: Path, extra: Iterable[Callback]
+) -> tuple[CSVLogger, CallbackList]:
+    """The CSV log, TensorBoard, the progress display and ``extra``."""
     keys = ["fit/loss", "eval/loss", "eval/accuracy", "eval/mae", "privacy/epsilon"]
     ui: Callback = (
         ProgressBar(cfg.rounds, keys=keys) if cfg.runtime.progress else LoggingCallback(keys)
     )
     csv_log = CSVLogger(out_dir / "metrics.csv", parquet=False)  # written after close
-    if state is not None:  # the history so far continues in the same files
-        recorder.rows = [dict(r) for r in state.rows]
-        csv_log.rows = [dict(r) for r in state.rows]
-    cb = CallbackList([recorder, csv_log, TensorBoardLogger(out_dir / "tb"), ui, *extra])
-    return recorder, csv_log, cb
+    cb = CallbackList([csv_log, TensorBoardLogger(out_dir / "tb"), ui, *extra])
+    return csv_log, cb
 
 
 def _train(
@@ -117,6 +93,7 @@ def _train(
     strategy: Strategy,
     executor: Any,
     callback: Callback,
+    history: History,
     state: Any,
     save: Callable[[Any], object],
     ledger: Any,
@@ -137,6 +114,7 @@ def _train(
         rounds=cfg.rounds,
         seed=cfg.seed,
         callback=callback,
+        history=history,
         scheduler=default_scheduler(strategy, policy),
         evaluation=Evaluation(ev.every, ev.federated_every, ev.train_every),
         checkpoint=Checkpointer(save, cfg.checkpoint.every),
@@ -203,7 +181,7 @@ def run(
     callbacks: Iterable[Callback] = (),
     resume: bool = False,
     data: InMemory | None = None,
-) -> History:
+) -> RunHistory:
     """Train a federated model as described by ``config``.
 
     Args:
@@ -222,7 +200,7 @@ def run(
         data: The clients' arrays, with ``data.dataset: memory`` (see :func:`fit`).
 
     Returns:
-        A :class:`History` with per-round metrics, the summary and final weights.
+        A :class:`RunHistory` with per-round metrics, the summary and final weights.
 
     Raises:
         fedray.errors.ConfigError: The config is invalid.
@@ -266,10 +244,12 @@ def run(
         canaries = build.canary_audit(cfg)
         startup_s = time.perf_counter() - t_start
         logger.info("started in %.1f s; %d clients", startup_s, executor.num_clients)
-        recorder, csv_log, cb = _callbacks(cfg, out_dir, state, callbacks)
+        history = RunHistory()  # the one row store; a resumed run's starts with its checkpoint's
+        csv_log, cb = _callbacks(cfg, out_dir, callbacks)
         save = lambda st: checkpoint_mod.save(out_dir, st, config_fingerprint=fp)  # noqa: E731
         t_rounds = time.perf_counter()
-        params = _train(cfg, composed, executor, cb, state, save, ledger, canaries, rng_seed)
+        params = _train(cfg, composed, executor, cb, history, state, save, ledger, canaries,
+                        rng_seed)  # fmt: skip
         t_end = time.perf_counter()
         (out_dir / "model.keras").write_bytes(executor.export(params))
         predictions = None
@@ -288,10 +268,11 @@ def run(
     csv_log.write_parquet()  # pandas only now, with the hosts gone (peak memory)
     total_s = time.perf_counter() - t_start
     times = {"startup_s": startup_s, "rounds_s": t_end - t_rounds, "total_s": total_s}
-    summary = _summary(cfg, composed, recorder.rows, params, params0, ledger, canaries,
+    summary = _summary(cfg, composed, history.rows, params, params0, ledger, canaries,
                        host_info, predictions, times)  # fmt: skip
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    return History(out_dir=out_dir, rows=recorder.rows, summary=summary, params=params)
+    history.out_dir, history.summary, history.params = out_dir, summary, params
+    return history
 
 
 def fit(
@@ -306,7 +287,7 @@ def fit(
     out: str | Path | None = None,
     callbacks: Iterable[Callback] = (),
     **settings: Any,
-) -> History:
+) -> RunHistory:
     """Train ``model_fn``'s model federatedly on clients' data already in memory.
 
     Example::
@@ -333,7 +314,7 @@ def fit(
             ``client={"batch_size": 32}``, ``runtime={"executor": "local"}``, ``seed=1``.
 
     Returns:
-        The same :class:`History` as :func:`run`.
+        The same :class:`RunHistory` as :func:`run`.
     """
     raw: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in settings.items()}
     raw["rounds"] = rounds

@@ -1,8 +1,10 @@
 """Callbacks: observers of the round loop (Keras-style, every hook a no-op).
 
 ``logs`` is a flat dict with namespaced keys: ``fit/loss``, ``eval/accuracy``,
-``clients/ok``, ``time/round_s`` and so on. History, the CSV log and the progress bar
-are all callbacks.
+``clients/ok``, ``time/round_s`` and so on. The CSV log, TensorBoard and the progress
+bar are callbacks. :class:`History` is the run's one row store: the loop records each
+round there (before its checkpoint and before any callback sees it), checkpoints save
+its rows, and callbacks that need past rounds read them from it (``self.history``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,57 @@ logger = logging.getLogger(__name__)
 Logs = dict[str, Any]
 
 
+class History:
+    """Every round's logs, in order: the run's only row store (as Keras' ``History``).
+
+    :func:`fedray.loop.run_rounds` records each round here and the checkpoint saves
+    :attr:`rows`. :func:`fedray.run` returns the same object
+    (a :class:`~fedray.api.RunHistory`) with :attr:`out_dir`, :attr:`summary` and
+    :attr:`params` filled in.
+
+    Attributes:
+        rows: One dict of logs per round (``round`` first).
+        out_dir: Where ``metrics.csv``, ``summary.json`` and ``model.keras`` are.
+        summary: The contents of ``summary.json``.
+        params: The final global weights.
+    """
+
+    def __init__(self, rows: Iterable[Logs] = ()) -> None:
+        self.rows: list[Logs] = [dict(r) for r in rows]
+        self.out_dir: Path | None = None
+        self.summary: dict[str, Any] = {}
+        self.params: list[Any] = []
+
+    def record(self, server_round: int, logs: Logs) -> None:
+        """Append ``server_round``'s logs as a new row."""
+        self.rows.append({"round": server_round, **logs})
+
+    @property
+    def metrics(self) -> Any:
+        """Per-round metrics as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The last round's metrics (from ``summary.json`` once the run has finished)."""
+        final = self.summary.get("final", self.rows[-1] if self.rows else {})
+        return dict(final)
+
+
 class Callback:
-    """Base class whose four hooks do nothing; override the ones you need."""
+    """Base class whose hooks do nothing; override the ones you need.
+
+    Before the first round the loop calls :meth:`set_history`, so every callback can
+    read past rounds from ``self.history`` instead of keeping its own copy.
+    """
+
+    history: History | None = None
+
+    def set_history(self, history: History) -> None:
+        """Called once before :meth:`on_run_begin` with the run's row store."""
+        self.history = history
 
     def on_run_begin(self, logs: Logs) -> None:
         """Called once before the first round (``logs`` has run-level facts)."""
@@ -39,6 +90,12 @@ class CallbackList(Callback):
 
     def __init__(self, callbacks: Iterable[Callback] = ()) -> None:
         self.callbacks = list(callbacks)
+
+    def set_history(self, history: History) -> None:
+        """Forward to every callback."""
+        self.history = history
+        for cb in self.callbacks:
+            cb.set_history(history)
 
     def on_run_begin(self, logs: Logs) -> None:
         """Forward to every callback."""
@@ -61,17 +118,6 @@ class CallbackList(Callback):
             cb.on_run_end(logs)
 
 
-class RoundRecorder(Callback):
-    """Keeps every round's logs in memory (``rows``)."""
-
-    def __init__(self) -> None:
-        self.rows: list[Logs] = []
-
-    def on_round_end(self, server_round: int, logs: Logs) -> None:
-        """Append a copy of the round's logs."""
-        self.rows.append({"round": server_round, **logs})
-
-
 class CSVLogger(Callback):
     """Writes ``metrics.csv``: one row per round, rewritten after every round.
 
@@ -80,18 +126,22 @@ class CSVLogger(Callback):
     column leaves its cell empty. It uses the ``csv`` module, so the driver does not
     hold pandas (~60 MB) during the run. With ``parquet``, the end of the run also
     writes the table as ``metrics.parquet`` next to it (:meth:`write_parquet`).
+    The rows are the run's :class:`History` (set by the loop), never a copy.
     """
 
     def __init__(self, path: str | Path, *, parquet: bool = True) -> None:
         self.path = Path(path)
         self.parquet = parquet
-        self.rows: list[Logs] = []
+
+    @property
+    def rows(self) -> list[Logs]:
+        """The history's rows (none before the loop has set the history)."""
+        return self.history.rows if self.history is not None else []
 
     def on_round_end(self, server_round: int, logs: Logs) -> None:
-        """Append the round and rewrite the CSV atomically."""
+        """Rewrite the CSV atomically from the history, which holds this round already."""
         import csv
 
-        self.rows.append({"round": server_round, **logs})
         columns = list(dict.fromkeys(k for row in self.rows for k in row))
         tmp = self.path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as f:

@@ -24,7 +24,7 @@ import numpy as np
 
 from fedray import tree
 from fedray.aggregators import broadcast, client_settings
-from fedray.callbacks import Callback, Logs
+from fedray.callbacks import Callback, History, Logs
 from fedray.checkpoint import DriverState
 from fedray.loop.executor import Executor, PrivacyLedger
 from fedray.loop.schedulers import Buffered, Context, Scheduler, Step, SyncRounds
@@ -62,6 +62,7 @@ def run_rounds(
     rounds: int,
     seed: int,
     callback: Callback,
+    history: History | None = None,
     scheduler: Scheduler | None = None,
     evaluation: Evaluation = Evaluation(),  # noqa: B008 - frozen, immutable
     checkpoint: Checkpointer | None = None,
@@ -82,7 +83,9 @@ def run_rounds(
     sampling RNG, history, the hosts' per-client state and the scheduler's state) is
     saved before the step is reported, so a row in the history always has its
     checkpoint; ``resume`` continues from such a state, giving the same result as an
-    uninterrupted run.
+    uninterrupted run. Every step's logs are recorded in ``history`` (the run's one
+    row store; a resumed run's history starts with the checkpoint's rows), which the
+    callbacks see through :meth:`~fedray.callbacks.Callback.set_history`.
 
     With ``privacy``, every attempt is charged to the ledger before its clients start
     (``privacy/epsilon``), and the run stops cleanly before a step that would exceed
@@ -104,19 +107,21 @@ def run_rounds(
     params = executor.initial_params()
     agg_state = strategy.aggregator.init(params)
     opt_state = strategy.server_optimizer.init(params)
-    first, rows = 1, []
+    history = history if history is not None else History()
+    first = 1
     if resume is not None:  # continue exactly where the checkpoint left off
         params, agg_state, opt_state = resume.params, resume.agg_state, resume.opt_state
         rng.bit_generator.state = resume.rng_state
-        first, rows = resume.server_round + 1, list(resume.rows)
+        first, history.rows = resume.server_round + 1, [dict(r) for r in resume.rows]
         if resume.client_state:
             executor.restore_client_state(resume.client_state)
         if privacy is not None and "privacy" in resume.loop_state:
             privacy.restore(resume.loop_state["privacy"])
         scheduler.restore(resume.loop_state.get("scheduler", {}))
     handle = executor.broadcast(params, broadcast(strategy.aggregator, agg_state))
+    callback.set_history(history)
     callback.on_run_begin({"num_clients": executor.num_clients, "rounds": rounds})
-    logs: Logs = dict(rows[-1]) if rows else {}
+    logs: Logs = dict(history.rows[-1]) if history.rows else {}
     for server_round in range(first, rounds + 1):
         if privacy is not None and not privacy.allows_next_round():
             logger.warning(
@@ -159,7 +164,7 @@ def run_rounds(
         t_end = time.perf_counter()
         logs.update({"time/round_s": t_end - t0, "time/fit_s": t_fit - t0,
                      "time/aggregate_s": t_agg - t_fit, "time/eval_s": t_end - t_agg})  # fmt: skip
-        rows.append({"round": server_round, **logs})
+        history.record(server_round, logs)
         if checkpoint is not None and due(server_round, checkpoint.every, rounds):
             loop_state = {"scheduler": scheduler.state()}
             if privacy is not None:
@@ -171,7 +176,7 @@ def run_rounds(
                     agg_state=agg_state,
                     opt_state=opt_state,
                     rng_state=dict(rng.bit_generator.state),
-                    rows=rows,
+                    rows=history.rows,
                     client_state=executor.client_state(),
                     loop_state=loop_state,
                 )

@@ -1,31 +1,66 @@
-"""CSVLogger: a valid CSV after every round, late columns, the Parquet copy."""
+"""CSVLogger: a valid CSV after every round, late columns, the Parquet copy; History is the
+one row store the loop, the CSV log and the checkpoint share."""
 
 import math
 
 import pandas as pd
 
-from fedray.callbacks import CSVLogger
+from fedray.callbacks import CSVLogger, History
 
 
 def test_csv_is_rewritten_each_round_with_late_columns_left_empty(tmp_path):
-    log = CSVLogger(tmp_path / "metrics.csv")
-    log.on_round_end(1, {"fit/loss": 0.5, "clients/ok": 3})
+    log, history = CSVLogger(tmp_path / "metrics.csv"), History()
+    log.set_history(history)
+
+    def end(server_round, logs):  # as the loop does: record first, then the callbacks
+        history.record(server_round, logs)
+        log.on_round_end(server_round, logs)
+
+    end(1, {"fit/loss": 0.5, "clients/ok": 3})
     first = pd.read_csv(tmp_path / "metrics.csv")
     assert first.to_dict("list") == {"round": [1], "fit/loss": [0.5], "clients/ok": [3]}
-    log.on_round_end(2, {"fit/loss": 0.25, "clients/ok": 4, "fed_eval/loss": 0.1 + 0.2})
+    end(2, {"fit/loss": 0.25, "clients/ok": 4, "fed_eval/loss": 0.1 + 0.2})
     df = pd.read_csv(tmp_path / "metrics.csv")
     assert list(df.columns) == ["round", "fit/loss", "clients/ok", "fed_eval/loss"]
     assert math.isnan(df["fed_eval/loss"][0]) and df["fed_eval/loss"][1] == 0.1 + 0.2  # repr
     assert not (tmp_path / "metrics.parquet").exists()
     log.on_run_end({})
     pq = pd.read_parquet(tmp_path / "metrics.parquet")
-    pd.testing.assert_frame_equal(pq, pd.DataFrame(log.rows))
+    pd.testing.assert_frame_equal(pq, history.metrics)
 
 
 def test_parquet_copy_can_be_deferred(tmp_path):
-    log = CSVLogger(tmp_path / "metrics.csv", parquet=False)
+    log, history = CSVLogger(tmp_path / "metrics.csv", parquet=False), History()
+    log.set_history(history)
+    history.record(1, {"a": 1.0})
     log.on_round_end(1, {"a": 1.0})
     log.on_run_end({})
     assert not (tmp_path / "metrics.parquet").exists()
     log.write_parquet()
     assert pd.read_parquet(tmp_path / "metrics.parquet")["a"].tolist() == [1.0]
+
+
+def test_the_loop_the_csv_log_and_the_checkpoint_share_one_row_store(tmp_path):
+    """No callback keeps its own copy: the CSV and every checkpoint read the history."""
+    from fedray.callbacks import CallbackList
+    from fedray.loop import Checkpointer, run_rounds
+    from fedray.strategy import fedavg
+    from tests.fakes import QuadraticExecutor
+
+    saved, seen = [], []
+
+    class Spy(CSVLogger):
+        def on_round_end(self, server_round, logs):
+            seen.append(self.history.rows[-1]["round"])  # already recorded when told
+            super().on_round_end(server_round, logs)
+
+    log, history = Spy(tmp_path / "metrics.csv"), History()
+    ex = QuadraticExecutor([[1.0], [3.0]], [1, 1])
+    save = Checkpointer(lambda st: saved.append([dict(r) for r in st.rows]))
+    run_rounds(strategy=fedavg(), executor=ex, rounds=3, seed=0, callback=CallbackList([log]),
+               history=history, checkpoint=save)  # fmt: skip
+    assert log.rows is history.rows and seen == [1, 2, 3]
+    assert saved[-1] == history.rows and [len(s) for s in saved] == [1, 2, 3]
+    csv = pd.read_csv(tmp_path / "metrics.csv")
+    assert csv["round"].tolist() == [1, 2, 3]
+    assert csv["fit/loss"].tolist() == [r["fit/loss"] for r in history.rows]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from fedray import checkpoint
-from fedray.callbacks import RoundRecorder
+from fedray.callbacks import Callback, History
 from fedray.checkpoint import CheckpointError, DriverState
 from fedray.loop import Checkpointer, run_rounds
 from fedray.strategy import fedadam
@@ -29,20 +29,33 @@ def _strategy():
 
 
 def test_resumed_driver_equals_uninterrupted_run():
-    states = []
+    states, whole = [], History()
     full = run_rounds(
-        strategy=_strategy(), executor=_ex(), rounds=6, seed=3, callback=RoundRecorder(),
+        strategy=_strategy(), executor=_ex(), rounds=6, seed=3, callback=Callback(), history=whole,
         checkpoint=Checkpointer(lambda st: states.append(copy.deepcopy(st)), every=1),
     )  # fmt: skip
     assert [s.server_round for s in states] == [1, 2, 3, 4, 5, 6]
-    rec = RoundRecorder()
+    rec = History()
     ex = _ex()
     resumed = run_rounds(
-        strategy=_strategy(), executor=ex, rounds=6, seed=3, callback=rec, resume=states[2]
+        strategy=_strategy(),
+        executor=ex,
+        rounds=6,
+        seed=3,
+        callback=Callback(),
+        history=rec,
+        resume=states[2],
     )
     np.testing.assert_array_equal(full[0], resumed[0])
     assert [r for _, r in ex.fit_calls] == [4, 5, 6]  # only the missing rounds ran
-    assert [r["round"] for r in rec.rows] == [4, 5, 6]
+    # The resumed history starts with the checkpoint's rows: the same six rows as the
+    # uninterrupted run's, timings aside.
+    assert [r["round"] for r in rec.rows] == [1, 2, 3, 4, 5, 6]
+
+    def untimed(rows):
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+    assert untimed(rec.rows) == untimed(whole.rows)
 
 
 def test_checkpoint_file_round_trip_and_errors(tmp_path):

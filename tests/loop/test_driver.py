@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedray.callbacks import Callback, RoundRecorder
+from fedray.callbacks import Callback, History
 from fedray.errors import RoundFailedError
 from fedray.loop import Checkpointer, Evaluation, SyncRounds, run_rounds
 from fedray.records import ClientUpdate, RoundPolicy
@@ -14,13 +14,14 @@ from tests.fakes import QuadraticExecutor
 
 
 def _run(executor, strategy=None, rounds=3, **kw):
-    rec = RoundRecorder()
+    rec = History()
     params = run_rounds(
         strategy=strategy or fedavg(),
         executor=executor,
         rounds=rounds,
         seed=0,
-        callback=rec,
+        callback=Callback(),
+        history=rec,
         **kw,
     )
     return params, rec.rows

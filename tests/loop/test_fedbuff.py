@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from fedray.aggregators import Mean, StalenessWeighted, staleness_weight
-from fedray.callbacks import RoundRecorder
+from fedray.callbacks import Callback, History
 from fedray.loop import run_rounds
 from fedray.records import ClientUpdate
 from fedray.strategy import fedbuff
@@ -63,10 +63,10 @@ class ScriptedExecutor:
 
 def test_async_loop_tracks_staleness_and_steps_every_buffer():
     ex = ScriptedExecutor(4, finish_order=[0, 1, 2, 3, 0, 1])
-    rec = RoundRecorder()
+    rec = History()
     params = run_rounds(
         strategy=fedbuff(concurrency=2, buffer_size=2), executor=ex, rounds=2, seed=0,
-        callback=rec,
+        callback=Callback(), history=rec,
     )  # fmt: skip
     # Step 1 aggregates two fresh updates (staleness 0) from w = 0: w = 1.
     assert rec.rows[0]["agg/staleness_max"] == 0.0
@@ -86,7 +86,7 @@ def test_buffered_steps_refuse_a_privacy_ledger_rather_than_release_uncharged():
     with pytest.raises(ValueError, match="cannot be charged to a privacy ledger"):
         ledger = DPFedAvgAccountant(1.0, 0.5, 1e-5)
         run_rounds(strategy=fedbuff(concurrency=2, buffer_size=2), executor=ex, rounds=1, seed=0,
-                   callback=RoundRecorder(), privacy=ledger)  # fmt: skip
+                   callback=Callback(), privacy=ledger)  # fmt: skip
     assert ex.submitted == []  # refused before any client started
 
 
@@ -97,7 +97,7 @@ def test_buffered_steps_checkpoint_and_resume_bit_for_bit():
         ex = ScriptedExecutor(4, finish_order=[])  # first in, first out: as in-process
         save = Checkpointer(states.append) if states is not None else None
         params = run_rounds(strategy=fedbuff(concurrency=3, buffer_size=2), executor=ex,
-                            rounds=rounds, seed=0, callback=RoundRecorder(), resume=resume,
+                            rounds=rounds, seed=0, callback=Callback(), resume=resume,
                             checkpoint=save)  # fmt: skip
         return params, ex
 

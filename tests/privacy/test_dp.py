@@ -230,7 +230,7 @@ def test_example_weighting_is_refused_under_dp():
 
 @pytest.mark.slow
 def test_budget_exhaustion_stops_with_the_model_of_the_last_allowed_round():
-    from fedray.callbacks import RoundRecorder
+    from fedray.callbacks import Callback, History
     from fedray.loop import run_rounds
     from tests.fakes import QuadraticExecutor
 
@@ -239,9 +239,9 @@ def test_budget_exhaustion_stops_with_the_model_of_the_last_allowed_round():
         dp = CentralDP(noise_multiplier=1.0, expected_clients=5.0, clip=100.0)
         strategy = with_dp(Strategy(aggregator=Mean(weighting="uniform"), fraction_fit=0.5), dp)
         ledger = DPFedAvgAccountant(1.0, 0.5, 1e-5, max_epsilon=max_epsilon)
-        rec = RoundRecorder()
+        rec = History()
         params = run_rounds(strategy=strategy, executor=ex, rounds=rounds, seed=0,
-                            callback=rec, privacy=ledger, rng_seed=1234,
+                            callback=Callback(), history=rec, privacy=ledger, rng_seed=1234,
                             noise_seed=99)  # fmt: skip
         return params, rec.rows, ledger
 
