@@ -34,6 +34,27 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def import_tensorflow() -> Any:
+    """Import TensorFlow (and with it Keras) without Keras' scikit-learn wrappers.
+
+    Importing Keras 3 imports ``keras.wrappers``, which imports scikit-learn (and SciPy)
+    whenever it is installed: about 1 s of CPU in every host process, for wrappers no
+    host uses. So unless this process has imported scikit-learn already (the digits
+    loader does), it is hidden while TensorFlow loads, then imported normally by
+    whoever asks for it later; only ``keras.wrappers.SKLearn*`` stays unusable here.
+    """
+    if "tensorflow" in sys.modules or "sklearn" in sys.modules:
+        import tensorflow as tf
+
+        return tf
+    sys.modules["sklearn"] = None  # type: ignore[assignment]  # `import sklearn` fails fast
+    try:
+        import tensorflow as tf
+    finally:
+        del sys.modules["sklearn"]
+    return tf
+
+
 def configure_tensorflow(threads: int, *, verbose: bool) -> None:
     """Set TF's thread pools and log level; must run before TF's first op."""
     if not verbose:
@@ -41,7 +62,7 @@ def configure_tensorflow(threads: int, *, verbose: bool) -> None:
     if "tensorflow" not in sys.modules:
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
         os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -72,15 +72,23 @@ def test_same_seed_gives_identical_initial_models_on_every_host():
 
 @pytest.mark.slow
 def test_thread_pools_are_capped_before_tensorflow_starts():
+    """A host's TensorFlow: one thread per pool, and no scikit-learn loaded for Keras.
+
+    Keras' scikit-learn wrappers cost every host process ~1 s of start-up; the host
+    leaves them out, and scikit-learn still imports normally afterwards.
+    """
     code = (
+        "import sys\n"
         "from fedray.client.trainer import configure_tensorflow\n"
         "configure_tensorflow(1, verbose=False)\n"
         "import tensorflow as tf\n"
         "print(tf.config.threading.get_intra_op_parallelism_threads(),"
-        " tf.config.threading.get_inter_op_parallelism_threads())\n"
+        " tf.config.threading.get_inter_op_parallelism_threads(), 'sklearn' in sys.modules)\n"
+        "from sklearn.datasets import load_digits\n"
+        "print(load_digits().data.shape[1])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["1", "1"]
+    assert out.stdout.split() == ["1", "1", "False", "64"]
 
 
 @pytest.mark.keras
