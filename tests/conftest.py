@@ -10,6 +10,28 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core, at most 4 (each Ray test starts its own hosts)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+_HEAVIEST_FIRST = ("chaos", "ray", "slow", "keras")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Heaviest tests first (chaos, then Ray, slow and TensorFlow ones), order kept within.
+
+    Started first, the minutes-long tests overlap with everything else on the other
+    workers instead of running alone at the end: longest-first scheduling.
+    """
+
+    def weight(item) -> int:
+        names = {m.name for m in item.iter_markers()}
+        return next((i for i, m in enumerate(_HEAVIEST_FIRST) if m in names), len(_HEAVIEST_FIRST))
+
+    items.sort(key=weight)
+
+
 @pytest.fixture
 def linreg_config() -> dict:
     import yaml
