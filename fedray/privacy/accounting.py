@@ -21,6 +21,7 @@ Layer 1: numpy and dp-accounting only (imported inside functions, so that
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -111,9 +112,26 @@ def dpfedavg_epsilon(
 ) -> float:
     """ε of ``rounds`` DP-FedAvg rounds at ``delta`` (inf when z = 0; 0 for 0 rounds).
 
+    Memoised, as :func:`compose_epsilon` is: calibration and planning ask again.
+
     >>> round(dpfedavg_epsilon(1.0, 0.01, 1000, 1e-5), 3)
     2.101
     """
+    return _dpfedavg(float(noise_multiplier), float(sampling_rate), int(rounds), float(delta),
+                     method, sampling, population, count_noise_multiplier)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def _dpfedavg(
+    noise_multiplier: float,
+    sampling_rate: float,
+    rounds: int,
+    delta: float,
+    method: str,
+    sampling: Sampling,
+    population: int | None,
+    count_noise_multiplier: float | None,
+) -> float:
     if rounds <= 0:
         return 0.0
     if noise_multiplier == 0:
@@ -281,11 +299,18 @@ def compose_epsilon(
 ) -> float:
     """ε at ``delta`` of heterogeneous rounds: ``(event, count)`` runs, composed.
 
+    A pure function of its arguments, so it is memoised: a PLD composition takes
+    seconds, and a run's report, the planner and a resumed run ask for the same ones.
+
     >>> e = RoundEvent(1.0, None, 0.01)
     >>> round(compose_epsilon([(e, 400), (e, 600)], 1e-5), 3)
     2.101
     """
-    runs = [(e, n) for e, n in runs if n > 0]
+    return _compose(tuple((e, int(n)) for e, n in runs if n > 0), float(delta), method)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compose(runs: tuple[tuple[RoundEvent, int], ...], delta: float, method: str) -> float:
     if not runs:
         return 0.0
     if any(e.total == 0 for e, _ in runs):

@@ -57,7 +57,6 @@ class DPFedAvgAccountant:
     max_epsilon: float | None = None
     history: list[tuple[RoundEvent, int]] = field(default_factory=list)
     planned_rounds: int | None = None
-    _cache: dict[tuple[Any, ...], float] = field(default_factory=dict, repr=False)
 
     @property
     def event(self) -> RoundEvent:
@@ -91,10 +90,7 @@ class DPFedAvgAccountant:
             raise ValueError(f"{self.rounds} rounds are already spent; cannot price {rounds}")
         if extra:
             runs.append((self.event, extra))
-        key = (tuple(runs), method)
-        if key not in self._cache:
-            self._cache[key] = compose_epsilon(runs, self.delta, method=method)
-        return self._cache[key]
+        return compose_epsilon(runs, self.delta, method=method)  # memoised
 
     def allows_next_round(self) -> bool:
         """Whether one more round stays within ``max_epsilon``."""

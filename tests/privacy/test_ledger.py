@@ -156,3 +156,24 @@ def test_a_target_epsilon_is_also_the_ledgers_budget():
     assert not ledger.allows_next_round()  # ... and a retry's extra release would not
     explicit = config.load(cfg.to_dict(), ["privacy.dp.max_epsilon=2.0"])
     assert build.budget(explicit) == 2.0
+
+
+def test_epsilon_is_composed_once_per_distinct_history(monkeypatch):
+    """A report, the planner and a resume ask for the same ε: dp-accounting runs once.
+
+    A distinct history (another z, count, δ or method) is composed afresh, so the memo
+    can never answer for rounds it has not seen.
+    """
+    from fedray.privacy import accounting
+
+    calls = []
+    real = accounting._accountant
+    monkeypatch.setattr(accounting, "_accountant", lambda *a: calls.append(a) or real(*a))
+    e = accounting.RoundEvent(1.7, None, 0.013)  # values no other test composes
+    first = accounting.compose_epsilon([(e, 37)], 1e-5)
+    assert accounting.compose_epsilon([(e, 37)], 1e-5) == first and len(calls) == 1
+    assert accounting.compose_epsilon([(e, 38)], 1e-5) > first and len(calls) == 2
+    assert accounting.compose_epsilon([(e, 37)], 1e-6) > first and len(calls) == 3
+    z = accounting.dpfedavg_epsilon(1.7, 0.013, 37, 1e-5)
+    assert z == pytest.approx(first) and accounting.dpfedavg_epsilon(1.7, 0.013, 37, 1e-5) == z
+    assert len(calls) == 4
