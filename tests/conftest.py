@@ -21,8 +21,9 @@ _HEAVIEST_FIRST = ("chaos", "ray", "slow", "keras")
 def pytest_collection_modifyitems(config, items) -> None:
     """Heaviest tests first (chaos, then Ray, slow and TensorFlow ones), order kept within.
 
-    Started first, the minutes-long tests overlap with everything else on the other
-    workers instead of running alone at the end: longest-first scheduling.
+    Started first, and handed out one at a time (``--maxschedchunk 1``), the
+    minutes-long tests overlap with everything else on the other workers instead of
+    running alone at the end: longest-first scheduling.
     """
 
     def weight(item) -> int:
