@@ -71,7 +71,6 @@ class DPSGDAccountant(_PerClientLedger):
     participations: dict[int, int] = field(default_factory=dict)
     rounds: int = 0
     cap: int | None = None
-    _cache: dict[tuple[float, int, float], float] = field(default_factory=dict, repr=False)
 
     def _steps(self, cid: int, participations: int) -> int:
         n = self.examples[cid]
@@ -93,10 +92,7 @@ class DPSGDAccountant(_PerClientLedger):
         delta = self.delta - self.truncation_delta(cid, participations)
         if delta <= 0:
             return math.inf
-        key = (q, steps, delta)
-        if key not in self._cache:
-            self._cache[key] = dpfedavg_epsilon(self.noise_multiplier, q, steps, delta)
-        return self._cache[key]
+        return dpfedavg_epsilon(self.noise_multiplier, q, steps, delta)  # memoised
 
     def epsilon(self) -> float:
         """The worst client's ε so far."""
