@@ -31,13 +31,14 @@ from fedray.callbacks import (
     Callback,
     CallbackList,
     CSVLogger,
+    FailureLog,
     History,
     LoggingCallback,
     ProgressBar,
     TensorBoardLogger,
 )
 from fedray.config import Config
-from fedray.errors import ConfigError, FedrayError
+from fedray.errors import ConfigError, FedrayError, RoundFailedError
 from fedray.loop import Checkpointer, Evaluation, default_scheduler, run_rounds
 from fedray.memory import InMemory, from_clients
 from fedray.records import Params, RoundPolicy
@@ -84,7 +85,8 @@ def _callbacks(
         ProgressBar(cfg.rounds, keys=keys) if cfg.runtime.progress else LoggingCallback(keys)
     )
     csv_log = CSVLogger(out_dir / "metrics.csv", parquet=False)  # written after close
-    cb = CallbackList([csv_log, TensorBoardLogger(out_dir / "tb"), ui, *extra])
+    failures = FailureLog(out_dir / "failures.csv")
+    cb = CallbackList([csv_log, failures, TensorBoardLogger(out_dir / "tb"), ui, *extra])
     return csv_log, cb
 
 
@@ -248,8 +250,13 @@ def run(
         csv_log, cb = _callbacks(cfg, out_dir, callbacks)
         save = lambda st: checkpoint_mod.save(out_dir, st, config_fingerprint=fp)  # noqa: E731
         t_rounds = time.perf_counter()
-        params = _train(cfg, composed, executor, cb, history, state, save, ledger, canaries,
-                        rng_seed)  # fmt: skip
+        try:
+            params = _train(cfg, composed, executor, cb, history, state, save, ledger,
+                            canaries, rng_seed)  # fmt: skip
+        except RoundFailedError as exc:  # short, and where to look and how to go on
+            raise RoundFailedError(
+                f"{exc}. Details: {out_dir / 'failures.csv'}; continue with --resume {out_dir}"
+            ) from None
         t_end = time.perf_counter()
         (out_dir / "model.keras").write_bytes(executor.export(params))
         predictions = None

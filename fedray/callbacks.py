@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedray.records import ClientFailure, HostRecovery
+
 logger = logging.getLogger(__name__)
 
 Logs = dict[str, Any]
@@ -81,6 +83,14 @@ class Callback:
     def on_round_end(self, server_round: int, logs: Logs) -> None:
         """Called after aggregation and evaluation of ``server_round``."""
 
+    def on_failures(
+        self,
+        server_round: int,
+        failures: Sequence[ClientFailure],
+        recoveries: Sequence[HostRecovery],
+    ) -> None:
+        """Called after a round's clients ran, when some failed or were re-run."""
+
     def on_run_end(self, logs: Logs) -> None:
         """Called once after the last round with the final logs."""
 
@@ -112,10 +122,70 @@ class CallbackList(Callback):
         for cb in self.callbacks:
             cb.on_round_end(server_round, logs)
 
+    def on_failures(
+        self,
+        server_round: int,
+        failures: Sequence[ClientFailure],
+        recoveries: Sequence[HostRecovery],
+    ) -> None:
+        """Forward to every callback."""
+        for cb in self.callbacks:
+            cb.on_failures(server_round, failures, recoveries)
+
     def on_run_end(self, logs: Logs) -> None:
         """Forward to every callback."""
         for cb in self.callbacks:
             cb.on_run_end(logs)
+
+
+class FailureLog(Callback):
+    """Writes ``failures.csv``: one row per failed client and per host re-execution.
+
+    Columns: ``round, attempt, client, host, cause, error`` (the error's first line).
+    A host that died under its clients, who were then run again, is one row with
+    ``cause = "host_restart"``, no client, and the re-run clients in ``error``. A
+    resumed run first drops the rows of rounds after its checkpoint, which it runs
+    again.
+    """
+
+    COLUMNS = ("round", "attempt", "client", "host", "cause", "error")
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_run_begin(self, logs: Logs) -> None:
+        """Start the file, keeping only rows of rounds the history already holds."""
+        import csv
+
+        done = self.history.rows[-1]["round"] if self.history and self.history.rows else 0
+        kept: list[dict[str, str]] = []
+        if done and self.path.exists():
+            with self.path.open(newline="") as f:
+                kept = [r for r in csv.DictReader(f) if int(r["round"]) <= done]
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
+
+    def on_failures(
+        self,
+        server_round: int,
+        failures: Sequence[ClientFailure],
+        recoveries: Sequence[HostRecovery],
+    ) -> None:
+        """Append this round's rows."""
+        import csv
+
+        rows = [
+            (server_round, r.attempt, "", r.host, "host_restart",
+             f"{r.reason}; re-ran clients {list(r.client_ids)}")
+            for r in recoveries
+        ] + [
+            (server_round, f.attempt, f.client_id, f.host, f.cause, f.reason.partition("\n")[0])
+            for f in failures
+        ]  # fmt: skip
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerows(rows)
 
 
 class CSVLogger(Callback):

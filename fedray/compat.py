@@ -141,6 +141,9 @@ RULES: tuple[Rule, ...] = (
          "unseen by the server; set strategy.over_commit=0", when_b=_is("scaffold")),
     Rule("strategy.over_commit", _NAME, "fedbuff is already asynchronous (use "
          "strategy.concurrency); set strategy.over_commit=0", when_b=_is("fedbuff")),
+    # --- simulated faults -------------------------------------------------------------
+    Rule("faults.host_hang_rate", "runtime.round_timeout_s", "only the round deadline frees a "
+         "hung host; set runtime.round_timeout_s", when_b=_is(None)),
 )  # fmt: skip
 """The refusals, in the order they are checked (the first that applies is reported)."""
 

@@ -28,6 +28,8 @@ class RoundInfo:
         num_sampled: Number of clients sampled this round.
         attempt: 0 for a round's first try; ``k`` for its k-th retry after too few
             clients succeeded (see :class:`RoundPolicy`).
+        dispatch: 0 for a client's first run in this attempt; ``k`` for its k-th
+            re-execution after its host died mid-round (see :class:`HostRecovery`).
         settings: Per-round scalars the aggregator sends to clients with the round,
             from its ``client_settings`` hook (e.g. DP's adaptive clip norm).
     """
@@ -37,6 +39,7 @@ class RoundInfo:
     num_sampled: int = 0
     attempt: int = 0
     settings: dict[str, float] = field(default_factory=dict)
+    dispatch: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,21 @@ class PartialSum:
     protocol_sums: dict[str, float] = field(default_factory=dict)
 
 
+FAILURE_CAUSES = {
+    "crash": "crashed",  # the client's device dropped out (faults.crash_rate)
+    "hang": "hung",  # the client's device stopped answering (faults.hang_rate)
+    "error": "raised",  # the client's code raised an exception
+    "nan": "NaN",  # its update was not finite
+    "invalid": "invalid",  # wrong structure, count or norm
+    "straggler": "straggler dropped",
+    "timeout": "timed out",  # no result by runtime.round_timeout_s
+    "host": "host lost",  # its host died and it could not be re-run in time
+    "unavailable": "host down",  # its host was restarting or dead when the round began
+    "secagg": "secure-aggregation dropout",
+}
+"""Why a client failed (``ClientFailure.cause``), with the words the round summary uses."""
+
+
 @dataclass(frozen=True)
 class ClientFailure:
     """A client that did not deliver a usable result this round.
@@ -97,10 +115,41 @@ class ClientFailure:
     Attributes:
         client_id: Global id of the client.
         reason: Human-readable cause, e.g. ``"ValueError: nan in update"``.
+        cause: One of :data:`FAILURE_CAUSES` (for the round summary and ``failures.csv``).
+        host: Index of the host that served it, -1 when unknown.
+        attempt: The round's attempt it failed in.
     """
 
     client_id: int
     reason: str
+    cause: str = "error"
+    host: int = -1
+    attempt: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cause not in FAILURE_CAUSES:
+            raise ValueError(f"cause must be one of {sorted(FAILURE_CAUSES)}, got {self.cause!r}")
+
+
+@dataclass(frozen=True)
+class HostRecovery:
+    """A host that died mid-round and whose unfinished clients were run again.
+
+    Task re-execution, as Spark does it: the clients of a lost call are dispatched
+    again (``RoundInfo.dispatch`` + 1) to the restarted host, and give the same
+    updates, since their randomness comes from (seed, round, client id).
+
+    Attributes:
+        host: Index of the host that died.
+        client_ids: The clients run again.
+        reason: What killed it (first line).
+        attempt: The round's attempt.
+    """
+
+    host: int
+    client_ids: tuple[int, ...]
+    reason: str
+    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -229,6 +278,9 @@ class RoundPolicy:
 
 FitResult = ClientUpdate | ClientFailure | PartialSum
 """What a host's ``fit`` returns per client (or, pre-aggregated, per host)."""
+
+FitEvent = FitResult | HostRecovery
+"""What an executor's ``fit`` yields: the hosts' results, and the re-executions it did."""
 
 AggState = dict[str, Any]
 """Named aggregator / server-optimizer state (never a positional tuple)."""

@@ -18,32 +18,46 @@ def validate_update(
 
     ``max_norm`` rejects an update whose L2 norm (over all arrays) exceeds it.
     """
+    problem = diagnose(update, reference, max_norm)
+    return None if problem is None else problem[1]
+
+
+def diagnose(
+    update: ClientUpdate, reference: Params, max_norm: float | None = None
+) -> tuple[str, str] | None:
+    """``(cause, reason)`` when ``update`` is unusable (cause ``"nan"`` or ``"invalid"``)."""
     bad = sorted(k for k, v in update.protocol.items() if not math.isfinite(v))
     if bad:
-        return f"protocol values {bad} are not finite"
+        return "nan", f"protocol values {bad} are not finite"
     if update.masked is not None:  # secure aggregation: only the masked integers travel
         if update.delta:
-            return "a masked update must not also carry its delta"
+            return "invalid", "a masked update must not also carry its delta"
         if update.masked.ndim != 1 or update.masked.dtype.kind != "u":
-            return f"masked update must be a flat unsigned vector, got {update.masked.dtype}"
+            return (
+                "invalid",
+                f"masked update must be a flat unsigned vector, got {update.masked.dtype}",
+            )
         return None
     problem = tree.structure_mismatch(update.delta, reference)
     if problem is not None:
-        return f"wrong update structure: {problem}"
+        return "invalid", f"wrong update structure: {problem}"
     if not tree.all_finite(update.delta):
-        return "update contains NaN or Inf"
+        return "nan", "update contains NaN or Inf"
     if update.num_examples <= 0:
-        return f"num_examples must be > 0, got {update.num_examples}"
+        return "invalid", f"num_examples must be > 0, got {update.num_examples}"
     if max_norm is not None:
         norm = tree.global_norm(update.delta)
         if norm > max_norm:
-            return f"update norm {norm:.4g} exceeds strategy.max_update_norm={max_norm:g}"
+            return (
+                "invalid",
+                f"update norm {norm:.4g} exceeds strategy.max_update_norm={max_norm:g}",
+            )
     for name, arrays in update.extras.items():
         problem = tree.structure_mismatch(arrays, reference)
         if problem is not None:
-            return f"wrong {name} structure: {problem}"
+            return "invalid", f"wrong {name} structure: {problem}"
         if not tree.all_finite(arrays):
-            return f"{name} contains NaN or Inf"
+            return "nan", f"{name} contains NaN or Inf"
     return None
 
 
@@ -58,5 +72,7 @@ def screen(
     """
     if isinstance(result, ClientFailure):
         return result
-    problem = validate_update(result, reference, max_norm)
-    return result if problem is None else ClientFailure(result.client_id, problem)
+    problem = diagnose(result, reference, max_norm)
+    if problem is None:
+        return result
+    return ClientFailure(result.client_id, problem[1], cause=problem[0])

@@ -29,9 +29,14 @@ import numpy as np
 
 from fedray.aggregators import LinearAggregator, presum
 from fedray.attacks import attack_update, choose_attackers, flip_labels
-from fedray.client.behaviours import simulated_fault
+from fedray.client.behaviours import (
+    simulated_delay,
+    simulated_fault,
+    simulated_host_fault,
+    straggler_steps,
+)
 from fedray.client.spec import HostSpec, Trainer, TrainJob
-from fedray.errors import ConfigError
+from fedray.errors import ConfigError, HostFaultError, one_line
 from fedray.records import (
     ClientEval,
     ClientFailure,
@@ -62,7 +67,11 @@ class _Job:
 
 
 class _SkipClientError(Exception):
-    """A client that does not train this round, for the given reason."""
+    """A client that does not train this round: ``cause`` (a failure cause) and why."""
+
+    def __init__(self, cause: str, reason: str) -> None:
+        super().__init__(reason)
+        self.cause = cause
 
 
 class ClientHost:
@@ -150,45 +159,9 @@ class ClientHost:
         state = np.random.SeedSequence([dp.noise_seed, info.server_round, cid, 13])
         return state.generate_state(2).astype(np.int64)
 
-    def _delay(self, cid: int) -> float:
-        """Simulated extra seconds per fit: ``faults.delay_s * u``, ``u ~ U(0, 1)`` per client."""
-        max_delay = self.spec.faults.delay_s
-        if max_delay <= 0:
-            return 0.0
-        u = float(np.random.default_rng([self.spec.seed, 6, cid]).random())
-        return max_delay * u
-
-    def fault(self, cid: int, info: RoundInfo) -> str | None:
-        """The simulated fault of this client in this round (see :func:`simulated_fault`)."""
-        return simulated_fault(self.spec.faults, info.seed, info.server_round, cid, info.attempt)
-
-    def _crash(self, cid: int) -> None:
-        """In-process there is no host process to lose: the client fails instead."""
-        raise RuntimeError(f"simulated crash of client {cid}'s host (faults.crash_rate)")
-
-    def _hang(self, cid: int) -> None:
-        """In-process a hang would block the run: the client fails instead."""
-        raise TimeoutError(f"simulated hang of client {cid} (faults.hang_rate)")
-
-    def _straggler_steps(self, cid: int, info: RoundInfo, total: int) -> int:
-        """Local steps this client runs this round (fewer when it straggles).
-
-        With ``faults.straggler_fraction = p``, each sampled client straggles with
-        probability ``p`` (randomness from (seed, round, id)); a straggler runs a uniform
-        number of whole epochs in [1, E - 1] as in the FedProx paper, or, with E = 1, a
-        uniform number of steps in [1, steps - 1].
-        """
-        p = self.spec.faults.straggler_fraction
-        if p <= 0 or total <= 1:
-            return total
-        rng = np.random.default_rng([info.seed, info.server_round, cid, 5])
-        if rng.random() >= p:
-            return total
-        epochs = self.spec.train.local_epochs
-        per_epoch = total // epochs
-        if epochs > 1:
-            return int(rng.integers(1, epochs)) * per_epoch
-        return int(rng.integers(1, total))
+    def _host_fault(self, kind: str, cid: int) -> None:
+        """In-process there is no host process to lose or hang: the whole call fails."""
+        raise HostFaultError(kind, f"simulated host {kind} while planning client {cid}")
 
     def fit(
         self,
@@ -216,46 +189,59 @@ class ClientHost:
             try:
                 jobs.append(self._plan_fit(cid, params, info, server_c))
             except _SkipClientError as skip:
-                done[cid] = ClientFailure(cid, str(skip))
+                done[cid] = ClientFailure(cid, str(skip), skip.cause, attempt=info.attempt)
+            except HostFaultError:
+                raise
             except Exception as exc:
-                done[cid] = ClientFailure(cid, f"{type(exc).__name__}: {exc}")
+                done[cid] = _raised(cid, exc, info)
         model_bytes = sum(np.asarray(p).nbytes for p in params) or 1
         chunk = max(1, (64 << 20) // model_bytes)
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]
-            try:
-                trained = self.trainer.train([job.train for job in part], params)
-            except Exception as exc:
-                for job in part:
-                    done[job.cid] = ClientFailure(job.cid, f"{type(exc).__name__}: {exc}")
-                continue
-            for job, (delta, metrics) in zip(part, trained, strict=True):
+            for job, outcome in zip(part, self._train(part, params, info), strict=True):
+                if isinstance(outcome, ClientFailure):
+                    done[job.cid] = outcome
+                    continue
                 try:
-                    done[job.cid] = self._finish_fit(job, delta, metrics, info, server_c)
+                    done[job.cid] = self._finish_fit(job, *outcome, info, server_c)
                 except Exception as exc:
-                    done[job.cid] = ClientFailure(job.cid, f"{type(exc).__name__}: {exc}")
-        results: list[ClientUpdate | ClientFailure] = [done[cid] for cid in client_ids]
+                    done[job.cid] = _raised(job.cid, exc, info)
+        # The host screens each update as the driver will (which still checks): a NaN or
+        # a wrong shape is then reported by the host that served it, as its client's own.
+        norm = self.spec.max_update_norm
+        results = [screen(done[cid], params, norm) for cid in client_ids]
         if not self.spec.pre_aggregate:
             return list(results)
-        return self._presum(results, params)
+        return self._presum(results)
+
+    def _train(
+        self, jobs: Sequence[_Job], params: Params, info: RoundInfo
+    ) -> list[tuple[Params, Metrics] | ClientFailure]:
+        """Train ``jobs`` in one trainer call; when it raises, each on its own.
+
+        One client whose training raises (bad data, a user model's bug) then fails
+        alone instead of taking its chunk's other clients with it.
+        """
+        try:
+            return list(self.trainer.train([job.train for job in jobs], params))
+        except Exception as exc:
+            if len(jobs) == 1:
+                return [_raised(jobs[0].cid, exc, info)]
+        return [outcome for job in jobs for outcome in self._train([job], params, info)]
 
     def _presum(
-        self, results: Sequence[ClientUpdate | ClientFailure], params: Params
+        self, results: Sequence[ClientUpdate | ClientFailure]
     ) -> list[ClientUpdate | ClientFailure | PartialSum]:
-        """Validate each update as the driver would, then sum the valid ones."""
+        """Sum the screened valid updates into one partial sum; failures follow it."""
         if not isinstance(self.spec.aggregator, LinearAggregator):  # HostSpec refuses it too
             raise TypeError(
                 f"pre-aggregation needs a linear aggregator (a LinearAggregator), got "
                 f"{self.spec.aggregator}"
             )
-        valid: list[ClientUpdate] = []
-        failures: list[ClientUpdate | ClientFailure | PartialSum] = []
-        for r in results:
-            checked = screen(r, params, self.spec.max_update_norm)
-            if isinstance(checked, ClientUpdate):
-                valid.append(checked)
-            else:
-                failures.append(checked)
+        valid = [r for r in results if isinstance(r, ClientUpdate)]
+        failures: list[ClientUpdate | ClientFailure | PartialSum] = [
+            r for r in results if isinstance(r, ClientFailure)
+        ]
         if not valid:
             return failures
         return [presum(valid, self.spec.aggregator), *failures]
@@ -264,16 +250,23 @@ class ClientHost:
         """What one client runs this round; raises for a missing client or a simulated fault."""
         if cid not in self._examples:
             raise KeyError(f"client {cid} is not hosted here ({list(self._examples)})")
-        fault = self.fault(cid, info)
+        host_fault = simulated_host_fault(
+            self.spec.faults, info.seed, info.server_round, cid, info.attempt
+        )
+        if host_fault is not None and info.dispatch == 0:
+            self._host_fault(host_fault, cid)
+        fault = simulated_fault(self.spec.faults, info.seed, info.server_round, cid, info.attempt)
         if fault == "crash":
-            self._crash(cid)
-        elif fault == "hang":
-            self._hang(cid)
+            raise _SkipClientError("crash", "simulated device crash (faults.crash_rate)")
+        if fault == "hang":
+            raise _SkipClientError("hang", "simulated device hang (faults.hang_rate)")
         n = self._examples[cid]
         total = self.spec.train.local_epochs * -(-n // self.spec.train.batch_size)
-        steps = self._straggler_steps(cid, info, total)
+        steps = straggler_steps(self.spec.faults, self.spec.train.local_epochs, info, cid, total)
         if steps < total and self.spec.faults.drop_stragglers:
-            raise _SkipClientError(f"straggler dropped: {steps} of {total} local steps")
+            raise _SkipClientError(
+                "straggler", f"straggler dropped: {steps} of {total} local steps"
+            )
         correction = None
         if server_c is not None:
             own_c = self._controls.setdefault(cid, [np.zeros_like(p) for p in params])
@@ -314,7 +307,7 @@ class ClientHost:
             update = ClientUpdate(cid, delta, 1, {}, extras=update_extras)
         else:
             update = ClientUpdate(cid, delta, self._examples[cid], metrics, extras=update_extras)
-        delay = self._delay(cid)
+        delay = simulated_delay(self.spec.faults, self.spec.seed, cid)
         if delay:  # a slow device (faults.delay_s): fixed per client, from the seed
             time.sleep(delay)
         update = self.spec.aggregator.encode(update, info)
@@ -367,7 +360,7 @@ class ClientHost:
             try:
                 result = self.trainer.evaluate(params, split, cid)
             except Exception as exc:
-                out.append(ClientFailure(cid, f"{type(exc).__name__}: {exc}"))
+                out.append(ClientFailure(cid, one_line(exc)))
                 continue
             if result is not None:
                 out.append(ClientEval(cid, result[0], result[1]))
@@ -382,3 +375,9 @@ class ClientHost:
         """The model with ``params`` as ``.keras`` file bytes (so the driver needs no TF)."""
         self._check()
         return self.trainer.export(params)
+
+
+def _raised(cid: int, exc: BaseException, info: RoundInfo) -> ClientFailure:
+    """The failure of a client whose code raised ``exc``; the traceback goes to the debug log."""
+    logger.debug("client %d raised in round %d", cid, info.server_round, exc_info=exc)
+    return ClientFailure(cid, one_line(exc), "error", attempt=info.attempt)

@@ -137,6 +137,8 @@ def features(cfg: Config) -> dict[str, Any]:
         "attack.fraction": cfg.attack.fraction,
         "evaluation.train_every": cfg.evaluation.train_every,
         "evaluation.federated_every": cfg.evaluation.federated_every,
+        "faults.host_hang_rate": cfg.faults.host_hang_rate,
+        "runtime.round_timeout_s": cfg.runtime.round_timeout_s,
     }
     weighting = getattr(s, "weighting", "auto")
     if weighting != "auto":

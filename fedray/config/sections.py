@@ -177,12 +177,21 @@ class FaultsConfig(_Section):
     the seed
     """
     crash_rate: float = Field(0.0, ge=0, le=1)
-    """per client and round (seeded): the client's device drops out (on Ray its host process exits)
+    """per client and round (seeded): the client's device drops out; it fails alone, and its host
+    answers for the others
     """
     hang_rate: float = Field(0.0, ge=0, le=1)
-    """per client and round (seeded): the client sleeps past the round deadline"""
+    """per client and round (seeded): the client's device stops answering; it fails alone"""
     nan_rate: float = Field(0.0, ge=0, le=1)
     """per client and round (seeded): the client returns NaN"""
+    host_crash_rate: float = Field(0.0, ge=0, le=1)
+    """per client and round (seeded): the host process serving the client dies while planning it;
+    the driver re-runs the host's clients in the same round (re-executions never draw it again)
+    """
+    host_hang_rate: float = Field(0.0, ge=0, le=1)
+    """per client and round (seeded): the host process serving the client hangs until
+    `runtime.round_timeout_s` kills it; its clients in that call time out
+    """
 
 
 class CheckpointConfig(_Section):

@@ -143,6 +143,13 @@ def run_rounds(
         }
         if step.attempts > 1:
             logs["round/attempts"] = step.attempts
+        for f in step.failures:
+            logs[f"failed/{f.cause}"] = logs.get(f"failed/{f.cause}", 0) + 1
+        if step.recoveries:
+            logs["hosts/restarted"] = len(step.recoveries)
+            logs["clients/rerun"] = sum(len(r.client_ids) for r in step.recoveries)
+        if step.failures or step.recoveries:
+            callback.on_failures(server_round, step.failures, step.recoveries)
         committed = False
         if len(step.participants) >= strategy.min_fit_clients:
             new = _server_step(ctx, step, params, agg_state, opt_state, server_round, canaries,

@@ -29,9 +29,11 @@ from fedray.aggregators import broadcast, client_settings
 from fedray.errors import RoundFailedError
 from fedray.loop.executor import Executor, PrivacyLedger
 from fedray.records import (
+    FAILURE_CAUSES,
     AggState,
     ClientFailure,
     ClientUpdate,
+    HostRecovery,
     Params,
     PartialSum,
     RoundInfo,
@@ -50,6 +52,7 @@ class Step:
     Attributes:
         updates: Valid updates and partial sums (hosts' pre-aggregates, the secure sum).
         failures: The clients that failed, with why.
+        recoveries: Hosts that died under their clients, who were run again.
         sampled: How many clients were started for it.
         participants: The clients whose updates count.
         attempts: Tries it took (a synchronous round's retries).
@@ -57,6 +60,7 @@ class Step:
 
     updates: list[ClientUpdate | PartialSum] = field(default_factory=list)
     failures: list[ClientFailure] = field(default_factory=list)
+    recoveries: list[HostRecovery] = field(default_factory=list)
     sampled: int = 0
     participants: list[int] = field(default_factory=list)
     attempts: int = 1
@@ -202,6 +206,9 @@ class SyncRounds:
         partials: list[PartialSum] = []  # pre-aggregated in hosts, validated there
         results = iter(ctx.executor.fit(ids, handle, info))
         for result in results:
+            if isinstance(result, HostRecovery):
+                step.recoveries.append(result)
+                continue
             if isinstance(result, PartialSum):
                 partials.append(result)
                 continue
@@ -209,7 +216,7 @@ class SyncRounds:
             if isinstance(checked, ClientUpdate):
                 updates.append(checked)
             else:
-                step.failures.append(checked)
+                step.failures.append(replace(checked, attempt=info.attempt))
             if len(updates) == wanted and len(ids) > wanted:
                 break  # over-commitment: the first K valid updates make the round
         close = getattr(results, "close", None)
@@ -218,24 +225,51 @@ class SyncRounds:
         return updates, partials
 
     def _report(self, strategy: Strategy, server_round: int, step: Step) -> None:
-        """Log the failures; stop the run when too few succeeded and the policy says so."""
+        """One summary line; stop the run when too few succeeded and the policy says so."""
         for f in step.failures:
-            logger.warning("round %d: client %d failed: %s", server_round, f.client_id, f.reason)
+            logger.debug("round %d: client %d failed (%s): %s", server_round, f.client_id,
+                         f.cause, f.reason)  # fmt: skip
+        line = summary(server_round, step)
         ok, need = len(step.participants), strategy.min_fit_clients
         if ok >= need:
+            if step.failures:
+                logger.warning("%s", line)
+            elif step.recoveries:
+                logger.info("%s", line)
             return
         if self.policy.on_too_few != "skip":
-            reasons = "; ".join(f"client {f.client_id}: {f.reason}" for f in step.failures[:5])
             raise RoundFailedError(
-                f"round {server_round}: only {ok} clients succeeded after "
-                f"{step.attempts} attempt(s), fewer than strategy.min_fit_clients={need} "
-                f"(strategy.on_too_few={self.policy.on_too_few!r}). "
-                f"Failures: {reasons or 'none reported'}. Rounds before it are in the "
-                "checkpoint (checkpoint.every); fix the cause and continue with --resume"
+                f"{line}; fewer than strategy.min_fit_clients={need} "
+                f"(strategy.on_too_few={self.policy.on_too_few!r})"
             )
         logger.warning(
             "round %d: the global model is unchanged (strategy.on_too_few='skip')", server_round
         )
+
+
+def summary(server_round: int, step: Step) -> str:
+    """The round's one line: who succeeded, failures counted by cause, re-executions.
+
+    >>> step = Step(participants=[0, 1], sampled=4, failures=[
+    ...     ClientFailure(2, "x", "crash"), ClientFailure(3, "y", "nan")],
+    ...     recoveries=[HostRecovery(0, (0, 1), "died")])
+    >>> summary(3, step)
+    'round 3: 2/4 ok; failed: 1 crashed, 1 NaN; host 0 restarted, re-ran 2 clients'
+    """
+    line = f"round {server_round}: {len(step.participants)}/{step.sampled} ok"
+    if step.attempts > 1:
+        line += f" in {step.attempts} attempts"
+    counts: dict[str, int] = {}
+    for f in step.failures:
+        counts[f.cause] = counts.get(f.cause, 0) + 1
+    if counts:
+        line += "; failed: " + ", ".join(
+            f"{n} {FAILURE_CAUSES[c]}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1])
+        )
+    for r in step.recoveries:
+        n = len(r.client_ids)
+        line += f"; host {r.host} restarted, re-ran {n} client{'s' if n != 1 else ''}"
+    return line
 
 
 @dataclass

@@ -42,6 +42,33 @@ def probe_address(address: str, timeout_s: float = 3.0) -> None:
         ) from None
 
 
+def route_worker_errors() -> None:
+    """Send the notices Ray's driver prints for dead workers to the debug log.
+
+    A Ray driver prints a paragraph to the console whenever a worker dies ("A worker
+    died or was killed while executing a task ..."), from a thread no option turns
+    off. fedray reports a lost host in its round summary and ``failures.csv``, so
+    these notices go to the ``ray.raylet`` logger at debug level instead. Relies on
+    Ray's private ``print_to_stdstream`` (Ray 2.60); a Ray without it is left alone.
+    """
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "fedray_routed", False):
+        return
+    raylet = logging.getLogger("ray.raylet")
+
+    def route(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            for line in data.get("lines", []):
+                raylet.debug("%s", line)
+            return
+        original(data, ignore_prefix)
+
+    route.fedray_routed = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = route
+
+
 def connect(address: str | None, *, num_cpus: int | None, verbose: bool) -> bool:
     """Start a private local Ray instance (``address`` None) or join a cluster.
 
@@ -76,6 +103,8 @@ def connect(address: str | None, *, num_cpus: int | None, verbose: bool) -> bool
                 f"runtime.address = {address!r}: cannot connect to a Ray cluster ({exc}); "
                 "expected 'auto' or host:port of a running head (ray start --head)"
             ) from None
+    if not verbose:
+        route_worker_errors()
     return True
 
 

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from fedray.aggregators import Aggregator
 from fedray.client.host import ClientHost
 from fedray.config import Config
+from fedray.errors import HostFaultError
 from fedray.memory import InMemory
 from fedray.records import (
     ClientEval,
     ClientFailure,
     ClientOptions,
     ClientUpdate,
-    FitResult,
+    FitEvent,
+    HostRecovery,
     Metrics,
     Params,
     PartialSum,
     RoundInfo,
 )
-from fedray.runtime.plan import HostPlan
+from fedray.runtime.plan import MAX_RERUNS, HostPlan, fail_all, tag
 from fedray.runtime.plan import clients_per_host as resolve
 
 
@@ -85,13 +88,30 @@ class LocalExecutor:
     def _by_host(self, client_ids: Sequence[int]) -> list[tuple[ClientHost, list[int]]]:
         return [(self.hosts[h], ids) for h, ids in self.plan.by_host(client_ids).items()]
 
-    def fit(self, client_ids: Sequence[int], handle: Any, info: RoundInfo) -> list[FitResult]:
-        """Train the sampled clients, host by host."""
+    def fit(self, client_ids: Sequence[int], handle: Any, info: RoundInfo) -> Iterator[FitEvent]:
+        """Train the sampled clients, host by host.
+
+        A host whose call is lost (a simulated host crash) has its clients run again,
+        up to :data:`~fedray.runtime.plan.MAX_RERUNS` times, as on Ray.
+        """
         params, extras = handle
-        out: list[FitResult] = []
-        for host, ids in self._by_host(client_ids):
-            out.extend(host.fit(ids, params, info, extras))
-        return out
+        for h, ids in self.plan.by_host(client_ids).items():
+            run = info
+            while True:
+                try:
+                    results = self.hosts[h].fit(ids, params, run, extras)
+                except HostFaultError as exc:
+                    if exc.kind == "hang":  # as on Ray: the deadline kills it, no time is left
+                        yield from fail_all(ids, f"host {h}: {exc}", "timeout", h, info.attempt)
+                        break
+                    if run.dispatch >= MAX_RERUNS:
+                        yield from fail_all(ids, f"host {h} lost: {exc}", "host", h, info.attempt)
+                        break
+                    yield HostRecovery(h, tuple(ids), str(exc), info.attempt)
+                    run = replace(run, dispatch=run.dispatch + 1)
+                    continue
+                yield from tag(results, h, info.attempt)
+                break
 
     def call(
         self, client_ids: Sequence[int], step: str, payload: dict[int, Any], info: RoundInfo
@@ -104,7 +124,9 @@ class LocalExecutor:
 
     def submit(self, client_id: int, handle: Any, info: RoundInfo) -> int:
         """In-process: train now; the ticket is a sequence number (FIFO completion)."""
-        result = self.fit([client_id], handle, info)[0]
+        result = next(
+            r for r in self.fit([client_id], handle, info) if not isinstance(r, HostRecovery)
+        )
         if isinstance(result, PartialSum):
             raise RuntimeError("asynchronous training needs every update: pre_aggregate is on")
         self._tickets += 1

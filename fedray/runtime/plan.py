@@ -9,16 +9,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fedray.client.spec import HostSpec
+from fedray.records import ClientFailure
 
 if TYPE_CHECKING:
     from fedray.aggregators import Aggregator
     from fedray.config import Config
     from fedray.memory import InMemory
+
+
+MAX_RERUNS = 2
+"""How often one round attempt re-runs the clients of a host that died under them."""
+
+T = TypeVar("T")
+
+
+def tag(results: Sequence[T], host: int, attempt: int) -> list[T]:
+    """Mark each failure in ``results`` with the host that served it and the attempt."""
+    return [
+        replace(r, host=host, attempt=attempt) if isinstance(r, ClientFailure) else r
+        for r in results
+    ]
+
+
+def fail_all(
+    client_ids: Sequence[int], reason: str, cause: str, host: int, attempt: int
+) -> list[ClientFailure]:
+    """The same failure for each of a host's clients (its call was lost)."""
+    return [ClientFailure(c, reason, cause, host, attempt) for c in client_ids]
 
 
 def clients_per_host(setting: int | str, num_clients: int, cpu_slots: float) -> int:

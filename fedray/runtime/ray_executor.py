@@ -18,20 +18,28 @@ from typing import Any
 
 from fedray.aggregators import Aggregator
 from fedray.config import Config
-from fedray.errors import FedrayError
+from fedray.errors import FedrayError, one_line
 from fedray.memory import InMemory
 from fedray.records import (
     ClientEval,
     ClientFailure,
     ClientOptions,
     ClientUpdate,
-    FitResult,
+    FitEvent,
+    HostRecovery,
     Metrics,
     Params,
     PartialSum,
     RoundInfo,
 )
-from fedray.runtime.plan import HostPlan, clients_per_host, group_clients
+from fedray.runtime.plan import (
+    MAX_RERUNS,
+    HostPlan,
+    clients_per_host,
+    fail_all,
+    group_clients,
+    tag,
+)
 from fedray.runtime.ray_host import RayClientHost, ShardStore, host_options
 from fedray.runtime.supervisor import Supervisor
 from fedray.secagg import SecAggError
@@ -163,14 +171,22 @@ class RayExecutor:
         return self._ray.put(params), (self._ray.put(extras) if extras else None)
 
     def _stream(
-        self, calls: dict[Any, list[int]], what: str, timeout_s: float | None = None
+        self,
+        calls: dict[Any, list[int]],
+        what: str,
+        timeout_s: float | None = None,
+        attempt: int = 0,
+        rerun: Any = None,
     ) -> Iterator[Any]:
-        """Yield results as they finish; a dead host fails all its clients.
+        """Yield results as they finish; a client's failure stays its own.
 
-        With ``timeout_s``, whatever has not arrived by the deadline is dropped and
-        counted as failed, and its host is killed so Ray restarts it: a hung client can
-        never block the run. When the consumer stops early (over-commitment), calls
-        still running are left to finish unseen.
+        A host that dies under a call has its clients run again by ``rerun(host, ids,
+        deadline)`` (which returns the new call's ref, or None when it cannot): the
+        round loses nothing but time. Without ``rerun``, or when it gives up, those
+        clients fail. With ``timeout_s``, whatever has not arrived by the deadline is
+        dropped and counted as failed, and its host is killed so Ray restarts it: a hung
+        client can never block the run. When the consumer stops early
+        (over-commitment), calls still running are left to finish unseen.
         """
         ray = self._ray
         pending = list(calls)
@@ -185,21 +201,32 @@ class RayExecutor:
                     ray.kill(self.hosts[index], no_restart=False)
                     self.supervisor.mark_down(index)
                     reason = f"no result within runtime.round_timeout_s={timeout_s:g}"
-                    yield from (ClientFailure(cid, reason) for cid in ids)
+                    yield from fail_all(ids, reason, "timeout", index, attempt)
                 return
             for ref in ready:
+                ids = calls.pop(ref)
+                index = self.plan.host_of[ids[0]]
                 try:
                     results = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    self.supervisor.mark_down(index)
+                    reason = f"host {index} died during {what} ({type(exc).__name__})"
+                    logger.debug("%s: %s", reason, exc)
+                    again = None if rerun is None else rerun(index, ids, deadline)
+                    if again is not None:
+                        yield HostRecovery(index, tuple(ids), reason, attempt)
+                        calls[again] = ids
+                        pending.append(again)
+                        continue
+                    results = fail_all(ids, reason, "host", index, attempt)
                 except ray.exceptions.RayError as exc:
-                    cause = _unwrap(exc)
-                    reason = f"host failed during {what}: {type(cause).__name__}: {cause}"
-                    results = [ClientFailure(cid, reason) for cid in calls[ref]]
-                    if isinstance(exc, ray.exceptions.RayActorError):
-                        self.supervisor.mark_down(self.plan.host_of[calls[ref][0]])
-                yield from results
+                    reason = f"host {index} failed during {what}: {one_line(_unwrap(exc))}"
+                    logger.debug("%s", reason, exc_info=exc)
+                    results = fail_all(ids, reason, "error", index, attempt)
+                yield from tag(results, index, attempt)
 
     def _calls(
-        self, client_ids: Sequence[int], method: str, *args: Any
+        self, client_ids: Sequence[int], method: str, attempt: int, *args: Any
     ) -> tuple[dict[Any, list[int]], list[ClientFailure]]:
         """Start ``method`` on each host with sampled clients; skip hosts that are down."""
         calls: dict[Any, list[int]] = {}
@@ -207,18 +234,37 @@ class RayExecutor:
         for h, ids in self.plan.by_host(client_ids).items():
             reason = self.supervisor.unavailable(h)
             if reason is not None:
-                skipped.extend(ClientFailure(cid, reason) for cid in ids)
+                skipped.extend(fail_all(ids, reason, "unavailable", h, attempt))
             else:
                 calls[getattr(self.hosts[h], method).remote(ids, *args)] = ids
         return calls, skipped
 
-    def fit(self, client_ids: Sequence[int], params: Any, info: RoundInfo) -> Iterator[FitResult]:
-        """Start every sampled client's training and yield updates as they finish."""
+    def fit(self, client_ids: Sequence[int], params: Any, info: RoundInfo) -> Iterator[FitEvent]:
+        """Start every sampled client's training and yield updates as they finish.
+
+        The clients of a host that dies mid-round are run again on the restarted host
+        (task re-execution), up to :data:`~fedray.runtime.plan.MAX_RERUNS` times, while
+        the round's deadline allows; each re-execution is yielded as a
+        :class:`~fedray.records.HostRecovery` before its clients' results.
+        """
         self.supervisor.await_restarts()
         params_ref, extras_ref = params
-        calls, skipped = self._calls(client_ids, "fit", params_ref, info, extras_ref)
+        calls, skipped = self._calls(client_ids, "fit", info.attempt, params_ref, info, extras_ref)
+        runs: dict[tuple[int, ...], int] = {}  # re-executions so far, per lost call
+
+        def rerun(index: int, ids: list[int], deadline: float | None) -> Any:
+            dispatch = runs.get(tuple(ids), 0) + 1
+            if dispatch > MAX_RERUNS:
+                return None
+            self.supervisor.await_restarts(only={index}, until=deadline)
+            if self.supervisor.unavailable(index) is not None:
+                return None
+            runs[tuple(ids)] = dispatch
+            again = replace(info, dispatch=dispatch)
+            return self.hosts[index].fit.remote(ids, params_ref, again, extras_ref)
+
         yield from skipped
-        yield from self._stream(calls, "fit", self._round_timeout_s)
+        yield from self._stream(calls, "fit", self._round_timeout_s, info.attempt, rerun)
 
     def call(
         self, client_ids: Sequence[int], step: str, payload: dict[int, Any], info: RoundInfo
@@ -298,10 +344,9 @@ class RayExecutor:
                     )
                 out.append((ref, result))
             except ray.exceptions.RayError as exc:
-                cause = _unwrap(exc)
-                out.append(
-                    (ref, ClientFailure(cid, f"host failed: {type(cause).__name__}: {cause}"))
-                )
+                index = self.plan.host_of[cid]
+                reason = f"host {index} failed: {one_line(_unwrap(exc))}"
+                out.append((ref, ClientFailure(cid, reason, "host", index)))
         return out
 
     def evaluate(self, params: Any) -> Metrics:
@@ -320,7 +365,7 @@ class RayExecutor:
     ) -> list[ClientEval | ClientFailure]:
         """Federated evaluation on the clients' local ``test`` splits or ``train`` shards."""
         self.supervisor.await_restarts()
-        calls, skipped = self._calls(client_ids, "evaluate_clients", params[0], split)
+        calls, skipped = self._calls(client_ids, "evaluate_clients", 0, params[0], split)
         return [*skipped, *self._stream(calls, "evaluate")]
 
     def export(self, params: Params) -> bytes:

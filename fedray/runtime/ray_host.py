@@ -1,7 +1,7 @@
 """The host as a Ray actor: where it may run, what only a process can do, its shards.
 
 :class:`RayClientHost` is the plain :class:`~fedray.client.host.ClientHost` plus its
-node id and a real crash or hang (for fault injection); :func:`host_options` are its
+node id and a real process crash (for fault injection); :func:`host_options` are its
 scheduling options (data placement, spreading); :class:`ShardStore` hands restarted
 hosts their in-memory shards again.
 """
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 class RayClientHost(ClientHost):
-    """The plain host plus what only a Ray actor can do: know its node, really crash or hang.
+    """The plain host plus what only a Ray actor can do: know its node, really crash.
 
     With in-memory shards (``fedray.fit``), ``store`` names a :class:`ShardStore`
     that hands host ``index`` its shards' object-store refs; the host reads the shards
@@ -45,12 +45,11 @@ class RayClientHost(ClientHost):
 
         return {**super().ready(), "node_id": ray.get_runtime_context().get_node_id()}
 
-    def _crash(self, cid: int) -> None:
-        logger.warning("client %d: simulated host crash (faults.crash_rate)", cid)
+    def _host_fault(self, kind: str, cid: int) -> None:
+        logger.debug("simulated host %s while planning client %d", kind, cid)
+        if kind == "hang":
+            time.sleep(10**6)  # until the driver's round deadline kills and restarts it
         os._exit(1)  # the whole host process dies; Ray restarts it (runtime.max_restarts)
-
-    def _hang(self, cid: int) -> None:
-        time.sleep(10**6)  # until the driver's round deadline kills and restarts this host
 
 
 class ShardStore:

@@ -42,7 +42,7 @@ class Supervisor:
         """Host ``index`` died or was killed; Ray restarts it if it can."""
         self.down.setdefault(index, time.monotonic())
 
-    def await_restarts(self) -> None:
+    def await_restarts(self, only: set[int] | None = None, until: float | None = None) -> None:
         """Wait until hosts that died (and that Ray restarts) answer again.
 
         A call sent to a restarting actor fails at once with ``ActorUnavailableError``,
@@ -51,12 +51,20 @@ class Supervisor:
         gone and no other node has room) is skipped, its clients counted as failed, and
         it is pinged once per round after that. A host whose ``runtime.max_restarts``
         are used up is dead for good.
+
+        Args:
+            only: Wait for these hosts only (a re-dispatch waits for the one it needs).
+            until: A ``time.monotonic()`` deadline for the whole wait (the round's).
         """
         import ray
 
-        while self.down:
-            pings = {self.hosts[i].ready.remote(): i for i in self.down}
-            ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=1.0)
+        def waiting() -> list[int]:
+            return [i for i in self.down if only is None or i in only]
+
+        while waiting():
+            pings = {self.hosts[i].ready.remote(): i for i in waiting()}
+            left = 1.0 if until is None else max(0.0, min(1.0, until - time.monotonic()))
+            ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=left)
             for ref in ready:
                 index = pings[ref]
                 try:
@@ -67,18 +75,20 @@ class Supervisor:
                 except ray.exceptions.RayActorError:
                     continue  # still restarting
                 else:
-                    logger.info("client host %d is back", index)
+                    logger.debug("client host %d is back", index)
                     self.restore_host_state(index)
                 del self.down[index]
             now = time.monotonic()
-            if not any(now < since + self._restart_timeout_s for since in self.down.values()):
+            if until is not None and now >= until:
+                break
+            if not any(now < self.down[i] + self._restart_timeout_s for i in waiting()):
                 break
             time.sleep(0.25)
-        if self.down:
+        if waiting() and until is None:
             logger.warning(
                 "client hosts %s are still restarting after runtime.restart_timeout_s=%g; "
                 "their clients fail until they are back",
-                sorted(self.down),
+                sorted(waiting()),
                 self._restart_timeout_s,
             )
 

@@ -1,5 +1,6 @@
 """The `fedray` command as a user runs it."""
 
+import csv
 import json
 import re
 import subprocess
@@ -64,9 +65,15 @@ def test_a_round_without_survivors_stops_with_exit_3_and_a_clear_message(tmp_pat
                   "--set", "checkpoint.every=1", timeout=120)  # fmt: skip
     assert res.returncode == 3, res.stderr
     msg = res.stderr.strip().splitlines()[-1]
-    assert msg.startswith("fedray: error: round 1: only 0 clients succeeded after 3 attempt(s)")
-    assert "client 0: RuntimeError: simulated crash" in msg and "--resume" in msg
+    assert msg.startswith("fedray: error: round 1: 0/6 ok in 3 attempts; failed: 6 crashed;")
+    assert f"Details: {out / 'failures.csv'}; continue with --resume {out}" in msg
+    assert len(msg) < 300 + len(str(out)) * 2  # short, whatever the run directory's name
     assert "Traceback" not in res.stderr
+    with (out / "failures.csv").open() as f:  # each crashed client of each attempt
+        rows = list(csv.DictReader(f))
+    assert [(r["attempt"], r["client"], r["cause"]) for r in rows] == [
+        (str(a), str(c), "crash") for a in range(3) for c in range(2)
+    ]
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """CSVLogger: a valid CSV after every round, late columns, the Parquet copy; History is the
 one row store the loop, the CSV log and the checkpoint share."""
 
+import csv
 import math
 
 import pandas as pd
@@ -64,3 +65,35 @@ def test_the_loop_the_csv_log_and_the_checkpoint_share_one_row_store(tmp_path):
     csv = pd.read_csv(tmp_path / "metrics.csv")
     assert csv["round"].tolist() == [1, 2, 3]
     assert csv["fit/loss"].tolist() == [r["fit/loss"] for r in history.rows]
+
+
+def test_failure_log_writes_one_row_per_failure_and_rerun_and_keeps_only_checkpointed_rounds(
+    tmp_path,
+):
+    from fedray.callbacks import FailureLog
+    from fedray.records import ClientFailure, HostRecovery
+
+    path = tmp_path / "failures.csv"
+    log = FailureLog(path)
+    log.set_history(History())
+    log.on_run_begin({})
+    log.on_failures(1, [ClientFailure(3, "ValueError: bad\nTraceback", "error", 1, 0)], [])
+    log.on_failures(2, [], [HostRecovery(0, (0, 1), "host 0 died during fit", 0)])
+    log.on_failures(3, [ClientFailure(4, "update contains NaN or Inf", "nan", 2, 1)], [])
+
+    def rows():
+        with path.open(newline="") as f:
+            return list(csv.reader(f))
+
+    assert rows() == [
+        ["round", "attempt", "client", "host", "cause", "error"],
+        ["1", "0", "3", "1", "error", "ValueError: bad"],  # the error's first line only
+        ["2", "0", "", "0", "host_restart", "host 0 died during fit; re-ran clients [0, 1]"],
+        ["3", "1", "4", "2", "nan", "update contains NaN or Inf"],
+    ]
+    # A run resumed from round 2's checkpoint runs round 3 again: its rows go first.
+    before = rows()
+    again = FailureLog(path)
+    again.set_history(History([{"round": 1}, {"round": 2}]))
+    again.on_run_begin({})
+    assert rows() == before[:3]

@@ -1,5 +1,7 @@
 """The round loop on a pure-numpy fake executor: FedAvg math, failures, rollback."""
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -48,13 +50,20 @@ def test_failed_client_is_recorded_and_round_goes_on():
     np.testing.assert_allclose(params[0], [0.5 * 3.0])  # mean target of clients 0, 2
 
 
-@pytest.mark.parametrize("kind", ["nan", "shape"])
-def test_invalid_updates_are_rejected(kind, caplog):
+@pytest.mark.parametrize(
+    ("kind", "cause", "words"), [("nan", "nan", "NaN"), ("shape", "invalid", "invalid")]
+)
+def test_invalid_updates_are_rejected(kind, cause, words, caplog):
     ex = QuadraticExecutor([[2.0], [8.0]], [1, 1], behaviour={1: kind})
-    params, rows = _run(ex, rounds=1)
-    assert rows[0]["clients/failed"] == 1
+    with caplog.at_level(logging.DEBUG, logger="fedray.loop"):
+        params, rows = _run(ex, rounds=1)
+    assert rows[0]["clients/failed"] == 1 and rows[0][f"failed/{cause}"] == 1
     np.testing.assert_allclose(params[0], [1.0])
-    assert "client 1 failed" in caplog.text
+    summary = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert summary == [f"round 1: 1/2 ok; failed: 1 {words}"]  # one line per round
+    assert any(
+        r.levelno == logging.DEBUG and "client 1 failed" in r.message for r in caplog.records
+    )
 
 
 def test_too_few_clients_with_skip_leaves_the_model_unchanged(caplog):
@@ -68,7 +77,10 @@ def test_too_few_clients_with_skip_leaves_the_model_unchanged(caplog):
 def test_too_few_clients_retries_then_stops_with_a_clear_error():
     ex = QuadraticExecutor([[2.0], [8.0]], [1, 1], behaviour={0: "fail", 1: "fail"})
     saved = []
-    with pytest.raises(RoundFailedError, match=r"round 1: only 0 clients succeeded after 3 "):
+    with pytest.raises(
+        RoundFailedError,
+        match=r"round 1: 0/6 ok in 3 attempts; failed: 6 raised; fewer than strategy.min_fit",
+    ):
         _run(ex, rounds=2, checkpoint=Checkpointer(saved.append))
     assert [info for _, info in ex.fit_calls] == [1, 1, 1]  # 1 try + max_retries=2
     assert saved == []  # nothing was committed, nothing half-written
@@ -82,7 +94,7 @@ def test_stop_policy_stops_at_once_after_checkpointing_earlier_rounds():
         def on_round_end(self, server_round, logs):
             ex.behaviour = {0: "fail", 1: "fail"}
 
-    with pytest.raises(RoundFailedError, match="on_too_few='stop'.*--resume"):
+    with pytest.raises(RoundFailedError, match="round 2: 0/2 ok; .*on_too_few='stop'"):
         run_rounds(strategy=fedavg(), executor=ex, rounds=3, seed=0, callback=BreakAfterRound1(),
                    checkpoint=Checkpointer(saved.append),
                    scheduler=SyncRounds(RoundPolicy(on_too_few="stop")))  # fmt: skip
@@ -197,7 +209,12 @@ def test_validate_update_messages():
 
 def test_absurd_norms_are_rejected_with_the_reason(caplog):
     ex = QuadraticExecutor([[2.0], [8.0], [1000.0]], [1, 1, 1])
-    params, rows = _run(ex, rounds=1, scheduler=SyncRounds(RoundPolicy(max_update_norm=100.0)))
+    with caplog.at_level(logging.DEBUG, logger="fedray.loop"):
+        params, rows = _run(ex, rounds=1, scheduler=SyncRounds(RoundPolicy(max_update_norm=100.0)))
+    assert (
+        "client 2 failed (invalid): update norm 500 exceeds strategy.max_update_norm=100"
+        in caplog.text
+    )
     assert rows[0]["clients/failed"] == 1 and rows[0]["clients/ok"] == 2
     np.testing.assert_allclose(params[0], [0.5 * 5.0])  # the mean of clients 0 and 1 only
-    assert "client 2 failed: update norm 500 exceeds strategy.max_update_norm=100" in caplog.text
+    assert "round 1: 2/3 ok; failed: 1 invalid" in caplog.text

@@ -1,50 +1,104 @@
-"""Chaos suite: real host crashes, hangs past the deadline and NaN updates on Ray.
+"""Chaos suite on Ray: client crashes, hangs and NaNs, and real host crashes and hangs.
 
-Marked ``chaos`` (run alone with ``pytest -m chaos``); part of the default run and CI.
+A client's fault is its own, on dedicated and on packed hosts; a host that dies
+mid-round has its clients run again in the same round; a host that hangs is killed at
+the round deadline. Marked ``chaos`` (run alone with ``pytest -m chaos``); part of the
+default run and CI.
 """
 
+import csv
+
+import numpy as np
 import pytest
 
 from fedray import api, config
-from fedray.client.behaviours import simulated_fault
+from fedray.client.behaviours import simulated_fault, simulated_host_fault
+from fedray.runtime.plan import group_clients
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.chaos]
 
-BASE = [
-    "rounds=20",
-    "data.num_clients=6",
-    "data.num_samples=6000",
-    "strategy.min_fit_clients=1",
-    "runtime.progress=false",
-]
-CHAOS = [
-    "faults.crash_rate=0.1",  # 12 crashes, 4 hangs and 5 NaNs in 20 rounds
-    "faults.hang_rate=0.05",
-    "faults.nan_rate=0.05",
-    "runtime.clients_per_actor=1",
-    "runtime.round_timeout_s=6",
-    "runtime.max_restarts=-1",
-]
+BLOBS = ROOT / "experiments" / "blobs.yaml"
+BASE = ["rounds=20", "data.num_samples=6000", "strategy.min_fit_clients=1",
+        "runtime.progress=false", "runtime.max_restarts=-1"]  # fmt: skip
+DEDICATED = [*BASE, "data.num_clients=6", "runtime.clients_per_actor=1"]
+PACKED = [*BASE, "data.num_clients=10", "runtime.clients_per_actor=5"]
 
 
-def test_twenty_rounds_of_crashes_hangs_and_nans_complete_close_to_the_fault_free_run(tmp_path):
-    path = ROOT / "experiments" / "blobs.yaml"
-    clean = api.run(path, out=tmp_path / "clean", overrides=[*BASE, "runtime.executor=local"])
-    chaos = api.run(path, out=tmp_path / "chaos", overrides=[*BASE, *CHAOS])
-    cfg = config.load(path, [*BASE, *CHAOS])
+def schedule(cfg):
+    """Every scheduled fault: ``(round, client, cause)`` rows and host re-executions.
 
-    assert [r["round"] for r in chaos.rows] == list(range(1, 21))
-    injected = {"crash": 0, "hang": 0, "nan": 0}
-    for row in chaos.rows:  # every injected fault is counted, in its own round
-        kinds = [simulated_fault(cfg.faults, cfg.seed, row["round"], c) for c in range(6)]
-        for k in kinds:
-            if k is not None:
-                injected[k] += 1
-        faults = sum(k is not None for k in kinds)
-        assert row["clients/failed"] == faults, (row["round"], kinds)
-        assert row["clients/ok"] == 6 - faults
-    assert min(injected.values()) > 0, injected  # the schedule exercises every kind
-    assert sum(injected.values()) >= 20
+    A host fault hits the call of the host serving the client: a crash re-runs that
+    call's clients (who then meet their own faults as scheduled), a hang times all of
+    them out at the deadline.
+    """
+    groups = group_clients(cfg.data.num_clients, cfg.runtime.clients_per_actor)
+    rows, restarts = [], []
+    for r in range(1, cfg.rounds + 1):
+        for h, group in enumerate(groups):
+            host = [simulated_host_fault(cfg.faults, cfg.seed, r, c) for c in group]
+            first = next((k for k in host if k is not None), None)  # planned in id order
+            if first == "hang":
+                rows += [(r, c, "timeout") for c in group]
+                continue
+            if first == "crash":  # the re-execution draws no host fault
+                restarts.append((r, h))
+            own = [(r, c, simulated_fault(cfg.faults, cfg.seed, r, c)) for c in group]
+            rows += [(r, c, k) for r, c, k in own if k is not None]
+    return sorted(rows), restarts
+
+
+def failures_csv(run):
+    with (run.out_dir / "failures.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def check_counted_as_scheduled(run, overrides):
+    rows, restarts = schedule(config.load(BLOBS, overrides))
+    logged = failures_csv(run)
+    faults = sorted((int(r["round"]), int(r["client"]), r["cause"]) for r in logged if r["client"])
+    assert faults == rows
+    assert [(int(r["round"]), int(r["host"])) for r in logged if not r["client"]] == restarts
+    n = int(config.load(BLOBS, overrides).data.num_clients)
+    for row in run.rows:
+        failed = sum(1 for r, _, _ in rows if r == row["round"])
+        assert row["clients/failed"] == failed and row["clients/ok"] == n - failed
+        assert row.get("hosts/restarted", 0) == sum(1 for r, _ in restarts if r == row["round"])
+    return rows, restarts
+
+
+def test_dedicated_hosts_survive_client_faults_and_host_hangs(tmp_path):
+    overrides = [*DEDICATED, "faults.crash_rate=0.1", "faults.hang_rate=0.05",
+                 "faults.nan_rate=0.05", "faults.host_hang_rate=0.03",
+                 "runtime.round_timeout_s=6"]  # fmt: skip
+    clean = api.run(BLOBS, out=tmp_path / "clean", overrides=[*DEDICATED, "runtime.executor=local"])
+    chaos = api.run(BLOBS, out=tmp_path / "chaos", overrides=overrides)
+    rows, _ = check_counted_as_scheduled(chaos, overrides)
+    causes = {c for _, _, c in rows}
+    assert causes == {"crash", "hang", "nan", "timeout"}, causes  # every kind happens
+    assert len(rows) >= 20
     gap = clean.final["eval/accuracy"] - chaos.final["eval/accuracy"]
     assert abs(gap) <= 0.02, (clean.final["eval/accuracy"], chaos.final["eval/accuracy"])
+
+
+def test_packed_hosts_lose_only_the_faulty_clients_and_rerun_a_dead_hosts(tmp_path):
+    overrides = [*PACKED, "faults.crash_rate=0.2", "faults.host_crash_rate=0.05",
+                 "faults.hang_rate=0.05", "faults.nan_rate=0.05"]  # fmt: skip
+    clean = api.run(BLOBS, out=tmp_path / "clean", overrides=[*PACKED, "runtime.executor=local"])
+    chaos = api.run(BLOBS, out=tmp_path / "chaos", overrides=overrides)
+    rows, restarts = check_counted_as_scheduled(chaos, overrides)
+    assert {c for _, _, c in rows} == {"crash", "hang", "nan"} and len(restarts) >= 3
+    gap = clean.final["eval/accuracy"] - chaos.final["eval/accuracy"]
+    assert abs(gap) <= 0.02, (clean.final["eval/accuracy"], chaos.final["eval/accuracy"])
+
+
+def test_host_crashes_alone_lose_no_client_and_change_no_weight(tmp_path):
+    common = [*PACKED, "rounds=4"]
+    overrides = [*common, "faults.host_crash_rate=0.1"]
+    clean = api.run(BLOBS, out=tmp_path / "clean", overrides=[*common, "runtime.executor=local"])
+    crashy = api.run(BLOBS, out=tmp_path / "crashy", overrides=overrides)
+    _, restarts = check_counted_as_scheduled(crashy, overrides)
+    assert len(restarts) >= 2
+    assert all(row["clients/ok"] == 10 for row in crashy.rows)
+    for a, b in zip(clean.params, crashy.params, strict=True):  # re-executed: same updates
+        np.testing.assert_array_equal(a, b)
