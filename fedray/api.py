@@ -255,7 +255,8 @@ def run(
                             canaries, rng_seed)  # fmt: skip
         except RoundFailedError as exc:  # short, and where to look and how to go on
             raise RoundFailedError(
-                f"{exc}. Details: {out_dir / 'failures.csv'}; continue with --resume {out_dir}"
+                f"{exc}. Details: {out_dir / 'failures.csv'}; continue with --resume {out_dir}",
+                step=exc.step,
             ) from None
         t_end = time.perf_counter()
         (out_dir / "model.keras").write_bytes(executor.export(params))

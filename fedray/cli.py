@@ -1,6 +1,7 @@
 """The ``fedray`` command line.
 
-``fedray run CONFIG.yaml [--set dotted.key=value ...] [--out DIR] [--address ADDR]``
+``fedray run CONFIG.yaml [--set key=value ...] [--out DIR] [--resume-if-exists] [--address A]``
+``fedray cluster-token [--out .ray-token] [--force]``
 ``fedray plot RUN [RUN ...] [--out FILE.png] [--metric KEY]`` / ``fedray report RUN``
 ``fedray predict RUN --input FILE.csv [--output FILE.csv]``
 ``fedray bench speed [--repeats N] [--rounds R] [--grid linreg:2,4 blobs:8] [--out DIR]``
@@ -17,7 +18,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedray.checkpoint import FILENAME
 from fedray.errors import FedrayError, RoundFailedError
+
+logger = logging.getLogger("fedray.cli")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -52,10 +56,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="continue the run in DIR from its last checkpoint (writes into DIR)",
     )
+    r.add_argument(
+        "--resume-if-exists",
+        action="store_true",
+        help="with --out DIR: resume when DIR holds a checkpoint, else start fresh (for jobs "
+        "that are retried: spot nodes, KubeRay)",
+    )
     r.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     r.add_argument(
         "--verbose", action="store_true", help="show TensorFlow's and Ray's start-up logs"
     )
+    ct = sub.add_parser(
+        "cluster-token", help="write a new Ray auth token for a cluster (file mode 0600)"
+    )
+    ct.add_argument("--out", default=".ray-token", help="token file (default: .ray-token)")
+    ct.add_argument("--force", action="store_true", help="replace an existing token file")
     pl = sub.add_parser("plot", help="PNG curves of one or more runs (metric vs round and time)")
     pl.add_argument("runs", nargs="+", help="run directories (the --out of fedray run)")
     pl.add_argument("--out", help="PNG path (default: RUN/curves.png of the first run)")
@@ -182,7 +197,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and args.out and args.out != args.resume:
         raise FedrayError(f"--resume {args.resume} writes into that directory; drop --out")
     out = args.resume or args.out
-    history = run(args.config, out=out, overrides=overrides, resume=bool(args.resume))
+    resume = bool(args.resume)
+    if args.resume_if_exists:
+        if not args.out:
+            raise FedrayError("--resume-if-exists needs --out DIR: the directory to continue")
+        resume = (Path(args.out) / FILENAME).exists()
+        logger.info("%s %s", "resuming the run in" if resume else "starting a new run in", out)
+    history = run(args.config, out=out, overrides=overrides, resume=resume)
     final = history.final
     shown = {k: v for k, v in final.items() if k.startswith(("fit/", "eval/", "fed_eval/"))}
     print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
@@ -208,6 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "cluster-token":
+            from fedray.runtime.connect import write_token
+
+            path = write_token(args.out, force=args.force)
+            print(f"wrote {path} (mode 0600); never commit it. For ray commands on this machine:")
+            print(f'export RAY_AUTH_MODE=token RAY_AUTH_TOKEN="$(cat {path})"')
+            return 0
         if args.command == "plot":
             from fedray.reports import plot_runs
 

@@ -351,7 +351,8 @@ def partition_indices(ds: Dataset, cfg: DataConfig, seed: int) -> list[np.ndarra
     except DataError:
         raise
     except ValueError as exc:
-        raise DataError(f"data.partition={cfg.partition!r}: {exc}") from None
+        where = f"data.num_clients={cfg.num_clients}, data.partition={cfg.partition!r}"
+        raise DataError(f"{where} on {cfg.dataset!r}: {exc}") from None
 
 
 @dataclass

@@ -33,7 +33,14 @@ class RoundFailedError(FedrayError):
 
     Everything up to the last committed round is in the checkpoint; fix the cause and
     continue with ``--resume``.
+
+    Attributes:
+        step: What the failed round collected (its failures, for ``failures.csv``).
     """
+
+    def __init__(self, message: str, step: object = None) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 class HostFaultError(Exception):

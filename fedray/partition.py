@@ -25,8 +25,8 @@ def _check_clients(num_samples: int, num_clients: int) -> None:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     if num_samples < num_clients:
         raise ValueError(
-            f"cannot split {num_samples} samples over {num_clients} clients: "
-            "every client needs at least one sample"
+            f"cannot split {num_samples} training rows over {num_clients} clients: every "
+            f"client needs at least one; expected at most {num_samples} clients (or more rows)"
         )
 
 

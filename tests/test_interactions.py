@@ -57,6 +57,7 @@ FEATURES: dict[str, tuple[str, list[str]]] = {
     "dedicated": ("runtime", ["runtime.clients_per_actor=1"]),
     # faults and over-commitment
     "faults": ("faults", ["faults.crash_rate=0.2"]),
+    "host crash": ("faults", ["faults.host_crash_rate=0.3"]),
     "over_commit": ("faults", ["strategy.over_commit=0.5", "strategy.fraction_fit=0.5"]),
     # federated evaluation (on the clients' own test splits)
     "fed_eval": ("evaluation", ["evaluation.federated_every=1", "data.client_test_fraction=0.2"]),

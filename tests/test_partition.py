@@ -56,7 +56,7 @@ def test_column_one_client_per_value():
 
 
 def test_errors_name_the_values():
-    with pytest.raises(ValueError, match="cannot split 3 samples over 5 clients"):
+    with pytest.raises(ValueError, match="cannot split 3 training rows over 5 clients"):
         partition.iid(3, 5, np.random.default_rng(0))
     with pytest.raises(ValueError, match="alpha must be > 0, got 0"):
         partition.dirichlet(np.zeros(10, int), 2, 0.0, np.random.default_rng(0))

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fedray.bench.speed import measure, spawn_child
+from fedray.errors import FedrayError
 
 logger = logging.getLogger(__name__)
 
@@ -278,9 +279,9 @@ def _parse_point(text: str) -> tuple[int, int]:
     try:
         point = (int(n), int(k or n))
     except ValueError:
-        raise SystemExit(f"bad grid point {text!r}; expected N:K, e.g. 1000:100") from None
+        raise FedrayError(f"--grid {text!r}: expected N:K, e.g. 1000:100") from None
     if point[1] > point[0]:
-        raise SystemExit(f"grid point {text!r}: K={point[1]} exceeds N={point[0]}")
+        raise FedrayError(f"--grid {text!r}: K={point[1]} exceeds N={point[0]}; expected K <= N")
     return point
 
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from fedray.bench.monitor import PeakPSS, tree_cpu_seconds
 from fedray.bench.speed_report import markdown, plot, summarize
+from fedray.errors import FedrayError
 
 logger = logging.getLogger(__name__)
 
@@ -314,8 +315,15 @@ def _parse_grid(items: Sequence[str]) -> dict[str, list[int]]:
     for item in items:
         name, _, counts = item.partition(":")
         if name not in WORKLOADS:
-            raise SystemExit(f"unknown workload {name!r}; expected one of {sorted(WORKLOADS)}")
-        grid[name] = [int(c) for c in counts.split(",")] if counts else list(WORKLOADS[name][1])
+            raise FedrayError(
+                f"--grid {item!r}: unknown workload {name!r}; expected one of {sorted(WORKLOADS)}"
+            )
+        try:
+            grid[name] = [int(c) for c in counts.split(",")] if counts else list(WORKLOADS[name][1])
+        except ValueError:
+            raise FedrayError(
+                f"--grid {item!r}: expected WORKLOAD:N,N,... with client counts, e.g. linreg:2,4"
+            ) from None
     return grid
 
 

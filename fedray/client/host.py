@@ -46,7 +46,7 @@ from fedray.records import (
     PartialSum,
     RoundInfo,
 )
-from fedray.secagg.session import SecureClients
+from fedray.secagg.session import MissingKeysError, SecureClients
 from fedray.validation import screen
 
 logger = logging.getLogger(__name__)
@@ -204,6 +204,8 @@ class ClientHost:
                     continue
                 try:
                     done[job.cid] = self._finish_fit(job, *outcome, info, server_c)
+                except MissingKeysError as exc:  # a re-run after a restart: a protocol dropout
+                    done[job.cid] = ClientFailure(job.cid, str(exc), "secagg", attempt=info.attempt)
                 except Exception as exc:
                     done[job.cid] = _raised(job.cid, exc, info)
         # The host screens each update as the driver will (which still checks): a NaN or

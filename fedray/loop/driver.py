@@ -26,6 +26,7 @@ from fedray import tree
 from fedray.aggregators import broadcast, client_settings
 from fedray.callbacks import Callback, History, Logs
 from fedray.checkpoint import DriverState
+from fedray.errors import RoundFailedError
 from fedray.loop.executor import Executor, PrivacyLedger
 from fedray.loop.schedulers import Buffered, Context, Scheduler, Step, SyncRounds
 from fedray.loop.steps import Evaluation, aggregate, canary_updates, due, evaluate_round, fit_logs
@@ -133,7 +134,12 @@ def run_rounds(
             break
         t0 = time.perf_counter()
         callback.on_round_begin(server_round)
-        step = scheduler.collect(ctx, server_round, params, handle, agg_state)
+        try:
+            step = scheduler.collect(ctx, server_round, params, handle, agg_state)
+        except RoundFailedError as stop:  # the failures that stopped the run are logged too
+            if isinstance(stop.step, Step):
+                callback.on_failures(server_round, stop.step.failures, stop.step.recoveries)
+            raise
         t_fit = time.perf_counter()
         logs = {
             "clients/sampled": step.sampled,

@@ -240,7 +240,8 @@ class SyncRounds:
         if self.policy.on_too_few != "skip":
             raise RoundFailedError(
                 f"{line}; fewer than strategy.min_fit_clients={need} "
-                f"(strategy.on_too_few={self.policy.on_too_few!r})"
+                f"(strategy.on_too_few={self.policy.on_too_few!r})",
+                step=step,
             )
         logger.warning(
             "round %d: the global model is unchanged (strategy.on_too_few='skip')", server_round

@@ -1,7 +1,8 @@
 """Connecting to Ray: a private local instance, an existing cluster, or a simulated one.
 
 fedray never attaches to a stranger's cluster unless told to (``--address``); an
-address where no head answers fails within seconds, never a hang.
+address where no head answers fails within seconds, never a hang. Inside a Ray job
+(``ray job submit -- fedray run ...``) the job's own cluster is the default.
 """
 
 from __future__ import annotations
@@ -42,6 +43,37 @@ def probe_address(address: str, timeout_s: float = 3.0) -> None:
         ) from None
 
 
+def write_token(path: str | os.PathLike[str], *, force: bool = False) -> str:
+    """Write a new Ray auth token (64 hex digits) to ``path``, readable by its owner only.
+
+    ``cluster.yaml`` ships it to every node (``~/.ray/auth_token``) and starts Ray with
+    ``RAY_AUTH_MODE=token``, so no one without the file can reach the cluster. The file
+    is created with mode 0600 before the token is written.
+
+    Raises:
+        FedrayError: ``path`` exists and ``force`` is off (a running cluster uses it).
+    """
+    import secrets
+
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise FedrayError(
+            f"cluster-token --out {os.fspath(path)!r}: the file exists (a cluster may use it); "
+            "pass --force to replace it"
+        ) from None
+    except OSError as exc:
+        raise FedrayError(
+            f"cluster-token --out {os.fspath(path)!r}: cannot write it ({exc.strerror}); "
+            "expected a path in an existing, writable directory"
+        ) from None
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(secrets.token_hex(32) + "\n")
+    return os.fspath(path)
+
+
 def route_worker_errors() -> None:
     """Send the notices Ray's driver prints for dead workers to the debug log.
 
@@ -69,8 +101,26 @@ def route_worker_errors() -> None:
     ray_worker.print_to_stdstream = route
 
 
+JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Set by Ray's job supervisor in a submitted job's entrypoint (with ``RAY_ADDRESS``)."""
+
+
+def job_address() -> str | None:
+    """The cluster of the Ray job this process is the entrypoint of, or None outside a job.
+
+    >>> job_address() if JOB_ENV not in os.environ else None
+    """
+    if JOB_ENV not in os.environ:
+        return None
+    return os.environ.get("RAY_ADDRESS") or "auto"
+
+
 def connect(address: str | None, *, num_cpus: int | None, verbose: bool) -> bool:
     """Start a private local Ray instance (``address`` None) or join a cluster.
+
+    Inside a Ray job, ``address`` None joins the job's cluster: a private instance
+    there would inherit the job's runtime environment, which only the job's cluster
+    holds, and fail to start its workers.
 
     Returns:
         True when this call started Ray (so the caller should shut it down).
@@ -79,6 +129,8 @@ def connect(address: str | None, *, num_cpus: int | None, verbose: bool) -> bool
 
     if ray.is_initialized():
         return False
+    if address is None and (address := job_address()) is not None:
+        logger.info("inside a Ray job: joining its cluster (%s)", address)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

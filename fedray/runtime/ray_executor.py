@@ -208,7 +208,9 @@ class RayExecutor:
                 index = self.plan.host_of[ids[0]]
                 try:
                     results = ray.get(ref)
-                except ray.exceptions.RayActorError as exc:
+                except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as exc:
+                    # The process is gone: it crashed, its node died, or Ray's memory
+                    # monitor killed it near OOM. Ray restarts it; its clients run again.
                     self.supervisor.mark_down(index)
                     reason = f"host {index} died during {what} ({type(exc).__name__})"
                     logger.debug("%s: %s", reason, exc)

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class MissingKeysError(RuntimeError):
+    """A client has no secure-aggregation keys for this round: its host restarted."""
+
+
 class SecureSession:
     """The driver's side of secure aggregation for ``secure``'s rounds."""
 
@@ -176,12 +180,12 @@ class SecureClients:
         """Mask a quantized update with its client's keys of this round.
 
         Raises:
-            RuntimeError: The client has no keys for this round (its host restarted).
+            MissingKeysError: The client has no keys for this round (its host restarted).
             ValueError: The update carries nothing to mask.
         """
         client = self.clients.get(update.client_id)
         if client is None or client.round_id != info.server_round:
-            raise RuntimeError(
+            raise MissingKeysError(
                 f"client {update.client_id} has no secure-aggregation keys for round "
                 f"{info.server_round} (its host restarted?)"
             )

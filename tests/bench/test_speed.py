@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from fedray.bench import speed, speed_report
+from fedray.errors import FedrayError
 
 
 def _raw():
@@ -43,8 +44,10 @@ def test_parallel_hosts_follow_auto_packing():
 
 def test_grid_parsing():
     assert speed._parse_grid(["linreg:2,4", "blobs"]) == {"linreg": [2, 4], "blobs": [4, 8, 32]}
-    with pytest.raises(SystemExit, match="unknown workload 'mnist'"):
+    with pytest.raises(FedrayError, match="unknown workload 'mnist'"):
         speed._parse_grid(["mnist"])
+    with pytest.raises(FedrayError, match="--grid 'linreg:two'"):
+        speed._parse_grid(["linreg:two"])
 
 
 @pytest.mark.slow

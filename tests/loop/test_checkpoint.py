@@ -161,7 +161,8 @@ def test_api_resume_matches_uninterrupted_run(tmp_path, linreg_config):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+def test_sigkill_mid_run_then_the_same_command_again_equals_uninterrupted(tmp_path):
+    """A retried job (spot node, KubeRay) runs the same command: it continues, not restarts."""
     pytest.importorskip("tensorflow")
     from fedray import api
 
@@ -175,7 +176,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     ]
     cut = tmp_path / "cut"
     cmd = [sys.executable, "-m", "fedray", "run", str(ROOT / "experiments" / "blobs.yaml"),
-           "--local", "--no-progress", "--out", str(cut), *args]  # fmt: skip
+           "--local", "--no-progress", "--out", str(cut), "--resume-if-exists", *args]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
@@ -191,17 +192,26 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
             proc.kill()
     done = checkpoint.load(cut, config_fingerprint=_fp(args)).server_round
     assert 3 <= done < 60
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming the run in {cut}" in " ".join((again.stdout + again.stderr).split())
     overrides = [a for a in args if a != "--set"] + [
         "runtime.executor=local",
         "runtime.progress=false",
     ]
-    resumed = api.run(
-        ROOT / "experiments" / "blobs.yaml", out=cut, overrides=overrides, resume=True
-    )
     full = api.run(ROOT / "experiments" / "blobs.yaml", out=tmp_path / "full", overrides=overrides)
-    for a, b in zip(full.params, resumed.params):
+    resumed = checkpoint.load(cut, config_fingerprint=_fp(args))
+    assert resumed.server_round == 60
+    for a, b in zip(full.params, resumed.params, strict=True):
         np.testing.assert_array_equal(a, b)
     pd.testing.assert_frame_equal(_metrics(tmp_path / "full"), _metrics(cut))
+
+
+def test_resume_if_exists_needs_out(capsys):
+    from fedray.cli import main
+
+    assert main(["run", "experiments/linreg.yaml", "--resume-if-exists"]) == 2
+    assert "--resume-if-exists needs --out DIR" in capsys.readouterr().err
 
 
 def _fp(args):

@@ -58,3 +58,33 @@ def test_validation_catches_mistakes(mutate, error):
     mutate(cfg)
     with pytest.raises(Exception, match=error):
         _validate(cfg)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_nodes_start_with_token_auth_and_the_token_is_shipped_but_never_committed(path):
+    cfg = yaml.safe_load(path.read_text())
+    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+              if "ray start" in c]  # fmt: skip
+    assert starts and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
+    assert "--dashboard-host=127.0.0.1" in cfg["head_start_ray_commands"][-1]
+    assert cfg["file_mounts"]["~/.ray/auth_token"] == "./.ray-token"  # where ray start looks
+    assert ".ray-token" in cfg["rsync_exclude"]  # not copied a second time with the checkout
+    assert ".ray-token" in (ROOT / ".gitignore").read_text().splitlines()
+    assert "disabled" not in path.read_text()
+
+
+def test_cluster_token_is_new_private_and_never_overwritten_by_accident(tmp_path):
+    import stat
+
+    from fedray.cli import main
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert main(["cluster-token", "--out", str(first)]) == 0
+    assert main(["cluster-token", "--out", str(second)]) == 0
+    token = first.read_text().strip()
+    assert len(token) == 64 and int(token, 16) >= 0 and token != second.read_text().strip()
+    assert stat.S_IMODE(first.stat().st_mode) == 0o600
+    assert main(["cluster-token", "--out", str(first)]) == 2  # a running cluster may use it
+    assert first.read_text().strip() == token
+    assert main(["cluster-token", "--out", str(first), "--force"]) == 0
+    assert first.read_text().strip() != token

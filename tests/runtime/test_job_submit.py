@@ -1,14 +1,16 @@
 """`ray job submit` of the hello-world against a private, throw-away local Ray head.
 
-The head gets its own temp dir and ports and a consistent RAY_AUTH_MODE (Ray 2.60
-turns token auth on by default). Cleanup kills only the processes it started:
-never `ray stop`, which would kill every Ray instance on the machine.
+The head gets its own temp dir and ports and token auth with a token of its own (as
+`cluster.yaml` starts its nodes): a job submitted with the token runs, a client without
+it is refused. Cleanup kills only the processes it started: never `ray stop`, which
+would kill every Ray instance on the machine.
 """
 
 import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -58,7 +60,9 @@ def ray_head():
     ray_cli = str(Path(sys.executable).parent / "ray")
     temp_dir = tempfile.mkdtemp(prefix="frt", dir="/tmp")
     gcs, dash, client, agent, nm, om, metrics, rte, agrpc = _free_ports(9)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    token = secrets.token_hex(32)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
     cmd = [
         ray_cli, "start", "--head", f"--port={gcs}", "--num-cpus=2",
         f"--temp-dir={temp_dir}", "--include-dashboard=true",
@@ -79,13 +83,22 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_linreg_through_ray_job_submit(ray_head, tmp_path):
+def test_linreg_through_ray_job_submit_with_the_token_and_no_address(ray_head, tmp_path):
+    # Without the token (or with a wrong one) the head refuses the client.
+    for auth in ({"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_TOKEN": "0" * 64}):
+        res = subprocess.run(
+            [ray_head["ray"], "job", "list", "--address", ray_head["dashboard"]],
+            env={**ray_head["env"], **auth}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert res.returncode != 0, auth
+        assert re.search(r"(?i)auth|token|401|unauthenticated", res.stdout + res.stderr), auth
+    # With it, `fedray run` inside the job joins the job's cluster by itself.
     out = tmp_path / "job-run"
     cmd = [
         ray_head["ray"], "job", "submit", "--address", ray_head["dashboard"],
         "--working-dir", str(ROOT), "--",
         sys.executable, "-m", "fedray", "run", "experiments/linreg.yaml",
-        "--address", "auto", "--no-progress", "--out", str(out),
+        "--no-progress", "--out", str(out),
     ]  # fmt: skip
     res = subprocess.run(
         cmd, env=ray_head["env"], capture_output=True, text=True, cwd=ROOT, timeout=400
@@ -95,5 +108,5 @@ def test_linreg_through_ray_job_submit(ray_head, tmp_path):
     preds = dict(re.findall(r"prediction at x=\[(\d+)\]: ([-\d.]+)", res.stdout))
     assert abs(float(preds["0"]) - 1) < 1.5 and abs(float(preds["10"]) - 31) < 1.5
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["config"]["runtime"]["address"] == "auto"
+    assert summary["config"]["runtime"]["address"] is None  # no --address: the job's cluster
     assert (out / "model.keras").stat().st_size > 0

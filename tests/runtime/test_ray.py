@@ -52,7 +52,8 @@ def test_hosts_are_actors_with_capped_threads_and_a_dead_host_fails_only_its_cli
         out = ex.fit([0, 1], ref, RoundInfo(server_round=1, seed=0))
         by_id = {r.client_id: r for r in out}
         assert isinstance(by_id[0], ClientUpdate)
-        assert isinstance(by_id[1], ClientFailure) and "host failed during fit" in by_id[1].reason
+        assert isinstance(by_id[1], ClientFailure) and by_id[1].cause == "host"  # killed for good
+        assert by_id[1].reason == "host 1 died during fit (ActorDiedError)" and by_id[1].host == 1
     finally:
         ex.close()
 

@@ -8,7 +8,7 @@ from fedray import api, config
 from fedray.aggregators import Mean, Median
 from fedray.bench import scale
 from fedray.data import load_dataset, partition_indices
-from fedray.errors import ConfigError
+from fedray.errors import ConfigError, FedrayError
 from fedray.partition import column
 from fedray.records import ClientFailure, ClientUpdate, PartialSum, RoundInfo
 from fedray.strategy import Strategy
@@ -133,7 +133,7 @@ def test_scale_summary_overhead_and_tables():
     assert scale.systems(10_000, 1000) == ["fedray", "floor"]
     assert scale.overrides(1000, 1000, 5)[-1] == "runtime.progress=false"
     assert "strategy.clients_per_round=10" in scale.overrides(1000, 10, 5)
-    with pytest.raises(SystemExit, match="K=20 exceeds N=10"):
+    with pytest.raises(FedrayError, match="K=20 exceeds N=10"):
         scale._parse_point("10:20")
 
 

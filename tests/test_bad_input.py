@@ -1,0 +1,215 @@
+"""Bad input, everywhere: every config key and every CLI flag, with a bad value.
+
+Table-driven from the config schema itself: each leaf key gets a value its type or bounds
+forbid (a word where a number or a flag belongs, a number past its bound, a choice that
+is not offered). Each must be refused with one line that names the key, the bad value
+and what is allowed. The CLI cases run ``fedray`` in-process: exit status 2, one line
+on stderr, no traceback.
+"""
+
+import types
+import typing
+
+import pytest
+from pydantic import BaseModel
+
+from fedray import config
+from fedray.cli import main
+from fedray.config import Config
+from fedray.config.strategy import RECIPES
+from tests.conftest import ROOT
+
+BOUNDS = ("ge", "gt", "le", "lt")
+
+
+def _bounds(field):
+    found = {}
+    parts = list(field.metadata)
+    for arg in typing.get_args(field.annotation):
+        parts += [m for a in typing.get_args(arg) for m in getattr(a, "metadata", [])]
+        parts += list(getattr(arg, "__metadata__", []))
+    for meta in parts:
+        for attr in BOUNDS:
+            if getattr(meta, attr, None) is not None:
+                found[attr] = getattr(meta, attr)
+    return found
+
+
+def _kinds(annotation):
+    """The basic types a field accepts: int, float, bool, str, Literal values, list, dict."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return {("literal", a) for a in args}
+    if origin is typing.Annotated:
+        return _kinds(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_kinds(a) for a in args))
+    if origin in (list, tuple, dict):
+        return {origin.__name__}
+    if _is_model(annotation):
+        return {"model"}
+    return {getattr(annotation, "__name__", str(annotation))}
+
+
+def _bad(field):
+    """A value the field refuses, or None when every string is acceptable."""
+    kinds = _kinds(field.annotation)
+    bounds = _bounds(field)
+    numeric = kinds & {"int", "float"}
+    if "str" in kinds or "Path" in kinds or "model" in kinds:
+        return None
+    if numeric and bounds:
+        if "ge" in bounds:
+            return str(bounds["ge"] - 1)
+        if "gt" in bounds:
+            return str(bounds["gt"] - 1 if "int" in kinds else bounds["gt"])
+        return str(bounds.get("le", bounds.get("lt")) + 1)
+    return "not-a-valid-value"  # a word: not a number, a flag, a list or one of the choices
+
+
+def _members(annotation):
+    """The alternatives of a union (``Annotated`` tags removed), else the type itself."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return [annotation]
+    strip = lambda a: typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a  # noqa: E731
+    return [strip(a) for a in typing.get_args(annotation)]
+
+
+def _is_model(annotation):
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _leaves(model, prefix=""):
+    """Every leaf key of ``model``: sections and optional sections are walked into."""
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        members = [m for m in _members(field.annotation) if m is not type(None)]
+        if members and all(_is_model(m) for m in members):
+            for member in members:
+                yield from _leaves(member, key + ".")
+        else:
+            yield key, field
+
+
+def _cases():
+    seen = {}
+    for key, field in _leaves(Config):
+        if key.startswith("strategy."):
+            continue
+        bad = _bad(field)
+        if bad is not None:
+            seen[key] = ([], bad)
+    for name, recipe in RECIPES.items():
+        for key, field in _leaves(recipe, "strategy."):
+            bad = _bad(field)
+            if key != "strategy.name" and bad is not None and key not in seen:
+                seen[key] = ([f"strategy.name={name}"], bad)
+    seen["strategy.name"] = ([], "not-a-strategy")
+    return sorted((k, pre, bad) for k, (pre, bad) in seen.items())
+
+
+CASES = _cases()
+
+
+def test_the_sweep_covers_every_section():
+    sections = {k.split(".")[0] for k, _, _ in CASES}
+    assert sections >= {"seed", "rounds", "data", "model", "client", "strategy", "evaluation",
+                        "attack", "faults", "checkpoint", "privacy", "runtime"}  # fmt: skip
+    assert len(CASES) > 60
+
+
+@pytest.mark.parametrize(("key", "pre", "bad"), CASES, ids=[c[0] for c in CASES])
+def test_every_config_key_refuses_a_bad_value_in_one_line_naming_it(key, pre, bad):
+    with pytest.raises(config.ConfigError) as err:
+        config.load({}, [*pre, f"{key}={bad}"])
+    line = str(err.value)
+    assert "\n" not in line and len(line) < 400, line
+    assert key in line and bad in line, line
+    assert any(
+        w in line for w in ("expected", "allowed", "must", "should", "one of", "≥", ">", "<")
+    ), line
+
+
+CLI = [
+    (["run", "experiments/nope.yaml"], "experiments/nope.yaml"),
+    (["run", "experiments/linreg.yaml", "--set", "rounds"], "rounds"),
+    (["run", "experiments/linreg.yaml", "--set", "nope.key=1"], "nope"),
+    (["run", "experiments/linreg.yaml", "--set", "rounds=-3"], "rounds"),
+    (["run", "experiments/linreg.yaml", "--resume", "/nonexistent/run"], "/nonexistent/run"),
+    (["run", "experiments/linreg.yaml", "--resume-if-exists"], "--resume-if-exists"),
+    (["run", "experiments/linreg.yaml", "--address", "no-port-here"], "no-port-here"),
+    (["run", "experiments/linreg.yaml", "--address", "127.0.0.1:1"], "127.0.0.1:1"),
+    (
+        [
+            "run",
+            "experiments/linreg.yaml",
+            "--local",
+            "--set",
+            "data.dataset=csv",
+            "--set",
+            "data.path=/nonexistent.csv",
+        ],
+        "/nonexistent.csv",
+    ),
+    (
+        [
+            "run",
+            "experiments/linreg.yaml",
+            "--local",
+            "--set",
+            "data.partition=column",
+            "--set",
+            "data.column=nope",
+        ],
+        "data.column='nope'",
+    ),
+    (
+        ["run", "experiments/linreg.yaml", "--local", "--set", "data.num_clients=1000"],
+        "data.num_clients=1000",
+    ),
+    (["run", "experiments/linreg.yaml", "--set", "model.name=nope"], "model.name = 'nope'"),
+    (["report", "/nonexistent/run"], "/nonexistent/run"),
+    (["plot", "/nonexistent/run"], "/nonexistent/run"),
+    (["predict", "/nonexistent/run", "--input", "x.csv"], "/nonexistent/run"),
+    (["audit", "/nonexistent/run"], "/nonexistent/run"),
+    (
+        [
+            "privacy",
+            "--noise-multiplier",
+            "-1",
+            "--sampling-rate",
+            "0.1",
+            "--rounds",
+            "10",
+            "--delta",
+            "1e-5",
+        ],
+        "-1",
+    ),
+    (
+        [
+            "privacy",
+            "--noise-multiplier",
+            "1",
+            "--sampling-rate",
+            "2",
+            "--rounds",
+            "10",
+            "--delta",
+            "1e-5",
+        ],
+        "2",
+    ),
+    (["bench", "scale", "--grid", "many:clients"], "many:clients"),
+    (["cluster-token", "--out", "/nonexistent/dir/token"], "/nonexistent/dir/token"),
+]
+
+
+@pytest.mark.parametrize(("argv", "named"), CLI, ids=[" ".join(a[:3]) for a, _ in CLI])
+def test_every_cli_mistake_is_one_line_with_exit_status_2(argv, named, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (code, err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("fedray: error: ") and named in err, err
