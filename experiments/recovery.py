@@ -5,7 +5,7 @@ Runs Synthetic(1, 1) on Ray with 10 clients packed 5 to a host, fault-free and w
 it, and the driver runs the host's clients again on it). Reports the seconds a round
 with a lost host takes beyond the fault-free median round, per lost host, and checks
 that the final weights equal the fault-free run's bit for bit. Then the same with
-client crashes at 0.2 on top, against the rounds a packed host used to lose. Writes
+client crashes at 0.2 on top: each crash costs only its own client. Writes
 results/recovery.csv, .md and .png.
 
     python experiments/recovery.py            # ~2-3 min on 2 cores
