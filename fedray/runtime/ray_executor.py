@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -176,7 +176,7 @@ class RayExecutor:
         what: str,
         timeout_s: float | None = None,
         attempt: int = 0,
-        rerun: Any = None,
+        rerun: Callable[[int, list[int], float | None], Any] | None = None,
     ) -> Iterator[Any]:
         """Yield results as they finish; a client's failure stays its own.
 
