@@ -2,8 +2,9 @@
 
 The head gets its own temp dir and ports and token auth with a token of its own (as
 `cluster.yaml` starts its nodes): a job submitted with the token runs, a client without
-it is refused. Cleanup kills only the processes it started: never `ray stop`, which
-would kill every Ray instance on the machine.
+it is refused. A job stopped mid-run (as a preempted one) and submitted again with the same
+command continues from its checkpoint. Cleanup kills only the processes it started: never
+`ray stop`, which would kill every Ray instance on the machine.
 """
 
 import contextlib
@@ -83,7 +84,9 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_linreg_through_ray_job_submit_with_the_token_and_no_address(ray_head, tmp_path):
+def test_jobs_with_the_token_join_their_cluster_and_a_killed_job_resubmitted_continues(
+    ray_head, tmp_path
+):
     # Without the token (or with a wrong one) the head refuses the client.
     for auth in ({"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_TOKEN": "0" * 64}):
         res = subprocess.run(
@@ -110,3 +113,48 @@ def test_linreg_through_ray_job_submit_with_the_token_and_no_address(ray_head, t
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["runtime"]["address"] is None  # no --address: the job's cluster
     assert (out / "model.keras").stat().st_size > 0
+    # On the same head (one start less): a job killed mid-run, then submitted again.
+    _killed_job_resubmitted_equals_an_uninterrupted_run(ray_head, tmp_path)
+
+
+def _killed_job_resubmitted_equals_an_uninterrupted_run(ray_head, tmp_path):
+    """A preempted job: `ray job stop` kills its driver mid-run; the same command continues."""
+    import numpy as np
+
+    from fedray import api, checkpoint, config
+
+    out = tmp_path / "job"
+    sets = ["--set", "rounds=300", "--set", "evaluation.every=0"]
+    job = [sys.executable, "-m", "fedray", "run", "experiments/linreg.yaml", "--no-progress",
+           "--out", str(out), "--resume-if-exists", *sets]  # fmt: skip
+    submit = [ray_head["ray"], "job", "submit", "--address", ray_head["dashboard"],
+              "--working-dir", str(ROOT)]  # fmt: skip
+    env = ray_head["env"]
+    res = subprocess.run([*submit, "--no-wait", "--submission-id", "fedray-cut", "--", *job],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    cfg = config.load(ROOT / "experiments" / "linreg.yaml", [s for s in sets if s != "--set"])
+    fp = checkpoint.fingerprint(cfg.to_dict())
+    deadline, done = time.monotonic() + 240, 0
+    while time.monotonic() < deadline and done < 20:
+        time.sleep(0.2)
+        with contextlib.suppress(Exception):  # not written yet, or being replaced
+            done = checkpoint.load(out, config_fingerprint=fp).server_round
+    assert 20 <= done < 300, done
+    stop = [ray_head["ray"], "job", "stop", "--address", ray_head["dashboard"], "fedray-cut"]
+    assert subprocess.run(stop, env=env, capture_output=True, timeout=120).returncode == 0
+    before = checkpoint.load(out, config_fingerprint=fp)
+    assert before.server_round < 300  # stopped mid-run
+    again = subprocess.run([*submit, "--", *job], env=env, capture_output=True, text=True,
+                           timeout=400)  # fmt: skip
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    after = checkpoint.load(out, config_fingerprint=fp)
+    assert after.server_round == 300 and after.rows[: before.server_round] == before.rows
+    full = api.run(
+        ROOT / "experiments" / "linreg.yaml",
+        out=tmp_path / "full",
+        overrides=[*(s for s in sets if s != "--set"), "runtime.executor=local",
+                   "runtime.progress=false"],
+    )  # fmt: skip
+    for a, b in zip(full.params, after.params, strict=True):
+        np.testing.assert_array_equal(a, b)
