@@ -14,7 +14,7 @@ from fedray.records import (
     ClientEval,
     ClientFailure,
     ClientUpdate,
-    FitResult,
+    FitEvent,
     Metrics,
     Params,
     RoundInfo,
@@ -68,12 +68,14 @@ class Executor(Protocol):
         """
         ...
 
-    def fit(self, client_ids: Sequence[int], params: Any, info: RoundInfo) -> Iterable[FitResult]:
+    def fit(self, client_ids: Sequence[int], params: Any, info: RoundInfo) -> Iterable[FitEvent]:
         """Train the given clients from the broadcast ``params`` handle.
 
         Hosts that pre-aggregate send one :class:`~fedray.records.PartialSum` for their
         valid updates. Results may be yielded as they arrive; the loop may stop reading
         early (over-commitment), and the executor then leaves the rest to finish unseen.
+        A host that died under its clients and had them run again is reported as a
+        :class:`~fedray.records.HostRecovery` before their results.
         """
         ...
 
