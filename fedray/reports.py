@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedray.errors import DataError, FedrayError
+from fedray.records import FAILURE_CAUSES
 
 
 def load_run(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
@@ -105,6 +106,14 @@ def report(run_dir: str | Path) -> Any:
             table.add_row(f"time/{key}", f"{value:.3f}")
     failed = int(df["clients/failed"].sum()) if "clients/failed" in df else 0
     table.add_row("client failures (all rounds)", str(failed))
+    for column in sorted(c for c in df.columns if c.startswith("failed/")):
+        cause = column.removeprefix("failed/")
+        words = FAILURE_CAUSES.get(cause, cause)
+        table.add_row(f"  {words} (failures.csv)", str(int(df[column].fillna(0).sum())))
+    if "hosts/restarted" in df:
+        reruns = int(df["clients/rerun"].fillna(0).sum()) if "clients/rerun" in df else 0
+        restarts = int(df["hosts/restarted"].fillna(0).sum())
+        table.add_row("host calls re-run (clients)", f"{restarts} ({reruns})")
     privacy = summary.get("privacy") or {}
     for key in ("mode", "epsilon", "epsilon_rdp", "delta", "noise_multiplier", "rounds"):
         if privacy.get(key) is not None:

@@ -1,6 +1,7 @@
 """Fault injection: a client's crash, hang or NaN is its own; a host's crash costs no round."""
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -88,6 +89,17 @@ def test_in_a_packed_host_each_fault_costs_only_its_own_client(
     rows = _failures_csv(run)
     assert sorted((int(r["round"]), int(r["client"]), r["cause"]) for r in rows) == scheduled
     assert all(int(r["host"]) == int(r["client"]) // 5 and r["error"] for r in rows)
+    # `fedray report` counts them by cause.
+    from rich.console import Console
+
+    from fedray.reports import report
+
+    console = Console(record=True, width=120)
+    console.print(report(run.out_dir))
+    text = console.export_text()
+    for kind, words in (("crash", "crashed"), ("hang", "hung"), ("nan", "NaN")):
+        n = sum(1 for _, _, k in scheduled if k == kind)
+        assert re.search(rf"{words} \(failures.csv\)\s*│\s*{n}\b", text), (words, n, text)
 
 
 def test_a_host_crash_costs_no_round_and_no_weight(tmp_path, linreg_config, numpy_hosts):
@@ -107,6 +119,14 @@ def test_a_host_crash_costs_no_round_and_no_weight(tmp_path, linreg_config, nump
     ]
     for a, b in zip(clean.params, run.params, strict=True):  # re-executed clients: same updates
         np.testing.assert_array_equal(a, b)
+    from rich.console import Console
+
+    from fedray.reports import report
+
+    console = Console(record=True, width=120)
+    console.print(report(run.out_dir))
+    n = sum(map(len, crashes.values()))
+    assert re.search(rf"host calls re-run \(clients\)\s*│\s*{n} \({5 * n}\)", console.export_text())
 
 
 def test_one_client_whose_training_raises_fails_alone():
