@@ -2,11 +2,14 @@
 
 A client's fault is its own, on dedicated and on packed hosts; a host that dies
 mid-round has its clients run again in the same round; a host that hangs is killed at
-the round deadline. Marked ``chaos`` (run alone with ``pytest -m chaos``); part of the
-default run and CI.
+the round deadline. The packed test trains Keras models and compares accuracy; the
+other two test the runtime alone, so their hosts train with numpy (no TensorFlow: a
+restart costs about a second instead of ten). Marked ``chaos`` (run alone with
+``pytest -m chaos``); part of the default run and CI.
 """
 
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -53,13 +56,14 @@ def failures_csv(run):
         return list(csv.DictReader(f))
 
 
-def check_counted_as_scheduled(run, overrides):
-    rows, restarts = schedule(config.load(BLOBS, overrides))
+def check_counted_as_scheduled(run, overrides, path=BLOBS):
+    cfg = config.load(path, overrides)
+    rows, restarts = schedule(cfg)
     logged = failures_csv(run)
     faults = sorted((int(r["round"]), int(r["client"]), r["cause"]) for r in logged if r["client"])
     assert faults == rows
     assert [(int(r["round"]), int(r["host"])) for r in logged if not r["client"]] == restarts
-    n = int(config.load(BLOBS, overrides).data.num_clients)
+    n = cfg.data.num_clients
     for row in run.rows:
         failed = sum(1 for r, _, _ in rows if r == row["round"])
         assert row["clients/failed"] == failed and row["clients/ok"] == n - failed
@@ -67,18 +71,22 @@ def check_counted_as_scheduled(run, overrides):
     return rows, restarts
 
 
-def test_dedicated_hosts_survive_client_faults_and_host_hangs(tmp_path):
-    overrides = [*DEDICATED, "faults.crash_rate=0.1", "faults.hang_rate=0.05",
+def test_dedicated_hosts_survive_client_faults_and_host_hangs(tmp_path, numpy_hosts):
+    linreg = ROOT / "experiments" / "linreg.yaml"
+    common = ["rounds=20", "data.num_clients=6", "strategy.min_fit_clients=1",
+              "runtime.clients_per_actor=1", "runtime.max_restarts=-1",
+              "runtime.progress=false"]  # fmt: skip
+    overrides = [*common, "faults.crash_rate=0.1", "faults.hang_rate=0.05",
                  "faults.nan_rate=0.05", "faults.host_hang_rate=0.03",
                  "runtime.round_timeout_s=6"]  # fmt: skip
-    clean = api.run(BLOBS, out=tmp_path / "clean", overrides=[*DEDICATED, "runtime.executor=local"])
-    chaos = api.run(BLOBS, out=tmp_path / "chaos", overrides=overrides)
-    rows, _ = check_counted_as_scheduled(chaos, overrides)
+    clean = api.run(linreg, out=tmp_path / "clean", overrides=[*common, "runtime.executor=local"])
+    chaos = api.run(linreg, out=tmp_path / "chaos", overrides=overrides)
+    rows, _ = check_counted_as_scheduled(chaos, overrides, linreg)
     causes = {c for _, _, c in rows}
     assert causes == {"crash", "hang", "nan", "timeout"}, causes  # every kind happens
     assert len(rows) >= 20
-    gap = clean.final["eval/accuracy"] - chaos.final["eval/accuracy"]
-    assert abs(gap) <= 0.02, (clean.final["eval/accuracy"], chaos.final["eval/accuracy"])
+    gap = chaos.final["eval/loss"] - clean.final["eval/loss"]  # the test set's MSE
+    assert abs(gap) <= 0.1 * clean.final["eval/loss"], (clean.final, chaos.final)
 
 
 def test_packed_hosts_lose_only_the_faulty_clients_and_rerun_a_dead_hosts(tmp_path):
@@ -92,13 +100,51 @@ def test_packed_hosts_lose_only_the_faulty_clients_and_rerun_a_dead_hosts(tmp_pa
     assert abs(gap) <= 0.02, (clean.final["eval/accuracy"], chaos.final["eval/accuracy"])
 
 
-def test_host_crashes_alone_lose_no_client_and_change_no_weight(tmp_path):
-    common = [*PACKED, "rounds=4"]
+@pytest.fixture
+def numpy_hosts(monkeypatch):
+    """Every host trains with numpy (:class:`tests.fakes.NumpyTrainer`), on Ray too.
+
+    The trainer travels to the Ray workers inside the host spec, by value (the workers
+    cannot import ``tests``). A host then starts without TensorFlow, so a restart costs
+    about a second instead of ten, and the test is about re-execution alone.
+    """
+    import ray.cloudpickle
+
+    import fedray.client.trainer as trainer_mod
+    import tests.fakes
+    from fedray.client.spec import HostSpec
+    from tests.fakes import NumpyTrainer
+
+    ray.cloudpickle.register_pickle_by_value(tests.fakes)
+    real = HostSpec.from_config
+
+    def with_numpy(*args, **kwargs):
+        return replace(real(*args, **kwargs), trainer=NumpyTrainer)
+
+    monkeypatch.setattr(HostSpec, "from_config", staticmethod(with_numpy))
+    monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(tests.fakes)
+
+
+def test_host_crashes_alone_lose_no_client_and_change_no_weight(tmp_path, numpy_hosts):
+    linreg = ROOT / "experiments" / "linreg.yaml"
+    common = ["rounds=6", "data.num_clients=10", "runtime.clients_per_actor=5",
+              "runtime.max_restarts=-1", "runtime.progress=false"]  # fmt: skip
     overrides = [*common, "faults.host_crash_rate=0.1"]
-    clean = api.run(BLOBS, out=tmp_path / "clean", overrides=[*common, "runtime.executor=local"])
-    crashy = api.run(BLOBS, out=tmp_path / "crashy", overrides=overrides)
-    _, restarts = check_counted_as_scheduled(crashy, overrides)
-    assert len(restarts) >= 2
-    assert all(row["clients/ok"] == 10 for row in crashy.rows)
+    clean = api.run(linreg, out=tmp_path / "clean", overrides=[*common, "runtime.executor=local"])
+    crashy = api.run(linreg, out=tmp_path / "crashy", overrides=overrides)
+    assert all("node_id" in h for h in crashy.summary["hosts"])  # Ray hosts (numpy, or the
+    # weights below would differ from the in-process numpy run's)
+    cfg = config.load(linreg, overrides)
+    _, restarts = schedule(cfg)
+    logged = failures_csv(crashy)
+    assert [(int(r["round"]), int(r["host"]), r["cause"]) for r in logged] == [
+        (r, h, "host_restart") for r, h in restarts
+    ]
+    assert len(restarts) >= 3
+    for row in crashy.rows:
+        assert row["clients/ok"] == 10 and row["clients/failed"] == 0
+        assert row.get("hosts/restarted", 0) == sum(1 for r, _ in restarts if r == row["round"])
     for a, b in zip(clean.params, crashy.params, strict=True):  # re-executed: same updates
         np.testing.assert_array_equal(a, b)
