@@ -74,3 +74,32 @@ def _watch(item):
 
 pytest_runtest_setup = pytest.hookimpl(wrapper=True)(_watch)
 pytest_runtest_call = pytest.hookimpl(wrapper=True)(_watch)
+
+
+@pytest.fixture
+def numpy_ray_hosts(monkeypatch):
+    """Every host trains with numpy (:class:`tests.fakes.NumpyTrainer`), on Ray too.
+
+    The trainer travels to the Ray workers inside the host spec, by value (the workers
+    cannot import ``tests``). A host then starts without TensorFlow, so a restart costs
+    about a second instead of ten, and the test is about re-execution alone.
+    """
+    import ray.cloudpickle
+
+    import fedray.client.trainer as trainer_mod
+    import tests.fakes
+    from fedray.client.spec import HostSpec
+    from tests.fakes import NumpyTrainer
+
+    ray.cloudpickle.register_pickle_by_value(tests.fakes)
+    real = HostSpec.from_config
+
+    def with_numpy(*args, **kwargs):
+        from dataclasses import replace
+
+        return replace(real(*args, **kwargs), trainer=NumpyTrainer)
+
+    monkeypatch.setattr(HostSpec, "from_config", staticmethod(with_numpy))
+    monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(tests.fakes)

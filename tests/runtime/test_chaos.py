@@ -9,7 +9,6 @@ restart costs about a second instead of ten). Marked ``chaos`` (run alone with
 """
 
 import csv
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -71,7 +70,7 @@ def check_counted_as_scheduled(run, overrides, path=BLOBS):
     return rows, restarts
 
 
-def test_dedicated_hosts_survive_client_faults_and_host_hangs(tmp_path, numpy_hosts):
+def test_dedicated_hosts_survive_client_faults_and_host_hangs(tmp_path, numpy_ray_hosts):
     linreg = ROOT / "experiments" / "linreg.yaml"
     common = ["rounds=20", "data.num_clients=6", "strategy.min_fit_clients=1",
               "runtime.clients_per_actor=1", "runtime.max_restarts=-1",
@@ -100,34 +99,7 @@ def test_packed_hosts_lose_only_the_faulty_clients_and_rerun_a_dead_hosts(tmp_pa
     assert abs(gap) <= 0.02, (clean.final["eval/accuracy"], chaos.final["eval/accuracy"])
 
 
-@pytest.fixture
-def numpy_hosts(monkeypatch):
-    """Every host trains with numpy (:class:`tests.fakes.NumpyTrainer`), on Ray too.
-
-    The trainer travels to the Ray workers inside the host spec, by value (the workers
-    cannot import ``tests``). A host then starts without TensorFlow, so a restart costs
-    about a second instead of ten, and the test is about re-execution alone.
-    """
-    import ray.cloudpickle
-
-    import fedray.client.trainer as trainer_mod
-    import tests.fakes
-    from fedray.client.spec import HostSpec
-    from tests.fakes import NumpyTrainer
-
-    ray.cloudpickle.register_pickle_by_value(tests.fakes)
-    real = HostSpec.from_config
-
-    def with_numpy(*args, **kwargs):
-        return replace(real(*args, **kwargs), trainer=NumpyTrainer)
-
-    monkeypatch.setattr(HostSpec, "from_config", staticmethod(with_numpy))
-    monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)
-    yield
-    ray.cloudpickle.unregister_pickle_by_value(tests.fakes)
-
-
-def test_host_crashes_alone_lose_no_client_and_change_no_weight(tmp_path, numpy_hosts):
+def test_host_crashes_alone_lose_no_client_and_change_no_weight(tmp_path, numpy_ray_hosts):
     linreg = ROOT / "experiments" / "linreg.yaml"
     common = ["rounds=6", "data.num_clients=10", "runtime.clients_per_actor=5",
               "runtime.max_restarts=-1", "runtime.progress=false"]  # fmt: skip

@@ -1,7 +1,8 @@
 """Node loss on a simulated multi-node cluster: a worker node disappears mid-run.
 
 The hosts are packed (two clients each), so a lost node takes a host with several
-clients; the driver re-runs them on the host Ray restarts on the head.
+clients; the driver re-runs them on the host Ray restarts on the head. The hosts train
+with numpy (the test is about the runtime), so they start without TensorFlow.
 """
 
 import logging
@@ -16,7 +17,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.chaos]
 ray = pytest.importorskip("ray")
 
 
-def test_removing_a_worker_node_mid_run_reschedules_its_clients_and_completes(tmp_path, caplog):
+def test_removing_a_worker_node_mid_run_reschedules_its_clients_and_completes(
+    tmp_path, caplog, numpy_ray_hosts
+):
     from ray.cluster_utils import Cluster
 
     caplog.set_level(logging.DEBUG, logger="fedray.runtime.supervisor")
