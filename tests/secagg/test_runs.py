@@ -55,7 +55,8 @@ def test_hosts_send_only_masked_integers():
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_secure_aggregation_on_ray_survives_client_crashes(tmp_path):
+def test_secure_aggregation_on_ray_survives_client_crashes(tmp_path, numpy_ray_hosts):
+    # The hosts train with numpy: the protocol runs in the hosts whatever the trainer.
     overrides = [*COMMON, *SECURE, "faults.crash_rate=0.25", "runtime.clients_per_actor=1",
                  "runtime.max_restarts=-1", "rounds=3"]  # fmt: skip
     hist = api.run(LINREG, out=tmp_path, overrides=overrides)
@@ -75,7 +76,7 @@ def test_secure_aggregation_on_ray_survives_client_crashes(tmp_path):
         assert row["clients/ok"] == 6 - faults and row["round/committed"] == 1
         assert row["agg/secagg/clients"] == 6 - faults
     assert crashes > 0
-    assert hist.final["eval/mae"] < 2.0  # it learned through the masked sums
+    assert hist.final["eval/loss"] < 4.0  # it learned through the masked sums (MSE; noise 1)
 
 
 @pytest.mark.keras
