@@ -23,7 +23,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.chaos]
 BLOBS = ROOT / "experiments" / "blobs.yaml"
 BASE = ["rounds=20", "data.num_samples=6000", "strategy.min_fit_clients=1",
         "runtime.progress=false", "runtime.max_restarts=-1"]  # fmt: skip
-DEDICATED = [*BASE, "data.num_clients=6", "runtime.clients_per_actor=1"]
 PACKED = [*BASE, "data.num_clients=10", "runtime.clients_per_actor=5"]
 
 
