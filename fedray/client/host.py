@@ -189,7 +189,7 @@ class ClientHost:
             try:
                 jobs.append(self._plan_fit(cid, params, info, server_c))
             except _SkipClientError as skip:
-                done[cid] = ClientFailure(cid, str(skip), skip.cause, attempt=info.attempt)
+                done[cid] = ClientFailure(cid, str(skip), skip.cause)
             except HostFaultError:
                 raise
             except Exception as exc:
@@ -205,7 +205,7 @@ class ClientHost:
                 try:
                     done[job.cid] = self._finish_fit(job, *outcome, info, server_c)
                 except MissingKeysError as exc:  # a re-run after a restart: a protocol dropout
-                    done[job.cid] = ClientFailure(job.cid, str(exc), "secagg", attempt=info.attempt)
+                    done[job.cid] = ClientFailure(job.cid, str(exc), "secagg")
                 except Exception as exc:
                     done[job.cid] = _raised(job.cid, exc, info)
         # The host screens each update as the driver will (which still checks): a NaN or
@@ -382,4 +382,4 @@ class ClientHost:
 def _raised(cid: int, exc: BaseException, info: RoundInfo) -> ClientFailure:
     """The failure of a client whose code raised ``exc``; the traceback goes to the debug log."""
     logger.debug("client %d raised in round %d", cid, info.server_round, exc_info=exc)
-    return ClientFailure(cid, one_line(exc), "error", attempt=info.attempt)
+    return ClientFailure(cid, one_line(exc), "error")

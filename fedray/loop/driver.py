@@ -149,8 +149,7 @@ def run_rounds(
         }
         if step.attempts > 1:
             logs["round/attempts"] = step.attempts
-        for f in step.failures:
-            logs[f"failed/{f.cause}"] = logs.get(f"failed/{f.cause}", 0) + 1
+        logs.update({f"failed/{c}": n for c, n in step.failure_counts().items()})
         if step.recoveries:
             logs["hosts/restarted"] = len(step.recoveries)
             logs["clients/rerun"] = sum(len(r.client_ids) for r in step.recoveries)

@@ -65,6 +65,22 @@ class Step:
     participants: list[int] = field(default_factory=list)
     attempts: int = 1
 
+    def failure_counts(self) -> dict[str, int]:
+        """How many clients failed, by cause (most first; ties in order of appearance)."""
+        counts: dict[str, int] = {}
+        for f in self.failures:
+            counts[f.cause] = counts.get(f.cause, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+    def stamp(self, attempt: int, failures_from: int, recoveries_from: int) -> None:
+        """Mark the failures and recoveries from these indices on as the attempt's."""
+        self.failures[failures_from:] = [
+            replace(f, attempt=attempt) for f in self.failures[failures_from:]
+        ]
+        self.recoveries[recoveries_from:] = [
+            replace(r, attempt=attempt) for r in self.recoveries[recoveries_from:]
+        ]
+
 
 @dataclass(frozen=True)
 class Context:
@@ -163,7 +179,7 @@ class SyncRounds:
                 attempt=attempt,
                 settings=client_settings(strategy.aggregator, agg_state),
             )
-            server = None
+            server, marks = None, (len(step.failures), len(step.recoveries))
             if session is not None:
                 ids, dropped, server = session.start(ctx.executor, ids, info, ctx.rng)
                 step.failures.extend(dropped)
@@ -177,6 +193,7 @@ class SyncRounds:
                 step.failures.extend(lost)
                 step.updates = [] if total is None else [total]
                 step.participants = [] if total is None else list(total.client_ids)
+            step.stamp(attempt, *marks)  # whoever reported them: hosts, driver, protocol
             if len(step.participants) >= strategy.min_fit_clients:
                 break
             logger.warning(
@@ -216,7 +233,7 @@ class SyncRounds:
             if isinstance(checked, ClientUpdate):
                 updates.append(checked)
             else:
-                step.failures.append(replace(checked, attempt=info.attempt))
+                step.failures.append(checked)
             if len(updates) == wanted and len(ids) > wanted:
                 break  # over-commitment: the first K valid updates make the round
         close = getattr(results, "close", None)
@@ -260,13 +277,9 @@ def summary(server_round: int, step: Step) -> str:
     line = f"round {server_round}: {len(step.participants)}/{step.sampled} ok"
     if step.attempts > 1:
         line += f" in {step.attempts} attempts"
-    counts: dict[str, int] = {}
-    for f in step.failures:
-        counts[f.cause] = counts.get(f.cause, 0) + 1
+    counts = step.failure_counts()
     if counts:
-        line += "; failed: " + ", ".join(
-            f"{n} {FAILURE_CAUSES[c]}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1])
-        )
+        line += "; failed: " + ", ".join(f"{n} {FAILURE_CAUSES[c]}" for c, n in counts.items())
     for r in step.recoveries:
         n = len(r.client_ids)
         line += f"; host {r.host} restarted, re-ran {n} client{'s' if n != 1 else ''}"

@@ -102,15 +102,15 @@ class LocalExecutor:
                     results = self.hosts[h].fit(ids, params, run, extras)
                 except HostFaultError as exc:
                     if exc.kind == "hang":  # as on Ray: the deadline kills it, no time is left
-                        yield from fail_all(ids, f"host {h}: {exc}", "timeout", h, info.attempt)
+                        yield from fail_all(ids, f"host {h}: {exc}", "timeout", h)
                         break
                     if run.dispatch >= MAX_RERUNS:
-                        yield from fail_all(ids, f"host {h} lost: {exc}", "host", h, info.attempt)
+                        yield from fail_all(ids, f"host {h} lost: {exc}", "host", h)
                         break
-                    yield HostRecovery(h, tuple(ids), str(exc), info.attempt)
+                    yield HostRecovery(h, tuple(ids), str(exc))
                     run = replace(run, dispatch=run.dispatch + 1)
                     continue
-                yield from tag(results, h, info.attempt)
+                yield from tag(results, h)
                 break
 
     def call(

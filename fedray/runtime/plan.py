@@ -28,19 +28,14 @@ MAX_RERUNS = 2
 T = TypeVar("T")
 
 
-def tag(results: Sequence[T], host: int, attempt: int) -> list[T]:
-    """Mark each failure in ``results`` with the host that served it and the attempt."""
-    return [
-        replace(r, host=host, attempt=attempt) if isinstance(r, ClientFailure) else r
-        for r in results
-    ]
+def tag(results: Sequence[T], host: int) -> list[T]:
+    """Mark each failure in ``results`` with the host that served it."""
+    return [replace(r, host=host) if isinstance(r, ClientFailure) else r for r in results]
 
 
-def fail_all(
-    client_ids: Sequence[int], reason: str, cause: str, host: int, attempt: int
-) -> list[ClientFailure]:
+def fail_all(client_ids: Sequence[int], reason: str, cause: str, host: int) -> list[ClientFailure]:
     """The same failure for each of a host's clients (its call was lost)."""
-    return [ClientFailure(c, reason, cause, host, attempt) for c in client_ids]
+    return [ClientFailure(c, reason, cause, host) for c in client_ids]
 
 
 def clients_per_host(setting: int | str, num_clients: int, cpu_slots: float) -> int:

@@ -175,7 +175,6 @@ class RayExecutor:
         calls: dict[Any, list[int]],
         what: str,
         timeout_s: float | None = None,
-        attempt: int = 0,
         rerun: Callable[[int, list[int], float | None], Any] | None = None,
     ) -> Iterator[Any]:
         """Yield results as they finish; a client's failure stays its own.
@@ -201,7 +200,7 @@ class RayExecutor:
                     ray.kill(self.hosts[index], no_restart=False)
                     self.supervisor.mark_down(index)
                     reason = f"no result within runtime.round_timeout_s={timeout_s:g}"
-                    yield from fail_all(ids, reason, "timeout", index, attempt)
+                    yield from fail_all(ids, reason, "timeout", index)
                 return
             for ref in ready:
                 ids = calls.pop(ref)
@@ -216,19 +215,19 @@ class RayExecutor:
                     logger.debug("%s: %s", reason, exc)
                     again = None if rerun is None else rerun(index, ids, deadline)
                     if again is not None:
-                        yield HostRecovery(index, tuple(ids), reason, attempt)
+                        yield HostRecovery(index, tuple(ids), reason)
                         calls[again] = ids
                         pending.append(again)
                         continue
-                    results = fail_all(ids, reason, "host", index, attempt)
+                    results = fail_all(ids, reason, "host", index)
                 except ray.exceptions.RayError as exc:
                     reason = f"host {index} failed during {what}: {one_line(_unwrap(exc))}"
                     logger.debug("%s", reason, exc_info=exc)
-                    results = fail_all(ids, reason, "error", index, attempt)
-                yield from tag(results, index, attempt)
+                    results = fail_all(ids, reason, "error", index)
+                yield from tag(results, index)
 
     def _calls(
-        self, client_ids: Sequence[int], method: str, attempt: int, *args: Any
+        self, client_ids: Sequence[int], method: str, *args: Any
     ) -> tuple[dict[Any, list[int]], list[ClientFailure]]:
         """Start ``method`` on each host with sampled clients; skip hosts that are down."""
         calls: dict[Any, list[int]] = {}
@@ -236,7 +235,7 @@ class RayExecutor:
         for h, ids in self.plan.by_host(client_ids).items():
             reason = self.supervisor.unavailable(h)
             if reason is not None:
-                skipped.extend(fail_all(ids, reason, "unavailable", h, attempt))
+                skipped.extend(fail_all(ids, reason, "unavailable", h))
             else:
                 calls[getattr(self.hosts[h], method).remote(ids, *args)] = ids
         return calls, skipped
@@ -251,7 +250,7 @@ class RayExecutor:
         """
         self.supervisor.await_restarts()
         params_ref, extras_ref = params
-        calls, skipped = self._calls(client_ids, "fit", info.attempt, params_ref, info, extras_ref)
+        calls, skipped = self._calls(client_ids, "fit", params_ref, info, extras_ref)
         runs: dict[tuple[int, ...], int] = {}  # re-executions so far, per lost call
 
         def rerun(index: int, ids: list[int], deadline: float | None) -> Any:
@@ -266,7 +265,7 @@ class RayExecutor:
             return self.hosts[index].fit.remote(ids, params_ref, again, extras_ref)
 
         yield from skipped
-        yield from self._stream(calls, "fit", self._round_timeout_s, info.attempt, rerun)
+        yield from self._stream(calls, "fit", self._round_timeout_s, rerun)
 
     def call(
         self, client_ids: Sequence[int], step: str, payload: dict[int, Any], info: RoundInfo
@@ -367,7 +366,7 @@ class RayExecutor:
     ) -> list[ClientEval | ClientFailure]:
         """Federated evaluation on the clients' local ``test`` splits or ``train`` shards."""
         self.supervisor.await_restarts()
-        calls, skipped = self._calls(client_ids, "evaluate_clients", 0, params[0], split)
+        calls, skipped = self._calls(client_ids, "evaluate_clients", params[0], split)
         return [*skipped, *self._stream(calls, "evaluate")]
 
     def export(self, params: Params) -> bytes:

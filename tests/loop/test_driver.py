@@ -218,3 +218,30 @@ def test_absurd_norms_are_rejected_with_the_reason(caplog):
     assert rows[0]["clients/failed"] == 1 and rows[0]["clients/ok"] == 2
     np.testing.assert_allclose(params[0], [0.5 * 5.0])  # the mean of clients 0 and 1 only
     assert "round 1: 2/3 ok; failed: 1 invalid" in caplog.text
+
+
+def test_every_failure_of_a_retried_round_carries_its_attempt_whoever_reported_it():
+    from dataclasses import replace
+
+    from fedray.aggregators import Mean
+    from fedray.records import ClientFailure
+
+    class DropsClient0:
+        """A secure-aggregation-like session: client 0 drops out of every key exchange."""
+
+        def start(self, executor, ids, info, rng):
+            dropped = [ClientFailure(0, "dropped during key exchange", "secagg")]
+            return [c for c in ids if c != 0], dropped, object()
+
+    class WithSession(Mean):
+        def session(self):
+            return DropsClient0()
+
+    ex = QuadraticExecutor([[2.0], [8.0], [4.0]], [1, 1, 1], behaviour={1: "fail", 2: "fail"})
+    strategy = replace(fedavg(min_fit_clients=1), aggregator=WithSession())
+    with pytest.raises(RoundFailedError) as err:
+        _run(ex, strategy=strategy, rounds=1)
+    step = err.value.step
+    assert sorted((f.attempt, f.client_id, f.cause) for f in step.failures) == [
+        (a, c, cause) for a in range(3) for c, cause in ((0, "secagg"), (1, "error"), (2, "error"))
+    ]
