@@ -242,7 +242,8 @@ def run(
                 composed.aggregator.l2_bound(int(sum(np.size(p) for p in params0)))
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-        ledger = build.ledger(cfg, composed, executor)
+        dim = None if params0 is None else int(sum(np.size(p) for p in params0))
+        ledger = build.ledger(cfg, composed, executor, dim)
         canaries = build.canary_audit(cfg)
         startup_s = time.perf_counter() - t_start
         logger.info("started in %.1f s; %d clients", startup_s, executor.num_clients)

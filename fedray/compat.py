@@ -20,6 +20,7 @@ from typing import Any
 
 from fedray.aggregators import (
     CentralDP,
+    DistributedDP,
     Krum,
     LocalDP,
     Mean,
@@ -105,8 +106,12 @@ RULES: tuple[Rule, ...] = (
          "would leave the hosts un-noised and raise a client's sensitivity; set "
          "strategy.weighting=uniform or auto",
          when_b=_is("examples")),
+    Rule(_DP, _SA, "each client adds only its share of the noise, so without secure "
+         "aggregation the server would see every update almost un-noised; set "
+         "privacy.secure_aggregation.enabled=true", when_a=_is("distributed"),
+         when_b=lambda v: not v),
     Rule(_DP, _NAME, "client-level DP needs a mean aggregator, " + _MEAN,
-         when_a=_is("central", "local"),
+         when_a=_is("central", "local", "distributed"),
          when_b=_not(None, *MEAN_RECIPES)),
     Rule(_DP, "strategy.min_fit_clients", "central DP commits every round, even one with no "
          "participants; set strategy.min_fit_clients=1", when_a=_is("central"),
@@ -215,6 +220,8 @@ def strategy_features(strategy: Any) -> dict[str, Any]:
             out[_DP] = "central"
         elif isinstance(agg, LocalDP):
             out[_DP] = "local"
+        elif isinstance(agg, DistributedDP):
+            out[_DP] = "distributed"
         elif isinstance(agg, Mean) and agg.weighting == "examples":
             out["strategy.weighting"] = "examples"
         for kind, name in _RULE_NAMES:
@@ -226,7 +233,7 @@ def strategy_features(strategy: Any) -> dict[str, Any]:
         out[_DP] = "dpsgd"
     if _NAME not in out:
         base = links[-1]
-        linear = isinstance(base, (Mean, CentralDP, LocalDP))
+        linear = isinstance(base, (Mean, CentralDP, LocalDP, DistributedDP))
         named = strategy.name if strategy.name in MEAN_RECIPES else "fedavg"
         out[_NAME] = named if linear else f"custom({type(base).__name__})"
     return dict(sorted(out.items()))

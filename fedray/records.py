@@ -104,6 +104,7 @@ FAILURE_CAUSES = {
     "host": "host lost",  # its host died and it could not be re-run in time
     "unavailable": "host down",  # its host was restarting or dead when the round began
     "secagg": "secure-aggregation dropout",
+    "aborted": "in an aborted secure sum",  # too few survivors: nothing was unmasked
 }
 """Why a client failed (``ClientFailure.cause``), with the words the round summary uses."""
 

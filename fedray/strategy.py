@@ -20,6 +20,7 @@ import numpy as np
 from fedray.aggregators import (
     Aggregator,
     CentralDP,
+    DistributedDP,
     Krum,
     LocalDP,
     Mean,
@@ -272,7 +273,10 @@ def with_norm_bound(strategy: Strategy, max_norm: float) -> Strategy:
 
 
 def with_dp(
-    strategy: Strategy, mechanism: CentralDP | LocalDP, *, sampling: str = "poisson"
+    strategy: Strategy,
+    mechanism: CentralDP | LocalDP | DistributedDP,
+    *,
+    sampling: str = "poisson",
 ) -> Strategy:
     """The same strategy with its mean replaced by a differentially private one.
 
@@ -286,8 +290,11 @@ def with_dp(
             SCAFFOLD and FedBuff have no DP analysis here), or it weights clients by
             example counts (DP needs uniform weights).
     """
-    mode = "local" if isinstance(mechanism, LocalDP) else "central"
-    check_compatible({**strategy_features(strategy), "privacy.dp.mode": mode})
+    mode = {LocalDP: "local", DistributedDP: "distributed"}.get(type(mechanism), "central")
+    features = {**strategy_features(strategy), "privacy.dp.mode": mode}
+    if mode == "distributed":  # with_dp goes first; the build wraps secure aggregation next
+        features["privacy.secure_aggregation.enabled"] = True
+    check_compatible(features)
     if isinstance(mechanism, LocalDP):
         return replace(strategy, aggregator=mechanism)
     return replace(strategy, aggregator=mechanism, sampling=sampling, min_fit_clients=0)

@@ -49,6 +49,9 @@ FEATURES: dict[str, tuple[str, list[str]]] = {
     "secagg": ("privacy", ["privacy.secure_aggregation.enabled=true"]),
     "secagg + central": ("privacy", ["privacy.secure_aggregation.enabled=true",
                                      "privacy.dp.mode=central", "privacy.dp.clip=1.0", *_DP]),
+    "secagg + distributed": ("privacy", ["privacy.secure_aggregation.enabled=true",
+                                         "privacy.dp.mode=distributed", "privacy.dp.clip=1.0",
+                                         *_DP]),
     # wrappers
     "norm_bound": ("wrapper", ["strategy.norm_bound=1.0"]),
     "max_update_norm": ("wrapper", ["strategy.max_update_norm=50"]),
@@ -125,7 +128,7 @@ def check_cell(cell, tmp_path, seen):
     if "fed_eval" in cell:
         assert all(np.isfinite(r["fed_eval/loss"]) and r["fed_eval/clients"] > 0 for r in hist.rows)
     dp = any(f in cell for f in ("central", "central adaptive", "local", "dpsgd",
-                                 "secagg + central"))  # fmt: skip
+                                 "secagg + central", "secagg + distributed"))  # fmt: skip
     if dp:
         ledger = seen["ledgers"][-1] if "fedbuff" not in cell else None
         assert ledger is not None and np.isfinite(hist.summary["privacy"]["epsilon"])

@@ -37,6 +37,7 @@ LIGHT = [
     "fedray.client.behaviours",
     "fedray.compat",
     "fedray.build",
+    "fedray.build_privacy",
     "fedray.memory",
     "fedray.data",
     "fedray.models",

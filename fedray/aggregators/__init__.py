@@ -2,6 +2,7 @@
 
 from fedray.aggregators.base import Aggregator, LinearAggregator, broadcast, client_settings
 from fedray.aggregators.clip import NormBound, clip_update
+from fedray.aggregators.distributed_dp import DistributedDP
 from fedray.aggregators.dp import AdaptiveClip, CentralDP, LocalDP
 from fedray.aggregators.mean import Mean, weighted_mean
 from fedray.aggregators.presum import combine, presum
@@ -14,6 +15,7 @@ __all__ = [
     "AdaptiveClip",
     "Aggregator",
     "CentralDP",
+    "DistributedDP",
     "Krum",
     "LinearAggregator",
     "LocalDP",

@@ -11,6 +11,10 @@ the integer sum into the float sum of the survivors' updates (a
 the inner linear rule's ``finalize`` (a uniform mean, or DP-FedAvg's noised sum:
 central DP on top of secure aggregation). Masking is per client, before any sum.
 
+With :class:`~fedray.aggregators.DistributedDP` inside, the hosts send its noised
+integers instead (distributed DP: the unmasked sum already carries the whole noise),
+the modulus is its own, and a round needs at least its ``min_survivors``.
+
 Under central DP the quantized update must still have L2 norm at most C, the
 sensitivity the noise is calibrated to. Stochastic rounding moves each coordinate by
 less than one step, so the update is clipped to ``C - step sqrt(d)`` before it is
@@ -34,6 +38,7 @@ import numpy as np
 
 from fedray.aggregators.base import zero_sum
 from fedray.aggregators.clip import clip_to
+from fedray.aggregators.distributed_dp import DistributedDP
 from fedray.aggregators.dp import UNCLIPPED, AdaptiveClip, CentralDP
 from fedray.aggregators.mean import Mean
 from fedray.records import AggState, ClientUpdate, Metrics, Params, PartialSum, RoundInfo
@@ -58,7 +63,9 @@ class SecureAggregation:
             sampled or surviving clients aborts before any share is revealed.
     """
 
-    inner: Mean | CentralDP = field(default_factory=lambda: Mean(weighting="uniform"))
+    inner: Mean | CentralDP | DistributedDP = field(
+        default_factory=lambda: Mean(weighting="uniform")
+    )
     clip: float = 1.0
     bits: int = 16
     degree: int | None = None
@@ -69,7 +76,7 @@ class SecureAggregation:
         if isinstance(self.inner, Mean) and self.inner.weighting != "uniform":
             raise ValueError(
                 "secure aggregation reveals only a sum, without example counts; wrap "
-                "Mean(weighting='uniform') or CentralDP"
+                "Mean(weighting='uniform'), CentralDP or DistributedDP"
             )
         if not 0.5 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0.5, 1], got {self.threshold}")
@@ -81,13 +88,27 @@ class SecureAggregation:
 
     @property
     def private(self) -> bool:
-        """Whether the inner aggregator is central DP (its sensitivity must hold)."""
-        return isinstance(self.inner, CentralDP)
+        """Whether the inner aggregator is DP (its sensitivity must hold)."""
+        return isinstance(self.inner, CentralDP | DistributedDP)
+
+    @property
+    def required_clients(self) -> int:
+        """The fewest sampled or surviving clients whose sum may be unmasked."""
+        if isinstance(self.inner, DistributedDP):
+            return max(self.min_clients, self.inner.min_survivors)
+        return self.min_clients
+
+    def modulus_bits(self, clients: int) -> int:
+        """r: the masked sum of ``clients`` vectors is computed mod 2^r."""
+        if isinstance(self.inner, DistributedDP):
+            return self.inner.modulus_bits
+        return self.quantizer.modulus_bits(max(clients, 1))
 
     def l2_bound(self, dim: int) -> float:
         """The clip applied before quantizing, so the decoded update has norm <= clip.
 
-        Without DP it is ``clip``; under DP it is ``clip - step sqrt(dim)``.
+        Without DP it is ``clip``; under central DP it is ``clip - step sqrt(dim)``
+        (distributed DP bounds its own rounding).
 
         >>> round(SecureAggregation(inner=CentralDP(1.0, 10.0, 1.0), bits=16).l2_bound(100), 6)
         0.999695
@@ -96,7 +117,7 @@ class SecureAggregation:
             ValueError: ``bits`` are too few for ``dim`` coordinates (the margin would
                 eat more than half of the clip).
         """
-        if not self.private:
+        if not isinstance(self.inner, CentralDP):
             return self.clip
         margin = self.quantizer.step * math.sqrt(dim)
         if margin > self.clip / 2:
@@ -128,6 +149,10 @@ class SecureAggregation:
 
     def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
         """In the host: inner client step, clip, quantize (the host then masks)."""
+        if isinstance(self.inner, DistributedDP):
+            ints = self.inner.encode_integers(update, info)
+            levels = (ints & ((1 << self.inner.modulus_bits) - 1)).astype(np.uint64)
+            return replace(update, delta=[], num_examples=1, metrics={}, masked=levels, protocol={})
         update = self.inner.encode(update, info)
         dim = sum(d.size for d in update.delta)
         delta, _ = clip_to(update.delta, self.l2_bound(dim))
@@ -146,12 +171,21 @@ class SecureAggregation:
     def dim(self, state: AggState) -> int:
         """Length of a client's masked vector (the weights, plus adaptive DP's bit)."""
         size = int(sum(math.prod(s) for s, _ in state["shapes"]))
+        if isinstance(self.inner, DistributedDP):
+            return self.inner.plan(size).padded
         adaptive = isinstance(self.inner, CentralDP) and isinstance(self.inner.clip, AdaptiveClip)
         return size + (1 if adaptive else 0)
 
-    def decode(self, total: np.ndarray, survivors: Sequence[int], state: AggState) -> PartialSum:
+    def decode(
+        self, total: np.ndarray, survivors: Sequence[int], state: AggState, info: RoundInfo
+    ) -> PartialSum:
         """The float sum of the survivors' updates, each counted once."""
         n = len(survivors)
+        if isinstance(self.inner, DistributedDP):
+            r = self.inner.modulus_bits
+            values = total.astype(np.int64)
+            values[values >= 1 << (r - 1)] -= 1 << r  # centred: [-2^(r-1), 2^(r-1))
+            return self.inner.decode(values, survivors, state["inner"], info)
         values = self.quantizer.decode_sum(total, n)
         shapes = state["shapes"]
         size = sum(math.prod(s) for s, _ in shapes)
@@ -187,5 +221,10 @@ class SecureAggregation:
         """Hand the decoded sum (from :meth:`decode`) to the inner linear rule."""
         delta, inner, meas = self.inner.finalize(total, state["inner"], rng)
         count = float(len(total.client_ids))
-        meas = {**meas, "secagg/clients": count, "secagg/quantization_step": self.quantizer.step}
+        step = (
+            1 / self.inner.plan(self.dim(state)).scale
+            if isinstance(self.inner, DistributedDP)
+            else self.quantizer.step
+        )
+        meas = {**meas, "secagg/clients": count, "secagg/quantization_step": step}
         return delta, {**state, "inner": inner}, meas

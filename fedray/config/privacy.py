@@ -12,9 +12,19 @@ from fedray.config.sections import _Section
 class DPConfig(_Section):
     """Client-level differential privacy (see the README's Privacy section)."""
 
-    mode: Literal["central", "local", "dpsgd"] = "central"
+    mode: Literal["central", "local", "dpsgd", "distributed"] = "central"
     """`central`: the server clips and noises the mean (DP-FedAvg); `local`: each client noises its
-    own update; `dpsgd`: example-level DP-SGD inside each client
+    own update; `dpsgd`: example-level DP-SGD inside each client; `distributed`: each client adds
+    its share of integer noise inside secure aggregation, so the server never sees an un-noised sum
+    """
+    mechanism: Literal["skellam", "discrete_gaussian"] = "skellam"
+    """distributed DP's integer noise: Skellam (Agarwal et al. 2021) or the discrete Gaussian
+    (Kairouz et al. 2021)
+    """
+    max_dropout: float = Field(0.1, ge=0, lt=1)
+    """distributed DP: the worst-case fraction of a cohort that may drop out; each client's share
+    is scaled so that the rest still carry the whole noise, and rounds with fewer survivors abort
+    before unmasking
     """
     noise_multiplier: float | None = Field(None, ge=0)
     """z: noise std over the clip norm (give this or `target_epsilon`)"""
@@ -56,6 +66,12 @@ class DPConfig(_Section):
             )
         if self.mode != "central" and self.clip == "adaptive":
             raise ValueError("privacy.dp.clip = 'adaptive' needs privacy.dp.mode = 'central'")
+        if self.mode == "distributed" and self.target_epsilon is not None:
+            raise ValueError(
+                "privacy.dp.target_epsilon is not supported with privacy.dp.mode = 'distributed' "
+                "(its ε depends on the model's size); set privacy.dp.noise_multiplier: the "
+                "run's summary.json and privacy/epsilon report the ε spent"
+            )
         if self.mode == "dpsgd" and self.target_epsilon is not None:
             raise ValueError(
                 "privacy.dp.target_epsilon is not supported with privacy.dp.mode = 'dpsgd' "

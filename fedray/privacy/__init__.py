@@ -12,17 +12,21 @@ from fedray.privacy.accounting import (
     round_event,
     split_noise,
 )
+from fedray.privacy.distributed import DistributedPlan, distributed_epsilon
 from fedray.privacy.dpsgd import DPSGDAccountant, poisson_batch_cap, truncation_probability
-from fedray.privacy.ledgers import DPFedAvgAccountant, LocalDPAccountant
+from fedray.privacy.ledgers import DistributedDPAccountant, DPFedAvgAccountant, LocalDPAccountant
 
 __all__ = [
     "DPFedAvgAccountant",
     "DPSGDAccountant",
+    "DistributedDPAccountant",
+    "DistributedPlan",
     "LocalDPAccountant",
     "RoundEvent",
     "calibrate_noise_multiplier",
     "combined_multiplier",
     "compose_epsilon",
+    "distributed_epsilon",
     "dpfedavg_epsilon",
     "poisson_batch_cap",
     "round_event",

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
     from fedray.aggregators.secure import SecureAggregation
 
 logger = logging.getLogger(__name__)
+_REQUIRED = (
+    "privacy.secure_aggregation.min_clients, or under distributed DP the cohort less "
+    "privacy.dp.max_dropout"
+)
 
 
 class MissingKeysError(RuntimeError):
@@ -53,18 +57,18 @@ class SecureSession:
     ) -> tuple[list[int], list[ClientFailure], SecAggServer | None]:
         """Key exchange for the sampled ``ids``; returns (who trains, failures, server)."""
         secure = self.secure
-        if len(ids) < secure.min_clients:
+        if len(ids) < secure.required_clients:
             reason = (
-                f"secure aggregation needs at least {secure.min_clients} clients "
-                f"(privacy.secure_aggregation.min_clients), {len(ids)} were sampled; the "
-                "round aborted before any training"
+                f"secure aggregation needs at least {secure.required_clients} clients "
+                f"({_REQUIRED}), {len(ids)} were sampled; the round aborted before any "
+                "training"
             )
-            return [], [ClientFailure(c, reason) for c in ids], None
+            return [], [ClientFailure(c, reason, "aborted") for c in ids], None
         n = len(ids)
         k = default_degree(n) if secure.degree is None else min(secure.degree, n - 1)
         graph = harary_neighbours(list(ids), k, rng)
         t = max(1, math.ceil(secure.threshold * (k + 1)))
-        bits = secure.quantizer.modulus_bits(max(n, 1))
+        bits = secure.modulus_bits(n)
         server = SecAggServer(info.server_round, graph, t, bits)
         setup = {
             u: (list(server.neighbours[u]), server.threshold, server.modulus_bits) for u in ids
@@ -75,7 +79,7 @@ class SecureSession:
         inbox = server.route_shares(shares)
         trained = sorted(executor.call(sorted(inbox), "inbox", inbox, info))
         dropped = [
-            ClientFailure(c, "dropped during secure-aggregation key exchange")
+            ClientFailure(c, "dropped during secure-aggregation key exchange", "secagg")
             for c in sorted(set(ids) - set(trained))
         ]
         return trained, dropped, server
@@ -107,21 +111,21 @@ class SecureSession:
                 masked[u.client_id] = u.masked
         try:
             dropped, survivors = server.collect_masked(masked)
-            if len(survivors) < secure.min_clients:
+            if len(survivors) < secure.required_clients:
                 raise SecAggError(
                     f"{len(survivors)} clients survived, fewer than "
-                    f"privacy.secure_aggregation.min_clients={secure.min_clients}; aborted "
-                    "before any share was revealed"
+                    f"{secure.required_clients} ({_REQUIRED}); aborted before any share "
+                    "was revealed"
                 )
             asks = {u: (dropped, survivors) for u in survivors}
             responses = executor.call(survivors, "unmask", asks, info)
             total = server.unmask(responses)
         except SecAggError as exc:
-            failures += [ClientFailure(c, f"secure aggregation: {exc}") for c in masked]
+            failures += [ClientFailure(c, f"secure aggregation: {exc}", "aborted") for c in masked]
             return None, failures
         if not survivors:
             return None, failures
-        return secure.decode(total, survivors, agg_state), failures
+        return secure.decode(total, survivors, agg_state, info), failures
 
 
 class SecureClients:

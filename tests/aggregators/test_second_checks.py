@@ -18,7 +18,7 @@ def test_secure_mean_of_three_known_updates_equals_the_plain_mean():
     ups = [ClientUpdate(c, [np.array(v, np.float32)], 7) for c, v in enumerate(
         [[1, -1, 0.5, 0, 2], [0.25, 0.5, -2, 1, 0], [-1, 1, 1, -0.5, 0.3]])]  # fmt: skip
     total = sum(sa.encode(u, info).masked.astype(np.uint64) for u in ups)  # masks cancel
-    decoded = sa.decode(total, [0, 1, 2], state)
+    decoded = sa.decode(total, [0, 1, 2], state, info)
     delta, _, _ = sa.finalize(decoded, state, np.random.default_rng(0))
     plain = np.mean([u.delta[0] for u in ups], axis=0)
     assert np.abs(delta[0] - plain).max() <= 3 * sa.quantizer.step  # divided by 3, not 4

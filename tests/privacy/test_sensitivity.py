@@ -56,7 +56,7 @@ def test_quantized_update_never_exceeds_the_dp_clip(bits, dim):
         v = rng.choice([-1.0, 1.0], dim) if trial == 0 else rng.normal(size=dim)
         v = (v / np.linalg.norm(v)).astype(np.float32)
         masked = sa.encode(ClientUpdate(3, [v], 1), info).masked
-        contribution = sa.decode(masked.astype(np.uint64), [3], state).total[0]
+        contribution = sa.decode(masked.astype(np.uint64), [3], state, info).total[0]
         # Adding this client moves the decoded sum by its contribution: at most C = 1,
         # so the noise z C is z times the real sensitivity, as accounted.
         assert np.linalg.norm(contribution.astype(np.float64)) <= 1.0 + 1e-9
