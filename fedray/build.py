@@ -24,6 +24,7 @@ from fedray.aggregators import (
     Mean,
     SecureAggregation,
 )
+from fedray.aggregators.compression import Quantize, Rotate, TopK
 from fedray.build_privacy import (
     budget,
     canary_audit,
@@ -31,6 +32,7 @@ from fedray.build_privacy import (
     dp_mechanism,
     ledger,
     noise_multiplier,
+    secure_bits,
     warn_on_delta,
 )
 from fedray.compat import check_compatible, strategy_features
@@ -45,6 +47,7 @@ __all__ = [
     "build_strategy",
     "canary_audit",
     "check_inputs",
+    "compressed",
     "dp_accountant",
     "dp_mechanism",
     "ledger",
@@ -53,6 +56,7 @@ __all__ = [
     "pre_aggregates",
     "recipe",
     "secure_aggregation",
+    "secure_bits",
     "warn_on_delta",
     "with_config",
 ]
@@ -119,9 +123,23 @@ def build_strategy(
         composed = with_dp(composed, dp_mechanism(cfg, privacy_state), sampling=dp.sampling)
     if cfg.privacy.secure_aggregation.enabled:
         composed = replace(composed, aggregator=secure_aggregation(cfg, composed.aggregator))
+    else:
+        composed = replace(composed, aggregator=compressed(cfg, composed.aggregator))
     if cfg.strategy.norm_bound is not None:
         composed = with_norm_bound(composed, cfg.strategy.norm_bound)
     return composed
+
+
+def compressed(cfg: Config, inner: Any) -> Any:
+    """``compression.*`` around ``inner``: quantize innermost, then rotate, then top-k."""
+    c = cfg.compression
+    if c.quantize_bits is not None:
+        inner = Quantize(inner=inner, bits=c.quantize_bits)
+    if c.rotate:
+        inner = Rotate(inner=inner)
+    if c.topk is not None:
+        inner = TopK(inner=inner, fraction=c.topk, error_feedback=c.error_feedback)
+    return inner
 
 
 def secure_aggregation(cfg: Config, inner: Any) -> SecureAggregation:
@@ -141,7 +159,7 @@ def secure_aggregation(cfg: Config, inner: Any) -> SecureAggregation:
     return SecureAggregation(
         inner=inner if isinstance(inner, CentralDP | DistributedDP) else Mean(weighting="uniform"),
         clip=clip,
-        bits=sa.bits,
+        bits=secure_bits(cfg),
         degree=degree,
         threshold=sa.threshold,
         min_clients=sa.min_clients,

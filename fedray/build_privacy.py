@@ -118,13 +118,19 @@ def dp_mechanism(
                 population=cfg.data.num_clients,
                 clip=float(dp.clip),
                 mechanism=dp.mechanism,
-                bits=cfg.privacy.secure_aggregation.bits,
+                bits=secure_bits(cfg),
                 max_dropout=dp.max_dropout,
                 noise_seed=dp.noise_seed,
             )
         return CentralDP(noise_multiplier=z, expected_clients=m, clip=clip)
     except ValueError as exc:
         raise ConfigError(f"privacy.dp: {exc}") from None
+
+
+def secure_bits(cfg: Config) -> int:
+    """Secure aggregation's bits: ``compression.quantize_bits`` when set."""
+    bits = cfg.compression.quantize_bits
+    return cfg.privacy.secure_aggregation.bits if bits is None else bits
 
 
 def budget(cfg: Config) -> float | None:

@@ -32,6 +32,7 @@ from fedray.aggregators import (
     TrimmedMean,
 )
 from fedray.aggregators.base import Aggregator
+from fedray.aggregators.compression import Quantize, Rotate, TopK
 from fedray.errors import ConfigError
 
 MEAN_RECIPES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
@@ -136,6 +137,21 @@ RULES: tuple[Rule, ...] = (
          "(noised on the decoded sum)", when_b=_is("local")),
     Rule(_SA, "privacy.dp.clip", "the quantization range needs a fixed clip; give "
          "privacy.dp.clip a number", when_b=_is("adaptive")),
+    # --- compression: the hosts compress, the inner rule gets the reconstruction -------
+    Rule("compression.topk", _SA, "each client keeps different coordinates, and the masks "
+         "cancel only over the same ones; use compression.quantize_bits instead"),
+    Rule("compression.rotate", _SA, "secure aggregation quantizes over the clip range in any "
+         "basis (distributed DP rotates already); set compression.rotate=false"),
+    Rule("compression.quantize_bits", "privacy.secure_aggregation.bits", "under secure "
+         "aggregation the update is quantized once, by secure aggregation; set one of the two"),
+    Rule("compression.quantize_bits", _DP, "local DP adds dense Gaussian noise after the "
+         "compression, so nothing would be saved", when_b=_is("local")),
+    Rule("compression.topk", _DP, "local DP adds dense Gaussian noise after the compression, "
+         "so nothing would be saved", when_b=_is("local")),
+    Rule("compression.topk", "compression.quantize_bits", "top-k sends exact values at its "
+         "coordinates, and quantizing would fill in the zeros; use one of the two"),
+    Rule("compression.topk", "compression.rotate", "a rotation spreads the kept coordinates "
+         "over all of them; use one of the two"),
     # --- canary audits ------------------------------------------------------------------
     Rule(_CANARIES, _SA, "canaries join the server's sum after the secure sum is decoded"),
     Rule(_CANARIES, _DP, "canaries estimate client-level central DP",
@@ -222,6 +238,12 @@ def strategy_features(strategy: Any) -> dict[str, Any]:
             out[_DP] = "local"
         elif isinstance(agg, DistributedDP):
             out[_DP] = "distributed"
+        elif isinstance(agg, Quantize):
+            out["compression.quantize_bits"] = agg.bits
+        elif isinstance(agg, TopK):
+            out["compression.topk"] = agg.fraction
+        elif isinstance(agg, Rotate):
+            out["compression.rotate"] = True
         elif isinstance(agg, Mean) and agg.weighting == "examples":
             out["strategy.weighting"] = "examples"
         for kind, name in _RULE_NAMES:

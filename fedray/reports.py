@@ -115,7 +115,15 @@ def report(run_dir: str | Path) -> Any:
         restarts = int(df["hosts/restarted"].fillna(0).sum())
         table.add_row("host calls re-run (clients)", f"{restarts} ({reruns})")
     privacy = summary.get("privacy") or {}
-    for key in ("mode", "epsilon", "epsilon_rdp", "delta", "noise_multiplier", "rounds"):
+    for key in (
+        "mode",
+        "mechanism",
+        "epsilon",
+        "epsilon_rdp",
+        "delta",
+        "noise_multiplier",
+        "rounds",
+    ):
         if privacy.get(key) is not None:
             value = privacy[key]
             shown = f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -155,9 +155,12 @@ class DistributedDP(Unweighted):
             (np.asarray(t, np.float64) / m).astype(dt)
             for t, (_, dt) in zip(total.total, shapes, strict=True)
         ]
+        # The survivors' shares: at least sigma^2 (m_min of them), more when fewer dropped.
+        survivors = max(len(total.client_ids), plan.min_survivors)
+        actual = plan.local_std * math.sqrt(survivors)
         meas: Metrics = {
             "dp/clip": self.clip,
-            "dp/noise_std": plan.noise_std / plan.scale / m,
+            "dp/noise_std": actual / plan.scale / m,
             "ddp/scale": plan.scale,
             "ddp/inflation": plan.inflation,
             "ddp/min_survivors": float(plan.min_survivors),

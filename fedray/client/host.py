@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from fedray.aggregators import LinearAggregator, presum
+from fedray.aggregators.compression import STATE, split_state, with_state
 from fedray.attacks import attack_update, choose_attackers, flip_labels
 from fedray.client.behaviours import (
     simulated_delay,
@@ -115,6 +116,7 @@ class ClientHost:
             make = KerasTrainer
         self.trainer: Trainer = make(spec, host_data)
         self._controls: dict[int, Params] = {}  # SCAFFOLD's client control variates
+        self._kept: dict[int, dict[str, Params]] = {}  # encode's "state/" extras per client
         self._secure = SecureClients()  # this round's SecAgg keys per client (secret)
         self.setup_s = time.perf_counter() - t0
 
@@ -312,7 +314,11 @@ class ClientHost:
         delay = simulated_delay(self.spec.faults, self.spec.seed, cid)
         if delay:  # a slow device (faults.delay_s): fixed per client, from the seed
             time.sleep(delay)
-        update = self.spec.aggregator.encode(update, info)
+        # The client's own encoder state (top-k's residual) goes in, and stays here.
+        update = self.spec.aggregator.encode(with_state(update, self._kept.get(cid)), info)
+        update, kept = split_state(update)
+        if kept:
+            self._kept[cid] = kept
         if update.masked is not None:  # secure aggregation: mask inside the host
             update = self._secure.mask(update, info)
         if cid in self.attackers:
@@ -329,9 +335,12 @@ class ClientHost:
         return self._secure.step(name, client_ids, payload, info)
 
     def client_state(self) -> dict[int, dict[str, Params]]:
-        """Per-client state kept in this host across rounds (SCAFFOLD's control variates)."""
+        """Per-client state kept in this host across rounds (control variates, encoders')."""
         self._check()
-        return {cid: {"control": [np.array(c) for c in cs]} for cid, cs in self._controls.items()}
+        out = {cid: {"control": [np.array(c) for c in cs]} for cid, cs in self._controls.items()}
+        for cid, kept in self._kept.items():
+            out.setdefault(cid, {}).update(kept)
+        return out
 
     def restore_client_state(self, state: dict[int, dict[str, Params]]) -> None:
         """Load per-client state saved by :meth:`client_state` (for the clients hosted here)."""
@@ -339,6 +348,9 @@ class ClientHost:
         for cid, entry in state.items():
             if cid in self._examples and "control" in entry:
                 self._controls[cid] = [np.array(c) for c in entry["control"]]
+            kept = {k: [np.array(a) for a in v] for k, v in entry.items() if k.startswith(STATE)}
+            if cid in self._examples and kept:
+                self._kept[cid] = kept
 
     def evaluate(self, params: Params) -> Metrics:
         """Centralized evaluation on the server test set held by this host."""

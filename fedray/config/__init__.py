@@ -22,6 +22,7 @@ from fedray.config.sections import (
     AttackConfig,
     CheckpointConfig,
     ClientConfig,
+    CompressionConfig,
     DataConfig,
     EvaluationConfig,
     FaultsConfig,
@@ -71,6 +72,7 @@ class Config(_Section):
     strategy: StrategyConfig = Field(default_factory=FedAvgConfig)
     evaluation: EvaluationConfig = EvaluationConfig()
     attack: AttackConfig = AttackConfig()
+    compression: CompressionConfig = CompressionConfig()
     faults: FaultsConfig = FaultsConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     privacy: PrivacyConfig = PrivacyConfig()
@@ -135,6 +137,9 @@ def features(cfg: Config) -> dict[str, Any]:
         "privacy.secure_aggregation.enabled": sa.enabled,
         "privacy.canaries.count": cfg.privacy.canaries.count,
         "attack.fraction": cfg.attack.fraction,
+        "compression.quantize_bits": cfg.compression.quantize_bits,
+        "compression.topk": cfg.compression.topk,
+        "compression.rotate": cfg.compression.rotate,
         "evaluation.train_every": cfg.evaluation.train_every,
         "evaluation.federated_every": cfg.evaluation.federated_every,
         "faults.host_hang_rate": cfg.faults.host_hang_rate,
@@ -143,6 +148,8 @@ def features(cfg: Config) -> dict[str, Any]:
     weighting = getattr(s, "weighting", "auto")
     if weighting != "auto":
         out["strategy.weighting"] = weighting
+    if "bits" in sa.model_fields_set:  # only when set: compression.quantize_bits may set it
+        out["privacy.secure_aggregation.bits"] = sa.bits
     return out
 
 

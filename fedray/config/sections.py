@@ -163,6 +163,21 @@ class AttackConfig(_Section):
     """the attack's `scale`"""
 
 
+class CompressionConfig(_Section):
+    """Compression of client updates on the way up (see the README's Compression section)."""
+
+    quantize_bits: int | None = Field(None, ge=1, le=16)
+    """b-bit unbiased stochastic rounding of every coordinate (null: off); under secure
+    aggregation, its quantization bits
+    """
+    topk: float | None = Field(None, gt=0, le=1)
+    """send only this fraction of the coordinates, the largest (null: off)"""
+    error_feedback: bool = True
+    """top-k: add what was not sent to the client's next update (kept in its host)"""
+    rotate: bool = False
+    """randomized Hadamard rotation before quantizing (spreads spikes over all coordinates)"""
+
+
 class FaultsConfig(_Section):
     """Simulated faults."""
 

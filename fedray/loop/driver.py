@@ -29,7 +29,15 @@ from fedray.checkpoint import DriverState
 from fedray.errors import RoundFailedError
 from fedray.loop.executor import Executor, PrivacyLedger
 from fedray.loop.schedulers import Buffered, Context, Scheduler, Step, SyncRounds
-from fedray.loop.steps import Evaluation, aggregate, canary_updates, due, evaluate_round, fit_logs
+from fedray.loop.steps import (
+    Evaluation,
+    aggregate,
+    canary_updates,
+    comm_logs,
+    due,
+    evaluate_round,
+    fit_logs,
+)
 from fedray.privacy.canary import CanaryAudit
 from fedray.records import AggState, Params, RoundInfo, RoundPolicy
 from fedray.strategy import Strategy
@@ -146,6 +154,7 @@ def run_rounds(
             "clients/ok": len(step.participants),
             "clients/failed": len(step.failures),
             **fit_logs(step.updates),
+            **comm_logs(strategy.aggregator, params, step.sampled, len(step.participants)),
         }
         if step.attempts > 1:
             logs["round/attempts"] = step.attempts

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from fedray.aggregators import Aggregator, LinearAggregator, Mean, combine, presum
+from fedray.aggregators.compression import wire_bytes
 from fedray.callbacks import Logs
 from fedray.privacy.canary import CanaryAudit
 from fedray.records import (
@@ -123,6 +124,18 @@ def fit_logs(updates: Sequence[ClientUpdate | PartialSum]) -> Logs:
     if total.num_examples <= 0:
         return {}
     return {f"fit/{k}": v / total.num_examples for k, v in sorted(total.metric_sums.items())}
+
+
+def comm_logs(aggregator: Any, params: Params, sampled: int, sent: int) -> Logs:
+    """``comm/*``: the round's uplink and downlink bytes, and the uplink's compression.
+
+    ``sent`` clients each upload one encoded update (:func:`wire_bytes`); ``sampled``
+    clients each download the float model.
+    """
+    raw = sum(int(np.asarray(p).nbytes) for p in params)
+    up = wire_bytes(aggregator, params, max(sent, 1))
+    return {"comm/bytes_up": float(up * sent), "comm/bytes_down": float(raw * sampled),
+            "comm/compression": raw / up}  # fmt: skip
 
 
 def canary_updates(

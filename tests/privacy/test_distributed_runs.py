@@ -74,9 +74,11 @@ def test_the_server_unmasks_only_a_noised_sum(tmp_path, watched):
         assert variance >= sigma**2 * (1 - 1e-12)
         assert variance == pytest.approx(sigma**2 * n / report["min_survivors"])
     # Decoded, the server's view of the mean differs from the un-noised mean by noise of
-    # the std it reports (dp/noise_std), which is z C (times the rounding's inflation) / m.
+    # the std it reports (dp/noise_std): z C (times the rounding's inflation) / m, times
+    # sqrt(6 / m_min) as all 6 shares arrived where m_min = 5 would carry z C.
+    assert report["min_survivors"] == 5
     assert hist.rows[-1]["agg/dp/noise_std"] == pytest.approx(
-        0.7 * 0.5 * report["noise_inflation"] / 6
+        0.7 * 0.5 * report["noise_inflation"] / 6 * math.sqrt(6 / 5)
     )
     # Each client was charged once per round, and epsilon is its six releases'.
     ledger_eps = report["epsilon_per_client"]

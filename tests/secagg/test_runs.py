@@ -135,3 +135,23 @@ def test_dp_sgd_under_secure_aggregation_accounts_the_real_clients(tmp_path):
     per_client = hist.summary["privacy"]["epsilon_per_client"]
     assert sorted(int(c) for c in per_client) == list(range(6))  # not the sum's pseudo-id
     assert hist.final["agg/secagg/clients"] == 6
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [
+    ["privacy.secure_aggregation.enabled=true", "privacy.dp.mode=distributed",
+     "privacy.dp.noise_multiplier=0.5", "privacy.dp.delta=1e-5", "privacy.dp.noise_seed=5",
+     "privacy.dp.clip=2.0"],
+    ["compression.topk=0.5", "runtime.clients_per_actor=3"],
+], ids=["distributed DP", "top-k"])  # fmt: skip
+def test_host_side_encoders_on_ray_equal_the_in_process_run(tmp_path, numpy_ray_hosts, extra):
+    """Distributed DP's shares and masks, and top-k's per-client residuals, live in the
+    hosts: on Ray actors the run equals the in-process one bit for bit."""
+    overrides = [*COMMON, "rounds=3", *extra]
+    on_ray = api.run(LINREG, out=tmp_path / "ray", overrides=overrides)
+    local = api.run(LINREG, out=tmp_path / "local",
+                    overrides=[*overrides, "runtime.executor=local"])  # fmt: skip
+    for p, q in zip(on_ray.params, local.params, strict=True):
+        np.testing.assert_array_equal(p, q)
+    assert on_ray.rows[-1]["comm/bytes_up"] == local.rows[-1]["comm/bytes_up"] > 0
