@@ -74,15 +74,17 @@ class DistributedDP(Unweighted):
 
     def plan(self, dim: int) -> DistributedPlan:
         """The parameters for a model of ``dim`` coordinates (both sides derive them)."""
-        return _plan(
-            self.mechanism,
-            self.noise_multiplier,
-            self.clip,
-            dim,
-            self.bits,
-            self.expected_clients,
-            self.population,
-            self.max_dropout,
+        return _cached(
+            DistributedPlan(
+                mechanism=self.mechanism,
+                noise_multiplier=self.noise_multiplier,
+                clip=self.clip,
+                dim=dim,
+                bits=self.bits,
+                expected_clients=self.expected_clients,
+                population=self.population,
+                max_dropout=self.max_dropout,
+            )
         )
 
     @property
@@ -169,25 +171,7 @@ class DistributedDP(Unweighted):
 
 
 @functools.lru_cache(maxsize=64)
-def _plan(
-    mechanism: Mechanism,
-    noise_multiplier: float,
-    clip: float,
-    dim: int,
-    bits: int,
-    expected_clients: float,
-    population: int,
-    max_dropout: float,
-) -> DistributedPlan:
-    plan = DistributedPlan(
-        mechanism=mechanism,
-        noise_multiplier=noise_multiplier,
-        clip=clip,
-        dim=dim,
-        bits=bits,
-        expected_clients=expected_clients,
-        population=population,
-        max_dropout=max_dropout,
-    )
-    _ = plan.scale  # computed once, cached on the plan
+def _cached(plan: DistributedPlan) -> DistributedPlan:
+    """One plan per parameter set, its scale searched once."""
+    _ = plan.scale
     return plan
