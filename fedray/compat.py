@@ -111,6 +111,9 @@ RULES: tuple[Rule, ...] = (
          "aggregation the server would see every update almost un-noised; set "
          "privacy.secure_aggregation.enabled=true", when_a=_is("distributed"),
          when_b=lambda v: not v),
+    Rule(_DP, "privacy.secure_aggregation.clip", "distributed DP clips each update to "
+         "privacy.dp.clip, its sensitivity, and sizes the modular range itself; unset "
+         "privacy.secure_aggregation.clip", when_a=_is("distributed")),
     Rule(_DP, _NAME, "client-level DP needs a mean aggregator, " + _MEAN,
          when_a=_is("central", "local", "distributed"),
          when_b=_not(None, *MEAN_RECIPES)),

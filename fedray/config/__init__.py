@@ -135,6 +135,7 @@ def features(cfg: Config) -> dict[str, Any]:
         "privacy.dp.mode": dp.mode if dp is not None else None,
         "privacy.dp.clip": dp.clip if dp is not None else None,
         "privacy.secure_aggregation.enabled": sa.enabled,
+        "privacy.secure_aggregation.clip": sa.clip,
         "privacy.canaries.count": cfg.privacy.canaries.count,
         "attack.fraction": cfg.attack.fraction,
         "compression.quantize_bits": cfg.compression.quantize_bits,

@@ -238,6 +238,7 @@ def test_config_refuses_what_cannot_be_made_correct():
         config.load({"data": {"num_clients": 8}}, [*base, "privacy.dp.max_dropout=1.0"])
     sa = "privacy.secure_aggregation.enabled=true"
     for other, key in [("strategy.name=fedmedian", "strategy.name"),
+                       ("privacy.secure_aggregation.clip=2", "privacy.secure_aggregation.clip"),
                        ("strategy.norm_bound=1.0", "strategy.norm_bound")]:  # fmt: skip
         with pytest.raises(ConfigError, match=key):
             build_strategy(config.load({"data": {"num_clients": 8}}, [*base, sa, other]))
