@@ -221,8 +221,9 @@ class SecureAggregation:
         """Hand the decoded sum (from :meth:`decode`) to the inner linear rule."""
         delta, inner, meas = self.inner.finalize(total, state["inner"], rng)
         count = float(len(total.client_ids))
+        size = int(sum(math.prod(s) for s, _ in state["shapes"]))
         step = (
-            1 / self.inner.plan(self.dim(state)).scale
+            1 / self.inner.plan(size).scale
             if isinstance(self.inner, DistributedDP)
             else self.quantizer.step
         )
