@@ -60,7 +60,7 @@ class Bare:
         return 1
     def import_tf(self):
         t = time.perf_counter()
-        from fedray.client.trainer import import_tensorflow
+        from fedray.client.devices import import_tensorflow
         import_tensorflow()
         return time.perf_counter() - t
 t0 = time.perf_counter()

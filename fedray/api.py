@@ -128,6 +128,10 @@ def _train(
     )
 
 
+_HOST_FACTS = ("clients", "pid", "node_id", "setup_s", "gpu_ids", "gpu", "gpu_memory_mb",
+               "gpu_memory")  # fmt: skip
+
+
 def _summary(
     cfg: Config,
     strategy: Strategy,
@@ -167,10 +171,7 @@ def _summary(
             if canaries is not None and params0 is not None
             else None
         ),
-        "hosts": [
-            {k: info[k] for k in ("clients", "pid", "node_id", "setup_s") if k in info}
-            for info in host_info
-        ],
+        "hosts": [{k: info[k] for k in _HOST_FACTS if k in info} for info in host_info],
     }
 
 

@@ -214,9 +214,8 @@ def make_executor(
     from fedray.runtime.connect import connect, shutdown
     from fedray.runtime.ray_executor import RayExecutor
 
-    started = connect(
-        cfg.runtime.address, num_cpus=cfg.runtime.num_cpus, verbose=cfg.runtime.verbose
-    )
+    rt = cfg.runtime
+    started = connect(rt.address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus, verbose=rt.verbose)
     try:
         return RayExecutor(cfg, strategy.aggregator, **options), started
     except BaseException:

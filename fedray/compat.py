@@ -165,6 +165,12 @@ RULES: tuple[Rule, ...] = (
          "unseen by the server; set strategy.over_commit=0", when_b=_is("scaffold")),
     Rule("strategy.over_commit", _NAME, "fedbuff is already asynchronous (use "
          "strategy.concurrency); set strategy.over_commit=0", when_b=_is("fedbuff")),
+    # --- devices ----------------------------------------------------------------------
+    Rule("runtime.gpus_per_host", "runtime.executor", "in-process hosts share one "
+         "TensorFlow, which sees the whole GPU; use runtime.executor=ray",
+         when_b=_is("local")),
+    Rule("runtime.gpu_memory_growth", "runtime.gpus_per_host", "memory growth applies to a "
+         "host's GPU share; set runtime.gpus_per_host", when_b=_is(None)),
     # --- simulated faults -------------------------------------------------------------
     Rule("faults.host_hang_rate", "runtime.round_timeout_s", "only the round deadline frees a "
          "hung host; set runtime.round_timeout_s", when_b=_is(None)),

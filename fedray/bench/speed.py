@@ -176,7 +176,7 @@ def parallel_hosts(clients: int, cpus: int) -> int:
 
 def run_floor(config: str, overrides: Sequence[str]) -> dict[str, Any]:
     """Round 1's optimizer steps in one traced loop, divided by the parallel hosts."""
-    from fedray.client.trainer import configure_tensorflow
+    from fedray.client.devices import configure_tensorflow
 
     cfg, ds, parts = _load(config, overrides)  # numpy only: TF is not started yet
     cpus = os.cpu_count() or 1

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from fedray.aggregators import Aggregator, LinearAggregator
+from fedray.client.devices import GpuShare
 from fedray.config import AttackConfig, ClientConfig, Config, DataConfig, FaultsConfig, ModelConfig
 from fedray.records import ClientOptions, Metrics, Params
 
@@ -97,6 +98,7 @@ class HostSpec:
         source: This host's clients' arrays (``fedray.fit``) instead of ``data.*``.
         trainer: Makes the host's trainer from the spec and its data; None is the
             compiled Keras model (:class:`~fedray.client.trainer.KerasTrainer`).
+        gpu: This host's share of a GPU (``runtime.gpus_per_host``), or None.
     """
 
     client_ids: tuple[int, ...]
@@ -115,6 +117,7 @@ class HostSpec:
     max_update_norm: float | None = None
     source: InMemory | None = None
     trainer: Callable[[HostSpec, HostData], Trainer] | None = None
+    gpu: GpuShare | None = None
 
     def __post_init__(self) -> None:
         if self.pre_aggregate and not isinstance(self.aggregator, LinearAggregator):
@@ -138,5 +141,13 @@ class HostSpec:
             faults=config.faults,
             attack=config.attack,
             verbose=config.runtime.verbose,
+            gpu=_gpu_share(config),
             **kw,
         )
+
+
+def _gpu_share(config: Config) -> GpuShare | None:
+    rt = config.runtime
+    if rt.gpus_per_host is None:
+        return None
+    return GpuShare(fraction=rt.gpus_per_host, memory_growth=rt.gpu_memory_growth)

@@ -14,8 +14,6 @@ FedProx: Li et al., MLSys 2020, arXiv:1812.06127. SCAFFOLD: Karimireddy et al., 
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedray.client.devices import configure_tensorflow
 from fedray.client.spec import TrainJob
 from fedray.client.steps import ControlVariates, DPSGDGradient, Proximal, gradient_step
 from fedray.records import Metrics, Params
@@ -34,48 +33,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def import_tensorflow() -> Any:
-    """Import TensorFlow (and with it Keras) without Keras' scikit-learn wrappers.
-
-    Importing Keras 3 imports ``keras.wrappers``, which imports scikit-learn (and SciPy)
-    whenever it is installed: about 1 s of CPU in every host process, for wrappers no
-    host uses. So unless this process has imported scikit-learn already (the digits
-    loader does), it is hidden while TensorFlow loads, then imported normally by
-    whoever asks for it later; only ``keras.wrappers.SKLearn*`` stays unusable here.
-    """
-    if "tensorflow" in sys.modules or "sklearn" in sys.modules:
-        import tensorflow as tf
-
-        return tf
-    sys.modules["sklearn"] = None  # type: ignore[assignment]  # `import sklearn` fails fast
-    try:
-        import tensorflow as tf
-    finally:
-        del sys.modules["sklearn"]
-    return tf
-
-
-def configure_tensorflow(threads: int, *, verbose: bool) -> None:
-    """Set TF's thread pools and log level; must run before TF's first op."""
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" not in sys.modules:
-        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
-        os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
-    tf = import_tensorflow()
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        pass  # TF already running in this process (in-process executor): keep its pools
-    if not verbose:
-        tf.get_logger().setLevel(logging.ERROR)
-        import warnings
-
-        warnings.filterwarnings("ignore", module="keras")
-
-
 class KerasTrainer:
     """The host's compiled Keras model and its traced training and evaluation loops.
 
@@ -85,7 +42,7 @@ class KerasTrainer:
     """
 
     def __init__(self, spec: HostSpec, data: HostData) -> None:
-        configure_tensorflow(spec.threads, verbose=spec.verbose)
+        self._device = configure_tensorflow(spec.threads, verbose=spec.verbose, gpu=spec.gpu)
         import keras
         import tensorflow as tf
 
@@ -114,11 +71,12 @@ class KerasTrainer:
         self._fit_fn, self._eval_fn = self._compile_loops(data.info)
 
     def describe(self) -> dict[str, Any]:
-        """TensorFlow's thread pools in this process."""
+        """TensorFlow's thread pools in this process, and its GPU share if any."""
         threading = self._tf.config.threading
         return {
             "tf_intra_op_threads": threading.get_intra_op_parallelism_threads(),
             "tf_inter_op_threads": threading.get_inter_op_parallelism_threads(),
+            **self._device,
         }
 
     def initial_params(self) -> Params:

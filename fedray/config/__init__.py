@@ -145,6 +145,9 @@ def features(cfg: Config) -> dict[str, Any]:
         "evaluation.federated_every": cfg.evaluation.federated_every,
         "faults.host_hang_rate": cfg.faults.host_hang_rate,
         "runtime.round_timeout_s": cfg.runtime.round_timeout_s,
+        "runtime.gpus_per_host": cfg.runtime.gpus_per_host,
+        "runtime.gpu_memory_growth": cfg.runtime.gpu_memory_growth,
+        "runtime.executor": cfg.runtime.executor,
     }
     weighting = getattr(s, "weighting", "auto")
     if weighting != "auto":

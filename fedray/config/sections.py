@@ -230,6 +230,17 @@ class RuntimeConfig(_Section):
     """
     num_cpus: int | None = Field(None, ge=1)
     """CPUs of the private local Ray instance"""
+    num_gpus: float | None = Field(None, ge=0)
+    """GPUs of the private local Ray instance (unset: Ray detects them; a number on a machine
+    without GPUs simulates them, for scheduling only)
+    """
+    gpus_per_host: float | None = Field(None, gt=0)
+    """each host's share of a GPU (Ray's `num_gpus`, e.g. 0.25: four hosts per GPU); its
+    TensorFlow is capped to that share of the GPU's memory (see [Speed and scale](performance.md))
+    """
+    gpu_memory_growth: bool = False
+    """with `gpus_per_host`: let TensorFlow grow its GPU memory instead of capping it at the share
+    """
     scheduling: Literal["default", "spread"] = "default"
     """`spread`: place actors on as many nodes as possible"""
     round_timeout_s: float | None = Field(None, gt=0)

@@ -115,8 +115,13 @@ def job_address() -> str | None:
     return os.environ.get("RAY_ADDRESS") or "auto"
 
 
-def connect(address: str | None, *, num_cpus: int | None, verbose: bool) -> bool:
+def connect(
+    address: str | None, *, num_cpus: int | None, verbose: bool, num_gpus: float | None = None
+) -> bool:
     """Start a private local Ray instance (``address`` None) or join a cluster.
+
+    ``num_gpus`` sets the private instance's GPUs (None: Ray detects them); on a machine
+    without GPUs a number simulates them, for scheduling only.
 
     Inside a Ray job, ``address`` None joins the job's cluster: a private instance
     there would inherit the job's runtime environment, which only the job's cluster
@@ -144,6 +149,7 @@ def connect(address: str | None, *, num_cpus: int | None, verbose: bool) -> bool
             address="local",
             num_cpus=num_cpus or os.cpu_count() or 1,
             include_dashboard=False,
+            **({} if num_gpus is None else {"num_gpus": num_gpus}),
             **kwargs,
         )
     else:

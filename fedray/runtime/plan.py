@@ -8,12 +8,13 @@ is known from its id alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fedray.client.spec import HostSpec
+from fedray.errors import ConfigError
 from fedray.records import ClientFailure
 
 if TYPE_CHECKING:
@@ -51,6 +52,26 @@ def clients_per_host(setting: int | str, num_clients: int, cpu_slots: float) -> 
         return int(setting)
     hosts = max(1, min(num_clients, math.floor(cpu_slots)))
     return math.ceil(num_clients / hosts)
+
+
+def host_slots(resources: Mapping[str, float], gpus_per_host: float | None) -> float:
+    """How many hosts fit at once: the CPUs, or with GPU shares ``GPUs / share``.
+
+    >>> host_slots({"CPU": 16.0, "GPU": 2.0}, None), host_slots({"CPU": 16.0, "GPU": 2.0}, 0.25)
+    (16.0, 8.0)
+
+    Raises:
+        ConfigError: Not even one host's GPU share fits.
+    """
+    if gpus_per_host is None:
+        return float(resources.get("CPU", 1.0))
+    slots = float(resources.get("GPU", 0.0)) / gpus_per_host
+    if slots < 1:
+        raise ConfigError(
+            f"runtime.gpus_per_host={gpus_per_host:g}: the cluster has "
+            f"{resources.get('GPU', 0.0):g} GPUs, too few for one host; lower it or add GPUs"
+        )
+    return slots
 
 
 def group_clients(num_clients: int, clients_per_host: int) -> list[tuple[int, ...]]:

@@ -38,6 +38,7 @@ from fedray.runtime.plan import (
     clients_per_host,
     fail_all,
     group_clients,
+    host_slots,
     tag,
 )
 from fedray.runtime.ray_host import RayClientHost, ShardStore, host_options
@@ -79,18 +80,21 @@ class RayExecutor:
         import ray
 
         self._ray = ray
-        total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        setting = config.runtime.clients_per_actor
-        per_host = clients_per_host(setting, config.data.num_clients, total_cpus)
+        resources = ray.cluster_resources()
+        total_cpus = float(resources.get("CPU", 1.0))
+        setting, gpus = config.runtime.clients_per_actor, config.runtime.gpus_per_host
+        slots = host_slots(resources, gpus)
+        per_host = clients_per_host(setting, config.data.num_clients, slots)
         num_hosts = len(group_clients(config.data.num_clients, per_host))
         if setting == "auto":
             logger.info(
                 "runtime.clients_per_actor=auto: %d clients on %d actors (%d per actor) for "
-                "%g CPUs; set runtime.clients_per_actor=1 for one actor per client",
+                "%g %s; set runtime.clients_per_actor=1 for one actor per client",
                 config.data.num_clients,
                 num_hosts,
                 per_host,
-                total_cpus,
+                slots,
+                "CPUs" if gpus is None else f"GPU shares of {gpus:g}",
             )
         cpus_per_host = min(1.0, total_cpus / num_hosts)
         threads = max(1, math.floor(total_cpus / num_hosts))

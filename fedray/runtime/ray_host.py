@@ -40,10 +40,14 @@ class RayClientHost(ClientHost):
         super().__init__(spec)
 
     def ready(self) -> dict[str, Any]:
-        """The plain host's facts plus the Ray node it runs on."""
+        """The plain host's facts plus the Ray node it runs on (and its GPUs, if any)."""
         import ray
 
-        return {**super().ready(), "node_id": ray.get_runtime_context().get_node_id()}
+        context = ray.get_runtime_context()
+        facts = {**super().ready(), "node_id": context.get_node_id()}
+        if self.spec.gpu is not None:
+            facts["gpu_ids"] = [str(g) for g in context.get_accelerator_ids().get("GPU", [])]
+        return facts
 
     def _host_fault(self, kind: str, cid: int) -> None:
         logger.debug("simulated host %s while planning client %d", kind, cid)
@@ -69,7 +73,7 @@ class ShardStore:
 
 
 def host_options(config: Config, client_ids: tuple[int, ...]) -> dict[str, Any]:
-    """Ray scheduling options of one host: data placement and spreading.
+    """Ray scheduling options of one host: data placement, spreading and its GPU share.
 
     ``data.placement`` maps a client id to a custom resource that only the node(s)
     holding that client's data advertise (``ray start --resources='{"site_a": 1}'``);
@@ -89,4 +93,6 @@ def host_options(config: Config, client_ids: tuple[int, ...]) -> dict[str, Any]:
         options["resources"] = {wanted.pop(): 0.001}
     if config.runtime.scheduling == "spread":
         options["scheduling_strategy"] = "SPREAD"
+    if config.runtime.gpus_per_host is not None:
+        options["num_gpus"] = config.runtime.gpus_per_host
     return options

@@ -79,7 +79,7 @@ def test_thread_pools_are_capped_before_tensorflow_starts():
     """
     code = (
         "import sys\n"
-        "from fedray.client.trainer import configure_tensorflow\n"
+        "from fedray.client.devices import configure_tensorflow\n"
         "configure_tensorflow(1, verbose=False)\n"
         "import tensorflow as tf\n"
         "print(tf.config.threading.get_intra_op_parallelism_threads(),"

@@ -1,0 +1,163 @@
+"""A host's TensorFlow: its thread pools and its share of a GPU.
+
+TensorFlow takes all of a GPU's memory in the first process that touches it, so a
+second host on the same GPU would fail to allocate. A host given a fraction of a GPU
+(``runtime.gpus_per_host``, Ray's ``num_gpus``: Ray sets ``CUDA_VISIBLE_DEVICES``)
+therefore limits its TensorFlow to that share, before TensorFlow's first op: one logical
+device whose memory limit is the share of the GPU's total memory, less a reserve for
+the CUDA context, or memory growth when ``runtime.gpu_memory_growth`` asks for it. On
+a machine where TensorFlow sees no GPU nothing changes and the host runs on the CPU.
+
+Layer 3 (an edge): TensorFlow is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+CUDA_RESERVE_MB = 512
+"""Memory a process's CUDA context and kernels take outside TensorFlow's allocator."""
+
+
+@dataclass(frozen=True)
+class GpuShare:
+    """A host's part of one GPU.
+
+    Attributes:
+        fraction: Ray's ``num_gpus`` for the host (``runtime.gpus_per_host``); above 1
+            the host gets whole GPUs and the first is used.
+        memory_growth: Let TensorFlow grow its allocation instead of capping it.
+    """
+
+    fraction: float
+    memory_growth: bool = False
+
+
+def memory_limit_mb(total_mb: float, fraction: float, reserve_mb: float = CUDA_RESERVE_MB) -> int:
+    """TensorFlow's cap for a host with ``fraction`` of a GPU of ``total_mb``.
+
+    The hosts sharing a GPU each lose their own CUDA context's reserve, so k hosts of
+    fraction 1/k fit together: ``k (total / k - reserve) + k reserve = total``.
+
+    >>> memory_limit_mb(81920, 0.25)
+    19968
+    >>> memory_limit_mb(16384, 1.0)
+    15872
+    >>> memory_limit_mb(1000, 0.1)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: a 0.1 share of a 1000 MB GPU leaves no memory after the 512 MB CUDA ...
+    """
+    share = min(fraction, 1.0) * total_mb - reserve_mb
+    if share < 64:
+        raise ValueError(
+            f"a {fraction:g} share of a {total_mb:g} MB GPU leaves no memory after the "
+            f"{reserve_mb:g} MB CUDA reserve; give each host a larger runtime.gpus_per_host"
+        )
+    return math.floor(share)
+
+
+def gpu_total_mb(index: int = 0) -> float | None:
+    """Total memory of visible GPU ``index`` in MB (``nvidia-smi``), or None if unknown."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    ids = [v for v in visible.split(",") if v.strip()]
+    physical = ids[index] if index < len(ids) else str(index)
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", physical],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        return float(out.strip().splitlines()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def configure_gpu(tf: Any, share: GpuShare) -> dict[str, Any]:
+    """Limit this process's TensorFlow to ``share`` of its GPU; returns what it got."""
+    gpus = tf.config.list_physical_devices("GPU")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if not gpus:
+        logger.info("no GPU visible to TensorFlow (CUDA_VISIBLE_DEVICES=%r): on the CPU", visible)
+        return {"gpu": None, "cuda_visible_devices": visible}
+    gpu = gpus[0]
+    facts: dict[str, Any] = {"gpu": gpu.name, "cuda_visible_devices": visible}
+    if share.memory_growth:
+        tf.config.experimental.set_memory_growth(gpu, True)
+        facts["gpu_memory"] = "growth"
+    else:
+        total = gpu_total_mb(0)
+        if total is None:
+            tf.config.experimental.set_memory_growth(gpu, True)
+            facts["gpu_memory"] = "growth (total memory unknown)"
+        else:
+            limit = memory_limit_mb(total, share.fraction)
+            tf.config.set_logical_device_configuration(
+                gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)]
+            )
+            facts["gpu_memory_mb"] = limit
+    logger.info("host on %s (CUDA_VISIBLE_DEVICES=%s): %s", gpu.name, visible, facts)
+    return facts
+
+
+def import_tensorflow() -> Any:
+    """Import TensorFlow (and with it Keras) without Keras' scikit-learn wrappers.
+
+    Importing Keras 3 imports ``keras.wrappers``, which imports scikit-learn (and SciPy)
+    whenever it is installed: about 1 s of CPU in every host process, for wrappers no
+    host uses. So unless this process has imported scikit-learn already (the digits
+    loader does), it is hidden while TensorFlow loads, then imported normally by
+    whoever asks for it later; only ``keras.wrappers.SKLearn*`` stays unusable here.
+    """
+    if "tensorflow" in sys.modules or "sklearn" in sys.modules:
+        import tensorflow as tf
+
+        return tf
+    sys.modules["sklearn"] = None  # type: ignore[assignment]  # `import sklearn` fails fast
+    try:
+        import tensorflow as tf
+    finally:
+        del sys.modules["sklearn"]
+    return tf
+
+
+def configure_tensorflow(
+    threads: int, *, verbose: bool, gpu: GpuShare | None = None
+) -> dict[str, Any]:
+    """Set TF's thread pools, log level and GPU share; must run before TF's first op.
+
+    Returns the device facts for the host's ``ready()`` (empty without a GPU share).
+    """
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" not in sys.modules:
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+        os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
+    tf = import_tensorflow()
+    facts: dict[str, Any] = {}
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        if gpu is not None:
+            facts = configure_gpu(tf, gpu)
+    except RuntimeError:
+        pass  # TF already running in this process (in-process executor): keep its setup
+    if not verbose:
+        tf.get_logger().setLevel(logging.ERROR)
+        import warnings
+
+        warnings.filterwarnings("ignore", module="keras")
+    return facts

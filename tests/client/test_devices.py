@@ -1,0 +1,108 @@
+"""GPU shares: the memory arithmetic, the TensorFlow calls (against a fake ``tf``), Ray
+scheduling of fractional GPUs on a simulated cluster, and a host on a machine without
+a GPU."""
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from fedray import config
+from fedray.client import devices
+from fedray.client.devices import CUDA_RESERVE_MB, GpuShare, configure_gpu, memory_limit_mb
+from fedray.client.spec import HostSpec
+from fedray.errors import ConfigError
+from fedray.runtime.plan import clients_per_host, host_slots
+
+
+@pytest.mark.parametrize("total", [16384, 81920, 143771])
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_k_hosts_of_a_one_kth_share_fit_on_one_gpu(total, k):
+    limit = memory_limit_mb(total, 1 / k)
+    assert k * (limit + CUDA_RESERVE_MB) <= total  # caps plus each host's CUDA context
+    assert limit >= total / k - CUDA_RESERVE_MB - 1  # and nothing more is held back
+
+
+def test_a_share_too_small_for_its_cuda_context_is_refused():
+    with pytest.raises(ValueError, match="runtime.gpus_per_host"):
+        memory_limit_mb(4096, 0.1)
+    assert memory_limit_mb(4096, 2.0) == 4096 - CUDA_RESERVE_MB  # whole GPUs: the first
+
+
+def test_gpus_bound_the_hosts_and_auto_packs_beyond():
+    resources = {"CPU": 16.0, "GPU": 2.0}
+    assert host_slots(resources, None) == 16.0
+    assert host_slots(resources, 0.5) == 4.0
+    assert clients_per_host("auto", 6, host_slots(resources, 0.5)) == 2  # 3 hosts of 2
+    assert clients_per_host("auto", 3, host_slots(resources, 0.5)) == 1
+    with pytest.raises(ConfigError, match="runtime.gpus_per_host=0.5: the cluster has 0 GPUs"):
+        host_slots({"CPU": 2.0}, 0.5)
+
+
+class FakeTF:
+    """The slice of ``tf.config`` that :func:`configure_gpu` uses, recording calls."""
+
+    def __init__(self, gpus):
+        self.calls = []
+        gpu_list = [SimpleNamespace(name=f"/physical_device:GPU:{i}") for i in range(gpus)]
+        experimental = SimpleNamespace(
+            set_memory_growth=lambda d, on: self.calls.append(("growth", d.name, on))
+        )
+        self.config = SimpleNamespace(
+            list_physical_devices=lambda kind: gpu_list if kind == "GPU" else [],
+            experimental=experimental,
+            set_logical_device_configuration=lambda d, c: self.calls.append(
+                ("limit", d.name, c[0].memory_limit)),
+            LogicalDeviceConfiguration=lambda memory_limit: SimpleNamespace(
+                memory_limit=memory_limit),
+        )  # fmt: skip
+
+
+def test_configure_gpu_caps_grows_or_leaves_the_cpu_alone(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setattr(devices, "gpu_total_mb", lambda index=0: 81920.0)
+    tf = FakeTF(1)
+    facts = configure_gpu(tf, GpuShare(0.25))
+    assert tf.calls == [("limit", "/physical_device:GPU:0", 19968)]
+    assert facts == {"gpu": "/physical_device:GPU:0", "cuda_visible_devices": "3",
+                     "gpu_memory_mb": 19968}  # fmt: skip
+    tf = FakeTF(1)
+    assert configure_gpu(tf, GpuShare(0.25, memory_growth=True))["gpu_memory"] == "growth"
+    assert tf.calls == [("growth", "/physical_device:GPU:0", True)]
+    monkeypatch.setattr(devices, "gpu_total_mb", lambda index=0: None)  # no nvidia-smi
+    tf = FakeTF(1)
+    assert configure_gpu(tf, GpuShare(0.5))["gpu_memory"].startswith("growth")
+    tf = FakeTF(0)
+    assert configure_gpu(tf, GpuShare(0.5)) == {"gpu": None, "cuda_visible_devices": "3"}
+    assert tf.calls == []
+
+
+def test_nvidia_smi_absent_means_unknown(monkeypatch):
+    monkeypatch.setattr(devices.shutil, "which", lambda name: None)
+    assert devices.gpu_total_mb() is None
+
+
+def test_the_share_reaches_the_host_spec_and_is_refused_in_process():
+    cfg = config.load({}, ["runtime.gpus_per_host=0.25", "runtime.gpu_memory_growth=true"])
+    spec = HostSpec.from_config(cfg, (0, 1), aggregator=None)
+    assert spec.gpu == GpuShare(0.25, memory_growth=True)
+    assert HostSpec.from_config(config.load({}), (0,), aggregator=None).gpu is None
+    with pytest.raises(ConfigError, match="runtime.executor='local'"):
+        config.load({}, ["runtime.gpus_per_host=0.5", "runtime.executor=local"])
+    with pytest.raises(ConfigError, match="runtime.gpus_per_host=None"):
+        config.load({}, ["runtime.gpu_memory_growth=true"])
+
+
+@pytest.mark.keras
+def test_a_host_with_a_gpu_share_runs_on_a_machine_without_a_gpu():
+    code = (
+        "from fedray.client.devices import GpuShare, configure_tensorflow\n"
+        "facts = configure_tensorflow(1, verbose=False, gpu=GpuShare(0.5))\n"
+        "import tensorflow as tf\n"
+        "print(facts['gpu'], float(tf.reduce_sum(tf.ones(3))))\n"
+    )
+    env = {**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)  # fmt: skip
+    assert out.stdout.split() == ["None", "3.0"]
