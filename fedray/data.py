@@ -10,13 +10,13 @@ Datasets:
 * ``digits``: scikit-learn's bundled 8x8 digits.
 * ``npz``, ``csv``, ``parquet``: the user's files.
 * ``mnist``, ``cifar10``: ``keras.datasets`` (downloads), or an ``.npz`` at ``data.path``.
+* ``huggingface``: ``datasets.load_dataset`` (:mod:`fedray.hf`; the ``hf`` extra).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from fedray import partition as part
 from fedray.config import DataConfig
 from fedray.errors import DataError
 from fedray.synthetic import make_blobs, make_linreg, make_synthetic
+from fedray.tables import read_table, table_to_arrays
 
 
 @dataclass
@@ -133,6 +134,29 @@ def _finish(
     )
 
 
+def _finish_grouped(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray | None,
+    y_test: np.ndarray | None,
+    groups: dict[str, np.ndarray],
+    cfg: DataConfig,
+    rng: np.random.Generator,
+    source: str,
+) -> Dataset:
+    """:func:`_finish`, keeping the group columns aligned with the training rows."""
+    if x_test is None and groups:
+        n_test = round(len(x) * cfg.test_fraction)
+        perm = rng.permutation(len(x))
+        te, tr = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+        ds = _finish(x[tr], y[tr], x[te], y[te], cfg, rng, source)
+        ds.groups = {k: v[tr] for k, v in groups.items()}
+        return ds
+    ds = _finish(x, y, x_test, y_test, cfg, rng, source)
+    ds.groups = groups
+    return ds
+
+
 def _read_npz(path: Path, source: str) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -148,47 +172,6 @@ def _require_file(path: str | None, what: str) -> Path:
     if not p.is_file():
         raise DataError(f"data.path: file not found: '{p}' (needed for {what})")
     return p
-
-
-def _read_table(path: Path, kind: str) -> Any:
-    import pandas as pd
-
-    try:
-        return pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
-    except Exception as exc:  # pandas raises many parser-specific types
-        raise DataError(f"cannot read '{path}' as {kind}: {type(exc).__name__}: {exc}") from None
-
-
-def _table_to_arrays(
-    df: Any, cfg: DataConfig, path: Path
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    if cfg.label not in df.columns:
-        raise DataError(
-            f"'{path}' has no label column '{cfg.label}' (data.label); "
-            f"columns are: {', '.join(map(str, df.columns))}"
-        )
-    groups: dict[str, np.ndarray] = {}
-    drop = [cfg.label]
-    if cfg.partition == "column" and cfg.column:
-        if cfg.column not in df.columns:
-            raise DataError(
-                f"'{path}' has no partition column '{cfg.column}' (data.column); "
-                f"columns are: {', '.join(map(str, df.columns))}"
-            )
-        groups[cfg.column] = df[cfg.column].to_numpy()
-        drop.append(cfg.column)
-    features = df.drop(columns=drop)
-    from pandas.api.types import is_numeric_dtype
-
-    bad = [str(c) for c in features.columns if not is_numeric_dtype(features[c].dtype)]
-    if bad:
-        raise DataError(f"'{path}': feature columns must be numeric; not numeric: {', '.join(bad)}")
-    missing = features.columns[features.isna().any()].tolist() + (
-        [cfg.label] if df[cfg.label].isna().any() else []
-    )
-    if missing:
-        raise DataError(f"'{path}': missing values in columns: {', '.join(map(str, missing))}")
-    return features.to_numpy(dtype=np.float32), df[cfg.label].to_numpy(), groups
 
 
 def _load_keras_images(cfg: DataConfig, rng: np.random.Generator) -> Dataset:
@@ -286,27 +269,24 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         )
     if name in ("csv", "parquet"):
         path = _require_file(cfg.path, f"dataset {name!r}")
-        x, y, groups = _table_to_arrays(_read_table(path, name), cfg, path)
+        x, y, groups = table_to_arrays(read_table(path, name), cfg, path)
         test_x: np.ndarray | None = None
         test_y: np.ndarray | None = None
         if cfg.test_path:
             tpath = _require_file(cfg.test_path, "data.test_path")
-            test_x, test_y, _ = _table_to_arrays(
-                _read_table(tpath, name), cfg.model_copy(update={"partition": "iid"}), tpath
+            test_x, test_y, _ = table_to_arrays(
+                read_table(tpath, name), cfg.model_copy(update={"partition": "iid"}), tpath
             )
-        if test_x is None and groups:
-            # Keep the group column aligned with the training rows after the split.
-            n_test = round(len(x) * cfg.test_fraction)
-            perm = rng.permutation(len(x))
-            te, tr = np.sort(perm[:n_test]), np.sort(perm[n_test:])
-            ds = _finish(x[tr], y[tr], x[te], y[te], cfg, rng, str(path))
-            ds.groups = {k: v[tr] for k, v in groups.items()}
-            return ds
-        ds = _finish(x, y, test_x, test_y, cfg, rng, str(path))
-        ds.groups = groups
-        return ds
+        return _finish_grouped(x, y, test_x, test_y, groups, cfg, rng, str(path))
     if name in ("mnist", "cifar10"):
         return _load_keras_images(cfg, rng)
+    if name == "huggingface":
+        from fedray.hf import load_arrays
+
+        (x, y, hx, hy, groups), classes = load_arrays(cfg)
+        if classes is not None:  # text: the vocabulary fixes the classes
+            cfg = cfg.model_copy(update={"num_classes": classes, "task": "classification"})
+        return _finish_grouped(x, y, hx, hy, groups, cfg, rng, str(cfg.name))
     raise DataError(f"unknown dataset {name!r}")  # unreachable after config validation
 
 

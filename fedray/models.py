@@ -35,6 +35,10 @@ def resolve_builder(name: str) -> Any:
     return fn
 
 
+BUILTIN = ("linear", "mlp", "cnn", "simple_cnn", "char_lstm")
+"""The built-in models (``model.name``)."""
+
+
 def default_loss(info: DatasetInfo) -> str:
     """MSE for regression, sparse categorical cross-entropy for classification."""
     return "mse" if info.task == "regression" else "sparse_categorical_crossentropy"
@@ -51,7 +55,24 @@ def _builtin(cfg: ModelConfig, info: DatasetInfo) -> Any:
     layers = keras.layers
     head_activation = "softmax" if info.task == "classification" else None
     inputs = keras.Input(shape=info.input_shape)
-    if cfg.name == "cnn":
+    if cfg.name == "char_lstm":  # LEAF's Shakespeare model (Caldas et al. 2018)
+        if len(info.input_shape) != 1 or info.num_classes is None:
+            raise ConfigError(
+                f"model.name = 'char_lstm' needs character-id sequences with a vocabulary; "
+                f"this dataset has input shape {info.input_shape}"
+            )
+        h = layers.Embedding(info.num_classes, 8)(inputs)
+        h = layers.LSTM(256, return_sequences=True)(h)
+        h = layers.LSTM(256)(h)
+    elif cfg.name == "simple_cnn":  # pfl-research's CIFAR-10 model (arXiv:2404.06430)
+        h = layers.Conv2D(32, 3, activation="relu")(inputs)
+        h = layers.Conv2D(64, 3, activation="relu")(h)
+        h = layers.MaxPooling2D(2)(h)
+        h = layers.Dropout(0.25)(h)
+        h = layers.Flatten()(h)
+        h = layers.Dense(128, activation="relu")(h)
+        h = layers.Dropout(0.5)(h)
+    elif cfg.name == "cnn":
         if len(info.input_shape) != 3:
             raise ConfigError(
                 f"model.name = 'cnn' needs image inputs of shape (height, width, channels); "
@@ -90,7 +111,7 @@ def build_model(
         model = builder()
         if not isinstance(model, keras.Model):
             raise ConfigError(f"model_fn returned {type(model).__name__}; expected a keras.Model")
-    elif cfg.name in ("linear", "mlp", "cnn"):
+    elif cfg.name in BUILTIN:
         model = _builtin(cfg, info)
     else:
         model = resolve_builder(cfg.name)(

@@ -40,6 +40,8 @@ LIGHT = [
     "fedray.build_privacy",
     "fedray.memory",
     "fedray.data",
+    "fedray.tables",
+    "fedray.hf",
     "fedray.models",
     "fedray.runtime.local",
     "fedray.runtime.plan",

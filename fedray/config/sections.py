@@ -43,6 +43,7 @@ class DataConfig(_Section):
         "parquet",
         "mnist",
         "cifar10",
+        "huggingface",
         "memory",
     ] = "linreg"
     """the data source (see [Datasets](datasets.md)); `memory` is arrays passed to `fedray.fit`"""
@@ -50,6 +51,20 @@ class DataConfig(_Section):
     """`npz`/`csv`/`parquet` file; for `mnist`/`cifar10` an optional offline `.npz`"""
     test_path: str | None = None
     """separate test table for `csv`/`parquet`"""
+    name: str | None = None
+    """`huggingface`: the dataset (`flwrlabs/femnist`, `flwrlabs/shakespeare`, ...), or a
+    builder (`parquet`, `csv`, `json`) for the local files at `data.path`
+    """
+    split: str = "train"
+    """`huggingface`: the split the clients train on"""
+    test_split: str | None = None
+    """`huggingface`: the server's test split (unset: `test_fraction` of `split`)"""
+    feature: str | None = None
+    """`huggingface`: the input column (unset: the first of image, img, x, text, features)"""
+    vocabulary: str | None = None
+    """`huggingface` text: the characters, in id order (unset: every character, sorted)"""
+    sequence_length: int | None = Field(None, ge=1)
+    """`huggingface` text: characters per input (unset: the longest; raw text: 80-char windows)"""
     num_clients: int = Field(2, ge=1)
     """registered clients"""
     partition: Literal["iid", "dirichlet", "shards", "column"] = "iid"
@@ -84,6 +99,11 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DataConfig:
+        if self.dataset == "huggingface" and not self.name:
+            raise ValueError(
+                "data.name is required for dataset 'huggingface' (e.g. flwrlabs/femnist, or "
+                "parquet with data.path)"
+            )
         if self.dataset in FILE_DATASETS and not self.path:
             raise ValueError(f"data.path is required for dataset {self.dataset!r}")
         if self.partition == "column" and self.dataset not in ("synthetic",) and not self.column:
@@ -107,9 +127,11 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in ("linear", "mlp", "cnn") and ":" not in v:
+        builtin = ("linear", "mlp", "cnn", "simple_cnn", "char_lstm")  # fedray.models.BUILTIN
+        if v not in builtin and ":" not in v:
             raise ValueError(
-                f"unknown model {v!r}; expected 'linear', 'mlp', 'cnn' or 'package.module:function'"
+                f"unknown model {v!r}; expected one of {', '.join(builtin)} or "
+                "'package.module:function'"
             )
         return v
 
