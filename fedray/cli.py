@@ -83,9 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", help="CSV to write (default: <input>.predictions.csv)")
     b = sub.add_parser(
         "bench",
-        help="benchmarks: 'fedray bench speed|scale|secagg [options, see --help]'",
+        help="benchmarks: 'fedray bench speed|scale|secagg|cifar [options, see --help]'",
     )
-    b.add_argument("suite", choices=["speed", "scale", "secagg"], help="which benchmark")
+    b.add_argument("suite", choices=["speed", "scale", "secagg", "cifar"], help="which benchmark")
     b.add_argument("args", nargs=argparse.REMAINDER, help="options of the benchmark (--help)")
     au = sub.add_parser(
         "audit", help="membership-inference leakage of trained runs (AUC, empirical ε bound)"
@@ -274,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fedray.bench import secagg
 
             return secagg.main(args.args)
+        if args.command == "bench" and args.suite == "cifar":
+            from fedray.bench import cifar
+
+            return cifar.main(args.args)
         if args.command == "bench" and args.suite == "scale":
             from fedray.bench import scale
 

@@ -1,0 +1,203 @@
+"""pfl-research's CIFAR-10 protocol, side by side with its compute floor.
+
+Granqvist et al., "pfl-research: simulation framework for accelerating research in
+Private Federated Learning", 2024, arXiv:2404.06430: 1,000 IID clients of 50 images,
+50 clients a round, 1 local epoch of batch 10, client SGD 0.1, server SGD 1.0,
+unweighted, evaluation every 10 rounds, ``simple_cnn`` (``experiments/cifar_pfl.yaml``).
+
+Systems, each in fresh processes on the same config, data and seed:
+
+* ``fedray``: ``fedray.run`` on a private local Ray instance (``clients_per_actor:
+  auto``: one host per CPU, the clients packed over them).
+* ``floor``: the round's optimizer steps (50 clients x 5 steps) split over as many
+  compiled TensorFlow loops as fedray has hosts, one thread each, running side by side
+  in separate processes; the floor of a round is the slowest loop's median time.
+
+It trains on real CIFAR-10 when ``keras.datasets`` has it cached (or at ``--data``, an
+``.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test``), else on CIFAR-shaped
+data of the same size (50,000 + 10,000 images, 32x32x3 uint8, ten classes of noisy
+colour patterns) generated from the seed, and says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CONFIG = "experiments/cifar_pfl.yaml"
+
+
+def cifar_shaped(path: Path, seed: int = 0, sizes: tuple[int, int] = (50_000, 10_000)) -> None:
+    """Write CIFAR-10-shaped data to ``path`` (``.npz``): 10 classes of colour patterns."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.integers(104, 152, (10, 8, 8, 3))  # close classes under heavy noise
+
+    def images(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 10, n)
+        base = np.repeat(np.repeat(patterns[y], 4, axis=1), 4, axis=2)
+        x = np.clip(base + rng.normal(0, 80, base.shape), 0, 255).astype(np.uint8)
+        return x, y.astype(np.uint8).reshape(-1, 1)
+
+    (x, y), (xt, yt) = images(sizes[0]), images(sizes[1])
+    np.savez(path, x_train=x, y_train=y, x_test=xt, y_test=yt)
+
+
+def data_source(given: str | None) -> tuple[list[str], str]:
+    """(overrides, description) of the data the benchmark trains on."""
+    if given:
+        return [f"data.path={given}"], f"CIFAR-10 from {given}"
+    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+    if (cache / "cifar-10-batches-py").is_dir():
+        return [], "real CIFAR-10 (keras.datasets cache)"
+    path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fedray"
+    path.mkdir(parents=True, exist_ok=True)
+    path /= "cifar_shaped_v2.npz"  # generated once per machine (180 MB), from seed 0
+    if not path.exists():
+        cifar_shaped(path)
+    return [f"data.path={path}"], "CIFAR-shaped synthetic data (real CIFAR-10 not found)"
+
+
+def floor_half(overrides: Sequence[str], share: int, of: int) -> dict[str, Any]:
+    """One of ``of`` side-by-side loops: its share of round 1's steps, one thread."""
+    from fedray.bench.speed import _load, first_sample
+    from fedray.client.devices import configure_tensorflow
+
+    cfg, ds, parts = _load(CONFIG, overrides)
+    configure_tensorflow(1, verbose=False)
+    import keras
+    import tensorflow as tf
+
+    from fedray.models import build_model
+
+    chosen = [parts[k] for k in first_sample(cfg)][share::of]
+    batch = cfg.client.batch_size
+    steps = sum(-(-len(p) // batch) for p in chosen) * cfg.client.local_epochs
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.client, ds.info)
+    rows = np.concatenate(chosen)
+    x, y = tf.constant(ds.x_train[rows]), tf.constant(ds.y_train[rows])
+
+    def loop(steps: Any) -> Any:
+        n = tf.shape(x)[0]
+        for s in tf.range(steps):
+            idx = tf.random.stateless_uniform(
+                [batch], seed=tf.stack([tf.cast(s, tf.int64), 7]), maxval=n, dtype=tf.int32
+            )
+            model.train_step((tf.gather(x, idx), tf.gather(y, idx)))
+        return model.get_metrics_result()
+
+    loop = tf.function(loop)
+    loop(tf.constant(1))  # trace and build
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        loop(tf.constant(steps))
+        times.append(time.perf_counter() - t0)
+    return {"loop_s": statistics.median(times), "steps": steps}
+
+
+def _child(argv: Sequence[str]) -> dict[str, Any]:
+    from fedray.bench.speed import measure
+
+    system, rounds, extra = argv[0], int(argv[1]), list(argv[2:])
+    overrides = [f"rounds={rounds}", *extra]
+    if system == "fedray":
+        res = measure("fedray", CONFIG, overrides)
+        res.pop("hosts", None)
+        return res
+    share, of = (int(v) for v in system.removeprefix("floor").split("/"))
+    return floor_half(overrides, share, of)
+
+
+def _spawn(args: Sequence[str]) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "fedray.bench.cifar", "child", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child failed:\n{err[-4000:]}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fedray bench cifar`` / ``python -m fedray.bench.cifar``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "child":
+        logging.disable(logging.WARNING)
+        sys.stdout.write(json.dumps(_child(argv[1:])) + "\n")
+        return 0
+    p = argparse.ArgumentParser(prog="fedray bench cifar", description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=20, help="rounds of fedray (the paper: 1500)")
+    p.add_argument("--data", default=None, help="an .npz of CIFAR-10 (default: keras' cache)")
+    p.add_argument("--out", default="experiments/results")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    extra, source = data_source(args.data)
+    logger.warning("data: %s", source)
+    hosts = max(1, os.cpu_count() or 1)
+    fedray = _result(_spawn(["fedray", str(args.rounds), *extra]))
+    loops = [_spawn([f"floor{i}/{hosts}", "1", *extra]) for i in range(hosts)]
+    halves = [_result(proc) for proc in loops]
+    floor = max(h["loop_s"] for h in halves)
+    row = {
+        "data": source,
+        "rounds": fedray["rounds"],
+        "hosts": hosts,
+        "fedray_round_s": fedray["round_s"],
+        "floor_round_s": floor,
+        "ratio": fedray["round_s"] / floor,
+        "startup_s": fedray["startup_s"],
+        "peak_pss_mb": fedray["peak_pss_mb"],
+        "cpu_s_per_round": fedray["cpu_s_per_round"],
+        "accuracy": fedray["quality"],
+        "floor_steps": sum(h["steps"] for h in halves),
+    }
+    import pandas as pd
+
+    pd.DataFrame([row]).to_csv(out / "cifar.csv", index=False)
+    table = (
+        "| data | rounds | fedray round (s) | floor round (s) | fedray / floor | startup (s) | "
+        "peak PSS (MB) | accuracy |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        f"| {source} | {row['rounds']} | {row['fedray_round_s']:.3f} | {floor:.3f} | "
+        f"{row['ratio']:.2f} | {row['startup_s']:.1f} | {row['peak_pss_mb']:.0f} | "
+        f"{row['accuracy']:.3f} |"
+    )
+    (out / "cifar.md").write_text(table + "\n")
+    _plot(row, out / "cifar.png")
+    sys.stdout.write(table + "\n")
+    return 0
+
+
+def _plot(row: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(["compute floor", "fedray"], [row["floor_round_s"], row["fedray_round_s"]],
+           color=["#999999", "#1f77b4"])  # fmt: skip
+    ax.set(ylabel="seconds per round", title=f"pfl CIFAR-10 protocol: {row['ratio']:.2f}x floor")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
