@@ -25,10 +25,8 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,7 +70,7 @@ def data_source(given: str | None) -> tuple[list[str], str]:
 
 def floor_half(overrides: Sequence[str], share: int, of: int) -> dict[str, Any]:
     """One of ``of`` side-by-side loops: its share of round 1's steps, one thread."""
-    from fedray.bench.speed import _load, first_sample
+    from fedray.bench.speed import _load, first_sample, timed_loop
     from fedray.client.devices import configure_tensorflow
 
     cfg, ds, parts = _load(CONFIG, overrides)
@@ -89,24 +87,7 @@ def floor_half(overrides: Sequence[str], share: int, of: int) -> dict[str, Any]:
     model = build_model(cfg.model, cfg.client, ds.info)
     rows = np.concatenate(chosen)
     x, y = tf.constant(ds.x_train[rows]), tf.constant(ds.y_train[rows])
-
-    def loop(steps: Any) -> Any:
-        n = tf.shape(x)[0]
-        for s in tf.range(steps):
-            idx = tf.random.stateless_uniform(
-                [batch], seed=tf.stack([tf.cast(s, tf.int64), 7]), maxval=n, dtype=tf.int32
-            )
-            model.train_step((tf.gather(x, idx), tf.gather(y, idx)))
-        return model.get_metrics_result()
-
-    loop = tf.function(loop)
-    loop(tf.constant(1))  # trace and build
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        loop(tf.constant(steps))
-        times.append(time.perf_counter() - t0)
-    return {"loop_s": statistics.median(times), "steps": steps}
+    return {"loop_s": timed_loop(model, x, y, batch, steps, 5), "steps": steps}
 
 
 def _child(argv: Sequence[str]) -> dict[str, Any]:

@@ -174,6 +174,32 @@ def parallel_hosts(clients: int, cpus: int) -> int:
     return min(math.ceil(clients / per_host), cpus)
 
 
+def timed_loop(model: Any, x: Any, y: Any, batch: int, steps: int, repeats: int) -> float:
+    """Median seconds of ``steps`` optimizer steps in one traced TensorFlow loop.
+
+    Each step trains on a random batch of (x, y); the loop is traced and built first.
+    """
+    import tensorflow as tf
+
+    def loop(steps: Any) -> Any:
+        n = tf.shape(x)[0]
+        for s in tf.range(steps):
+            idx = tf.random.stateless_uniform(
+                [batch], seed=tf.stack([tf.cast(s, tf.int64), 7]), maxval=n, dtype=tf.int32
+            )
+            model.train_step((tf.gather(x, idx), tf.gather(y, idx)))
+        return model.get_metrics_result()
+
+    traced = tf.function(loop)
+    traced(tf.constant(1))  # trace and build
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        traced(tf.constant(steps))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def run_floor(config: str, overrides: Sequence[str]) -> dict[str, Any]:
     """Round 1's optimizer steps in one traced loop, divided by the parallel hosts."""
     from fedray.client.devices import configure_tensorflow
@@ -196,26 +222,11 @@ def run_floor(config: str, overrides: Sequence[str]) -> dict[str, Any]:
     x = tf.constant(ds.x_train[np.concatenate(parts)])
     y = tf.constant(ds.y_train[np.concatenate(parts)])
 
-    def loop(x: Any, y: Any, steps: Any) -> Any:
-        n = tf.shape(x)[0]
-        for s in tf.range(steps):
-            idx = tf.random.stateless_uniform(
-                [batch], seed=tf.stack([tf.cast(s, tf.int64), 7]), maxval=n, dtype=tf.int32
-            )
-            model.train_step((tf.gather(x, idx), tf.gather(y, idx)))
-        return model.get_metrics_result()
-
-    traced = tf.function(loop)
-    traced(x, y, tf.constant(1))  # trace and build
-    times = []
-    for _ in range(max(3, cfg.rounds)):
-        t0 = time.perf_counter()
-        traced(x, y, tf.constant(steps))
-        times.append(time.perf_counter() - t0)
+    loop_s = timed_loop(model, x, y, batch, steps, max(3, cfg.rounds))
     return {
         "begin": time.time(),
-        "round_s": statistics.median(times) / hosts,
-        "loop_s": statistics.median(times),
+        "round_s": loop_s / hosts,
+        "loop_s": loop_s,
         "steps": steps,
         "parallel_hosts": hosts,
     }
