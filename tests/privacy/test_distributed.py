@@ -245,3 +245,23 @@ def test_config_refuses_what_cannot_be_made_correct():
     built = build_strategy(config.load({"data": {"num_clients": 8}}, [*base, sa]))
     assert isinstance(built.aggregator, SecureAggregation)
     assert isinstance(built.aggregator.inner, DistributedDP)
+
+
+def test_the_privacy_command_prices_and_calibrates_distributed_dp(capsys):
+    from fedray import cli
+
+    base = ["privacy", "-q", "1", "-T", "20", "-d", "1e-5", "--clients", "200", "--dim", "610"]
+    assert cli.main([*base, "-z", "5.178", "--distributed", "skellam"]) == 0
+    out = capsys.readouterr().out
+    plan = DistributedPlan("skellam", 5.178, 1.0, 610, 22, 200.0, 200, 0.1)
+    assert f"after 20 releases at δ=1e-05: {distributed_epsilon(plan, 20, 1e-5):.4f}" in out
+    assert "m_min=180" in out and "modulus 2^30" in out
+    assert cli.main([*base, "-e", "4", "--distributed", "discrete_gaussian"]) == 0
+    z = float(capsys.readouterr().out.split("noise_multiplier z = ")[1].split()[0])
+    ddg = DistributedPlan("discrete_gaussian", z + 1e-4, 1.0, 610, 22, 200.0, 200, 0.1)
+    assert distributed_epsilon(ddg, 20, 1e-5) <= 4.0
+    assert cli.main(["privacy", "-e", "4", "-q", "1", "-T", "20", "-d", "1e-5",
+                     "--distributed", "skellam"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fedray: error: --distributed needs --clients N and --dim D (the model's "
+                   "size) >= 1"]  # fmt: skip
