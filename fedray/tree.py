@@ -12,6 +12,7 @@ from Ray's object store are read-only views.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,6 +52,35 @@ def global_norm(a: Params) -> float:
 def all_finite(a: Params) -> bool:
     """True when no array holds NaN or Inf."""
     return all(bool(np.isfinite(x).all()) for x in a)
+
+
+def flatten(a: Params) -> np.ndarray:
+    """All arrays of ``a`` as one float64 vector, in order (empty ``a``: length 0).
+
+    >>> flatten([np.ones((2, 2)), np.zeros(1)]).tolist()
+    [1.0, 1.0, 1.0, 1.0, 0.0]
+    """
+    return np.concatenate([np.ravel(x) for x in a]).astype(np.float64) if a else np.zeros(0)
+
+
+def unflatten(flat: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> Params:
+    """``flat`` cut into arrays of ``shapes``, in order: the inverse of :func:`flatten`.
+
+    >>> [x.shape for x in unflatten(np.arange(5.0), [(2, 2), (1,)])]
+    [(2, 2), (1,)]
+    """
+    out, pos = [], 0
+    for shape in shapes:
+        k = math.prod(shape)
+        out.append(flat[pos : pos + k].reshape(shape))
+        pos += k
+    return out
+
+
+def unflatten_like(flat: np.ndarray, like: Params) -> Params:
+    """``flat`` as arrays with the shapes and dtypes of ``like``."""
+    parts = unflatten(flat, [np.shape(x) for x in like])
+    return [p.astype(np.asarray(x).dtype) for p, x in zip(parts, like, strict=True)]
 
 
 def structure_mismatch(candidate: Sequence[np.ndarray], reference: Params) -> str | None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from fedray import tree
 from fedray.aggregators.base import Aggregator, broadcast, client_settings
 from fedray.privacy.discrete import padded_dim, rotate, rotation_signs, unrotate
 from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
@@ -147,21 +148,15 @@ class TopK(_Wrapper):
         """In the host: add the residual, keep the top k, store the new residual."""
         extras = dict(update.extras)
         residual = extras.pop(RESIDUAL, None)
-        full = [
-            d.astype(np.float64) + (0 if residual is None else r)
-            for d, r in zip(update.delta, residual or update.delta, strict=True)
-        ]
-        flat = np.concatenate([f.ravel() for f in full])
+        flat = tree.flatten(update.delta)
+        if residual is not None:
+            flat = flat + tree.flatten(residual)
         k = self.kept(flat.size)
         keep = np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :]
         sparse = np.zeros_like(flat)
         sparse[keep] = flat[keep]
-        out, rest, pos = [], [], 0
-        for d in update.delta:
-            part = sparse[pos : pos + d.size].reshape(d.shape)
-            out.append(part.astype(d.dtype))
-            rest.append((flat[pos : pos + d.size].reshape(d.shape) - part).astype(d.dtype))
-            pos += d.size
+        out = tree.unflatten_like(sparse, update.delta)
+        rest = tree.unflatten_like(flat - sparse, update.delta)
         encoded = self.inner.encode(replace(update, delta=out, extras=extras), info)
         if not self.error_feedback:
             return encoded
@@ -180,16 +175,12 @@ class Rotate(_Wrapper):
 
     def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
         """In the host: rotate the flat update, inner encode, rotate back."""
-        flat = np.concatenate([d.ravel() for d in update.delta]).astype(np.float64)
+        flat = tree.flatten(update.delta)
         signs = rotation_signs(flat.size, info.seed, info.server_round)
         rotated = rotate(flat, signs)
         inner = self.inner.encode(replace(update, delta=[rotated.astype(np.float32)]), info)
-        back = unrotate(np.concatenate([d.ravel() for d in inner.delta]), signs, flat.size)
-        out, pos = [], 0
-        for d in update.delta:
-            out.append(back[pos : pos + d.size].reshape(d.shape).astype(d.dtype))
-            pos += d.size
-        return replace(inner, delta=out)
+        back = unrotate(tree.flatten(inner.delta), signs, flat.size)
+        return replace(inner, delta=tree.unflatten_like(back, update.delta))
 
 
 def wire_bytes(aggregator: Any, params: Params, clients: int = 1) -> int:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fedray import tree
 from fedray.aggregators.base import Unweighted
 from fedray.aggregators.clip import clip_to
 from fedray.aggregators.dp import _noise_rng
@@ -109,7 +110,7 @@ class DistributedDP(Unweighted):
     def encode_integers(self, update: ClientUpdate, info: RoundInfo) -> np.ndarray:
         """In the host: the client's noised integer vector (int64, length d')."""
         update = self.encode(update, info)
-        flat = np.concatenate([np.ravel(d) for d in update.delta]).astype(np.float64)
+        flat = tree.flatten(update.delta)
         plan = self.plan(flat.size)
         signs = rotation_signs(flat.size, info.seed, info.server_round)
         rng = _noise_rng(self.noise_seed, info, update.client_id)
@@ -137,11 +138,7 @@ class DistributedDP(Unweighted):
         plan = self.plan(size)
         signs = rotation_signs(size, info.seed, info.server_round)
         flat = unrotate(np.asarray(values, np.float64) / plan.scale, signs, size)
-        out, pos = [], 0
-        for s, _ in shapes:
-            k = math.prod(s)
-            out.append(flat[pos : pos + k].reshape(s))
-            pos += k
+        out = tree.unflatten(flat, [s for s, _ in shapes])
         n = len(survivors)
         return PartialSum(tuple(sorted(survivors)), out, float(n), n)
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedray import tree
 from fedray.aggregators.base import zero_sum
 from fedray.aggregators.clip import clip_to
 from fedray.aggregators.distributed_dp import DistributedDP
@@ -156,7 +157,7 @@ class SecureAggregation:
         update = self.inner.encode(update, info)
         dim = sum(d.size for d in update.delta)
         delta, _ = clip_to(update.delta, self.l2_bound(dim))
-        flat = np.concatenate([d.ravel() for d in delta]) if delta else np.zeros(0)
+        flat = tree.flatten(delta)
         bit = update.protocol.get(UNCLIPPED)
         if bit is not None:  # centred adaptive-clipping bit (±½), one more coordinate
             flat = np.append(flat, 2 * bit * self.clip)
@@ -192,11 +193,7 @@ class SecureAggregation:
         protocol: dict[str, float] = {}
         if isinstance(self.inner, CentralDP) and values.size == size + 1:
             protocol[UNCLIPPED] = float(round(values[-1] / self.clip)) / 2  # Σ (b - ½)
-        out, pos = [], 0
-        for s, _ in shapes:
-            k = math.prod(s)
-            out.append(np.asarray(values[pos : pos + k], np.float64).reshape(s))
-            pos += k
+        out = tree.unflatten(np.asarray(values[:size], np.float64), [s for s, _ in shapes])
         return PartialSum(tuple(sorted(survivors)), out, float(n), n, protocol_sums=protocol)
 
     def aggregate(

@@ -15,12 +15,12 @@ synthetic (no data), so they are never charged to the ledger. Layer 1: numpy onl
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from fedray import tree
 from fedray.records import ClientUpdate, Params
 
 CANARY_ID = -1000  # canary i has client id CANARY_ID - i: never a real client
@@ -69,16 +69,11 @@ class CanaryAudit:
         ``examples`` is each canary's example count (the round's average client's, so
         an example-weighted mean weighs a canary like a typical client).
         """
-        shapes = [(np.shape(p), np.asarray(p).dtype) for p in params]
-        dim = int(sum(math.prod(s) for s, _ in shapes))
+        dim = int(sum(np.size(p) for p in params))
         scale = self.norm if norm is None else norm
         out = []
         for i in self.participants(server_round):
-            flat, delta, pos = self.direction(i, dim) * scale, [], 0
-            for s, dt in shapes:
-                k = math.prod(s)
-                delta.append(flat[pos : pos + k].reshape(s).astype(dt))
-                pos += k
+            delta = tree.unflatten_like(self.direction(i, dim) * scale, params)
             out.append(ClientUpdate(CANARY_ID - i, delta, examples))
         return out
 
