@@ -202,7 +202,8 @@ def wire_bytes(aggregator: Any, params: Params, clients: int = 1) -> int:
     rotated = False
     while current is not None:
         if isinstance(current, SecureAggregation):
-            return math.ceil(current.dim(current.init(params)) * current.modulus_bits(clients) / 8)
+            shapes = {"shapes": [(tuple(np.shape(p)), "") for p in params]}  # all dim() reads
+            return math.ceil(current.dim(shapes) * current.modulus_bits(clients) / 8)
         if isinstance(current, Rotate):
             rotated, sizes = True, [padded_dim(dim)]
         elif isinstance(current, Quantize):
