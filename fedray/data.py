@@ -15,15 +15,17 @@ Datasets:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedray import partition as part
 from fedray.config import DataConfig
 from fedray.errors import DataError
-from fedray.synthetic import make_blobs, make_linreg, make_synthetic
+from fedray.synthetic import host_rows, make_blobs, make_linreg
 from fedray.tables import read_table, table_to_arrays
 
 
@@ -213,30 +215,15 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         x, y = make_linreg(n, rng)
         xt, yt = make_linreg(n, np.random.default_rng([seed, 10]))
         return _finish(x, y, xt, yt, cfg.model_copy(update={"task": "regression"}), rng, name)
-    if name == "synthetic":
-        s = cfg.synthetic
-        x, y, dev = make_synthetic(
-            cfg.num_clients,
-            s.alpha,
-            s.beta,
-            rng,
-            num_features=s.num_features,
-            num_classes=s.num_classes,
-            total=cfg.num_samples,
-        )
-        # 90/10 train/test per device, as in the FedProx generator. Rows come grouped
-        # by device, so each device's rows are one contiguous run.
-        starts = np.searchsorted(dev, np.arange(cfg.num_clients + 1))
-        train_idx, test_idx = [], []
-        for k in range(cfg.num_clients):
-            lo, hi = int(starts[k]), int(starts[k + 1])
-            cut = lo + max(1, int(0.9 * (hi - lo)))
-            train_idx.append(np.arange(lo, cut))
-            test_idx.append(np.arange(cut, hi))
-        tr, te = np.concatenate(train_idx), np.concatenate(test_idx)
-        ds = _finish(x[tr], y[tr], x[te], y[te], cfg, rng, name)
-        ds.num_classes = s.num_classes
-        ds.groups = {"client": dev[tr]}
+    if name == "synthetic":  # every device: its first 90 % trains (FedProx's generator)
+        rows, test = _synthetic_rows(cfg, seed, range(cfg.num_clients), with_test_set=True)
+        x, y = (np.concatenate([r[i] for r in rows.values()]) for i in (0, 1))
+        xt, yt = test or (x[:0], y[:0])
+        ds = _finish(x, y, xt, yt, cfg, rng, name)
+        ds.num_classes = cfg.synthetic.num_classes
+        ds.groups = {
+            "client": np.repeat(np.arange(cfg.num_clients), [len(r[1]) for r in rows.values()])
+        }
         return ds
     if name == "blobs":
         n = cfg.num_samples or 20_000
@@ -346,7 +333,7 @@ class HostData:
 
 
 def load_host_data(
-    cfg: DataConfig, seed: int, client_ids: list[int] | tuple[int, ...], *, with_test_set: bool
+    cfg: DataConfig, seed: int, client_ids: Sequence[int], *, with_test_set: bool
 ) -> HostData:
     """Load the dataset and keep only the given clients' shards (copies).
 
@@ -354,27 +341,50 @@ def load_host_data(
     with randomness derived from ``(seed, client_id)``. With ``with_test_set`` the
     held-out server test set is kept too, for centralized evaluation.
     """
-    ds = load_dataset(cfg, seed)
-    parts = partition_indices(ds, cfg, seed)
+    test: tuple[np.ndarray, np.ndarray] | None = None
+    if cfg.dataset == "synthetic" and cfg.partition == "column" and _natural(cfg):
+        rows, test = _synthetic_rows(cfg, seed, client_ids, with_test_set=with_test_set)
+        c = cfg.synthetic.num_classes
+        info = DatasetInfo((cfg.synthetic.num_features,), c, "classification", c)
+        parts: Sequence[Any] = range(cfg.num_clients)
+    else:  # the whole table, then this host's rows of it
+        ds = load_dataset(cfg, seed)
+        parts = partition_indices(ds, cfg, seed)
+        rows = {c: (ds.x_train[parts[c]], ds.y_train[parts[c]]) for c in client_ids
+                if 0 <= c < len(parts)}  # fmt: skip
+        info, test = ds.info, (ds.x_test, ds.y_test)
     shards: dict[int, Shard] = {}
     for cid in client_ids:
         if not 0 <= cid < len(parts):
             raise DataError(f"client id {cid} out of range [0, {len(parts)})")
-        idx = parts[cid]
-        if len(idx) == 0:
+        x, y = rows[cid]
+        if len(x) == 0:
             value = cfg.column_values[cid] if cfg.column_values else cid
             raise DataError(
                 f"client {cid} ({cfg.column}={value!r}) has no training rows in "
                 f"'{cfg.path or cfg.dataset}' on this node; place its actor where its data is "
                 "(data.placement) or check data.column_values"
             )
-        x, y = ds.x_train[idx], ds.y_train[idx]
         if cfg.client_test_fraction > 0:
             rng = np.random.default_rng([seed, 2, cid])
             x, y, xt, yt = _split(x, y, cfg.client_test_fraction, rng)
         else:
             xt, yt = x[:0], y[:0]
-        shards[cid] = Shard(cid, x.copy(), y.copy(), xt.copy(), yt.copy())
-    if with_test_set:
-        return HostData(shards, ds.info, ds.x_test, ds.y_test)
-    return HostData(shards, ds.info)
+        shards[cid] = Shard(cid, x, y, xt, yt)  # no copy: no shard keeps a whole table alive
+    if with_test_set and test is not None:
+        return HostData(shards, info, *test)
+    return HostData(shards, info)
+
+
+def _synthetic_rows(
+    cfg: DataConfig, seed: int, client_ids: Sequence[int], *, with_test_set: bool
+) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray] | None]:
+    s = cfg.synthetic
+    return host_rows(client_ids, cfg.num_clients, s.alpha, s.beta, seed, total=cfg.num_samples,
+                     with_test_set=with_test_set, num_features=s.num_features,
+                     num_classes=s.num_classes)  # fmt: skip
+
+
+def _natural(cfg: DataConfig) -> bool:
+    """Whether the clients are Synthetic(α, β)'s own devices (a host can make just its own)."""
+    return (cfg.column or "client") == "client" and cfg.column_values is None

@@ -4,7 +4,10 @@ Workload: ``experiments/scale.yaml``, Synthetic(1, 1) of Li et al. (FedProx, MLS
 2020, arXiv:1812.06127) with the total data fixed at 100,000 rows, shared over the
 registered clients in lognormal proportions; softmax regression, SGD, batch 10, one
 local epoch. The sweep runs every pair of registered clients N in {10, 100, 1,000,
-10,000} and clients sampled per round K in {10, 100, 1,000} with K <= N.
+10,000} and clients sampled per round K in {10, 100, 1,000} with K <= N, and a point
+of 1,000,000 registered clients of 10 rows each (10,000,000 rows), 100 a round.
+A point ``N:K:ROWS`` sets the total rows; beyond ``FLOOR_MAX_CLIENTS`` registered
+clients only fedray runs (the floor and the naive loop would load the whole table).
 
 Systems, each in a fresh subprocess (see :mod:`fedray.bench.speed` for the first three):
 
@@ -41,17 +44,22 @@ from fedray.errors import FedrayError
 logger = logging.getLogger(__name__)
 
 CONFIG = "experiments/scale.yaml"
-GRID: tuple[tuple[int, int], ...] = tuple(
-    (n, k) for n in (10, 100, 1000, 10_000) for k in (10, 100, 1000) if k <= n
+GRID: tuple[tuple[int, int, int | None], ...] = (
+    *((n, k, None) for n in (10, 100, 1000, 10_000) for k in (10, 100, 1000) if k <= n),
+    (1_000_000, 100, 10_000_000),
 )
+FLOOR_MAX_CLIENTS = 100_000
 NAIVE_MAX_SAMPLED = 100
 NAIVE_ROUNDS = 2
 DEDICATED_MAX_CLIENTS = 10
+DEFAULT_ROWS = 100_000  # experiments/scale.yaml's data.num_samples
 
 
-def overrides(registered: int, sampled: int, rounds: int) -> list[str]:
-    """Config overrides for N registered clients with K sampled per round."""
+def overrides(registered: int, sampled: int, rounds: int, rows: int | None = None) -> list[str]:
+    """Config overrides for N registered clients with K sampled per round (ROWS in all)."""
     out = [f"data.num_clients={registered}", f"rounds={rounds}", "runtime.progress=false"]
+    if rows:
+        out.append(f"data.num_samples={rows}")
     if sampled < registered:
         out.append(f"strategy.clients_per_round={sampled}")
     return out
@@ -59,6 +67,8 @@ def overrides(registered: int, sampled: int, rounds: int) -> list[str]:
 
 def systems(registered: int, sampled: int) -> list[str]:
     """The systems run for one (N, K) point."""
+    if registered > FLOOR_MAX_CLIENTS:
+        return ["fedray"]
     out = ["fedray", "floor"]
     if registered <= DEDICATED_MAX_CLIENTS:
         out.append("fedray_dedicated")
@@ -95,11 +105,11 @@ def run_multinode(config: str, over: Sequence[str], nodes: int) -> dict[str, Any
 
 
 def child(argv: Sequence[str]) -> dict[str, Any]:
-    """``child SYSTEM N K ROUNDS [NODES]``: one measured run in this process."""
+    """``child SYSTEM N K ROUNDS ROWS [NODES]``: one measured run here (ROWS 0: the config's)."""
     system, registered, sampled, rounds = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
-    over = overrides(registered, sampled, rounds)
+    over = overrides(registered, sampled, rounds, int(argv[4]) or None)
     if system == "multinode":
-        return run_multinode(CONFIG, over, int(argv[4]))
+        return run_multinode(CONFIG, over, int(argv[5]))
     res = measure(system, CONFIG, over)
     res.pop("hosts", None)
     return res
@@ -107,7 +117,7 @@ def child(argv: Sequence[str]) -> dict[str, Any]:
 
 def run_benchmark(
     *,
-    grid: Sequence[tuple[int, int]],
+    grid: Sequence[tuple[int, int, int | None]],
     repeats: int,
     rounds: int,
     out_dir: Path,
@@ -120,15 +130,16 @@ def run_benchmark(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for rep in range(repeats):
-        for n, k in grid:
+        for n, k, total in grid:
             for system in systems(n, k):
                 r = NAIVE_ROUNDS if system == "naive" else rounds
                 t0 = time.perf_counter()
                 result = spawn_child(
-                    "fedray.bench.scale", [system, str(n), str(k), str(r)], timeout_s
-                )
-                rows.append({"registered": n, "sampled": k, "system": system, "repeat": rep,
-                             **result})  # fmt: skip
+                    "fedray.bench.scale", [system, str(n), str(k), str(r), str(total or 0)],
+                    timeout_s,
+                )  # fmt: skip
+                rows.append({"registered": n, "sampled": k, "rows": total or DEFAULT_ROWS,
+                             "system": system, "repeat": rep, **result})  # fmt: skip
                 logger.info(
                     "rep %d N=%d K=%d %s: round %.4f s, startup %.1f s, PSS %.0f MB (%.0f s)",
                     rep, n, k, system, result["round_s"], result.get("startup_s", 0.0),
@@ -144,7 +155,9 @@ def run_benchmark(
         n, k = 1000, 1000
         t0 = time.perf_counter()
         result = spawn_child(
-            "fedray.bench.scale", ["multinode", str(n), str(k), str(rounds), str(nodes)], timeout_s
+            "fedray.bench.scale",
+            ["multinode", str(n), str(k), str(rounds), "0", str(nodes)],
+            timeout_s,
         )
         placed = pd.DataFrame(result["placement"])
         placed.insert(0, "round_s", result["round_s"])
@@ -162,10 +175,13 @@ def summarize(raw: Any) -> Any:
 
     cols = ["startup_s", "round_s", "peak_pss_mb", "quality"]
     present = [c for c in cols if c in raw.columns]
-    med = raw.groupby(["registered", "sampled", "system"], sort=False)[present].median()
+    if "rows" not in raw.columns:
+        raw = raw.assign(rows=DEFAULT_ROWS)
+    keys = ["registered", "sampled", "rows"]
+    med = raw.groupby([*keys, "system"], sort=False)[present].median()
     med = med.reset_index()
     out = []
-    for (n, k), g in med.groupby(["registered", "sampled"], sort=False):
+    for (n, k, total), g in med.groupby(keys, sort=False):
         by = {r.system: r for r in g.itertuples()}
         fed, floor = by.get("fedray"), by.get("floor")
         if fed is None:
@@ -173,6 +189,7 @@ def summarize(raw: Any) -> Any:
         row: dict[str, Any] = {
             "registered": n,
             "sampled": k,
+            "rows": total,
             "fedray_round_s": fed.round_s,
             "fedray_startup_s": fed.startup_s,
             "fedray_peak_pss_mb": fed.peak_pss_mb,
@@ -230,7 +247,8 @@ def plot(summary: Any, path: Path) -> None:
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("fedray scaling on Synthetic(1, 1), 100,000 rows in all (2-core CPU)")
+    fig.suptitle("fedray scaling on Synthetic(1, 1), 100,000 rows in all; 1,000,000 clients: "
+                 "10 rows each (2-core CPU)")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -243,6 +261,11 @@ def _cell(row: Any, col: str, fmt: str) -> str:
     return format(value, fmt)
 
 
+def _rows(row: Any) -> str:
+    total = getattr(row, "rows", DEFAULT_ROWS)
+    return "" if total == DEFAULT_ROWS else f" ({total:,} rows)"
+
+
 def markdown(summary: Any) -> str:
     """The sweep as a Markdown table."""
     lines = [
@@ -252,7 +275,7 @@ def markdown(summary: Any) -> str:
     ]
     for r in summary.itertuples():
         lines.append(
-            f"| {r.registered:,} | {r.sampled:,} | {r.fedray_round_s:.3f} | "
+            f"| {r.registered:,}{_rows(r)} | {r.sampled:,} | {r.fedray_round_s:.3f} | "
             f"{_cell(r, 'floor_round_s', '.3f')} | {_cell(r, 'overhead_ms_per_client', '.2f')} | "
             f"{r.fedray_startup_s:.1f} | {r.fedray_peak_pss_mb / 1024:.2f} | "
             f"{_cell(r, 'naive_round_s', '.2f')} | {_cell(r, 'fedray_dedicated_round_s', '.3f')} |"
@@ -274,15 +297,23 @@ def nodes_markdown(placed: Any, registered: int, sampled: int) -> str:
     return "\n".join(lines)
 
 
-def _parse_point(text: str) -> tuple[int, int]:
-    n, _, k = text.partition(":")
+def _parse_point(text: str) -> tuple[int, int, int | None]:
+    """``N:K`` or ``N:K:ROWS`` (the total rows; default the config's 100,000).
+
+    >>> _parse_point("1000000:100:10000000"), _parse_point("1000:100")
+    ((1000000, 100, 10000000), (1000, 100, None))
+    """
+    parts = text.split(":")
     try:
-        point = (int(n), int(k or n))
+        n, k = int(parts[0]), int(parts[1] if len(parts) > 1 and parts[1] else parts[0])
+        rows = int(parts[2]) if len(parts) > 2 else None
+        if len(parts) > 3:
+            raise ValueError(text)
     except ValueError:
-        raise FedrayError(f"--grid {text!r}: expected N:K, e.g. 1000:100") from None
-    if point[1] > point[0]:
-        raise FedrayError(f"--grid {text!r}: K={point[1]} exceeds N={point[0]}; expected K <= N")
-    return point
+        raise FedrayError(f"--grid {text!r}: expected N:K or N:K:ROWS, e.g. 1000:100") from None
+    if k > n:
+        raise FedrayError(f"--grid {text!r}: K={k} exceeds N={n}; expected K <= N")
+    return n, k, rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -293,8 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(json.dumps(child(argv[1:])) + "\n")
         return 0
     p = argparse.ArgumentParser(prog="fedray bench scale", description=__doc__.split("\n")[0])
-    p.add_argument("--grid", nargs="*", default=[f"{n}:{k}" for n, k in GRID],
-                   help="registered:sampled points, e.g. 1000:1000 10000:100")  # fmt: skip
+    p.add_argument("--grid", nargs="*",
+                   default=[f"{n}:{k}" + (f":{r}" if r else "") for n, k, r in GRID],
+                   help="N:K[:ROWS] points, e.g. 1000:1000 1000000:100:10000000")  # fmt: skip
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--nodes", type=int, default=3, help="simulated nodes (0: skip that run)")

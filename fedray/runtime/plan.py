@@ -132,7 +132,7 @@ class HostPlan:
     @property
     def groups(self) -> list[tuple[int, ...]]:
         """Each host's client ids."""
-        return [s.client_ids for s in self.specs]
+        return [tuple(s.client_ids) for s in self.specs]
 
     @cached_property
     def host_of(self) -> dict[int, int]:

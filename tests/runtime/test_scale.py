@@ -137,6 +137,20 @@ def test_scale_summary_overhead_and_tables():
         scale._parse_point("10:20")
 
 
+def test_the_million_client_point_sets_its_rows_and_runs_fedray_alone():
+    assert (1_000_000, 100, 10_000_000) in scale.GRID
+    assert scale.systems(1_000_000, 100) == ["fedray"]
+    over = scale.overrides(1_000_000, 100, 6, 10_000_000)
+    assert "data.num_samples=10000000" in over and "strategy.clients_per_round=100" in over
+    rows = [{"registered": 1_000_000, "sampled": 100, "rows": 10_000_000, "system": "fedray",
+             "repeat": 0, "round_s": 0.05, "startup_s": 45.0, "peak_pss_mb": 10240.0,
+             "quality": 0.1}]  # fmt: skip
+    table = scale.markdown(scale.summarize(pd.DataFrame(rows)))
+    assert "| 1,000,000 (10,000,000 rows) | 100 | 0.050 | – | – | 45.0 | 10.00 | – | – |" in table
+    with pytest.raises(FedrayError, match="expected N:K or N:K:ROWS"):
+        scale._parse_point("10:5:x")
+
+
 def test_synthetic_total_too_small_names_the_minimum():
     from fedray.errors import DataError
 
