@@ -31,6 +31,13 @@ def fit(model_fn: Any, clients: Any, **kwargs: Any) -> RunHistory:
     return _fit(model_fn, clients, **kwargs)
 
 
+def sweep(config: Any, **kwargs: Any) -> Any:
+    """Run a grid of runs as Ray Tune trials; a DataFrame. See :func:`fedray.sweep.sweep`."""
+    from fedray.sweep import sweep as _sweep
+
+    return _sweep(config, **kwargs)
+
+
 from fedray import strategy  # noqa: E402 - light (numpy), so ``fedray.strategy.fedavg()`` works
 
-__all__ = ["__version__", "fit", "run", "strategy"]
+__all__ = ["__version__", "fit", "run", "strategy", "sweep"]

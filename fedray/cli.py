@@ -1,6 +1,7 @@
 """The ``fedray`` command line.
 
 ``fedray run CONFIG.yaml [--set key=value ...] [--out DIR] [--resume-if-exists] [--address A]``
+``fedray sweep CONFIG --grid KEY=[v1,v2] [--grid ...] [--seeds N] [--max-concurrent K] [--out DIR]``
 ``fedray cluster-token [--out .ray-token] [--force]``
 ``fedray plot RUN [RUN ...] [--out FILE.png] [--metric KEY]`` / ``fedray report RUN``
 ``fedray predict RUN --input FILE.csv [--output FILE.csv]``
@@ -66,6 +67,21 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--verbose", action="store_true", help="show TensorFlow's and Ray's start-up logs"
     )
+    sw = sub.add_parser(
+        "sweep", help="a grid of runs as Ray Tune trials (the same command again resumes it)"
+    )
+    sw.add_argument("config", help="path to a YAML config, e.g. experiments/linreg.yaml")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=[V1,V2,...]",
+                    help="a key and its values, e.g. client.learning_rate=[0.01,0.05]")  # fmt: skip
+    sw.add_argument("--seeds", type=int, default=1, help="runs per combination (seed, seed+1, ...)")
+    sw.add_argument("--max-concurrent", type=int, help="trials at once (default: one per CPU)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key in every trial (repeatable)")  # fmt: skip
+    sw.add_argument("--out", help="sweep directory (default: runs/sweep-<config>-<timestamp>)")
+    sw.add_argument("--metric", help="metric to rank by (default eval/accuracy, else a loss)")
+    sw.add_argument("--mode", choices=["min", "max"], help="lower or higher is better")
+    sw.add_argument("--address", help="Ray cluster to join: 'auto' or host:port (default: local)")
+    sw.add_argument("--no-progress", action="store_true", help="log lines instead of a table")
     ct = sub.add_parser(
         "cluster-token", help="write a new Ray auth token for a cluster (file mode 0600)"
     )
@@ -75,8 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("runs", nargs="+", help="run directories (the --out of fedray run)")
     pl.add_argument("--out", help="PNG path (default: RUN/curves.png of the first run)")
     pl.add_argument("--metric", action="append", help="metric column(s), e.g. eval/accuracy")
-    rp = sub.add_parser("report", help="print a summary table of a run")
-    rp.add_argument("run", help="run directory")
+    rp = sub.add_parser("report", help="print a summary table of a run or of a sweep")
+    rp.add_argument("run", help="run directory, or a sweep directory (fedray sweep --out)")
     pr = sub.add_parser("predict", help="predict with a run's model.keras on a CSV/Parquet file")
     pr.add_argument("run", help="run directory")
     pr.add_argument("--input", required=True, help="CSV or Parquet with the feature columns")
@@ -264,6 +280,31 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from fedray.sweep import parse_grid, sweep
+
+    if not args.grid:
+        raise FedrayError("fedray sweep needs at least one --grid KEY=[v1,v2,...]")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise FedrayError(f"--max-concurrent {args.max_concurrent}: expected an integer >= 1")
+    df = sweep(args.config, grid=parse_grid(args.grid), seeds=args.seeds, out=args.out,
+               overrides=args.overrides, max_concurrent=args.max_concurrent, metric=args.metric,
+               mode=args.mode, address=args.address,
+               progress=not args.no_progress and sys.stdout.isatty())  # fmt: skip
+    _print_sweep(df)
+    out = Path(df["out"].iloc[0]).parent.parent
+    print(f"outputs in {out} (sweep.csv, sweep.png, runs/)")
+    return 0 if (df["state"] == "TERMINATED").all() else 3
+
+
+def _print_sweep(df: object) -> None:
+    from rich.console import Console
+
+    from fedray.sweep import summary_table
+
+    Console(width=200).print(summary_table(df))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedray`` console script."""
     args = _parser().parse_args(argv)
@@ -284,11 +325,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = args.out or str(Path(args.runs[0]) / "curves.png")
             print(f"wrote {plot_runs(args.runs, out, args.metric)}")
             return 0
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "report":
             from rich.console import Console
 
             from fedray.reports import report
+            from fedray.sweep import PLAN, write
 
+            if (Path(args.run) / PLAN).is_file():
+                _print_sweep(write(args.run))
+                return 0
             Console().print(report(args.run))
             return 0
         if args.command == "predict":

@@ -50,6 +50,8 @@ LIGHT = [
     "fedray.runtime.ray_executor",
     "fedray.api",
     "fedray.cli",
+    "fedray.sweep",
+    "fedray.runtime.tune",
 ]
 
 

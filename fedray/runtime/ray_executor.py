@@ -41,7 +41,7 @@ from fedray.runtime.plan import (
     host_slots,
     tag,
 )
-from fedray.runtime.ray_host import RayClientHost, ShardStore, host_options
+from fedray.runtime.ray_host import RayClientHost, ShardStore, host_cpus, host_options, reservation
 from fedray.runtime.supervisor import Supervisor
 from fedray.secagg import SecAggError
 
@@ -80,7 +80,7 @@ class RayExecutor:
         import ray
 
         self._ray = ray
-        resources = ray.cluster_resources()
+        resources, trial = reservation()  # the whole cluster, or a sweep trial's bundles
         total_cpus = float(resources.get("CPU", 1.0))
         setting, gpus = config.runtime.clients_per_actor, config.runtime.gpus_per_host
         slots = host_slots(resources, gpus)
@@ -96,7 +96,7 @@ class RayExecutor:
                 slots,
                 "CPUs" if gpus is None else f"GPU shares of {gpus:g}",
             )
-        cpus_per_host = min(1.0, total_cpus / num_hosts)
+        cpus_per_host = host_cpus(total_cpus, num_hosts, trial)
         threads = max(1, math.floor(total_cpus / num_hosts))
         # In-memory shards go into the object store once, each; a store actor keeps
         # their refs, so a restarted host gets its shards back from the object store.
@@ -133,7 +133,7 @@ class RayExecutor:
                 num_cpus=cpus_per_host,
                 max_restarts=config.runtime.max_restarts,  # a restart reloads shards and model
                 max_task_retries=0,  # a call in flight when the host died fails its clients
-                **host_options(config, spec.client_ids),
+                **host_options(config, spec.client_ids, trial, i),
             ).remote(spec, store_name, i)
             for i, spec in enumerate(self.plan.specs)
         ]

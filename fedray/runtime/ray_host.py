@@ -9,8 +9,10 @@ hosts their in-memory shards again.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -72,8 +74,69 @@ class ShardStore:
         return self._refs[index]
 
 
-def host_options(config: Config, client_ids: tuple[int, ...]) -> dict[str, Any]:
+def trial_bundles() -> tuple[Any, list[dict[str, float]]] | None:
+    """The placement group this driver runs in, and the bundles reserved for its hosts.
+
+    A sweep trial (:mod:`fedray.runtime.tune`) is a whole run inside one placement
+    group: bundle 0 is the trial's driver, the others its hosts. Outside one: None.
+    """
+    from ray.util import get_current_placement_group
+
+    pg = get_current_placement_group()
+    if pg is None or len(pg.bundle_specs) < 2:
+        return None
+    return pg, [dict(b) for b in pg.bundle_specs[1:]]
+
+
+def bundle_resources(bundles: Sequence[dict[str, float]]) -> dict[str, float]:
+    """What the host bundles hold together (the executor packs its hosts for that).
+
+    >>> bundle_resources([{"CPU": 0.5}, {"CPU": 0.5, "GPU": 0.25}])
+    {'CPU': 1.0, 'GPU': 0.25}
+    """
+    out: dict[str, float] = {}
+    for b in bundles:
+        for k, v in b.items():
+            out[k] = out.get(k, 0.0) + float(v)
+    return out
+
+
+def reservation() -> tuple[dict[str, float], tuple[Any, list[dict[str, float]]] | None]:
+    """What this run's hosts may use: the cluster, or a sweep trial's bundles (and them)."""
+    import ray
+
+    trial = trial_bundles()
+    return (ray.cluster_resources() if trial is None else bundle_resources(trial[1])), trial
+
+
+def host_cpus(
+    total_cpus: float, hosts: int, trial: tuple[Any, list[dict[str, float]]] | None = None
+) -> float:
+    """Each host's ``num_cpus``: an even share, at most 1; in a trial, what its bundle holds.
+
+    Hosts go round-robin over a trial's bundles, so a bundle holds up to
+    ``ceil(hosts / bundles)`` of them.
+
+    >>> host_cpus(2.0, 4), host_cpus(8.0, 4), host_cpus(2.0, 3, (None, [{"CPU": 1.0}] * 2))
+    (0.5, 1.0, 0.5)
+    """
+    share = min(1.0, total_cpus / hosts)
+    if trial is not None:
+        fewest = min(b.get("CPU", 0.0) for b in trial[1])
+        share = min(share, fewest / math.ceil(hosts / len(trial[1])))
+    return share
+
+
+def host_options(
+    config: Config,
+    client_ids: Sequence[int],
+    trial: tuple[Any, list[dict[str, float]]] | None = None,
+    index: int = 0,
+) -> dict[str, Any]:
     """Ray scheduling options of one host: data placement, spreading and its GPU share.
+
+    Inside a sweep trial's placement group (``trial``), host ``index`` goes into bundle
+    ``1 + index % bundles``, so a trial's hosts never take another trial's CPUs.
 
     ``data.placement`` maps a client id to a custom resource that only the node(s)
     holding that client's data advertise (``ray start --resources='{"site_a": 1}'``);
@@ -91,7 +154,14 @@ def host_options(config: Config, client_ids: tuple[int, ...]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if wanted:
         options["resources"] = {wanted.pop(): 0.001}
-    if config.runtime.scheduling == "spread":
+    if trial is not None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        pg, bundles = trial
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            pg, placement_group_bundle_index=1 + index % len(bundles)
+        )
+    elif config.runtime.scheduling == "spread":
         options["scheduling_strategy"] = "SPREAD"
     if config.runtime.gpus_per_host is not None:
         options["num_gpus"] = config.runtime.gpus_per_host

@@ -1,0 +1,165 @@
+"""Sweeps on Ray Tune: each trial is a whole federated run inside its own placement group.
+
+:func:`run_sweep` starts (or joins) Ray and runs one Tune trial per
+:class:`~fedray.sweep.Trial`. A trial reserves, through a ``PlacementGroupFactory``,
+one small bundle for its driver (the Tune function that calls :func:`fedray.api.run`)
+and one bundle per host of its run; the run's :class:`RayExecutor` then places each
+host in its own bundle (:func:`fedray.runtime.ray_host.trial_bundles`), so concurrent
+trials never take each other's CPUs. With ``runtime.executor=local`` a trial is one
+bundle of its CPUs.
+
+Trials write ordinary run directories and checkpoint every ``checkpoint.every`` rounds;
+a restored Tune experiment (the same command again) restarts the unfinished trials,
+which resume from those checkpoints, and leaves the finished ones alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedray import config as config_mod
+from fedray.callbacks import Callback, Logs
+from fedray.checkpoint import FILENAME
+from fedray.config import Config
+from fedray.runtime.plan import clients_per_host, group_clients
+
+if TYPE_CHECKING:
+    from fedray.sweep import SweepPlan
+
+logger = logging.getLogger(__name__)
+
+DRIVER_CPU = 0.01
+"""The bundle of a trial's driver: it aggregates, but its hosts do the training."""
+
+
+def trial_bundles(cfg: Config, cpus: float) -> list[dict[str, float]]:
+    """A trial's placement group for ``cpus`` CPUs: its driver's bundle, then one per host.
+
+    >>> from fedray import config
+    >>> trial_bundles(config.load({"data": {"num_clients": 4}}), 2.0)
+    [{'CPU': 0.01}, {'CPU': 0.995}, {'CPU': 0.995}]
+    >>> trial_bundles(config.load({"runtime": {"executor": "local"}}), 1.0)
+    [{'CPU': 1.0}]
+    """
+    if cfg.runtime.executor == "local":
+        return [{"CPU": cpus}]
+    rt = cfg.runtime
+    slots = cpus if rt.gpus_per_host is None else max(1.0, cpus)
+    per_host = clients_per_host(rt.clients_per_actor, cfg.data.num_clients, slots)
+    hosts = len(group_clients(cfg.data.num_clients, per_host))
+    bundle = {"CPU": round((cpus - DRIVER_CPU) / hosts, 6)}
+    if rt.gpus_per_host is not None:
+        bundle["GPU"] = rt.gpus_per_host
+    return [{"CPU": DRIVER_CPU}] + [dict(bundle) for _ in range(hosts)]
+
+
+class _Report(Callback):
+    """Reports each round to Tune: the round and the sweep's metric."""
+
+    def __init__(self, metric: str | None, rounds: int) -> None:
+        self.metric, self.rounds = metric, rounds
+
+    def on_round_end(self, server_round: int, logs: Logs) -> None:
+        from ray import tune
+
+        value = logs.get(self.metric) if self.metric else None
+        if value is None:  # the default: the first of these the run logs
+            value = next((logs[m] for m in ("eval/accuracy", "eval/loss", "fit/loss") if m in logs),
+                         None)  # fmt: skip
+        result: dict[str, float] = {"round": server_round, "rounds": self.rounds}
+        if isinstance(value, (int, float)):
+            result["value"] = float(value)
+        tune.report(result)
+
+
+def _trial(params: dict[str, Any], *, sweep_dir: str, config: dict[str, Any]) -> None:
+    """One trial: the sweep's config plus this trial's overrides, as an ordinary run."""
+    import json
+
+    from fedray.api import run
+
+    trial = params["trial"]
+    out = Path(sweep_dir) / "runs" / trial["name"]
+    cfg = config_mod.load(config, trial["overrides"])
+    summary = out / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text())["final"].get("round") == cfg.rounds:
+        return  # finished before the sweep was interrupted: keep it as it is
+    metric = json.loads((Path(sweep_dir) / "sweep.json").read_text()).get("metric")
+    run(config, out=out, overrides=[*trial["overrides"], "runtime.progress=false"],
+        callbacks=[_Report(metric, cfg.rounds)], resume=(out / FILENAME).is_file())  # fmt: skip
+
+
+def run_sweep(
+    out: Path,
+    sweep: SweepPlan,
+    *,
+    max_concurrent: int | None = None,
+    address: str | None = None,
+    progress: bool = False,
+) -> dict[str, str]:
+    """Run (or resume) the sweep's trials on Ray Tune; their final states by name.
+
+    Raises:
+        FedrayError: No Ray cluster at ``address``, or too few CPUs for one trial.
+    """
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"  # trials read the config's relative paths
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # fedray logs its own
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from ray import tune
+
+    from fedray.runtime.connect import connect, shutdown
+    from fedray.runtime.tune_view import SweepView
+
+    started = connect(address, num_cpus=None, verbose=False)
+    try:
+        import ray
+
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        k = min(max_concurrent or max(1, int(cpus)), len(sweep.trials))
+        share = cpus / k
+        base = sweep.config
+
+        def resources(params: dict[str, Any]) -> Any:
+            cfg = config_mod.load(base, params["trial"]["overrides"])
+            return tune.PlacementGroupFactory(trial_bundles(cfg, share))
+
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, sweep_dir=str(out), config=base), resources
+        )
+        labels = {t.name: ", ".join(f"{k}={v}" for k, v in t.values.items()) for t in sweep.trials}
+        view = SweepView(labels, live=progress)
+        tune_dir = out / "tune"
+        if tune.Tuner.can_restore(str(tune_dir)):
+            logger.info("resuming the sweep in %s", out)
+            tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"trial": tune.grid_search([asdict(t) for t in sweep.trials])},
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=k,
+                    trial_name_creator=_name,
+                    trial_dirname_creator=_name,
+                ),
+                run_config=tune.RunConfig(
+                    name="tune", storage_path=str(out), verbose=0, callbacks=[view]
+                ),
+            )
+        logger.info("%d trials, %d at a time (%.2g CPUs each)", len(sweep.trials), k, share)
+        results = tuner.fit()
+        return {
+            r.config["trial"]["name"]: ("ERROR" if r.error else "TERMINATED")
+            for r in results
+            if r.config
+        }
+    finally:
+        if started:
+            shutdown()
+
+
+def _name(trial: Any) -> str:
+    return str(trial.config["trial"]["name"])
