@@ -32,8 +32,8 @@ def fit(model_fn: Any, clients: Any, **kwargs: Any) -> RunHistory:
 
 
 def sweep(config: Any, **kwargs: Any) -> Any:
-    """Run a grid of runs as Ray Tune trials; a DataFrame. See :func:`fedray.sweep.sweep`."""
-    from fedray.sweep import sweep as _sweep
+    """Run a grid of runs as Ray Tune trials; a DataFrame. See :func:`fedray.sweeps.sweep`."""
+    from fedray.sweeps import sweep as _sweep
 
     return _sweep(config, **kwargs)
 

@@ -281,7 +281,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from fedray.sweep import parse_grid, sweep
+    from fedray.sweeps import parse_grid, sweep
 
     if not args.grid:
         raise FedrayError("fedray sweep needs at least one --grid KEY=[v1,v2,...]")
@@ -300,7 +300,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _print_sweep(df: object) -> None:
     from rich.console import Console
 
-    from fedray.sweep import summary_table
+    from fedray.sweeps import summary_table
 
     Console(width=200).print(summary_table(df))
 
@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from rich.console import Console
 
             from fedray.reports import report
-            from fedray.sweep import PLAN, write
+            from fedray.sweeps import PLAN, write
 
             if (Path(args.run) / PLAN).is_file():
                 _print_sweep(write(args.run))

@@ -50,7 +50,7 @@ LIGHT = [
     "fedray.runtime.ray_executor",
     "fedray.api",
     "fedray.cli",
-    "fedray.sweep",
+    "fedray.sweeps",
     "fedray.runtime.tune",
 ]
 

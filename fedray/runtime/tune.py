@@ -1,7 +1,7 @@
 """Sweeps on Ray Tune: each trial is a whole federated run inside its own placement group.
 
 :func:`run_sweep` starts (or joins) Ray and runs one Tune trial per
-:class:`~fedray.sweep.Trial`. A trial reserves, through a ``PlacementGroupFactory``,
+:class:`~fedray.sweeps.Trial`. A trial reserves, through a ``PlacementGroupFactory``,
 one small bundle for its driver (the Tune function that calls :func:`fedray.api.run`)
 and one bundle per host of its run; the run's :class:`RayExecutor` then places each
 host in its own bundle (:func:`fedray.runtime.ray_host.trial_bundles`), so concurrent
@@ -28,7 +28,7 @@ from fedray.config import Config
 from fedray.runtime.plan import clients_per_host, group_clients
 
 if TYPE_CHECKING:
-    from fedray.sweep import SweepPlan
+    from fedray.sweeps import SweepPlan
 
 logger = logging.getLogger(__name__)
 

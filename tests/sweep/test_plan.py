@@ -8,7 +8,7 @@ import pytest
 
 from fedray import config
 from fedray.errors import ConfigError, FedrayError
-from fedray.sweep import SweepPlan, parse_grid, pick_metric, plan, table, write
+from fedray.sweeps import SweepPlan, parse_grid, pick_metric, plan, table, write
 from tests.conftest import ROOT
 
 LINREG = ROOT / "experiments" / "linreg.yaml"
@@ -107,7 +107,7 @@ def test_the_table_has_final_and_best_per_trial_and_the_plot_mean_and_std(tmp_pa
     assert r.loc["t000", "metric"] == "eval/loss" and r.loc["t000", "time_s"] == 3.5
     assert r.loc["t003", "rounds"] == 0
     assert (tmp_path / "sweep.csv").is_file() and (tmp_path / "sweep.png").stat().st_size > 10_000
-    from fedray.sweep import curves
+    from fedray.sweeps import curves
 
     stats, metric = curves(tmp_path)
     assert metric == "eval/loss"
@@ -158,3 +158,11 @@ def test_a_different_sweep_in_the_same_directory_is_refused(tmp_path, capsys):
     plan(LINREG, {"rounds": [1, 2]}).save(tmp_path)
     assert main(["sweep", str(LINREG), "--grid", "rounds=[1,3]", "--out", str(tmp_path)]) == 2
     assert "holds a different sweep" in capsys.readouterr().err
+
+
+def test_fedray_sweep_stays_the_function_after_the_module_is_imported():
+    import fedray
+    import fedray.sweeps
+
+    assert callable(fedray.sweep) and fedray.sweep.__module__ == "fedray"
+    assert fedray.sweeps.sweep.__doc__.startswith("Run every combination")
