@@ -206,7 +206,7 @@ def summarize(raw: Any) -> Any:
                 row[f"{name}_peak_pss_mb"] = other.peak_pss_mb
                 row[f"{name}_quality"] = other.quality
         out.append(row)
-    return pd.DataFrame(out)
+    return pd.DataFrame(out).sort_values(["registered", "sampled"], ignore_index=True)
 
 
 def plot(summary: Any, path: Path) -> None:
