@@ -213,9 +213,12 @@ def make_executor(
         return LocalExecutor(cfg, strategy.aggregator, **options), False
     from fedray.runtime.connect import connect, shutdown
     from fedray.runtime.ray_executor import RayExecutor
+    from fedray.runtime.warm import resolve_address
 
     rt = cfg.runtime
-    started = connect(rt.address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus, verbose=rt.verbose)
+    if (address := resolve_address(rt.address)) != rt.address:  # $FEDRAY_ADDRESS
+        cfg = cfg.model_copy(update={"runtime": rt.model_copy(update={"address": address})})
+    started = connect(address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus, verbose=rt.verbose)
     try:
         return RayExecutor(cfg, strategy.aggregator, **options), started
     except BaseException:

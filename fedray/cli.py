@@ -2,6 +2,7 @@
 
 ``fedray run CONFIG.yaml [--set key=value ...] [--out DIR] [--resume-if-exists] [--address A]``
 ``fedray sweep CONFIG --grid KEY=[v1,v2] [--grid ...] [--seeds N] [--max-concurrent K] [--out DIR]``
+``fedray up [--num-cpus N] [--hosts K]`` / ``fedray down``: a warm instance (``--address fedray``)
 ``fedray cluster-token [--out .ray-token] [--force]``
 ``fedray plot RUN [RUN ...] [--out FILE.png] [--metric KEY]`` / ``fedray report RUN``
 ``fedray predict RUN --input FILE.csv [--output FILE.csv]``
@@ -50,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set rounds=20 (repeatable)",
     )
     r.add_argument("--out", help="output directory (default: runs/<config>-<timestamp>)")
-    r.add_argument("--address", help="Ray cluster to join: 'auto' or host:port (default: local)")
+    r.add_argument("--address", help="Ray cluster to join: 'auto', host:port, or 'fedray' for the "
+                   "warm instance of `fedray up` (default: a private local one)")  # fmt: skip
     r.add_argument("--local", action="store_true", help="run clients in-process, without Ray")
     r.add_argument(
         "--resume",
@@ -82,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--mode", choices=["min", "max"], help="lower or higher is better")
     sw.add_argument("--address", help="Ray cluster to join: 'auto' or host:port (default: local)")
     sw.add_argument("--no-progress", action="store_true", help="log lines instead of a table")
+    upp = sub.add_parser("up", help="start a warm local Ray instance: hosts with TensorFlow loaded")
+    upp.add_argument("--num-cpus", type=int, help="its CPUs (default: this machine's)")
+    upp.add_argument("--hosts", type=int, help="warm hosts (default: one per CPU)")
+    sub.add_parser("down", help="stop exactly the instance `fedray up` started")
     ct = sub.add_parser(
         "cluster-token", help="write a new Ray auth token for a cluster (file mode 0600)"
     )
@@ -148,98 +154,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _distributed(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from fedray.privacy import DistributedPlan, distributed_epsilon
-    from fedray.privacy.distributed import calibrate
-
-    if not args.clients or not args.dim or args.dim < 1:
-        raise FedrayError("--distributed needs --clients N and --dim D (the model's size) >= 1")
-    try:
-        plan = DistributedPlan(args.distributed, args.noise_multiplier or 1.0, 1.0, args.dim,
-                               args.bits, args.sampling_rate * args.clients, args.clients,
-                               args.max_dropout)  # fmt: skip
-        if args.noise_multiplier is None:
-            z = calibrate(plan, args.target_epsilon, args.rounds, args.delta)
-            plan = replace(plan, noise_multiplier=z)
-            print(f"noise_multiplier z = {z:.4f} for ε <= {args.target_epsilon:g} per client")
-    except ValueError as exc:
-        raise FedrayError(f"--distributed {args.distributed}: {exc}") from None
-    eps = distributed_epsilon(plan, args.rounds, args.delta)
-    print(
-        f"{args.distributed}: z={plan.noise_multiplier:g}, d={args.dim}, "
-        f"m={plan.expected_clients:g} (m_min={plan.min_survivors}), {args.bits} bits "
-        f"(modulus 2^{plan.modulus_bits})"
-    )
-    print(
-        f"ε per client after {args.rounds} releases at δ={args.delta:g}: {eps:.4f} "
-        "(against the server: no amplification by sampling)"
-    )
-    return 0
-
-
-def _privacy(args: argparse.Namespace) -> int:
-    from fedray.privacy import calibrate_noise_multiplier, dpfedavg_epsilon
-
-    q, rounds, delta = args.sampling_rate, args.rounds, args.delta
-    problems = []
-    if not 0 < q <= 1:
-        problems.append(f"--sampling-rate = {q}: expected 0 < q <= 1")
-    if rounds < 1:
-        problems.append(f"--rounds = {rounds}: expected an integer >= 1")
-    if not 0 < delta < 1:
-        problems.append(f"--delta = {delta}: expected 0 < δ < 1, e.g. 1e-5")
-    if args.noise_multiplier is not None and args.noise_multiplier < 0:
-        problems.append(f"--noise-multiplier = {args.noise_multiplier}: expected z >= 0")
-    if args.target_epsilon is not None and args.target_epsilon <= 0:
-        problems.append(f"--target-epsilon = {args.target_epsilon}: expected ε > 0")
-    if args.sampling == "fixed" and not args.clients:
-        problems.append("--sampling fixed needs --clients N")
-    m, sigma_b = args.expected_clients, args.count_stddev
-    if m is not None and not m > 0:
-        problems.append(f"--expected-clients = {m}: expected m > 0")
-    if sigma_b is not None and (m is None or not sigma_b > 0):
-        problems.append(f"--count-stddev = {sigma_b}: expected σ_b > 0, with --expected-clients")
-    if problems:
-        raise FedrayError("; ".join(problems))
-    if args.distributed:
-        return _distributed(args)
-    common = {"sampling": args.sampling, "population": args.clients}
-    z = args.noise_multiplier
-    if z is None:
-        try:
-            z = calibrate_noise_multiplier(args.target_epsilon, q, rounds, delta, **common)
-        except ValueError as exc:
-            raise FedrayError(f"--target-epsilon = {args.target_epsilon}: {exc}") from None
-        print(f"noise_multiplier z = {z:.4f} for ε <= {args.target_epsilon:g} (RDP)")
-    print(f"z={z:g} q={q:g} T={rounds} δ={delta:g} ({args.sampling} sampling)")
-    if m is not None:  # adaptive clipping: the run's own ledger prices these events
-        from fedray.privacy import DPFedAvgAccountant, split_noise
-
-        sigma_b = sigma_b if sigma_b is not None else m / 20
-        try:
-            z_delta = split_noise(z, sigma_b)
-        except ValueError as exc:
-            raise FedrayError(f"--count-stddev = {sigma_b:g}: {exc}") from None
-        print(
-            f"adaptive clipping: m={m:g}, σ_b={sigma_b:g}: updates z_Δ = {z_delta:.4f}, "
-            f"centred count 2σ_b = {2 * sigma_b:g}"
-        )
-        ledger = DPFedAvgAccountant(z, q, delta, count_noise_multiplier=2 * sigma_b, **common)
-        ledger.rounds = rounds
-        print(f"ε (RDP) = {ledger.epsilon():.4f}")
-        if args.sampling == "poisson":
-            print(f"ε (PLD) = {ledger.epsilon(method='pld'):.4f}")
-        return 0
-    eps_rdp = dpfedavg_epsilon(z, q, rounds, delta, **common)
-    print(f"ε (RDP) = {eps_rdp:.4f}")
-    if args.sampling == "poisson":
-        eps_pld = dpfedavg_epsilon(z, q, rounds, delta, method="pld")
-        print(f"ε (PLD) = {eps_pld:.4f}")
-    return 0
-
-
 def _run(args: argparse.Namespace) -> int:
     from fedray.api import run
 
@@ -297,6 +211,28 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0 if (df["state"] == "TERMINATED").all() else 3
 
 
+def _warm(args: argparse.Namespace) -> int:
+    import time
+
+    from fedray.runtime import warm
+
+    if args.command == "down":
+        state = warm.UpState.load()
+        killed = warm.down()
+        print(f"stopped the warm instance ({killed} processes)" if state else "no warm instance")
+        return 0
+    for flag, value in (("--num-cpus", args.num_cpus), ("--hosts", args.hosts)):
+        if value is not None and value < 1:
+            raise FedrayError(f"{flag} {value}: expected an integer >= 1")
+    t0 = time.perf_counter()
+    state = warm.up(args.num_cpus, args.hosts)
+    print(f"warm instance up in {time.perf_counter() - t0:.1f} s: {state.cpus:g} CPUs, "
+          f"{state.hosts} hosts with TensorFlow loaded")  # fmt: skip
+    print(f"use it: fedray run CONFIG --address {warm.ADDRESS}   (or export "
+          f"{warm.ENV}={warm.ADDRESS}); stop it: fedray down")  # fmt: skip
+    return 0
+
+
 def _print_sweep(df: object) -> None:
     from rich.console import Console
 
@@ -327,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "sweep":
             return _sweep(args)
+        if args.command in ("up", "down"):
+            return _warm(args)
         if args.command == "report":
             from rich.console import Console
 
@@ -358,7 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {Path(out) / 'audit.csv'} and {Path(out) / 'audit.png'}")
             return 0
         if args.command == "privacy":
-            return _privacy(args)
+            from fedray.cli_privacy import privacy
+
+            return privacy(args)
         if args.command == "bench" and args.suite == "secagg":
             from fedray.bench import secagg
 

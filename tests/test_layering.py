@@ -52,6 +52,8 @@ LIGHT = [
     "fedray.cli",
     "fedray.sweeps",
     "fedray.runtime.tune",
+    "fedray.runtime.warm",
+    "fedray.cli_privacy",
 ]
 
 

@@ -120,6 +120,9 @@ def connect(
 ) -> bool:
     """Start a private local Ray instance (``address`` None) or join a cluster.
 
+    ``address`` ``"fedray"`` joins the warm instance of ``fedray up``
+    (:mod:`fedray.runtime.warm`).
+
     ``num_gpus`` sets the private instance's GPUs (None: Ray detects them); on a machine
     without GPUs a number simulates them, for scheduling only.
 
@@ -130,6 +133,10 @@ def connect(
     Returns:
         True when this call started Ray (so the caller should shut it down).
     """
+    if address == "fedray":  # its token must be in the environment before Ray is imported
+        from fedray.runtime.warm import join
+
+        warm_address = join()
     import ray
 
     if ray.is_initialized():
@@ -144,7 +151,11 @@ def connect(
         "log_to_driver": verbose,
         "configure_logging": True,
     }
-    if address is None:
+    if address == "fedray":  # `fedray up`'s warm instance
+        from fedray.runtime.warm import NAMESPACE
+
+        ray.init(address=warm_address, namespace=NAMESPACE, **kwargs)
+    elif address is None:
         ray.init(
             address="local",
             num_cpus=num_cpus or os.cpu_count() or 1,

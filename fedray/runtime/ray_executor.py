@@ -32,6 +32,7 @@ from fedray.records import (
     PartialSum,
     RoundInfo,
 )
+from fedray.runtime import warm
 from fedray.runtime.plan import (
     MAX_RERUNS,
     HostPlan,
@@ -41,7 +42,7 @@ from fedray.runtime.plan import (
     host_slots,
     tag,
 )
-from fedray.runtime.ray_host import RayClientHost, ShardStore, host_cpus, host_options, reservation
+from fedray.runtime.ray_host import ShardStore, host_cpus, reservation, start_hosts
 from fedray.runtime.supervisor import Supervisor
 from fedray.secagg import SecAggError
 
@@ -127,16 +128,12 @@ class RayExecutor:
         if source is not None:
             store = ray.remote(ShardStore).options(num_cpus=0, name=store_name)
             self._store = store.remote(host_refs)
-        remote_host = ray.remote(RayClientHost)
-        self.hosts = [
-            remote_host.options(
-                num_cpus=cpus_per_host,
-                max_restarts=config.runtime.max_restarts,  # a restart reloads shards and model
-                max_task_retries=0,  # a call in flight when the host died fails its clients
-                **host_options(config, spec.client_ids, trial, i),
-            ).remote(spec, store_name, i)
-            for i, spec in enumerate(self.plan.specs)
-        ]
+        self._warm = config.runtime.address == warm.ADDRESS  # `fedray up`'s loaded hosts
+        self.hosts = (
+            warm.acquire(list(self.plan.specs), store_name)
+            if self._warm
+            else start_hosts(config, self.plan.specs, store_name, cpus_per_host, trial)
+        )
         self._num_clients = config.data.num_clients
         self._round_timeout_s = config.runtime.round_timeout_s
         self.supervisor = Supervisor(self.hosts, groups, config.runtime.restart_timeout_s)
@@ -386,7 +383,9 @@ class RayExecutor:
 
     def close(self) -> None:
         """Kill the host actors (and the shard store, which frees the shards)."""
-        for h in self.hosts:
+        if self._warm:  # give the warm hosts back, empty
+            warm.release(self.hosts)
+        for h in [] if self._warm else self.hosts:
             self._ray.kill(h)
         self.hosts = []
         if self._store is not None:

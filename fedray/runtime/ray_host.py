@@ -166,3 +166,25 @@ def host_options(
     if config.runtime.gpus_per_host is not None:
         options["num_gpus"] = config.runtime.gpus_per_host
     return options
+
+
+def start_hosts(
+    config: Config,
+    specs: Sequence[HostSpec],
+    store: str,
+    cpus_per_host: float,
+    trial: tuple[Any, list[dict[str, float]]] | None = None,
+) -> list[Any]:
+    """One :class:`RayClientHost` actor per spec (cold: each imports TensorFlow)."""
+    import ray
+
+    remote_host = ray.remote(RayClientHost)
+    return [
+        remote_host.options(
+            num_cpus=cpus_per_host,
+            max_restarts=config.runtime.max_restarts,  # a restart reloads shards and model
+            max_task_retries=0,  # a call in flight when the host died fails its clients
+            **host_options(config, spec.client_ids, trial, i),
+        ).remote(spec, store, i)
+        for i, spec in enumerate(specs)
+    ]

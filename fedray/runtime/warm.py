@@ -1,0 +1,359 @@
+"""Warm runs: ``fedray up`` keeps a local Ray instance with hosts that have TensorFlow loaded.
+
+``fedray up`` starts a Ray head of its own (its own temp dir, ports and auth token) and
+one detached :class:`WarmHost` per CPU, each of which imports TensorFlow and Keras and
+runs one tiny traced step, so the expensive parts of a host's start are paid once.
+``fedray run CONFIG --address fedray`` (or ``FEDRAY_ADDRESS=fedray``) joins that instance
+and loads its hosts with the run's spec; at the end it unloads them.
+
+Isolation: a host is loaded by calling the same constructor a cold host runs, after
+dropping every attribute the previous run left and clearing Keras's global state, so a
+warm run equals a cold one bit for bit (same seeds, same host layout). The hosts serve
+one run at a time: a :class:`WarmRegistry` records which driver holds them (a dead
+driver's hold lapses) and each host's current spec, so a warm host that crashes is
+restarted by Ray and reloads the same spec, as a cold one would.
+
+``fedray down`` kills exactly the processes of that instance (its temp dir, its client
+server's port), never ``ray stop``, which would stop every Ray instance on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fedray.client.spec import HostSpec
+from fedray.errors import FedrayError
+from fedray.runtime.ray_host import RayClientHost
+
+logger = logging.getLogger(__name__)
+
+ADDRESS = "fedray"
+"""``runtime.address`` (``--address``) of the warm instance."""
+ENV = "FEDRAY_ADDRESS"
+"""Set to ``fedray`` to use the warm instance when ``runtime.address`` is unset."""
+DIR_ENV = "FEDRAY_UP_DIR"
+"""Where ``fedray up`` keeps its state (default ``~/.cache/fedray/up``)."""
+NAMESPACE = "fedray-warm"
+REGISTRY = "registry"
+
+
+def state_dir() -> Path:
+    """The warm instance's state directory."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fedray" / "up"
+    return Path(os.environ.get(DIR_ENV) or default)
+
+
+@dataclass(frozen=True)
+class UpState:
+    """What ``fedray up`` started: enough to join it and to stop exactly it."""
+
+    address: str
+    temp_dir: str
+    client_port: int
+    cpus: float
+    hosts: int
+    threads: int
+
+    def save(self) -> None:
+        """Write ``up.json`` into :func:`state_dir`."""
+        (state_dir() / "up.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls) -> UpState | None:
+        """The running instance's state, or None when none was started."""
+        path = state_dir() / "up.json"
+        if not path.is_file():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+def resolve_address(address: str | None) -> str | None:
+    """``runtime.address``, or ``$FEDRAY_ADDRESS`` when it is unset.
+
+    >>> resolve_address("auto"), resolve_address(None) if ENV not in os.environ else None
+    ('auto', None)
+    """
+    return address if address is not None else os.environ.get(ENV) or None
+
+
+def auth_env(token: str) -> dict[str, str]:
+    """The environment that lets a Ray client into the warm instance (token auth)."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _token() -> str:
+    return (state_dir() / "token").read_text().strip()
+
+
+def join() -> str:
+    """Point this process's Ray client at the warm instance; its GCS address.
+
+    Raises:
+        FedrayError: No warm instance is up.
+    """
+    state = UpState.load()
+    if state is None:
+        raise FedrayError(
+            f"runtime.address = {ADDRESS!r}: no warm instance is up; start one with "
+            "`fedray up` (or unset runtime.address / FEDRAY_ADDRESS for a private instance)"
+        )
+    os.environ.update(auth_env(_token()))
+    return state.address
+
+
+class WarmRegistry:
+    """Which driver holds the warm hosts, and each host's current spec (for restarts)."""
+
+    def __init__(self) -> None:
+        self.owner: tuple[str, int] | None = None
+        self.loaded: dict[int, tuple[HostSpec, str, int]] = {}
+
+    def acquire(self, owner: tuple[str, int]) -> str | None:
+        """Hold the hosts for ``owner`` (host name, pid); else why they are busy."""
+        if self.owner is not None and self.owner != owner and _alive(self.owner):
+            return f"the warm hosts are busy with another run (pid {self.owner[1]})"
+        self.owner, self.loaded = owner, {}
+        return None
+
+    def put(self, index: int, spec: HostSpec, store: str) -> None:
+        """Host ``index`` now serves ``spec`` (a restart reloads it)."""
+        self.loaded[index] = (spec, store, index)
+
+    def current(self, index: int) -> tuple[HostSpec, str, int] | None:
+        """What host ``index`` serves, or None."""
+        return self.loaded.get(index)
+
+    def release(self, owner: tuple[str, int]) -> None:
+        """``owner``'s run is over."""
+        if self.owner == owner:
+            self.owner, self.loaded = None, {}
+
+
+def _alive(owner: tuple[str, int]) -> bool:
+    """Whether the driver ``owner`` still runs (a different machine's is assumed alive)."""
+    import psutil
+
+    host, pid = owner
+    return host != socket.gethostname() or psutil.pid_exists(pid)
+
+
+def _warm_up() -> None:
+    """Build, compile and run one step of a tiny model: TensorFlow's runtime, initialised."""
+    import keras
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.train_on_batch(np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32))
+    keras.backend.clear_session()
+
+
+class WarmHost(RayClientHost):
+    """A client host that imports TensorFlow once and then serves run after run.
+
+    It starts empty; :meth:`load` runs the cold host's constructor with a run's spec,
+    and :meth:`unload` drops everything that run left.
+    """
+
+    def __init__(self, index: int, threads: int) -> None:
+        from fedray.client.devices import configure_tensorflow
+
+        self._index, self._threads = index, threads
+        configure_tensorflow(threads, verbose=False)
+        _warm_up()
+        import ray
+
+        loaded = ray.get(ray.get_actor(REGISTRY, namespace=NAMESPACE).current.remote(index))
+        if loaded is not None:  # restarted by Ray while a run held it
+            self.load(*loaded)
+
+    def warm(self) -> dict[str, Any]:
+        """Facts of the empty host."""
+        return {"pid": os.getpid(), "index": self._index, "threads": self._threads}
+
+    def load(self, spec: HostSpec, store: str = "", index: int = 0) -> None:
+        """Become a host of ``spec``: exactly what a cold host's constructor does."""
+        self.unload()
+        RayClientHost.__init__(self, spec, store, index)
+
+    def unload(self) -> None:
+        """Drop the run: its data, model, client state and Keras's global state."""
+        keep = {"_index": self._index, "_threads": self._threads}
+        self.__dict__.clear()
+        self.__dict__.update(keep)
+        import keras
+
+        keras.backend.clear_session()
+        gc.collect()
+
+
+def acquire(specs: list[HostSpec], store: str) -> list[Any]:
+    """Hold the warm hosts for this driver and load ``specs`` into them; their handles.
+
+    Raises:
+        FedrayError: Busy with another run, or the run needs more hosts than are warm.
+    """
+    import ray
+
+    state = UpState.load()
+    warm = state.hosts if state is not None else 0
+    if specs and specs[0].gpu is not None:
+        raise FedrayError(
+            f"runtime.address = {ADDRESS!r} does not work with runtime.gpus_per_host: warm "
+            "hosts set up their TensorFlow at `fedray up`, before any GPU share is known"
+        )
+    if len(specs) > warm:
+        raise FedrayError(
+            f"runtime.address = {ADDRESS!r}: the run needs {len(specs)} hosts but `fedray up` "
+            f"started {warm}; lower runtime.clients_per_actor's host count or `fedray up "
+            f"--hosts {len(specs)}`"
+        )
+    registry = ray.get_actor(REGISTRY, namespace=NAMESPACE)
+    busy = ray.get(registry.acquire.remote(owner()))
+    if busy:
+        raise FedrayError(f"runtime.address = {ADDRESS!r}: {busy}; wait for it to finish")
+    hosts = [ray.get_actor(f"host-{i}", namespace=NAMESPACE) for i in range(len(specs))]
+    ray.get([registry.put.remote(i, spec, store) for i, spec in enumerate(specs)])
+    ray.get(
+        [
+            h.load.remote(spec, store, i)
+            for i, (h, spec) in enumerate(zip(hosts, specs, strict=False))
+        ]
+    )
+    return hosts
+
+
+def release(hosts: list[Any]) -> None:
+    """Unload the hosts and give them back."""
+    import ray
+
+    with contextlib.suppress(ray.exceptions.RayError):
+        ray.get([h.unload.remote() for h in hosts], timeout=60)
+        ray.get(ray.get_actor(REGISTRY, namespace=NAMESPACE).release.remote(owner()))
+
+
+def owner() -> tuple[str, int]:
+    """This driver, as the registry knows it."""
+    return socket.gethostname(), os.getpid()
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def up(num_cpus: int | None = None, hosts: int | None = None, timeout_s: float = 180) -> UpState:
+    """Start the warm instance: a Ray head of its own and ``hosts`` warm hosts.
+
+    Raises:
+        FedrayError: One is up already, or Ray did not start.
+    """
+    if (state := UpState.load()) is not None and Path(state.temp_dir).is_dir():
+        raise FedrayError(
+            f"a warm instance is up already ({state.address}, {state.hosts} hosts); "
+            "`fedray down` stops it"
+        )
+    cpus = num_cpus or os.cpu_count() or 1
+    count = hosts or cpus
+    if count < 1:
+        raise FedrayError(f"--hosts {hosts}: expected an integer >= 1")
+    d = state_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(32)
+    fd = os.open(d / "token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    temp_dir = tempfile.mkdtemp(prefix="fedray-up-", dir="/tmp")  # short: Ray's socket paths
+    gcs, client, agent, nm, om, metrics, rte, agrpc, dash = _free_ports(9)
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    cmd = [ray_cli, "start", "--head", f"--port={gcs}", f"--num-cpus={cpus}",
+           f"--temp-dir={temp_dir}", "--include-dashboard=false", f"--dashboard-port={dash}",
+           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+           f"--node-manager-port={nm}", f"--object-manager-port={om}",
+           f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rte}",
+           f"--dashboard-agent-grpc-port={agrpc}", "--disable-usage-stats"]  # fmt: skip
+    env = {**os.environ, **auth_env(token)}
+    state = UpState(f"127.0.0.1:{gcs}", temp_dir, client, float(cpus), count,
+                    max(1, cpus // count))  # fmt: skip
+    state.save()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    if res.returncode != 0:
+        down()
+        raise FedrayError(f"fedray up: `ray start` failed: {(res.stderr or res.stdout)[-500:]}")
+    try:
+        _start_hosts(state, token)
+    except BaseException:
+        down()
+        raise
+    return state
+
+
+def _start_hosts(state: UpState, token: str) -> None:
+    os.environ.update(auth_env(token))  # before Ray is imported: it reads them then
+    import ray
+
+    ray.init(address=state.address, namespace=NAMESPACE, logging_level=logging.ERROR,
+             log_to_driver=False)  # fmt: skip
+    try:
+        ray.remote(WarmRegistry).options(name=REGISTRY, lifetime="detached", num_cpus=0).remote()
+        warm = ray.remote(WarmHost)
+        share = min(1.0, state.cpus / state.hosts)
+        hosts = [
+            warm.options(
+                name=f"host-{i}",
+                lifetime="detached",
+                num_cpus=share,
+                max_restarts=-1,
+                max_task_retries=0,
+            ).remote(i, state.threads)
+            for i in range(state.hosts)
+        ]
+        ray.get([h.warm.remote() for h in hosts])
+    finally:
+        ray.shutdown()
+
+
+def down() -> int:
+    """Stop the warm instance: kill exactly its processes; how many were killed."""
+    import psutil
+
+    state = UpState.load()
+    if state is None:
+        return 0
+    marks = (state.temp_dir, f"--ray-client-server-port={state.client_port}")
+    victims: set[Any] = set()
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if any(m in cmd for m in marks) and p.pid != os.getpid():
+                victims.add(p)
+                victims.update(p.children(recursive=True))  # workers rename themselves
+    for p in victims:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(list(victims), timeout=10)
+    time.sleep(0.2)
+    shutil.rmtree(state.temp_dir, ignore_errors=True)
+    shutil.rmtree(state_dir(), ignore_errors=True)
+    return len(victims)

@@ -1,0 +1,117 @@
+"""Warm runs: `fedray up` / `fedray down`, and warm hosts that never leak one run into the next."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from fedray.errors import FedrayError
+from fedray.runtime import warm
+from tests.conftest import ROOT
+
+LINREG = str(ROOT / "experiments" / "linreg.yaml")
+
+
+def test_the_registry_holds_the_hosts_for_one_live_driver_at_a_time():
+    reg = warm.WarmRegistry()
+    me = warm.owner()
+    assert reg.acquire(me) is None
+    reg.put(0, "spec", "store")
+    assert reg.current(0) == ("spec", "store", 0)
+    other = (me[0], os.getppid())  # alive
+    assert "busy with another run" in reg.acquire(other)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    reg.release(me)
+    assert reg.acquire((me[0], dead.pid)) is None  # nobody held them
+    assert reg.acquire(me) is None  # a dead driver's hold lapses
+    assert reg.current(0) is None  # and its specs are gone
+
+
+def test_joining_without_a_warm_instance_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv(warm.DIR_ENV, str(tmp_path / "none"))
+    with pytest.raises(FedrayError, match="no warm instance is up; start one with `fedray up`"):
+        warm.join()
+    monkeypatch.setenv(warm.ENV, "fedray")
+    assert warm.resolve_address(None) == "fedray" and warm.resolve_address("auto") == "auto"
+
+
+def _fedray(*args, env, timeout=300):
+    return subprocess.run([sys.executable, "-m", "fedray", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def _ray_pids(parent):
+    import psutil
+
+    kids = psutil.Process(parent).children(recursive=True)
+    return [p.pid for p in kids if any(n in p.name() for n in ("gcs_server", "raylet"))]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_warm_runs_equal_cold_runs_bit_for_bit_and_down_stops_only_its_instance(tmp_path):
+    env = {**os.environ, warm.DIR_ENV: str(tmp_path / "up"), "PYTHONPATH": str(ROOT)}
+    # A bystander: another Ray instance on this machine, which `fedray down` must not touch.
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import ray, time; ray.init(num_cpus=1, include_dashboard=False);"
+         " print('up', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert bystander.stdout.readline().strip() == "up"
+    theirs = _ray_pids(bystander.pid)
+    assert len(theirs) >= 2
+    try:
+        res = _fedray("up", "--num-cpus", "2", env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "2 hosts with TensorFlow loaded" in res.stdout
+        state = json.loads((tmp_path / "up" / "up.json").read_text())
+        again = _fedray("up", env=env)
+        assert again.returncode == 2 and "a warm instance is up already" in again.stderr
+        # Run A, then B, on the warm hosts; then B cold. B must not remember A.
+        a = ["--set", "client.learning_rate=0.02", "--set", "rounds=4"]
+        b = ["--set", "data.dataset=blobs", "--set", "data.num_samples=400",
+             "--set", "client.loss=sparse_categorical_crossentropy",
+             "--set", "client.metrics=[accuracy]", "--set", "model.name=mlp",
+             "--set", "model.hidden=[8]", "--set", "rounds=3",
+             "--set", "evaluation.predict=null"]  # fmt: skip
+        for name, sets in (("a", a), ("b", b)):
+            res = _fedray("run", LINREG, "--address", "fedray", "--no-progress",
+                          "--out", str(tmp_path / name), *sets, env=env)  # fmt: skip
+            assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+        cold = _fedray("run", LINREG, "--no-progress", "--out", str(tmp_path / "cold"), *b,
+                       env={k: v for k, v in env.items() if k != warm.ENV})  # fmt: skip
+        assert cold.returncode == 0, cold.stderr[-3000:]
+        import keras
+
+        wm = keras.saving.load_model(tmp_path / "b" / "model.keras")
+        cm = keras.saving.load_model(tmp_path / "cold" / "model.keras")
+        for w, c in zip(wm.get_weights(), cm.get_weights()):
+            np.testing.assert_array_equal(w, c)
+        import pandas as pd
+
+        wrows = pd.read_csv(tmp_path / "b" / "metrics.csv")
+        crows = pd.read_csv(tmp_path / "cold" / "metrics.csv")
+        for col in ("fit/loss", "eval/loss", "eval/accuracy"):
+            np.testing.assert_array_equal(wrows[col], crows[col])
+        ws = json.loads((tmp_path / "b" / "summary.json").read_text())
+        cs = json.loads((tmp_path / "cold" / "summary.json").read_text())
+        assert ws["config"]["runtime"]["address"] == "fedray"
+        assert ws["time"]["startup_s"] < cs["time"]["startup_s"]
+    finally:
+        down = _fedray("down", env=env)
+        bystander.kill()
+        bystander.wait()
+    assert down.returncode == 0 and "stopped the warm instance" in down.stdout
+    time.sleep(1)
+    import psutil
+
+    left = [p for p in psutil.process_iter(["cmdline"])
+            if state["temp_dir"] in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    assert left == []
+    assert all(psutil.pid_exists(pid) for pid in theirs), "fedray down killed another instance"
+    assert not (tmp_path / "up" / "up.json").exists()
+    assert "no warm instance" in _fedray("down", env=env).stdout
