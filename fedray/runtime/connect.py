@@ -101,6 +101,44 @@ def route_worker_errors() -> None:
     ray_worker.print_to_stdstream = route
 
 
+def free_port() -> int:
+    """A TCP port no process listens on now."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def own_agent_port() -> Iterator[int | None]:
+    """Give the private instance's dashboard agent a free port instead of Ray's fixed 52365.
+
+    ``ray.init`` offers no option for it, and when another Ray instance on the machine
+    (``fedray up``, a second run, a parallel test) already listens on 52365, the agent
+    retries with backoff for 3.3 s, during which the raylet, and so ``ray.init``, waits.
+    This sets the default of Ray's private ``RayParams`` for the duration of the call
+    (Ray 2.60); a Ray without that parameter is left alone. Yields the port, or None.
+    """
+    import inspect
+
+    from ray._private import parameter
+
+    init = parameter.RayParams.__init__
+    if "dashboard_agent_listen_port" not in inspect.signature(init).parameters:
+        yield None
+        return
+    port = free_port()
+
+    def with_port(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("dashboard_agent_listen_port", port)
+        init(self, *args, **kwargs)
+
+    parameter.RayParams.__init__ = with_port
+    try:
+        yield port
+    finally:
+        parameter.RayParams.__init__ = init
+
+
 JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 """Set by Ray's job supervisor in a submitted job's entrypoint (with ``RAY_ADDRESS``)."""
 
@@ -156,13 +194,14 @@ def connect(
 
         ray.init(address=warm_address, namespace=NAMESPACE, **kwargs)
     elif address is None:
-        ray.init(
-            address="local",
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
-            **({} if num_gpus is None else {"num_gpus": num_gpus}),
-            **kwargs,
-        )
+        with own_agent_port():
+            ray.init(
+                address="local",
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                include_dashboard=False,
+                **({} if num_gpus is None else {"num_gpus": num_gpus}),
+                **kwargs,
+            )
     else:
         probe_address(address)
         try:
