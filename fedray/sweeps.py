@@ -335,6 +335,11 @@ def sweep(
     """
     from fedray.runtime.tune import run_sweep
 
+    if address == "fedray":
+        raise ConfigError(
+            "--address fedray: the warm hosts of `fedray up` serve one run at a time; a sweep "
+            "starts each trial's own hosts (leave --address unset, or give a cluster's)"
+        )
     sweep_plan = plan(config, grid, seeds=seeds, overrides=overrides, metric=metric, mode=mode)
     out_dir = Path(out) if out is not None else default_out(config)
     if (out_dir / PLAN).is_file():

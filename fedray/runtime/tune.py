@@ -82,6 +82,7 @@ def _trial(params: dict[str, Any], *, sweep_dir: str, config: dict[str, Any]) ->
 
     from fedray.api import run
 
+    os.environ.pop("FEDRAY_ADDRESS", None)  # a trial's hosts are its own, never warm ones
     trial = params["trial"]
     out = Path(sweep_dir) / "runs" / trial["name"]
     cfg = config_mod.load(config, trial["overrides"])

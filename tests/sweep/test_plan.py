@@ -139,6 +139,7 @@ def test_the_default_metric_and_mode():
         (["--grid", "client.nope=[1,2]"], "sweep trial client.nope=1, seed=0: .*client.nope"),
         (["--grid", "rounds=[1]", "--seeds", "0"], "--seeds 0: expected an integer >= 1"),
         (["--grid", "rounds=[1]", "--max-concurrent", "0"], "--max-concurrent 0: expected"),
+        (["--grid", "rounds=[1]", "--address", "fedray"], "--address fedray: the warm hosts"),
     ],
 )
 def test_sweep_cli_mistakes_are_one_line_and_exit_2(args, message, capsys):
