@@ -186,9 +186,9 @@ def pick_metric(columns: Iterable[str], metric: str | None, mode: str | None) ->
 def table(out: str | Path, states: Mapping[str, str] | None = None) -> Any:
     """The sweep as a DataFrame, one row per trial, from the trials' run directories.
 
-    ``states`` are Tune's trial states by trial name (a resumed or reported sweep
-    reads them from the run directories: ``TERMINATED`` when a run finished,
-    ``ERROR`` when ``failures.csv`` ended it, else ``PENDING``).
+    ``states`` are Tune's trial states by trial name (a reported sweep reads them from
+    the run directories: ``TERMINATED`` when a run finished, ``ERROR`` with its reason
+    in the ``error`` column when it failed, else ``PENDING``).
     """
     import pandas as pd
 
@@ -201,8 +201,10 @@ def table(out: str | Path, states: Mapping[str, str] | None = None) -> Any:
         df = pd.read_csv(metrics) if metrics.is_file() else pd.DataFrame()
         summary = run / "summary.json"
         info = json.loads(summary.read_text()) if summary.is_file() else {}
-        state = (states or {}).get(t.name) or ("TERMINATED" if info else "PENDING")
-        row["state"] = state
+        error = run / "error.txt"  # written by a trial that failed (runtime.tune)
+        why = error.read_text().strip() if error.is_file() else ""
+        fallback = "TERMINATED" if info else ("ERROR" if why else "PENDING")
+        row["state"] = (states or {}).get(t.name) or fallback
         row["rounds"] = int(df["round"].max()) if "round" in df else 0
         metric, mode = pick_metric(df.columns, sweep.metric, sweep.mode)
         if metric in df and df[metric].notna().any():
@@ -219,9 +221,13 @@ def table(out: str | Path, states: Mapping[str, str] | None = None) -> Any:
         if eps is not None:
             row["epsilon"] = float(eps)
         row["time_s"] = float(info.get("time", {}).get("total_s", math.nan))
+        row["error"] = why
         row["out"] = str(run)
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    names = [str(m) for m in df.get("metric", pd.Series(dtype=object)).dropna().unique()]
+    df.attrs["metric"], df.attrs["mode"] = pick_metric(names, sweep.metric, sweep.mode)
+    return df
 
 
 def curves(out: str | Path) -> tuple[Any, str]:
@@ -276,11 +282,14 @@ def summary_table(df: Any) -> Any:
     from rich.table import Table
 
     shown = df.drop(columns=["out"], errors="ignore")
+    if "error" in shown and not shown["error"].astype(bool).any():
+        shown = shown.drop(columns=["error"])
+    title = "fedray sweep"
     if "best" in shown and shown["best"].notna().any():
-        metric, mode = str(shown["metric"].dropna().iloc[0]), "min"
-        mode = pick_metric([metric], metric, None)[1]
+        mode = df.attrs.get("mode") or "min"
+        title += f": {df.attrs.get('metric')} ({mode}), best first"
         shown = shown.sort_values("best", ascending=(mode == "min"), na_position="last")
-    t = Table(title="fedray sweep" + (f": {metric} ({mode})" if "best" in shown else ""))
+    t = Table(title=title)
     for col in shown.columns:
         t.add_column(str(col), justify="right" if shown[col].dtype.kind in "fiu" else "left")
     for row in shown.itertuples(index=False):

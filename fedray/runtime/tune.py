@@ -25,12 +25,16 @@ from fedray import config as config_mod
 from fedray.callbacks import Callback, Logs
 from fedray.checkpoint import FILENAME
 from fedray.config import Config
+from fedray.errors import FedrayError, one_line
 from fedray.runtime.plan import clients_per_host, group_clients
 
 if TYPE_CHECKING:
     from fedray.sweeps import SweepPlan
 
 logger = logging.getLogger(__name__)
+
+ERROR_FILE = "error.txt"
+"""A failed trial's reason, one line, in its run directory (the sweep's table shows it)."""
 
 DRIVER_CPU = 0.01
 """The bundle of a trial's driver: it aggregates, but its hosts do the training."""
@@ -90,8 +94,15 @@ def _trial(params: dict[str, Any], *, sweep_dir: str, config: dict[str, Any]) ->
     if summary.is_file() and json.loads(summary.read_text())["final"].get("round") == cfg.rounds:
         return  # finished before the sweep was interrupted: keep it as it is
     metric = json.loads((Path(sweep_dir) / "sweep.json").read_text()).get("metric")
-    run(config, out=out, overrides=[*trial["overrides"], "runtime.progress=false"],
-        callbacks=[_Report(metric, cfg.rounds)], resume=(out / FILENAME).is_file())  # fmt: skip
+    error = out / ERROR_FILE
+    error.unlink(missing_ok=True)  # a resumed trial: last time's error is history
+    try:
+        run(config, out=out, overrides=[*trial["overrides"], "runtime.progress=false"],
+            callbacks=[_Report(metric, cfg.rounds)], resume=(out / FILENAME).is_file())  # fmt: skip
+    except Exception as exc:  # the table says why, in one line; Tune marks it ERROR
+        out.mkdir(parents=True, exist_ok=True)
+        error.write_text(str(exc) if isinstance(exc, FedrayError) else one_line(exc))
+        raise
 
 
 def run_sweep(
