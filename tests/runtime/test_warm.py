@@ -97,6 +97,16 @@ def test_warm_runs_equal_cold_runs_bit_for_bit_and_down_stops_only_its_instance(
         crows = pd.read_csv(tmp_path / "cold" / "metrics.csv")
         for col in ("fit/loss", "eval/loss", "eval/accuracy"):
             np.testing.assert_array_equal(wrows[col], crows[col])
+        # A warm host that dies is restarted by Ray and reloads the run's spec: no round
+        # loses a client, and the weights equal the fault-free run's (as on cold hosts).
+        for name, extra in (("crash", ["--set", "faults.host_crash_rate=0.3"]), ("calm", [])):
+            res = _fedray("run", LINREG, "--address", "fedray", "--no-progress", "--out",
+                          str(tmp_path / name), "--set", "rounds=4", *extra, env=env)  # fmt: skip
+            assert res.returncode == 0, res.stderr[-3000:]
+        crash = pd.read_csv(tmp_path / "crash" / "metrics.csv")
+        calm = pd.read_csv(tmp_path / "calm" / "metrics.csv")
+        assert crash["hosts/restarted"].sum() >= 1 and (crash["clients/ok"] == 2).all()
+        np.testing.assert_array_equal(crash["eval/loss"], calm["eval/loss"])
         ws = json.loads((tmp_path / "b" / "summary.json").read_text())
         cs = json.loads((tmp_path / "cold" / "summary.json").read_text())
         assert ws["config"]["runtime"]["address"] == "fedray"
