@@ -101,11 +101,20 @@ def route_worker_errors() -> None:
     ray_worker.print_to_stdstream = route
 
 
-def free_port() -> int:
-    """A TCP port no process listens on now."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports no process listens on now (held together while chosen).
+
+    >>> len(set(free_ports(3)))
+    3
+    """
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @contextlib.contextmanager
@@ -126,7 +135,7 @@ def own_agent_port() -> Iterator[int | None]:
     if "dashboard_agent_listen_port" not in inspect.signature(init).parameters:
         yield None
         return
-    port = free_port()
+    port = free_ports(1)[0]
 
     def with_port(self: Any, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("dashboard_agent_listen_port", port)

@@ -37,6 +37,7 @@ from typing import Any
 
 from fedray.client.spec import HostSpec
 from fedray.errors import FedrayError
+from fedray.runtime.connect import free_ports
 from fedray.runtime.ray_host import RayClientHost
 
 logger = logging.getLogger(__name__)
@@ -256,18 +257,6 @@ def owner() -> tuple[str, int]:
     return socket.gethostname(), os.getpid()
 
 
-def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
 def up(num_cpus: int | None = None, hosts: int | None = None, timeout_s: float = 180) -> UpState:
     """Start the warm instance: a Ray head of its own and ``hosts`` warm hosts.
 
@@ -290,7 +279,7 @@ def up(num_cpus: int | None = None, hosts: int | None = None, timeout_s: float =
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     temp_dir = tempfile.mkdtemp(prefix="fedray-up-", dir="/tmp")  # short: Ray's socket paths
-    gcs, client, agent, nm, om, metrics, rte, agrpc, dash = _free_ports(9)
+    gcs, client, agent, nm, om, metrics, rte, agrpc, dash = free_ports(9)
     ray_cli = str(Path(sys.executable).parent / "ray")
     cmd = [ray_cli, "start", "--head", f"--port={gcs}", f"--num-cpus={cpus}",
            f"--temp-dir={temp_dir}", "--include-dashboard=false", f"--dashboard-port={dash}",

@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,22 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from fedray.runtime.connect import free_ports
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 psutil = pytest.importorskip("psutil")
-
-
-def _free_ports(n):
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _kill_started(temp_dir, client_port):
@@ -60,7 +48,7 @@ def _kill_started(temp_dir, client_port):
 def ray_head():
     ray_cli = str(Path(sys.executable).parent / "ray")
     temp_dir = tempfile.mkdtemp(prefix="frt", dir="/tmp")
-    gcs, dash, client, agent, nm, om, metrics, rte, agrpc = _free_ports(9)
+    gcs, dash, client, agent, nm, om, metrics, rte, agrpc = free_ports(9)
     token = secrets.token_hex(32)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
            "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
