@@ -74,7 +74,7 @@ class ShardStore:
         return self._refs[index]
 
 
-def trial_bundles() -> tuple[Any, list[dict[str, float]]] | None:
+def current_trial() -> tuple[Any, list[dict[str, float]]] | None:
     """The placement group this driver runs in, and the bundles reserved for its hosts.
 
     A sweep trial (:mod:`fedray.runtime.tune`) is a whole run inside one placement
@@ -105,7 +105,7 @@ def reservation() -> tuple[dict[str, float], tuple[Any, list[dict[str, float]]] 
     """What this run's hosts may use: the cluster, or a sweep trial's bundles (and them)."""
     import ray
 
-    trial = trial_bundles()
+    trial = current_trial()
     return (ray.cluster_resources() if trial is None else bundle_resources(trial[1])), trial
 
 

@@ -4,7 +4,7 @@
 :class:`~fedray.sweeps.Trial`. A trial reserves, through a ``PlacementGroupFactory``,
 one small bundle for its driver (the Tune function that calls :func:`fedray.api.run`)
 and one bundle per host of its run; the run's :class:`RayExecutor` then places each
-host in its own bundle (:func:`fedray.runtime.ray_host.trial_bundles`), so concurrent
+host in its own bundle (:func:`fedray.runtime.ray_host.current_trial`), so concurrent
 trials never take each other's CPUs. With ``runtime.executor=local`` a trial is one
 bundle of its CPUs.
 
@@ -52,8 +52,7 @@ def trial_bundles(cfg: Config, cpus: float) -> list[dict[str, float]]:
     if cfg.runtime.executor == "local":
         return [{"CPU": cpus}]
     rt = cfg.runtime
-    slots = cpus if rt.gpus_per_host is None else max(1.0, cpus)
-    per_host = clients_per_host(rt.clients_per_actor, cfg.data.num_clients, slots)
+    per_host = clients_per_host(rt.clients_per_actor, cfg.data.num_clients, cpus)
     hosts = len(group_clients(cfg.data.num_clients, per_host))
     bundle = {"CPU": round((cpus - DRIVER_CPU) / hosts, 6)}
     if rt.gpus_per_host is not None:
