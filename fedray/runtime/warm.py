@@ -225,8 +225,8 @@ def acquire(specs: list[HostSpec], store: str) -> list[Any]:
     if len(specs) > warm:
         raise FedrayError(
             f"runtime.address = {ADDRESS!r}: the run needs {len(specs)} hosts but `fedray up` "
-            f"started {warm}; lower runtime.clients_per_actor's host count or `fedray up "
-            f"--hosts {len(specs)}`"
+            f"started {warm}; pack more clients per host (runtime.clients_per_actor) or "
+            f"restart it with `fedray up --hosts {len(specs)}`"
         )
     registry = ray.get_actor(REGISTRY, namespace=NAMESPACE)
     busy = ray.get(registry.acquire.remote(owner()))
@@ -237,7 +237,7 @@ def acquire(specs: list[HostSpec], store: str) -> list[Any]:
     ray.get(
         [
             h.load.remote(spec, store, i)
-            for i, (h, spec) in enumerate(zip(hosts, specs, strict=False))
+            for i, (h, spec) in enumerate(zip(hosts, specs, strict=True))
         ]
     )
     return hosts
@@ -247,8 +247,9 @@ def release(hosts: list[Any]) -> None:
     """Unload the hosts and give them back."""
     import ray
 
-    with contextlib.suppress(ray.exceptions.RayError):
-        ray.get([h.unload.remote() for h in hosts], timeout=60)
+    with contextlib.suppress(ray.exceptions.RayError):  # a host that fails to unload
+        ray.get([h.unload.remote() for h in hosts], timeout=60)  # is unloaded by the next load
+    with contextlib.suppress(ray.exceptions.RayError, ValueError):
         ray.get(ray.get_actor(REGISTRY, namespace=NAMESPACE).release.remote(owner()))
 
 
