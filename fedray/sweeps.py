@@ -277,6 +277,17 @@ def plot(out: str | Path) -> Path:
     return path
 
 
+def _cell(value: Any) -> str:
+    """A table cell: floats to 4 significant digits, missing values as a dash.
+
+    >>> _cell(0.123456), _cell(float("nan")), _cell(None), _cell("fedavg")
+    ('0.1235', '–', '–', 'fedavg')
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def summary_table(df: Any) -> Any:
     """The sweep's table for the terminal (rich), best trial first."""
     from rich.table import Table
@@ -293,7 +304,7 @@ def summary_table(df: Any) -> Any:
     for col in shown.columns:
         t.add_column(str(col), justify="right" if shown[col].dtype.kind in "fiu" else "left")
     for row in shown.itertuples(index=False):
-        t.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+        t.add_row(*(_cell(v) for v in row))
     return t
 
 

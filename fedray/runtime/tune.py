@@ -15,8 +15,10 @@ which resume from those checkpoints, and leaves the finished ones alone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,7 +163,8 @@ def run_sweep(
                 ),
             )
         logger.info("%d trials, %d at a time (%.2g CPUs each)", len(sweep.trials), k, share)
-        results = tuner.fit()
+        with _quiet_tune():  # a failed trial is one row with its reason, not a traceback
+            results = tuner.fit()
         return {
             r.config["trial"]["name"]: ("ERROR" if r.error else "TERMINATED")
             for r in results
@@ -170,6 +173,20 @@ def run_sweep(
     finally:
         if started:
             shutdown()
+
+
+@contextlib.contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """Tune's own logs (a failed trial's traceback, "Trials did not complete") to debug."""
+    loggers = [logging.getLogger(n) for n in ("ray.tune", "ray.train", "ray.air")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _name(trial: Any) -> str:

@@ -119,16 +119,21 @@ def test_a_killed_sweep_resumes_keeping_finished_trials_and_continuing_the_other
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_failed_trial_is_an_error_row_with_its_reason_and_the_others_finish(tmp_path, capsys):
+def test_a_failed_trial_is_an_error_row_with_its_reason_and_the_others_finish(
+    tmp_path, capsys, caplog
+):
     out = tmp_path / "sweep"
     code = main(["sweep", LINREG, "--grid", "faults.crash_rate=[0.0,1.0]", "--set", "rounds=2",
                  "--set", "runtime.executor=local", "--out", str(out),
                  "--no-progress"])  # fmt: skip
     assert code == 3  # not every trial finished
+    # No traceback from Tune: the reason is one line in the table.
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err + printed.out + caplog.text
+    assert "ERROR" in printed.out
     df = pd.read_csv(out / "sweep.csv", keep_default_na=False)
     assert df["state"].tolist() == ["TERMINATED", "ERROR"]
     assert df["error"][0] == "" and "crashed" in df["error"][1]
     assert "failures.csv" in df["error"][1]  # where the details are
-    assert "ERROR" in capsys.readouterr().out
     assert main(["report", str(out)]) == 0  # the reason survives: it is in the run directory
     assert "crashed" in capsys.readouterr().out
