@@ -245,7 +245,9 @@ class RuntimeConfig(_Section):
     executor: Literal["ray", "local"] = "ray"
     """`local`: in-process, no Ray"""
     address: str | None = None
-    """unset: private local Ray instance"""
+    """unset: private local Ray instance (or `$FEDRAY_ADDRESS`); `auto` or host:port: a running
+    cluster; `fedray`: the warm instance of `fedray up` (see [Warm runs](usage.md#warm-runs))
+    """
     clients_per_actor: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     """clients served by one actor (one model, shards of each); `auto`: one actor per client while
     the cluster's CPUs allow, packed beyond that (see [Speed and scale](performance.md#scale))
