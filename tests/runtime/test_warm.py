@@ -154,3 +154,29 @@ def test_a_private_instance_never_waits_for_another_instances_agent_port():
                          text=True, timeout=120, check=True)  # fmt: skip
     port, failed = out.stdout.split()[-2:]
     assert int(port) != 52365 and failed == "False"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["up", "--hosts", "0"], "--hosts 0: expected an integer >= 1"),
+        (["up", "--num-cpus", "-1"], "--num-cpus -1: expected an integer >= 1"),
+        (["run", LINREG, "--address", "fedray"], "no warm instance is up; start one with"),
+    ],
+)
+def test_warm_mistakes_are_one_line_and_exit_2(args, message, tmp_path, monkeypatch, capsys):
+    from fedray.cli import main
+
+    monkeypatch.setenv(warm.DIR_ENV, str(tmp_path / "none"))
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_down_without_an_instance_says_so(tmp_path, monkeypatch, capsys):
+    from fedray.cli import main
+
+    monkeypatch.setenv(warm.DIR_ENV, str(tmp_path / "none"))
+    assert main(["down"]) == 0
+    assert "no warm instance" in capsys.readouterr().out
