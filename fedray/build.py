@@ -218,6 +218,7 @@ def make_executor(
     rt = cfg.runtime
     if (address := resolve_address(rt.address)) != rt.address:  # $FEDRAY_ADDRESS
         cfg = cfg.model_copy(update={"runtime": rt.model_copy(update={"address": address})})
+        check_compatible(features(cfg))  # as if the config had named it
     started = connect(address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus, verbose=rt.verbose)
     try:
         return RayExecutor(cfg, strategy.aggregator, **options), started

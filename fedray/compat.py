@@ -171,6 +171,9 @@ RULES: tuple[Rule, ...] = (
          when_b=_is("local")),
     Rule("runtime.gpu_memory_growth", "runtime.gpus_per_host", "memory growth applies to a "
          "host's GPU share; set runtime.gpus_per_host", when_b=_is(None)),
+    Rule("runtime.address", "runtime.gpus_per_host", "the warm hosts of `fedray up` set up "
+         "their TensorFlow before any GPU share is known; leave runtime.address unset",
+         when_a=_is("fedray")),
     # --- simulated faults -------------------------------------------------------------
     Rule("faults.host_hang_rate", "runtime.round_timeout_s", "only the round deadline frees a "
          "hung host; set runtime.round_timeout_s", when_b=_is(None)),

@@ -80,7 +80,7 @@ def test_every_rule_names_two_keys_and_fires_on_its_own():
 
 def _on_value(pred):
     for v in (True, 1, 0.5, 3, "central", "local", "dpsgd", "distributed", "examples", "adaptive",
-              "fedbuff", "scaffold", "krum", "x(y)", None):  # fmt: skip
+              "fedbuff", "scaffold", "krum", "x(y)", "fedray", None):  # fmt: skip
         if pred(v):
             return v
     raise AssertionError("no value turns the rule on")

@@ -148,6 +148,7 @@ def features(cfg: Config) -> dict[str, Any]:
         "runtime.gpus_per_host": cfg.runtime.gpus_per_host,
         "runtime.gpu_memory_growth": cfg.runtime.gpu_memory_growth,
         "runtime.executor": cfg.runtime.executor,
+        "runtime.address": cfg.runtime.address,
     }
     weighting = getattr(s, "weighting", "auto")
     if weighting != "auto":

@@ -211,17 +211,13 @@ def acquire(specs: list[HostSpec], store: str) -> list[Any]:
     """Hold the warm hosts for this driver and load ``specs`` into them; their handles.
 
     Raises:
-        FedrayError: Busy with another run, or the run needs more hosts than are warm.
+        FedrayError: Busy with another run, or the run needs more hosts than are warm
+            (``runtime.gpus_per_host`` is refused by :func:`fedray.compat.check_compatible`).
     """
     import ray
 
     state = UpState.load()
     warm = state.hosts if state is not None else 0
-    if specs and specs[0].gpu is not None:
-        raise FedrayError(
-            f"runtime.address = {ADDRESS!r} does not work with runtime.gpus_per_host: warm "
-            "hosts set up their TensorFlow at `fedray up`, before any GPU share is known"
-        )
     if len(specs) > warm:
         raise FedrayError(
             f"runtime.address = {ADDRESS!r}: the run needs {len(specs)} hosts but `fedray up` "

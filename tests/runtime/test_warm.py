@@ -180,3 +180,17 @@ def test_down_without_an_instance_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(warm.DIR_ENV, str(tmp_path / "none"))
     assert main(["down"]) == 0
     assert "no warm instance" in capsys.readouterr().out
+
+
+def test_warm_hosts_with_a_gpu_share_are_refused_in_one_place(monkeypatch):
+    from fedray import build, config
+    from fedray.errors import ConfigError
+
+    both = "runtime.address='fedray' does not work with runtime.gpus_per_host=0.5"
+    with pytest.raises(ConfigError, match=both):
+        config.load(LINREG, ["runtime.address=fedray", "runtime.gpus_per_host=0.5"])
+    # The same rule when FEDRAY_ADDRESS names the warm instance: before anything starts.
+    monkeypatch.setenv(warm.ENV, "fedray")
+    cfg = config.load(LINREG, ["runtime.gpus_per_host=0.5"])
+    with pytest.raises(ConfigError, match=both):
+        build.make_executor(cfg, build.build_strategy(cfg))
