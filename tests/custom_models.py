@@ -27,3 +27,32 @@ def batchnorm(input_shape, num_outputs):
     model = keras.Model(inputs, outputs, name="with_batchnorm")
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
     return model
+
+
+class SkipsNonFinite(keras.Model):
+    """A user's own train_step with Python control flow on a tensor (AutoGraph's job)."""
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        x, y = data
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
+        grads = tape.gradient(loss, self.trainable_variables)
+        if tf.math.is_finite(loss):  # a tensor as a Python bool: needs AutoGraph
+            self.optimizer.apply(grads, self.trainable_variables)
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss)
+            else:
+                metric.update_state(y, y_pred)
+        return {m.name: m.result() for m in self.metrics}
+
+
+def skips_nonfinite(input_shape, num_outputs):
+    inputs = keras.Input(shape=input_shape)
+    outputs = keras.layers.Dense(num_outputs)(inputs)
+    model = SkipsNonFinite(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    return model

@@ -33,6 +33,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _step(tf: Any, model: Any, name: str) -> Any:
+    """``model.<name>``; a user's override of Keras's own goes through AutoGraph."""
+    import functools
+
+    import keras
+
+    method = getattr(type(model), name)
+    if method is getattr(keras.Model, name):
+        return getattr(model, name)
+    return functools.partial(tf.autograph.to_graph(method), model)
+
+
 class KerasTrainer:
     """The host's compiled Keras model and its traced training and evaluation loops.
 
@@ -144,6 +156,9 @@ class KerasTrainer:
         for metric in model.metrics:
             metric.reset_state()
 
+        # Plain tf.while_loop/tf.cond loops, no AutoGraph (its conversion was ~1 s of each
+        # host's start); a model's own train_step or test_step still goes through it.
+        train_step, test_step = _step(tf, model, "train_step"), _step(tf, model, "test_step")
         mu = float(self.spec.client.proximal_mu)
         trainable = list(model.trainable_variables)
         anchor_index = [next(i for i, w in enumerate(weights) if w is v) for v in trainable]
@@ -175,8 +190,14 @@ class KerasTrainer:
             size = tf.cast(tf.shape(idx)[0], tf.float32)
             if custom:
                 return tf.cast(custom_step(xb, yb, params, correction), tf.float32) * size, size
-            model.train_step((xb, yb))
+            train_step((xb, yb))
             return tf.constant(0.0, tf.float32), size
+
+        def loop(count: Any, body: Any, state: Any) -> Any:
+            """``for i in range(count): state = body(i, *state)`` as one ``tf.while_loop``."""
+            out = tf.while_loop(lambda i, *_: i < count, lambda i, *st: (i + 1, *body(i, *st)),
+                                (tf.constant(0), *state))  # fmt: skip
+            return out[1:]
 
         def train_one(
             offset: Any, n: Any, seed: Any, max_steps: Any, params: Any, correction: Any,
@@ -187,35 +208,45 @@ class KerasTrainer:
                 v.assign(init)
             for k, sg in enumerate(seed_generators):
                 sg.state.assign(tf.cast(tf.stack([seed[0] + k + 1, seed[1]]), sg.state.dtype))
-            num_batches = (n + batch - 1) // batch
-            full = n // batch
-            loss_sum = tf.constant(0.0, tf.float32)
-            seen = tf.constant(0.0, tf.float32)
-            for epoch in tf.range(epochs):
-                left = max_steps - epoch * num_batches  # stragglers stop early
-                if dp is not None:  # DP-SGD: secret Poisson batches, not a shuffle
-                    x, y = x_all[offset : offset + n], y_all[offset : offset + n]
-                    for i in tf.range(tf.minimum(num_batches, left)):
-                        base = tf.cast(epoch * num_batches + i, tf.int64) * 4
-                        s0 = tf.stack([noise_seed[0], noise_seed[1] + base])
-                        s1 = s0 + tf.constant([0, 1], tf.int64)
-                        s2 = s0 + tf.constant([0, 2], tf.int64)
-                        step_loss, size = dp_step(x, y, n, s0, s1, s2)
-                        loss_sum += step_loss
-                        seen += size
-                else:
-                    epoch_seed = tf.stack([seed[0], seed[1] + tf.cast(epoch, tf.int64)])
-                    order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=epoch_seed)
-                    order += offset
-                    for i in tf.range(tf.minimum(full, left)):
-                        idx = tf.reshape(order[i * batch : (i + 1) * batch], [batch])
-                        step_loss, size = batch_step(idx, params, correction)
-                        loss_sum += step_loss
-                        seen += size
-                    if tf.logical_and(full < num_batches, left > full):  # the partial batch
-                        step_loss, size = batch_step(order[full * batch :], params, correction)
-                        loss_sum += step_loss
-                        seen += size
+            num_batches, full = (n + batch - 1) // batch, n // batch
+
+            def dp_epoch(epoch: Any, left: Any, loss_sum: Any, seen: Any) -> Any:
+                """DP-SGD: secret Poisson batches, not a shuffle."""
+                x, y = x_all[offset : offset + n], y_all[offset : offset + n]
+
+                def step(i: Any, loss_sum: Any, seen: Any) -> Any:
+                    s0 = tf.stack([noise_seed[0], noise_seed[1] + tf.cast(
+                        epoch * num_batches + i, tf.int64) * 4])  # fmt: skip
+                    step_loss, size = dp_step(x, y, n, s0, s0 + tf.constant([0, 1], tf.int64),
+                                              s0 + tf.constant([0, 2], tf.int64))  # fmt: skip
+                    return loss_sum + step_loss, seen + size
+
+                return loop(tf.minimum(num_batches, left), step, (loss_sum, seen))
+
+            def shuffle_epoch(epoch: Any, left: Any, loss_sum: Any, seen: Any) -> Any:
+                """A stateless shuffle of the rows: full batches, then the partial one."""
+                epoch_seed = tf.stack([seed[0], seed[1] + tf.cast(epoch, tf.int64)])
+                order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=epoch_seed)
+                order += offset
+
+                def step(i: Any, loss_sum: Any, seen: Any) -> Any:
+                    idx = tf.reshape(order[i * batch : (i + 1) * batch], [batch])
+                    step_loss, size = batch_step(idx, params, correction)
+                    return loss_sum + step_loss, seen + size
+
+                loss_sum, seen = loop(tf.minimum(full, left), step, (loss_sum, seen))
+
+                def partial() -> Any:  # the epoch's last, smaller batch
+                    step_loss, size = batch_step(order[full * batch :], params, correction)
+                    return loss_sum + step_loss, seen + size
+
+                return tf.cond(tf.logical_and(full < num_batches, left > full), partial,
+                               lambda: (loss_sum, seen))  # fmt: skip
+
+            run_epoch = dp_epoch if dp is not None else shuffle_epoch  # stragglers stop early:
+            zero = tf.constant(0.0, tf.float32)
+            loss_sum, seen = loop(tf.constant(epochs), lambda e, *sums: run_epoch(
+                e, max_steps - e * num_batches, *sums), (zero, zero))  # fmt: skip
             delta = [v - p for v, p in zip(weights, params, strict=True)]
             logs = model.get_metrics_result()
             if dp is not None:
@@ -241,7 +272,8 @@ class KerasTrainer:
             count = tf.shape(offsets)[0]
             deltas = [tf.TensorArray(v.dtype, size=count, element_shape=v.shape) for v in weights]
             metrics = [tf.TensorArray(tf.float32, size=count) for _ in names]
-            for k in tf.range(count):
+
+            def client(k: Any, deltas: Any, metrics: Any) -> Any:
                 correction = [c[k] for c in corrections] if scaffold else params
                 delta, logs = train_one(
                     offsets[k], sizes[k], seeds[k], max_steps[k], params, correction,
@@ -252,25 +284,35 @@ class KerasTrainer:
                     ta.write(k, tf.cast(logs[name], tf.float32))
                     for ta, name in zip(metrics, names, strict=True)
                 ]
+                return deltas, metrics
+
+            deltas, metrics = loop(count, client, (deltas, metrics))
             return [ta.stack() for ta in deltas], [ta.stack() for ta in metrics]
 
         def eval_fn(x: Any, y: Any, params: Any) -> Any:
             load(params)
             n = tf.shape(x)[0]
-            for i in tf.range((n + eval_batch - 1) // eval_batch):
+
+            def step(i: Any) -> Any:
                 lo = i * eval_batch
-                model.test_step((x[lo : lo + eval_batch], y[lo : lo + eval_batch]))
+                test_step((x[lo : lo + eval_batch], y[lo : lo + eval_batch]))
+                return ()
+
+            loop((n + eval_batch - 1) // eval_batch, step, ())
             return model.get_metrics_result()
 
         vector = tf.TensorSpec([None], tf.int32)
         seeds_spec = tf.TensorSpec([None, 2], tf.int64)
         fit_traced = tf.function(
             fit_many,
+            autograph=False,
             input_signature=[
                 vector, vector, seeds_spec, vector, params_spec, stacked_spec, seeds_spec
             ],
         )  # fmt: skip
-        eval_traced = tf.function(eval_fn, input_signature=[*data_spec, params_spec])
+        eval_traced = tf.function(
+            eval_fn, input_signature=[*data_spec, params_spec], autograph=False
+        )
         # Trace both now, off the critical path of round 1: no client, no step runs. The
         # concrete functions are kept: calling them skips the per-call argument binding
         # of a polymorphic tf.function (~0.5 ms, a tenth of a small client's training).

@@ -201,6 +201,20 @@ def test_cnn_and_custom_functional_builder(tmp_path):
 
 
 @pytest.mark.keras
+def test_a_users_train_step_with_tensor_control_flow_still_goes_through_autograph(tmp_path):
+    # The hosts' own loops are traced without AutoGraph (faster starts); a model's own
+    # train_step is converted as Keras's fit would, so `if tensor:` in it still works.
+    run = api.run(
+        {"rounds": 3, "data": {"dataset": "linreg"},
+         "model": {"name": "tests.custom_models:skips_nonfinite"},
+         "runtime": {"executor": "local", "progress": False}},
+        out=tmp_path,
+    )  # fmt: skip
+    losses = [r["fit/loss"] for r in run.rows]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]  # it trained
+
+
+@pytest.mark.keras
 def test_bad_builders_and_cnn_on_tabular_data(tmp_path):
     base = {"rounds": 1, "runtime": {"executor": "local", "progress": False}}
     with pytest.raises(ConfigError, match="returned str; expected a keras.Model"):

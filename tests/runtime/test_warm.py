@@ -58,7 +58,8 @@ def test_warm_runs_equal_cold_runs_bit_for_bit_and_down_stops_only_its_instance(
     env = {**os.environ, warm.DIR_ENV: str(tmp_path / "up"), "PYTHONPATH": str(ROOT)}
     # A bystander: another Ray instance on this machine, which `fedray down` must not touch.
     bystander = subprocess.Popen(
-        [sys.executable, "-c", "import ray, time; ray.init(num_cpus=1, include_dashboard=False);"
+        [sys.executable, "-c", "import ray, time; ray.init(address='local', num_cpus=1, "
+         "include_dashboard=False);"
          " print('up', flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert bystander.stdout.readline().strip() == "up"
