@@ -38,6 +38,13 @@ from fedray import config as config_mod
 from fedray.errors import ConfigError, FedrayError
 
 PLAN = "sweep.json"
+ERROR_FILE = "error.txt"
+"""A failed trial's reason, one line, in its run directory (the table's ``error``)."""
+
+
+def run_dir(out: str | Path, trial: str) -> Path:
+    """Trial ``trial``'s ordinary run directory inside the sweep directory ``out``."""
+    return Path(out) / "runs" / trial
 
 
 @dataclass(frozen=True)
@@ -195,13 +202,13 @@ def table(out: str | Path, states: Mapping[str, str] | None = None) -> Any:
     sweep = SweepPlan.load(out)
     rows = []
     for t in sweep.trials:
-        run = Path(out) / "runs" / t.name
+        run = run_dir(out, t.name)
         row: dict[str, Any] = {"trial": t.name, **t.values}
         metrics = run / "metrics.csv"
         df = pd.read_csv(metrics) if metrics.is_file() else pd.DataFrame()
         summary = run / "summary.json"
         info = json.loads(summary.read_text()) if summary.is_file() else {}
-        error = run / "error.txt"  # written by a trial that failed (runtime.tune)
+        error = run / ERROR_FILE  # written by a trial that failed (runtime.tune)
         why = error.read_text().strip() if error.is_file() else ""
         fallback = "TERMINATED" if info else ("ERROR" if why else "PENDING")
         row["state"] = (states or {}).get(t.name) or fallback
@@ -237,7 +244,7 @@ def curves(out: str | Path) -> tuple[Any, str]:
     sweep = SweepPlan.load(out)
     frames = []
     for t in sweep.trials:
-        metrics = Path(out) / "runs" / t.name / "metrics.csv"
+        metrics = run_dir(out, t.name) / "metrics.csv"
         if metrics.is_file():
             df = pd.read_csv(metrics)
             combo = ", ".join(f"{k}={v}" for k, v in t.values.items() if k != "seed")

@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fedray import config as config_mod
 from fedray.callbacks import Callback, Logs
@@ -29,14 +29,10 @@ from fedray.checkpoint import FILENAME
 from fedray.config import Config
 from fedray.errors import FedrayError, one_line
 from fedray.runtime.plan import clients_per_host, group_clients
-
-if TYPE_CHECKING:
-    from fedray.sweeps import SweepPlan
+from fedray.runtime.warm import ENV
+from fedray.sweeps import ERROR_FILE, SweepPlan, pick_metric, run_dir
 
 logger = logging.getLogger(__name__)
-
-ERROR_FILE = "error.txt"
-"""A failed trial's reason, one line, in its run directory (the sweep's table shows it)."""
 
 DRIVER_CPU = 0.01
 """The bundle of a trial's driver: it aggregates, but its hosts do the training."""
@@ -71,10 +67,7 @@ class _Report(Callback):
     def on_round_end(self, server_round: int, logs: Logs) -> None:
         from ray import tune
 
-        value = logs.get(self.metric) if self.metric else None
-        if value is None:  # the default: the first of these the run logs
-            value = next((logs[m] for m in ("eval/accuracy", "eval/loss", "fit/loss") if m in logs),
-                         None)  # fmt: skip
+        value = logs.get(pick_metric(logs, self.metric, None)[0])  # the table's metric
         result: dict[str, float] = {"round": server_round, "rounds": self.rounds}
         if isinstance(value, (int, float)):
             result["value"] = float(value)
@@ -87,14 +80,14 @@ def _trial(params: dict[str, Any], *, sweep_dir: str, config: dict[str, Any]) ->
 
     from fedray.api import run
 
-    os.environ.pop("FEDRAY_ADDRESS", None)  # a trial's hosts are its own, never warm ones
+    os.environ.pop(ENV, None)  # a trial's hosts are its own, never warm ones
     trial = params["trial"]
-    out = Path(sweep_dir) / "runs" / trial["name"]
+    out = run_dir(sweep_dir, trial["name"])
     cfg = config_mod.load(config, trial["overrides"])
     summary = out / "summary.json"
     if summary.is_file() and json.loads(summary.read_text())["final"].get("round") == cfg.rounds:
         return  # finished before the sweep was interrupted: keep it as it is
-    metric = json.loads((Path(sweep_dir) / "sweep.json").read_text()).get("metric")
+    metric = SweepPlan.load(sweep_dir).metric
     error = out / ERROR_FILE
     error.unlink(missing_ok=True)  # a resumed trial: last time's error is history
     try:

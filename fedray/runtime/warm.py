@@ -24,7 +24,6 @@ import gc
 import json
 import logging
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -37,7 +36,7 @@ from typing import Any
 
 from fedray.client.spec import HostSpec
 from fedray.errors import FedrayError
-from fedray.runtime.connect import free_ports
+from fedray.runtime.connect import free_ports, write_token
 from fedray.runtime.ray_host import RayClientHost
 
 logger = logging.getLogger(__name__)
@@ -269,12 +268,9 @@ def up(num_cpus: int | None = None, hosts: int | None = None, timeout_s: float =
     count = hosts or cpus
     if count < 1:
         raise FedrayError(f"--hosts {hosts}: expected an integer >= 1")
-    d = state_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(32)
-    fd = os.open(d / "token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    state_dir().mkdir(parents=True, exist_ok=True)
+    write_token(state_dir() / "token", force=True)  # a fresh one, mode 0600
+    token = _token()
     temp_dir = tempfile.mkdtemp(prefix="fedray-up-", dir="/tmp")  # short: Ray's socket paths
     gcs, client, agent, nm, om, metrics, rte, agrpc, dash = free_ports(9)
     ray_cli = str(Path(sys.executable).parent / "ray")
@@ -327,24 +323,36 @@ def _start_hosts(state: UpState, token: str) -> None:
 
 def down() -> int:
     """Stop the warm instance: kill exactly its processes; how many were killed."""
-    import psutil
-
     state = UpState.load()
     if state is None:
         return 0
-    marks = (state.temp_dir, f"--ray-client-server-port={state.client_port}")
+    killed = kill_instance(state.temp_dir, state.client_port)
+    shutil.rmtree(state_dir(), ignore_errors=True)
+    return killed
+
+
+def kill_instance(temp_dir: str, client_port: int) -> int:
+    """Kill exactly one Ray instance started with ``ray start --temp-dir``; how many died.
+
+    Its processes carry the temp dir in their command line, except the head's client
+    server, which carries only its port; workers and agents rename themselves
+    (``ray::...``), so each match's whole process tree goes. Never ``ray stop``, which
+    stops every Ray instance on the machine.
+    """
+    import psutil
+
+    marks = (temp_dir, f"--ray-client-server-port={client_port}", f"--port={client_port}")
     victims: set[Any] = set()
     for p in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):
             cmd = " ".join(p.info["cmdline"] or [])
             if any(m in cmd for m in marks) and p.pid != os.getpid():
                 victims.add(p)
-                victims.update(p.children(recursive=True))  # workers rename themselves
+                victims.update(p.children(recursive=True))
     for p in victims:
         with contextlib.suppress(psutil.Error):
             p.kill()
     psutil.wait_procs(list(victims), timeout=10)
     time.sleep(0.2)
-    shutil.rmtree(state.temp_dir, ignore_errors=True)
-    shutil.rmtree(state_dir(), ignore_errors=True)
+    shutil.rmtree(temp_dir, ignore_errors=True)
     return len(victims)

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,26 +21,10 @@ from pathlib import Path
 import pytest
 
 from fedray.runtime.connect import free_ports
+from fedray.runtime.warm import kill_instance
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
-psutil = pytest.importorskip("psutil")
-
-
-def _kill_started(temp_dir, client_port):
-    marks = (temp_dir, f"--ray-client-server-port={client_port}", f"--port={client_port}")
-    victims = set()
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if any(m in cmd for m in marks) and p.pid != os.getpid():
-            victims.add(p)
-            # Workers and agents rename themselves (ray::...): take the whole tree.
-            with contextlib.suppress(psutil.Error):
-                victims.update(p.children(recursive=True))
-    for p in victims:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(list(victims), timeout=10)
 
 
 @pytest.fixture
@@ -67,9 +50,7 @@ def ray_head():
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         yield {"env": env, "ray": ray_cli, "dashboard": f"http://127.0.0.1:{dash}"}
     finally:
-        _kill_started(temp_dir, client)
-        time.sleep(0.5)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        kill_instance(temp_dir, client)
 
 
 def test_jobs_with_the_token_join_their_cluster_and_a_killed_job_resubmitted_continues(
