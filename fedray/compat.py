@@ -174,6 +174,16 @@ RULES: tuple[Rule, ...] = (
     Rule("runtime.address", "runtime.gpus_per_host", "the warm hosts of `fedray up` set up "
          "their TensorFlow before any GPU share is known; leave runtime.address unset",
          when_a=_is("fedray")),
+    # --- balanced hosts: a client may train in any host, so nothing of it may stay in one --
+    Rule("runtime.balance", _NAME, "a client's control variate stays in the host that last "
+         "trained it, which changes from round to round; set runtime.balance=false",
+         when_b=_is("scaffold")),
+    Rule("runtime.balance", "compression.topk", "a client's top-k residual stays in the host "
+         "that last trained it, which changes from round to round; set runtime.balance=false"),
+    Rule("runtime.balance", _SA, "a client's keys of the round stay in the host that made "
+         "them, and its masking must run there too; set runtime.balance=false"),
+    Rule("runtime.balance", "data.placement", "every host loads every client's rows, but "
+         "data.placement keeps a client's rows on its own nodes; unset one of the two"),
     # --- simulated faults -------------------------------------------------------------
     Rule("faults.host_hang_rate", "runtime.round_timeout_s", "only the round deadline frees a "
          "hung host; set runtime.round_timeout_s", when_b=_is(None)),

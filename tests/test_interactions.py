@@ -9,7 +9,10 @@ instead of Keras. The invariants of a cell that runs:
 * under DP, the ledger charged every release that left a host;
 * with ``resume``, a run stopped after round 1 and resumed equals the uninterrupted one;
 * with secure aggregation (and no DP noise), the run equals the same run without it
-  within the quantization bound.
+  within the quantization bound;
+* with ``runtime.balance``, the run equals the same run with every client in its home
+  host (float rounding apart: the partial sums group the clients differently), except
+  under over-commitment, whose first arrivals depend on the hosts' order.
 
 ``python -m tests.test_interactions`` regenerates ``docs/interactions.md`` from the
 same table; a test checks that the published file is current.
@@ -63,6 +66,7 @@ FEATURES: dict[str, tuple[str, list[str]]] = {
     # runtime
     "packed": ("runtime", ["runtime.clients_per_actor=3"]),
     "dedicated": ("runtime", ["runtime.clients_per_actor=1"]),
+    "balanced": ("runtime", ["runtime.clients_per_actor=3", "runtime.balance=true"]),
     # faults and over-commitment
     "faults": ("faults", ["faults.crash_rate=0.2"]),
     "host crash": ("faults", ["faults.host_crash_rate=0.3"]),
@@ -153,6 +157,10 @@ def check_cell(cell, tmp_path, seen):
     compressed = any(FEATURES[f][0] == "compression" for f in cell)
     if compressed:  # what left the hosts was counted (linreg's 2 weights do not shrink)
         assert all(r["comm/bytes_up"] > 0 and r["comm/compression"] > 0 for r in hist.rows)
+    if "balanced" in cell and "over_commit" not in cell:  # the same run, clients at home
+        home = _run(tmp_path, tuple("packed" if f == "balanced" else f for f in cell), name="home")
+        for p, q in zip(hist.params, home.params, strict=True):
+            np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-9, err_msg=str(cell))
     if "secagg" in cell and not compressed:  # the same run without secure aggregation
         plain_cell = tuple(f for f in cell if f != "secagg")
         plain = _run(tmp_path, plain_cell, ["strategy.weighting=uniform"], name="plain")

@@ -149,6 +149,8 @@ def features(cfg: Config) -> dict[str, Any]:
         "runtime.gpu_memory_growth": cfg.runtime.gpu_memory_growth,
         "runtime.executor": cfg.runtime.executor,
         "runtime.address": cfg.runtime.address,
+        "runtime.balance": cfg.runtime.balance,
+        "data.placement": cfg.data.placement,
     }
     weighting = getattr(s, "weighting", "auto")
     if weighting != "auto":

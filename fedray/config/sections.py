@@ -265,6 +265,11 @@ class RuntimeConfig(_Section):
     gpu_memory_growth: bool = False
     """with `gpus_per_host`: let TensorFlow grow its GPU memory instead of capping it at the share
     """
+    balance: bool = False
+    """every host loads every client's data, and each round's clients are dealt evenly over the
+    hosts that are up, so no host waits on a busier one; costs the whole training set in each
+    host's memory (see [Speed and scale](performance.md#balance))
+    """
     scheduling: Literal["default", "spread"] = "default"
     """`spread`: place actors on as many nodes as possible"""
     round_timeout_s: float | None = Field(None, gt=0)

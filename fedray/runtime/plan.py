@@ -3,6 +3,12 @@
 ``runtime.clients_per_actor: auto`` keeps one host per client while the CPUs allow and
 packs evenly beyond that; hosts get contiguous blocks of client ids, so a client's host
 is known from its id alone.
+
+With ``runtime.balance`` every host loads every client's data instead, and each call's
+clients are dealt evenly over the hosts that are up (:meth:`HostPlan.by_host`): a round
+then waits for ``ceil(k / hosts)`` clients on each host, not for the unluckiest host's
+share of a random sample (sampling 50 of 1,000 clients over two homes of 500 gives the
+busier home 27.7 clients on average, 11% more than an even 25).
 """
 
 from __future__ import annotations
@@ -95,9 +101,12 @@ class HostPlan:
     Attributes:
         specs: One :class:`~fedray.client.spec.HostSpec` per host; host 0 also holds
             the server test set.
+        balanced: Every host serves every client (``runtime.balance``); each call's
+            clients are dealt over the hosts instead of going to their home host.
     """
 
     specs: tuple[HostSpec, ...]
+    balanced: bool = False
 
     @classmethod
     def make(
@@ -112,9 +121,13 @@ class HostPlan:
         """Pack ``config``'s clients ``per_host`` to a host.
 
         ``sources(i, group)`` gives host ``i`` its in-memory shards (``fedray.fit``);
-        ``spec`` holds the other :class:`~fedray.client.spec.HostSpec` fields.
+        ``spec`` holds the other :class:`~fedray.client.spec.HostSpec` fields. Under
+        ``runtime.balance`` there are as many hosts, but each one's group is every client.
         """
         groups = group_clients(config.data.num_clients, per_host)
+        balanced = config.runtime.balance
+        if balanced:
+            groups = [tuple(range(config.data.num_clients))] * len(groups)
         return cls(
             tuple(
                 HostSpec.from_config(
@@ -126,7 +139,8 @@ class HostPlan:
                     **spec,
                 )
                 for i, g in enumerate(groups)
-            )
+            ),
+            balanced,
         )
 
     @property
@@ -136,19 +150,37 @@ class HostPlan:
 
     @cached_property
     def host_of(self) -> dict[int, int]:
-        """The host index of every client."""
-        return {cid: i for i, s in enumerate(self.specs) for cid in s.client_ids}
+        """The home host of every client (the first host that serves it)."""
+        out: dict[int, int] = {}
+        for i, s in enumerate(self.specs):
+            for cid in s.client_ids:
+                out.setdefault(cid, i)
+        return out
 
-    def by_host(self, client_ids: Sequence[int]) -> dict[int, list[int]]:
-        """``client_ids`` grouped by host index (hosts in first-seen order).
+    def by_host(
+        self, client_ids: Sequence[int], up: Sequence[int] | None = None
+    ) -> dict[int, list[int]]:
+        """``client_ids`` grouped by the host that serves them in this call.
+
+        Without balance a client goes to its home host (hosts in first-seen order). A
+        balanced plan deals the clients in turn over the hosts in ``up`` (default: all),
+        so no host gets more than one client more than another.
 
         >>> from fedray import config
         >>> from fedray.aggregators import Mean
         >>> plan = HostPlan.make(config.load({"data": {"num_clients": 5}}), Mean(), 2)
         >>> plan.groups, plan.by_host([4, 0, 1])
         ([(0, 1), (2, 3), (4,)], {2: [4], 0: [0, 1]})
+        >>> cfg = config.load({"data": {"num_clients": 5}, "runtime": {"balance": True}})
+        >>> HostPlan.make(cfg, Mean(), 2).by_host([4, 0, 1, 3], up=[0, 2])
+        {0: [4, 1], 2: [0, 3]}
         """
         out: dict[int, list[int]] = {}
+        if self.balanced:
+            hosts = list(range(len(self.specs)) if up is None else up)
+            for k, cid in enumerate(client_ids):
+                out.setdefault(hosts[k % len(hosts)], []).append(cid)
+            return out
         for cid in client_ids:
             out.setdefault(self.host_of[cid], []).append(cid)
         return out

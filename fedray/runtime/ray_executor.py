@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -26,7 +25,6 @@ from fedray.records import (
     ClientOptions,
     ClientUpdate,
     FitEvent,
-    HostRecovery,
     Metrics,
     Params,
     PartialSum,
@@ -40,19 +38,13 @@ from fedray.runtime.plan import (
     fail_all,
     group_clients,
     host_slots,
-    tag,
 )
 from fedray.runtime.ray_host import ShardStore, host_cpus, reservation, start_hosts
+from fedray.runtime.stream import stream, unwrap
 from fedray.runtime.supervisor import Supervisor
 from fedray.secagg import SecAggError
 
 logger = logging.getLogger(__name__)
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """The user-facing cause of a Ray task error."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
 
 
 class RayExecutor:
@@ -87,7 +79,14 @@ class RayExecutor:
         slots = host_slots(resources, gpus)
         per_host = clients_per_host(setting, config.data.num_clients, slots)
         num_hosts = len(group_clients(config.data.num_clients, per_host))
-        if setting == "auto":
+        if config.runtime.balance:
+            logger.info(
+                "runtime.balance: %d actors, each loading all %d clients; every round's "
+                "clients are dealt evenly over them",
+                num_hosts,
+                config.data.num_clients,
+            )
+        elif setting == "auto":
             logger.info(
                 "runtime.clients_per_actor=auto: %d clients on %d actors (%d per actor) for "
                 "%g %s; set runtime.clients_per_actor=1 for one actor per client",
@@ -137,12 +136,12 @@ class RayExecutor:
         self._num_clients = config.data.num_clients
         self._round_timeout_s = config.runtime.round_timeout_s
         self.supervisor = Supervisor(self.hosts, groups, config.runtime.restart_timeout_s)
-        self._tickets: dict[Any, int] = {}  # submit/wait (FedBuff): in-flight ref -> client
+        self._tickets: dict[Any, tuple[int, int]] = {}  # FedBuff: in-flight ref -> (client, host)
         try:
             self.host_info = ray.get([h.ready.remote() for h in self.hosts])
         except ray.exceptions.RayTaskError as exc:
             self.close()
-            cause = _unwrap(exc)
+            cause = unwrap(exc)
             if isinstance(cause, FedrayError):
                 raise cause from None
             raise FedrayError(f"a client host failed to start: {cause}") from None
@@ -171,74 +170,34 @@ class RayExecutor:
         """Put ``params`` (and extras) in the object store once; every host gets the refs."""
         return self._ray.put(params), (self._ray.put(extras) if extras else None)
 
-    def _stream(
-        self,
-        calls: dict[Any, list[int]],
-        what: str,
-        timeout_s: float | None = None,
-        rerun: Callable[[int, list[int], float | None], Any] | None = None,
-    ) -> Iterator[Any]:
-        """Yield results as they finish; a client's failure stays its own.
-
-        A host that dies under a call has its clients run again by ``rerun(host, ids,
-        deadline)`` (which returns the new call's ref, or None when it cannot): the
-        round loses nothing but time. Without ``rerun``, or when it gives up, those
-        clients fail. With ``timeout_s``, whatever has not arrived by the deadline is
-        dropped and counted as failed, and its host is killed so Ray restarts it: a hung
-        client can never block the run. When the consumer stops early
-        (over-commitment), calls still running are left to finish unseen.
-        """
-        ray = self._ray
-        pending = list(calls)
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while pending:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, pending = ray.wait(pending, num_returns=1, timeout=left)
-            if not ready:  # the deadline passed
-                for ref in pending:
-                    ids = calls[ref]
-                    index = self.plan.host_of[ids[0]]
-                    ray.kill(self.hosts[index], no_restart=False)
-                    self.supervisor.mark_down(index)
-                    reason = f"no result within runtime.round_timeout_s={timeout_s:g}"
-                    yield from fail_all(ids, reason, "timeout", index)
-                return
-            for ref in ready:
-                ids = calls.pop(ref)
-                index = self.plan.host_of[ids[0]]
-                try:
-                    results = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as exc:
-                    # The process is gone: it crashed, its node died, or Ray's memory
-                    # monitor killed it near OOM. Ray restarts it; its clients run again.
-                    self.supervisor.mark_down(index)
-                    reason = f"host {index} died during {what} ({type(exc).__name__})"
-                    logger.debug("%s: %s", reason, exc)
-                    again = None if rerun is None else rerun(index, ids, deadline)
-                    if again is not None:
-                        yield HostRecovery(index, tuple(ids), reason)
-                        calls[again] = ids
-                        pending.append(again)
-                        continue
-                    results = fail_all(ids, reason, "host", index)
-                except ray.exceptions.RayError as exc:
-                    reason = f"host {index} failed during {what}: {one_line(_unwrap(exc))}"
-                    logger.debug("%s", reason, exc_info=exc)
-                    results = fail_all(ids, reason, "error", index)
-                yield from tag(results, index)
+    def _up(self, exclude: int | None = None) -> list[int]:
+        """The hosts that can take a call now."""
+        return [
+            i
+            for i in range(len(self.hosts))
+            if i != exclude and self.supervisor.unavailable(i) is None
+        ]
 
     def _calls(
         self, client_ids: Sequence[int], method: str, *args: Any
-    ) -> tuple[dict[Any, list[int]], list[ClientFailure]]:
-        """Start ``method`` on each host with sampled clients; skip hosts that are down."""
-        calls: dict[Any, list[int]] = {}
+    ) -> tuple[dict[Any, tuple[int, list[int]]], list[ClientFailure]]:
+        """Start ``method`` on each host with sampled clients; skip hosts that are down.
+
+        A balanced plan deals the clients over the hosts that are up, so a host that is
+        down costs no client while another host is up.
+        """
+        calls: dict[Any, tuple[int, list[int]]] = {}
         skipped: list[ClientFailure] = []
-        for h, ids in self.plan.by_host(client_ids).items():
-            reason = self.supervisor.unavailable(h)
-            if reason is not None:
-                skipped.extend(fail_all(ids, reason, "unavailable", h))
+        up = self._up() if self.plan.balanced else None
+        if up == []:
+            reason = self.supervisor.unavailable(0) or "no host is up"
+            return calls, fail_all(client_ids, reason, "unavailable", 0)
+        for h, ids in self.plan.by_host(client_ids, up).items():
+            down = self.supervisor.unavailable(h)
+            if down is not None:
+                skipped.extend(fail_all(ids, down, "unavailable", h))
             else:
-                calls[getattr(self.hosts[h], method).remote(ids, *args)] = ids
+                calls[getattr(self.hosts[h], method).remote(ids, *args)] = (h, ids)
         return calls, skipped
 
     def fit(self, client_ids: Sequence[int], params: Any, info: RoundInfo) -> Iterator[FitEvent]:
@@ -247,7 +206,9 @@ class RayExecutor:
         The clients of a host that dies mid-round are run again on the restarted host
         (task re-execution), up to :data:`~fedray.runtime.plan.MAX_RERUNS` times, while
         the round's deadline allows; each re-execution is yielded as a
-        :class:`~fedray.records.HostRecovery` before its clients' results.
+        :class:`~fedray.records.HostRecovery` before its clients' results. A balanced
+        plan re-runs them at once on another host that is up, without waiting for the
+        restart.
         """
         self.supervisor.await_restarts()
         params_ref, extras_ref = params
@@ -258,15 +219,21 @@ class RayExecutor:
             dispatch = runs.get(tuple(ids), 0) + 1
             if dispatch > MAX_RERUNS:
                 return None
-            self.supervisor.await_restarts(only={index}, until=deadline)
-            if self.supervisor.unavailable(index) is not None:
-                return None
+            others = self._up(exclude=index) if self.plan.balanced else []
+            if others:  # any host serves any client: the least busy other one takes them
+                index = min(others, key=lambda i: sum(h == i for h, _ in calls.values()))
+            else:
+                self.supervisor.await_restarts(only={index}, until=deadline)
+                if self.supervisor.unavailable(index) is not None:
+                    return None
             runs[tuple(ids)] = dispatch
             again = replace(info, dispatch=dispatch)
-            return self.hosts[index].fit.remote(ids, params_ref, again, extras_ref)
+            return self.hosts[index].fit.remote(ids, params_ref, again, extras_ref), index
 
         yield from skipped
-        yield from self._stream(calls, "fit", self._round_timeout_s, rerun)
+        yield from stream(
+            self._ray, self.hosts, self.supervisor, calls, "fit", self._round_timeout_s, rerun
+        )
 
     def call(
         self, client_ids: Sequence[int], step: str, payload: dict[int, Any], info: RoundInfo
@@ -290,7 +257,7 @@ class RayExecutor:
             try:
                 out.update(ray.get(ref))
             except ray.exceptions.RayTaskError as exc:
-                cause = _unwrap(exc)
+                cause = unwrap(exc)
                 if isinstance(cause, SecAggError):  # tampering: stop the round, loudly
                     raise cause from None
                 logger.warning("secure aggregation step %s failed on a host: %s", step, cause)
@@ -323,12 +290,18 @@ class RayExecutor:
         self._ray.get([h.restore_client_state.remote(ref) for h in self.hosts])
 
     def submit(self, client_id: int, params: Any, info: RoundInfo) -> Any:
-        """Start one client's training on its host; the ticket is the result's ref."""
+        """Start one client's training on its host; the ticket is the result's ref.
+
+        A balanced plan sends it to the host with the fewest clients in flight.
+        """
         params_ref, extras_ref = params
-        ref = self.hosts[self.plan.host_of[client_id]].fit.remote(
-            [client_id], params_ref, info, extras_ref
-        )
-        self._tickets[ref] = client_id
+        index = self.plan.host_of[client_id]
+        up = self._up() if self.plan.balanced else []
+        if up:
+            busy = [h for _, h in self._tickets.values()]
+            index = min(up, key=busy.count)
+        ref = self.hosts[index].fit.remote([client_id], params_ref, info, extras_ref)
+        self._tickets[ref] = (client_id, index)
         return ref
 
     def wait(self, tickets: list[Any]) -> list[tuple[Any, ClientUpdate | ClientFailure]]:
@@ -337,7 +310,7 @@ class RayExecutor:
         ready, _ = ray.wait(tickets, num_returns=1)
         out: list[tuple[Any, ClientUpdate | ClientFailure]] = []
         for ref in ready:
-            cid = self._tickets.pop(ref)
+            cid, index = self._tickets.pop(ref)
             try:
                 result = ray.get(ref)[0]
                 if isinstance(result, PartialSum):
@@ -346,8 +319,7 @@ class RayExecutor:
                     )
                 out.append((ref, result))
             except ray.exceptions.RayError as exc:
-                index = self.plan.host_of[cid]
-                reason = f"host {index} failed: {one_line(_unwrap(exc))}"
+                reason = f"host {index} failed: {one_line(unwrap(exc))}"
                 out.append((ref, ClientFailure(cid, reason, "host", index)))
         return out
 
@@ -368,7 +340,7 @@ class RayExecutor:
         """Federated evaluation on the clients' local ``test`` splits or ``train`` shards."""
         self.supervisor.await_restarts()
         calls, skipped = self._calls(client_ids, "evaluate_clients", params[0], split)
-        return [*skipped, *self._stream(calls, "evaluate")]
+        return [*skipped, *stream(self._ray, self.hosts, self.supervisor, calls, "evaluate")]
 
     def export(self, params: Params) -> bytes:
         """The final model as ``.keras`` bytes, saved by host 0."""

@@ -58,6 +58,44 @@ def test_hosts_are_actors_with_capped_threads_and_a_dead_host_fails_only_its_cli
         ex.close()
 
 
+def test_balanced_hosts_share_every_call_and_a_dead_host_costs_no_client(
+    ray_instance, linreg_config
+):
+    from fedray.records import HostRecovery
+    from fedray.runtime.ray_executor import RayExecutor
+
+    cfg = config.load(
+        linreg_config,
+        ["data.num_clients=6", "runtime.clients_per_actor=3", "runtime.balance=true"],
+    )
+    ex = RayExecutor(cfg, Mean())
+    try:
+        assert [info["clients"] for info in ex.host_info] == [list(range(6))] * 2
+        params, extras = ex.broadcast(ex.initial_params())
+        info = RoundInfo(server_round=1, seed=0)
+        calls, skipped = ex._calls([5, 4, 3, 2], "fit", params, info, extras)
+        assert not skipped and sorted(calls.values()) == [(0, [5, 3]), (1, [4, 2])]
+        ray.get(list(calls))
+        ids = [0, 1, 2, 3]  # at home, 0-2 would train on host 0 and 3 alone on host 1
+        before = {r.client_id: r for r in ex.fit(ids, (params, extras), info)}
+        ray.kill(ex.hosts[1])  # for good: it never restarts
+        events = list(ex.fit(ids, (params, extras), info))
+        lost = [e for e in events if isinstance(e, HostRecovery)]
+        assert [(e.host, e.client_ids) for e in lost] == [(1, (1, 3))]
+        after = {e.client_id: e for e in events if isinstance(e, ClientUpdate)}
+        assert sorted(after) == ids  # re-run at once on host 0, not failed
+        for cid in ids:  # the same training, whichever host ran it
+            for a, b in zip(before[cid].delta, after[cid].delta, strict=True):
+                np.testing.assert_array_equal(a, b)
+        # Next round: host 1 is dead for good, so every client is dealt to host 0. At
+        # home, host 1's clients would fail with "dead for good" every round from now on.
+        again = list(ex.fit(ids, (params, extras), RoundInfo(server_round=2, seed=0)))
+        assert sorted(e.client_id for e in again if isinstance(e, ClientUpdate)) == ids
+        assert ex.supervisor.unavailable(1) is not None
+    finally:
+        ex.close()
+
+
 def test_start_up_data_error_reaches_the_driver_unwrapped(ray_instance, tmp_path):
     cfg = config.load({"data": {"dataset": "csv", "path": str(tmp_path / "gone.csv")}})
     from fedray.runtime.ray_executor import RayExecutor
