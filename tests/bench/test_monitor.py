@@ -1,0 +1,23 @@
+"""The benchmarks' process-tree monitor: peak PSS without sampling steady rounds."""
+
+import time
+
+import numpy as np
+
+from fedray.bench.monitor import PeakPSS, tree_pss_bytes
+
+
+def test_peak_pss_sees_a_growth_and_leaves_steady_memory_unsampled():
+    base = tree_pss_bytes()
+    with PeakPSS(interval_s=0.05) as mem:
+        time.sleep(0.3)
+        before = mem.samples  # the first look at the tree
+        block = np.ones(200 << 20, np.uint8)  # 200 MB, every page touched
+        time.sleep(0.3)
+        grown = mem.samples - before
+        time.sleep(0.5)  # steady: nothing new is mapped, so PSS is not read again
+        steady = mem.samples - before - grown
+        del block
+    assert before >= 1 and grown >= 1
+    assert steady == 0
+    assert mem.peak >= base + (190 << 20)  # the peak held the block
