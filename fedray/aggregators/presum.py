@@ -54,7 +54,7 @@ def presum(updates: Sequence[ClientUpdate], aggregator: Weighted) -> PartialSum:
         w = float(aggregator.weight(u))
         weight += w
         for acc, d in zip(total, u.delta, strict=True):
-            acc += w * d
+            acc += d if w == 1.0 else w * d  # equal values: w * d is d when w is 1
     shared = set.intersection(*(set(u.metrics) for u in ordered))
     sums: Metrics = {
         k: float(sum(u.metrics[k] * u.num_examples for u in ordered)) for k in sorted(shared)

@@ -353,7 +353,7 @@ class KerasTrainer:
         deltas_t, metrics_t = self._fit_fn(
             offsets, sizes, seeds, steps, params_t, corrections, noise
         )
-        deltas = [d.numpy() for d in deltas_t]
+        deltas = [np.asarray(d) for d in deltas_t]  # read-only views: no copy of 9 x 6.5 MB
         metrics = np.stack([m.numpy() for m in metrics_t], axis=1)
         out = []
         for k in range(len(jobs)):
