@@ -8,10 +8,17 @@ unweighted, evaluation every 10 rounds, ``simple_cnn`` (``experiments/cifar_pfl.
 Systems, each in fresh processes on the same config, data and seed:
 
 * ``fedray``: ``fedray.run`` on a private local Ray instance (``clients_per_actor:
-  auto``: one host per CPU, the clients packed over them).
+  auto``: one host per CPU; ``runtime.balance``: every host serves every client, and
+  each round's 50 are dealt evenly over them).
 * ``floor``: the round's optimizer steps (50 clients x 5 steps) split over as many
   compiled TensorFlow loops as fedray has hosts, one thread each, running side by side
-  in separate processes; the floor of a round is the slowest loop's median time.
+  in separate processes that start their timed loops together (each traces its loop,
+  says ``ready`` and waits for ``go``); the floor of a round is the slowest loop's
+  median time (10 repeats).
+
+The two alternate ``--repeats`` times, so that the machine's drift touches both; the
+figure is the median of the per-repeat ratios. fedray's round is its median round
+(evaluation every 10 rounds is reported apart, as the mean round).
 
 It trains on real CIFAR-10 when ``keras.datasets`` has it cached (or at ``--data``, an
 ``.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test``), else on CIFAR-shaped
@@ -87,7 +94,14 @@ def floor_half(overrides: Sequence[str], share: int, of: int) -> dict[str, Any]:
     model = build_model(cfg.model, cfg.client, ds.info)
     rows = np.concatenate(chosen)
     x, y = tf.constant(ds.x_train[rows]), tf.constant(ds.y_train[rows])
-    return {"loop_s": timed_loop(model, x, y, batch, steps, 5), "steps": steps}
+    return {"loop_s": timed_loop(model, x, y, batch, steps, 10, _await_go), "steps": steps}
+
+
+def _await_go() -> None:
+    """Tell the parent this loop is traced, then wait until every loop is."""
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    sys.stdin.readline()
 
 
 def _child(argv: Sequence[str]) -> dict[str, Any]:
@@ -105,7 +119,23 @@ def _child(argv: Sequence[str]) -> dict[str, Any]:
 
 def _spawn(args: Sequence[str]) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "fedray.bench.cifar", "child", *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def floor_round(hosts: int, extra: Sequence[str]) -> tuple[float, int]:
+    """(seconds, steps) of a floor round: ``hosts`` loops started together, the slowest."""
+    loops = [_spawn([f"floor{i}/{hosts}", "1", *extra]) for i in range(hosts)]
+    for proc in loops:  # every loop traced and waiting
+        if proc.stdout is None or proc.stdout.readline().strip() != "ready":
+            _result(proc)  # raises with the child's stderr
+    for proc in loops:  # all at once
+        if proc.stdin is not None:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+    halves = [_result(proc) for proc in loops]
+    return max(h["loop_s"] for h in halves), sum(h["steps"] for h in halves)
 
 
 def _result(proc: subprocess.Popen[str]) -> dict[str, Any]:
@@ -127,55 +157,89 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=20, help="rounds of fedray (the paper: 1500)")
     p.add_argument("--data", default=None, help="an .npz of CIFAR-10 (default: keras' cache)")
     p.add_argument("--out", default="experiments/results")
+    p.add_argument("--repeats", type=int, default=3, help="fedray and floor rounds, alternated")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     extra, source = data_source(args.data)
     logger.warning("data: %s", source)
     hosts = max(1, os.cpu_count() or 1)
-    fedray = _result(_spawn(["fedray", str(args.rounds), *extra]))
-    loops = [_spawn([f"floor{i}/{hosts}", "1", *extra]) for i in range(hosts)]
-    halves = [_result(proc) for proc in loops]
-    floor = max(h["loop_s"] for h in halves)
-    row = {
+    rows = []
+    for rep in range(args.repeats):
+        fedray = _result(_spawn(["fedray", str(args.rounds), *extra]))
+        floor, steps = floor_round(hosts, extra)
+        rows.append(row(rep, source, hosts, fedray, floor, steps))
+        logger.warning("repeat %d: fedray %.3f s, floor %.3f s, %.2fx", rep,
+                       fedray["round_s"], floor, rows[-1]["ratio"])  # fmt: skip
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    frame.to_csv(out / "cifar.csv", index=False)
+    table = markdown(frame)
+    (out / "cifar.md").write_text(table + "\n")
+    _plot(frame, out / "cifar.png")
+    sys.stdout.write(table + "\n")
+    return 0
+
+
+def row(
+    rep: int, source: str, hosts: int, fedray: dict[str, Any], floor: float, steps: int
+) -> dict[str, Any]:
+    """One repeat's figures: fedray's run and the floor measured right after it."""
+    return {
+        "repeat": rep,
         "data": source,
         "rounds": fedray["rounds"],
         "hosts": hosts,
         "fedray_round_s": fedray["round_s"],
         "floor_round_s": floor,
         "ratio": fedray["round_s"] / floor,
+        "mean_round_s": fedray["mean_round_s"],
         "startup_s": fedray["startup_s"],
         "peak_pss_mb": fedray["peak_pss_mb"],
         "cpu_s_per_round": fedray["cpu_s_per_round"],
         "accuracy": fedray["quality"],
-        "floor_steps": sum(h["steps"] for h in halves),
+        "floor_steps": steps,
     }
-    import pandas as pd
 
-    pd.DataFrame([row]).to_csv(out / "cifar.csv", index=False)
-    table = (
-        "| data | rounds | fedray round (s) | floor round (s) | fedray / floor | startup (s) | "
-        "peak PSS (MB) | accuracy |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
-        f"| {source} | {row['rounds']} | {row['fedray_round_s']:.3f} | {floor:.3f} | "
-        f"{row['ratio']:.2f} | {row['startup_s']:.1f} | {row['peak_pss_mb']:.0f} | "
-        f"{row['accuracy']:.3f} |"
+
+def markdown(frame: Any) -> str:
+    """One line per repeat, then the medians (the ratio: median of the repeats' ratios)."""
+    head = (
+        "| repeat | fedray round (s) | floor round (s) | fedray / floor | mean round with "
+        "evaluation (s) | startup (s) | peak PSS (MB) | accuracy |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|"
     )
-    (out / "cifar.md").write_text(table + "\n")
-    _plot(row, out / "cifar.png")
-    sys.stdout.write(table + "\n")
-    return 0
+
+    def line(name: str, r: Any) -> str:
+        return (
+            f"| {name} | {r['fedray_round_s']:.3f} | {r['floor_round_s']:.3f} | "
+            f"{r['ratio']:.2f} | {r['mean_round_s']:.3f} | {r['startup_s']:.1f} | "
+            f"{r['peak_pss_mb']:.0f} | {r['accuracy']:.3f} |"
+        )
+
+    numeric = frame.drop(columns=["data"]).median()
+    lines = [line(str(r["repeat"]), r) for _, r in frame.iterrows()]
+    first = frame.iloc[0]
+    note = f"\n\n{first['data']}; {first['rounds']} rounds, {first['hosts']} hosts."
+    return "\n".join([head, *lines, line("**median**", numeric)]) + note
 
 
-def _plot(row: dict[str, Any], path: Path) -> None:
+def _plot(frame: Any, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(["compute floor", "fedray"], [row["floor_round_s"], row["fedray_round_s"]],
-           color=["#999999", "#1f77b4"])  # fmt: skip
-    ax.set(ylabel="seconds per round", title=f"pfl CIFAR-10 protocol: {row['ratio']:.2f}x floor")
+    fig, ax = plt.subplots(figsize=(5.5, 3))
+    x = np.arange(len(frame))
+    ax.bar(x - 0.2, frame["floor_round_s"], 0.4, color="#999999", label="compute floor")
+    ax.bar(x + 0.2, frame["fedray_round_s"], 0.4, color="#1f77b4", label="fedray")
+    ratio = float(frame["ratio"].median())
+    ax.set(xticks=x, xticklabels=[f"repeat {r}" for r in frame["repeat"]],
+           ylabel="seconds per round", title=f"CIFAR-10 protocol: {ratio:.2f}x floor")  # fmt: skip
+    ax.set_ylim(0, 1.3 * float(frame[["floor_round_s", "fedray_round_s"]].max().max()))
+    ax.legend(loc="upper center", ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,7 @@ def run_fedray(config: str, overrides: Sequence[str]) -> dict[str, Any]:
     return {
         "begin": marks["begin"],
         "round_s": statistics.median(round_s),
+        "mean_round_s": statistics.mean(round_s),
         "first_round_s": round_s[0],
         "cpu_s_per_round": (marks["cpu1"] - marks["cpu0"]) / len(round_s),
         "rounds": len(round_s),
@@ -158,6 +159,7 @@ def run_naive(config: str, overrides: Sequence[str]) -> dict[str, Any]:
     return {
         "begin": begin,
         "round_s": statistics.median(round_s),
+        "mean_round_s": statistics.mean(round_s),
         "first_round_s": round_s[0],
         "cpu_s_per_round": (cpu1 - cpu0) / len(round_s),
         "rounds": len(round_s),
@@ -174,10 +176,19 @@ def parallel_hosts(clients: int, cpus: int) -> int:
     return min(math.ceil(clients / per_host), cpus)
 
 
-def timed_loop(model: Any, x: Any, y: Any, batch: int, steps: int, repeats: int) -> float:
+def timed_loop(
+    model: Any,
+    x: Any,
+    y: Any,
+    batch: int,
+    steps: int,
+    repeats: int,
+    ready: Callable[[], None] | None = None,
+) -> float:
     """Median seconds of ``steps`` optimizer steps in one traced TensorFlow loop.
 
-    Each step trains on a random batch of (x, y); the loop is traced and built first.
+    Each step trains on a random batch of (x, y); the loop is traced and built first,
+    then ``ready()`` (if given) is called, e.g. to start side by side with other loops.
     """
     import tensorflow as tf
 
@@ -192,6 +203,8 @@ def timed_loop(model: Any, x: Any, y: Any, batch: int, steps: int, repeats: int)
 
     traced = tf.function(loop)
     traced(tf.constant(1))  # trace and build
+    if ready is not None:
+        ready()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -49,3 +49,20 @@ def test_simple_cnn_has_the_papers_parameter_count():
     cfg = config.load(ROOT / CONFIG)
     model = build_model(cfg.model, cfg.client, DatasetInfo((32, 32, 3), 10, "classification", 10))
     assert model.count_params() == 1_626_442
+
+
+def test_the_table_gives_each_repeat_and_the_median_of_the_ratios():
+    import pandas as pd
+
+    from fedray.bench.cifar import markdown, row
+
+    runs = [(1.2, 1.0), (1.1, 1.0), (1.5, 1.0)]  # ratios 1.2, 1.1, 1.5: the median is 1.2
+    fedray = {"rounds": 20, "mean_round_s": 1.4, "startup_s": 12.0, "peak_pss_mb": 5000.0,
+              "cpu_s_per_round": 2.4, "quality": 0.85}  # fmt: skip
+    frame = pd.DataFrame(
+        [row(i, "stand-in", 2, {**fedray, "round_s": f}, fl, 250) for i, (f, fl) in enumerate(runs)]
+    )
+    lines = markdown(frame).splitlines()
+    assert lines[2].startswith("| 0 | 1.200 | 1.000 | 1.20 | 1.400 |")
+    assert lines[5].startswith("| **median** | 1.200 | 1.000 | 1.20 |")
+    assert lines[-1] == "stand-in; 20 rounds, 2 hosts."
