@@ -159,7 +159,13 @@ def plan(
             values = {**dict(zip(keys, combo, strict=True)), "seed": base.seed + s}
             over = [f"{k}={_text(v)}" for k, v in values.items()]
             try:
-                config_mod.load(base, over)
+                trial = config_mod.load(base, over)
+                if trial.data.placement:  # would wait for ever inside its placement group
+                    raise ConfigError(
+                        f"data.placement={trial.data.placement!r} pins hosts to nodes by "
+                        "custom resources, which a trial's placement group does not hold; "
+                        "unset data.placement for a sweep"
+                    )
             except ConfigError as exc:
                 shown = ", ".join(over)
                 raise ConfigError(f"sweep trial {shown}: {exc}") from None

@@ -53,6 +53,12 @@ def test_a_bad_value_or_combination_is_refused_before_anything_starts():
         plan(LINREG, {"strategy.name": ["fedavg", "nope"]})
     with pytest.raises(ConfigError, match="--seeds 0"):
         plan(LINREG, {"rounds": [1]}, seeds=0)
+    # Custom node resources cannot be met inside a trial's placement group: the trial
+    # would wait for ever for its hosts, so the sweep is refused before it starts.
+    with pytest.raises(ConfigError) as err:
+        plan(LINREG, {"rounds": [1]}, overrides=["data.placement={0: site-a, 1: site-b}"])
+    assert "sweep trial rounds=1, seed=0: data.placement=" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_a_trial_reserves_its_driver_and_each_host_within_its_share():
