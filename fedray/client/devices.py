@@ -13,19 +13,26 @@ Layer 3 (an edge): TensorFlow is imported inside the functions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
 CUDA_RESERVE_MB = 512
 """Memory a process's CUDA context and kernels take outside TensorFlow's allocator."""
+
+DATA_FRACTION = 0.5
+"""The most of a host's GPU memory its data tensors may take; the rest is the model's."""
 
 
 @dataclass(frozen=True)
@@ -95,11 +102,13 @@ def configure_gpu(tf: Any, share: GpuShare) -> dict[str, Any]:
         return {"gpu": None, "cuda_visible_devices": visible}
     gpu = gpus[0]
     facts: dict[str, Any] = {"gpu": gpu.name, "cuda_visible_devices": visible}
+    total = gpu_total_mb(0)
+    if total is not None:
+        facts["gpu_total_mb"] = total
     if share.memory_growth:
         tf.config.experimental.set_memory_growth(gpu, True)
         facts["gpu_memory"] = "growth"
     else:
-        total = gpu_total_mb(0)
         if total is None:
             tf.config.experimental.set_memory_growth(gpu, True)
             facts["gpu_memory"] = "growth (total memory unknown)"
@@ -111,6 +120,40 @@ def configure_gpu(tf: Any, share: GpuShare) -> dict[str, Any]:
             facts["gpu_memory_mb"] = limit
     logger.info("host on %s (CUDA_VISIBLE_DEVICES=%s): %s", gpu.name, visible, facts)
     return facts
+
+
+def data_device(nbytes: int, facts: Mapping[str, Any]) -> str | None:
+    """Where a host's data tensors go: None (TensorFlow's choice), or the CPU.
+
+    None, and so the GPU when there is one, while they fit in :data:`DATA_FRACTION` of
+    the host's GPU memory; else ``"/CPU:0"``. The host's memory is its cap
+    (``gpu_memory_mb``), or the GPU's total under memory growth; without a GPU, or when
+    neither is known, TensorFlow chooses.
+
+    >>> gpu = {"gpu": "/physical_device:GPU:0", "gpu_memory_mb": 4096}
+    >>> data_device(3 << 30, gpu), data_device(1 << 30, gpu), data_device(3 << 30, {})
+    ('/CPU:0', None, None)
+    """
+    if not facts.get("gpu"):
+        return None
+    memory_mb = facts.get("gpu_memory_mb", facts.get("gpu_total_mb"))
+    if memory_mb is None or nbytes <= DATA_FRACTION * float(memory_mb) * 2**20:
+        return None
+    logger.info(
+        "the host's data (%.0f MB) would take over %d%% of its %.0f MB of GPU memory: "
+        "it stays in host memory and batches are copied to the GPU",
+        nbytes / 2**20, 100 * DATA_FRACTION, memory_mb,
+    )  # fmt: skip
+    return "/CPU:0"
+
+
+def data_tensors(tf: Any, arrays: Sequence[np.ndarray], facts: dict[str, Any]) -> list[Any]:
+    """``arrays`` as tensors on :func:`data_device`'s choice (recorded in ``facts``)."""
+    where = data_device(sum(a.nbytes for a in arrays), facts)
+    if facts.get("gpu"):
+        facts["data_device"] = where or "gpu"
+    with tf.device(where) if where else contextlib.nullcontext():
+        return [tf.constant(a) for a in arrays]
 
 
 def import_tensorflow() -> Any:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedray.client.devices import configure_tensorflow
+from fedray.client.devices import configure_tensorflow, data_tensors
 from fedray.client.spec import TrainJob
 from fedray.client.steps import ControlVariates, DPSGDGradient, Proximal, gradient_step
 from fedray.records import Metrics, Params
@@ -71,8 +71,8 @@ class KerasTrainer:
         for cid, shard in data.shards.items():
             self._rows[cid] = (offset, len(shard.x))
             offset += len(shard.x)
-        self._x_all = tf.constant(np.concatenate([s.x for s in data.shards.values()]))
-        self._y_all = tf.constant(np.concatenate([s.y for s in data.shards.values()]))
+        self._x_all, self._y_all = data_tensors(tf, [np.concatenate([getattr(s, k) for s in
+            data.shards.values()]) for k in "xy"], self._device)  # fmt: skip
         self._local_test: dict[int, tuple[Any, Any]] = {}
         for cid, shard in data.shards.items():
             if len(shard.x_test):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from fedray import config
@@ -66,7 +67,7 @@ def test_configure_gpu_caps_grows_or_leaves_the_cpu_alone(monkeypatch):
     facts = configure_gpu(tf, GpuShare(0.25))
     assert tf.calls == [("limit", "/physical_device:GPU:0", 19968)]
     assert facts == {"gpu": "/physical_device:GPU:0", "cuda_visible_devices": "3",
-                     "gpu_memory_mb": 19968}  # fmt: skip
+                     "gpu_total_mb": 81920.0, "gpu_memory_mb": 19968}  # fmt: skip
     tf = FakeTF(1)
     assert configure_gpu(tf, GpuShare(0.25, memory_growth=True))["gpu_memory"] == "growth"
     assert tf.calls == [("growth", "/physical_device:GPU:0", True)]
@@ -76,6 +77,35 @@ def test_configure_gpu_caps_grows_or_leaves_the_cpu_alone(monkeypatch):
     tf = FakeTF(0)
     assert configure_gpu(tf, GpuShare(0.5)) == {"gpu": None, "cuda_visible_devices": "3"}
     assert tf.calls == []
+
+
+def test_a_hosts_data_stays_on_its_gpu_while_it_fits_in_half_the_hosts_memory():
+    import contextlib
+
+    where = ["default"]
+
+    @contextlib.contextmanager
+    def device(name):
+        where.append(name)
+        yield
+        where.pop()
+
+    tf = SimpleNamespace(device=device, constant=lambda a: (where[-1], a.nbytes))
+    capped = {"gpu": "/physical_device:GPU:0", "gpu_memory_mb": 1000}  # a 1000 MB share
+    rows = [np.zeros(400 << 20, np.uint8), np.zeros(50 << 20, np.uint8)]  # 450 MB: fits
+    assert devices.data_tensors(tf, rows, capped) == [("default", 400 << 20), ("default", 50 << 20)]
+    assert capped["data_device"] == "gpu"
+    rows.append(np.zeros(100 << 20, np.uint8))  # 550 MB > 500 MB: the CPU keeps it
+    assert [d for d, _ in devices.data_tensors(tf, rows, capped)] == ["/CPU:0"] * 3
+    assert capped["data_device"] == "/CPU:0"
+    growth = {"gpu": "/physical_device:GPU:0", "gpu_memory": "growth", "gpu_total_mb": 1000.0}
+    assert devices.data_device(550 << 20, growth) == "/CPU:0"  # half of the whole GPU
+    for no_gpu in ({}, {"gpu": None, "cuda_visible_devices": ""}):
+        facts = dict(no_gpu)
+        assert [d for d, _ in devices.data_tensors(tf, rows, facts)] == ["default"] * 3
+        assert "data_device" not in facts  # a CPU host says nothing of a GPU
+    unknown = {"gpu": "/physical_device:GPU:0", "gpu_memory": "growth (total memory unknown)"}
+    assert devices.data_device(10 << 30, unknown) is None  # no size to judge by: TF chooses
 
 
 def test_nvidia_smi_absent_means_unknown(monkeypatch):
