@@ -166,6 +166,11 @@ def plan(
                         "custom resources, which a trial's placement group does not hold; "
                         "unset data.placement for a sweep"
                     )
+                if trial.runtime.gpus_per_host == "auto":
+                    raise ConfigError(
+                        "runtime.gpus_per_host='auto' measures a probe host before the "
+                        "hosts start, which a trial's reservation cannot hold; give a share"
+                    )
             except ConfigError as exc:
                 shown = ", ".join(over)
                 raise ConfigError(f"sweep trial {shown}: {exc}") from None

@@ -72,6 +72,41 @@ def memory_limit_mb(total_mb: float, fraction: float, reserve_mb: float = CUDA_R
     return math.floor(share)
 
 
+AUTO_HEADROOM = 1.25
+"""``runtime.gpus_per_host: auto`` sizes a host for its measured peak times this."""
+
+
+def hosts_per_gpu(total_mb: float, peak_mb: float, reserve_mb: float = CUDA_RESERVE_MB) -> int:
+    """How many hosts of a measured ``peak_mb`` share a GPU of ``total_mb`` safely.
+
+    Each host's cap must hold its model's peak with :data:`AUTO_HEADROOM` to spare, and
+    as much again for its data (which stays on the GPU only while it fits in
+    :data:`DATA_FRACTION`, half, of the cap), plus its CUDA context's reserve.
+
+    >>> hosts_per_gpu(16384, 3000), hosts_per_gpu(81920, 600), hosts_per_gpu(8192, 9000)
+    (2, 40, 1)
+    """
+    need = peak_mb * AUTO_HEADROOM / (1 - DATA_FRACTION) + reserve_mb
+    return max(1, math.floor(total_mb / need))
+
+
+def auto_share(hosts: int) -> float:
+    """A GPU share that lets ``hosts`` hosts fit on one GPU (Ray counts in 1e-4).
+
+    >>> auto_share(1), auto_share(3), auto_share(40)
+    (1.0, 0.3333, 0.025)
+    """
+    return math.floor(10_000 / hosts) / 10_000
+
+
+def gpu_peak_mb() -> float | None:
+    """This process's peak TensorFlow memory on its first GPU, in MB; None without one."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not tf.config.list_physical_devices("GPU"):
+        return None
+    return float(tf.config.experimental.get_memory_info("GPU:0")["peak"]) / 2**20
+
+
 def gpu_total_mb(index: int = 0) -> float | None:
     """Total memory of visible GPU ``index`` in MB (``nvidia-smi``), or None if unknown."""
     smi = shutil.which("nvidia-smi")

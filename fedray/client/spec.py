@@ -165,4 +165,6 @@ def _gpu_share(config: Config) -> GpuShare | None:
     rt = config.runtime
     if rt.gpus_per_host is None:
         return None
+    if rt.gpus_per_host == "auto":  # the Ray executor measures it before any host starts
+        raise ValueError("runtime.gpus_per_host=auto must be resolved to a share first")
     return GpuShare(fraction=rt.gpus_per_host, memory_growth=rt.gpu_memory_growth)

@@ -258,9 +258,10 @@ class RuntimeConfig(_Section):
     """GPUs of the private local Ray instance (unset: Ray detects them; a number on a machine
     without GPUs simulates them, for scheduling only)
     """
-    gpus_per_host: float | None = Field(None, gt=0)
+    gpus_per_host: Annotated[float, Field(gt=0)] | Literal["auto"] | None = None
     """each host's share of a GPU (Ray's `num_gpus`, e.g. 0.25: four hosts per GPU); its
-    TensorFlow is capped to that share of the GPU's memory (see [Speed and scale](performance.md))
+    TensorFlow is capped to that share of the GPU's memory; `auto`: measure one host's peak GPU
+    memory and fit as many hosts on each GPU as it allows (see [GPUs](performance.md#gpus))
     """
     gpu_memory_growth: bool = False
     """with `gpus_per_host`: let TensorFlow grow its GPU memory instead of capping it at the share

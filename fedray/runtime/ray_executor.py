@@ -17,7 +17,7 @@ from typing import Any
 
 from fedray.aggregators import Aggregator
 from fedray.config import Config
-from fedray.errors import FedrayError, one_line
+from fedray.errors import ConfigError, FedrayError, one_line
 from fedray.memory import InMemory
 from fedray.records import (
     ClientEval,
@@ -39,7 +39,14 @@ from fedray.runtime.plan import (
     group_clients,
     host_slots,
 )
-from fedray.runtime.ray_host import ShardStore, host_cpus, reservation, start_hosts
+from fedray.runtime.ray_host import (
+    ShardStore,
+    host_cpus,
+    measure_gpu_share,
+    probe_spec,
+    reservation,
+    start_hosts,
+)
 from fedray.runtime.stream import stream, unwrap
 from fedray.runtime.supervisor import Supervisor
 from fedray.secagg import SecAggError
@@ -75,7 +82,17 @@ class RayExecutor:
         self._ray = ray
         resources, trial = reservation()  # the whole cluster, or a sweep trial's bundles
         total_cpus = float(resources.get("CPU", 1.0))
-        setting, gpus = config.runtime.clients_per_actor, config.runtime.gpus_per_host
+        gpus = config.runtime.gpus_per_host
+        if gpus == "auto":  # a measured share, from here on
+            if resources.get("GPU", 0.0) < 1:  # the probe would wait for ever
+                raise ConfigError(
+                    f"runtime.gpus_per_host='auto': the cluster has {resources.get('GPU', 0.0):g}"
+                    " GPUs, and measuring a host takes a whole one; give a share or add GPUs"
+                )
+            gpus = measure_gpu_share(probe_spec(config, aggregator, client, source), 1.0)
+            runtime = config.runtime.model_copy(update={"gpus_per_host": gpus})
+            config = config.model_copy(update={"runtime": runtime})
+        setting = config.runtime.clients_per_actor
         slots = host_slots(resources, gpus)
         per_host = clients_per_host(setting, config.data.num_clients, slots)
         num_hosts = len(group_clients(config.data.num_clients, per_host))

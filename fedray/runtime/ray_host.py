@@ -14,12 +14,17 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedray.client.host import ClientHost
 from fedray.client.spec import HostSpec
 from fedray.config import Config
 from fedray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedray.aggregators import Aggregator
+    from fedray.memory import InMemory
+    from fedray.records import ClientOptions
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,65 @@ class RayClientHost(ClientHost):
         if kind == "hang":
             time.sleep(10**6)  # until the driver's round deadline kills and restarts it
         os._exit(1)  # the whole host process dies; Ray restarts it (runtime.max_restarts)
+
+
+class ProbeHost(ClientHost):
+    """A one-client host on a whole GPU, which measures what a host of the run needs."""
+
+    def measure(self) -> dict[str, float | None]:
+        """Train the first client once from the initial weights; the peak GPU memory."""
+        from fedray.client.devices import gpu_peak_mb
+        from fedray.records import RoundInfo
+
+        cid = next(iter(self.spec.client_ids))
+        self.fit([cid], self.initial_params(), RoundInfo(server_round=1, seed=self.spec.seed))
+        return {"peak_mb": gpu_peak_mb(), "total_mb": self.ready().get("gpu_total_mb")}
+
+
+def probe_spec(
+    config: Config, aggregator: Aggregator, client: ClientOptions, source: InMemory | None
+) -> HostSpec:
+    """The probe's spec: client 0 alone, on a whole GPU with memory growth (its real peak)."""
+    runtime = config.runtime.model_copy(update={"gpus_per_host": 1.0, "gpu_memory_growth": True})
+    one = config.model_copy(update={"runtime": runtime})
+    part = None if source is None else source.for_host((0,), with_test_set=False)
+    return HostSpec.from_config(one, (0,), aggregator, client=client, source=part)
+
+
+def measure_gpu_share(spec: HostSpec, cpus: float) -> float:
+    """``runtime.gpus_per_host: auto``: start one probe host, measure it, pick the share.
+
+    ``spec`` is a one-client host on a whole GPU with memory growth (:func:`probe_spec`).
+    """
+    import ray
+
+    probe = ray.remote(ProbeHost).options(num_gpus=1, num_cpus=cpus, max_restarts=0).remote(spec)
+    try:
+        ray.get(probe.ready.remote())
+        facts = ray.get(probe.measure.remote())
+    finally:
+        ray.kill(probe)
+    return share_from(facts)
+
+
+def share_from(facts: dict[str, float | None]) -> float:
+    """The share for a probe's ``peak_mb`` on a GPU of ``total_mb``; 1 when either is unknown.
+
+    >>> share_from({"peak_mb": 3000.0, "total_mb": 16384.0}), share_from({"peak_mb": None})
+    (0.5, 1.0)
+    """
+    from fedray.client.devices import auto_share, hosts_per_gpu
+
+    peak, total = facts.get("peak_mb"), facts.get("total_mb")
+    if peak is None or total is None:
+        logger.warning("runtime.gpus_per_host=auto: no GPU memory to measure; one host per GPU")
+        return 1.0
+    share = auto_share(hosts_per_gpu(total, peak))
+    logger.info(
+        "runtime.gpus_per_host=auto: a host peaked at %.0f MB of a %.0f MB GPU: %d hosts "
+        "per GPU (a share of %g each)", peak, total, round(1 / share), share,
+    )  # fmt: skip
+    return share
 
 
 class ShardStore:

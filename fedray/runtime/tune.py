@@ -53,7 +53,7 @@ def trial_bundles(cfg: Config, cpus: float) -> list[dict[str, float]]:
     per_host = clients_per_host(rt.clients_per_actor, cfg.data.num_clients, cpus)
     hosts = len(group_clients(cfg.data.num_clients, per_host))
     bundle = {"CPU": round((cpus - DRIVER_CPU) / hosts, 6)}
-    if rt.gpus_per_host is not None:
+    if isinstance(rt.gpus_per_host, float):  # `auto` is refused for sweeps (sweeps.plan)
         bundle["GPU"] = rt.gpus_per_host
     return [{"CPU": DRIVER_CPU}] + [dict(bundle) for _ in range(hosts)]
 

@@ -108,6 +108,33 @@ def test_a_hosts_data_stays_on_its_gpu_while_it_fits_in_half_the_hosts_memory():
     assert devices.data_device(10 << 30, unknown) is None  # no size to judge by: TF chooses
 
 
+def test_auto_fits_as_many_measured_hosts_as_leave_room_for_their_data(monkeypatch):
+    # A host that peaked at 3000 MB needs 3000 x 1.25 for its model, as much again for
+    # its data (kept on the GPU only within half its cap) and 512 MB of CUDA context:
+    # 8012 MB, so two fit on a 16 GB GPU and a share of 0.5 each.
+    assert devices.hosts_per_gpu(16384, 3000) == 2 and devices.auto_share(2) == 0.5
+    share = devices.auto_share(devices.hosts_per_gpu(81920, 600))
+    assert devices.memory_limit_mb(81920, share) >= 2 * 600 * devices.AUTO_HEADROOM
+    assert devices.hosts_per_gpu(8192, 9000) == 1  # never fewer than one host per GPU
+    for k in (1, 3, 7, 40):  # k hosts of the share always fit: Ray counts in 1e-4
+        assert k * devices.auto_share(k) <= 1.0
+    tf = FakeTF(1)
+    tf.config.experimental.get_memory_info = lambda name: {"current": 1, "peak": 3 << 30}
+    monkeypatch.setitem(sys.modules, "tensorflow", tf)
+    assert devices.gpu_peak_mb() == 3072.0
+    monkeypatch.setitem(sys.modules, "tensorflow", FakeTF(0))
+    assert devices.gpu_peak_mb() is None  # no GPU: nothing to measure
+
+
+def test_auto_is_a_value_of_gpus_per_host_that_hosts_never_see_unresolved():
+    cfg = config.load({}, ["runtime.gpus_per_host=auto"])
+    assert cfg.runtime.gpus_per_host == "auto"
+    with pytest.raises(ValueError, match="resolved"):
+        HostSpec.from_config(cfg, (0,), aggregator=None)
+    with pytest.raises(ConfigError, match="runtime.gpus_per_host"):
+        config.load({}, ["runtime.gpus_per_host=most"])
+
+
 def test_nvidia_smi_absent_means_unknown(monkeypatch):
     monkeypatch.setattr(devices.shutil, "which", lambda name: None)
     assert devices.gpu_total_mb() is None

@@ -25,3 +25,27 @@ def test_hosts_share_the_gpus_ray_assigns(tmp_path, numpy_ray_hosts):
                    overrides=[*COMMON, "data.num_clients=6"])  # fmt: skip
     assert [len(h["clients"]) for h in hist.summary["hosts"]] == [2, 2, 2]
     assert hist.final["clients/ok"] == 6
+
+
+def test_auto_measures_a_probe_host_and_the_share_reaches_ray(tmp_path, numpy_ray_hosts,
+                                                              monkeypatch):  # fmt: skip
+    # On this machine the probe host sees no GPU, so auto falls back to one host per
+    # GPU: 2 hosts, one on each fake GPU.
+    over = [*COMMON, "runtime.gpus_per_host=auto", "data.num_clients=4"]
+    hist = api.run(ROOT / "experiments" / "linreg.yaml", out=tmp_path / "none", overrides=over)
+    hosts = hist.summary["hosts"]
+    assert sorted(h["gpu_ids"][0] for h in hosts) == ["0", "1"]
+    assert hist.final["clients/ok"] == 4
+    # A measured peak decides the share (here: as if the probe had measured 3000 MB on
+    # a 16 GB GPU, two hosts per GPU): 4 hosts, two on each GPU.
+    import fedray.runtime.ray_host as ray_host
+
+    seen = []
+    real = ray_host.share_from
+    monkeypatch.setattr(ray_host, "share_from", lambda facts: seen.append(facts) or real(
+        {"peak_mb": 3000.0, "total_mb": 16384.0}))  # fmt: skip
+    hist = api.run(ROOT / "experiments" / "linreg.yaml", out=tmp_path / "two", overrides=over)
+    assert seen == [{"peak_mb": None, "total_mb": None}]  # what the probe really reported
+    per_gpu = collections.Counter(h["gpu_ids"][0] for h in hist.summary["hosts"])
+    assert sorted(per_gpu.values()) == [2, 2]
+    assert hist.final["clients/ok"] == 4

@@ -59,6 +59,8 @@ def test_a_bad_value_or_combination_is_refused_before_anything_starts():
         plan(LINREG, {"rounds": [1]}, overrides=["data.placement={0: site-a, 1: site-b}"])
     assert "sweep trial rounds=1, seed=0: data.placement=" in str(err.value)
     assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="sweep trial rounds=1, seed=0: runtime.gpus_per_host"):
+        plan(LINREG, {"rounds": [1]}, overrides=["runtime.gpus_per_host=auto"])
 
 
 def test_a_trial_reserves_its_driver_and_each_host_within_its_share():
