@@ -49,3 +49,23 @@ def test_auto_measures_a_probe_host_and_the_share_reaches_ray(tmp_path, numpy_ra
     per_gpu = collections.Counter(h["gpu_ids"][0] for h in hist.summary["hosts"])
     assert sorted(per_gpu.values()) == [2, 2]
     assert hist.final["clients/ok"] == 4
+
+
+def test_a_probe_hosts_start_up_error_is_its_own_one_line(tmp_path):
+    import ray
+
+    from fedray import config
+    from fedray.aggregators import Mean
+    from fedray.errors import DataError
+    from fedray.runtime.ray_executor import RayExecutor
+
+    cfg = config.load({"data": {"dataset": "csv", "path": str(tmp_path / "gone.csv")},
+                       "runtime": {"gpus_per_host": "auto"}})  # fmt: skip
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False,
+             log_to_driver=False, logging_level="ERROR")  # fmt: skip
+    try:  # the probe host is the first to read the data: its error, not Ray's wrapper
+        with pytest.raises(DataError, match="data.path: file not found: '.*gone.csv'") as err:
+            RayExecutor(cfg, Mean())
+        assert type(err.value) is DataError and "\n" not in str(err.value)  # not Ray's
+    finally:
+        ray.shutdown()
