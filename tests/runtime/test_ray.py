@@ -71,6 +71,10 @@ def test_balanced_hosts_share_every_call_and_a_dead_host_costs_no_client(
     ex = RayExecutor(cfg, Mean())
     try:
         assert [info["clients"] for info in ex.host_info] == [list(range(6))] * 2
+        # Each holds every client's rows once, in its trainer's tensor, not also in numpy.
+        rows = [ray.get(h.__ray_call__.remote(lambda host: (len(host.shards),
+                int(host.trainer._x_all.shape[0])))) for h in ex.hosts]  # fmt: skip
+        assert rows == [(0, 100), (0, 100)]
         params, extras = ex.broadcast(ex.initial_params())
         info = RoundInfo(server_round=1, seed=0)
         calls, skipped = ex._calls([5, 4, 3, 2], "fit", params, info, extras)
