@@ -129,7 +129,8 @@ def floor_round(hosts: int, extra: Sequence[str]) -> tuple[float, int]:
     loops = [_spawn([f"floor{i}/{hosts}", "1", *extra]) for i in range(hosts)]
     for proc in loops:  # every loop traced and waiting
         if proc.stdout is None or proc.stdout.readline().strip() != "ready":
-            _result(proc)  # raises with the child's stderr
+            _result(proc)  # raises with the child's stderr when it failed
+            raise RuntimeError("a floor loop answered before it was traced and ready")
     for proc in loops:  # all at once
         if proc.stdin is not None:
             proc.stdin.write("go\n")

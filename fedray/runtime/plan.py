@@ -14,7 +14,8 @@ busier home 27.7 clients on average, 11% more than an even 25).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -78,6 +79,16 @@ def host_slots(resources: Mapping[str, float], gpus_per_host: float | None) -> f
             f"{resources.get('GPU', 0.0):g} GPUs, too few for one host; lower it or add GPUs"
         )
     return slots
+
+
+def least_busy(up: Sequence[int], in_flight: Iterable[int]) -> int:
+    """The host of ``up`` with the fewest calls in flight (``in_flight``: their hosts).
+
+    >>> least_busy([0, 1, 2], [0, 2, 0]), least_busy([2, 0], [])
+    (1, 2)
+    """
+    busy = Counter(in_flight)
+    return min(up, key=lambda h: busy[h])
 
 
 def group_clients(num_clients: int, clients_per_host: int) -> list[tuple[int, ...]]:

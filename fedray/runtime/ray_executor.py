@@ -17,7 +17,7 @@ from typing import Any
 
 from fedray.aggregators import Aggregator
 from fedray.config import Config
-from fedray.errors import ConfigError, FedrayError, one_line
+from fedray.errors import ConfigError, one_line
 from fedray.memory import InMemory
 from fedray.records import (
     ClientEval,
@@ -38,6 +38,7 @@ from fedray.runtime.plan import (
     fail_all,
     group_clients,
     host_slots,
+    least_busy,
 )
 from fedray.runtime.ray_host import (
     ShardStore,
@@ -47,7 +48,7 @@ from fedray.runtime.ray_host import (
     reservation,
     start_hosts,
 )
-from fedray.runtime.stream import stream, unwrap
+from fedray.runtime.stream import start_error, stream, unwrap
 from fedray.runtime.supervisor import Supervisor
 from fedray.secagg import SecAggError
 
@@ -158,10 +159,7 @@ class RayExecutor:
             self.host_info = ray.get([h.ready.remote() for h in self.hosts])
         except ray.exceptions.RayTaskError as exc:
             self.close()
-            cause = unwrap(exc)
-            if isinstance(cause, FedrayError):
-                raise cause from None
-            raise FedrayError(f"a client host failed to start: {cause}") from None
+            raise start_error(exc, "a client host") from None
         logger.info(
             "%d client hosts ready (%d clients, %.2f CPU and %d TF threads each)",
             len(self.hosts),
@@ -238,7 +236,7 @@ class RayExecutor:
                 return None
             others = self._up(exclude=index) if self.plan.balanced else []
             if others:  # any host serves any client: the least busy other one takes them
-                index = min(others, key=lambda i: sum(h == i for h, _ in calls.values()))
+                index = least_busy(others, (h for h, _ in calls.values()))
             else:
                 self.supervisor.await_restarts(only={index}, until=deadline)
                 if self.supervisor.unavailable(index) is not None:
@@ -315,8 +313,7 @@ class RayExecutor:
         index = self.plan.host_of[client_id]
         up = self._up() if self.plan.balanced else []
         if up:
-            busy = [h for _, h in self._tickets.values()]
-            index = min(up, key=busy.count)
+            index = least_busy(up, (h for _, h in self._tickets.values()))
         ref = self.hosts[index].fit.remote([client_id], params_ref, info, extras_ref)
         self._tickets[ref] = (client_id, index)
         return ref

@@ -97,18 +97,14 @@ def measure_gpu_share(spec: HostSpec, cpus: float) -> float:
     """
     import ray
 
-    from fedray.errors import FedrayError
-    from fedray.runtime.stream import unwrap
+    from fedray.runtime.stream import start_error
 
     probe = ray.remote(ProbeHost).options(num_gpus=1, num_cpus=cpus, max_restarts=0).remote(spec)
     try:
         ray.get(probe.ready.remote())
         facts = ray.get(probe.measure.remote())
     except ray.exceptions.RayTaskError as exc:  # a bad config or data: its own one line
-        cause = unwrap(exc)
-        if isinstance(cause, FedrayError):
-            raise cause from None
-        raise FedrayError(f"runtime.gpus_per_host=auto: the probe host failed: {cause}") from None
+        raise start_error(exc, "the probe host of runtime.gpus_per_host=auto") from None
     finally:
         ray.kill(probe)
     return share_from(facts)

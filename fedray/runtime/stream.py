@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from fedray.errors import one_line
+from fedray.errors import FedrayError, one_line
 from fedray.records import HostRecovery
 from fedray.runtime.plan import fail_all, tag
 from fedray.runtime.supervisor import Supervisor
@@ -24,6 +24,18 @@ def unwrap(exc: BaseException) -> BaseException:
     """The user-facing cause of a Ray task error."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
+
+
+def start_error(exc: BaseException, what: str) -> FedrayError:
+    """The error to raise when ``what`` failed to start.
+
+    A fedray error as it is (its own one line: a bad config, missing data); anything
+    else named after ``what``.
+    """
+    cause = unwrap(exc)
+    if isinstance(cause, FedrayError):
+        return cause
+    return FedrayError(f"{what} failed to start: {cause}")
 
 
 def stream(
