@@ -46,7 +46,7 @@ class InMemory:
     model_fn: Callable[[], Any] | None = field(default=None, compare=False)
 
     def for_host(self, client_ids: Sequence[int], *, with_test_set: bool) -> InMemory:
-        """Only what one host needs: its clients' shards (and the test set for host 0)."""
+        """Only what one host needs: its clients' shards (and the server test set if asked)."""
         return replace(
             self,
             shards={c: self.shards[c] for c in client_ids},

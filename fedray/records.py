@@ -162,6 +162,56 @@ class ClientEval:
     metrics: Metrics
 
 
+@dataclass(frozen=True)
+class MeanStates:
+    """Every metric's ``(total, count)`` per batch over one part of the server test set.
+
+    A metric that is a mean (Keras's loss tracker, accuracy: a ``keras.metrics.Mean``)
+    is ``sum(total) / sum(count)`` over all batches; hosts evaluate parts of the test
+    set side by side and :func:`merge_means` adds their batches in order.
+
+    Attributes:
+        names: The metrics, in column order.
+        first_batch: Index of this part's first batch in the whole test set.
+        totals: ``(batches, metrics)`` float64, each batch's sum of the metric.
+        counts: ``(batches, metrics)`` float64, each batch's count (its weight).
+    """
+
+    names: tuple[str, ...]
+    first_batch: int
+    totals: np.ndarray
+    counts: np.ndarray
+
+
+def batch_range(batches: int, part: int, of: int) -> tuple[int, int]:
+    """The batches ``[lo, hi)`` of part ``part`` when ``batches`` are cut into ``of`` parts.
+
+    >>> [batch_range(10, p, 3) for p in range(3)]
+    [(0, 3), (3, 6), (6, 10)]
+    """
+    return batches * part // of, batches * (part + 1) // of
+
+
+def merge_means(parts: list[MeanStates]) -> Metrics:
+    """Each metric over every batch of ``parts``, added in batch order (0 when no count).
+
+    The batches are summed in one array in the test set's order, so the result is the
+    same bit for bit however many parts there were and whichever host ran each.
+
+    >>> a = MeanStates(("acc",), 0, np.array([[3.0]]), np.array([[4.0]]))
+    >>> b = MeanStates(("acc",), 1, np.array([[1.0], [0.0]]), np.array([[4.0], [2.0]]))
+    >>> merge_means([b, a])
+    {'acc': 0.4}
+    """
+    ordered = sorted(parts, key=lambda p: p.first_batch)
+    totals = np.concatenate([p.totals for p in ordered]).sum(axis=0)
+    counts = np.concatenate([p.counts for p in ordered]).sum(axis=0)
+    return {
+        name: float(t / c) if c else 0.0
+        for name, t, c in zip(ordered[0].names, totals, counts, strict=True)
+    }
+
+
 def check_gaussian(noise_multiplier: float, clip: float) -> None:
     """Refuse a Gaussian mechanism's impossible settings: z < 0 or C <= 0 (or NaN).
 

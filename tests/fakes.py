@@ -96,6 +96,8 @@ class NumpyTrainer:
     the job's noise seed.
     """
 
+    EVAL_BATCH = 8  # small, so that a linreg test set of 20 rows has parts of whole batches
+
     def __init__(self, spec, data):
         self.spec = spec
         c = spec.train
@@ -108,7 +110,20 @@ class NumpyTrainer:
         self.dim = data.info.input_shape[0]
 
     def describe(self):
-        return {"trainer": "numpy"}
+        return {"trainer": "numpy", "server_parts": self.server is not None}
+
+    def server_states(self, params, part, of):
+        from fedray.records import MeanStates, batch_range
+
+        if self.server is None:
+            return None
+        x, y = self.server
+        err = ((x @ params[0] + params[1] - y.reshape(len(y), -1)) ** 2).mean(axis=1)
+        lo, hi = batch_range(-(-len(x) // self.EVAL_BATCH), part, of)
+        rows = [err[b * self.EVAL_BATCH : (b + 1) * self.EVAL_BATCH] for b in range(lo, hi)]
+        totals = np.array([[r.sum()] for r in rows]).reshape(-1, 1)
+        counts = np.array([[float(len(r))] for r in rows]).reshape(-1, 1)
+        return MeanStates(("loss",), lo, totals, counts)
 
     def initial_params(self):
         rng = np.random.default_rng(self.spec.seed)

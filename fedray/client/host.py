@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,16 +35,18 @@ from fedray.client.behaviours import (
     simulated_host_fault,
     straggler_steps,
 )
-from fedray.client.spec import HostSpec, Trainer, TrainJob
+from fedray.client.spec import HostSpec, Trainer, TrainJob, client_seed, noise_seed
 from fedray.errors import ConfigError, HostFaultError, one_line
 from fedray.records import (
     ClientEval,
     ClientFailure,
     ClientUpdate,
+    MeanStates,
     Metrics,
     Params,
     PartialSum,
     RoundInfo,
+    merge_means,
 )
 from fedray.secagg.session import MissingKeysError, SecureClients
 from fedray.validation import screen
@@ -140,26 +141,6 @@ class ClientHost:
         """The freshly initialised model's weights (identical on every host: same seed)."""
         self._check()
         return self.trainer.initial_params()
-
-    @staticmethod
-    def client_seed(seed: int, server_round: int, client_id: int) -> np.ndarray:
-        """Shuffle seed of one client in one round, derived from (seed, round, id).
-
-        Deriving it from the round (not from how often this host trained before) keeps
-        results identical whether clients are packed or dedicated, and on resume.
-        """
-        state = np.random.SeedSequence([seed, server_round, client_id]).generate_state(2)
-        return state.astype(np.int64)
-
-    def _noise_seed(self, info: RoundInfo, cid: int) -> np.ndarray:
-        """DP-SGD's batch-and-noise seed: secret, unless ``noise_seed`` fixes it."""
-        dp = self.spec.client.dp_sgd
-        if dp is None:
-            return np.zeros(2, np.int64)
-        if dp.noise_seed is None:
-            return np.array([secrets.randbits(62), secrets.randbits(62)], np.int64)
-        state = np.random.SeedSequence([dp.noise_seed, info.server_round, cid, 13])
-        return state.generate_state(2).astype(np.int64)
 
     def _host_fault(self, kind: str, cid: int) -> None:
         """In-process there is no host process to lose or hang: the whole call fails."""
@@ -278,8 +259,8 @@ class ClientHost:
                 np.subtract(c, ci, dtype=np.asarray(p).dtype)
                 for c, ci, p in zip(server_c, own_c, params, strict=True)
             ]
-        seed = self.client_seed(info.seed, info.server_round, cid)
-        job = TrainJob(cid, steps, seed, self._noise_seed(info, cid), correction)
+        seed = client_seed(info.seed, info.server_round, cid)
+        job = TrainJob(cid, steps, seed, noise_seed(self.spec.client.dp_sgd, info, cid), correction)
         return _Job(job, total, fault)
 
     def _finish_fit(
@@ -353,10 +334,22 @@ class ClientHost:
                 self._kept[cid] = kept
 
     def evaluate(self, params: Params) -> Metrics:
-        """Centralized evaluation on the server test set held by this host."""
+        """Centralized evaluation on the server test set held by this host.
+
+        Metrics that are means are added up batch by batch, as when hosts share the
+        set (:meth:`evaluate_part`), so the result never depends on how many did.
+        """
         self._check()
+        states = self.trainer.server_states(params, 0, 1)
+        if states is not None:
+            return merge_means([states])
         result = self.trainer.evaluate(params, "server")
         return {} if result is None else result[1]
+
+    def evaluate_part(self, params: Params, part: int, of: int) -> MeanStates | None:
+        """Part ``part`` of ``of`` of the server test set, for :func:`merge_means`."""
+        self._check()
+        return self.trainer.server_states(params, part, of)
 
     def evaluate_clients(
         self, client_ids: Sequence[int], params: Params, split: str = "test"

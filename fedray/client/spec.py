@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -11,7 +12,7 @@ import numpy as np
 from fedray.aggregators import Aggregator, LinearAggregator
 from fedray.client.devices import GpuShare
 from fedray.config import AttackConfig, ClientConfig, Config, DataConfig, FaultsConfig, ModelConfig
-from fedray.records import ClientOptions, Metrics, Params
+from fedray.records import DPSGD, ClientOptions, MeanStates, Metrics, Params, RoundInfo
 
 if TYPE_CHECKING:
     from fedray.data import HostData
@@ -37,6 +38,26 @@ class TrainJob:
     correction: Params | None = None
 
 
+def client_seed(seed: int, server_round: int, client_id: int) -> np.ndarray:
+    """Shuffle seed of one client in one round, derived from (seed, round, id).
+
+    Deriving it from the round (not from how often its host trained before) keeps
+    results identical whether clients are packed or dedicated, and on resume.
+    """
+    state = np.random.SeedSequence([seed, server_round, client_id]).generate_state(2)
+    return state.astype(np.int64)
+
+
+def noise_seed(dp: DPSGD | None, info: RoundInfo, cid: int) -> np.ndarray:
+    """DP-SGD's batch-and-noise seed: secret, unless ``noise_seed`` fixes it (zeros without)."""
+    if dp is None:
+        return np.zeros(2, np.int64)
+    if dp.noise_seed is None:
+        return np.array([secrets.randbits(62), secrets.randbits(62)], np.int64)
+    state = np.random.SeedSequence([dp.noise_seed, info.server_round, cid, 13])
+    return state.generate_state(2).astype(np.int64)
+
+
 class Trainer(Protocol):
     """What a host needs from its model: train, evaluate, predict, export."""
 
@@ -55,6 +76,14 @@ class Trainer(Protocol):
 
         ``split`` is ``"server"``, ``"test"`` or ``"train"``; returns (examples,
         metrics), or None without such data.
+        """
+        ...
+
+    def server_states(self, params: Params, part: int, of: int) -> MeanStates | None:
+        """Part ``part`` of ``of`` of the server test set as per-batch metric sums.
+
+        None without a server test set or when a metric is not a mean; ``describe()``
+        says ``server_parts: True`` when the trainer can.
         """
         ...
 

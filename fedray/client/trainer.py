@@ -22,27 +22,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedray.client.devices import configure_tensorflow, data_tensors
+from fedray.client.evaluation import mean_leaves, model_step, trace_states, trace_whole, while_loop
 from fedray.client.spec import TrainJob
 from fedray.client.steps import ControlVariates, DPSGDGradient, Proximal, gradient_step
-from fedray.records import Metrics, Params
+from fedray.records import MeanStates, Metrics, Params, batch_range
 
 if TYPE_CHECKING:
     from fedray.client.spec import HostSpec
     from fedray.data import HostData
 
 logger = logging.getLogger(__name__)
-
-
-def _step(tf: Any, model: Any, name: str) -> Any:
-    """``model.<name>``; a user's override of Keras's own goes through AutoGraph."""
-    import functools
-
-    import keras
-
-    method = getattr(type(model), name)
-    if method is getattr(keras.Model, name):
-        return getattr(model, name)
-    return functools.partial(tf.autograph.to_graph(method), model)
 
 
 class KerasTrainer:
@@ -88,6 +77,7 @@ class KerasTrainer:
         return {
             "tf_intra_op_threads": threading.get_intra_op_parallelism_threads(),
             "tf_inter_op_threads": threading.get_inter_op_parallelism_threads(),
+            "server_parts": self._states_fn is not None,
             **self._device,
         }
 
@@ -158,7 +148,8 @@ class KerasTrainer:
 
         # Plain tf.while_loop/tf.cond loops, no AutoGraph (its conversion was ~1 s of each
         # host's start); a model's own train_step or test_step still goes through it.
-        train_step, test_step = _step(tf, model, "train_step"), _step(tf, model, "test_step")
+        train_step = model_step(tf, model, "train_step")
+        test_step = model_step(tf, model, "test_step")
         mu = float(self.spec.client.proximal_mu)
         trainable = list(model.trainable_variables)
         anchor_index = [next(i for i, w in enumerate(weights) if w is v) for v in trainable]
@@ -193,12 +184,6 @@ class KerasTrainer:
             train_step((xb, yb))
             return tf.constant(0.0, tf.float32), size
 
-        def loop(count: Any, body: Any, state: Any) -> Any:
-            """``for i in range(count): state = body(i, *state)`` as one ``tf.while_loop``."""
-            out = tf.while_loop(lambda i, *_: i < count, lambda i, *st: (i + 1, *body(i, *st)),
-                                (tf.constant(0), *state))  # fmt: skip
-            return out[1:]
-
         def train_one(
             offset: Any, n: Any, seed: Any, max_steps: Any, params: Any, correction: Any,
             noise_seed: Any,
@@ -221,7 +206,7 @@ class KerasTrainer:
                                               s0 + tf.constant([0, 2], tf.int64))  # fmt: skip
                     return loss_sum + step_loss, seen + size
 
-                return loop(tf.minimum(num_batches, left), step, (loss_sum, seen))
+                return while_loop(tf, tf.minimum(num_batches, left), step, (loss_sum, seen))
 
             def shuffle_epoch(epoch: Any, left: Any, loss_sum: Any, seen: Any) -> Any:
                 """A stateless shuffle of the rows: full batches, then the partial one."""
@@ -234,7 +219,7 @@ class KerasTrainer:
                     step_loss, size = batch_step(idx, params, correction)
                     return loss_sum + step_loss, seen + size
 
-                loss_sum, seen = loop(tf.minimum(full, left), step, (loss_sum, seen))
+                loss_sum, seen = while_loop(tf, tf.minimum(full, left), step, (loss_sum, seen))
 
                 def partial() -> Any:  # the epoch's last, smaller batch
                     step_loss, size = batch_step(order[full * batch :], params, correction)
@@ -245,7 +230,7 @@ class KerasTrainer:
 
             run_epoch = dp_epoch if dp is not None else shuffle_epoch  # stragglers stop early:
             zero = tf.constant(0.0, tf.float32)
-            loss_sum, seen = loop(tf.constant(epochs), lambda e, *sums: run_epoch(
+            loss_sum, seen = while_loop(tf, tf.constant(epochs), lambda e, *sums: run_epoch(
                 e, max_steps - e * num_batches, *sums), (zero, zero))  # fmt: skip
             delta = [v - p for v, p in zip(weights, params, strict=True)]
             logs = model.get_metrics_result()
@@ -286,20 +271,8 @@ class KerasTrainer:
                 ]
                 return deltas, metrics
 
-            deltas, metrics = loop(count, client, (deltas, metrics))
+            deltas, metrics = while_loop(tf, count, client, (deltas, metrics))
             return [ta.stack() for ta in deltas], [ta.stack() for ta in metrics]
-
-        def eval_fn(x: Any, y: Any, params: Any) -> Any:
-            load(params)
-            n = tf.shape(x)[0]
-
-            def step(i: Any) -> Any:
-                lo = i * eval_batch
-                test_step((x[lo : lo + eval_batch], y[lo : lo + eval_batch]))
-                return ()
-
-            loop((n + eval_batch - 1) // eval_batch, step, ())
-            return model.get_metrics_result()
 
         vector = tf.TensorSpec([None], tf.int32)
         seeds_spec = tf.TensorSpec([None, 2], tf.int64)
@@ -310,19 +283,26 @@ class KerasTrainer:
                 vector, vector, seeds_spec, vector, params_spec, stacked_spec, seeds_spec
             ],
         )  # fmt: skip
-        eval_traced = tf.function(
-            eval_fn, input_signature=[*data_spec, params_spec], autograph=False
-        )
         # Trace both now, off the critical path of round 1: no client, no step runs. The
         # concrete functions are kept: calling them skips the per-call argument binding
         # of a polymorphic tf.function (~0.5 ms, a tenth of a small client's training).
         fit_concrete = fit_traced.get_concrete_function()
-        eval_concrete = eval_traced.get_concrete_function()
+        eval_concrete = trace_whole(
+            tf, model, load, test_step, [*data_spec, params_spec], eval_batch
+        )
         initial = [tf.constant(v.numpy()) for v in weights]
         none = tf.zeros([0], tf.int32)
         no_seeds = tf.zeros([0, 2], tf.int64)
         fit_concrete(none, none, no_seeds, none, initial, self._no_corrections(initial), no_seeds)
         eval_concrete(x_all[:0], y_all[:0], initial)
+        self._leaves = mean_leaves(model)
+        self._states_fn = None
+        if self._leaves is not None and self._server_test is not None:
+            self._states_fn = trace_states(
+                tf, model, self._leaves, load, test_step, [*data_spec, params_spec], eval_batch
+            )
+            self._states_fn(x_all[:0], y_all[:0], initial, 0, 0)  # built, off round 1's path
+        self._eval_batch = eval_batch
         self._set([v.numpy() for v in initial])
         self._metric_names = names
         return fit_concrete, eval_concrete
@@ -364,6 +344,23 @@ class KerasTrainer:
     def _evaluate(self, data: tuple[Any, Any], params: Params) -> Metrics:
         logs = self._eval_fn(data[0], data[1], [self._tf.convert_to_tensor(p) for p in params])
         return {k: float(v) for k, v in logs.items()}
+
+    def server_states(self, params: Params, part: int, of: int) -> MeanStates | None:
+        """Part ``part`` of ``of`` of the server test set as per-batch metric sums.
+
+        None without a server test set, or when a metric is not a mean (then only
+        :meth:`evaluate` on the whole set gives it).
+        """
+        if self._states_fn is None or self._server_test is None or self._leaves is None:
+            return None
+        x, y = self._server_test
+        batches = -(-int(x.shape[0]) // self._eval_batch)
+        lo, hi = batch_range(batches, part, of)
+        tensors = [self._tf.convert_to_tensor(p) for p in params]
+        sums = self._states_fn(x, y, tensors, self._tf.constant(lo), self._tf.constant(hi))
+        sums = np.asarray(sums).reshape(hi - lo, len(self._leaves), 2)
+        names = tuple(name for name, _, _ in self._leaves)
+        return MeanStates(names, lo, sums[:, :, 0], sums[:, :, 1])
 
     def evaluate(
         self, params: Params, split: str, cid: int | None = None

@@ -59,7 +59,7 @@ class LocalExecutor:
             config,
             aggregator,
             per_host,
-            sources=(lambda i, g: source.for_host(g, with_test_set=(i == 0))) if source else None,
+            sources=(lambda g, test: source.for_host(g, with_test_set=test)) if source else None,
             client=client,
             pre_aggregate=pre_aggregate,
             max_update_norm=max_update_norm,

@@ -110,14 +110,16 @@ class HostPlan:
     """Which clients each host serves, and the spec it starts from.
 
     Attributes:
-        specs: One :class:`~fedray.client.spec.HostSpec` per host; host 0 also holds
-            the server test set.
+        specs: One :class:`~fedray.client.spec.HostSpec` per host.
         balanced: Every host serves every client (``runtime.balance``); each call's
             clients are dealt over the hosts instead of going to their home host.
+        evaluators: Hosts ``0 .. evaluators - 1`` hold the server test set and share
+            its evaluation (:meth:`fedray.client.host.ClientHost.evaluate_part`).
     """
 
     specs: tuple[HostSpec, ...]
     balanced: bool = False
+    evaluators: int = 1
 
     @classmethod
     def make(
@@ -126,32 +128,37 @@ class HostPlan:
         aggregator: Aggregator,
         per_host: int,
         *,
-        sources: Callable[[int, tuple[int, ...]], InMemory | None] | None = None,
+        sources: Callable[[tuple[int, ...], bool], InMemory | None] | None = None,
+        evaluators: int = 1,
         **spec: Any,
     ) -> HostPlan:
         """Pack ``config``'s clients ``per_host`` to a host.
 
-        ``sources(i, group)`` gives host ``i`` its in-memory shards (``fedray.fit``);
+        ``sources(group, with_test_set)`` gives a host its in-memory data (``fedray.fit``);
         ``spec`` holds the other :class:`~fedray.client.spec.HostSpec` fields. Under
         ``runtime.balance`` there are as many hosts, but each one's group is every client.
+        The first ``evaluators`` hosts (at most all; one under ``data.placement``, whose
+        nodes may hold different files) load the server test set.
         """
         groups = group_clients(config.data.num_clients, per_host)
         balanced = config.runtime.balance
         if balanced:
             groups = [tuple(range(config.data.num_clients))] * len(groups)
+        evaluators = 1 if config.data.placement else max(1, min(evaluators, len(groups)))
         return cls(
             tuple(
                 HostSpec.from_config(
                     config,
                     g,
                     aggregator,
-                    with_test_set=(i == 0),
-                    source=sources(i, g) if sources is not None else None,
+                    with_test_set=i < evaluators,
+                    source=sources(g, i < evaluators) if sources is not None else None,
                     **spec,
                 )
                 for i, g in enumerate(groups)
             ),
             balanced,
+            evaluators,
         )
 
     @property

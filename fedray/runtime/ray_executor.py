@@ -48,7 +48,7 @@ from fedray.runtime.ray_host import (
     reservation,
     start_hosts,
 )
-from fedray.runtime.stream import start_error, stream, unwrap
+from fedray.runtime.stream import evaluate_server, start_error, stream, unwrap
 from fedray.runtime.supervisor import Supervisor
 from fedray.secagg import SecAggError
 
@@ -125,8 +125,8 @@ class RayExecutor:
             refs = {c: ray.put(xy) for c, xy in source.shards.items()}
             test_ref = None if source.test is None else ray.put(source.test)
 
-            def sources(i: int, g: tuple[int, ...]) -> InMemory:
-                part = source.for_host(g, with_test_set=(i == 0))
+            def sources(g: tuple[int, ...], with_test_set: bool) -> InMemory:
+                part = source.for_host(g, with_test_set=with_test_set)
                 test = [test_ref] if part.test is not None else []
                 host_refs.append([refs[c] for c in g] + test)
                 return replace(part, shards=dict.fromkeys(g), test=None)  # the refs travel apart
@@ -136,6 +136,7 @@ class RayExecutor:
             aggregator,
             per_host,
             sources=sources,
+            evaluators=math.floor(slots),  # the hosts that can evaluate side by side
             client=client,
             threads=threads,
             pre_aggregate=pre_aggregate,
@@ -338,15 +339,16 @@ class RayExecutor:
         return out
 
     def evaluate(self, params: Any) -> Metrics:
-        """Centralized evaluation on host 0's held-out test set ({} while host 0 is down)."""
+        """Centralized evaluation on the server test set ({} when its hosts are down).
+
+        When every metric is a mean, the plan's evaluators each take a part of the
+        test set side by side (a part whose host fails goes to another); otherwise
+        host 0 evaluates all of it. The result is the same either way.
+        """
         self.supervisor.await_restarts()
-        ray = self._ray
-        try:
-            return dict(ray.get(self.hosts[0].evaluate.remote(params[0])))
-        except ray.exceptions.RayActorError as exc:
-            logger.warning("evaluation skipped: host 0 failed (%s)", type(exc).__name__)
-            self.supervisor.mark_down(0)
-            return {}
+        parts = bool(self.host_info[0].get("server_parts"))
+        of = self.plan.evaluators if parts else 1
+        return evaluate_server(self._ray, self.hosts, self.supervisor, params[0], of, parts)
 
     def evaluate_clients(
         self, client_ids: Sequence[int], params: Any, split: str = "test"

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from fedray.errors import FedrayError, one_line
-from fedray.records import HostRecovery
-from fedray.runtime.plan import fail_all, tag
+from fedray.records import HostRecovery, MeanStates, Metrics, merge_means
+from fedray.runtime.plan import MAX_RERUNS, fail_all, tag
 from fedray.runtime.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -93,3 +93,39 @@ def stream(
                 logger.debug("%s", reason, exc_info=exc)
                 results = fail_all(ids, reason, "error", index)
             yield from tag(results, index)
+
+
+def evaluate_server(
+    ray: Any, hosts: Sequence[Any], supervisor: Supervisor, params: Any, of: int, parts: bool
+) -> Metrics:
+    """The server test set's metrics, from hosts ``0 .. of - 1`` ({} when they are down).
+
+    With ``parts`` each host up takes parts of the set side by side
+    (``evaluate_part``, added by :func:`~fedray.records.merge_means`); a part whose host
+    fails goes to another. Without, host 0 evaluates all of it (``of`` is 1).
+    """
+    done: dict[int, Any] = {}
+    for _ in range(MAX_RERUNS + 1):
+        up = [h for h in range(of) if supervisor.unavailable(h) is None]
+        if not up:
+            break
+        calls = {p: up[k % len(up)] for k, p in enumerate(p for p in range(of) if p not in done)}
+        refs = {
+            p: hosts[h].evaluate_part.remote(params, p, of)
+            if parts
+            else hosts[h].evaluate.remote(params)
+            for p, h in calls.items()
+        }
+        for p, ref in refs.items():
+            try:
+                done[p] = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                logger.warning("evaluation: host %d failed (%s)", calls[p], type(exc).__name__)
+                supervisor.mark_down(calls[p])
+        if len(done) == of and not parts:
+            return dict(done[0])
+        if len(done) == of:
+            states: list[MeanStates | None] = [done[p] for p in range(of)]
+            return merge_means([s for s in states if s is not None]) if all(states) else {}
+    logger.warning("evaluation skipped: the hosts holding the test set are down")
+    return {}

@@ -324,3 +324,41 @@ def test_dropped_stragglers_are_failures_with_a_reason():
     out = host.fit([0, 1], host.initial_params(), RoundInfo(server_round=1, seed=0))
     assert all(isinstance(r, ClientFailure) for r in out)
     assert out[0].reason.startswith("straggler dropped: 1 of 2 local steps")
+
+
+@pytest.mark.keras
+def test_server_test_set_in_parts_adds_up_to_the_whole_bit_for_bit():
+    """Hosts share the server evaluation when every metric is a mean (loss, accuracy)."""
+    from fedray.records import merge_means
+
+    cfg = config.load(
+        {"data": {"dataset": "blobs", "num_clients": 2, "num_samples": 12_000}}
+    )  # a 2,400-row test set: 3 batches of 1,024
+    host = ClientHost(HostSpec.from_config(cfg, (0, 1), Mean(), with_test_set=True))
+    params = host.initial_params()
+    assert host.ready()["server_parts"] is True
+    whole = host.evaluate(params)  # one part: batch by batch, as when hosts share it
+    for of in (2, 3, 5):  # 5 parts of 3 batches: some parts are empty
+        parts = [host.evaluate_part(params, p, of) for p in range(of)]
+        assert [p.first_batch for p in parts] == [3 * p // of for p in range(of)]
+        assert merge_means(parts[::-1]) == whole
+    # Against the data: accuracy is exactly the share of argmax hits, and the loss is
+    # the mean cross-entropy, as Keras's own whole-set evaluation computes it.
+    trainer = host.trainer
+    x, y = (np.asarray(t) for t in trainer._server_test)
+    hits = np.argmax(trainer.predict(params, x), axis=1) == y.ravel()
+    assert whole["accuracy"] == hits.sum() / len(y)
+    keras_whole = trainer.evaluate(params, "server")[1]
+    assert whole["loss"] == pytest.approx(keras_whole["loss"], rel=1e-6)
+
+
+@pytest.mark.keras
+def test_a_metric_that_is_no_mean_keeps_the_test_set_whole():
+    cfg = config.load(
+        {"data": {"dataset": "linreg", "num_clients": 2}, "client": {"metrics": ["r2_score"]}}
+    )
+    host = ClientHost(HostSpec.from_config(cfg, (0, 1), Mean(), with_test_set=True))
+    params = host.initial_params()
+    assert host.ready()["server_parts"] is False
+    assert host.evaluate_part(params, 0, 2) is None
+    assert set(host.evaluate(params)) == {"loss", "r2_score"}

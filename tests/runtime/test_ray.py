@@ -180,3 +180,26 @@ def test_a_sample_of_interaction_cells_on_ray(ray_instance, tmp_path, monkeypatc
     else:
         assert any(r.get("agg/secagg/clients", 0) >= 3 for r in hist.rows)
         assert_charged(seen["counters"][0], seen["ledgers"][0])
+
+
+def test_hosts_share_the_server_evaluation_and_a_dead_one_changes_no_digit(
+    ray_instance, linreg_config
+):
+    from fedray.runtime.ray_executor import RayExecutor
+
+    # 12,000 rows: a test set of several evaluation batches, over 2 hosts.
+    cfg = config.load(linreg_config, ["data.num_samples=12000", "runtime.clients_per_actor=1"])
+    ex = RayExecutor(cfg, Mean())
+    try:
+        assert ex.plan.evaluators == 2 and [s.with_test_set for s in ex.plan.specs] == [True] * 2
+        handle = ex.broadcast(ex.initial_params())
+        alone = ray.get(ex.hosts[0].evaluate.remote(handle[0]))  # host 0, all of it
+        parts = [ray.get(h.evaluate_part.remote(handle[0], p, 2)) for p, h in enumerate(ex.hosts)]
+        (a, b) = [(p.first_batch, len(p.totals)) for p in parts]
+        assert a[0] == 0 and a[1] >= 1 and b == (a[1], b[1]) and b[1] >= 1  # halves
+        assert ex.evaluate(handle) == alone  # shared, bit for bit
+        ray.kill(ex.hosts[1])  # for good: its part goes to host 0
+        assert ex.evaluate(handle) == alone
+        assert ex.supervisor.unavailable(1) is not None
+    finally:
+        ex.close()

@@ -1,0 +1,77 @@
+"""Sharing the server evaluation over hosts: dispatch, failover and the merge (no Ray)."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from fedray.records import MeanStates, batch_range, merge_means
+from fedray.runtime.stream import evaluate_server
+from fedray.runtime.supervisor import Supervisor
+
+
+class Died(Exception):
+    """Stands in for ``ray.exceptions.RayActorError``."""
+
+
+FAKE_RAY = SimpleNamespace(get=lambda ref: ref(), exceptions=SimpleNamespace(RayActorError=Died))
+ERR = np.random.default_rng(0).random((10, 2))  # 10 batches x 2 metrics of a test set
+
+
+def states(part, of):
+    lo, hi = batch_range(len(ERR), part, of)
+    return MeanStates(("loss", "acc"), lo, ERR[lo:hi], np.full((hi - lo, 2), 4.0))
+
+
+class Host:
+    """A host actor's handle: ``method.remote(...)`` gives a ref that ``get`` runs."""
+
+    def __init__(self, index, log, dies=False):
+        def part(params, p, of):
+            def ref():
+                log.append((index, p))
+                if dies:
+                    raise Died(f"host {index}")
+                return states(p, of)
+
+            return ref
+
+        self.evaluate_part = SimpleNamespace(remote=part)
+        self.evaluate = SimpleNamespace(remote=lambda params: lambda: {"loss": float(index)})
+
+
+def test_parts_add_up_the_same_whatever_their_number_or_order():
+    whole = merge_means([states(0, 1)])
+    assert whole == pytest.approx({"loss": ERR[:, 0].sum() / 40, "acc": ERR[:, 1].sum() / 40})
+    for of in (2, 3, 7, 12):  # 12 parts of 10 batches: two are empty
+        parts = [states(p, of) for p in range(of)]
+        assert merge_means(parts) == whole  # bit for bit: one sum in batch order
+        assert merge_means(parts[::-1]) == whole
+
+
+def test_each_evaluator_takes_a_part_and_a_dead_ones_part_goes_to_another():
+    log = []
+    hosts = [Host(0, log), Host(1, log, dies=True), Host(2, log), Host(3, log)]
+    sup = Supervisor(hosts, [(0,)] * 4, restart_timeout_s=1.0)
+    got = evaluate_server(FAKE_RAY, hosts, sup, None, 3, parts=True)  # host 3 holds no set
+    assert got == merge_means([states(0, 1)])
+    assert log[:3] == [(0, 0), (1, 1), (2, 2)]  # side by side, one part each
+    assert log[3:] == [(0, 1)]  # host 1's part re-ran on a host that is up
+    assert sup.unavailable(1) is not None and sup.unavailable(0) is None
+
+
+def test_without_parts_host_0_evaluates_and_with_every_evaluator_down_nothing_is_made_up():
+    log = []
+    hosts = [Host(0, log), Host(1, log)]
+    sup = Supervisor(hosts, [(0,), (1,)], restart_timeout_s=1.0)
+    assert evaluate_server(FAKE_RAY, hosts, sup, None, 1, parts=False) == {"loss": 0.0}
+    dead = [Host(0, log, dies=True), Host(1, log, dies=True)]
+    sup = Supervisor(dead, [(0,), (1,)], restart_timeout_s=1.0)
+    assert evaluate_server(FAKE_RAY, dead, sup, None, 2, parts=True) == {}
+
+
+@pytest.mark.parametrize("batches,of", [(0, 1), (1, 2), (10, 3), (3, 5)])
+def test_batch_ranges_cover_every_batch_once_in_order(batches, of):
+    ranges = [batch_range(batches, p, of) for p in range(of)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == batches
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
