@@ -15,6 +15,7 @@ Datasets:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from fedray.config import DataConfig
 from fedray.errors import DataError
 from fedray.synthetic import host_rows, make_blobs, make_linreg
 from fedray.tables import read_table, table_to_arrays
+from fedray.tree import aligned_empty
 
 
 @dataclass
@@ -127,9 +129,9 @@ def _finish(
         # An empty test split (test_fraction 0) keeps the target width of the training rows.
         y_test = np.asarray(y_test).astype(np.float32).reshape(len(y_test), y.shape[1])
     return Dataset(
-        x_train=x.astype(np.float32),
+        x_train=x.astype(np.float32, copy=False),  # every caller's x is its own already
         y_train=y,
-        x_test=np.asarray(x_test).astype(np.float32),
+        x_test=np.asarray(x_test).astype(np.float32, copy=False),
         y_test=y_test,
         task=task,
         num_classes=num_classes,
@@ -195,7 +197,7 @@ def _load_keras_images(cfg: DataConfig, rng: np.random.Generator) -> Dataset:
 
         module = keras.datasets.mnist if name == "mnist" else keras.datasets.cifar10
         (x, y), (xt, yt) = module.load_data()
-    x, xt = np.asarray(x, np.float32) / 255.0, np.asarray(xt, np.float32) / 255.0
+    x, xt = (np.divide(a, 255.0, dtype=np.float32) for a in (x, xt))  # no float32 temporary
     if x.ndim == 3:
         x, xt = x[..., None], xt[..., None]
     y, yt = np.asarray(y).astype(np.int64).ravel(), np.asarray(yt).astype(np.int64).ravel()
@@ -324,24 +326,45 @@ def partition_indices(ds: Dataset, cfg: DataConfig, seed: int) -> list[np.ndarra
 
 @dataclass
 class HostData:
-    """What one client host keeps: its clients' shards and, optionally, the test set."""
+    """What one client host keeps: its clients' shards and, optionally, the test set.
+
+    ``rows``, when set, is every shard's ``(x, y)`` one after another in shard order,
+    the shards being views of it: a trainer then uses it as it is, without a copy.
+    """
 
     shards: dict[int, Shard]
     info: DatasetInfo
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    rows: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _gathered(
+    x: np.ndarray, y: np.ndarray, parts: Sequence[np.ndarray]
+) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+    """The rows of ``parts`` in one aligned ``(x, y)`` each, and each part's views of it."""
+    order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    out = []
+    for a in (x, y):
+        taken = aligned_empty((len(order), *a.shape[1:]), a.dtype)
+        np.take(a, order, axis=0, out=taken, mode="clip")  # "raise" would buffer a copy
+        out.append(taken)
+    bounds = np.cumsum([0, *(len(p) for p in parts)])
+    views = [(out[0][lo:hi], out[1][lo:hi]) for lo, hi in itertools.pairwise(bounds)]
+    return (out[0], out[1]), views
 
 
 def load_host_data(
     cfg: DataConfig, seed: int, client_ids: Sequence[int], *, with_test_set: bool
 ) -> HostData:
-    """Load the dataset and keep only the given clients' shards (copies).
+    """Load the dataset and keep only the given clients' shards (copies of the table).
 
     A client's local test split (``client_test_fraction``) is drawn from its own rows
     with randomness derived from ``(seed, client_id)``. With ``with_test_set`` the
     held-out server test set is kept too, for centralized evaluation.
     """
     test: tuple[np.ndarray, np.ndarray] | None = None
+    whole: tuple[np.ndarray, np.ndarray] | None = None
     if cfg.dataset == "synthetic" and cfg.partition == "column" and _natural(cfg):
         rows, test = _synthetic_rows(cfg, seed, client_ids, with_test_set=with_test_set)
         c = cfg.synthetic.num_classes
@@ -350,8 +373,13 @@ def load_host_data(
     else:  # the whole table, then this host's rows of it
         ds = load_dataset(cfg, seed)
         parts = partition_indices(ds, cfg, seed)
-        rows = {c: (ds.x_train[parts[c]], ds.y_train[parts[c]]) for c in client_ids
-                if 0 <= c < len(parts)}  # fmt: skip
+        kept = list(dict.fromkeys(c for c in client_ids if 0 <= c < len(parts)))
+        # One aligned table of this host's rows, the shards its views: no second copy
+        # when the trainer makes its tensor (a local test split takes rows out: copies).
+        together, views = _gathered(ds.x_train, ds.y_train, [parts[c] for c in kept])
+        rows = dict(zip(kept, views, strict=True))
+        if cfg.client_test_fraction == 0 and kept == list(client_ids):
+            whole = together
         info, test = ds.info, (ds.x_test, ds.y_test)
     shards: dict[int, Shard] = {}
     for cid in client_ids:
@@ -372,8 +400,8 @@ def load_host_data(
             xt, yt = x[:0], y[:0]
         shards[cid] = Shard(cid, x, y, xt, yt)  # no copy: no shard keeps a whole table alive
     if with_test_set and test is not None:
-        return HostData(shards, info, *test)
-    return HostData(shards, info)
+        return HostData(shards, info, *test, rows=whole)
+    return HostData(shards, info, rows=whole)
 
 
 def _synthetic_rows(

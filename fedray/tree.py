@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -103,3 +104,33 @@ def structure_mismatch(candidate: Sequence[np.ndarray], reference: Params) -> st
         if c.dtype != r.dtype:
             return f"array {i} has dtype {c.dtype}, expected {r.dtype}"
     return None
+
+
+ALIGN = 64
+"""TensorFlow's CPU tensors must start on a 64-byte boundary (``EIGEN_MAX_ALIGN_BYTES``)."""
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an :data:`ALIGN` boundary.
+
+    >>> aligned_empty((3, 5), np.float32).ctypes.data % ALIGN
+    0
+    """
+    dt = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dt.itemsize
+    buf = np.empty(nbytes + ALIGN, np.uint8)
+    start = -buf.ctypes.data % ALIGN
+    out: np.ndarray = buf[start : start + nbytes].view(dt).reshape(shape)
+    return out
+
+
+def aligned_concatenate(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(arrays)`` into an :func:`aligned_empty` array (no second copy).
+
+    >>> x = aligned_concatenate([np.ones((2, 3)), np.zeros((1, 3))])
+    >>> x.ctypes.data % ALIGN, float(x.sum())
+    (0, 6.0)
+    """
+    shape = (sum(len(a) for a in arrays), *arrays[0].shape[1:])
+    out = aligned_empty(shape, np.result_type(*arrays))
+    return np.concatenate(arrays, out=out)

@@ -184,3 +184,25 @@ def test_column_values_must_name_every_client():
 
     with pytest.raises(ConfigError, match="data.column_values has 2 values but data.num_clients=3"):
         _cfg(dataset="linreg", num_clients=3, column_values=["a", "b"])
+
+
+def test_a_hosts_rows_are_one_aligned_table_and_its_shards_are_views_of_it():
+    from fedray.data import load_dataset, load_host_data, partition_indices
+    from fedray.tree import ALIGN
+
+    cfg = config.load({"data": {"dataset": "blobs", "num_clients": 4, "num_samples": 400}}).data
+    host = load_host_data(cfg, 0, [2, 0], with_test_set=False)
+    x_all, y_all = host.rows
+    assert x_all.ctypes.data % ALIGN == 0 and x_all.flags.c_contiguous
+    ds = load_dataset(cfg, 0)
+    parts = partition_indices(ds, cfg, 0)
+    order = np.concatenate([parts[2], parts[0]])  # shard order, one after another
+    np.testing.assert_array_equal(x_all, ds.x_train[order])
+    np.testing.assert_array_equal(y_all, ds.y_train[order])
+    assert list(host.shards) == [2, 0]
+    assert all(np.shares_memory(s.x, x_all) and np.shares_memory(s.y, y_all)
+               for s in host.shards.values())  # fmt: skip
+    # A local test split takes rows out of a shard: copies, so no shared table.
+    split = config.load({"data": {"dataset": "blobs", "num_clients": 4, "num_samples": 400,
+                                  "client_test_fraction": 0.2}}).data  # fmt: skip
+    assert load_host_data(split, 0, [0], with_test_set=False).rows is None

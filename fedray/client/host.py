@@ -109,6 +109,7 @@ class ClientHost:
                 )
             for cid in self.attackers & set(self.shards):
                 self.shards[cid].y = flip_labels(self.shards[cid].y, self.info.num_classes)
+            host_data.rows = None  # the shards' labels are no longer views of it
         self._examples = {cid: len(s.x) for cid, s in self.shards.items()}
         make = spec.trainer
         if make is None:

@@ -26,6 +26,7 @@ from fedray.client.evaluation import mean_leaves, model_step, trace_states, trac
 from fedray.client.spec import TrainJob
 from fedray.client.steps import ControlVariates, DPSGDGradient, Proximal, gradient_step
 from fedray.records import MeanStates, Metrics, Params, batch_range
+from fedray.tree import aligned_concatenate
 
 if TYPE_CHECKING:
     from fedray.client.spec import HostSpec
@@ -60,15 +61,17 @@ class KerasTrainer:
         for cid, shard in data.shards.items():
             self._rows[cid] = (offset, len(shard.x))
             offset += len(shard.x)
-        self._x_all, self._y_all = data_tensors(tf, [np.concatenate([getattr(s, k) for s in
-            data.shards.values()]) for k in "xy"], self._device)  # fmt: skip
+        rows = data.rows or [aligned_concatenate([getattr(s, k) for s in data.shards.values()])
+                             for k in "xy"]  # fmt: skip
+        self._x_all, self._y_all = data_tensors(tf, rows, self._device)  # shared, on the CPU
         self._local_test: dict[int, tuple[Any, Any]] = {}
         for cid, shard in data.shards.items():
             if len(shard.x_test):
                 self._local_test[cid] = (tf.constant(shard.x_test), tf.constant(shard.y_test))
         self._server_test: tuple[Any, Any] | None = None
         if data.x_test is not None and data.y_test is not None and len(data.x_test):
-            self._server_test = (tf.constant(data.x_test), tf.constant(data.y_test))
+            test = data_tensors(tf, [data.x_test, data.y_test], dict(self._device))
+            self._server_test = (test[0], test[1])
         self._fit_fn, self._eval_fn = self._compile_loops(data.info)
 
     def describe(self) -> dict[str, Any]:

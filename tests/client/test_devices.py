@@ -163,3 +163,25 @@ def test_a_host_with_a_gpu_share_runs_on_a_machine_without_a_gpu():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env)  # fmt: skip
     assert out.stdout.split() == ["None", "3.0"]
+
+
+@pytest.mark.keras
+def test_a_cpu_hosts_data_tensor_shares_the_arrays_memory():
+    """``tf.constant`` copied a host's training rows (and kept 2x their size)."""
+    from fedray.tree import ALIGN, aligned_empty
+
+    tf = devices.import_tensorflow()
+    x = aligned_empty((1000, 8), np.float32)
+    x[...] = np.arange(8000, dtype=np.float32).reshape(1000, 8)
+    y = np.arange(1000) % 3
+    tx, ty = devices.data_tensors(tf, [x, y], {})
+    x[7, 1] = -1.0  # the tensor is the array: no copy was made
+    assert float(tx[7, 1]) == -1.0 and tx.dtype == tf.float32
+    assert ty.numpy().tolist() == y.tolist()
+    odd = np.arange(10, dtype=np.float64)[1:]  # misaligned, read-only, strided: copied
+    odd.setflags(write=False)
+    assert devices.cpu_tensor(tf, odd).numpy().tolist() == odd.tolist()
+    assert devices.cpu_tensor(tf, np.arange(12.0)[::3]).numpy().tolist() == [0.0, 3.0, 6.0, 9.0]
+    assert devices.cpu_tensor(tf, np.array([True, False])).numpy().tolist() == [True, False]
+    assert devices.cpu_tensor(tf, np.zeros((0, 3), np.float32)).shape == (0, 3)
+    assert devices.aligned(x) is x and devices.aligned(odd).ctypes.data % ALIGN == 0

@@ -362,3 +362,17 @@ def test_a_metric_that_is_no_mean_keeps_the_test_set_whole():
     assert host.ready()["server_parts"] is False
     assert host.evaluate_part(params, 0, 2) is None
     assert set(host.evaluate(params)) == {"loss", "r2_score"}
+
+
+@pytest.mark.keras
+def test_the_trainers_data_tensor_is_the_hosts_table_not_a_copy():
+    from fedray.client.trainer import KerasTrainer
+    from fedray.data import load_host_data
+
+    spec = _spec(ids=(1, 0))
+    data = load_host_data(spec.data, spec.seed, spec.client_ids, with_test_set=False)
+    trainer = KerasTrainer(spec, data)
+    x_all, _ = data.rows
+    x_all[3, 0] = 1234.5  # the shared table: concatenating shards made a second copy
+    assert float(trainer._x_all[3, 0]) == 1234.5
+    assert trainer._rows == {1: (0, len(data.shards[1].x)), 0: (len(data.shards[1].x), 50)}

@@ -1,5 +1,6 @@
 """Sharing the server evaluation over hosts: dispatch, failover and the merge (no Ray)."""
 
+import itertools
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,11 +11,13 @@ from fedray.runtime.stream import evaluate_server
 from fedray.runtime.supervisor import Supervisor
 
 
-class Died(Exception):
+class DiedError(Exception):
     """Stands in for ``ray.exceptions.RayActorError``."""
 
 
-FAKE_RAY = SimpleNamespace(get=lambda ref: ref(), exceptions=SimpleNamespace(RayActorError=Died))
+FAKE_RAY = SimpleNamespace(
+    get=lambda ref: ref(), exceptions=SimpleNamespace(RayActorError=DiedError)
+)
 ERR = np.random.default_rng(0).random((10, 2))  # 10 batches x 2 metrics of a test set
 
 
@@ -31,7 +34,7 @@ class Host:
             def ref():
                 log.append((index, p))
                 if dies:
-                    raise Died(f"host {index}")
+                    raise DiedError(f"host {index}")
                 return states(p, of)
 
             return ref
@@ -74,4 +77,4 @@ def test_without_parts_host_0_evaluates_and_with_every_evaluator_down_nothing_is
 def test_batch_ranges_cover_every_batch_once_in_order(batches, of):
     ranges = [batch_range(batches, p, of) for p in range(of)]
     assert ranges[0][0] == 0 and ranges[-1][1] == batches
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
