@@ -141,7 +141,9 @@ def run_sweep(
         tune_dir = out / "tune"
         if tune.Tuner.can_restore(str(tune_dir)):
             logger.info("resuming the sweep in %s", out)
-            tuner = tune.Tuner.restore(str(tune_dir), trainable, resume_unfinished=True)
+            tuner = tune.Tuner.restore(  # a failed trial runs again: its cause may be fixed
+                str(tune_dir), trainable, resume_unfinished=True, resume_errored=True
+            )
         else:
             tuner = tune.Tuner(
                 trainable,

@@ -137,3 +137,22 @@ def test_a_failed_trial_is_an_error_row_with_its_reason_and_the_others_finish(
     assert "failures.csv" in df["error"][1]  # where the details are
     assert main(["report", str(out)]) == 0  # the reason survives: it is in the run directory
     assert "crashed" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_running_a_sweep_again_retries_the_trials_that_failed(tmp_path, capsys):
+    rows = "x,label\n" + "".join(f"{i / 10},{3 * i / 10 + 1}\n" for i in range(40))
+    here, later = tmp_path / "a.csv", tmp_path / "b.csv"
+    here.write_text(rows)
+    out = tmp_path / "sweep"
+    args = ["sweep", LINREG, "--grid", f"data.path=[{here},{later}]", "--set", "data.dataset=csv",
+            "--set", f"data.path={here}", "--set", "rounds=2", "--set", "runtime.executor=local", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+    assert main(args) == 3
+    df = pd.read_csv(out / "sweep.csv", keep_default_na=False)
+    assert df["state"].tolist() == ["TERMINATED", "ERROR"] and "not found" in df["error"][1]
+    later.write_text(rows)  # the cause is fixed: the same command runs the failed trial again
+    assert main(args) == 0
+    df = pd.read_csv(out / "sweep.csv", keep_default_na=False)
+    assert df["state"].tolist() == ["TERMINATED", "TERMINATED"] and set(df["error"]) == {""}
