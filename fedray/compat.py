@@ -184,6 +184,9 @@ RULES: tuple[Rule, ...] = (
          "them, and its masking must run there too; set runtime.balance=false"),
     Rule("runtime.balance", "data.placement", "every host loads every client's rows, but "
          "data.placement keeps a client's rows on its own nodes; unset one of the two"),
+    Rule("evaluation.hosts", "data.placement", "only the first client's node is sure to "
+         "hold data.test_path, so host 0 evaluates alone; set evaluation.hosts=auto or 1",
+         when_a=lambda v: isinstance(v, int) and v > 1),
     # --- simulated faults -------------------------------------------------------------
     Rule("faults.host_hang_rate", "runtime.round_timeout_s", "only the round deadline frees a "
          "hung host; set runtime.round_timeout_s", when_b=_is(None)),

@@ -15,7 +15,6 @@ Datasets:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from fedray.config import DataConfig
 from fedray.errors import DataError
 from fedray.synthetic import host_rows, make_blobs, make_linreg
 from fedray.tables import read_table, table_to_arrays
-from fedray.tree import aligned_empty
+from fedray.tree import gather_rows
 
 
 @dataclass
@@ -328,8 +327,7 @@ def partition_indices(ds: Dataset, cfg: DataConfig, seed: int) -> list[np.ndarra
 class HostData:
     """What one client host keeps: its clients' shards and, optionally, the test set.
 
-    ``rows``, when set, is every shard's ``(x, y)`` one after another in shard order,
-    the shards being views of it: a trainer then uses it as it is, without a copy.
+    ``rows``, if set, is every shard's ``(x, y)`` in shard order, the shards its views.
     """
 
     shards: dict[int, Shard]
@@ -337,21 +335,6 @@ class HostData:
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
     rows: tuple[np.ndarray, np.ndarray] | None = None
-
-
-def _gathered(
-    x: np.ndarray, y: np.ndarray, parts: Sequence[np.ndarray]
-) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
-    """The rows of ``parts`` in one aligned ``(x, y)`` each, and each part's views of it."""
-    order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-    out = []
-    for a in (x, y):
-        taken = aligned_empty((len(order), *a.shape[1:]), a.dtype)
-        np.take(a, order, axis=0, out=taken, mode="clip")  # "raise" would buffer a copy
-        out.append(taken)
-    bounds = np.cumsum([0, *(len(p) for p in parts)])
-    views = [(out[0][lo:hi], out[1][lo:hi]) for lo, hi in itertools.pairwise(bounds)]
-    return (out[0], out[1]), views
 
 
 def load_host_data(
@@ -374,12 +357,11 @@ def load_host_data(
         ds = load_dataset(cfg, seed)
         parts = partition_indices(ds, cfg, seed)
         kept = list(dict.fromkeys(c for c in client_ids if 0 <= c < len(parts)))
-        # One aligned table of this host's rows, the shards its views: no second copy
-        # when the trainer makes its tensor (a local test split takes rows out: copies).
-        together, views = _gathered(ds.x_train, ds.y_train, [parts[c] for c in kept])
+        # One aligned table of this host's rows, the shards its views: no second copy for
+        # the trainer's tensor (unless a local test split takes rows out of the shards).
+        together, views = gather_rows(ds.x_train, ds.y_train, [parts[c] for c in kept])
         rows = dict(zip(kept, views, strict=True))
-        if cfg.client_test_fraction == 0 and kept == list(client_ids):
-            whole = together
+        whole = together if cfg.client_test_fraction == 0 and kept == list(client_ids) else None
         info, test = ds.info, (ds.x_test, ds.y_test)
     shards: dict[int, Shard] = {}
     for cid in client_ids:

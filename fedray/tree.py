@@ -12,6 +12,7 @@ from Ray's object store are read-only views.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -134,3 +135,23 @@ def aligned_concatenate(arrays: Sequence[np.ndarray]) -> np.ndarray:
     shape = (sum(len(a) for a in arrays), *arrays[0].shape[1:])
     out = aligned_empty(shape, np.result_type(*arrays))
     return np.concatenate(arrays, out=out)
+
+
+def gather_rows(
+    x: np.ndarray, y: np.ndarray, parts: Sequence[np.ndarray]
+) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+    """The rows of ``parts`` in one aligned ``(x, y)``, and each part's views of it.
+
+    >>> (x, _), views = gather_rows(np.arange(5.0), np.arange(5), [np.array([3, 1]), np.array([0])])
+    >>> x.tolist(), [v[0].tolist() for v in views], np.shares_memory(views[1][0], x)
+    ([3.0, 1.0, 0.0], [[3.0, 1.0], [0.0]], True)
+    """
+    order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    out = []
+    for a in (x, y):
+        taken = aligned_empty((len(order), *a.shape[1:]), a.dtype)
+        np.take(a, order, axis=0, out=taken, mode="clip")  # "raise" would buffer a copy
+        out.append(taken)
+    bounds = np.cumsum([0, *(len(p) for p in parts)])
+    views = [(out[0][lo:hi], out[1][lo:hi]) for lo, hi in itertools.pairwise(bounds)]
+    return (out[0], out[1]), views

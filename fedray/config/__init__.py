@@ -143,6 +143,7 @@ def features(cfg: Config) -> dict[str, Any]:
         "compression.rotate": cfg.compression.rotate,
         "evaluation.train_every": cfg.evaluation.train_every,
         "evaluation.federated_every": cfg.evaluation.federated_every,
+        "evaluation.hosts": cfg.evaluation.hosts,
         "faults.host_hang_rate": cfg.faults.host_hang_rate,
         "runtime.round_timeout_s": cfg.runtime.round_timeout_s,
         "runtime.gpus_per_host": cfg.runtime.gpus_per_host,

@@ -172,6 +172,10 @@ class EvaluationConfig(_Section):
     """the global model on every client's training data every N rounds (`train/*`)"""
     predict: list[list[float]] | None = None
     """inputs whose predictions are printed and stored at the end"""
+    hosts: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    """actors that share the centralized evaluation, each holding the server test set; `auto`:
+    up to 4, one per CPU (see [Speed](performance.md#evaluation-shared-by-the-hosts))
+    """
 
 
 class AttackConfig(_Section):

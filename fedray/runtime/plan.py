@@ -81,6 +81,24 @@ def host_slots(resources: Mapping[str, float], gpus_per_host: float | None) -> f
     return slots
 
 
+EVALUATORS = 4
+"""``evaluation.hosts: auto``'s most: each evaluating host holds the whole test set."""
+
+
+def evaluators(setting: int | str, cpu_slots: float) -> int:
+    """Resolve ``evaluation.hosts``: ``auto`` is one per CPU slot, at most :data:`EVALUATORS`.
+
+    Each one holds the server test set, so more than a few would cost memory for a
+    shrinking gain: four hosts already quarter the evaluation.
+
+    >>> evaluators("auto", 2.0), evaluators("auto", 16.0), evaluators(8, 2.0)
+    (2, 4, 8)
+    """
+    if setting != "auto":
+        return int(setting)
+    return max(1, min(EVALUATORS, math.floor(cpu_slots)))
+
+
 def least_busy(up: Sequence[int], in_flight: Iterable[int]) -> int:
     """The host of ``up`` with the fewest calls in flight (``in_flight``: their hosts).
 

@@ -35,6 +35,7 @@ from fedray.runtime.plan import (
     MAX_RERUNS,
     HostPlan,
     clients_per_host,
+    evaluators,
     fail_all,
     group_clients,
     host_slots,
@@ -136,7 +137,7 @@ class RayExecutor:
             aggregator,
             per_host,
             sources=sources,
-            evaluators=math.floor(slots),  # the hosts that can evaluate side by side
+            evaluators=evaluators(config.evaluation.hosts, slots),
             client=client,
             threads=threads,
             pre_aggregate=pre_aggregate,

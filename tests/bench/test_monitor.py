@@ -13,7 +13,10 @@ def test_peak_pss_sees_a_growth_and_leaves_steady_memory_unsampled():
         time.sleep(0.3)
         before = mem.samples  # the first look at the tree
         block = np.ones(200 << 20, np.uint8)  # 200 MB, every page touched
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10  # a loaded machine (CI's -n 2) may be slow to look
+        while mem.peak < base + (190 << 20) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # the sample that saw the block is counted
         grown = mem.samples - before
         time.sleep(0.5)  # steady: nothing new is mapped, so PSS is not read again
         steady = mem.samples - before - grown

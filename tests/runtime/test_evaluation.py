@@ -78,3 +78,31 @@ def test_batch_ranges_cover_every_batch_once_in_order(batches, of):
     ranges = [batch_range(batches, p, of) for p in range(of)]
     assert ranges[0][0] == 0 and ranges[-1][1] == batches
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+
+
+def test_the_first_evaluators_hold_the_test_set_and_placement_keeps_it_on_host_0():
+    from fedray import config
+    from fedray.aggregators import Mean
+    from fedray.runtime.plan import HostPlan, evaluators
+
+    cfg = config.load({"data": {"num_clients": 6}})
+    assert [evaluators("auto", c) for c in (1.0, 2.5, 3.0, 64.0)] == [1, 2, 3, 4]
+    plan = HostPlan.make(cfg, Mean(), 1, evaluators=evaluators("auto", 2.0))
+    assert plan.evaluators == 2
+    assert [s.with_test_set for s in plan.specs] == [True, True, False, False, False, False]
+    assert HostPlan.make(cfg, Mean(), 3, evaluators=8).evaluators == 2  # only 2 hosts
+    placed = config.load({"data": {"num_clients": 6, "placement": {0: "site-a"}}})
+    plan = HostPlan.make(placed, Mean(), 1, evaluators=4)
+    assert plan.evaluators == 1 and sum(s.with_test_set for s in plan.specs) == 1
+
+
+def test_more_than_one_evaluator_under_data_placement_is_refused_in_one_line():
+    from fedray import config
+    from fedray.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        config.load({"data": {"placement": {0: "site-a"}}, "evaluation": {"hosts": 2}})
+    line = str(err.value)
+    assert "evaluation.hosts=2 does not work with data.placement=" in line
+    assert "\n" not in line
+    config.load({"data": {"placement": {0: "site-a"}}, "evaluation": {"hosts": 1}})  # fine

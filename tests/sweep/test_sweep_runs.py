@@ -147,8 +147,8 @@ def test_running_a_sweep_again_retries_the_trials_that_failed(tmp_path, capsys):
     here.write_text(rows)
     out = tmp_path / "sweep"
     args = ["sweep", LINREG, "--grid", f"data.path=[{here},{later}]", "--set", "data.dataset=csv",
-            "--set", f"data.path={here}", "--set", "rounds=2", "--set", "runtime.executor=local", "--out", str(out),
-            "--no-progress"]  # fmt: skip
+            "--set", f"data.path={here}", "--set", "rounds=2", "--set", "runtime.executor=local",
+            "--out", str(out), "--no-progress"]  # fmt: skip
     assert main(args) == 3
     df = pd.read_csv(out / "sweep.csv", keep_default_na=False)
     assert df["state"].tolist() == ["TERMINATED", "ERROR"] and "not found" in df["error"][1]
