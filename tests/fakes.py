@@ -110,7 +110,8 @@ class NumpyTrainer:
         self.dim = data.info.input_shape[0]
 
     def describe(self):
-        return {"trainer": "numpy", "server_parts": self.server is not None}
+        batches = 0 if self.server is None else -(-len(self.server[0]) // self.EVAL_BATCH)
+        return {"trainer": "numpy", "server_parts": batches}
 
     def server_states(self, params, part, of):
         from fedray.records import MeanStates, batch_range

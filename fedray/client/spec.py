@@ -83,7 +83,7 @@ class Trainer(Protocol):
         """Part ``part`` of ``of`` of the server test set as per-batch metric sums.
 
         None without a server test set or when a metric is not a mean; ``describe()``
-        says ``server_parts: True`` when the trainer can.
+        says in ``server_parts`` how many batches there are to share (0: none).
         """
         ...
 

@@ -80,7 +80,7 @@ class KerasTrainer:
         return {
             "tf_intra_op_threads": threading.get_intra_op_parallelism_threads(),
             "tf_inter_op_threads": threading.get_inter_op_parallelism_threads(),
-            "server_parts": self._states_fn is not None,
+            "server_parts": self._server_batches(),
             **self._device,
         }
 
@@ -348,22 +348,21 @@ class KerasTrainer:
         logs = self._eval_fn(data[0], data[1], [self._tf.convert_to_tensor(p) for p in params])
         return {k: float(v) for k, v in logs.items()}
 
-    def server_states(self, params: Params, part: int, of: int) -> MeanStates | None:
-        """Part ``part`` of ``of`` of the server test set as per-batch metric sums.
+    def _server_batches(self) -> int:
+        """Batches the server test set can be evaluated in parts of (0: not in parts)."""
+        test = self._server_test if self._states_fn is not None else None
+        return 0 if test is None else -(-int(test[0].shape[0]) // self._eval_batch)
 
-        None without a server test set, or when a metric is not a mean (then only
-        :meth:`evaluate` on the whole set gives it).
-        """
+    def server_states(self, params: Params, part: int, of: int) -> MeanStates | None:
+        """Part ``part`` of ``of`` of the server test set as per-batch metric sums, or None."""
         if self._states_fn is None or self._server_test is None or self._leaves is None:
             return None
+        lo, hi = batch_range(self._server_batches(), part, of)
         x, y = self._server_test
-        batches = -(-int(x.shape[0]) // self._eval_batch)
-        lo, hi = batch_range(batches, part, of)
         tensors = [self._tf.convert_to_tensor(p) for p in params]
         sums = self._states_fn(x, y, tensors, self._tf.constant(lo), self._tf.constant(hi))
         sums = np.asarray(sums).reshape(hi - lo, len(self._leaves), 2)
-        names = tuple(name for name, _, _ in self._leaves)
-        return MeanStates(names, lo, sums[:, :, 0], sums[:, :, 1])
+        return MeanStates(tuple(n for n, _, _ in self._leaves), lo, sums[..., 0], sums[..., 1])
 
     def evaluate(
         self, params: Params, split: str, cid: int | None = None

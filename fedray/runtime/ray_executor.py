@@ -347,9 +347,10 @@ class RayExecutor:
         host 0 evaluates all of it. The result is the same either way.
         """
         self.supervisor.await_restarts()
-        parts = bool(self.host_info[0].get("server_parts"))
-        of = self.plan.evaluators if parts else 1
-        return evaluate_server(self._ray, self.hosts, self.supervisor, params[0], of, parts)
+        batches = int(self.host_info[0].get("server_parts", 0))  # 0: not in parts
+        return evaluate_server(
+            self._ray, self.hosts, self.supervisor, params[0], self.plan.evaluators, batches
+        )
 
     def evaluate_clients(
         self, client_ids: Sequence[int], params: Any, split: str = "test"

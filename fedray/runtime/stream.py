@@ -96,14 +96,18 @@ def stream(
 
 
 def evaluate_server(
-    ray: Any, hosts: Sequence[Any], supervisor: Supervisor, params: Any, of: int, parts: bool
-) -> Metrics:
-    """The server test set's metrics, from hosts ``0 .. of - 1`` ({} when they are down).
+    ray: Any, hosts: Sequence[Any], supervisor: Supervisor, params: Any, evaluators: int,
+    batches: int,
+) -> Metrics:  # fmt: skip
+    """The server test set's metrics, from hosts ``0 .. evaluators - 1`` ({} when down).
 
-    With ``parts`` each host up takes parts of the set side by side
-    (``evaluate_part``, added by :func:`~fedray.records.merge_means`); a part whose host
-    fails goes to another. Without, host 0 evaluates all of it (``of`` is 1).
+    ``batches`` is how many batches host 0 can share out (0: its metrics are not all
+    means). With more than one batch and evaluator, each host up takes parts of the set
+    side by side (``evaluate_part``, added by :func:`~fedray.records.merge_means`); a
+    part whose host fails goes to another. Otherwise host 0 evaluates all of it.
     """
+    of = max(1, min(evaluators, batches))
+    parts = of > 1
     done: dict[int, Any] = {}
     for _ in range(MAX_RERUNS + 1):
         up = [h for h in range(of) if supervisor.unavailable(h) is None]

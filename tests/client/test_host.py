@@ -336,7 +336,7 @@ def test_server_test_set_in_parts_adds_up_to_the_whole_bit_for_bit():
     )  # a 2,400-row test set: 3 batches of 1,024
     host = ClientHost(HostSpec.from_config(cfg, (0, 1), Mean(), with_test_set=True))
     params = host.initial_params()
-    assert host.ready()["server_parts"] is True
+    assert host.ready()["server_parts"] == 3  # batches to share
     whole = host.evaluate(params)  # one part: batch by batch, as when hosts share it
     for of in (2, 3, 5):  # 5 parts of 3 batches: some parts are empty
         parts = [host.evaluate_part(params, p, of) for p in range(of)]
@@ -359,7 +359,7 @@ def test_a_metric_that_is_no_mean_keeps_the_test_set_whole():
     )
     host = ClientHost(HostSpec.from_config(cfg, (0, 1), Mean(), with_test_set=True))
     params = host.initial_params()
-    assert host.ready()["server_parts"] is False
+    assert host.ready()["server_parts"] == 0
     assert host.evaluate_part(params, 0, 2) is None
     assert set(host.evaluate(params)) == {"loss", "r2_score"}
 

@@ -56,21 +56,23 @@ def test_each_evaluator_takes_a_part_and_a_dead_ones_part_goes_to_another():
     log = []
     hosts = [Host(0, log), Host(1, log, dies=True), Host(2, log), Host(3, log)]
     sup = Supervisor(hosts, [(0,)] * 4, restart_timeout_s=1.0)
-    got = evaluate_server(FAKE_RAY, hosts, sup, None, 3, parts=True)  # host 3 holds no set
+    got = evaluate_server(FAKE_RAY, hosts, sup, None, 3, len(ERR))  # host 3 holds no set
     assert got == merge_means([states(0, 1)])
     assert log[:3] == [(0, 0), (1, 1), (2, 2)]  # side by side, one part each
     assert log[3:] == [(0, 1)]  # host 1's part re-ran on a host that is up
     assert sup.unavailable(1) is not None and sup.unavailable(0) is None
 
 
-def test_without_parts_host_0_evaluates_and_with_every_evaluator_down_nothing_is_made_up():
+def test_host_0_evaluates_alone_without_parts_to_share_and_nothing_is_made_up_when_down():
     log = []
     hosts = [Host(0, log), Host(1, log)]
     sup = Supervisor(hosts, [(0,), (1,)], restart_timeout_s=1.0)
-    assert evaluate_server(FAKE_RAY, hosts, sup, None, 1, parts=False) == {"loss": 0.0}
+    for evaluators, batches in [(1, 10), (2, 0), (2, 1)]:  # one host, no means, one batch
+        assert evaluate_server(FAKE_RAY, hosts, sup, None, evaluators, batches) == {"loss": 0.0}
+    assert log == []  # host 0 evaluated the whole set each time: no part was asked for
     dead = [Host(0, log, dies=True), Host(1, log, dies=True)]
     sup = Supervisor(dead, [(0,), (1,)], restart_timeout_s=1.0)
-    assert evaluate_server(FAKE_RAY, dead, sup, None, 2, parts=True) == {}
+    assert evaluate_server(FAKE_RAY, dead, sup, None, 2, len(ERR)) == {}
 
 
 @pytest.mark.parametrize("batches,of", [(0, 1), (1, 2), (10, 3), (3, 5)])

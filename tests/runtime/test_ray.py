@@ -192,6 +192,7 @@ def test_hosts_share_the_server_evaluation_and_a_dead_one_changes_no_digit(
     ex = RayExecutor(cfg, Mean())
     try:
         assert ex.plan.evaluators == 2 and [s.with_test_set for s in ex.plan.specs] == [True] * 2
+        assert ex.host_info[0]["server_parts"] == 12  # batches of 1,024 to share
         handle = ex.broadcast(ex.initial_params())
         alone = ray.get(ex.hosts[0].evaluate.remote(handle[0]))  # host 0, all of it
         parts = [ray.get(h.evaluate_part.remote(handle[0], p, 2)) for p, h in enumerate(ex.hosts)]
