@@ -130,7 +130,7 @@ def _finish(
     return Dataset(
         x_train=x.astype(np.float32, copy=False),  # every caller's x is its own already
         y_train=y,
-        x_test=np.asarray(x_test).astype(np.float32, copy=False),
+        x_test=np.asarray(x_test).astype(np.float32),  # a copy: it may be fedray.fit's
         y_test=y_test,
         task=task,
         num_classes=num_classes,
