@@ -129,7 +129,7 @@ def _train(
 
 
 _HOST_FACTS = ("clients", "pid", "node_id", "setup_s", "gpu_ids", "gpu", "gpu_memory_mb",
-               "gpu_memory", "gpu_total_mb", "data_device")  # fmt: skip
+               "gpu_memory", "gpu_total_mb", "data_device", "gpu_data_mb")  # fmt: skip
 
 
 def _summary(

@@ -217,13 +217,19 @@ def cpu_tensor(tf: Any, a: np.ndarray) -> Any:
 def data_tensors(tf: Any, arrays: Sequence[np.ndarray], facts: dict[str, Any]) -> list[Any]:
     """``arrays`` as tensors on :func:`data_device`'s choice (recorded in ``facts``).
 
-    Without a GPU, or when the data stays in host memory, they share the arrays'
-    memory (:func:`cpu_tensor`).
+    The first call (the training rows) records ``data_device``; every call counts what
+    it put on the GPU in ``gpu_data_mb``, and later calls (the server test set) are
+    judged with it, so that together they stay within the host's share. Without a GPU,
+    or when the data stays in host memory, they share the arrays' memory
+    (:func:`cpu_tensor`).
     """
-    where = data_device(sum(a.nbytes for a in arrays), facts)
+    nbytes = sum(a.nbytes for a in arrays)
+    placed = facts.get("gpu_data_mb", 0.0) * 2**20
+    where = data_device(int(placed + nbytes), facts)
     if facts.get("gpu"):
-        facts["data_device"] = where or "gpu"
+        facts.setdefault("data_device", where or "gpu")
     if facts.get("gpu") and where is None:  # on the GPU: copied there
+        facts["gpu_data_mb"] = (placed + nbytes) / 2**20
         return [tf.constant(a) for a in arrays]
     with tf.device(where) if where else contextlib.nullcontext():
         return [cpu_tensor(tf, a) for a in arrays]

@@ -70,7 +70,7 @@ class KerasTrainer:
                 self._local_test[cid] = (tf.constant(shard.x_test), tf.constant(shard.y_test))
         self._server_test: tuple[Any, Any] | None = None
         if data.x_test is not None and data.y_test is not None and len(data.x_test):
-            test = data_tensors(tf, [data.x_test, data.y_test], dict(self._device))
+            test = data_tensors(tf, [data.x_test, data.y_test], self._device)  # after rows
             self._server_test = (test[0], test[1])
         self._fit_fn, self._eval_fn = self._compile_loops(data.info)
 

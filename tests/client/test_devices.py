@@ -95,9 +95,18 @@ def test_a_hosts_data_stays_on_its_gpu_while_it_fits_in_half_the_hosts_memory():
     rows = [np.zeros(400 << 20, np.uint8), np.zeros(50 << 20, np.uint8)]  # 450 MB: fits
     assert devices.data_tensors(tf, rows, capped) == [("default", 400 << 20), ("default", 50 << 20)]
     assert capped["data_device"] == "gpu"
+    assert capped["gpu_data_mb"] == 450
+    # The server test set comes second: 100 MB more would make 550 MB > 500 MB, so it
+    # stays in host memory, and the training rows' record is kept.
+    test = [np.zeros(100 << 20, np.uint8)]
+    assert [d for d, _ in devices.data_tensors(tf, test, capped)] == ["/CPU:0"]
+    assert capped["data_device"] == "gpu" and capped["gpu_data_mb"] == 450
+    assert devices.data_tensors(tf, [np.zeros(40 << 20, np.uint8)], capped)[0][0] == "default"
+    assert capped["gpu_data_mb"] == 490  # a 40 MB test set fits beside them
+    alone = {"gpu": "/physical_device:GPU:0", "gpu_memory_mb": 1000}
     rows.append(np.zeros(100 << 20, np.uint8))  # 550 MB > 500 MB: the CPU keeps it
-    assert [d for d, _ in devices.data_tensors(tf, rows, capped)] == ["/CPU:0"] * 3
-    assert capped["data_device"] == "/CPU:0"
+    assert [d for d, _ in devices.data_tensors(tf, rows, alone)] == ["/CPU:0"] * 3
+    assert alone["data_device"] == "/CPU:0" and "gpu_data_mb" not in alone
     growth = {"gpu": "/physical_device:GPU:0", "gpu_memory": "growth", "gpu_total_mb": 1000.0}
     assert devices.data_device(550 << 20, growth) == "/CPU:0"  # half of the whole GPU
     for no_gpu in ({}, {"gpu": None, "cuda_visible_devices": ""}):
