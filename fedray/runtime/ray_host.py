@@ -45,9 +45,10 @@ class RayClientHost(ClientHost):
             refs = ray.get(ray.get_actor(store).refs.remote(index))
             spec = replace(spec, source=spec.source.filled(ray.get(refs)))
         super().__init__(spec)
-        # The trainer copied the rows into its tensors: the numpy shards would only hold
-        # them a second time (about 1.2 GB per host of a million synthetic clients). The
-        # in-process leakage audit reads a plain ClientHost's, which keeps them.
+        # The trainer's tensors hold the rows: the host's table itself, or a concatenation
+        # of the shards, which then would hold them a second time (about 1.2 GB per host
+        # of a million synthetic clients). The in-process leakage audit reads a plain
+        # ClientHost's shards, which it keeps.
         self.shards = {}
 
     def ready(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from fedray.errors import FedrayError, one_line
-from fedray.records import HostRecovery, MeanStates, Metrics, merge_means
+from fedray.records import HostRecovery, Metrics, merge_means
 from fedray.runtime.plan import MAX_RERUNS, fail_all, tag
 from fedray.runtime.supervisor import Supervisor
 
@@ -126,10 +126,10 @@ def evaluate_server(
             except ray.exceptions.RayActorError as exc:
                 logger.warning("evaluation: host %d failed (%s)", calls[p], type(exc).__name__)
                 supervisor.mark_down(calls[p])
-        if len(done) == of and not parts:
-            return dict(done[0])
-        if len(done) == of:
-            states: list[MeanStates | None] = [done[p] for p in range(of)]
-            return merge_means([s for s in states if s is not None]) if all(states) else {}
+        if len(done) == of:  # every part: host 0's metrics, or the parts' batches merged
+            if not parts:
+                return dict(done[0])
+            states = [done[p] for p in range(of)]
+            return merge_means(states) if all(s is not None for s in states) else {}
     logger.warning("evaluation skipped: the hosts holding the test set are down")
     return {}
