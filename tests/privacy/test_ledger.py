@@ -177,3 +177,43 @@ def test_epsilon_is_composed_once_per_distinct_history(monkeypatch):
     z = accounting.dpfedavg_epsilon(1.7, 0.013, 37, 1e-5)
     assert z == pytest.approx(first) and accounting.dpfedavg_epsilon(1.7, 0.013, 37, 1e-5) == z
     assert len(calls) == 4
+
+
+# --- three privacy numbers that slow tests alone guarded (mutation testing) -----------
+
+
+def test_fixed_size_sampling_is_accounted_at_sensitivity_two_c():
+    from fedray.privacy import round_event
+
+    fixed = round_event(2.0, 0.01, sampling="fixed", population=1000)
+    assert isinstance(fixed, dpa.SampledWithoutReplacementDpEvent)
+    assert (fixed.source_dataset_size, fixed.sample_size) == (1000, 10)
+    assert fixed.event.noise_multiplier == 1.0  # replace-one: the sum moves by 2C
+    poisson = round_event(2.0, 0.01)
+    assert isinstance(poisson, dpa.PoissonSampledDpEvent)
+    assert poisson.event.noise_multiplier == 2.0
+
+
+@pytest.mark.parametrize("target", [0.5, 2.0, 8.0])
+def test_calibration_returns_a_z_that_meets_the_target(target):
+    from fedray.privacy import calibrate_noise_multiplier, dpfedavg_epsilon
+
+    z = calibrate_noise_multiplier(target, 1.0, 3, 1e-5)
+    assert dpfedavg_epsilon(z, 1.0, 3, 1e-5) <= target
+    # ... and is the smallest such z within the tolerance (1e-3).
+    assert dpfedavg_epsilon(z - 2e-3, 1.0, 3, 1e-5) > target
+
+
+def test_the_budget_check_prices_the_next_round():
+    from fedray.privacy import dpfedavg_epsilon
+
+    one, two = (dpfedavg_epsilon(2.0, 1.0, r, 1e-5) for r in (1, 2))
+    ledger = DPFedAvgAccountant(2.0, 1.0, 1e-5, max_epsilon=(one + two) / 2)
+    assert ledger.allows_next_round()  # round 1 costs `one`, within the budget
+    ledger.record([0])
+    assert ledger.epsilon() == pytest.approx(one)
+    assert not ledger.allows_next_round()  # round 2 would cost `two`, over it
+    local = LocalDPAccountant(noise_multiplier=2.0, delta=1e-5)
+    local.max_epsilon = (local.client_epsilon(1) + local.client_epsilon(2)) / 2
+    local.record([0])
+    assert not local.allows_next_round()

@@ -63,6 +63,41 @@ def test_failed_attempts_of_dp_sgd_are_charged_too():
     assert_charged(ex, ledger)
 
 
+def test_the_charge_comes_before_the_release_and_covers_clients_that_fail():
+    # A mutant that charged after training, only the clients whose updates were kept,
+    # passed every test before this one: the log must read record, fit, record, fit,
+    # and client 2, which fails in every round, is charged in every round.
+    log = []
+
+    class Logged(LocalDPAccountant):
+        def record(self, participants):
+            log.append(("record", sorted(participants)))
+            return super().record(participants)
+
+    class Fits(EncodingExecutor):
+        def fit(self, client_ids, params, info):
+            log.append(("fit", sorted(client_ids)))
+            yield from super().fit(client_ids, params, info)
+
+    ledger = Logged(noise_multiplier=2.0, delta=1e-5)
+    ex = ReleaseCounter(Fits(LocalDP(noise_multiplier=2.0, clip=1.0), flaky=(2,)))
+    strategy = Strategy(aggregator=LocalDP(noise_multiplier=2.0, clip=1.0), fraction_fit=1.0)
+    run_rounds(
+        strategy=strategy,
+        executor=ex,
+        rounds=2,
+        seed=0,
+        callback=Callback(),
+        privacy=ledger,
+        rng_seed=5,
+        scheduler=SyncRounds(RoundPolicy(on_too_few="skip")),
+    )
+    everyone = list(range(6))
+    assert log == [("record", everyone), ("fit", everyone)] * 2
+    assert ex.released[2] == 0 and ledger.participations[2] == 2
+    assert_charged(ex, ledger)
+
+
 def test_a_resumed_run_keeps_charging_on_top_of_the_restored_ledger():
     states = []
     agg = LocalDP(noise_multiplier=3.0, clip=1.0)

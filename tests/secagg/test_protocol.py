@@ -150,3 +150,36 @@ def test_the_cost_benchmark_decodes_within_its_bound_on_a_tiny_grid(tmp_path):
         assert row["client_kib_sent"] > row["plain_bytes_per_client_kib"]  # + the shares
     assert secagg.main(["--clients", "4", "--dims", "50", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "secagg.csv").is_file() and (tmp_path / "secagg.png").is_file()
+
+
+class _SetupRecorder:
+    """An executor that records the set-up each client is sent, and answers nothing."""
+
+    def __init__(self):
+        self.setups = {}
+
+    def call(self, ids, step, payload, info):
+        if step == "advertise":
+            self.setups.update(payload)
+        return {}
+
+
+@pytest.mark.parametrize("clients,threshold,t", [(4, 0.6, 3), (6, 0.6, 4), (4, 1.0, 4)])
+def test_the_threshold_counts_the_client_itself(clients, threshold, t):
+    from fedray.aggregators import SecureAggregation
+    from fedray.records import RoundInfo
+    from fedray.secagg.session import SecureSession
+
+    ex = _SetupRecorder()
+    secure = SecureAggregation(threshold=threshold, degree=None, min_clients=1)
+    SecureSession(secure).start(ex, list(range(clients)), RoundInfo(1, 0), np.random.default_rng(0))
+    assert {setup[1] for setup in ex.setups.values()} == {t}  # t of |N(u)| + 1 holders
+    assert all(len(setup[0]) == clients - 1 for setup in ex.setups.values())
+
+
+def test_a_client_refuses_an_unmask_request_that_leaves_it_out():
+    clients, _, inbox = _keyed(5, 4, 3)
+    for u, c in clients.items():
+        c.masked_input(np.zeros(4, np.uint64), inbox[u])
+    with pytest.raises(SecAggError, match="lists this client as dropped"):
+        clients[0].unmask([], [1, 2, 3, 4])
