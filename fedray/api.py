@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import statistics
 import tempfile
 import time
@@ -100,7 +99,6 @@ def _train(
     save: Callable[[Any], object],
     ledger: Any,
     canaries: Any,
-    rng_seed: int | None,
 ) -> Params:
     """Run the server steps: buffered (FedBuff) or synchronous rounds, one loop."""
     dp, ev, st = cfg.privacy.dp, cfg.evaluation, cfg.strategy
@@ -122,7 +120,6 @@ def _train(
         checkpoint=Checkpointer(save, cfg.checkpoint.every),
         resume=state,
         privacy=ledger,
-        rng_seed=rng_seed,
         noise_seed=dp.noise_seed if dp is not None else None,
         canaries=canaries,
     )
@@ -227,13 +224,8 @@ def run(
     if state is not None and "privacy" in state.loop_state:
         privacy_state = {**state.loop_state["privacy"], "server_round": state.server_round}
     composed = build.build_strategy(cfg, privacy_state, strategy=strategy)
-    dp = cfg.privacy.dp
-    rng_seed = None
-    if dp is not None:
+    if composed.dp_mechanisms():
         build.warn_on_delta(cfg)
-        # Sampling comes from a secret seed unless the user fixed one; the driver's
-        # noise comes from a fresh secret generator each round (never checkpointed).
-        rng_seed = dp.noise_seed if dp.noise_seed is not None else secrets.randbits(128)
     executor, started_ray = build.make_executor(cfg, composed, data)
     try:
         secure = isinstance(composed.aggregator, SecureAggregation)
@@ -253,8 +245,7 @@ def run(
         save = lambda st: checkpoint_mod.save(out_dir, st, config_fingerprint=fp)  # noqa: E731
         t_rounds = time.perf_counter()
         try:
-            params = _train(cfg, composed, executor, cb, history, state, save, ledger,
-                            canaries, rng_seed)  # fmt: skip
+            params = _train(cfg, composed, executor, cb, history, state, save, ledger, canaries)
         except RoundFailedError as exc:  # short, and where to look and how to go on
             raise RoundFailedError(
                 f"{exc}. Details: {out_dir / 'failures.csv'}; continue with --resume {out_dir}",

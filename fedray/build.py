@@ -28,6 +28,7 @@ from fedray.aggregators.compression import Quantize, Rotate, TopK
 from fedray.build_privacy import (
     budget,
     canary_audit,
+    check_dp_section,
     dp_accountant,
     dp_mechanism,
     ledger,
@@ -39,13 +40,14 @@ from fedray.compat import check_compatible, strategy_features
 from fedray.config import Config, features
 from fedray.errors import ConfigError, DataError
 from fedray.memory import InMemory
-from fedray.records import DPSGD
+from fedray.privacy import DPSGD
 from fedray.strategy import Strategy, with_dp, with_norm_bound
 
 __all__ = [
     "budget",
     "build_strategy",
     "canary_audit",
+    "check_dp_section",
     "check_inputs",
     "compressed",
     "dp_accountant",
@@ -111,7 +113,9 @@ def build_strategy(
         w = getattr(cfg.strategy, "weighting", "auto")
         if (w == "uniform" or (w == "auto" and private)) and isinstance(composed.aggregator, Mean):
             composed = replace(composed, aggregator=Mean(weighting="uniform"))
-    dp = cfg.privacy.dp
+    held = composed.dp_mechanisms()
+    check_dp_section(cfg, held)
+    dp = None if held else cfg.privacy.dp  # a strategy's own mechanism is the run's one
     if dp is not None and dp.mode == "dpsgd":  # example-level DP inside each client
         sgd = DPSGD(
             noise_multiplier=noise_multiplier(cfg, privacy_state),

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedray.aggregators import AdaptiveClip, CentralDP, DistributedDP, LocalDP
-from fedray.compat import chain
 from fedray.config import Config
 from fedray.errors import ConfigError
+from fedray.privacy.mechanism import DPMechanism, RunFacts, describe
 from fedray.strategy import Strategy
 
 logger = logging.getLogger("fedray.build")
@@ -147,77 +147,108 @@ def budget(cfg: Config) -> float | None:
     return None if dp.target_epsilon is None else dp.target_epsilon * (1 + 1e-9)
 
 
-def dp_accountant(
-    cfg: Config, mechanism: CentralDP | LocalDP | DistributedDP, dim: int | None = None
-) -> Any:
-    """The privacy ledger of a run with ``privacy.dp`` (central, local or distributed).
+def run_facts(cfg: Config, strategy: Strategy, executor: Any, dim: int | None = None) -> RunFacts:
+    """What a DP mechanism's ledger needs to know about this run (see :class:`RunFacts`).
 
-    Distributed DP's ε depends on the model's size ``dim``.
+    Sampling comes from the composed strategy (the truth for a hand-composed one too);
+    shard sizes leave the hosts only under DP-SGD, where they are public.
     """
-    from fedray.privacy import DistributedDPAccountant, DPFedAvgAccountant, LocalDPAccountant
-
     dp = cfg.privacy.dp
     if dp is None or dp.delta is None:
-        raise ValueError("the config has no privacy.dp section")
-    if isinstance(mechanism, DistributedDP):
-        if dim is None:
-            raise ValueError("distributed DP's ledger needs the model's size")
-        return DistributedDPAccountant(
-            plan=mechanism.plan(dim), delta=dp.delta, max_epsilon=budget(cfg)
-        )
-    if isinstance(mechanism, LocalDP):
-        return LocalDPAccountant(
-            noise_multiplier=mechanism.noise_multiplier,
-            delta=dp.delta,
-            max_epsilon=budget(cfg),
-        )
-    adaptive = isinstance(mechanism.clip, AdaptiveClip)
-    return DPFedAvgAccountant(
-        noise_multiplier=mechanism.noise_multiplier,
-        sampling_rate=cfg.strategy.fraction_fit,
+        raise ValueError("the config has no privacy.dp.delta")
+    examples = {
+        int(c): int(n)
+        for info in getattr(executor, "host_info", [])
+        for c, n in info.get("examples", {}).items()
+    }
+    return RunFacts(
         delta=dp.delta,
-        sampling=dp.sampling,
-        population=cfg.data.num_clients,
-        count_noise_multiplier=2 * mechanism.count_stddev if adaptive else None,
+        sampling_rate=strategy.fraction_fit,
+        sampling=strategy.sampling,
+        population=int(executor.num_clients),
         max_epsilon=budget(cfg),
+        planned_rounds=cfg.rounds,
+        dim=dim,
+        batch_size=cfg.client.batch_size,
+        local_epochs=cfg.client.local_epochs,
+        examples=examples,
     )
 
 
-def ledger(cfg: Config, strategy: Strategy, executor: Any, dim: int | None = None) -> Any:
-    """The run's privacy ledger (None without DP); DP-SGD's needs the hosts' shard sizes."""
+def dp_accountant(
+    cfg: Config, mechanism: DPMechanism, dim: int | None = None, population: int | None = None
+) -> Any:
+    """The ledger of ``mechanism`` in a run of ``cfg`` (its sampling, ``privacy.dp``'s δ)."""
     dp = cfg.privacy.dp
     if dp is None or dp.delta is None:
-        return None
-    if dp.mode == "dpsgd":
-        from fedray.privacy import DPSGDAccountant
+        raise ValueError("the config has no privacy.dp section")
+    facts = RunFacts(
+        delta=dp.delta,
+        sampling_rate=cfg.strategy.fraction_fit,
+        sampling=dp.sampling,
+        population=population or cfg.data.num_clients,
+        max_epsilon=budget(cfg),
+        planned_rounds=cfg.rounds,
+        dim=dim,
+        batch_size=cfg.client.batch_size,
+        local_epochs=cfg.client.local_epochs,
+    )
+    return mechanism.accountant(facts)
 
-        sgd = strategy.client.dp_sgd
-        if sgd is None:
-            raise ValueError("privacy.dp.mode='dpsgd' but the strategy's clients have no DP-SGD")
-        examples = {
-            int(c): int(n)
-            for info in getattr(executor, "host_info", [])
-            for c, n in info["examples"].items()
-        }
-        out: Any = DPSGDAccountant(
-            noise_multiplier=sgd.noise_multiplier,
-            delta=dp.delta,
-            batch_size=cfg.client.batch_size,
-            local_epochs=cfg.client.local_epochs,
-            examples=examples,
-            max_epsilon=budget(cfg),
-        )
-    else:
-        # The mechanism, wherever the wrappers put it (SecAgg, a norm bound, ...).
-        kinds = (CentralDP, LocalDP, DistributedDP)
-        found = [a for a in chain(strategy.aggregator) if isinstance(a, kinds)]
-        if not found:
-            raise ValueError(
-                f"privacy.dp but no DP mechanism in {type(strategy.aggregator).__name__}"
+
+def ledger(cfg: Config, strategy: Strategy, executor: Any, dim: int | None = None) -> Any:
+    """The run's privacy ledger: its strategy's DP mechanism's, or None without one.
+
+    Whether a run is private is decided by the composed strategy
+    (:meth:`~fedray.strategy.Strategy.dp_mechanisms`), never by the config alone, so a
+    strategy composed by hand is charged as the configured one is
+    (:func:`check_dp_section`, at build time, made sure ``privacy.dp.delta`` is set).
+    """
+    held = strategy.dp_mechanisms()
+    if not held:
+        return None
+    return held[0].accountant(run_facts(cfg, strategy, executor, dim))
+
+
+def check_dp_section(cfg: Config, held: Sequence[DPMechanism]) -> None:
+    """Refuse a ``privacy.dp`` section that does not fit the strategy's DP mechanisms.
+
+    A strategy that holds its own mechanism needs ``privacy.dp.delta`` (the δ of its
+    guarantee) and nothing that would make a second mechanism; a config that builds the
+    mechanism needs its noise (``noise_multiplier`` or ``target_epsilon``).
+
+    Raises:
+        ConfigError: One line naming what is missing or what conflicts.
+    """
+    dp = cfg.privacy.dp
+    if not held:
+        if dp is not None and dp.noise_multiplier is None and dp.target_epsilon is None:
+            raise ConfigError(
+                "privacy.dp needs noise_multiplier (z >= 0) or target_epsilon; only a strategy "
+                "that holds its own DP mechanism (fedray.run(strategy=...)) leaves both unset"
             )
-        out = dp_accountant(cfg, found[0], dim)
-    out.planned_rounds = cfg.rounds
-    return out
+        return
+    name = describe(held[0])
+    if dp is None or dp.delta is None:
+        raise ConfigError(
+            f"the strategy holds {name}, whose (ε, δ) guarantee needs a δ: set "
+            "privacy.dp.delta, e.g. privacy={'dp': {'delta': 1e-5}} (its noise and clip are "
+            "the strategy's)"
+        )
+    for key in ("noise_multiplier", "target_epsilon"):
+        value = getattr(dp, key)
+        if value is not None:
+            raise ConfigError(
+                f"privacy.dp.{key}={value!r} does not work with the strategy's {name}: the "
+                "strategy's mechanism is the run's one; keep only privacy.dp.delta (and "
+                "max_epsilon)"
+            )
+    mode = held[0].privacy_mode
+    if "mode" in dp.model_fields_set and dp.mode != mode:
+        raise ConfigError(
+            f"privacy.dp.mode={dp.mode!r} does not work with the strategy's {name}, a "
+            f"{mode!r} mechanism; leave privacy.dp.mode unset"
+        )
 
 
 def canary_audit(cfg: Config) -> Any:

@@ -34,6 +34,7 @@ from fedray.aggregators import (
 from fedray.aggregators.base import Aggregator
 from fedray.aggregators.compression import Quantize, Rotate, TopK
 from fedray.errors import ConfigError
+from fedray.privacy.mechanism import DPMechanism
 
 MEAN_RECIPES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
 """Recipes that aggregate with a plain mean of updates (what DP and SecAgg need)."""
@@ -252,17 +253,22 @@ def strategy_features(strategy: Any) -> dict[str, Any]:
     secure = [i for i, a in enumerate(links) if isinstance(a, SecureAggregation)]
     if secure and secure[0] > 0:
         out["strategy.aggregator"] = "(".join(type(a).__name__ for a in links[: secure[0] + 1])
+    mechanisms = [a for a in links if isinstance(a, DPMechanism)]
+    if strategy.client.dp_sgd is not None:
+        mechanisms.append(strategy.client.dp_sgd)
+    if len(mechanisms) > 1:
+        names = " and ".join(type(m).__name__ for m in mechanisms)
+        raise ConfigError(
+            f"the strategy holds two DP mechanisms ({names}): each would be charged on its "
+            "own ledger, and fedray accounts one; keep one of them"
+        )
+    if mechanisms:
+        out[_DP] = mechanisms[0].privacy_mode
     for agg in links:
         if isinstance(agg, NormBound):
             out["strategy.norm_bound"] = agg.max_norm
         elif isinstance(agg, SecureAggregation):
             out[_SA] = True
-        elif isinstance(agg, CentralDP):
-            out[_DP] = "central"
-        elif isinstance(agg, LocalDP):
-            out[_DP] = "local"
-        elif isinstance(agg, DistributedDP):
-            out[_DP] = "distributed"
         elif isinstance(agg, Quantize):
             out["compression.quantize_bits"] = agg.bits
         elif isinstance(agg, TopK):
@@ -276,8 +282,6 @@ def strategy_features(strategy: Any) -> dict[str, Any]:
                 out.setdefault(_NAME, name)
     if strategy.buffering is not None:
         out[_NAME] = "fedbuff"
-    if strategy.client.dp_sgd is not None:
-        out[_DP] = "dpsgd"
     if _NAME not in out:
         base = links[-1]
         linear = isinstance(base, (Mean, CentralDP, LocalDP, DistributedDP))

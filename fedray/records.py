@@ -227,51 +227,6 @@ def check_gaussian(noise_multiplier: float, clip: float) -> None:
 
 
 @dataclass(frozen=True)
-class DPSGD:
-    """Example-level DP-SGD inside each client (Abadi et al., CCS 2016, arXiv:1607.00133).
-
-    Every local step draws a Poisson batch (each example with probability B / n),
-    clips each per-example gradient to L2 norm ``clip``, adds N(0, (z clip)^2) to the
-    sum and divides by the expected batch size B.
-
-    Attributes:
-        noise_multiplier: z >= 0.
-        clip: Per-example L2 clip norm C > 0.
-        noise_seed: None draws batches and noise from ``secrets`` (private); an int makes
-            runs reproducible, and anyone who knows it can remove the noise.
-    """
-
-    noise_multiplier: float
-    clip: float = 1.0
-    noise_seed: int | None = None
-
-    def __post_init__(self) -> None:
-        check_gaussian(self.noise_multiplier, self.clip)
-
-
-@dataclass(frozen=True)
-class ClientOptions:
-    """How clients train, as decided by the strategy (sent to hosts once, at start-up).
-
-    Attributes:
-        proximal_mu: FedProx's mu: local steps minimise ``f(w) + mu/2 * ||w - w_global||^2``
-            (Li et al., MLSys 2020, arXiv:1812.06127). 0 is plain local training.
-        control_variates: SCAFFOLD's local steps ``g - c_i + c`` and control-variate
-            updates (Karimireddy et al., ICML 2020, arXiv:1910.06378); the server
-            variate ``c`` arrives in the broadcast extras as ``"control"``.
-        dp_sgd: Example-level DP-SGD local steps (:class:`DPSGD`), or None.
-    """
-
-    proximal_mu: float = 0.0
-    control_variates: bool = False
-    dp_sgd: DPSGD | None = None
-
-    def __post_init__(self) -> None:
-        if not self.proximal_mu >= 0:
-            raise ValueError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
-
-
-@dataclass(frozen=True)
 class Buffering:
     """Asynchronous buffered aggregation (FedBuff, Nguyen et al., AISTATS 2022).
 

@@ -31,9 +31,33 @@ from fedray.aggregators import (
     TrimmedMean,
 )
 from fedray.aggregators.mean import Weighting
-from fedray.compat import check_compatible, strategy_features
-from fedray.records import Buffering, ClientOptions
+from fedray.compat import chain, check_compatible, strategy_features
+from fedray.privacy.dpsgd import DPSGD
+from fedray.privacy.mechanism import DPMechanism
+from fedray.records import Buffering
 from fedray.server_opt import ServerAdaptive, ServerMomentum, ServerOptimizer, ServerSGD
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How clients train, as decided by the strategy (sent to hosts once, at start-up).
+
+    Attributes:
+        proximal_mu: FedProx's mu: local steps minimise ``f(w) + mu/2 * ||w - w_global||^2``
+            (Li et al., MLSys 2020, arXiv:1812.06127). 0 is plain local training.
+        control_variates: SCAFFOLD's local steps ``g - c_i + c`` and control-variate
+            updates (Karimireddy et al., ICML 2020, arXiv:1910.06378); the server
+            variate ``c`` arrives in the broadcast extras as ``"control"``.
+        dp_sgd: Example-level DP-SGD local steps (:class:`DPSGD`), or None.
+    """
+
+    proximal_mu: float = 0.0
+    control_variates: bool = False
+    dp_sgd: DPSGD | None = None
+
+    def __post_init__(self) -> None:
+        if not self.proximal_mu >= 0:
+            raise ValueError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +95,25 @@ class Strategy:
             raise ValueError(f"min_fit_clients must be >= 0, got {self.min_fit_clients}")
         if self.sampling not in ("fixed", "poisson"):
             raise ValueError(f"sampling must be 'fixed' or 'poisson', got {self.sampling!r}")
+
+    def dp_mechanisms(self) -> list[DPMechanism]:
+        """The differential-privacy mechanisms the strategy holds: whether the run is private.
+
+        Those in its aggregator chain (central, local, distributed DP), then its clients'
+        DP-SGD. A config's ``privacy.dp`` and a strategy composed by hand are judged and
+        charged by this list alike.
+
+        >>> from fedray.aggregators import LocalDP
+        >>> [m.privacy_mode for m in with_dp(fedavg(weighting="uniform"),
+        ...                                  LocalDP(1.0)).dp_mechanisms()]
+        ['local']
+        >>> fedavg().dp_mechanisms()
+        []
+        """
+        found: list[DPMechanism] = [a for a in chain(self.aggregator) if isinstance(a, DPMechanism)]
+        if self.client.dp_sgd is not None:
+            found.append(self.client.dp_sgd)
+        return found
 
     def sample_clients(self, num_clients: int, rng: np.random.Generator) -> list[int]:
         """Sample ``max(min_fit_clients, round(fraction_fit * num_clients))`` distinct ids.

@@ -165,20 +165,6 @@ def test_the_layer_rule_catches_a_math_module_importing_config(tmp_path):
     assert _layer("fedray.aggregators.mean") == 1 and _layer("fedray.client.host") == EDGE
 
 
-def test_no_module_is_over_400_lines():
-    from pathlib import Path
-
-    import fedray
-
-    pkg = Path(fedray.__file__).parent
-    long = {
-        str(p.relative_to(pkg)): n
-        for p in pkg.rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > 400
-    }
-    assert long == {}
-
-
 def test_public_names_are_imported_from_their_package():
     """One import path per public name: what a package exports is imported from it."""
     import ast

@@ -25,6 +25,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -41,6 +42,8 @@ from fedray.privacy.discrete import (
     unrotate,
 )
 from fedray.privacy.distributed import DistributedPlan, Mechanism
+from fedray.privacy.ledgers import DistributedDPAccountant
+from fedray.privacy.mechanism import RunFacts
 from fedray.records import AggState, ClientUpdate, Metrics, Params, PartialSum, RoundInfo
 
 
@@ -69,9 +72,26 @@ class DistributedDP(Unweighted):
     bits: int = 22
     max_dropout: float = 0.1
     noise_seed: int | None = None
+    privacy_mode: ClassVar[str] = "distributed"
+    trusts_server: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.plan(1)  # validates
+
+    def accountant(self, facts: RunFacts) -> Any:
+        """Distributed DP's ledger: each client's releases, priced for this model's size.
+
+        Raises:
+            ValueError: ``facts`` lacks the model's size.
+        """
+        if facts.dim is None:
+            raise ValueError("distributed DP's ledger needs the model's size")
+        return DistributedDPAccountant(
+            plan=self.plan(facts.dim),
+            delta=facts.delta,
+            max_epsilon=facts.max_epsilon,
+            planned_rounds=facts.planned_rounds,
+        )
 
     def plan(self, dim: int) -> DistributedPlan:
         """The parameters for a model of ``dim`` coordinates (both sides derive them)."""

@@ -26,12 +26,15 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
 
 from fedray.aggregators.base import Unweighted, zero_sum
 from fedray.aggregators.clip import clip_to
 from fedray.privacy.accounting import split_noise
+from fedray.privacy.ledgers import DPFedAvgAccountant, LocalDPAccountant
+from fedray.privacy.mechanism import RunFacts
 from fedray.records import (
     AggState,
     ClientUpdate,
@@ -103,6 +106,8 @@ class CentralDP(Unweighted):
     noise_multiplier: float
     expected_clients: float
     clip: float | AdaptiveClip = 1.0
+    privacy_mode: ClassVar[str] = "central"
+    trusts_server: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not self.noise_multiplier >= 0:
@@ -120,6 +125,20 @@ class CentralDP(Unweighted):
         if not isinstance(self.clip, AdaptiveClip):
             return 0.0
         return self.clip.count_stddev or self.expected_clients / 20
+
+    def accountant(self, facts: RunFacts) -> Any:
+        """DP-FedAvg's ledger: one sampled Gaussian per round (two when adaptive)."""
+        adaptive = isinstance(self.clip, AdaptiveClip)
+        return DPFedAvgAccountant(
+            noise_multiplier=self.noise_multiplier,
+            sampling_rate=facts.sampling_rate,
+            delta=facts.delta,
+            sampling=facts.sampling,  # type: ignore[arg-type]
+            population=facts.population,
+            count_noise_multiplier=2 * self.count_stddev if adaptive else None,
+            max_epsilon=facts.max_epsilon,
+            planned_rounds=facts.planned_rounds,
+        )
 
     @property
     def update_noise_multiplier(self) -> float:
@@ -202,9 +221,20 @@ class LocalDP(Unweighted):
     noise_multiplier: float
     clip: float = 1.0
     noise_seed: int | None = None
+    privacy_mode: ClassVar[str] = "local"
+    trusts_server: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_gaussian(self.noise_multiplier, self.clip)
+
+    def accountant(self, facts: RunFacts) -> Any:
+        """Local DP's ledger: each client's own releases, without amplification."""
+        return LocalDPAccountant(
+            noise_multiplier=self.noise_multiplier,
+            delta=facts.delta,
+            max_epsilon=facts.max_epsilon,
+            planned_rounds=facts.planned_rounds,
+        )
 
     def init(self, params: Params) -> AggState:
         """Stateless."""

@@ -12,7 +12,9 @@ import numpy as np
 from fedray.aggregators import Aggregator, LinearAggregator
 from fedray.client.devices import GpuShare
 from fedray.config import AttackConfig, ClientConfig, Config, DataConfig, FaultsConfig, ModelConfig
-from fedray.records import DPSGD, ClientOptions, MeanStates, Metrics, Params, RoundInfo
+from fedray.privacy import DPSGD
+from fedray.records import MeanStates, Metrics, Params, RoundInfo
+from fedray.strategy import ClientOptions
 
 if TYPE_CHECKING:
     from fedray.data import HostData

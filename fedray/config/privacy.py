@@ -27,7 +27,9 @@ class DPConfig(_Section):
     before unmasking
     """
     noise_multiplier: float | None = Field(None, ge=0)
-    """z: noise std over the clip norm (give this or `target_epsilon`)"""
+    """z: noise std over the clip norm (give this or `target_epsilon`; neither when a
+    hand-composed strategy holds the DP mechanism, whose δ this section then gives)
+    """
     target_epsilon: float | None = Field(None, gt=0)
     """calibrate z so that the whole run spends this ε"""
     max_epsilon: float | None = Field(None, gt=0)
@@ -58,11 +60,12 @@ class DPConfig(_Section):
                 "privacy.dp.delta is required: the δ of the (ε, δ) guarantee, well below "
                 "1 / number of clients (e.g. 1e-5)"
             )
-        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
             raise ValueError(
-                "privacy.dp needs exactly one of noise_multiplier (z >= 0) or target_epsilon "
+                "privacy.dp needs one of noise_multiplier (z >= 0) or target_epsilon, not both "
                 f"(got noise_multiplier={self.noise_multiplier}, "
-                f"target_epsilon={self.target_epsilon})"
+                f"target_epsilon={self.target_epsilon}); a strategy that holds its own DP "
+                "mechanism needs neither"
             )
         if self.mode != "central" and self.clip == "adaptive":
             raise ValueError("privacy.dp.clip = 'adaptive' needs privacy.dp.mode = 'central'")

@@ -99,20 +99,28 @@ def run_rounds(
     With ``privacy``, every attempt is charged to the ledger before its clients start
     (``privacy/epsilon``), and the run stops cleanly before a step that would exceed
     its budget, keeping the model of the last allowed step. ``rng_seed`` seeds the
-    sampling RNG apart from ``seed`` (client randomness); DP runs pass a secret one
-    so that the sample cannot be predicted. Under ``privacy`` the aggregator's noise
-    comes from a fresh generator each step, seeded from ``secrets`` (or derived from
-    ``noise_seed`` and the step, for reproducible tests), never the sampling RNG and
-    never checkpointed: a resumed DP run equals the uninterrupted one except for the
-    noise. ``canaries`` inserts canary updates into every aggregated step (an audit).
+    sampling RNG apart from ``seed`` (client randomness).
+
+    A run is private when its strategy holds a DP mechanism
+    (:meth:`~fedray.strategy.Strategy.dp_mechanisms`), ledger or not. Then each
+    attempt's sample is drawn from a secret key (``rng_seed``, else ``noise_seed``,
+    else ``secrets``) with the round and the attempt, and the aggregator's noise from a
+    fresh generator each step (seeded from ``secrets``, or derived from ``noise_seed``
+    and the step for reproducible tests). Neither is ever checkpointed or the public
+    ``seed``: a checkpoint can neither replay past samples nor regenerate past noise.
+    ``canaries`` inserts canary updates into every aggregated step (an audit).
 
     Raises:
         RoundFailedError: Too few clients succeeded and the policy says to stop; the
             checkpoint holds every step before this one.
     """
     scheduler = scheduler or default_scheduler(strategy)
-    rng = np.random.default_rng(seed if rng_seed is None else rng_seed)
-    ctx = Context(strategy, executor, rng, seed, privacy)
+    private = bool(strategy.dp_mechanisms())
+    key = None
+    if private:  # a secret sample per attempt; the checkpointed generator stays unused
+        key = next((k for k in (rng_seed, noise_seed) if k is not None), secrets.randbits(128))
+    rng = np.random.default_rng(seed if rng_seed is None or private else rng_seed)
+    ctx = Context(strategy, executor, rng, seed, privacy, key)
     params = executor.initial_params()
     agg_state = strategy.aggregator.init(params)
     opt_state = strategy.server_optimizer.init(params)
@@ -166,8 +174,10 @@ def run_rounds(
             callback.on_failures(server_round, step.failures, step.recoveries)
         committed = False
         if len(step.participants) >= strategy.min_fit_clients:
-            new = _server_step(ctx, step, params, agg_state, opt_state, server_round, canaries,
-                               noise_seed)  # fmt: skip
+            noise = _noise_rng(private, seed, noise_seed, server_round)
+            new = _server_step(
+                ctx, step, params, agg_state, opt_state, server_round, canaries, noise
+            )
             new_params, agg_state, new_opt_state, measurements = new
             logs.update({f"agg/{k}": v for k, v in measurements.items()})
             if tree.all_finite(new_params):
@@ -207,6 +217,25 @@ def run_rounds(
     return params
 
 
+def _noise_rng(
+    private: bool, seed: int, noise_seed: int | None, server_round: int
+) -> np.random.Generator:
+    """The generator of a step's aggregation randomness (DP's noise): never the sampler's.
+
+    Private runs draw it fresh from ``secrets`` each step (``noise_seed`` fixes it, for
+    reproducible tests); other runs derive it from the public seed and the step.
+
+    >>> _noise_rng(False, 0, None, 1).random() == _noise_rng(False, 0, None, 1).random()
+    True
+    >>> _noise_rng(True, 0, None, 1).random() == _noise_rng(True, 0, None, 1).random()
+    False
+    """
+    if not private:
+        return np.random.default_rng([seed, server_round, 7])
+    entropy = secrets.randbits(128) if noise_seed is None else [noise_seed, server_round, 7]
+    return np.random.default_rng(entropy)
+
+
 def _server_step(
     ctx: Context,
     step: Step,
@@ -215,14 +244,10 @@ def _server_step(
     opt_state: AggState,
     server_round: int,
     canaries: CanaryAudit | None,
-    noise_seed: int | None,
+    noise_rng: np.random.Generator,
 ) -> tuple[Params, AggState, AggState, dict[str, float]]:
     """Aggregate the step's updates and apply the server optimizer (not yet committed)."""
     strategy = ctx.strategy
-    noise_rng = ctx.rng
-    if ctx.privacy is not None:  # the noise: fresh per step, never checkpointed
-        entropy = secrets.randbits(128) if noise_seed is None else [noise_seed, server_round, 7]
-        noise_rng = np.random.default_rng(entropy)
     updates = step.updates
     if canaries is not None:
         settings = client_settings(strategy.aggregator, agg_state)

@@ -84,13 +84,38 @@ class Step:
 
 @dataclass(frozen=True)
 class Context:
-    """What a scheduler works with, fixed for a run."""
+    """What a scheduler works with, fixed for a run.
+
+    Attributes:
+        strategy: The composed strategy.
+        executor: Where clients run.
+        rng: The driver's sampling generator of a run without DP (checkpointed, so a
+            resumed run samples as the uninterrupted one did).
+        seed: The run's public seed (client randomness).
+        privacy: The privacy ledger, under DP.
+        sampling_key: Under DP, the secret key each attempt's sample is drawn from
+            (:meth:`sampler`); it is never checkpointed, so a checkpoint cannot replay
+            past samples (which would void the amplification by sampling).
+    """
 
     strategy: Strategy
     executor: Executor
-    rng: np.random.Generator  # the driver's sampling generator (checkpointed)
-    seed: int  # client randomness
+    rng: np.random.Generator
+    seed: int
     privacy: PrivacyLedger | None = None
+    sampling_key: int | None = None
+
+    def sampler(self, server_round: int, attempt: int) -> np.random.Generator:
+        """The generator that samples ``server_round``'s ``attempt``.
+
+        >>> ctx = Context(None, None, np.random.default_rng(0), 0, sampling_key=9)
+        >>> a, b = ctx.sampler(3, 0).random(), ctx.sampler(3, 0).random()
+        >>> a == b != ctx.sampler(3, 1).random()
+        True
+        """
+        if self.sampling_key is None:
+            return self.rng
+        return np.random.default_rng([self.sampling_key, server_round, attempt, 5])
 
 
 class Scheduler(Protocol):
@@ -168,7 +193,8 @@ class SyncRounds:
                 )
                 break
             step.attempts += 1
-            ids, wanted = sample(strategy, ctx.executor.num_clients, policy, ctx.rng)
+            rng = ctx.sampler(server_round, attempt)
+            ids, wanted = sample(strategy, ctx.executor.num_clients, policy, rng)
             step.sampled += len(ids)
             if privacy is not None:
                 privacy.record(ids)  # charged before anything can leave a host
@@ -181,7 +207,7 @@ class SyncRounds:
             )
             server, marks = None, (len(step.failures), len(step.recoveries))
             if session is not None:
-                ids, dropped, server = session.start(ctx.executor, ids, info, ctx.rng)
+                ids, dropped, server = session.start(ctx.executor, ids, info, rng)
                 step.failures.extend(dropped)
             updates, partials = self._train(ctx, ids, wanted, params, handle, info, step)
             participants = [u.client_id for u in updates] + [

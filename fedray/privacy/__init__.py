@@ -13,10 +13,11 @@ from fedray.privacy.accounting import (
     split_noise,
 )
 from fedray.privacy.distributed import DistributedPlan, distributed_epsilon
-from fedray.privacy.dpsgd import DPSGDAccountant, poisson_batch_cap, truncation_probability
+from fedray.privacy.dpsgd import DPSGD, DPSGDAccountant, poisson_batch_cap, truncation_probability
 from fedray.privacy.ledgers import DistributedDPAccountant, DPFedAvgAccountant, LocalDPAccountant
 
 __all__ = [
+    "DPSGD",
     "DPFedAvgAccountant",
     "DPSGDAccountant",
     "DistributedDPAccountant",

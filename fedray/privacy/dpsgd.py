@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from fedray.privacy.accounting import dpfedavg_epsilon
 from fedray.privacy.ledgers import _PerClientLedger
+from fedray.privacy.mechanism import RunFacts
+from fedray.records import check_gaussian
 
 
 def poisson_batch_cap(batch_size: int, tail: float = 1e-12) -> int:
@@ -71,6 +73,7 @@ class DPSGDAccountant(_PerClientLedger):
     participations: dict[int, int] = field(default_factory=dict)
     rounds: int = 0
     cap: int | None = None
+    planned_rounds: int | None = None
 
     def _steps(self, cid: int, participations: int) -> int:
         n = self.examples[cid]
@@ -124,3 +127,46 @@ class DPSGDAccountant(_PerClientLedger):
             "rounds": self.rounds,
             "adjacency": "add/remove one example of a client",
         }
+
+
+@dataclass(frozen=True)
+class DPSGD:
+    """Example-level DP-SGD inside each client (Abadi et al., CCS 2016, arXiv:1607.00133).
+
+    Every local step draws a Poisson batch (each example with probability B / n),
+    clips each per-example gradient to L2 norm ``clip``, adds N(0, (z clip)^2) to the
+    sum and divides by the expected batch size B.
+
+    Attributes:
+        noise_multiplier: z >= 0.
+        clip: Per-example L2 clip norm C > 0.
+        noise_seed: None draws batches and noise from ``secrets`` (private); an int makes
+            runs reproducible, and anyone who knows it can remove the noise.
+    """
+
+    noise_multiplier: float
+    clip: float = 1.0
+    noise_seed: int | None = None
+    privacy_mode: ClassVar[str] = "dpsgd"
+    trusts_server: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        check_gaussian(self.noise_multiplier, self.clip)
+
+    def accountant(self, facts: RunFacts) -> Any:
+        """DP-SGD's ledger: each client's Poisson-sampled steps, from its shard size.
+
+        Raises:
+            ValueError: ``facts`` lacks the batch size, the epochs or the shard sizes.
+        """
+        if facts.batch_size is None or facts.local_epochs is None or not facts.examples:
+            raise ValueError("DP-SGD's ledger needs the batch size, the epochs and n_k")
+        return DPSGDAccountant(
+            noise_multiplier=self.noise_multiplier,
+            delta=facts.delta,
+            batch_size=facts.batch_size,
+            local_epochs=facts.local_epochs,
+            examples=dict(facts.examples),
+            max_epsilon=facts.max_epsilon,
+            planned_rounds=facts.planned_rounds,
+        )

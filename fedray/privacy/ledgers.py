@@ -211,6 +211,7 @@ class LocalDPAccountant(_PerClientLedger):
     participations: dict[int, int] = field(default_factory=dict)
     rounds: int = 0
     precision: dict[int, float] = field(default_factory=dict)
+    planned_rounds: int | None = None
 
     @property
     def _unit(self) -> float:
@@ -295,6 +296,7 @@ class DistributedDPAccountant(_PerClientLedger):
     max_epsilon: float | None = None
     participations: dict[int, int] = field(default_factory=dict)
     rounds: int = 0
+    planned_rounds: int | None = None
 
     @property
     def noise_multiplier(self) -> float:  # type: ignore[override]

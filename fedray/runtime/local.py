@@ -14,7 +14,6 @@ from fedray.memory import InMemory
 from fedray.records import (
     ClientEval,
     ClientFailure,
-    ClientOptions,
     ClientUpdate,
     FitEvent,
     HostRecovery,
@@ -25,6 +24,7 @@ from fedray.records import (
 )
 from fedray.runtime.plan import MAX_RERUNS, HostPlan, fail_all, tag
 from fedray.runtime.plan import clients_per_host as resolve
+from fedray.strategy import ClientOptions
 
 
 class LocalExecutor:

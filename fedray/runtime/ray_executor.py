@@ -22,7 +22,6 @@ from fedray.memory import InMemory
 from fedray.records import (
     ClientEval,
     ClientFailure,
-    ClientOptions,
     ClientUpdate,
     FitEvent,
     Metrics,
@@ -52,6 +51,7 @@ from fedray.runtime.ray_host import (
 from fedray.runtime.stream import evaluate_server, start_error, stream, unwrap
 from fedray.runtime.supervisor import Supervisor
 from fedray.secagg import SecAggError
+from fedray.strategy import ClientOptions
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from fedray.errors import ConfigError
 if TYPE_CHECKING:
     from fedray.aggregators import Aggregator
     from fedray.memory import InMemory
-    from fedray.records import ClientOptions
+    from fedray.strategy import ClientOptions
 
 logger = logging.getLogger(__name__)
 

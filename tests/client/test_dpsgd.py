@@ -7,7 +7,9 @@ import pytest
 
 from fedray import config
 from fedray.aggregators import Mean
-from fedray.records import DPSGD, ClientOptions, RoundInfo
+from fedray.privacy import DPSGD
+from fedray.records import RoundInfo
+from fedray.strategy import ClientOptions
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("dp_accounting")

@@ -247,7 +247,7 @@ def test_local_training_is_exact_gradient_descent_on_full_batches():
 
 @pytest.mark.keras
 def test_fedprox_step_is_gradient_descent_on_the_proximal_objective():
-    from fedray.records import ClientOptions
+    from fedray.strategy import ClientOptions
 
     mu, lr = 5.0, 0.001
     spec = _spec(

@@ -328,7 +328,8 @@ def test_max_epsilon_stops_a_run_cleanly(tmp_path, linreg_config):
         (["privacy.dp.noise_multiplier=-1", "privacy.dp.delta=1e-5"],
          "privacy.dp.noise_multiplier = -1: Input should be greater than or equal to 0"),
         (["privacy.dp.noise_multiplier=1.0"], "privacy.dp.delta is required"),
-        (["privacy.dp.delta=1e-5"], "exactly one of noise_multiplier"),
+        (["privacy.dp.noise_multiplier=1", "privacy.dp.target_epsilon=2", "privacy.dp.delta=1e-5"],
+         "one of noise_multiplier (z >= 0) or target_epsilon, not both"),
         (["privacy.dp.noise_multiplier=1", "privacy.dp.delta=1e-5", "strategy.name=krum",
           "strategy.min_fit_clients=3"],
          "privacy.dp.mode='central' does not work with strategy.name='krum'"),
@@ -342,6 +343,15 @@ def test_bad_dp_configs_get_clear_errors(overrides, message):
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         config.load({"data": {"num_clients": 10}}, overrides)
+
+
+def test_a_dp_section_with_only_delta_needs_a_strategy_that_holds_the_mechanism():
+    from fedray import build, config
+    from fedray.errors import ConfigError
+
+    cfg = config.load({"data": {"num_clients": 10}}, ["privacy.dp.delta=1e-5"])
+    with pytest.raises(ConfigError, match=r"privacy.dp needs noise_multiplier \(z >= 0\) or "):
+        build.build_strategy(cfg)
 
 
 @pytest.mark.slow

@@ -74,7 +74,8 @@ def test_dp_sgd_releases_no_non_trainable_state(tmp_path):
     pytest.importorskip("tensorflow")
     from fedray.client.host import ClientHost
     from fedray.client.spec import HostSpec
-    from fedray.records import DPSGD, ClientOptions
+    from fedray.privacy import DPSGD
+    from fedray.strategy import ClientOptions
 
     cfg = config.load({"data": {"dataset": "blobs", "num_samples": 200, "num_clients": 2},
                        "model": {"name": "tests.custom_models:batchnorm"},
