@@ -40,6 +40,7 @@ from fedray.config import Config
 from fedray.errors import ConfigError, FedrayError, RoundFailedError
 from fedray.loop import Checkpointer, Evaluation, default_scheduler, run_rounds
 from fedray.memory import InMemory, from_clients
+from fedray.privacy import journal
 from fedray.records import Params, RoundPolicy
 from fedray.strategy import Strategy
 
@@ -221,8 +222,10 @@ def run(
     out_dir = _out_dir(config, out)
     out_dir.mkdir(parents=True, exist_ok=True)
     privacy_state = None
-    if state is not None and "privacy" in state.loop_state:
-        privacy_state = {**state.loop_state["privacy"], "server_round": state.server_round}
+    if state is not None and "privacy" in state.loop_state:  # the journal is the truth
+        entries = journal.read(out_dir / journal.FILENAME)
+        spent = journal.replay(entries).state() if entries else state.loop_state["privacy"]
+        privacy_state = {**spent, "server_round": state.server_round}
     composed = build.build_strategy(cfg, privacy_state, strategy=strategy)
     if composed.dp_mechanisms():
         build.warn_on_delta(cfg)
@@ -237,6 +240,9 @@ def run(
                 raise ConfigError(str(exc)) from None
         dim = None if params0 is None else int(sum(np.size(p) for p in params0))
         ledger = build.ledger(cfg, composed, executor, dim)
+        if ledger is not None:  # every charge durable before its release
+            after = None if state is None else state.server_round
+            ledger = journal.Journaled.open(ledger, out_dir / journal.FILENAME, resumed_after=after)
         canaries = build.canary_audit(cfg)
         startup_s = time.perf_counter() - t_start
         logger.info("started in %.1f s; %d clients", startup_s, executor.num_clients)

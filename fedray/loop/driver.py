@@ -190,6 +190,8 @@ def run_rounds(
         logs["round/committed"] = int(committed)
         if privacy is not None:
             logs["privacy/epsilon"] = privacy.epsilon()
+            if lost := privacy.lost_attempts(server_round):  # charged, then lost to a crash
+                logs["privacy/lost_attempts"] = lost
         t_agg = time.perf_counter()
         logs.update(evaluate_round(executor, handle, evaluation, server_round, rounds))
         t_end = time.perf_counter()

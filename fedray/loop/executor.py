@@ -28,8 +28,18 @@ class PrivacyLedger(Protocol):
         """Whether one more round stays within the budget."""
         ...
 
-    def record(self, participants: Sequence[int]) -> float:
-        """Spend one release event: every listed client released once; returns ε so far."""
+    def record(
+        self, participants: Sequence[int], *, server_round: int = 0, attempt: int = 0
+    ) -> float:
+        """Spend one release event: every listed client released once; returns ε so far.
+
+        Called before the attempt's clients start; a journaled ledger makes the charge
+        durable first (:mod:`fedray.privacy.journal`).
+        """
+        ...
+
+    def lost_attempts(self, server_round: int) -> int:
+        """Attempts of ``server_round`` charged before a crash and lost (0 without one)."""
         ...
 
     def epsilon(self) -> float:

@@ -197,7 +197,8 @@ class SyncRounds:
             ids, wanted = sample(strategy, ctx.executor.num_clients, policy, rng)
             step.sampled += len(ids)
             if privacy is not None:
-                privacy.record(ids)  # charged before anything can leave a host
+                # charged (durably, when journaled) before anything can leave a host
+                privacy.record(ids, server_round=server_round, attempt=attempt)
             info = RoundInfo(
                 server_round=server_round,
                 seed=ctx.seed,

@@ -9,6 +9,7 @@ shape; the chance of a truncated batch is spent from δ. Each client's steps com
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -74,6 +75,26 @@ class DPSGDAccountant(_PerClientLedger):
     rounds: int = 0
     cap: int | None = None
     planned_rounds: int | None = None
+
+    def header(self) -> dict[str, Any]:
+        """The ledger's fixed parameters, JSON-able (a journal's session line)."""
+        return {
+            "mode": "dpsgd",
+            "noise_multiplier": self.noise_multiplier,
+            "delta": self.delta,
+            "batch_size": self.batch_size,
+            "local_epochs": self.local_epochs,
+            "examples": {str(c): n for c, n in self.examples.items()},
+            "max_epsilon": self.max_epsilon,
+            "cap": self.cap,
+            "planned_rounds": self.planned_rounds,
+        }
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> DPSGDAccountant:
+        """The empty ledger a :meth:`header` describes."""
+        rest = {k: v for k, v in header.items() if k not in ("mode", "examples")}
+        return cls(examples={int(c): int(n) for c, n in header["examples"].items()}, **rest)
 
     def _steps(self, cid: int, participations: int) -> int:
         n = self.examples[cid]

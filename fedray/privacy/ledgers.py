@@ -16,8 +16,9 @@ Every ledger has ``allows_next_round``, ``record(participants)``, ``epsilon``,
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -100,10 +101,43 @@ class DPFedAvgAccountant:
         """Whether one more round stays within ``max_epsilon``."""
         return self.max_epsilon is None or self.epsilon(self.rounds + 1) <= self.max_epsilon
 
-    def record(self, participants: Sequence[int]) -> float:
+    def charge(self, participants: Sequence[int]) -> dict[str, Any]:
+        """What one more round costs: its event (the same whoever takes part; JSON-able)."""
+        return {"event": self.event.to_json()}
+
+    def apply(self, charge: Mapping[str, Any]) -> None:
+        """Spend a :meth:`charge` (a journal replays them on resume)."""
+        self._spend(RoundEvent.from_json(charge["event"]))
+
+    def record(
+        self, participants: Sequence[int], *, server_round: int = 0, attempt: int = 0
+    ) -> float:
         """Spend one round (it counts even with no participants); returns ε (RDP)."""
-        self._spend(self.event)
+        self.apply(self.charge(participants))
         return self.epsilon()
+
+    def lost_attempts(self, server_round: int) -> int:
+        """Charged attempts of ``server_round`` lost to a crash (a journal knows them)."""
+        return 0
+
+    def header(self) -> dict[str, Any]:
+        """The ledger's fixed parameters, JSON-able (a journal's session line)."""
+        return {
+            "mode": "central",
+            "noise_multiplier": self.noise_multiplier,
+            "sampling_rate": self.sampling_rate,
+            "delta": self.delta,
+            "sampling": self.sampling,
+            "population": self.population,
+            "count_noise_multiplier": self.count_noise_multiplier,
+            "max_epsilon": self.max_epsilon,
+            "planned_rounds": self.planned_rounds,
+        }
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> DPFedAvgAccountant:
+        """The empty ledger a :meth:`header` describes."""
+        return cls(**{k: v for k, v in header.items() if k != "mode"})
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint must keep: the events composed so far (JSON-able).
@@ -141,6 +175,11 @@ class DPFedAvgAccountant:
         }
 
 
+def _precision(noise_multiplier: float) -> float:
+    """What one local-DP release adds to a client's precision: ``(2 / z)^2`` (inf at 0)."""
+    return math.inf if noise_multiplier == 0 else (2.0 / noise_multiplier) ** 2
+
+
 def _plan(rounds: int | None, noise_multiplier: float) -> dict[str, Any]:
     if rounds is None:
         return {}
@@ -163,16 +202,30 @@ class _PerClientLedger:
     def epsilon(self) -> float:
         raise NotImplementedError
 
-    def _charge(self, cid: int) -> None:
+    def _charge(self, cid: int, charge: Mapping[str, Any]) -> None:
         """Extra per-release bookkeeping of a subclass (none by default)."""
 
-    def record(self, participants: Sequence[int]) -> float:
-        """Count one round and one release per listed client (duplicates count); returns ε."""
+    def charge(self, participants: Sequence[int]) -> dict[str, Any]:
+        """What one more attempt costs: a release by each listed client (JSON-able)."""
+        return {"clients": [int(c) for c in participants]}
+
+    def apply(self, charge: Mapping[str, Any]) -> None:
+        """Spend a :meth:`charge`: one round, one release per listed client (duplicates count)."""
         self.rounds += 1
-        for cid in participants:
+        for cid in charge["clients"]:
             self.participations[int(cid)] = self.participations.get(int(cid), 0) + 1
-            self._charge(int(cid))
+            self._charge(int(cid), charge)
+
+    def record(
+        self, participants: Sequence[int], *, server_round: int = 0, attempt: int = 0
+    ) -> float:
+        """Charge one attempt of ``participants``; returns ε."""
+        self.apply(self.charge(participants))
         return self.epsilon()
+
+    def lost_attempts(self, server_round: int) -> int:
+        """Charged attempts of ``server_round`` lost to a crash (a journal knows them)."""
+        return 0
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint must keep (JSON-able: string keys)."""
@@ -215,10 +268,30 @@ class LocalDPAccountant(_PerClientLedger):
 
     @property
     def _unit(self) -> float:
-        return math.inf if self.noise_multiplier == 0 else (2.0 / self.noise_multiplier) ** 2
+        return _precision(self.noise_multiplier)
 
-    def _charge(self, cid: int) -> None:
-        self.precision[cid] = self.precision.get(cid, 0.0) + self._unit
+    def charge(self, participants: Sequence[int]) -> dict[str, Any]:
+        """The releases and the multiplier they are noised with."""
+        return {**super().charge(participants), "noise_multiplier": self.noise_multiplier}
+
+    def _charge(self, cid: int, charge: Mapping[str, Any]) -> None:
+        unit = _precision(float(charge.get("noise_multiplier", self.noise_multiplier)))
+        self.precision[cid] = self.precision.get(cid, 0.0) + unit
+
+    def header(self) -> dict[str, Any]:
+        """The ledger's fixed parameters, JSON-able (a journal's session line)."""
+        return {
+            "mode": "local",
+            "noise_multiplier": self.noise_multiplier,
+            "delta": self.delta,
+            "max_epsilon": self.max_epsilon,
+            "planned_rounds": self.planned_rounds,
+        }
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> LocalDPAccountant:
+        """The empty ledger a :meth:`header` describes."""
+        return cls(**{k: v for k, v in header.items() if k != "mode"})
 
     @staticmethod
     def epsilon_of_precision(precision: float, delta: float) -> float:
@@ -302,6 +375,22 @@ class DistributedDPAccountant(_PerClientLedger):
     def noise_multiplier(self) -> float:  # type: ignore[override]
         """Z of the mechanism."""
         return self.plan.noise_multiplier
+
+    def header(self) -> dict[str, Any]:
+        """The ledger's fixed parameters, JSON-able (a journal's session line)."""
+        return {
+            "mode": "distributed",
+            "plan": dataclasses.asdict(self.plan),
+            "delta": self.delta,
+            "max_epsilon": self.max_epsilon,
+            "planned_rounds": self.planned_rounds,
+        }
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> DistributedDPAccountant:
+        """The empty ledger a :meth:`header` describes."""
+        rest = {k: v for k, v in header.items() if k not in ("mode", "plan")}
+        return cls(plan=DistributedPlan(**header["plan"]), **rest)
 
     def client_epsilon(self, releases: int) -> float:
         """ε of one client after ``releases`` releases."""

@@ -44,6 +44,7 @@ class ReleaseCounter:
 def assert_charged(counter: ReleaseCounter, ledger) -> None:
     """The ledger charged at least every release the counter saw."""
     assert counter.released, "nothing was released: the check would be vacuous"
+    ledger = getattr(ledger, "ledger", ledger)  # a journaled ledger's accountant
     if isinstance(ledger, DPFedAvgAccountant):
         # One event per sampled attempt covers each of its clients once.
         assert all(max(c.values(), default=0) <= 1 for c in counter.calls)

@@ -70,9 +70,9 @@ def test_the_charge_comes_before_the_release_and_covers_clients_that_fail():
     log = []
 
     class Logged(LocalDPAccountant):
-        def record(self, participants):
+        def record(self, participants, **when):
             log.append(("record", sorted(participants)))
-            return super().record(participants)
+            return super().record(participants, **when)
 
     class Fits(EncodingExecutor):
         def fit(self, client_ids, params, info):
