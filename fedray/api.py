@@ -173,6 +173,16 @@ def _summary(
     }
 
 
+def _with_state_dir(cfg: Config, out_dir: Path) -> Config:
+    """``cfg`` whose hosts keep their clients' state in ``out_dir/client-state`` by default."""
+    if cfg.runtime.client_state_dir is not None:
+        return cfg
+    folder = str((out_dir / "client-state").resolve())  # hosts may run elsewhere
+    return cfg.model_copy(
+        update={"runtime": cfg.runtime.model_copy(update={"client_state_dir": folder})}
+    )
+
+
 def run(
     config: str | Path | Mapping[str, Any] | Config,
     *,
@@ -226,6 +236,7 @@ def run(
         entries = journal.read(out_dir / journal.FILENAME)
         spent = journal.replay(entries).state() if entries else state.loop_state["privacy"]
         privacy_state = {**spent, "server_round": state.server_round}
+    cfg = _with_state_dir(cfg, out_dir)
     composed = build.build_strategy(cfg, privacy_state, strategy=strategy)
     if composed.dp_mechanisms():
         build.warn_on_delta(cfg)

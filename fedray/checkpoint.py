@@ -2,9 +2,12 @@
 
 A checkpoint holds everything the round loop needs to continue as if never stopped:
 the round number, global weights, aggregator and server-optimizer state, the driver's
-RNG state, the history so far, and the per-client state kept in client hosts
-(SCAFFOLD's control variates). Client randomness is derived from
-``(seed, round, client id)``, so a resumed run is bit-for-bit the uninterrupted run.
+RNG state and the history so far. The per-client state kept in client hosts
+(SCAFFOLD's control variates, top-k's residuals) is not in it: the hosts saved it for
+this round on their side (:mod:`fedray.client.state_store`), and the checkpoint
+records only the round and how many clients have some. Client randomness is derived
+from ``(seed, round, client id)``, so a resumed run is bit-for-bit the uninterrupted
+run.
 The file is written to a temporary name and renamed, so a crash never leaves a torn
 checkpoint.
 
@@ -32,7 +35,7 @@ import numpy as np
 from fedray.errors import FedrayError
 from fedray.records import AggState, Params
 
-FORMAT = "fedray-checkpoint-2"
+FORMAT = "fedray-checkpoint-3"
 FILENAME = "checkpoint.npz"
 _JSON = "__state__"
 
@@ -51,7 +54,7 @@ class DriverState:
     opt_state: AggState
     rng_state: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
-    client_state: dict[int, dict[str, Params]] = field(default_factory=dict)
+    client_state: dict[str, int] = field(default_factory=dict)  # {"round": r, "clients": n}
     loop_state: dict[str, Any] = field(default_factory=dict)  # e.g. FedBuff's dispatch count
 
 

@@ -121,6 +121,12 @@ RULES: tuple[Rule, ...] = (
     Rule(_DP, "strategy.min_fit_clients", "central DP commits every round, even one with no "
          "participants; set strategy.min_fit_clients=1", when_a=_is("central"),
          when_b=lambda v: v is not None and v > 1),
+    Rule(_DP, "strategy.norm_bound", "clients already clip to privacy.dp.clip, so the bound "
+         "would only log un-noised statistics of their updates (agg/clipped_fraction); unset "
+         "strategy.norm_bound", when_a=_is("central")),
+    Rule(_DP, "strategy.max_update_norm", "clients already clip to privacy.dp.clip, so the "
+         "check would only count un-noised statistics of their updates (failed/invalid); "
+         "unset strategy.max_update_norm", when_a=_is("central")),
     # --- secure aggregation: the server sees only the sum -----------------------------
     Rule(_SA, _NAME, "the server sees only the sum, so the rule must be " + _MEAN,
          when_b=_not(None, *MEAN_RECIPES)),
@@ -137,6 +143,11 @@ RULES: tuple[Rule, ...] = (
          "cohort; set strategy.over_commit=0"),
     Rule(_SA, "attack.fraction", "simulated attacks tamper with updates the server never "
          "sees; set attack.fraction=0"),
+    Rule(_SA, "evaluation.federated_every", "per-client evaluation metrics and counts would "
+         "reach the server in the clear, which is to learn only sums; set "
+         "evaluation.federated_every=0 (evaluation.every uses the server's test set)"),
+    Rule(_SA, "evaluation.train_every", "per-client training metrics would reach the server "
+         "in the clear, which is to learn only sums; set evaluation.train_every=0"),
     Rule(_SA, _DP, "local DP already noises each update; use privacy.dp.mode=central "
          "(noised on the decoded sum)", when_b=_is("local")),
     Rule(_SA, "privacy.dp.clip", "the quantization range needs a fixed clip; give "
@@ -228,6 +239,25 @@ def chain(aggregator: Aggregator) -> Iterator[Aggregator]:
         current = getattr(current, "inner", None)
 
 
+def dp_mechanisms(aggregator: Aggregator, client: Any) -> list[DPMechanism]:
+    """The DP mechanisms in ``aggregator``'s chain, then ``client``'s DP-SGD (if any).
+
+    ``client`` is a strategy's :class:`~fedray.strategy.ClientOptions`; a host, which
+    has only the aggregator and the client options, asks this as the strategy does.
+
+    >>> from fedray.aggregators import LocalDP, Mean
+    >>> [type(m).__name__ for m in dp_mechanisms(NormBound(LocalDP(1.0)), None)]
+    ['LocalDP']
+    >>> dp_mechanisms(Mean(), None)
+    []
+    """
+    found: list[DPMechanism] = [a for a in chain(aggregator) if isinstance(a, DPMechanism)]
+    dp_sgd = getattr(client, "dp_sgd", None)
+    if dp_sgd is not None:
+        found.append(dp_sgd)
+    return found
+
+
 _RULE_NAMES: tuple[tuple[type, str], ...] = (
     (Median, "fedmedian"),
     (TrimmedMean, "trimmed_mean"),
@@ -253,9 +283,7 @@ def strategy_features(strategy: Any) -> dict[str, Any]:
     secure = [i for i, a in enumerate(links) if isinstance(a, SecureAggregation)]
     if secure and secure[0] > 0:
         out["strategy.aggregator"] = "(".join(type(a).__name__ for a in links[: secure[0] + 1])
-    mechanisms = [a for a in links if isinstance(a, DPMechanism)]
-    if strategy.client.dp_sgd is not None:
-        mechanisms.append(strategy.client.dp_sgd)
+    mechanisms = dp_mechanisms(strategy.aggregator, strategy.client)
     if len(mechanisms) > 1:
         names = " and ".join(type(m).__name__ for m in mechanisms)
         raise ConfigError(

@@ -31,7 +31,7 @@ from fedray.aggregators import (
     TrimmedMean,
 )
 from fedray.aggregators.mean import Weighting
-from fedray.compat import chain, check_compatible, strategy_features
+from fedray.compat import check_compatible, dp_mechanisms, strategy_features
 from fedray.privacy.dpsgd import DPSGD
 from fedray.privacy.mechanism import DPMechanism
 from fedray.records import Buffering
@@ -110,10 +110,7 @@ class Strategy:
         >>> fedavg().dp_mechanisms()
         []
         """
-        found: list[DPMechanism] = [a for a in chain(self.aggregator) if isinstance(a, DPMechanism)]
-        if self.client.dp_sgd is not None:
-            found.append(self.client.dp_sgd)
-        return found
+        return dp_mechanisms(self.aggregator, self.client)
 
     def sample_clients(self, num_clients: int, rng: np.random.Generator) -> list[int]:
         """Sample ``max(min_fit_clients, round(fraction_fit * num_clients))`` distinct ids.

@@ -60,10 +60,13 @@ class QuadraticExecutor:
         offset = 0.0 if split == "test" else 100.0
         return [ClientEval(c, 1, {"w": float(params[0][0]) + offset}) for c in client_ids]
 
-    def client_state(self):
-        return {}
+    def save_client_state(self, server_round):
+        return 0
 
-    def restore_client_state(self, state):
+    def load_client_state(self, server_round):
+        return 0
+
+    def prune_client_state(self, server_round):
         pass
 
     def close(self):
@@ -143,7 +146,9 @@ class NumpyTrainer:
         if dp is None:
             return gw.mean(0), gb.mean(0)
         norms = np.sqrt((gw**2).sum((1, 2)) + (gb**2).sum(1))
-        scale = np.minimum(1.0, dp.clip / (norms + 1e-12))
+        keep = np.isfinite(norms)  # an example whose gradient is not finite counts for none
+        gw, gb = np.where(keep[:, None, None], gw, 0.0), np.where(keep[:, None], gb, 0.0)
+        scale = np.where(keep, np.minimum(1.0, dp.clip / (np.where(keep, norms, 0) + 1e-12)), 0)
         sd = dp.noise_multiplier * dp.clip
         gw = (np.tensordot(scale, gw, 1) + noise.normal(0, sd, w.shape)) / self.batch
         gb = (np.tensordot(scale, gb, 1) + noise.normal(0, sd, b.shape)) / self.batch
@@ -152,6 +157,8 @@ class NumpyTrainer:
     def _train_one(self, job, params):
         client = self.spec.client
         x, y = self.shards[job.cid]
+        if job.null:  # none of the client's data: zeros, and no example in a DP batch
+            x, y = np.zeros_like(x), np.zeros_like(y)
         w0, b0 = (p.astype(np.float64) for p in params)
         w, b = w0.copy(), b0.copy()
         n, steps, losses = len(x), 0, []
@@ -164,6 +171,7 @@ class NumpyTrainer:
                 steps += 1
                 if client.dp_sgd is not None:  # a secret Poisson batch
                     idx = np.flatnonzero(noise.random(n) < min(1.0, self.batch / n))
+                    idx = idx[:0] if job.null else idx
                 else:
                     idx = order[i * self.batch : (i + 1) * self.batch]
                 gw, gb = self._gradient(x[idx], y[idx], w, b, noise)

@@ -71,6 +71,10 @@ class AdaptiveClip:
             raise ValueError(f"target_quantile must be in (0, 1), got {self.target_quantile}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.count_stddev is not None and not self.count_stddev > 0:
+            raise ValueError(
+                f"count_stddev must be > 0 (None: expected clients / 20), got {self.count_stddev}"
+            )
 
 
 def next_clip(clip: float, unclipped_fraction: float, target: float, lr: float) -> float:
@@ -124,7 +128,8 @@ class CentralDP(Unweighted):
         """σ_b of adaptive clipping (m / 20 by default)."""
         if not isinstance(self.clip, AdaptiveClip):
             return 0.0
-        return self.clip.count_stddev or self.expected_clients / 20
+        given = self.clip.count_stddev
+        return self.expected_clients / 20 if given is None else given
 
     def accountant(self, facts: RunFacts) -> Any:
         """DP-FedAvg's ledger: one sampled Gaussian per round (two when adaptive)."""

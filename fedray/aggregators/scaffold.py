@@ -79,6 +79,7 @@ class Scaffold:
             )
         delta, inner_state, meas = self.inner.aggregate(updates, state["inner"], rng)
         frac = len(updates) / self.num_clients
+        updates = sorted(updates, key=lambda u: u.client_id)  # arrival order must not matter
         c = [
             (c0 + frac * np.mean([u.extras["delta_c"][i] for u in updates], axis=0)).astype(
                 c0.dtype

@@ -21,12 +21,13 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from fedray.aggregators import LinearAggregator, presum
+from fedray import tree
+from fedray.aggregators import LinearAggregator, SecureAggregation, presum
 from fedray.aggregators.compression import STATE, split_state, with_state
 from fedray.attacks import attack_update, choose_attackers, flip_labels
 from fedray.client.behaviours import (
@@ -36,6 +37,8 @@ from fedray.client.behaviours import (
     straggler_steps,
 )
 from fedray.client.spec import HostSpec, Trainer, TrainJob, client_seed, noise_seed
+from fedray.client.state_store import ClientState, ClientStateStore
+from fedray.compat import dp_mechanisms
 from fedray.errors import ConfigError, HostFaultError, one_line
 from fedray.records import (
     ClientEval,
@@ -52,6 +55,9 @@ from fedray.secagg.session import MissingKeysError, SecureClients
 from fedray.validation import screen
 
 logger = logging.getLogger(__name__)
+
+WITHHELD = "the client's code raised; under DP its reason stays in its host's log"
+"""The reason a failure carries to the server when the host keeps the real one."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,9 @@ class ClientHost:
                 self.shards[cid].y = flip_labels(self.shards[cid].y, self.info.num_classes)
             host_data.rows = None  # the shards' labels are no longer views of it
         self._examples = {cid: len(s.x) for cid, s in self.shards.items()}
+        # Under DP nothing a client's data decides leaves the host but the mechanism's
+        # release: not a failure its data caused, nor the reason its code raised.
+        self._private = bool(dp_mechanisms(spec.aggregator, spec.client))
         make = spec.trainer
         if make is None:
             from fedray.client.trainer import KerasTrainer
@@ -119,7 +128,16 @@ class ClientHost:
         self.trainer: Trainer = make(spec, host_data)
         self._controls: dict[int, Params] = {}  # SCAFFOLD's client control variates
         self._kept: dict[int, dict[str, Params]] = {}  # encode's "state/" extras per client
-        self._secure = SecureClients()  # this round's SecAgg keys per client (secret)
+        self._store = (  # where the clients' state is saved: this side of the trust line
+            None
+            if spec.state_dir is None
+            else ClientStateStore(spec.state_dir, str(min(spec.client_ids, default=0)))
+        )
+        # This round's SecAgg keys per client (secret), and the host's own bound on how
+        # few survivors an unmask request may name (not the server's word for it).
+        agg = spec.aggregator
+        least = agg.required_clients if isinstance(agg, SecureAggregation) else 1
+        self._secure = SecureClients(min_survivors=least)
         self.setup_s = time.perf_counter() - t0
 
     def _check(self) -> None:
@@ -129,10 +147,12 @@ class ClientHost:
     def ready(self) -> dict[str, Any]:
         """Raise the start-up error, if any; else describe the host."""
         self._check()
+        # Shard sizes leave the host only for DP-SGD's accountant, where they are public.
+        sizes = {"examples": dict(self._examples)} if self.spec.client.dp_sgd is not None else {}
         return {
             "pid": os.getpid(),
             "clients": list(self.spec.client_ids),
-            "examples": dict(self._examples),
+            **sizes,
             "threads": self.spec.threads,
             **self.trainer.describe(),
             "setup_s": self.setup_s,
@@ -177,7 +197,7 @@ class ClientHost:
             except HostFaultError:
                 raise
             except Exception as exc:
-                done[cid] = _raised(cid, exc, info)
+                done[cid] = self._raised(cid, exc, info)
         model_bytes = sum(np.asarray(p).nbytes for p in params) or 1
         chunk = max(1, (64 << 20) // model_bytes)
         for start in range(0, len(jobs), chunk):
@@ -188,10 +208,12 @@ class ClientHost:
                     continue
                 try:
                     done[job.cid] = self._finish_fit(job, *outcome, info, server_c)
+                except _SkipClientError as skip:
+                    done[job.cid] = ClientFailure(job.cid, str(skip), skip.cause)
                 except MissingKeysError as exc:  # a re-run after a restart: a protocol dropout
                     done[job.cid] = ClientFailure(job.cid, str(exc), "secagg")
                 except Exception as exc:
-                    done[job.cid] = _raised(job.cid, exc, info)
+                    done[job.cid] = self._raised(job.cid, exc, info)
         # The host screens each update as the driver will (which still checks): a NaN or
         # a wrong shape is then reported by the host that served it, as its client's own.
         norm = self.spec.max_update_norm
@@ -212,8 +234,34 @@ class ClientHost:
             return list(self.trainer.train([job.train for job in jobs], params))
         except Exception as exc:
             if len(jobs) == 1:
-                return [_raised(jobs[0].cid, exc, info)]
+                return [self._failed(jobs[0], params, info, exc)]
         return [outcome for job in jobs for outcome in self._train([job], params, info)]
+
+    def _failed(
+        self, job: _Job, params: Params, info: RoundInfo, exc: Exception
+    ) -> tuple[Params, Metrics] | ClientFailure:
+        """What a client whose training raised ``exc`` sends.
+
+        Without DP, a failure with the reason. Under DP the failure would be an
+        un-noised release of the client's data, so the client trains once more on none
+        of it (a null job): when that works, the failure was its data's, and it sends
+        what the null job gives (DP-SGD: noise alone) or, for the other mechanisms, a
+        zero update their encode then clips and noises; the server cannot tell. When
+        the null job raises too, the code is at fault whatever the data, and the client
+        fails (the reason stays in this host's log).
+        """
+        if not self._private:
+            return self._raised(job.cid, exc, info)
+        logger.warning(
+            "client %d raised in round %d: %s", job.cid, info.server_round, one_line(exc)
+        )
+        try:
+            null = self.trainer.train([replace(job.train, null=True)], params)[0]
+        except Exception as again:
+            return self._raised(job.cid, again, info)
+        if self.spec.client.dp_sgd is not None:
+            return null[0], {}
+        return [np.zeros_like(p) for p in params], {}
 
     def _presum(
         self, results: Sequence[ClientUpdate | ClientFailure]
@@ -276,6 +324,13 @@ class ClientHost:
         cid, steps, total = job.train.cid, job.train.steps, job.total
         if job.fault == "nan":  # a broken client: the driver must reject this update
             delta = [np.full_like(d, np.nan) for d in delta]
+        if not tree.all_finite(delta):
+            if not self._private:  # before its control variate or residual takes it in
+                raise _SkipClientError("nan", "update contains NaN or Inf")
+            # Under DP the failure would be an un-noised release of the client's data:
+            # it sends the mechanism's release of a zero update, which looks like any other.
+            logger.warning("client %d: its update was not finite; it sends a zero one", cid)
+            delta, metrics = [np.zeros_like(d) for d in delta], {}
         metrics = {**metrics, "work_fraction": steps / total if total else 1.0}
         update_extras: dict[str, Params] = {}
         if server_c is not None:
@@ -316,17 +371,42 @@ class ClientHost:
         self._check()
         return self._secure.step(name, client_ids, payload, info)
 
-    def client_state(self) -> dict[int, dict[str, Params]]:
+    def _client_state(self) -> ClientState:
         """Per-client state kept in this host across rounds (control variates, encoders')."""
-        self._check()
         out = {cid: {"control": [np.array(c) for c in cs]} for cid, cs in self._controls.items()}
         for cid, kept in self._kept.items():
             out.setdefault(cid, {}).update(kept)
         return out
 
-    def restore_client_state(self, state: dict[int, dict[str, Params]]) -> None:
-        """Load per-client state saved by :meth:`client_state` (for the clients hosted here)."""
+    def save_client_state(self, server_round: int) -> int:
+        """Save the clients' state for the checkpoint of ``server_round``, here; how many.
+
+        Nothing of it is returned: the state is derived from the clients' data (top-k's
+        residual is their raw update) and never crosses to the driver.
+        """
         self._check()
+        state = self._client_state()
+        if self._store is not None:
+            self._store.save(server_round, state)
+        return len(state)
+
+    def load_client_state(self, server_round: int) -> int:
+        """Reload the clients' state saved for the checkpoint of ``server_round``; how many."""
+        self._check()
+        if self._store is None:
+            return 0
+        state = self._store.load(server_round, self._examples)
+        self._restore(state)
+        return len(state)
+
+    def prune_client_state(self, server_round: int) -> None:
+        """Drop this host's saved state older than ``server_round``'s (now durable)."""
+        self._check()
+        if self._store is not None:
+            self._store.prune(server_round)
+
+    def _restore(self, state: ClientState) -> None:
+        """Take the clients' saved state (for the clients hosted here)."""
         for cid, entry in state.items():
             if cid in self._examples and "control" in entry:
                 self._controls[cid] = [np.array(c) for c in entry["control"]]
@@ -384,8 +464,14 @@ class ClientHost:
         self._check()
         return self.trainer.export(params)
 
+    def _raised(self, cid: int, exc: BaseException, info: RoundInfo) -> ClientFailure:
+        """The failure of a client whose code raised ``exc`` (the traceback: debug log).
 
-def _raised(cid: int, exc: BaseException, info: RoundInfo) -> ClientFailure:
-    """The failure of a client whose code raised ``exc``; the traceback goes to the debug log."""
-    logger.debug("client %d raised in round %d", cid, info.server_round, exc_info=exc)
-    return ClientFailure(cid, one_line(exc), "error")
+        Under DP the reason, which may quote the client's data, stays in this host's
+        log; the server learns only that the client's code raised.
+        """
+        logger.debug("client %d raised in round %d", cid, info.server_round, exc_info=exc)
+        if not self._private:
+            return ClientFailure(cid, one_line(exc), "error")
+        logger.warning("client %d raised in round %d: %s", cid, info.server_round, one_line(exc))
+        return ClientFailure(cid, WITHHELD, "error")

@@ -31,6 +31,10 @@ class TrainJob:
         seed: Its shuffle seed, from (seed, round, id).
         noise_seed: DP-SGD's batch-and-noise seed (zeros without DP-SGD).
         correction: SCAFFOLD's ``c - c_i``, or None.
+        null: Train on none of the client's data (zero inputs and labels, no example
+            in any DP-SGD batch): under DP, what a client whose training raised on its
+            data releases instead, so that the server cannot tell (see
+            :meth:`~fedray.client.host.ClientHost.fit`).
     """
 
     cid: int
@@ -38,6 +42,7 @@ class TrainJob:
     seed: np.ndarray
     noise_seed: np.ndarray
     correction: Params | None = None
+    null: bool = False
 
 
 def client_seed(seed: int, server_round: int, client_id: int) -> np.ndarray:
@@ -130,6 +135,9 @@ class HostSpec:
         trainer: Makes the host's trainer from the spec and its data; None is the
             compiled Keras model (:class:`~fedray.client.trainer.KerasTrainer`).
         gpu: This host's share of a GPU (``runtime.gpus_per_host``), or None.
+        state_dir: Where this host saves its clients' state at checkpoints
+            (``runtime.client_state_dir``, the run's ``client-state/`` by default;
+            :mod:`fedray.client.state_store`), or None to keep it in memory only.
     """
 
     client_ids: Sequence[int]
@@ -149,6 +157,7 @@ class HostSpec:
     source: InMemory | None = None
     trainer: Callable[[HostSpec, HostData], Trainer] | None = None
     gpu: GpuShare | None = None
+    state_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.pre_aggregate and not isinstance(self.aggregator, LinearAggregator):
@@ -173,6 +182,7 @@ class HostSpec:
             attack=config.attack,
             verbose=config.runtime.verbose,
             gpu=_gpu_share(config),
+            state_dir=config.runtime.client_state_dir,
             **kw,
         )
 

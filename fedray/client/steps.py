@@ -87,6 +87,13 @@ def gradient_step(
 class DPSGDGradient:
     """DP-SGD's private gradient on a Poisson batch padded to ``cap`` rows.
 
+    Only the sampled rows count: each padded row's per-example gradient is kept where
+    the row is in the batch and its gradient is finite, and zeroed otherwise, so an
+    example that was not drawn, or whose gradient overflows (one non-finite feature),
+    changes nothing, as if absent. FedProx's ``mu (w - w_global)`` and SCAFFOLD's
+    ``c - c_i`` are added after the noise: they do not read the data, so they are
+    post-processing and cost no privacy.
+
     Attributes:
         clip: Per-example L2 clip norm.
         noise_multiplier: z; the noise on the summed gradients has std ``z * clip``.
@@ -99,14 +106,38 @@ class DPSGDGradient:
     batch_size: int
     cap: int
 
-    def build(self, tf: Any, model: Any, per_example_loss: Any) -> Step:
-        """``step(x, y, n, s0, s1, s2) -> (loss sum, batch size)`` on a client's rows."""
+    def build(
+        self,
+        tf: Any,
+        model: Any,
+        per_example_loss: Any,
+        anchor_index: Sequence[int] = (),
+        proximal: Proximal | None = None,
+        control: ControlVariates | None = None,
+    ) -> Step:
+        """``step(x, y, n, s0, s1, s2, params, correction, null) -> (loss sum, batch size)``.
+
+        ``params`` are the round's global weights (FedProx's anchors) and
+        ``correction`` SCAFFOLD's ``c - c_i``, both in the model's weight order;
+        ``anchor_index[j]`` is trainable variable ``j``'s position there. A ``null``
+        step (int > 0) keeps no example: its update is the noise alone.
+        """
         trainable = list(model.trainable_variables)
         opt = model.optimizer
         batch, cap = self.batch_size, self.cap
         clip, std = self.clip, self.noise_multiplier * self.clip
 
-        def step(x: Any, y: Any, n: Any, s0: Any, s1: Any, s2: Any) -> Any:
+        def step(
+            x: Any,
+            y: Any,
+            n: Any,
+            s0: Any,
+            s1: Any,
+            s2: Any,
+            params: Any,
+            correction: Any,
+            null: Any,
+        ) -> Any:
             q = tf.minimum(1.0, batch / tf.cast(n, tf.float32))
             k = tf.random.stateless_binomial(
                 [], seed=s0, counts=tf.cast(n, tf.float32), probs=q, output_dtype=tf.int32
@@ -125,14 +156,25 @@ class DPSGDGradient:
 
             *grads, losses = tf.vectorized_map(one, (xb, yb))
             sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [bmax, -1]), 1) for g in grads])
-            scale = tf.minimum(1.0, clip / (tf.sqrt(sq) + 1e-12)) * mask
+            drawn = tf.logical_and(mask > 0, null <= 0)
+            keep = tf.logical_and(drawn, tf.math.is_finite(sq))  # drawn, and finite
+            scale = tf.where(keep, tf.minimum(1.0, clip / (tf.sqrt(sq) + 1e-12)), 0.0)
             noisy = []
             for j, g in enumerate(grads):
-                summed = tf.tensordot(scale, g, axes=1)
+                rows = tf.reshape(keep, tf.concat([[bmax], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
+                summed = tf.tensordot(scale, tf.where(rows, g, tf.zeros_like(g)), axes=1)
                 noise = tf.random.stateless_normal(tf.shape(summed), seed=s2 + j, stddev=std)
-                noisy.append((summed + noise) / batch)  # the expected batch size, never k
+                private = (summed + noise) / batch  # the expected batch size, never k
+                v = trainable[j]
+                if proximal is not None:  # the gradient of mu/2 ||w - w_global||^2
+                    private += proximal.mu * (v - tf.cast(params[anchor_index[j]], v.dtype))
+                if control is not None:
+                    private += tf.cast(correction[anchor_index[j]], v.dtype)
+                noisy.append(private)
             opt.apply(noisy, trainable)
             losses = tf.reshape(tf.cast(losses, tf.float32), [bmax])
-            return tf.reduce_sum(losses * mask), tf.reduce_sum(mask)
+            return tf.reduce_sum(tf.where(keep, losses, 0.0)), tf.reduce_sum(
+                tf.cast(keep, tf.float32)
+            )
 
         return step

@@ -25,6 +25,7 @@ from fedray.client.devices import configure_tensorflow, data_tensors
 from fedray.client.evaluation import mean_leaves, model_step, trace_states, trace_whole, while_loop
 from fedray.client.spec import TrainJob
 from fedray.client.steps import ControlVariates, DPSGDGradient, Proximal, gradient_step
+from fedray.compat import dp_mechanisms
 from fedray.records import MeanStates, Metrics, Params, batch_range
 from fedray.tree import aligned_concatenate
 
@@ -94,7 +95,7 @@ class KerasTrainer:
     def _compile_loops(self, info: Any) -> tuple[Any, Any]:
         """Trace one function that trains many clients, and one for evaluation.
 
-        ``fit_many(offsets, sizes, seeds, max_steps, params, corrections, noise_seeds)``
+        ``fit_many(offsets, sizes, seeds, max_steps, params, corrections, noise_seeds, nulls)``
         trains, one after another in one call, the clients whose rows are
         ``[offsets[k], offsets[k] + sizes[k])`` of the host's data tensor. For each it
         loads the global weights, restores the optimizer's initial state (never its
@@ -176,11 +177,29 @@ class KerasTrainer:
             per_example_loss = keras.losses.get(loss) if isinstance(loss, str) else loss
             # P(batch > cap) <= 1e-12 per step; the accountant spends that tail from δ.
             gradient = DPSGDGradient(dp.clip, dp.noise_multiplier, batch, poisson_batch_cap(batch))
-            dp_step = gradient.build(tf, model, per_example_loss)
+            dp_step = gradient.build(
+                tf,
+                model,
+                per_example_loss,
+                anchor_index,
+                Proximal(mu) if mu > 0 else None,  # FedProx and SCAFFOLD apply under DP-SGD
+                ControlVariates() if scaffold else None,
+            )
 
-        def batch_step(idx: Any, params: Any, correction: Any) -> Any:
+        # Under DP a client whose training raised on its data trains once more on none
+        # of it (a null job: zero inputs and labels), so the server cannot tell; only
+        # a DP run's loops carry that branch.
+        private = bool(dp_mechanisms(self.spec.aggregator, self.spec.client))
+
+        def rows(x: Any, y: Any, null: Any) -> Any:
+            """``(x, y)``, or zeros of their shapes for a null job."""
+            if not private:
+                return x, y
+            return tf.cond(null > 0, lambda: (tf.zeros_like(x), tf.zeros_like(y)), lambda: (x, y))
+
+        def batch_step(idx: Any, params: Any, correction: Any, null: Any) -> Any:
             """One step on the rows ``idx``; returns (loss * size, size) for custom steps."""
-            xb, yb = tf.gather(x_all, idx), tf.gather(y_all, idx)
+            xb, yb = rows(tf.gather(x_all, idx), tf.gather(y_all, idx), null)
             size = tf.cast(tf.shape(idx)[0], tf.float32)
             if custom:
                 return tf.cast(custom_step(xb, yb, params, correction), tf.float32) * size, size
@@ -188,9 +207,15 @@ class KerasTrainer:
             return tf.constant(0.0, tf.float32), size
 
         def train_one(
-            offset: Any, n: Any, seed: Any, max_steps: Any, params: Any, correction: Any,
+            offset: Any,
+            n: Any,
+            seed: Any,
+            max_steps: Any,
+            params: Any,
+            correction: Any,
             noise_seed: Any,
-        ) -> Any:  # fmt: skip
+            null: Any,
+        ) -> Any:
             load(params)
             for v, init in resets:
                 v.assign(init)
@@ -200,13 +225,22 @@ class KerasTrainer:
 
             def dp_epoch(epoch: Any, left: Any, loss_sum: Any, seen: Any) -> Any:
                 """DP-SGD: secret Poisson batches, not a shuffle."""
-                x, y = x_all[offset : offset + n], y_all[offset : offset + n]
+                x, y = rows(x_all[offset : offset + n], y_all[offset : offset + n], null)
 
                 def step(i: Any, loss_sum: Any, seen: Any) -> Any:
                     s0 = tf.stack([noise_seed[0], noise_seed[1] + tf.cast(
                         epoch * num_batches + i, tf.int64) * 4])  # fmt: skip
-                    step_loss, size = dp_step(x, y, n, s0, s0 + tf.constant([0, 1], tf.int64),
-                                              s0 + tf.constant([0, 2], tf.int64))  # fmt: skip
+                    step_loss, size = dp_step(
+                        x,
+                        y,
+                        n,
+                        s0,
+                        s0 + tf.constant([0, 1], tf.int64),
+                        s0 + tf.constant([0, 2], tf.int64),
+                        params,
+                        correction,
+                        null,
+                    )
                     return loss_sum + step_loss, seen + size
 
                 return while_loop(tf, tf.minimum(num_batches, left), step, (loss_sum, seen))
@@ -219,13 +253,13 @@ class KerasTrainer:
 
                 def step(i: Any, loss_sum: Any, seen: Any) -> Any:
                     idx = tf.reshape(order[i * batch : (i + 1) * batch], [batch])
-                    step_loss, size = batch_step(idx, params, correction)
+                    step_loss, size = batch_step(idx, params, correction, null)
                     return loss_sum + step_loss, seen + size
 
                 loss_sum, seen = while_loop(tf, tf.minimum(full, left), step, (loss_sum, seen))
 
                 def partial() -> Any:  # the epoch's last, smaller batch
-                    step_loss, size = batch_step(order[full * batch :], params, correction)
+                    step_loss, size = batch_step(order[full * batch :], params, correction, null)
                     return loss_sum + step_loss, seen + size
 
                 return tf.cond(tf.logical_and(full < num_batches, left > full), partial,
@@ -254,9 +288,15 @@ class KerasTrainer:
             names = [*names, "loss"]
 
         def fit_many(
-            offsets: Any, sizes: Any, seeds: Any, max_steps: Any, params: Any,
-            corrections: Any, noise_seeds: Any,
-        ) -> Any:  # fmt: skip
+            offsets: Any,
+            sizes: Any,
+            seeds: Any,
+            max_steps: Any,
+            params: Any,
+            corrections: Any,
+            noise_seeds: Any,
+            nulls: Any,
+        ) -> Any:
             count = tf.shape(offsets)[0]
             deltas = [tf.TensorArray(v.dtype, size=count, element_shape=v.shape) for v in weights]
             metrics = [tf.TensorArray(tf.float32, size=count) for _ in names]
@@ -264,9 +304,15 @@ class KerasTrainer:
             def client(k: Any, deltas: Any, metrics: Any) -> Any:
                 correction = [c[k] for c in corrections] if scaffold else params
                 delta, logs = train_one(
-                    offsets[k], sizes[k], seeds[k], max_steps[k], params, correction,
+                    offsets[k],
+                    sizes[k],
+                    seeds[k],
+                    max_steps[k],
+                    params,
+                    correction,
                     noise_seeds[k],
-                )  # fmt: skip
+                    nulls[k],
+                )
                 deltas = [ta.write(k, d) for ta, d in zip(deltas, delta, strict=True)]
                 metrics = [
                     ta.write(k, tf.cast(logs[name], tf.float32))
@@ -283,9 +329,16 @@ class KerasTrainer:
             fit_many,
             autograph=False,
             input_signature=[
-                vector, vector, seeds_spec, vector, params_spec, stacked_spec, seeds_spec
+                vector,
+                vector,
+                seeds_spec,
+                vector,
+                params_spec,
+                stacked_spec,
+                seeds_spec,
+                vector,
             ],
-        )  # fmt: skip
+        )
         # Trace both now, off the critical path of round 1: no client, no step runs. The
         # concrete functions are kept: calling them skips the per-call argument binding
         # of a polymorphic tf.function (~0.5 ms, a tenth of a small client's training).
@@ -296,7 +349,9 @@ class KerasTrainer:
         initial = [tf.constant(v.numpy()) for v in weights]
         none = tf.zeros([0], tf.int32)
         no_seeds = tf.zeros([0, 2], tf.int64)
-        fit_concrete(none, none, no_seeds, none, initial, self._no_corrections(initial), no_seeds)
+        fit_concrete(
+            none, none, no_seeds, none, initial, self._no_corrections(initial), no_seeds, none
+        )
         eval_concrete(x_all[:0], y_all[:0], initial)
         self._leaves = mean_leaves(model)
         self._states_fn = None
@@ -326,6 +381,7 @@ class KerasTrainer:
         seeds = tf.constant(np.stack([j.seed for j in jobs]))
         steps = tf.constant([j.steps for j in jobs], tf.int32)
         noise = tf.constant(np.stack([j.noise_seed for j in jobs]))
+        nulls = tf.constant([int(j.null) for j in jobs], tf.int32)
         if self.spec.client.control_variates:
             corrections = [
                 tf.constant(np.stack([j.correction[i] for j in jobs if j.correction is not None]))
@@ -334,7 +390,7 @@ class KerasTrainer:
         else:
             corrections = self._no_corrections(params_t)
         deltas_t, metrics_t = self._fit_fn(
-            offsets, sizes, seeds, steps, params_t, corrections, noise
+            offsets, sizes, seeds, steps, params_t, corrections, noise, nulls
         )
         deltas = [np.asarray(d) for d in deltas_t]  # read-only views: no copy of 9 x 6.5 MB
         metrics = np.stack([m.numpy() for m in metrics_t], axis=1)

@@ -285,6 +285,11 @@ class RuntimeConfig(_Section):
     """Ray restarts of a crashed client host (−1: unlimited); a restart reloads its shards and
     model
     """
+    client_state_dir: str | None = None
+    """where each host saves its clients' own state at checkpoints (SCAFFOLD's control variates,
+    top-k's residuals: never sent to the driver); default `client-state/` in the run directory; on
+    a cluster, a folder every node shares keeps host restarts and resumes exact
+    """
     pre_aggregate: bool = True
     """with a linear rule (FedAvg's mean, DP-FedAvg, local DP) each actor sends one partial sum of
     its clients' validated, encoded updates instead of every update; off for robust rules,

@@ -130,8 +130,8 @@ def run_rounds(
         params, agg_state, opt_state = resume.params, resume.agg_state, resume.opt_state
         rng.bit_generator.state = resume.rng_state
         first, history.rows = resume.server_round + 1, [dict(r) for r in resume.rows]
-        if resume.client_state:
-            executor.restore_client_state(resume.client_state)
+        if resume.client_state:  # the hosts reload what they saved for that checkpoint
+            _reload_client_state(executor, resume.client_state)
         if privacy is not None and "privacy" in resume.loop_state:
             privacy.restore(resume.loop_state["privacy"])
         scheduler.restore(resume.loop_state.get("scheduler", {}))
@@ -202,6 +202,7 @@ def run_rounds(
             loop_state = {"scheduler": scheduler.state()}
             if privacy is not None:
                 loop_state["privacy"] = privacy.state()
+            saved = executor.save_client_state(server_round)  # on the hosts' side, first
             checkpoint.save(
                 DriverState(
                     server_round=server_round,
@@ -210,13 +211,27 @@ def run_rounds(
                     opt_state=opt_state,
                     rng_state=dict(rng.bit_generator.state),
                     rows=history.rows,
-                    client_state=executor.client_state(),
+                    client_state={"round": server_round, "clients": saved} if saved else {},
                     loop_state=loop_state,
                 )
             )
+            executor.prune_client_state(server_round)
         callback.on_round_end(server_round, logs)
     callback.on_run_end(logs)
     return params
+
+
+def _reload_client_state(executor: Executor, saved: dict[str, int]) -> None:
+    """The hosts reload their clients' state of the checkpoint; warn when some is missing."""
+    found = executor.load_client_state(int(saved["round"]))
+    if found < int(saved["clients"]):
+        logger.warning(
+            "resumed with the state of %d of the %d clients that had some at round %d (the "
+            "hosts' client-state folder is not where they run now?); the others start afresh",
+            found,
+            saved["clients"],
+            saved["round"],
+        )
 
 
 def _noise_rng(

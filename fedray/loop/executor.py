@@ -116,12 +116,19 @@ class Executor(Protocol):
         """Evaluation on the clients' own ``test`` splits or ``train`` shards."""
         ...
 
-    def client_state(self) -> dict[int, dict[str, Params]]:
-        """Per-client state kept in the hosts across rounds (for checkpoints)."""
+    def save_client_state(self, server_round: int) -> int:
+        """Hosts save their clients' state for the ``server_round`` checkpoint, where they are.
+
+        Returns how many clients have state; none of it reaches the driver.
+        """
         ...
 
-    def restore_client_state(self, state: dict[int, dict[str, Params]]) -> None:
-        """Hand saved per-client state back to the hosts (on resume)."""
+    def load_client_state(self, server_round: int) -> int:
+        """Hosts reload their clients' state of that checkpoint (on resume); how many."""
+        ...
+
+    def prune_client_state(self, server_round: int) -> None:
+        """Hosts drop their saved state older than that (now durable) checkpoint's."""
         ...
 
     def close(self) -> None:

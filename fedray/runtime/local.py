@@ -138,17 +138,18 @@ class LocalExecutor:
         first = min(tickets)
         return [(first, self._done.pop(first))]
 
-    def client_state(self) -> dict[int, dict[str, Params]]:
-        """Per-client state of every host (for checkpoints)."""
-        out: dict[int, dict[str, Params]] = {}
-        for host in self.hosts:
-            out.update(host.client_state())
-        return out
+    def save_client_state(self, server_round: int) -> int:
+        """Every host saves its clients' state for this checkpoint; how many clients."""
+        return sum(host.save_client_state(server_round) for host in self.hosts)
 
-    def restore_client_state(self, state: dict[int, dict[str, Params]]) -> None:
-        """Give every host its clients' saved state."""
+    def load_client_state(self, server_round: int) -> int:
+        """Every host reloads its clients' state of that checkpoint; how many clients."""
+        return sum(host.load_client_state(server_round) for host in self.hosts)
+
+    def prune_client_state(self, server_round: int) -> None:
+        """Every host drops its saved state older than that checkpoint's."""
         for host in self.hosts:
-            host.restore_client_state(state)
+            host.prune_client_state(server_round)
 
     def evaluate(self, handle: Any) -> Metrics:
         """Centralized evaluation on host 0's test set."""

@@ -282,29 +282,42 @@ class RayExecutor:
                 self.supervisor.mark_down(calls[ref])
         return out
 
-    def client_state(self) -> dict[int, dict[str, Params]]:
-        """Per-client state of every host (for checkpoints)."""
+    def _on_hosts(self, method: str, *args: Any) -> list[Any]:
+        """Call ``method`` on every host that is up; a host that dies is marked down."""
         ray = self._ray
         self.supervisor.await_restarts()
-        out = dict(self.supervisor.saved_state)  # hosts that are down keep their last saved state
         calls = {
-            h.client_state.remote(): i
+            getattr(h, method).remote(*args): i
             for i, h in enumerate(self.hosts)
             if self.supervisor.unavailable(i) is None
         }
+        out = []
         for ref, index in calls.items():
             try:
-                out.update(ray.get(ref))
+                out.append(ray.get(ref))
             except ray.exceptions.RayActorError:
                 self.supervisor.mark_down(index)
-        self.supervisor.saved_state = out
         return out
 
-    def restore_client_state(self, state: dict[int, dict[str, Params]]) -> None:
-        """Give every host its clients' saved state."""
-        self.supervisor.saved_state = dict(state)
-        ref = self._ray.put(state)
-        self._ray.get([h.restore_client_state.remote(ref) for h in self.hosts])
+    def save_client_state(self, server_round: int) -> int:
+        """Every host saves its clients' state for this checkpoint; how many clients.
+
+        A host that is down keeps its clients' last saved state, which is theirs still
+        (they could not train since); a restarted host reloads it
+        (:meth:`~fedray.runtime.supervisor.Supervisor.restore_host_state`).
+        """
+        saved = sum(int(n) for n in self._on_hosts("save_client_state", server_round))
+        self.supervisor.saved_round = server_round
+        return saved
+
+    def load_client_state(self, server_round: int) -> int:
+        """Every host reloads its clients' state of that checkpoint; how many clients."""
+        self.supervisor.saved_round = server_round
+        return sum(int(n) for n in self._on_hosts("load_client_state", server_round))
+
+    def prune_client_state(self, server_round: int) -> None:
+        """Every host drops its saved state older than that checkpoint's."""
+        self._on_hosts("prune_client_state", server_round)
 
     def submit(self, client_id: int, params: Any, info: RoundInfo) -> Any:
         """Start one client's training on its host; the ticket is the result's ref.

@@ -14,8 +14,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from fedray.records import Params
-
 logger = logging.getLogger(__name__)
 
 
@@ -36,7 +34,7 @@ class Supervisor:
         self._restart_timeout_s = restart_timeout_s
         self.down: dict[int, float] = {}  # host index -> when it died or was killed
         self.dead: set[int] = set()  # hosts that will never come back (max_restarts used up)
-        self.saved_state: dict[int, dict[str, Params]] = {}  # last checkpointed client state
+        self.saved_round: int | None = None  # the checkpoint whose client state hosts saved
 
     def mark_down(self, index: int) -> None:
         """Host ``index`` died or was killed; Ray restarts it if it can."""
@@ -93,13 +91,15 @@ class Supervisor:
             )
 
     def restore_host_state(self, index: int) -> None:
-        """A restarted host reloaded its shards; give its clients their last saved state."""
+        """A restarted host reloaded its shards; it reloads its clients' last saved state.
+
+        The state never passes through the driver: the host reads what it saved
+        (:mod:`fedray.client.state_store`) for the last checkpoint.
+        """
         import ray
 
-        group = set(self.groups[index])
-        part = {c: v for c, v in self.saved_state.items() if c in group}
-        if part:
-            ray.get(self.hosts[index].restore_client_state.remote(part))
+        if self.saved_round is not None:
+            ray.get(self.hosts[index].load_client_state.remote(self.saved_round))
 
     def unavailable(self, index: int) -> str | None:
         """Why host ``index``'s clients cannot run now, or None when it is up."""

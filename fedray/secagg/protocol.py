@@ -113,6 +113,9 @@ class SecAggClient:
         neighbours: N(u) from the server's graph.
         threshold: t, shares needed to rebuild this client's secrets.
         modulus_bits: r; masked vectors live in Z_{2^r}.
+        min_survivors: The fewest survivors whose sum this client helps unmask, from its
+            own configuration (distributed DP's m_min: fewer would carry too little
+            noise), never from the server's word.
     """
 
     cid: int
@@ -120,6 +123,7 @@ class SecAggClient:
     neighbours: Sequence[int]
     threshold: int
     modulus_bits: int
+    min_survivors: int = 1
     _revealed: dict[int, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -196,9 +200,11 @@ class SecAggClient:
 
         A request that cannot come from an honest server is refused before anything
         is decrypted: one that lists this client as dropped or leaves it out of the
-        survivors (this client did send its masked input), or one that names fewer
-        than t survivors in this client's neighbourhood (the server could not
-        reconstruct honestly, so the answer would only serve to isolate one input).
+        survivors (this client did send its masked input), one that names fewer
+        survivors than ``min_survivors`` (under distributed DP their sum would carry
+        less noise than accounted), or one that names fewer than t survivors in this
+        client's neighbourhood (the server could not reconstruct honestly, so the
+        answer would only serve to isolate one input).
 
         Raises:
             SecAggError: Asked to reveal both kinds of share for one client, an
@@ -216,6 +222,11 @@ class SecAggClient:
             raise SecAggError(
                 f"client {self.cid}: refusing an unmask request that lists this client as "
                 "dropped (it sent its masked input)"
+            )
+        if len(survivors) < self.min_survivors:
+            raise SecAggError(
+                f"client {self.cid}: refusing an unmask request naming {len(survivors)} "
+                f"survivors, fewer than the {self.min_survivors} whose sum may be revealed"
             )
         live = set(survivors) & {self.cid, *self.neighbours}
         if len(live) < self.threshold:

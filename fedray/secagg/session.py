@@ -133,11 +133,17 @@ class SecureClients:
 
     Holds each client's :class:`~fedray.secagg.protocol.SecAggClient` for the round
     (its secret keys never leave the host) and the shares addressed to it.
+
+    Args:
+        min_survivors: The host's own bound on the survivors an unmask request may
+            name (the aggregator's ``required_clients``): a lying server cannot unmask
+            a sum of fewer.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, min_survivors: int = 1) -> None:
         self.clients: dict[int, SecAggClient] = {}
         self.inbox: dict[int, dict[int, bytes]] = {}
+        self.min_survivors = min_survivors
 
     def step(
         self, name: str, client_ids: Sequence[int], payload: dict[int, Any], info: RoundInfo
@@ -157,7 +163,9 @@ class SecureClients:
             try:
                 if name == "advertise":
                     neighbours, threshold, bits = payload[cid]
-                    client = SecAggClient(cid, info.server_round, neighbours, threshold, bits)
+                    client = SecAggClient(
+                        cid, info.server_round, neighbours, threshold, bits, self.min_survivors
+                    )
                     self.clients[cid] = client
                     out[cid] = client.advertise()
                 elif name == "share":

@@ -84,17 +84,20 @@ def test_checkpoint_keeps_every_kind_of_state_exactly(tmp_path):
         opt_state={"m": [np.zeros(2)], "t": 3},
         rng_state=dict(rng.bit_generator.state),
         rows=[{"round": 1, "fit/loss": float("nan"), "eval/acc": 0.5}],
-        client_state={3: {"control": [np.full(2, 2.0)]}},
-        loop_state={"privacy": {"participations": {"3": 2}}, "dispatched": 4},
+        client_state={"round": 5, "clients": 1},
+        loop_state={"privacy": {"participations": {"3": 2}}, "dispatched": 4,
+                    "versions": {3: [np.full(2, 2.0)]}},
     )  # fmt: skip
     checkpoint.save(tmp_path, state, config_fingerprint="f")
     back = checkpoint.load(tmp_path, config_fingerprint="f")
     assert back.agg_state["shapes"] == [((2, 3), "float32")]  # tuples stay tuples
     assert back.agg_state["s"] == np.float32(1.5) and back.agg_state["s"].dtype == np.float32
     assert back.params[0].dtype == np.float32 and back.params[1].dtype == np.int64
-    assert list(back.client_state) == [3]  # int keys stay int
-    np.testing.assert_array_equal(back.client_state[3]["control"][0], [2.0, 2.0])
-    assert np.isnan(back.rows[0]["fit/loss"]) and back.loop_state == state.loop_state
+    assert back.client_state == {"round": 5, "clients": 1}
+    assert list(back.loop_state["versions"]) == [3]  # int keys stay int
+    np.testing.assert_array_equal(back.loop_state["versions"][3][0], [2.0, 2.0])
+    assert np.isnan(back.rows[0]["fit/loss"])
+    assert back.loop_state["privacy"] == state.loop_state["privacy"]
     resumed = np.random.default_rng()
     resumed.bit_generator.state = back.rng_state
     assert resumed.integers(1 << 62) == rng.integers(1 << 62)

@@ -57,8 +57,11 @@ class ScriptedExecutor:
     def evaluate(self, params):
         return {"w": float(params[0][0])}
 
-    def client_state(self):
-        return {}
+    def save_client_state(self, server_round):
+        return 0
+
+    def prune_client_state(self, server_round):
+        pass
 
 
 def test_async_loop_tracks_staleness_and_steps_every_buffer():

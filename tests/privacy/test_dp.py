@@ -438,3 +438,13 @@ def test_audit_writes_a_table_and_plot_for_plain_and_dp_runs(tmp_path, linreg_co
     assert (table["members"] == table["nonmembers"]).all()
     assert pd.read_csv(tmp_path / "audit" / "audit.csv").shape[0] == 2
     assert (tmp_path / "audit" / "audit.png").stat().st_size > 0
+
+
+def test_an_explicit_count_stddev_is_kept_or_refused():
+    from fedray.aggregators import AdaptiveClip, CentralDP
+
+    # Before, count_stddev=0.0 silently became m / 20 (``count_stddev or m / 20``).
+    with pytest.raises(ValueError, match="count_stddev must be > 0"):
+        AdaptiveClip(count_stddev=0.0)
+    assert CentralDP(1.0, 40.0, clip=AdaptiveClip(count_stddev=3.0)).count_stddev == 3.0
+    assert CentralDP(1.0, 40.0, clip=AdaptiveClip()).count_stddev == 2.0  # m / 20

@@ -178,3 +178,45 @@ def _ledger_of(seen, hist):
     ledger = seen["ledgers"][-1]
     assert ledger is not None and np.isfinite(hist.summary["privacy"]["epsilon"])
     return ledger
+
+
+DP_CENTRAL = ["privacy.dp.mode=central", "privacy.dp.noise_multiplier=1.0", "privacy.dp.delta=1e-5"]
+
+
+@pytest.mark.parametrize(
+    "overrides,keys",
+    [
+        (
+            ["privacy.secure_aggregation.enabled=true", "evaluation.federated_every=1"],
+            "privacy.secure_aggregation.enabled=True does not work with "
+            "evaluation.federated_every=1",
+        ),
+        (
+            ["privacy.secure_aggregation.enabled=true", "evaluation.train_every=1"],
+            "privacy.secure_aggregation.enabled=True does not work with evaluation.train_every=1",
+        ),
+        (
+            [*DP_CENTRAL, "strategy.norm_bound=1.0"],
+            "privacy.dp.mode='central' does not work with strategy.norm_bound=1.0",
+        ),
+        (
+            [*DP_CENTRAL, "strategy.max_update_norm=5"],
+            "privacy.dp.mode='central' does not work with strategy.max_update_norm=5.0",
+        ),
+    ],
+)
+def test_releases_of_un_noised_client_statistics_are_refused(overrides, keys):
+    # Secure aggregation's server learns only sums: no per-client evaluation in the clear.
+    # Central DP's clients already clip: a norm bound would only log un-noised statistics.
+    with pytest.raises(ConfigError) as err:
+        config.load({"data": {"num_clients": 8}}, overrides)
+    assert keys in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_hand_composed_norm_bound_around_central_dp_is_refused_too():
+    from fedray.aggregators import NormBound
+    from fedray.compat import check_compatible, strategy_features
+
+    strategy = Strategy(aggregator=NormBound(CentralDP(1.0, 4.0, clip=1.0), max_norm=0.5))
+    with pytest.raises(ConfigError, match="privacy.dp.mode='central' does not work with strategy"):
+        check_compatible(strategy_features(strategy))

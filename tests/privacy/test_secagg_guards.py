@@ -38,6 +38,35 @@ def test_a_lying_server_cannot_isolate_one_input():
     np.testing.assert_array_equal(total, sum(x.values()) % 2**20)
 
 
+def test_a_host_refuses_to_unmask_fewer_survivors_than_distributed_dp_needs(tmp_path):
+    """The review's W-4: m = 10, m_min = 9, t = 6. The server got all ten masked vectors
+    but claims four dropped; the sum of six would carry 6/9 of the noise accounted."""
+    from fedray import config
+    from fedray.aggregators import DistributedDP, SecureAggregation
+    from fedray.client.host import ClientHost
+    from fedray.client.spec import HostSpec
+    from fedray.records import RoundInfo
+    from tests.fakes import NumpyTrainer
+
+    ddp = DistributedDP(1.0, expected_clients=10.0, population=10, max_dropout=0.1)
+    secure = SecureAggregation(inner=ddp, degree=9, threshold=0.6)
+    assert ddp.min_survivors == 9 and secure.required_clients == 9
+    cfg = config.load({"data": {"dataset": "linreg", "num_clients": 10}})
+    host = ClientHost(HostSpec.from_config(cfg, tuple(range(10)), secure, trainer=NumpyTrainer))
+    ids, info = list(range(10)), RoundInfo(1, 0)
+    graph = {u: [v for v in ids if v != u] for u in ids}
+    server = SecAggServer(1, graph, 6, 24)
+    setup = {u: (graph[u], 6, 24) for u in ids}
+    keys = server.collect_keys(host.secure_step("advertise", ids, setup, info))
+    inbox = server.route_shares(host.secure_step("share", ids, keys, info))
+    host.secure_step("inbox", ids, inbox, info)
+    sent = host.fit(ids, host.initial_params(), info)  # every client masks its input
+    assert all(u.masked is not None for u in sent)
+    lie = {u: (ids[6:], ids[:6]) for u in ids[:6]}
+    with pytest.raises(SecAggError, match="naming 6 survivors, fewer than the 9"):
+        host.secure_step("unmask", ids[:6], lie, info)
+
+
 @pytest.mark.keras
 def test_rounds_below_the_minimum_cohort_reveal_nothing(tmp_path):
     pytest.importorskip("tensorflow")

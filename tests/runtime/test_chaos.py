@@ -98,10 +98,17 @@ def test_packed_hosts_lose_only_the_faulty_clients_and_rerun_a_dead_hosts(tmp_pa
     assert abs(gap) <= 0.02, (clean.final["eval/accuracy"], chaos.final["eval/accuracy"])
 
 
-def test_host_crashes_alone_lose_no_client_and_change_no_weight(tmp_path, numpy_ray_hosts):
+@pytest.mark.parametrize("strategy", ["fedavg", "scaffold"])
+def test_host_crashes_alone_lose_no_client_and_change_no_weight(
+    tmp_path, numpy_ray_hosts, strategy
+):
+    # SCAFFOLD's control variates live in the hosts: a restarted host reloads its clients'
+    # from what it saved at the last checkpoint, on its side, never from the driver.
     linreg = ROOT / "experiments" / "linreg.yaml"
-    common = ["rounds=6", "data.num_clients=10", "runtime.clients_per_actor=5",
-              "runtime.max_restarts=-1", "runtime.progress=false"]  # fmt: skip
+    common = [
+        *("rounds=6", "data.num_clients=10", "runtime.clients_per_actor=5"),
+        *("runtime.max_restarts=-1", "runtime.progress=false", f"strategy.name={strategy}"),
+    ]
     overrides = [*common, "faults.host_crash_rate=0.1"]
     clean = api.run(linreg, out=tmp_path / "clean", overrides=[*common, "runtime.executor=local"])
     crashy = api.run(linreg, out=tmp_path / "crashy", overrides=overrides)
