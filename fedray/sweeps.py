@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,8 @@ import yaml
 
 from fedray import config as config_mod
 from fedray.errors import ConfigError, FedrayError
+
+logger = logging.getLogger(__name__)
 
 PLAN = "sweep.json"
 ERROR_FILE = "error.txt"
@@ -310,7 +313,7 @@ def summary_table(df: Any) -> Any:
     """The sweep's table for the terminal (rich), best trial first."""
     from rich.table import Table
 
-    shown = df.drop(columns=["out"], errors="ignore")
+    shown = df.drop(columns=["out", "sweep_epsilon"], errors="ignore")  # ε: the caption
     if "error" in shown and not shown["error"].astype(bool).any():
         shown = shown.drop(columns=["error"])
     title = "fedray sweep"
@@ -318,7 +321,16 @@ def summary_table(df: Any) -> Any:
         mode = df.attrs.get("mode") or "min"
         title += f": {df.attrs.get('metric')} ({mode}), best first"
         shown = shown.sort_values("best", ascending=(mode == "min"), na_position="last")
-    t = Table(title=title)
+    caption = None
+    report = df.attrs.get("privacy")
+    if report:
+        caption = (
+            f"sweep ε = {report['epsilon']:.4g} at δ = {report['delta']:.3g} "
+            f"({report['accountant']}, {report['composition']} composition of "
+            f"{report['runs']} trials): the cost of releasing any trial's model, the best "
+            "one included"
+        )
+    t = Table(title=title, caption=caption)
     for col in shown.columns:
         t.add_column(str(col), justify="right" if shown[col].dtype.kind in "fiu" else "left")
     for row in shown.itertuples(index=False):
@@ -326,9 +338,35 @@ def summary_table(df: Any) -> Any:
     return t
 
 
+def privacy(out: str | Path) -> dict[str, Any] | None:
+    """The sweep's ε: every trial's charges, composed (None without DP).
+
+    The table ranks trials trained on the same clients, so the model it puts first was
+    chosen by looking at all of them: releasing it costs the composition of every
+    trial's releases (failed and unfinished trials included, from their privacy
+    journals), not that trial's own ε (:func:`fedray.privacy.journal.compose_runs`).
+    """
+    from fedray.privacy import journal
+
+    sweep = SweepPlan.load(out)
+    runs = [journal.read(run_dir(out, t.name) / journal.FILENAME) for t in sweep.trials]
+    return journal.compose_runs(runs)
+
+
 def write(out: str | Path, states: Mapping[str, str] | None = None) -> Any:
-    """Write ``sweep.csv`` and ``sweep.png``; return the table."""
+    """Write ``sweep.csv`` and ``sweep.png`` (and the sweep's ε in ``sweep.json``).
+
+    Returns the table; under DP its ``sweep_epsilon`` column, and ``attrs["privacy"]``,
+    hold what releasing any of its models costs (:func:`privacy`).
+    """
     df = table(out, states)
+    report = privacy(out)
+    if report is not None:
+        df["sweep_epsilon"] = report["epsilon"]
+        df.attrs["privacy"] = report
+        sweep = SweepPlan.load(out)
+        sweep.extra["privacy"] = report
+        sweep.save(Path(out))
     df.to_csv(Path(out) / "sweep.csv", index=False)
     if (df["rounds"] > 0).any():
         plot(out)
@@ -379,6 +417,13 @@ def sweep(
             "starts each trial's own hosts (leave --address unset, or give a cluster's)"
         )
     sweep_plan = plan(config, grid, seeds=seeds, overrides=overrides, metric=metric, mode=mode)
+    if sweep_plan.config.get("privacy", {}).get("dp") and len(sweep_plan.trials) > 1:
+        logger.warning(
+            "under DP, the %d trials train on the same clients and the best is chosen by "
+            "looking at all of them: its model costs the sweep's ε, every trial's composed "
+            "(sweep.json, the table's caption), not its own",
+            len(sweep_plan.trials),
+        )
     out_dir = Path(out) if out is not None else default_out(config)
     if (out_dir / PLAN).is_file():
         before = SweepPlan.load(out_dir)

@@ -245,3 +245,83 @@ class Journaled:
         if name == "ledger":  # not yet set (copy, pickle): no recursion
             raise AttributeError(name)
         return getattr(self.ledger, name)
+
+
+# Header keys that do not change what a charge costs (the charges carry the rest).
+_SETTINGS = {"max_epsilon", "planned_rounds", "delta"}
+_FREE = {
+    "central": _SETTINGS
+    | {"noise_multiplier", "sampling_rate", "population", "sampling"}
+    | {"count_noise_multiplier"},
+    "local": _SETTINGS | {"noise_multiplier"},
+    "distributed": _SETTINGS,
+    "dpsgd": _SETTINGS,
+}
+
+
+def _joint(headers: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether charges of ledgers with these headers can be spent on one ledger."""
+    modes = {h.get("mode") for h in headers}
+    if len(modes) != 1:
+        return False
+    free = _FREE[str(modes.pop())]
+    kept = [{k: v for k, v in h.items() if k not in free} for h in headers]
+    return all(k == kept[0] for k in kept)
+
+
+def compose_runs(journals: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, Any] | None:
+    """The privacy cost of several runs on the same clients (a sweep's trials), composed.
+
+    A sweep that picks the best of K trials releases a model chosen by looking at all K,
+    so the pick costs the composition of every trial's releases (at most; Papernot &
+    Steinke, ICLR 2022, bound random-length searches more tightly), not the picked
+    trial's own ε. Runs of one mechanism whose charges price alike are spent on one
+    ledger (their rounds, or each client's releases, compose exactly as in one run, at
+    the smallest δ); otherwise their ε and δ add up (basic composition). None when no
+    run was charged anything.
+    """
+    ledgers = [(replay(entries), entries) for entries in journals if entries]
+    if not ledgers:
+        return None
+    headers = [ledger.header() for ledger, _ in ledgers]
+    delta = min(float(h["delta"]) for h in headers)
+    mode = str(headers[0]["mode"])
+    if _joint(headers):
+        joint = LEDGERS[mode].from_header({**headers[-1], "delta": delta})
+        try:
+            for _, entries in ledgers:
+                for e in entries:
+                    if e.get("kind") == "charge":
+                        joint.apply(e["charge"])
+            report: dict[str, Any] = joint.report()
+        except ValueError:  # e.g. central rounds of Poisson and fixed-size sampling
+            report = {}
+        if report:
+            return {
+                "epsilon": report["epsilon"],
+                "delta": delta,
+                "mode": mode,
+                "runs": len(ledgers),
+                "composition": "joint",
+                "accountant": _accountant_of(report),
+            }
+    each = [ledger.report() for ledger, _ in ledgers]
+    return {
+        "epsilon": float(sum(r["epsilon"] for r in each)),
+        "delta": float(sum(float(r["delta"]) for r in each)),
+        "mode": mode if len({h["mode"] for h in headers}) == 1 else "mixed",
+        "runs": len(ledgers),
+        "composition": "basic (the runs' mechanisms differ)",
+        "accountant": "sum of each run's ε",
+    }
+
+
+def _accountant_of(report: Mapping[str, Any]) -> str:
+    """Which accountant a ledger's reported ε comes from, in words."""
+    if report.get("mode") == "central":
+        return "PLD" if report.get("epsilon_pld") is not None else "RDP"
+    return {
+        "local": "analytic Gaussian",
+        "distributed": "RDP",
+        "dpsgd": "RDP",
+    }.get(str(report.get("mode")), "RDP")
