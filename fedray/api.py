@@ -25,7 +25,8 @@ import numpy as np
 from fedray import build
 from fedray import checkpoint as checkpoint_mod
 from fedray import config as config_mod
-from fedray.aggregators import SecureAggregation
+from fedray.aggregators import Mean, SecureAggregation
+from fedray.aggregators.base import Unweighted
 from fedray.callbacks import (
     Callback,
     CallbackList,
@@ -36,6 +37,7 @@ from fedray.callbacks import (
     ProgressBar,
     TensorBoardLogger,
 )
+from fedray.compat import chain
 from fedray.config import Config
 from fedray.errors import ConfigError, FedrayError, RoundFailedError
 from fedray.loop import Checkpointer, Evaluation, default_scheduler, run_rounds
@@ -130,6 +132,21 @@ _HOST_FACTS = ("clients", "pid", "node_id", "setup_s", "gpu_ids", "gpu", "gpu_me
                "gpu_memory", "gpu_total_mb", "data_device", "gpu_data_mb")  # fmt: skip
 
 
+def weighting(strategy: Strategy) -> str | None:
+    """How the run's mean weights clients: ``"examples"``, ``"uniform"``, or None (no mean).
+
+    >>> from fedray.strategy import fedavg
+    >>> weighting(fedavg()), weighting(fedavg(weighting="uniform"))
+    ('examples', 'uniform')
+    """
+    for agg in chain(strategy.aggregator):
+        if isinstance(agg, Mean):
+            return agg.weighting
+        if isinstance(agg, Unweighted):
+            return "uniform"
+    return None
+
+
 def _summary(
     cfg: Config,
     strategy: Strategy,
@@ -148,6 +165,7 @@ def _summary(
     return {
         "config": cfg.to_dict(),
         "strategy": strategy.name,
+        "weighting": weighting(strategy),
         "final": rows[-1] if rows else {},
         "predictions": predictions,
         "time": {

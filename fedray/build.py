@@ -112,6 +112,12 @@ def build_strategy(
         private = cfg.privacy.dp is not None or cfg.privacy.secure_aggregation.enabled
         w = getattr(cfg.strategy, "weighting", "auto")
         if (w == "uniform" or (w == "auto" and private)) and isinstance(composed.aggregator, Mean):
+            if w == "auto" and composed.aggregator.weighting == "examples" and not cfg.privacy.dp:
+                logger.warning(  # DP's uniform weights go without saying; SecAgg's do not
+                    "strategy.weighting=auto: clients are weighted uniformly, not by their "
+                    "example counts, because a secure sum carries no example counts (set "
+                    "strategy.weighting=uniform to say so)"
+                )
             composed = replace(composed, aggregator=Mean(weighting="uniform"))
     held = composed.dp_mechanisms()
     check_dp_section(cfg, held)

@@ -179,6 +179,12 @@ def _run(args: argparse.Namespace) -> int:
     final = history.final
     shown = {k: v for k, v in final.items() if k.startswith(("fit/", "eval/", "fed_eval/"))}
     print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    privacy = history.summary.get("privacy")
+    if privacy:  # one ε: the one every round showed and every budget was held to
+        print(
+            f"privacy: ε={privacy['epsilon']:.4g} at δ={privacy['delta']:g} "
+            f"({privacy['accountant']} accountant, {privacy['mode']} DP)"
+        )
     preds = history.summary.get("predictions")
     if preds:
         for x, y in zip(preds["inputs"], preds["outputs"], strict=True):

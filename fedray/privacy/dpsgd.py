@@ -137,6 +137,7 @@ class DPSGDAccountant(_PerClientLedger):
         return {
             "mode": "dpsgd",
             "epsilon": self.epsilon(),
+            "accountant": "RDP",
             "epsilon_per_client": per_client,
             "delta": self.delta,
             "delta_truncation": max(

@@ -210,9 +210,9 @@ class Journaled:
         """The ledger's."""
         return bool(self.ledger.allows_next_round())
 
-    def epsilon(self) -> float:
-        """The ledger's ε, every journaled charge included."""
-        return float(self.ledger.epsilon())
+    def epsilon(self, *args: Any, **kwargs: Any) -> float:
+        """The ledger's ε (with its own arguments), every journaled charge included."""
+        return float(self.ledger.epsilon(*args, **kwargs))
 
     def state(self) -> dict[str, Any]:
         """The ledger's state and how many charges the journal held (for the checkpoint)."""
@@ -303,7 +303,8 @@ def compose_runs(journals: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, A
                 "mode": mode,
                 "runs": len(ledgers),
                 "composition": "joint",
-                "accountant": _accountant_of(report),
+                "accountant": report["accountant"],
+                **({"epsilon_pld": report["epsilon_pld"]} if "epsilon_pld" in report else {}),
             }
     each = [ledger.report() for ledger, _ in ledgers]
     return {
@@ -314,14 +315,3 @@ def compose_runs(journals: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, A
         "composition": "basic (the runs' mechanisms differ)",
         "accountant": "sum of each run's ε",
     }
-
-
-def _accountant_of(report: Mapping[str, Any]) -> str:
-    """Which accountant a ledger's reported ε comes from, in words."""
-    if report.get("mode") == "central":
-        return "PLD" if report.get("epsilon_pld") is not None else "RDP"
-    return {
-        "local": "analytic Gaussian",
-        "distributed": "RDP",
-        "dpsgd": "RDP",
-    }.get(str(report.get("mode")), "RDP")

@@ -155,12 +155,18 @@ class DPFedAvgAccountant:
         self.history = [(RoundEvent.from_json(e), int(n)) for e, n in state["history"]]
 
     def report(self) -> dict[str, Any]:
-        """The figures for ``summary.json``: RDP and PLD ε (PLD is the reported ε)."""
+        """The figures for ``summary.json``: the reported ε is RDP's, as every round's was.
+
+        RDP prices every round (``privacy/epsilon``) and every budget (``max_epsilon``,
+        the ``target_epsilon`` calibration), so it is the one ε a run shows; PLD's
+        tighter figure for the same rounds is added as ``epsilon_pld``.
+        """
         eps_rdp = self.epsilon()
         eps_pld = None if self.sampling == "fixed" else self.epsilon(method="pld")
         return {
             "mode": "central",
-            "epsilon": eps_pld if eps_pld is not None else eps_rdp,
+            "epsilon": eps_rdp,
+            "accountant": "RDP",
             "epsilon_rdp": eps_rdp,
             "epsilon_pld": eps_pld,
             "delta": self.delta,
@@ -339,6 +345,7 @@ class LocalDPAccountant(_PerClientLedger):
         return {
             "mode": "local",
             "epsilon": self.epsilon(),
+            "accountant": "analytic Gaussian",
             "epsilon_per_client": per_client,
             "delta": self.delta,
             "noise_multiplier": self.noise_multiplier,
@@ -412,6 +419,7 @@ class DistributedDPAccountant(_PerClientLedger):
             "mode": "distributed",
             "mechanism": p.mechanism,
             "epsilon": self.epsilon(),
+            "accountant": "RDP",
             "epsilon_per_client": {
                 c: self.client_epsilon(k) for c, k in sorted(self.participations.items())
             },

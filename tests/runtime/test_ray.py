@@ -150,15 +150,17 @@ def test_fit_on_ray_equals_fit_in_process_and_a_restarted_host_gets_its_shards_b
         ray.kill(executor.hosts[1], no_restart=False)  # Ray restarts it with the same args
         import time
 
+        params = executor.initial_params()
         deadline = time.monotonic() + 120
-        while True:
+        while True:  # the restarted host evaluates client 2 on its training shard
             try:
-                info = ray.get(executor.hosts[1].ready.remote(), timeout=60)
+                call = executor.hosts[1].evaluate_clients.remote([2], params, "train")
+                back = ray.get(call, timeout=60)
                 break
             except ray.exceptions.ActorUnavailableError:
                 assert time.monotonic() < deadline, "the host never came back"
                 time.sleep(0.5)
-        assert info["examples"] == {2: 30}
+        assert [(e.client_id, e.num_examples) for e in back] == [(2, 30)]  # its shard again
     finally:
         executor.close()
 
