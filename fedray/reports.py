@@ -160,9 +160,9 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
     bad = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if bad:
         raise DataError(f"'{src}': feature columns must be numeric; not numeric: {', '.join(bad)}")
-    import keras
+    from fedray.client.devices import import_keras
 
-    model = keras.saving.load_model(model_path)
+    model = import_keras().saving.load_model(model_path)
     expected = tuple(model.input_shape[1:])
     x = features.to_numpy(dtype=np.float32)
     if x.shape[1:] != expected:
