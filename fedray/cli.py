@@ -27,13 +27,20 @@ logger = logging.getLogger("fedray.cli")
 
 
 def _setup_logging(verbose: bool) -> None:
+    """Log to stdout: rich's columns on a terminal, else whole plain lines (jobs, CI, pipes).
+
+    Off a terminal rich would wrap each line at 80 columns.
+    """
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
-    )
+    handler: logging.Handler
+    if Console().is_terminal:
+        handler = RichHandler(show_path=False, rich_tracebacks=False)
+    else:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler])
     logging.getLogger("fedray").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 

@@ -181,3 +181,20 @@ def test_tensorflow_start_up_lines_stay_hidden_in_every_process_that_loads_it(tm
     )
     assert res.returncode == 0 and res.stdout.strip() == "2", res.stderr[-3000:]
     assert not _TF_NOISE.search(res.stderr), res.stderr
+
+
+@pytest.mark.slow
+def test_piped_output_keeps_long_log_lines_whole_and_shows_one_plain_line_per_round(tmp_path):
+    # As in a job, CI or `| tee`: stdout is a pipe. A log line longer than 80 columns
+    # (this one names the run directory) arrives as one line, and progress is one plain
+    # line per round instead of a bar drawn once, cut to 80 columns.
+    out = tmp_path / "a-run-directory-whose-name-makes-the-log-line-longer-than-eighty-columns"
+    args = ["experiments/linreg.yaml", "--local", "--set", "rounds=3", "--resume-if-exists"]
+    res = _fedray("run", *args, "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    assert any(line.endswith(f"INFO starting a new run in {out}") for line in lines), res.stdout
+    rounds = [line for line in lines if re.match(r"round \d/3 ", line)]
+    assert [r.split()[1] for r in rounds] == ["1/3", "2/3", "3/3"], res.stdout
+    assert all("fit/loss=" in r and "eval/loss=" in r and "eval/mae=" in r for r in rounds)
+    assert "━" not in res.stdout
