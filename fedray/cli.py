@@ -3,7 +3,7 @@
 ``fedray run CONFIG.yaml [--set key=value ...] [--out DIR] [--resume-if-exists] [--address A]``
 ``fedray sweep CONFIG --grid KEY=[v1,v2] [--grid ...] [--seeds N] [--max-concurrent K] [--out DIR]``
 ``fedray up [--num-cpus N] [--hosts K] [--state-dir DIR] [--temp-dir DIR]`` / ``fedray down
-[--state-dir DIR]``: a warm instance (``--address fedray [--state-dir DIR]``)
+[--state-dir DIR | --temp-dir DIR]``: a warm instance (``--address fedray [--state-dir DIR]``)
 ``fedray cluster-token [--out .ray-token] [--force]``
 ``fedray plot RUN [RUN ...] [--out FILE.png] [--metric KEY]`` / ``fedray report RUN``
 ``fedray predict RUN --input FILE.csv [--output FILE.csv]``
@@ -111,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     dn = sub.add_parser("down", help="stop exactly the instance `fedray up` started")
     dn.add_argument("--state-dir", metavar="DIR", help=STATE_DIR_HELP)
+    dn.add_argument(
+        "--temp-dir",
+        metavar="DIR",
+        help="instead, stop exactly the Ray head whose temp dir is DIR (`ray start --head "
+        "--temp-dir DIR`, or fedray up's) and delete DIR; never `ray stop`, which stops "
+        "every Ray instance of the machine",
+    )
     ct = sub.add_parser(
         "cluster-token", help="write a new Ray auth token for a cluster (file mode 0600)"
     )
@@ -245,6 +252,10 @@ def _warm(args: argparse.Namespace) -> int:
 
     if args.state_dir is not None:
         warm.use_state_dir(args.state_dir)
+    if args.command == "down" and args.temp_dir is not None:
+        killed = warm.down(args.temp_dir)
+        print(f"stopped the Ray head of {args.temp_dir} ({killed} processes)")
+        return 0
     if args.command == "down":
         state = warm.UpState.load()
         killed = warm.down()

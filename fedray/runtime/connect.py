@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from fedray.errors import FedrayError, one_line
@@ -182,39 +181,6 @@ def route_worker_errors() -> None:
 
     route.fedray_routed = True  # type: ignore[attr-defined]
     ray_worker.print_to_stdstream = route
-
-
-_SOCKET_TAIL = "/session_2026-12-07_19-25-59_957885_4194304/sockets/dash_MetricsHead"
-MAX_TEMP_DIR = 107 - len(_SOCKET_TAIL)
-"""The longest Ray temp dir whose socket paths fit in AF_UNIX's 108 bytes (Linux)."""
-
-
-def check_temp_dir(path: str | os.PathLike[str]) -> str:
-    """``--temp-dir`` of a Ray head of fedray's own, as an absolute path, or why not.
-
-    It becomes Ray's temp dir and is deleted with the head, so it must be new or empty;
-    Ray's sockets live in it, so its path must leave them room.
-
-    Raises:
-        FedrayError: It is a file or holds files, its parent is not a writable
-            directory, or its path is longer than :data:`MAX_TEMP_DIR` bytes.
-    """
-    p = Path(os.path.abspath(path))
-    why = ""
-    if p.exists() and not p.is_dir():
-        why = "not a directory"
-    elif p.is_dir() and any(p.iterdir()):
-        why = "not empty"
-    elif not p.parent.is_dir() or not os.access(p.parent, os.W_OK):
-        why = f"{p.parent} is not a writable directory"
-    elif len(os.fsencode(p)) > MAX_TEMP_DIR:
-        why = f"{len(os.fsencode(p))} bytes, too long for Ray's socket paths in it"
-    if why:
-        raise FedrayError(
-            f"--temp-dir {path}: {why}; expected a new or empty directory (it is deleted with "
-            f"the head) with a path of at most {MAX_TEMP_DIR} bytes, e.g. /tmp/fedray-ray"
-        )
-    return str(p)
 
 
 def free_ports(n: int) -> list[int]:

@@ -24,19 +24,18 @@ import gc
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from fedray.client.spec import HostSpec
 from fedray.errors import FedrayError
-from fedray.runtime.connect import check_temp_dir, free_ports, write_token
+from fedray.runtime.connect import free_ports, write_token
+from fedray.runtime.head import check_temp_dir, kill_instance
 from fedray.runtime.ray_host import RayClientHost
 
 logger = logging.getLogger(__name__)
@@ -350,13 +349,28 @@ STATE_FILES = ("up.json", "token")
 """What ``fedray up`` writes into :func:`state_dir`, and all that ``fedray down`` deletes."""
 
 
-def down() -> int:
-    """Stop the warm instance: kill exactly its processes; how many were killed.
+def down(temp_dir: str | None = None) -> int:
+    """Stop the warm instance, or the Ray head of ``temp_dir``: exactly its processes.
 
-    Its files go from :func:`state_dir`, and the folder too when nothing else is in it
-    (a ``--state-dir`` may be a folder of the user's).
+    ``temp_dir`` names a head by its ``--temp-dir`` (``fedray up``'s or one started with
+    ``ray start --head --temp-dir``). The warm instance's files go from :func:`state_dir`,
+    and the folder too when nothing else is in it (a ``--state-dir`` may be a folder of
+    the user's). Returns how many processes were killed.
+
+    Raises:
+        FedrayError: ``temp_dir`` is no Ray temp dir (it holds no ``session_*``).
     """
     state = UpState.load()
+    if temp_dir is not None:
+        temp = os.path.abspath(temp_dir)
+        if not any(Path(temp).glob("session_*")):
+            raise FedrayError(
+                f"--temp-dir {temp_dir}: no Ray head's temp dir (no session_* in it); expected "
+                "the --temp-dir of a head started with `ray start --head --temp-dir DIR` or "
+                "`fedray up`"
+            )
+        if state is None or os.path.abspath(state.temp_dir) != temp:
+            return kill_instance(temp)
     if state is None:
         return 0
     killed = kill_instance(state.temp_dir, state.client_port)
@@ -365,30 +379,3 @@ def down() -> int:
     with contextlib.suppress(OSError):  # not empty: someone else's files stay
         state_dir().rmdir()
     return killed
-
-
-def kill_instance(temp_dir: str, client_port: int) -> int:
-    """Kill exactly one Ray instance started with ``ray start --temp-dir``; how many died.
-
-    Its processes carry the temp dir in their command line, except the head's client
-    server, which carries only its port; workers and agents rename themselves
-    (``ray::...``), so each match's whole process tree goes. Never ``ray stop``, which
-    stops every Ray instance on the machine.
-    """
-    import psutil
-
-    marks = (temp_dir, f"--ray-client-server-port={client_port}", f"--port={client_port}")
-    victims: set[Any] = set()
-    for p in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            cmd = " ".join(p.info["cmdline"] or [])
-            if any(m in cmd for m in marks) and p.pid != os.getpid():
-                victims.add(p)
-                victims.update(p.children(recursive=True))
-    for p in victims:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(list(victims), timeout=10)
-    time.sleep(0.2)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-    return len(victims)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from fedray.runtime.connect import free_ports
-from fedray.runtime.warm import kill_instance
+from fedray.runtime.head import kill_instance
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]

@@ -14,7 +14,7 @@ import pytest
 
 from fedray.errors import FedrayError
 from fedray.runtime import warm
-from fedray.runtime.connect import MAX_TEMP_DIR
+from fedray.runtime.head import MAX_TEMP_DIR
 from tests.conftest import ROOT
 
 LINREG = str(ROOT / "experiments" / "linreg.yaml")
@@ -283,3 +283,47 @@ def test_down_deletes_only_what_up_wrote_into_the_state_dir(tmp_path, capsys):
     assert main(["down", "--state-dir", str(state)]) == 0
     assert "stopped the warm instance" in capsys.readouterr().out
     assert sorted(p.name for p in state.iterdir()) == ["notes.txt"]
+
+
+def _process(*args):
+    """A sleeping process whose command line carries ``args``, as a Ray process's does."""
+    code = "import time; time.sleep(120)"
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)])
+
+
+def test_kill_instance_kills_exactly_the_head_of_its_temp_dir(tmp_path):
+    temp, gcs = tmp_path / "head", "203.0.113.7:46390"  # a documentation address: no real head
+    (temp / "session_1").mkdir(parents=True)
+    ours = [
+        _process(f"--log_dir={temp}/session_1/logs", f"--gcs-address={gcs}"),  # gcs, monitor...
+        _process(f"--temp-dir={temp}"),  # the dashboard
+        _process("-m", "ray.util.client.server", f"--address={gcs}", "--port=46391"),  # no dir
+    ]
+    theirs = [
+        _process(f"--log_dir={temp}2/session_1/logs"),  # a neighbour: the same prefix
+        _process("-m", "ray.util.client.server", f"--address={gcs}1", "--port=46391"),
+        _process("--port=463912"),
+    ]
+    time.sleep(0.5)
+    try:
+        assert warm.kill_instance(str(temp)) == 3
+        assert [p.poll() is not None for p in ours + theirs] == [True] * 3 + [False] * 3
+        assert not temp.exists()
+    finally:
+        for p in ours + theirs:
+            p.kill()
+            p.wait()
+
+
+def test_down_of_a_folder_that_is_no_ray_temp_dir_is_one_line(tmp_path, capsys):
+    from fedray.cli import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["down", "--temp-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"fedray: error: --temp-dir {tmp_path}: no Ray head's temp dir (no session_* in it); "
+        "expected the --temp-dir of a head started with `ray start --head --temp-dir DIR` "
+        "or `fedray up`"
+    )
+    assert (tmp_path / "notes.txt").is_file()
