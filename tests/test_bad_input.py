@@ -304,3 +304,18 @@ def test_an_address_that_accepts_but_does_not_speak_ray_is_one_line(kind, tmp_pa
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert err.startswith(f"fedray: error: runtime.address = '{address}': "), err
     assert says in err and "expected host:port of a Ray head's GCS" in err, err
+
+
+def test_a_sweep_at_a_silent_address_is_one_line_within_its_timeout(tmp_path, capsys):
+    result: dict[str, int] = {}
+    with _listener(_silent) as address:
+        argv = ["sweep", str(ROOT / "experiments" / "linreg.yaml"), "--grid", "rounds=[1,2]"]
+        argv += ["--address", address, "--set", "runtime.connect_timeout_s=0.5"]
+        argv += ["--out", str(tmp_path / "sweep")]
+        runner = threading.Thread(target=lambda: result.update(code=main(argv)), daemon=True)
+        runner.start()
+        runner.join(timeout=30)
+    assert not runner.is_alive(), f"fedray sweep --address {address} hangs"
+    err = capsys.readouterr().err.strip()
+    assert result["code"] == 2 and len(err.splitlines()) == 1, (result, err)
+    assert err.startswith(f"fedray: error: runtime.address = '{address}': something accepts")
