@@ -37,6 +37,7 @@ from fedray.callbacks import (
     ProgressBar,
     TensorBoardLogger,
 )
+from fedray.client.devices import import_keras
 from fedray.compat import chain
 from fedray.config import Config
 from fedray.errors import ConfigError, FedrayError, RoundFailedError
@@ -58,7 +59,7 @@ class RunHistory(History):
 
     def model(self) -> Any:
         """Load the final global model with Keras."""
-        import keras
+        keras = import_keras()  # TensorFlow's start-up lines hidden
 
         if self.out_dir is None:
             raise ValueError("this history has no run directory (its run has not finished)")

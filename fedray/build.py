@@ -229,7 +229,13 @@ def make_executor(
     if (address := resolve_address(rt.address)) != rt.address:  # $FEDRAY_ADDRESS
         cfg = cfg.model_copy(update={"runtime": rt.model_copy(update={"address": address})})
         check_compatible(features(cfg))  # as if the config had named it
-    started = connect(address, num_cpus=rt.num_cpus, num_gpus=rt.num_gpus, verbose=rt.verbose)
+    started = connect(
+        address,
+        num_cpus=rt.num_cpus,
+        num_gpus=rt.num_gpus,
+        verbose=rt.verbose,
+        timeout_s=rt.connect_timeout_s,
+    )
     try:
         return RayExecutor(cfg, strategy.aggregator, **options), started
     except BaseException:

@@ -9,8 +9,10 @@ its rows, and callbacks that need past rounds read them from it (``self.history`
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -274,6 +276,10 @@ def _fmt(value: Any) -> str:
 class ProgressBar(Callback):
     """A rich progress bar over rounds showing the latest loss and metrics.
 
+    Off a terminal (a job, CI, a pipe; rich's ``Console.is_terminal``, Jupyter aside) a bar
+    would be drawn once, at the end, cut to 80 columns; there it prints one plain,
+    unwrapped line per round instead (``round 3/10  0:00:02  fit/loss=1.02 ...``).
+
     Args:
         total_rounds: Number of rounds in the run.
         keys: Log keys to show next to the bar, when present.
@@ -284,9 +290,12 @@ class ProgressBar(Callback):
         self.keys = list(keys)
         self._progress: Any = None
         self._task: Any = None
+        self._lines: Any = None  # the console of the plain lines, off a terminal
+        self._start = 0.0
 
     def on_run_begin(self, logs: Logs) -> None:
-        """Start the bar."""
+        """Start the bar (or, off a terminal, the clock of the plain lines)."""
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -295,6 +304,10 @@ class ProgressBar(Callback):
             TimeElapsedColumn,
         )
 
+        console = Console()
+        if not (console.is_terminal or console.is_jupyter):
+            self._lines, self._start = console, time.monotonic()
+            return
         self._progress = Progress(
             TextColumn("round"),
             BarColumn(),
@@ -308,16 +321,20 @@ class ProgressBar(Callback):
 
     def on_round_end(self, server_round: int, logs: Logs) -> None:
         """Advance and show the latest values."""
-        if self._progress is None:
-            return
         stats = "  ".join(f"{k}={_fmt(logs[k])}" for k in self.keys if k in logs)
-        self._progress.update(self._task, completed=server_round, stats=stats)
+        if self._lines is not None:
+            elapsed = datetime.timedelta(seconds=int(time.monotonic() - self._start))
+            line = f"round {server_round}/{self.total_rounds}  {elapsed}  {stats}"
+            self._lines.print(line, soft_wrap=True, markup=False, highlight=False)
+        if self._progress is not None:
+            self._progress.update(self._task, completed=server_round, stats=stats)
 
     def on_run_end(self, logs: Logs) -> None:
         """Stop the bar."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        self._lines = None
 
 
 class LoggingCallback(Callback):

@@ -2,7 +2,8 @@
 
 ``fedray run CONFIG.yaml [--set key=value ...] [--out DIR] [--resume-if-exists] [--address A]``
 ``fedray sweep CONFIG --grid KEY=[v1,v2] [--grid ...] [--seeds N] [--max-concurrent K] [--out DIR]``
-``fedray up [--num-cpus N] [--hosts K]`` / ``fedray down``: a warm instance (``--address fedray``)
+``fedray up [--num-cpus N] [--hosts K] [--state-dir DIR] [--temp-dir DIR]`` / ``fedray down
+[--state-dir DIR | --temp-dir DIR]``: a warm instance (``--address fedray [--state-dir DIR]``)
 ``fedray cluster-token [--out .ray-token] [--force]``
 ``fedray plot RUN [RUN ...] [--out FILE.png] [--metric KEY]`` / ``fedray report RUN``
 ``fedray predict RUN --input FILE.csv [--output FILE.csv]``
@@ -27,14 +28,27 @@ logger = logging.getLogger("fedray.cli")
 
 
 def _setup_logging(verbose: bool) -> None:
+    """Log to stdout: rich's columns on a terminal, else whole plain lines (jobs, CI, pipes).
+
+    Off a terminal rich would wrap each line at 80 columns.
+    """
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
-    )
+    handler: logging.Handler
+    if Console().is_terminal:
+        handler = RichHandler(show_path=False, rich_tracebacks=False)
+    else:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler])
     logging.getLogger("fedray").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+STATE_DIR_HELP = (
+    "where `fedray up` keeps the state of its instance: one instance per folder "
+    "(default: $FEDRAY_UP_DIR, else ~/.cache/fedray/up)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="Ray cluster to join: 'auto', host:port, or 'fedray' for the "
                    "warm instance of `fedray up` (default: a private local one)")  # fmt: skip
     r.add_argument("--local", action="store_true", help="run clients in-process, without Ray")
+    r.add_argument("--state-dir", metavar="DIR", help=STATE_DIR_HELP + " (with --address fedray)")
     r.add_argument(
         "--resume",
         metavar="DIR",
@@ -87,7 +102,22 @@ def _parser() -> argparse.ArgumentParser:
     upp = sub.add_parser("up", help="start a warm local Ray instance: hosts with TensorFlow loaded")
     upp.add_argument("--num-cpus", type=int, help="its CPUs (default: this machine's)")
     upp.add_argument("--hosts", type=int, help="warm hosts (default: one per CPU)")
-    sub.add_parser("down", help="stop exactly the instance `fedray up` started")
+    upp.add_argument("--state-dir", metavar="DIR", help=STATE_DIR_HELP)
+    upp.add_argument(
+        "--temp-dir",
+        metavar="DIR",
+        help="Ray's temp dir for it, new or empty, deleted by `fedray down`; a short path "
+        "(Ray's sockets live in it) (default: a new /tmp/fedray-up-*)",
+    )
+    dn = sub.add_parser("down", help="stop exactly the instance `fedray up` started")
+    dn.add_argument("--state-dir", metavar="DIR", help=STATE_DIR_HELP)
+    dn.add_argument(
+        "--temp-dir",
+        metavar="DIR",
+        help="instead, stop exactly the Ray head whose temp dir is DIR (`ray start --head "
+        "--temp-dir DIR`, or fedray up's) and delete DIR; never `ray stop`, which stops "
+        "every Ray instance of the machine",
+    )
     ct = sub.add_parser(
         "cluster-token", help="write a new Ray auth token for a cluster (file mode 0600)"
     )
@@ -166,6 +196,10 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append("runtime.progress=false")
     if args.verbose:
         overrides.append("runtime.verbose=true")
+    if args.state_dir is not None:
+        from fedray.runtime.warm import use_state_dir
+
+        use_state_dir(args.state_dir)
     if args.resume and args.out and args.out != args.resume:
         raise FedrayError(f"--resume {args.resume} writes into that directory; drop --out")
     out = args.resume or args.out
@@ -222,6 +256,12 @@ def _warm(args: argparse.Namespace) -> int:
 
     from fedray.runtime import warm
 
+    if args.state_dir is not None:
+        warm.use_state_dir(args.state_dir)
+    if args.command == "down" and args.temp_dir is not None:
+        killed = warm.down(args.temp_dir)
+        print(f"stopped the Ray head of {args.temp_dir} ({killed} processes)")
+        return 0
     if args.command == "down":
         state = warm.UpState.load()
         killed = warm.down()
@@ -231,11 +271,12 @@ def _warm(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise FedrayError(f"{flag} {value}: expected an integer >= 1")
     t0 = time.perf_counter()
-    state = warm.up(args.num_cpus, args.hosts)
+    state = warm.up(args.num_cpus, args.hosts, temp_dir=args.temp_dir)
     print(f"warm instance up in {time.perf_counter() - t0:.1f} s: {state.cpus:g} CPUs, "
           f"{state.hosts} hosts with TensorFlow loaded")  # fmt: skip
-    print(f"use it: fedray run CONFIG --address {warm.ADDRESS}   (or export "
-          f"{warm.ENV}={warm.ADDRESS}); stop it: fedray down")  # fmt: skip
+    where = "" if args.state_dir is None else f" --state-dir {args.state_dir}"
+    print(f"use it: fedray run CONFIG --address {warm.ADDRESS}{where}   (or export "
+          f"{warm.ENV}={warm.ADDRESS}); stop it: fedray down{where}")  # fmt: skip
     return 0
 
 

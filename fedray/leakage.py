@@ -42,7 +42,9 @@ def audit_run(run_dir: str | Path, *, max_examples: int = 2000) -> dict[str, Any
     d = Path(run_dir)
     if not (d / "summary.json").is_file() or not (d / "model.keras").is_file():
         raise FedrayError(f"'{d}' is not a finished fedray run (needs summary.json, model.keras)")
-    import keras  # only once the run is known to exist: bad input fails in a clean line
+    from fedray.client.devices import import_keras
+
+    keras = import_keras()  # only once the run is known to exist: bad input fails in a clean line
 
     from fedray import config as config_mod
     from fedray.data import load_host_data

@@ -1,11 +1,12 @@
 """Looking at finished runs.
 
-Curves (``fedray plot``), a summary table (``fedray report``) and predictions from the
-saved model (``fedray predict``).
+Curves (``fedray plot``, and a sweep's ``sweep.png``), a summary table (``fedray
+report``) and predictions from the saved model (``fedray predict``).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,40 +42,145 @@ def default_metrics(df: Any) -> list[str]:
     return [c for c in prefer if not c.endswith("/clients")]
 
 
-def plot_runs(
-    run_dirs: Sequence[str | Path], out: str | Path, metrics: Sequence[str] | None = None
-) -> Path:
-    """Draw each metric vs round and vs wall-clock time, one line per run, into a PNG."""
+def check_metrics(runs: Sequence[tuple[str, Any]], metrics: Sequence[str]) -> None:
+    """Refuse a metric that no run logs: one line with a "did you mean" and the choices.
+
+    Raises:
+        FedrayError: A name in ``metrics`` is a column of none of the runs' tables.
+    """
+    logged = list(dict.fromkeys(c for _, df in runs for c in df.columns if c != "round"))
+    for name in metrics:
+        if name not in logged:
+            hint = difflib.get_close_matches(name, logged, n=1)
+            also = f" (did you mean {hint[0]!r}?)" if hint else ""
+            shown = ", ".join(logged[:30]) + (", ..." if len(logged) > 30 else "")
+            raise FedrayError(f"--metric {name!r}: no run logs it{also}; expected one of: {shown}")
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+_DASHES = ("-", "--", ":", "-.")
+
+
+def curve_style(i: int) -> dict[str, Any]:
+    """Curve ``i``'s marker, line style and width: no two of the first 12 alike.
+
+    Each curve is drawn thinner, with a smaller marker, than the one before (in a cycle
+    of four) and half-transparent, so curves that coincide (two runs, or two
+    combinations of a sweep, that ended alike) still show each other.
+
+    >>> curve_style(0)
+    {'marker': 'o', 'linestyle': '-', 'linewidth': 2.6, 'markersize': 7.0, 'alpha': 0.8}
+    >>> curve_style(5)["linestyle"], curve_style(5)["linewidth"]
+    ('--', 2.0)
+    """
+    size = i % 4
+    return {
+        "marker": _MARKERS[i % len(_MARKERS)],
+        "linestyle": _DASHES[i % len(_DASHES)],
+        "linewidth": round(2.6 - 0.6 * size, 1),
+        "markersize": 7.0 - 1.5 * size,
+        "alpha": 0.8,
+    }
+
+
+def round_axis(ax: Any) -> None:
+    """Label ``ax``'s x axis in whole rounds (never 1.25)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+
+
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig: Any, out: str | Path) -> Path:
+    """Write ``fig`` to the PNG ``out`` (its folder made if need be) and close it."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def runs_figure(run_dirs: Sequence[str | Path], metrics: Sequence[str] | None = None) -> Any:
+    """The figure of :func:`plot_runs`: per metric, by round and by wall-clock time.
+
+    Raises:
+        FedrayError: A run directory is not a finished run, or no run logs a metric.
+    """
     runs = [(Path(d).name, *load_run(d)) for d in run_dirs]
     names = list(metrics or default_metrics(runs[0][1]))
     if not names:
         raise FedrayError(f"no metrics to plot in '{run_dirs[0]}'")
-    fig, axes = plt.subplots(len(names), 2, figsize=(10, 3.2 * len(names)), squeeze=False)
+    check_metrics([(label, df) for label, df, _ in runs], names)
+    height = 3.2 * len(names) + 0.4
+    fig, axes = _pyplot().subplots(len(names), 2, figsize=(10, height), squeeze=False)
     for row, name in enumerate(names):
-        for label, df, _ in runs:
+        for i, (label, df, _) in enumerate(runs):
             if name not in df.columns:
                 continue
             wall = df["time/round_s"].cumsum()
             seen = df[name].notna()  # e.g. federated evaluation every few rounds
-            axes[row][0].plot(df["round"][seen], df[name][seen], marker=".", label=label)
-            axes[row][1].plot(wall[seen], df[name][seen], marker=".", label=label)
-        axes[row][0].set_xlabel("round")
+            style = {"label": label, **curve_style(i)}
+            axes[row][0].plot(df["round"][seen], df[name][seen], **style)
+            axes[row][1].plot(wall[seen], df[name][seen], **style)
+        round_axis(axes[row][0])
+        axes[row][0].set_title(f"{name} by round")
         axes[row][1].set_xlabel("wall-clock time in rounds (s)")
+        axes[row][1].set_title(f"{name} by wall-clock time")
         for ax in axes[row]:
             ax.set_ylabel(name)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
+    fig.suptitle(", ".join(label for label, _, _ in runs))
     fig.tight_layout()
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_runs(
+    run_dirs: Sequence[str | Path], out: str | Path, metrics: Sequence[str] | None = None
+) -> Path:
+    """Draw each metric vs round and vs wall-clock time, one line per run, into a PNG.
+
+    Raises:
+        FedrayError: A run directory is not a finished run, or no run logs a metric
+            (nothing is written then).
+    """
+    return save_figure(runs_figure(run_dirs, metrics), out)
+
+
+def sweep_figure(stats: Any, metric: str, name: str) -> Any:
+    """A sweep's curves (:func:`fedray.sweeps.curves`): per combination, mean ± std over seeds.
+
+    Each combination has its own marker, line style and width (:func:`curve_style`), so
+    curves that coincide stay visible; the title names the sweep ``name``, the metric and
+    the seeds.
+    """
+    seeds = int(stats["count"].max())
+    fig, ax = _pyplot().subplots(figsize=(7.5, 4.5))
+    for i, (combo, g) in enumerate(stats.groupby("combo", sort=False)):
+        label = f"{combo} (n={int(g['count'].max())})"
+        (line,) = ax.plot(g["round"], g["mean"], label=label, **curve_style(i))
+        std = g["std"].fillna(0.0)
+        below, above = g["mean"] - std, g["mean"] + std
+        ax.fill_between(g["round"], below, above, alpha=0.15, color=line.get_color())
+    shown = "one seed per combination" if seeds == 1 else f"mean ± std over {seeds} seeds"
+    ax.set(ylabel=metric, title=f"{name}: {metric}, {shown}")
+    round_axis(ax)
+    low, high = stats["mean"].min(), stats["mean"].max()
+    if low > 0 and high / low > 100:  # losses that fall by orders of magnitude
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def report(run_dir: str | Path) -> Any:
@@ -161,9 +267,9 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
     bad = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if bad:
         raise DataError(f"'{src}': feature columns must be numeric; not numeric: {', '.join(bad)}")
-    import keras
+    from fedray.client.devices import import_keras
 
-    model = keras.saving.load_model(model_path)
+    model = import_keras().saving.load_model(model_path)
     expected = tuple(model.input_shape[1:])
     x = features.to_numpy(dtype=np.float32)
     if x.shape[1:] != expected:

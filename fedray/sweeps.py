@@ -273,29 +273,10 @@ def curves(out: str | Path) -> tuple[Any, str]:
 
 def plot(out: str | Path) -> Path:
     """``sweep.png``: each combination's curve, mean ± std over its seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fedray.reports import save_figure, sweep_figure
 
     stats, metric = curves(out)
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for combo, g in stats.groupby("combo", sort=False):
-        line = ax.plot(g["round"], g["mean"], label=f"{combo} (n={int(g['count'].max())})")
-        std = g["std"].fillna(0.0)
-        ax.fill_between(g["round"], g["mean"] - std, g["mean"] + std, alpha=0.2,
-                        color=line[0].get_color())  # fmt: skip
-    ax.set(xlabel="round", ylabel=metric, title=f"sweep {Path(out).name}: mean ± std over seeds")
-    low, high = stats["mean"].min(), stats["mean"].max()
-    if low > 0 and high / low > 100:  # losses that fall by orders of magnitude
-        ax.set_yscale("log")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(out) / "sweep.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(sweep_figure(stats, metric, Path(out).name), Path(out) / "sweep.png")
 
 
 def _cell(value: Any) -> str:

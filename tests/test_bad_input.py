@@ -7,6 +7,11 @@ and what is allowed. The CLI cases run ``fedray`` in-process: exit status 2, one
 on stderr, no traceback.
 """
 
+import concurrent.futures
+import contextlib
+import socket
+import threading
+import time
 import types
 import typing
 
@@ -213,3 +218,104 @@ def test_every_cli_mistake_is_one_line_with_exit_status_2(argv, named, capsys, m
     assert code == 2, (code, err)
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert err.startswith("fedray: error: ") and named in err, err
+
+
+# --- addresses that accept a connection but do not speak Ray -----------------------------
+# Each is a listener on a free loopback port, as a newcomer meets them: a firewall or a
+# stuck service that accepts and never answers, the dashboard's HTTP port (8265), Ray's
+# client server (a gRPC server without the GCS's services, 10001), a web server, a service
+# that hangs up. `ray.init` retries each for minutes; fedray must say what answered, in one
+# line naming the address as given, within runtime.connect_timeout_s.
+def _silent(conn):
+    conn.recv(65536)  # holds the connection open and never answers
+    time.sleep(60)
+
+
+def _http_400(conn):
+    conn.recv(65536)  # an HTTP/1.1 server's answer to anything it cannot parse (the dashboard)
+    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+def _hang_up(conn):
+    conn.close()
+
+
+def _web_page(conn):
+    conn.recv(65536)  # an old-style web server: a page without a status line
+    conn.sendall(b"<!DOCTYPE html><html><body>hello</body></html>\n")
+
+
+@contextlib.contextmanager
+def _listener(serve):
+    sock = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def accept():
+        while not done.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        done.set()
+        sock.close()
+
+
+@contextlib.contextmanager
+def _grpc_server():
+    import grpc
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
+LISTENERS = {
+    "accepts and stays silent": (lambda: _listener(_silent), "did not answer as a Ray head"),
+    "HTTP server (dashboard)": (lambda: _listener(_http_400), "an HTTP server answers there"),
+    "gRPC server (client server)": (_grpc_server, "a gRPC server answers there, but not"),
+    "hangs up": (lambda: _listener(_hang_up), "but not as a Ray head"),
+    "web page": (lambda: _listener(_web_page), "but not as a Ray head"),
+}
+
+
+@pytest.mark.parametrize("kind", list(LISTENERS))
+def test_an_address_that_accepts_but_does_not_speak_ray_is_one_line(kind, tmp_path, capsys):
+    start, says = LISTENERS[kind]
+    result: dict[str, int] = {}
+    with start() as address:
+        argv = ["run", str(ROOT / "experiments" / "linreg.yaml"), "--address", address]
+        argv += ["--set", "runtime.connect_timeout_s=0.5", "--out", str(tmp_path / "run")]
+        runner = threading.Thread(target=lambda: result.update(code=main(argv)), daemon=True)
+        runner.start()
+        runner.join(timeout=30)  # the hang guard: the probe gives up after 0.5 s
+    assert not runner.is_alive(), f"fedray run --address {address} ({kind}) hangs"
+    err = capsys.readouterr().err.strip()
+    assert result["code"] == 2, (result, err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"fedray: error: runtime.address = '{address}': "), err
+    assert says in err and "expected host:port of a Ray head's GCS" in err, err
+
+
+def test_a_sweep_at_a_silent_address_is_one_line_within_its_timeout(tmp_path, capsys):
+    result: dict[str, int] = {}
+    with _listener(_silent) as address:
+        argv = ["sweep", str(ROOT / "experiments" / "linreg.yaml"), "--grid", "rounds=[1,2]"]
+        argv += ["--address", address, "--set", "runtime.connect_timeout_s=0.5"]
+        argv += ["--out", str(tmp_path / "sweep")]
+        runner = threading.Thread(target=lambda: result.update(code=main(argv)), daemon=True)
+        runner.start()
+        runner.join(timeout=30)
+    assert not runner.is_alive(), f"fedray sweep --address {address} hangs"
+    err = capsys.readouterr().err.strip()
+    assert result["code"] == 2 and len(err.splitlines()) == 1, (result, err)
+    assert err.startswith(f"fedray: error: runtime.address = '{address}': something accepts")

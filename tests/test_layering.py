@@ -53,6 +53,7 @@ LIGHT = [
     "fedray.sweeps",
     "fedray.runtime.tune",
     "fedray.runtime.warm",
+    "fedray.runtime.head",
     "fedray.cli_privacy",
 ]
 

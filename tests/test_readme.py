@@ -76,3 +76,27 @@ def test_every_config_key_has_a_meaning_in_the_reference():
     rows = [r for r in config_reference().splitlines() if r.startswith("| `")]
     assert len(rows) > 80
     assert [r for r in rows if r.rstrip().endswith("|  |")] == []
+
+
+@pytest.mark.keras
+def test_readme_sweep_example_converges_in_every_combination(tmp_path):
+    # Each combination of the README's grid, run in-process with the first seed (the same
+    # weights as on Ray): the hello-world's eval/loss ends near its noise floor (1.0).
+    import itertools
+    import re
+
+    import fedray
+    from fedray.sweeps import parse_grid
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(fedray sweep .*?)```", text, re.S).group(1)
+    grid = parse_grid(re.findall(r"--grid (\S+)", block))
+    assert len(grid) == 2
+    ends = {}
+    for i, combo in enumerate(itertools.product(*grid.values())):
+        sets = [f"{k}={v}" for k, v in zip(grid, combo, strict=True)]
+        local = ["runtime.executor=local", "runtime.progress=false"]
+        config = ROOT / "experiments" / "linreg.yaml"
+        history = fedray.run(config, out=tmp_path / str(i), overrides=[*sets, *local])
+        ends[", ".join(sets)] = history.final["eval/loss"]
+    assert all(loss < 3.0 for loss in ends.values()), ends

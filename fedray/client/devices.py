@@ -17,10 +17,12 @@ import contextlib
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,9 +237,101 @@ def data_tensors(tf: Any, arrays: Sequence[np.ndarray], facts: dict[str, Any]) -
         return [cpu_tensor(tf, a) for a in arrays]
 
 
-def import_tensorflow() -> Any:
-    """Import TensorFlow (and with it Keras) without Keras' scikit-learn wrappers.
+_ABSL_RECORD = re.compile(
+    r"^(?:(?P<a>[IWEF])\d{4} [\d:.]+ +\d+ \S+:\d+\]"  # absl: I0000 00:00:17.5  42 port.cc:153]
+    r"|\d{4}-\d\d-\d\d [\d:.]+: (?P<b>[IWEF]) \S+:\d+\])"  # older: 2024-01-11 05:40:05.1: I x.cc:1]
+)
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
+_SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
 
+
+def without_tf_logs(text: str, min_level: int) -> str:
+    r"""``text`` without TensorFlow's C++ log records below ``min_level``.
+
+    Levels as ``TF_CPP_MIN_LOG_LEVEL``: 0 info, 1 warning, 2 error, 3 fatal; absl's
+    notice that its logging is not initialised yet counts as a warning. Other lines are
+    kept (a record's continuation lines too: TensorFlow itself withholds its multi-line
+    records below the level).
+
+    >>> noise = ("WARNING: All log messages before absl::InitializeLog() is called are "
+    ...          "written to STDERR\nI0000 00:00:1796671267.163245   18909 port.cc:153] "
+    ...          "oneDNN custom operations are on.\nmine\n")
+    >>> without_tf_logs(noise, 2)
+    'mine\n'
+    >>> without_tf_logs("2024-01-11 05:40:05.061907: W x/cpu_feature_guard.cc:182] AVX\n"
+    ...                 "E0000 00:00:1.5 7 cuda.cc:1] failed call to cuInit\n", 2)
+    'E0000 00:00:1.5 7 cuda.cc:1] failed call to cuInit\n'
+    """
+    kept: list[str] = []
+    for line in text.splitlines(keepends=True):
+        record = _ABSL_RECORD.match(line)
+        if record is not None:
+            if _SEVERITY[record.group("a") or record.group("b")] >= min_level:
+                kept.append(line)
+        elif not (line.startswith(_ABSL_PREAMBLE) and min_level > 1):
+            kept.append(line)
+    return "".join(kept)
+
+
+@contextlib.contextmanager
+def quiet_tensorflow_start(*, verbose: bool = False) -> Iterator[None]:
+    """While the block loads TensorFlow, hide its C++ start-up lines unless ``verbose``.
+
+    TensorFlow's shared libraries log as they load (absl's notice that its logging is not
+    initialised, oneDNN's notice, ``cpu_feature_guard``), straight to the process's
+    file descriptor 2, and ``TF_CPP_MIN_LOG_LEVEL`` does not stop them all. So the
+    first time TensorFlow loads in a process, descriptor 2 goes to a temporary file for
+    the block, and what was written there is then copied back to stderr without the
+    records below ``TF_CPP_MIN_LOG_LEVEL`` (set to 2, errors only, unless the
+    environment sets it): errors and anything else (another thread's lines) still
+    arrive, later. ``TF_CPP_MIN_LOG_LEVEL=0`` in the environment, or ``verbose``, shows
+    everything as it comes.
+    """
+    if verbose or "tensorflow" in sys.modules:
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    level = os.environ["TF_CPP_MIN_LOG_LEVEL"]
+    min_level = int(level) if level.isdigit() else 2
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable descriptor 2 (a closed stderr)
+        saved = -1
+    if min_level == 0 or saved < 0:
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = without_tf_logs(sink.read().decode(errors="replace"), min_level)
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+def import_keras(*, verbose: bool = False) -> Any:
+    """Import Keras (and with it TensorFlow), its start-up lines hidden unless ``verbose``.
+
+    For the driver's own uses (a run's model, ``fedray predict``, ``fedray audit``):
+    scikit-learn stays importable, unlike in :func:`import_tensorflow`.
+    """
+    with quiet_tensorflow_start(verbose=verbose):
+        import keras
+    return keras
+
+
+def import_tensorflow(*, verbose: bool = False) -> Any:
+    """Import TensorFlow (and with it Keras) quietly, without Keras' scikit-learn wrappers.
+
+    Its start-up lines are hidden unless ``verbose`` (:func:`quiet_tensorflow_start`).
     Importing Keras 3 imports ``keras.wrappers``, which imports scikit-learn (and SciPy)
     whenever it is installed: about 1 s of CPU in every host process, for wrappers no
     host uses. So unless this process has imported scikit-learn already (the digits
@@ -245,12 +339,14 @@ def import_tensorflow() -> Any:
     whoever asks for it later; only ``keras.wrappers.SKLearn*`` stays unusable here.
     """
     if "tensorflow" in sys.modules or "sklearn" in sys.modules:
-        import tensorflow as tf
+        with quiet_tensorflow_start(verbose=verbose):
+            import tensorflow as tf
 
         return tf
     sys.modules["sklearn"] = None  # type: ignore[assignment]  # `import sklearn` fails fast
     try:
-        import tensorflow as tf
+        with quiet_tensorflow_start(verbose=verbose):
+            import tensorflow as tf
     finally:
         del sys.modules["sklearn"]
     return tf
@@ -268,7 +364,7 @@ def configure_tensorflow(
     if "tensorflow" not in sys.modules:
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
         os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
-    tf = import_tensorflow()
+    tf = import_tensorflow(verbose=verbose)
     facts: dict[str, Any] = {}
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -252,6 +252,11 @@ class RuntimeConfig(_Section):
     """unset: private local Ray instance (or `$FEDRAY_ADDRESS`); `auto` or host:port: a running
     cluster; `fedray`: the warm instance of `fedray up` (see [Warm runs](usage.md#warm-runs))
     """
+    connect_timeout_s: float = Field(3.0, gt=0)
+    """how long the Ray head at `runtime.address` may take to answer before the run stops with
+    one line saying what answered instead (nothing, an HTTP server such as the dashboard, another
+    gRPC server such as Ray's client server); raise it for a head across a slow link
+    """
     clients_per_actor: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     """clients served by one actor (one model, shards of each); `auto`: one actor per client while
     the cluster's CPUs allow, packed beyond that (see [Speed and scale](performance.md#scale))

@@ -14,26 +14,47 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from fedray.errors import FedrayError
+from fedray.errors import FedrayError, one_line
 
 logger = logging.getLogger(__name__)
 
 
-def probe_address(address: str, timeout_s: float = 3.0) -> None:
-    """Fail within seconds when ``host:port`` has no listener (Ray itself may retry for minutes).
+CONNECT_TIMEOUT_S = 3.0
+"""Default ``runtime.connect_timeout_s``: how long the head at ``runtime.address`` may take."""
 
-    ``auto`` and ``ray://`` addresses are left to Ray, which fails fast when no cluster
-    is found.
+_DEFAULT_GCS_PORT = 6379
+_NOT_A_HEAD = (
+    "expected host:port of a Ray head's GCS (`ray start --head --port=PORT`, default "
+    f"{_DEFAULT_GCS_PORT}), or leave runtime.address unset for a private local instance"
+)
+
+
+def probe_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail within ``timeout_s`` unless a Ray head's GCS answers at ``host:port``.
+
+    ``ray.init`` retries an address that does not answer as a GCS for minutes, printing
+    Ray's C++ warnings. So first a TCP connection (a refused one fails at once), then one
+    gRPC call of the GCS's own (``GetClusterId``, over Ray's channel with its TLS and
+    token settings), with ``timeout_s`` as its deadline. Its answer tells a GCS (or one
+    that refuses this client's auth token) from a listener that never answers, an HTTP
+    server (the dashboard, port 8265) or another gRPC server (Ray's client server, port
+    10001). Ray connects to a loopback address as this machine's IP, so when that
+    differs, it is asked too. ``auto`` and ``ray://`` addresses are left to Ray, which
+    fails fast when no cluster is found.
+
+    Raises:
+        FedrayError: The address is malformed, or no Ray head answers there: one line
+            naming ``address`` as given.
     """
     if address == "auto" or "://" in address:
         return
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not host or not port.isdigit():
         raise FedrayError(
             f"runtime.address = {address!r}: expected 'auto' or host:port, e.g. 10.0.0.5:6379"
         )
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
             pass
     except OSError as exc:
         raise FedrayError(
@@ -41,6 +62,67 @@ def probe_address(address: str, timeout_s: float = 3.0) -> None:
             f"({exc.strerror or exc}); start one with `ray start --head --port={port}` "
             "or leave runtime.address unset for a private local instance"
         ) from None
+    why = _ask_gcs(address, timeout_s)
+    if why is None:
+        resolved = _ray_resolved(address)
+        if resolved != address and (why := _ask_gcs(resolved, timeout_s)) is not None:
+            why = f"at {resolved}, where Ray connects for a loopback address: {why}"
+    if why is not None:
+        raise FedrayError(f"runtime.address = {address!r}: {why}")
+
+
+def _ray_resolved(address: str) -> str:
+    """The address Ray's client connects to (a loopback host becomes this machine's IP)."""
+    from ray._private import services
+
+    try:
+        return str(services.canonicalize_bootstrap_address(address) or address)
+    except Exception:  # Ray's own checks report a bad address later
+        return address
+
+
+def _ask_gcs(address: str, timeout_s: float) -> str | None:
+    """None when a Ray GCS answers at ``address`` within ``timeout_s``, else what answered.
+
+    The answer completes "runtime.address = 'host:port': ...".
+    """
+    import grpc
+    from ray._private.gcs_utils import create_gcs_channel
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    channel = create_gcs_channel(address)
+    try:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout_s)
+        return None
+    except grpc.RpcError as exc:
+        code, details = exc.code(), str(exc.details() or "")
+    finally:
+        channel.close()
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return (
+            "the Ray head there refused this client's auth token; expected its token in "
+            'the environment: export RAY_AUTH_MODE=token RAY_AUTH_TOKEN="$(cat TOKEN_FILE)"'
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (
+            f"something accepts connections there but did not answer as a Ray head within "
+            f"{timeout_s:g} s (runtime.connect_timeout_s); {_NOT_A_HEAD}"
+        )
+    if "http1" in details:
+        return (
+            "an HTTP server answers there, not a Ray head (the dashboard, default port 8265, "
+            "takes `ray job submit --address http://HOST:8265`); " + _NOT_A_HEAD
+        )
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return (
+            "a gRPC server answers there, but not a Ray head's GCS (Ray's client server, "
+            "default port 10001, takes ray://HOST:10001); " + _NOT_A_HEAD
+        )
+    said = details.rpartition("last error: ")[2].strip().partition("\n")[0] or code.name
+    if "refused" in said.lower():
+        return f"nothing listens there ({said[:160]}); {_NOT_A_HEAD}"
+    return f"something answers there, but not as a Ray head ({said[:160]}); {_NOT_A_HEAD}"
 
 
 def write_token(path: str | os.PathLike[str], *, force: bool = False) -> str:
@@ -163,7 +245,12 @@ def job_address() -> str | None:
 
 
 def connect(
-    address: str | None, *, num_cpus: int | None, verbose: bool, num_gpus: float | None = None
+    address: str | None,
+    *,
+    num_cpus: int | None,
+    verbose: bool,
+    num_gpus: float | None = None,
+    timeout_s: float = CONNECT_TIMEOUT_S,
 ) -> bool:
     """Start a private local Ray instance (``address`` None) or join a cluster.
 
@@ -176,6 +263,9 @@ def connect(
     Inside a Ray job, ``address`` None joins the job's cluster: a private instance
     there would inherit the job's runtime environment, which only the job's cluster
     holds, and fail to start its workers.
+
+    ``timeout_s`` bounds the wait for the head at a ``host:port`` ``address``
+    (:func:`probe_address`; ``runtime.connect_timeout_s``).
 
     Returns:
         True when this call started Ray (so the caller should shut it down).
@@ -212,13 +302,14 @@ def connect(
                 **kwargs,
             )
     else:
-        probe_address(address)
+        probe_address(address, timeout_s)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise FedrayError(
-                f"runtime.address = {address!r}: cannot connect to a Ray cluster ({exc}); "
-                "expected 'auto' or host:port of a running head (ray start --head)"
+                f"runtime.address = {address!r}: cannot connect to a Ray cluster "
+                f"({one_line(exc)}); expected 'auto' or host:port of a running head "
+                "(ray start --head)"
             ) from None
     if not verbose:
         route_worker_errors()

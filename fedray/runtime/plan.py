@@ -61,6 +61,26 @@ def clients_per_host(setting: int | str, num_clients: int, cpu_slots: float) -> 
     return math.ceil(num_clients / hosts)
 
 
+def auto_layout(num_clients: int, num_hosts: int, per_host: int, slots: float, unit: str) -> str:
+    """The line saying what ``clients_per_actor: auto`` chose for ``slots`` ``unit``.
+
+    Only a packed layout suggests one actor per client: when each client has its own
+    actor already, there is nothing to set.
+
+    >>> auto_layout(2, 2, 1, 2.0, "CPUs")
+    'runtime.clients_per_actor=auto: 2 clients on 2 actors, one per client, for 2 CPUs'
+    >>> auto_layout(8, 2, 4, 2.0, "CPUs").partition("; ")[2]
+    'set runtime.clients_per_actor=1 for one actor per client'
+    """
+    head = f"runtime.clients_per_actor=auto: {num_clients} clients on {num_hosts} actors"
+    if per_host == 1:
+        return f"{head}, one per client, for {slots:g} {unit}"
+    return (
+        f"{head} ({per_host} per actor) for {slots:g} {unit}; "
+        "set runtime.clients_per_actor=1 for one actor per client"
+    )
+
+
 def host_slots(resources: Mapping[str, float], gpus_per_host: float | None) -> float:
     """How many hosts fit at once: the CPUs, or with GPU shares ``GPUs / share``.
 

@@ -33,6 +33,7 @@ from fedray.runtime import warm
 from fedray.runtime.plan import (
     MAX_RERUNS,
     HostPlan,
+    auto_layout,
     clients_per_host,
     evaluators,
     fail_all,
@@ -106,15 +107,9 @@ class RayExecutor:
                 config.data.num_clients,
             )
         elif setting == "auto":
-            logger.info(
-                "runtime.clients_per_actor=auto: %d clients on %d actors (%d per actor) for "
-                "%g %s; set runtime.clients_per_actor=1 for one actor per client",
-                config.data.num_clients,
-                num_hosts,
-                per_host,
-                slots,
-                "CPUs" if gpus is None else f"GPU shares of {gpus:g}",
-            )
+            unit = "CPUs" if gpus is None else f"GPU shares of {gpus:g}"
+            clients = config.data.num_clients
+            logger.info("%s", auto_layout(clients, num_hosts, per_host, slots, unit))
         cpus_per_host = host_cpus(total_cpus, num_hosts, trial)
         threads = max(1, math.floor(total_cpus / num_hosts))
         # In-memory shards go into the object store once, each; a store actor keeps

@@ -117,10 +117,11 @@ def run_sweep(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
 
-    from fedray.runtime.connect import connect, shutdown
+    from fedray.runtime.connect import CONNECT_TIMEOUT_S, connect, shutdown
     from fedray.runtime.tune_view import SweepView
 
-    started = connect(address, num_cpus=None, verbose=False)
+    timeout_s = sweep.config.get("runtime", {}).get("connect_timeout_s", CONNECT_TIMEOUT_S)
+    started = connect(address, num_cpus=None, verbose=False, timeout_s=timeout_s)
     try:
         import ray
 

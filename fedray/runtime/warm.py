@@ -24,12 +24,10 @@ import gc
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from typing import Any
 from fedray.client.spec import HostSpec
 from fedray.errors import FedrayError
 from fedray.runtime.connect import free_ports, write_token
+from fedray.runtime.head import check_temp_dir, kill_instance
 from fedray.runtime.ray_host import RayClientHost
 
 logger = logging.getLogger(__name__)
@@ -52,9 +51,17 @@ REGISTRY = "registry"
 
 
 def state_dir() -> Path:
-    """The warm instance's state directory."""
+    """The warm instance's state directory (``$FEDRAY_UP_DIR``, else ``~/.cache/fedray/up``).
+
+    ``--state-dir`` of ``fedray up``, ``down`` and ``run`` sets it (:func:`use_state_dir`).
+    """
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fedray" / "up"
     return Path(os.environ.get(DIR_ENV) or default)
+
+
+def use_state_dir(path: str | os.PathLike[str]) -> None:
+    """Make ``path`` this process's :func:`state_dir` (``--state-dir``): one instance per folder."""
+    os.environ[DIR_ENV] = os.path.abspath(path)
 
 
 @dataclass(frozen=True)
@@ -253,25 +260,42 @@ def owner() -> tuple[str, int]:
     return socket.gethostname(), os.getpid()
 
 
-def up(num_cpus: int | None = None, hosts: int | None = None, timeout_s: float = 180) -> UpState:
+def up(
+    num_cpus: int | None = None,
+    hosts: int | None = None,
+    timeout_s: float = 180,
+    *,
+    temp_dir: str | os.PathLike[str] | None = None,
+) -> UpState:
     """Start the warm instance: a Ray head of its own and ``hosts`` warm hosts.
 
+    Its state goes to :func:`state_dir`; Ray's temp dir is ``temp_dir`` (checked by
+    :func:`check_temp_dir`; default a new ``/tmp/fedray-up-*``).
+
     Raises:
-        FedrayError: One is up already, or Ray did not start.
+        FedrayError: One is up already, ``temp_dir`` is unusable, or Ray did not start.
     """
     if (state := UpState.load()) is not None and Path(state.temp_dir).is_dir():
         raise FedrayError(
             f"a warm instance is up already ({state.address}, {state.hosts} hosts); "
             "`fedray down` stops it"
         )
+    temp = check_temp_dir(temp_dir) if temp_dir is not None else None
     cpus = num_cpus or os.cpu_count() or 1
     count = hosts or cpus
     if count < 1:
         raise FedrayError(f"--hosts {hosts}: expected an integer >= 1")
-    state_dir().mkdir(parents=True, exist_ok=True)
+    try:
+        state_dir().mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FedrayError(
+            f"--state-dir {state_dir()}: cannot create it ({exc.strerror}); expected a "
+            "writable directory"
+        ) from None
     write_token(state_dir() / "token", force=True)  # a fresh one, mode 0600
     token = _token()
-    temp_dir = tempfile.mkdtemp(prefix="fedray-up-", dir="/tmp")  # short: Ray's socket paths
+    temp_dir = temp or tempfile.mkdtemp(prefix="fedray-up-", dir="/tmp")  # short: socket paths
+    Path(temp_dir).mkdir(exist_ok=True)
     gcs, client, agent, nm, om, metrics, rte, agrpc, dash = free_ports(9)
     ray_cli = str(Path(sys.executable).parent / "ray")
     cmd = [ray_cli, "start", "--head", f"--port={gcs}", f"--num-cpus={cpus}",
@@ -321,38 +345,37 @@ def _start_hosts(state: UpState, token: str) -> None:
         ray.shutdown()
 
 
-def down() -> int:
-    """Stop the warm instance: kill exactly its processes; how many were killed."""
+STATE_FILES = ("up.json", "token")
+"""What ``fedray up`` writes into :func:`state_dir`, and all that ``fedray down`` deletes."""
+
+
+def down(temp_dir: str | None = None) -> int:
+    """Stop the warm instance, or the Ray head of ``temp_dir``: exactly its processes.
+
+    ``temp_dir`` names a head by its ``--temp-dir`` (``fedray up``'s or one started with
+    ``ray start --head --temp-dir``). The warm instance's files go from :func:`state_dir`,
+    and the folder too when nothing else is in it (a ``--state-dir`` may be a folder of
+    the user's). Returns how many processes were killed.
+
+    Raises:
+        FedrayError: ``temp_dir`` is no Ray temp dir (it holds no ``session_*``).
+    """
     state = UpState.load()
+    if temp_dir is not None:
+        temp = os.path.abspath(temp_dir)
+        if not any(Path(temp).glob("session_*")):
+            raise FedrayError(
+                f"--temp-dir {temp_dir}: no Ray head's temp dir (no session_* in it); expected "
+                "the --temp-dir of a head started with `ray start --head --temp-dir DIR` or "
+                "`fedray up`"
+            )
+        if state is None or os.path.abspath(state.temp_dir) != temp:
+            return kill_instance(temp)
     if state is None:
         return 0
     killed = kill_instance(state.temp_dir, state.client_port)
-    shutil.rmtree(state_dir(), ignore_errors=True)
+    for name in STATE_FILES:
+        (state_dir() / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: someone else's files stay
+        state_dir().rmdir()
     return killed
-
-
-def kill_instance(temp_dir: str, client_port: int) -> int:
-    """Kill exactly one Ray instance started with ``ray start --temp-dir``; how many died.
-
-    Its processes carry the temp dir in their command line, except the head's client
-    server, which carries only its port; workers and agents rename themselves
-    (``ray::...``), so each match's whole process tree goes. Never ``ray stop``, which
-    stops every Ray instance on the machine.
-    """
-    import psutil
-
-    marks = (temp_dir, f"--ray-client-server-port={client_port}", f"--port={client_port}")
-    victims: set[Any] = set()
-    for p in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            cmd = " ".join(p.info["cmdline"] or [])
-            if any(m in cmd for m in marks) and p.pid != os.getpid():
-                victims.add(p)
-                victims.update(p.children(recursive=True))
-    for p in victims:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(list(victims), timeout=10)
-    time.sleep(0.2)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-    return len(victims)

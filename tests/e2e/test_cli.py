@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,13 +12,14 @@ import pytest
 from tests.conftest import ROOT
 
 
-def _fedray(*args, timeout=300):
+def _fedray(*args, timeout=300, env=None):
     return subprocess.run(
         [sys.executable, "-m", "fedray.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=timeout,
+        env=env,
     )
 
 
@@ -148,3 +150,51 @@ def test_audit_of_a_missing_run_is_one_clear_line(tmp_path):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert lines == [f"fedray: error: '{tmp_path / 'nope'}' is not a finished fedray run "
                      "(needs summary.json)"]  # fmt: skip
+
+
+_TF_NOISE = re.compile(r"absl::InitializeLog|oneDNN|cpu_feature_guard|^[IW]\d{4} ", re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_tensorflow_start_up_lines_stay_hidden_in_every_process_that_loads_it(tmp_path):
+    # A newcomer's shell: no TF_CPP_MIN_LOG_LEVEL (tests/conftest.py sets one for pytest).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
+    out = tmp_path / "run"
+    # `fedray run --local`: the clients' TensorFlow loads in this process.
+    args = ["experiments/linreg.yaml", "--local", "--no-progress", "--set", "rounds=2"]
+    res = _fedray("run", *args, "--out", str(out), env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not _TF_NOISE.search(res.stderr), res.stderr
+    # `fedray predict`: Keras loads to read model.keras.
+    (tmp_path / "x.csv").write_text("x\n0\n10\n")
+    res = _fedray("predict", str(out), "--input", str(tmp_path / "x.csv"), env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not _TF_NOISE.search(res.stderr), res.stderr
+    # The Python API: a run's history loads its model (after a Ray run, the driver's first
+    # TensorFlow import is this one).
+    code = (
+        "from pathlib import Path\nfrom fedray.api import RunHistory\n"
+        f"h = RunHistory()\nh.out_dir = Path({str(out)!r})\nprint(h.model().count_params())\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "2", res.stderr[-3000:]
+    assert not _TF_NOISE.search(res.stderr), res.stderr
+
+
+@pytest.mark.slow
+def test_piped_output_keeps_long_log_lines_whole_and_shows_one_plain_line_per_round(tmp_path):
+    # As in a job, CI or `| tee`: stdout is a pipe. A log line longer than 80 columns
+    # (this one names the run directory) arrives as one line, and progress is one plain
+    # line per round instead of a bar drawn once, cut to 80 columns.
+    out = tmp_path / "a-run-directory-whose-name-makes-the-log-line-longer-than-eighty-columns"
+    args = ["experiments/linreg.yaml", "--local", "--set", "rounds=3", "--resume-if-exists"]
+    res = _fedray("run", *args, "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    assert any(line.endswith(f"INFO starting a new run in {out}") for line in lines), res.stdout
+    rounds = [line for line in lines if re.match(r"round \d/3 ", line)]
+    assert [r.split()[1] for r in rounds] == ["1/3", "2/3", "3/3"], res.stdout
+    assert all("fit/loss=" in r and "eval/loss=" in r and "eval/mae=" in r for r in rounds)
+    assert "━" not in res.stdout

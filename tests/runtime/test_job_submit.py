@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 
 from fedray.runtime.connect import free_ports
-from fedray.runtime.warm import kill_instance
+from fedray.runtime.head import kill_instance
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+FEDRAY_RUN = [sys.executable, "-m", "fedray", "run", str(ROOT / "experiments" / "linreg.yaml")]
 
 
 @pytest.fixture
@@ -48,7 +50,8 @@ def ray_head():
     try:
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-        yield {"env": env, "ray": ray_cli, "dashboard": f"http://127.0.0.1:{dash}"}
+        ports = {"gcs": gcs, "dashboard": dash, "client": client}
+        yield {"env": env, "ray": ray_cli, "dashboard": f"http://127.0.0.1:{dash}", "ports": ports}
     finally:
         kill_instance(temp_dir, client)
 
@@ -84,6 +87,33 @@ def test_jobs_with_the_token_join_their_cluster_and_a_killed_job_resubmitted_con
     assert (out / "model.keras").stat().st_size > 0
     # On the same head (one start less): a job killed mid-run, then submitted again.
     _killed_job_resubmitted_equals_an_uninterrupted_run(ray_head, tmp_path)
+    _run_address_is_the_gcs_and_any_other_port_is_one_line(ray_head, tmp_path)
+
+
+def _run_address_is_the_gcs_and_any_other_port_is_one_line(ray_head, tmp_path):
+    """`fedray run --address`: the head's GCS port joins; its other ports are one line, exit 2."""
+    ports, env = ray_head["ports"], ray_head["env"]
+    cases = [
+        ("dashboard", env, "an HTTP server answers there, not a Ray head"),
+        ("client", env, "a gRPC server answers there, but not a Ray head's GCS"),
+        ("gcs", {**env, "RAY_AUTH_MODE": "disabled"}, "refused this client's auth token"),
+    ]
+    for port, run_env, says in cases:
+        address = f"127.0.0.1:{ports[port]}"
+        argv = [*FEDRAY_RUN, "--address", address, "--set", "runtime.connect_timeout_s=2"]
+        argv += ["--out", str(tmp_path / port)]
+        res = subprocess.run(argv, env=run_env, capture_output=True, text=True, timeout=60)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, (port, res.stderr[-2000:])
+        assert lines[0].startswith(f"fedray: error: runtime.address = '{address}': "), lines
+        assert says in lines[0], lines
+    address = f"127.0.0.1:{ports['gcs']}"
+    argv = [*FEDRAY_RUN, "--address", address, "--no-progress", "--set", "rounds=2"]
+    argv += ["--out", str(tmp_path / "joined")]
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    summary = json.loads((tmp_path / "joined" / "summary.json").read_text())
+    assert summary["config"]["runtime"]["address"] == address
 
 
 def _killed_job_resubmitted_equals_an_uninterrupted_run(ray_head, tmp_path):
