@@ -140,3 +140,11 @@ def test_config_composes_or_refuses():
         with pytest.raises(ConfigError) as err:
             config.load({"data": {"num_clients": 8}}, extra)
         assert all(k in str(err.value) for k in keys) and "\n" not in str(err.value)
+
+
+def test_topk_keeps_the_largest_magnitudes_and_the_rest_as_residual():
+    agg = TopK(inner=Mean(weighting="uniform"), fraction=0.25)
+    out = agg.encode(_update(0, [np.array([-5.0, 0.1, 0.2, 0.3], np.float32)]), RoundInfo(1, 0))
+    out, kept = split_state(out)
+    np.testing.assert_array_equal(out.delta[0], [-5.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(kept[RESIDUAL][0], [0.0, 0.1, 0.2, 0.3])

@@ -78,3 +78,18 @@ def test_norm_bound_limits_a_sign_flip_attacker_under_mean():
         0
     ]
     assert plain[0] < -100 and bounded[0] > 0.4
+
+
+@pytest.mark.parametrize(
+    "n,beta,per_side", [(5, 0.1, 0), (10, 0.25, 2), (3, 0.45, 1), (20, 0.05, 1), (7, 0.3, 2)]
+)
+def test_trimmed_mean_trims_the_floor_of_beta_n_per_side(n, beta, per_side):
+    # A ceil survived every tier: on 5 values at 0.1 it trims one per side; on 3 at 0.45,
+    # two per side of three values, a NaN every round.
+    values = [-100.0, 1.0, 2.0, 3.0, 100.0] if n == 5 else list(range(n))
+    delta, _, meas = TrimmedMean(beta=beta).aggregate(_ups([[v] for v in values]), {}, RNG)
+    assert meas["trimmed_per_side"] == per_side
+    kept = sorted(values)[per_side : n - per_side]
+    np.testing.assert_allclose(delta[0], [np.mean(kept)], rtol=1e-6)
+    if n == 5:
+        np.testing.assert_allclose(delta[0], [1.2])  # nothing trimmed: the plain mean

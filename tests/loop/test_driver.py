@@ -245,3 +245,14 @@ def test_every_failure_of_a_retried_round_carries_its_attempt_whoever_reported_i
     assert sorted((f.attempt, f.client_id, f.cause) for f in step.failures) == [
         (a, c, cause) for a in range(3) for c, cause in ((0, "secagg"), (1, "error"), (2, "error"))
     ]
+
+
+def test_a_round_with_fewer_participants_than_min_fit_clients_does_not_commit():
+    # Only the zero-participant case was tested: 2 of 3 clients answer, 3 are needed.
+    ex = QuadraticExecutor([[2.0], [8.0], [4.0]], [1, 1, 1], behaviour={2: "fail"})
+    strategy = fedavg(min_fit_clients=3)
+    params, rows = _run(
+        ex, strategy, rounds=2, scheduler=SyncRounds(RoundPolicy(on_too_few="skip"))
+    )
+    np.testing.assert_allclose(params[0], [0.0])
+    assert [(r["clients/ok"], r["round/committed"]) for r in rows] == [(2, 0), (2, 0)]
