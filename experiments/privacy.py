@@ -113,9 +113,17 @@ def canary() -> None:
                                    "privacy.dp.clip=adaptive"]  # fmt: skip
         h = fedray.run(HERE / "blobs.yaml", overrides=[*base, *dp])
         p, c = h.summary["privacy"] or {}, h.summary["canaries"]
-        rows.append({"noise_multiplier": z, "epsilon": p.get("epsilon"),
-                     "canary_epsilon": c["epsilon"], "canary_mu": c["mu"],
-                     "canary_sigma": c["sigma"], "accuracy": h.final["eval/accuracy"]})  # fmt: skip
+        rows.append(
+            {
+                "noise_multiplier": z,
+                "epsilon": p.get("epsilon"),
+                "epsilon_pld": p.get("epsilon_pld"),
+                "canary_epsilon": c["epsilon"],
+                "canary_mu": c["mu"],
+                "canary_sigma": c["sigma"],
+                "accuracy": h.final["eval/accuracy"],
+            }
+        )
         print(rows[-1], flush=True)
     pd.DataFrame(rows).to_csv(RESULTS / "privacy_canary.csv", index=False)
 
