@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+"""A terminal colour or style code (Keras wraps its reasons in bold)."""
+
+_BOILERPLATE = re.compile(
+    r"Graph execution error:?|Detected at node .*|File \".*\", line \d+.*"
+    r"|Exception encountered when calling .*|Arguments received by .*|[•*] .*|\[\[\{\{node .*"
+    r"|Traceback \(most recent call last\):"
+)
+"""Lines around the reason in TensorFlow's and Keras' messages: headers, frames, arguments."""
+
+_NODE_TAGS = re.compile(
+    r"\{\{function_node [^}]*\}\}\s*|\s*\[\[\{\{node .*?\}\}\]\]|\s*\[Op:[^\]]*\]"
+)
+"""TensorFlow's tags of the failing function and op, around the reason."""
+
 
 def one_line(exc: BaseException, limit: int = 200) -> str:
-    r"""``Type: message``, first line only and at most ``limit`` characters.
+    r"""``Type: reason`` in one line of at most ``limit`` characters.
 
-    Failures are reported one line each; a Ray error's multi-line text never is.
+    Failures are reported one line each; a Ray error's multi-line text never is. The
+    reason is the first line that is not boilerplate: TensorFlow's "Graph execution
+    error:" puts it after the frames where the failing op was defined, and Keras' "Exception
+    encountered when calling ..." before the call's arguments. Terminal colour codes are
+    removed and runs of spaces collapsed.
 
     >>> one_line(ValueError("bad shape\nTraceback ..."))
     'ValueError: bad shape'
+    >>> one_line(ValueError("Exception encountered when calling Dense.call().\n\n"
+    ...                     "\x1b[1mexpected axis -1 to be 5\x1b[0m\n\nArguments received by"))
+    'ValueError: expected axis -1 to be 5'
     """
-    lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+    lines = [" ".join(_ANSI.sub("", ln).split()) for ln in str(exc).splitlines()]
+    lines = [ln for ln in lines if ln]
+    reason = next((ln for ln in lines if not _BOILERPLATE.fullmatch(ln)), None)
+    if reason is None:
+        reason = lines[0] if lines else ""
+    reason = _NODE_TAGS.sub("", reason).strip()
+    text = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
