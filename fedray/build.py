@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from fedray.aggregators import (
@@ -38,7 +37,8 @@ from fedray.build_privacy import (
 )
 from fedray.compat import check_compatible, strategy_features
 from fedray.config import Config, features
-from fedray.errors import ConfigError, DataError
+from fedray.datafiles import FILE_KINDS, check_file
+from fedray.errors import ConfigError
 from fedray.memory import InMemory
 from fedray.privacy import DPSGD
 from fedray.strategy import Strategy, with_dp, with_norm_bound
@@ -177,12 +177,19 @@ def secure_aggregation(cfg: Config, inner: Any) -> SecureAggregation:
 
 
 def check_inputs(cfg: Config) -> None:
-    """Fail before starting anything when a data file named by the config is missing."""
-    for key, value in (("data.path", cfg.data.path), ("data.test_path", cfg.data.test_path)):
-        if value and not Path(value).expanduser().is_file():
-            raise DataError(
-                f"{key}: file not found: '{value}' (relative paths resolve from {Path.cwd()})"
-            )
+    """Fail before starting anything when a data file named by the config cannot be read.
+
+    Raises:
+        DataError: A missing file, a folder, an unreadable or empty file, or one that
+            does not start as ``data.dataset`` (or ``data.name``) reads it.
+    """
+    d = cfg.data
+    kind = FILE_KINDS.get(d.dataset)
+    if d.dataset == "huggingface" and d.name in ("csv", "parquet", "json"):
+        kind = d.name
+    for key, value in (("data.path", d.path), ("data.test_path", d.test_path)):
+        if value:
+            check_file(key, value, kind)
 
 
 def pre_aggregates(cfg: Config, strategy: Strategy) -> bool:

@@ -9,6 +9,7 @@ on stderr, no traceback.
 
 import concurrent.futures
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -319,3 +320,85 @@ def test_a_sweep_at_a_silent_address_is_one_line_within_its_timeout(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert result["code"] == 2 and len(err.splitlines()) == 1, (result, err)
     assert err.startswith(f"fedray: error: runtime.address = '{address}': something accepts")
+
+
+# --- What the schema cannot see: the data files, the user's code, fedray.fit's arguments ---
+# Each is refused in one line naming the key or argument, the bad value and what is
+# expected, with exit status 2 from the CLI, before any host starts where the driver can
+# tell, and with no run directory left behind.
+
+HOSPITALS = str(ROOT / "experiments" / "hospitals.yaml")
+
+
+@pytest.fixture
+def no_hosts(monkeypatch, tmp_path):
+    """Fail the test if a host would start; run from an empty folder (never the checkout)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host started: the mistake was not caught in the driver")
+
+    monkeypatch.setattr("fedray.build.make_executor", refuse)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _refused_in_one_line(argv, capsys, *named):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (code, err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("fedray: error: "), err
+    for word in named:
+        assert word in err, err
+    return err
+
+
+def _data_files(folder):
+    """A file that is not what ``data.dataset`` reads, for each way it can be wrong."""
+    (folder / "a-folder.csv").mkdir()
+    (folder / "binary.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 4)
+    (folder / "text.parquet").write_text("age,label\n1,0\n")
+    (folder / "empty.csv").write_text("")
+    (folder / "text.npz").write_text("x_train,y_train\n")
+    return {
+        "a-folder.csv": ("csv", "is a folder; expected a .csv file"),
+        "binary.csv": ("csv", "expected a .csv file (UTF-8 text)"),
+        "text.parquet": ("parquet", "expected a .parquet file"),
+        "empty.csv": ("csv", "is empty; expected a .csv file"),
+        "text.npz": ("npz", "expected a .npz file"),
+    }
+
+
+@pytest.mark.parametrize(
+    "name", ["a-folder.csv", "binary.csv", "text.parquet", "empty.csv", "text.npz"]
+)
+def test_a_data_file_that_cannot_be_read_is_one_line_before_any_host(name, no_hosts, capsys):
+    dataset, expected = _data_files(no_hosts)[name]
+    path = no_hosts / name
+    err = _refused_in_one_line(
+        ["run", HOSPITALS, "--out", str(no_hosts / "o"), "--set", f"data.dataset={dataset}",
+         "--set", f"data.path={path}"],
+        capsys, f"data.path = '{path}'", expected,
+    )  # fmt: skip
+    assert not (no_hosts / "o").exists(), err
+
+
+def test_a_test_table_that_is_a_folder_is_named_as_data_test_path(no_hosts, capsys):
+    (no_hosts / "tables").mkdir()
+    _refused_in_one_line(
+        ["run", HOSPITALS, "--set", f"data.path={ROOT / 'experiments/data/hospitals.csv'}",
+         "--set", f"data.test_path={no_hosts / 'tables'}"],
+        capsys, f"data.test_path = '{no_hosts / 'tables'}': is a folder; expected a .csv file",
+    )  # fmt: skip
+    assert not (no_hosts / "runs").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_a_data_file_without_read_permission_is_one_line(no_hosts, capsys):
+    path = no_hosts / "locked.csv"
+    path.write_text("age,label\n1,0\n")
+    path.chmod(0)
+    _refused_in_one_line(
+        ["run", HOSPITALS, "--set", f"data.path={path}"],
+        capsys, f"data.path = '{path}': cannot be read", "Permission denied",
+    )  # fmt: skip

@@ -41,6 +41,7 @@ LIGHT = [
     "fedray.memory",
     "fedray.data",
     "fedray.tables",
+    "fedray.datafiles",
     "fedray.hf",
     "fedray.models",
     "fedray.runtime.local",

@@ -114,7 +114,7 @@ def test_missing_data_file_fails_before_anything_starts(tmp_path):
         "--set", "data.path=nowhere/h.csv", timeout=60,
     )  # fmt: skip
     assert res.returncode == 2
-    assert "fedray: error: data.path: file not found: 'nowhere/h.csv'" in res.stderr
+    assert "fedray: error: data.path = 'nowhere/h.csv': file not found" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "o").exists()
 
