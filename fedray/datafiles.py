@@ -58,7 +58,8 @@ def check_file(key: str, value: str, kind: str | None) -> None:
     expected = f"expected a .{kind} file" if kind else "expected a file"
     if not path.exists():
         raise DataError(
-            f"{key} = '{value}': file not found (relative paths resolve from {Path.cwd()})"
+            f"{key} = '{value}': file not found (a relative path is looked up beside the config "
+            f"file, then in the working directory, {Path.cwd()})"
         )
     if path.is_dir():
         raise DataError(f"{key} = '{value}': is a folder; {expected}")

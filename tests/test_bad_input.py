@@ -375,21 +375,18 @@ def _data_files(folder):
 def test_a_data_file_that_cannot_be_read_is_one_line_before_any_host(name, no_hosts, capsys):
     dataset, expected = _data_files(no_hosts)[name]
     path = no_hosts / name
-    err = _refused_in_one_line(
-        ["run", HOSPITALS, "--out", str(no_hosts / "o"), "--set", f"data.dataset={dataset}",
-         "--set", f"data.path={path}"],
-        capsys, f"data.path = '{path}'", expected,
-    )  # fmt: skip
+    argv = ["run", HOSPITALS, "--out", str(no_hosts / "o"), "--set", f"data.dataset={dataset}"]
+    err = _refused_in_one_line([*argv, "--set", f"data.path={path}"], capsys, f"'{path}'", expected)
+    assert f"data.path = '{path}'" in err
     assert not (no_hosts / "o").exists(), err
 
 
 def test_a_test_table_that_is_a_folder_is_named_as_data_test_path(no_hosts, capsys):
     (no_hosts / "tables").mkdir()
-    _refused_in_one_line(
-        ["run", HOSPITALS, "--set", f"data.path={ROOT / 'experiments/data/hospitals.csv'}",
-         "--set", f"data.test_path={no_hosts / 'tables'}"],
-        capsys, f"data.test_path = '{no_hosts / 'tables'}': is a folder; expected a .csv file",
-    )  # fmt: skip
+    tables = no_hosts / "tables"
+    argv = ["run", HOSPITALS, "--set", f"data.path={ROOT / 'experiments/data/hospitals.csv'}"]
+    expected = f"data.test_path = '{tables}': is a folder; expected a .csv file"
+    _refused_in_one_line([*argv, "--set", f"data.test_path={tables}"], capsys, expected)
     assert not (no_hosts / "runs").exists()
 
 
@@ -398,7 +395,5 @@ def test_a_data_file_without_read_permission_is_one_line(no_hosts, capsys):
     path = no_hosts / "locked.csv"
     path.write_text("age,label\n1,0\n")
     path.chmod(0)
-    _refused_in_one_line(
-        ["run", HOSPITALS, "--set", f"data.path={path}"],
-        capsys, f"data.path = '{path}': cannot be read", "Permission denied",
-    )  # fmt: skip
+    expected = f"data.path = '{path}': cannot be read (Permission denied)"
+    _refused_in_one_line(["run", HOSPITALS, "--set", f"data.path={path}"], capsys, expected)

@@ -87,3 +87,58 @@ def test_clients_per_actor_accepts_auto_or_a_positive_int():
 def test_resolved_config_round_trips():
     cfg = config.load({"rounds": 2})
     assert config.load(cfg.to_dict()) == cfg
+
+
+# --- Relative data paths: from the config file's folder, else the working directory ---
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """A config and its data in ``project/``, run from an unrelated working directory."""
+    project, cwd = tmp_path / "project", tmp_path / "cwd"
+    (project / "data").mkdir(parents=True)
+    cwd.mkdir()
+    (project / "data" / "train.csv").write_text("x,label\n1,0\n")
+    (project / "exp.yaml").write_text(
+        "data: {dataset: csv, path: data/train.csv, test_path: data/train.csv}\n"
+    )
+    monkeypatch.chdir(cwd)
+    return project, cwd
+
+
+def test_a_relative_data_path_is_found_beside_its_config_file(elsewhere):
+    project, _ = elsewhere
+    cfg = config.load(project / "exp.yaml")
+    # absolute, so that a host in another working directory reads the same file
+    assert cfg.data.path == str(project / "data" / "train.csv")
+    assert cfg.data.test_path == str(project / "data" / "train.csv")
+
+
+def test_a_relative_data_path_falls_back_to_the_working_directory(elsewhere):
+    project, cwd = elsewhere
+    (cwd / "mine.csv").write_text("x,label\n1,0\n")
+    cfg = config.load(project / "exp.yaml", ["data.test_path=mine.csv"])
+    assert cfg.data.test_path == str(cwd / "mine.csv")  # not beside the file: from the cwd
+    cfg = config.load(project / "exp.yaml", ["data.test_path=data/train.csv"])
+    assert cfg.data.test_path == str(project / "data" / "train.csv")  # --set: as in the file
+    (project / "exp.yaml").write_text("data: {dataset: csv, path: mine.csv}\n")
+    assert config.load(project / "exp.yaml").data.path == str(cwd / "mine.csv")
+    assert config.load({"data": {"dataset": "csv", "path": "mine.csv"}}).data.path == str(
+        cwd / "mine.csv"
+    )
+
+
+def test_a_data_path_found_nowhere_is_kept_as_written(elsewhere):
+    project, _ = elsewhere
+    (project / "exp.yaml").write_text("data: {dataset: csv, path: nowhere.csv}\n")
+    assert config.load(project / "exp.yaml").data.path == "nowhere.csv"
+
+
+def test_a_sweep_keeps_the_resolved_path_for_every_trial(elsewhere):
+    from fedray.sweeps import plan
+
+    project, _ = elsewhere
+    p = plan(project / "exp.yaml", {"rounds": [1, 2]})
+    assert p.config["data"]["path"] == str(project / "data" / "train.csv")
+    trial = config.load(p.config, p.trials[0].overrides)
+    assert trial.data.path == str(project / "data" / "train.csv")

@@ -8,6 +8,7 @@ with its value and what is allowed. Validation is done by pydantic.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -273,8 +274,43 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     return out
 
 
+DATA_PATHS = ("path", "test_path")
+"""The keys of ``data`` that name files (resolved by :func:`load`)."""
+
+
+def _found(value: Any, folders: Iterable[Path]) -> Any:
+    """``value`` as an absolute path in the first of ``folders`` that has it, else as is.
+
+    Absolute paths and ``~`` paths are kept: each node expands ``~`` itself.
+    """
+    if not isinstance(value, str) or not value or value.startswith("~"):
+        return value
+    if Path(value).is_absolute():
+        return value
+    for folder in folders:
+        if (folder / value).exists():
+            return os.path.abspath(folder / value)
+    return value
+
+
+def _with_data_paths(raw: Any, folders: Iterable[Path]) -> Any:
+    """``raw`` with the relative ``data.path`` and ``data.test_path`` found in ``folders``."""
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if not isinstance(data, dict) or not any(k in data for k in DATA_PATHS):
+        return raw
+    folders = list(folders)
+    found = {k: _found(data[k], folders) for k in DATA_PATHS if k in data}
+    return {**raw, "data": {**data, **found}}
+
+
 def load(source: str | Path | Mapping[str, Any] | Config, overrides: Iterable[str] = ()) -> Config:
     """Load and validate a config from a YAML path, a mapping or a :class:`Config`.
+
+    A relative ``data.path`` or ``data.test_path`` of a YAML file's config (``overrides``
+    included) is looked up in the file's folder, then in the working directory; one of a
+    mapping or a :class:`Config`, in the working directory. The config holds the
+    absolute path found, so every host reads the same file whatever its own working
+    directory (a path found nowhere is kept as written, for the run to report).
 
     Raises:
         ConfigError: The file is missing or not YAML, or a key is invalid.
@@ -282,7 +318,7 @@ def load(source: str | Path | Mapping[str, Any] | Config, overrides: Iterable[st
     overrides = list(overrides)
     if isinstance(source, Config):
         if not overrides:
-            return source
+            return _paths_from_cwd(source)
         raw: Any = source.to_dict()
     elif isinstance(source, Mapping):
         raw = dict(source)
@@ -298,4 +334,14 @@ def load(source: str | Path | Mapping[str, Any] | Config, overrides: Iterable[st
             raise ConfigError(
                 f"config file '{path}' must hold a mapping of keys, got {type(raw).__name__}"
             )
-    return validate(apply_overrides(raw, overrides))
+        raw = _with_data_paths(apply_overrides(raw, overrides), [path.parent, Path.cwd()])
+        return validate(raw)
+    return _paths_from_cwd(validate(apply_overrides(raw, overrides)))
+
+
+def _paths_from_cwd(cfg: Config) -> Config:
+    """``cfg`` with its relative data paths that the working directory has made absolute."""
+    found = {k: _found(getattr(cfg.data, k), [Path.cwd()]) for k in DATA_PATHS}
+    if all(found[k] == getattr(cfg.data, k) for k in DATA_PATHS):
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update=found)})

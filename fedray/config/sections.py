@@ -48,9 +48,11 @@ class DataConfig(_Section):
     ] = "linreg"
     """the data source (see [Datasets](datasets.md)); `memory` is arrays passed to `fedray.fit`"""
     path: str | None = None
-    """`npz`/`csv`/`parquet` file; for `mnist`/`cifar10` an optional offline `.npz`"""
+    """`npz`/`csv`/`parquet` file; for `mnist`/`cifar10` an optional offline `.npz`. A relative
+    path is looked up in the config file's folder, then in the working directory
+    """
     test_path: str | None = None
-    """separate test table for `csv`/`parquet`"""
+    """separate test table for `csv`/`parquet` (relative: as `path`)"""
     name: str | None = None
     """`huggingface`: the dataset (`flwrlabs/femnist`, `flwrlabs/shakespeare`, ...), or a
     builder (`parquet`, `csv`, `json`) for the local files at `data.path`

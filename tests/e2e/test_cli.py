@@ -198,3 +198,22 @@ def test_piped_output_keeps_long_log_lines_whole_and_shows_one_plain_line_per_ro
     assert [r.split()[1] for r in rounds] == ["1/3", "2/3", "3/3"], res.stdout
     assert all("fit/loss=" in r and "eval/loss=" in r and "eval/mae=" in r for r in rounds)
     assert "━" not in res.stdout
+
+
+def test_a_config_finds_its_data_from_any_working_directory_and_resumes(tmp_path, monkeypatch):
+    import fedray.client.trainer as trainer_mod
+    from fedray.cli import main
+    from tests.fakes import NumpyTrainer
+
+    monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)  # real hosts, no TensorFlow
+    config, out = str(ROOT / "experiments" / "hospitals.yaml"), tmp_path / "run"
+    common = ["--local", "--no-progress"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")  # data.path: data/hospitals.csv, beside the config
+    assert main(["run", config, *common, "--set", "rounds=1", "--out", str(out)]) == 0
+    monkeypatch.chdir(tmp_path / "b")  # the same resolved file: the checkpoint matches
+    assert main(["run", config, *common, "--set", "rounds=2", "--resume", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["data"]["path"] == str(ROOT / "experiments/data/hospitals.csv")
+    assert [r["round"] for r in csv.DictReader((out / "metrics.csv").open())] == ["1", "2"]
