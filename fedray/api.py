@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fedray import build
+from fedray import build, rundirs
 from fedray import checkpoint as checkpoint_mod
 from fedray import config as config_mod
 from fedray.aggregators import Mean, SecureAggregation
@@ -76,7 +75,7 @@ def _out_dir(config: Any, out: str | Path | None) -> Path:
         return Path(out)
     if isinstance(config, (str, Path)):
         return _default_out(config)
-    return Path(tempfile.mkdtemp(prefix="fedray-"))
+    return rundirs.temporary()
 
 
 def _callbacks(
@@ -202,6 +201,7 @@ def _with_state_dir(cfg: Config, out_dir: Path) -> Config:
     )
 
 
+@rundirs.removed_on_failure
 def run(
     config: str | Path | Mapping[str, Any] | Config,
     *,
@@ -220,8 +220,12 @@ def run(
             the recipe ``strategy.name`` (its sampling replaces ``strategy.fraction_fit``
             and ``min_fit_clients``); ``privacy.*`` still wraps it, and it is refused, in
             one line, where it cannot combine with them.
-        out: Output directory; defaults to ``runs/<config-name>-<timestamp>``
-            (a temporary directory when ``config`` is not a file).
+        out: Output directory; defaults to ``runs/<config-name>-<timestamp>`` for a
+            config file, else to a temporary directory that is removed when the
+            returned history is garbage-collected or at exit (and gets no checkpoint
+            unless ``checkpoint.every`` is set). A run that fails removes the directory
+            it made unless it holds a checkpoint, the privacy journal or failed clients'
+            rows (:func:`fedray.rundirs.kept_for`).
         overrides: ``dotted.key=value`` strings applied on top of ``config``.
         callbacks: Extra :class:`~fedray.callbacks.Callback` objects.
         resume: Continue the run in ``out`` from its last checkpoint; the finished run
@@ -249,7 +253,8 @@ def run(
         state = checkpoint_mod.load(out, config_fingerprint=fp)
         logger.info("resuming after round %d from %s", state.server_round, out)
     out_dir = _out_dir(config, out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    rundirs.make(out_dir)
+    cfg = build.scratch(cfg) if rundirs.is_temporary() else cfg
     privacy_state = None
     if state is not None and "privacy" in state.loop_state:  # the journal is the truth
         entries = journal.read(out_dir / journal.FILENAME)
@@ -283,10 +288,7 @@ def run(
         try:
             params = _train(cfg, composed, executor, cb, history, state, save, ledger, canaries)
         except RoundFailedError as exc:  # short, and where to look and how to go on
-            raise RoundFailedError(
-                f"{exc}. Details: {out_dir / 'failures.csv'}; continue with --resume {out_dir}",
-                step=exc.step,
-            ) from None
+            raise RoundFailedError(f"{exc}. {rundirs.next_step(out_dir)}", step=exc.step) from None
         t_end = time.perf_counter()
         (out_dir / "model.keras").write_bytes(executor.export(params))
         predictions = None
@@ -345,7 +347,10 @@ def fit(
         test: The server's test set, ``(x, y)``: ``eval/*`` every round.
         client_column: With a DataFrame, the column naming each row's client.
         label: With a DataFrame, the target column.
-        out: The run directory (default: a temporary one).
+        out: The run directory. By default a temporary one, like Keras' ``fit``
+            leaving no files behind: removed when the returned history is
+            garbage-collected or at exit (``history.out_dir`` says where it is while
+            the history lives); pass ``out`` to keep the outputs.
         callbacks: Extra callbacks.
         **settings: Any config sections as keyword arguments, e.g.
             ``client={"batch_size": 32}``, ``runtime={"executor": "local"}``, ``seed=1``.

@@ -176,6 +176,17 @@ def secure_aggregation(cfg: Config, inner: Any) -> SecureAggregation:
     )
 
 
+def scratch(cfg: Config) -> Config:
+    """``cfg`` for a run in a temporary directory: no checkpoint unless one was asked for.
+
+    Nothing could resume such a run, and a checkpoint would keep its directory
+    (:func:`fedray.rundirs.kept_for`).
+    """
+    if "every" in cfg.checkpoint.model_fields_set:
+        return cfg
+    return cfg.model_copy(update={"checkpoint": cfg.checkpoint.model_copy(update={"every": 0})})
+
+
 def check_inputs(cfg: Config) -> None:
     """Fail before starting anything when a data file named by the config cannot be read.
 

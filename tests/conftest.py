@@ -33,6 +33,48 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=weight)
 
 
+# --- tests never write into the checkout -----------------------------------------------
+# Every test writes to its tmp_path. A run without --out would make runs/<config>-<time>/
+# in the working directory: the session fails if the checkout has gained one (or any
+# other new top-level entry) by its end.
+_TOOLS = {".pytest_cache", "__pycache__", ".mypy_cache", ".ruff_cache", "site", "build", "dist"}
+
+
+def _checkout() -> set[str]:
+    found = {p.name for p in ROOT.iterdir() if p.name not in _TOOLS}
+    runs = ROOT / "runs"
+    return found | ({f"runs/{p.name}" for p in runs.iterdir()} if runs.is_dir() else set())
+
+
+def pytest_sessionstart(session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller (or -n 0)
+        session.config.stash[_CHECKOUT] = _checkout()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    before = session.config.stash.get(_CHECKOUT, None)
+    if before is None:
+        return
+    new = sorted(_checkout() - before)
+    if new:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"tests wrote into the checkout {ROOT}: {', '.join(new)}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_CHECKOUT = pytest.StashKey[set]()
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch) -> Path:
+    """An empty working directory (never the checkout) that sees ``experiments/``."""
+    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture
 def linreg_config() -> dict:
     import yaml

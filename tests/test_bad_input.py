@@ -212,13 +212,13 @@ CLI = [
 
 
 @pytest.mark.parametrize(("argv", "named"), CLI, ids=[" ".join(a[:3]) for a, _ in CLI])
-def test_every_cli_mistake_is_one_line_with_exit_status_2(argv, named, capsys, monkeypatch):
-    monkeypatch.chdir(ROOT)
+def test_every_cli_mistake_is_one_line_with_exit_status_2(argv, named, capsys, elsewhere):
     code = main(argv)
     err = capsys.readouterr().err.strip()
     assert code == 2, (code, err)
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert err.startswith("fedray: error: ") and named in err, err
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["experiments"]  # no run directory
 
 
 # --- addresses that accept a connection but do not speak Ray -----------------------------

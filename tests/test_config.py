@@ -93,7 +93,7 @@ def test_resolved_config_round_trips():
 
 
 @pytest.fixture
-def elsewhere(tmp_path, monkeypatch):
+def project_elsewhere(tmp_path, monkeypatch):
     """A config and its data in ``project/``, run from an unrelated working directory."""
     project, cwd = tmp_path / "project", tmp_path / "cwd"
     (project / "data").mkdir(parents=True)
@@ -106,16 +106,16 @@ def elsewhere(tmp_path, monkeypatch):
     return project, cwd
 
 
-def test_a_relative_data_path_is_found_beside_its_config_file(elsewhere):
-    project, _ = elsewhere
+def test_a_relative_data_path_is_found_beside_its_config_file(project_elsewhere):
+    project, _ = project_elsewhere
     cfg = config.load(project / "exp.yaml")
     # absolute, so that a host in another working directory reads the same file
     assert cfg.data.path == str(project / "data" / "train.csv")
     assert cfg.data.test_path == str(project / "data" / "train.csv")
 
 
-def test_a_relative_data_path_falls_back_to_the_working_directory(elsewhere):
-    project, cwd = elsewhere
+def test_a_relative_data_path_falls_back_to_the_working_directory(project_elsewhere):
+    project, cwd = project_elsewhere
     (cwd / "mine.csv").write_text("x,label\n1,0\n")
     cfg = config.load(project / "exp.yaml", ["data.test_path=mine.csv"])
     assert cfg.data.test_path == str(cwd / "mine.csv")  # not beside the file: from the cwd
@@ -128,16 +128,16 @@ def test_a_relative_data_path_falls_back_to_the_working_directory(elsewhere):
     )
 
 
-def test_a_data_path_found_nowhere_is_kept_as_written(elsewhere):
-    project, _ = elsewhere
+def test_a_data_path_found_nowhere_is_kept_as_written(project_elsewhere):
+    project, _ = project_elsewhere
     (project / "exp.yaml").write_text("data: {dataset: csv, path: nowhere.csv}\n")
     assert config.load(project / "exp.yaml").data.path == "nowhere.csv"
 
 
-def test_a_sweep_keeps_the_resolved_path_for_every_trial(elsewhere):
+def test_a_sweep_keeps_the_resolved_path_for_every_trial(project_elsewhere):
     from fedray.sweeps import plan
 
-    project, _ = elsewhere
+    project, _ = project_elsewhere
     p = plan(project / "exp.yaml", {"rounds": [1, 2]})
     assert p.config["data"]["path"] == str(project / "data" / "train.csv")
     trial = config.load(p.config, p.trials[0].overrides)

@@ -42,6 +42,7 @@ LIGHT = [
     "fedray.data",
     "fedray.tables",
     "fedray.datafiles",
+    "fedray.rundirs",
     "fedray.hf",
     "fedray.models",
     "fedray.runtime.local",

@@ -12,12 +12,12 @@ import pytest
 from tests.conftest import ROOT
 
 
-def _fedray(*args, timeout=300, env=None):
+def _fedray(*args, timeout=300, env=None, cwd=ROOT):
     return subprocess.run(
         [sys.executable, "-m", "fedray.cli", *args],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=cwd,
         timeout=timeout,
         env=env,
     )
@@ -68,7 +68,8 @@ def test_a_round_without_survivors_stops_with_exit_3_and_a_clear_message(tmp_pat
     assert res.returncode == 3, res.stderr
     msg = res.stderr.strip().splitlines()[-1]
     assert msg.startswith("fedray: error: round 1: 0/6 ok in 3 attempts; failed: 6 crashed;")
-    assert f"Details: {out / 'failures.csv'}; continue with --resume {out}" in msg
+    # Round 1 committed nothing, so there is no checkpoint: --resume could not help.
+    assert f"Details: {out / 'failures.csv'}; no round was committed: fix the cause" in msg
     assert len(msg) < 300 + len(str(out)) * 2  # short, whatever the run directory's name
     assert "Traceback" not in res.stderr
     with (out / "failures.csv").open() as f:  # each crashed client of each attempt
@@ -120,12 +121,15 @@ def test_missing_data_file_fails_before_anything_starts(tmp_path):
 
 
 @pytest.mark.slow
-def test_unreachable_address_fails_fast_with_a_clear_message(tmp_path):
+def test_unreachable_address_fails_fast_with_a_clear_message(elsewhere):
     # The subprocess timeout is the hang guard; the probe itself gives up after 3 s.
-    res = _fedray("run", "experiments/linreg.yaml", "--address", "127.0.0.1:1", timeout=60)
+    res = _fedray(
+        "run", "experiments/linreg.yaml", "--address", "127.0.0.1:1", timeout=60, cwd=elsewhere
+    )
     assert res.returncode == 2
     assert "runtime.address = '127.0.0.1:1': no Ray head answers there" in res.stderr
     assert "Traceback" not in res.stderr
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["experiments"]  # no runs/
 
 
 @pytest.mark.slow
