@@ -42,6 +42,7 @@ from fedray.config import Config
 from fedray.errors import ConfigError, FedrayError, RoundFailedError
 from fedray.loop import Checkpointer, Evaluation, default_scheduler, run_rounds
 from fedray.memory import InMemory, from_clients
+from fedray.models import check_fit_model
 from fedray.privacy import journal
 from fedray.records import Params, RoundPolicy
 from fedray.strategy import Strategy
@@ -338,6 +339,10 @@ def fit(
     Args:
         model_fn: Builds the Keras model with no arguments; an uncompiled one is
             compiled with ``client.*`` (optimizer, learning rate, loss, metrics).
+            Checked before any host starts (:func:`fedray.models.check_fit_model`): a
+            built model instead of a function, a function that needs arguments, raises
+            or returns no model, or a model that cannot take the clients' inputs or
+            whose outputs do not match their labels is refused in one line.
         clients: One entry per client: an ``(x, y)`` pair of arrays or a
             ``tf.data.Dataset`` of ``(x, y)``; or one DataFrame with ``client_column``
             (and ``label``, the target column).
@@ -357,6 +362,10 @@ def fit(
 
     Returns:
         The same :class:`RunHistory` as :func:`run`.
+
+    Raises:
+        fedray.errors.ConfigError: A setting or ``model_fn`` is wrong (one line).
+        fedray.errors.DataError: ``clients`` or ``test`` cannot be read (one line).
     """
     raw: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in settings.items()}
     raw["rounds"] = rounds
@@ -369,6 +378,7 @@ def fit(
         client_column=client_column,
         label=label,
     )
+    check_fit_model(model_fn, source, cfg.client, in_process=cfg.runtime.executor == "local")
     data = {**raw.get("data", {}), "dataset": "memory", "num_clients": len(source.shards)}
     evaluation = {"every": 1 if test is not None else 0, **raw.get("evaluation", {})}
     cfg = config_mod.load({**raw, "data": data, "evaluation": evaluation})

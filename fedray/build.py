@@ -40,6 +40,7 @@ from fedray.config import Config, features
 from fedray.datafiles import FILE_KINDS, check_file
 from fedray.errors import ConfigError
 from fedray.memory import InMemory
+from fedray.models import check_importable
 from fedray.privacy import DPSGD
 from fedray.strategy import Strategy, with_dp, with_norm_bound
 
@@ -188,12 +189,14 @@ def scratch(cfg: Config) -> Config:
 
 
 def check_inputs(cfg: Config) -> None:
-    """Fail before starting anything when a data file named by the config cannot be read.
+    """Fail before starting anything when the config names what cannot be used.
 
     Raises:
-        DataError: A missing file, a folder, an unreadable or empty file, or one that
-            does not start as ``data.dataset`` (or ``data.name``) reads it.
+        ConfigError: ``model.name``'s module cannot be found.
+        DataError: A missing data file, a folder, an unreadable or empty file, or one
+            that does not start as ``data.dataset`` (or ``data.name``) reads it.
     """
+    check_importable(cfg.model.name)
     d = cfg.data
     kind = FILE_KINDS.get(d.dataset)
     if d.dataset == "huggingface" and d.name in ("csv", "parquet", "json"):

@@ -44,10 +44,11 @@ class Dataset:
 
     @property
     def info(self) -> DatasetInfo:
-        """Shapes and task, without the arrays."""
+        """Shapes and task, without the arrays (a regression: one output per target)."""
+        targets = int(np.prod(self.y_train.shape[1:], dtype=np.int64))
         return DatasetInfo(
             input_shape=tuple(int(d) for d in self.x_train.shape[1:]),
-            num_outputs=self.num_classes if self.task == "classification" else 1,  # type: ignore[arg-type]
+            num_outputs=self.num_classes if self.task == "classification" else targets,  # type: ignore[arg-type]
             task=self.task,
             num_classes=self.num_classes,
         )

@@ -20,7 +20,7 @@ import numpy as np
 
 from fedray.config import DataConfig
 from fedray.data import DatasetInfo, HostData, Shard, _finish, _split
-from fedray.errors import DataError
+from fedray.errors import DataError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +88,22 @@ def _arrays(client: Any, index: int) -> XY:
     if isinstance(client, tuple | list) and len(client) == 2:
         return np.asarray(client[0]), np.asarray(client[1])
     if hasattr(client, "as_numpy_iterator") and hasattr(client, "element_spec"):
-        batched = getattr(client.element_spec[0], "shape", None)
+        spec = client.element_spec
+        if not isinstance(spec, tuple) or len(spec) != 2:
+            raise DataError(
+                f"clients[{index}]: the dataset's elements are not (x, y) pairs but {spec}; "
+                "expected a tf.data.Dataset of (x, y) elements"
+            )
+        batched = getattr(spec[0], "shape", None)
         xs, ys = [], []
-        for x, y in client.as_numpy_iterator():
-            xs.append(np.asarray(x))
-            ys.append(np.asarray(y))
+        try:
+            for x, y in client.as_numpy_iterator():
+                xs.append(np.asarray(x))
+                ys.append(np.asarray(y))
+        except Exception as exc:  # the user's pipeline (a map, a generator) raised
+            raise DataError(
+                f"clients[{index}]: reading the dataset raised {one_line(exc)}"
+            ) from None
         if not xs:
             raise DataError(f"clients[{index}]: the dataset is empty; expected (x, y) elements")
         unbatched = batched is not None and len(batched) == xs[0].ndim and batched[0] is not None

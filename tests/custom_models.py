@@ -56,3 +56,27 @@ def skips_nonfinite(input_shape, num_outputs):
     model = SkipsNonFinite(inputs, outputs)
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     return model
+
+
+# Builders with the mistakes a newcomer makes (tests/test_bad_input.py).
+
+
+def raises(input_shape, num_outputs):
+    raise RuntimeError("my builder is broken")
+
+
+def wrong_input(input_shape, num_outputs):
+    """Built for 4 features, whatever the data has."""
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(num_outputs)])
+
+
+def one_output(input_shape, num_outputs):
+    """A regression head, whatever the task: Dense(1) on 10 classes."""
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Dense(1)])
+
+
+def three_outputs(input_shape, num_outputs):
+    """Three values per input where the labels have one: MSE would broadcast."""
+    model = keras.Sequential([keras.Input(input_shape), keras.layers.Dense(3)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model

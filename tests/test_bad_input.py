@@ -11,18 +11,22 @@ import concurrent.futures
 import contextlib
 import os
 import socket
+import sys
 import threading
 import time
 import types
 import typing
 
+import numpy as np
 import pytest
 from pydantic import BaseModel
 
+import fedray
 from fedray import config
 from fedray.cli import main
 from fedray.config import Config
 from fedray.config.strategy import RECIPES
+from fedray.errors import ConfigError, DataError
 from tests.conftest import ROOT
 
 BOUNDS = ("ge", "gt", "le", "lt")
@@ -397,3 +401,164 @@ def test_a_data_file_without_read_permission_is_one_line(no_hosts, capsys):
     path.chmod(0)
     expected = f"data.path = '{path}': cannot be read (Permission denied)"
     _refused_in_one_line(["run", HOSPITALS, "--set", f"data.path={path}"], capsys, expected)
+
+
+# The user's own code: fedray.fit's model_fn and clients, and config builders
+# (model.name = 'package.module:function'). fedray.fit's model is built once in the driver
+# and run on two rows of the data, so each mistake is one line before any host starts.
+
+
+def _regression():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 10, (40, 1)).astype("float32")
+    return [(x[:20], 3 * x[:20] + 1), (x[20:], 3 * x[20:] + 1)]
+
+
+def _classes():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 5)).astype("float32"), np.arange(60) % 10
+    return [(x[:30], y[:30]), (x[30:], y[30:])]
+
+
+def _fit_refused(no_hosts, model_fn, clients, error=ConfigError):
+    out = no_hosts / "o"
+    with pytest.raises(error) as err:  # on Ray: refused before Ray or any host starts
+        fedray.fit(model_fn, clients, rounds=1, out=out, runtime={"progress": False})
+    line = str(err.value)
+    assert "\n" not in line and "\x1b" not in line and len(line) < 400, line
+    assert not out.exists()
+    return line
+
+
+def needs_arguments(input_shape, num_outputs):
+    return None
+
+
+def test_fit_refuses_a_model_fn_that_is_not_a_function_of_no_arguments(no_hosts):
+    line = _fit_refused(no_hosts, "create_model", _regression())
+    assert line.startswith("model_fn = 'create_model': a str; expected a function"), line
+    line = _fit_refused(no_hosts, needs_arguments, _regression())
+    assert line.startswith("model_fn = needs_arguments(input_shape, num_outputs): it needs"), line
+    assert "fedray.fit calls model_fn() with no arguments" in line
+
+
+def test_fit_leaves_the_model_check_to_the_hosts_when_the_driver_has_no_tensorflow(
+    no_hosts, monkeypatch
+):
+    from fedray.config import ClientConfig
+    from fedray.memory import from_clients
+    from fedray.models import check_fit_model
+
+    for name in ("keras", "tensorflow"):  # as in a script that never imported them
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    source = from_clients(_regression())
+    check_fit_model(_builder_raises, source, ClientConfig(), in_process=False)  # not built
+    with pytest.raises(ConfigError, match="model_fn = 'x': a str"):  # no TensorFlow needed
+        check_fit_model("x", source, ClientConfig(), in_process=False)
+
+
+def _create(head=1, inputs=1, compiled=True):
+    import keras
+
+    model = keras.Sequential([keras.Input((inputs,)), keras.layers.Dense(head)])
+    if compiled:
+        model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def _builder_raises():
+    raise RuntimeError("my builder is broken")
+
+
+FIT_MISTAKES = {  # what makes model_fn, the clients, what the one line says
+    "a built model": (
+        lambda: _create(),
+        _regression,
+        "model_fn = <Sequential model>: a built model; expected a function that builds one",
+    ),
+    "raises": (
+        lambda: _builder_raises,
+        _regression,
+        "model_fn raised RuntimeError: my builder is broken",
+    ),
+    "returns no model": (
+        lambda: lambda: "oops",
+        _regression,
+        "model_fn returned str; expected a keras.Model",
+    ),
+    "wrong input shape": (
+        lambda: lambda: _create(inputs=4),
+        _regression,
+        "model_fn's model cannot take the data's inputs (rows of shape (1,)): ValueError: Input 0",
+    ),
+    "3 outputs for 1 target": (
+        lambda: lambda: _create(head=3),
+        _regression,
+        "model_fn's model outputs shape (None, 3); the labels have 1 column: expected (None, 1)",
+    ),
+    "1 output for 10 classes": (
+        lambda: lambda: _create(head=1, inputs=5, compiled=False),
+        _classes,
+        "model_fn's model outputs shape (None, 1); the labels are 10 classes (0 to 9): "
+        "expected (None, 10)",
+    ),
+}
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("mistake", list(FIT_MISTAKES))
+def test_fit_refuses_a_model_that_does_not_fit_the_data_before_any_host(mistake, no_hosts):
+    import keras  # noqa: F401 - as a user's script does: the driver then checks the model
+
+    make, clients, expected = FIT_MISTAKES[mistake]
+    model_fn = make()  # a built model, or a function that builds one
+    line = _fit_refused(no_hosts, model_fn, clients())
+    assert line.startswith(expected), line
+
+
+@pytest.mark.keras
+def test_fit_refuses_clients_whose_datasets_cannot_be_read(no_hosts):
+    import tensorflow as tf
+
+    x, y = np.ones((4, 1), "float32"), np.ones((4, 1), "float32")
+    broken = tf.data.Dataset.from_tensor_slices((x, y)).map(
+        lambda x, y: (tf.strings.to_number("oops"), y)
+    )
+    line = _fit_refused(no_hosts, lambda: _create(), [(x, y), broken], DataError)
+    assert line.startswith("clients[1]: reading the dataset raised InvalidArgumentError: "), line
+    only_x = tf.data.Dataset.from_tensor_slices(x)
+    line = _fit_refused(no_hosts, lambda: _create(), [only_x], DataError)
+    assert line.startswith("clients[0]: the dataset's elements are not (x, y) pairs"), line
+
+
+def test_a_config_builder_that_cannot_be_imported_is_one_line_before_any_host(no_hosts, capsys):
+    _refused_in_one_line(
+        ["run", HOSPITALS, "--set", "model.name=no_such_module:build"],
+        capsys,
+        "model.name = 'no_such_module:build': cannot import module 'no_such_module'",
+    )
+
+
+BUILDER_MISTAKES = {  # builder: config, what the one line says after "model.name = '...'"
+    "raises": ("linreg", " raised RuntimeError: my builder is broken"),
+    "not_a_model": ("linreg", " returned str; expected a keras.Model"),
+    "wrong_input": ("linreg", ": its model cannot take the data's inputs (rows of shape (1,))"),
+    "three_outputs": ("linreg", ": its model outputs shape (None, 3); the labels have 1 column"),
+    "one_output": ("blobs", ": its model outputs shape (None, 1); the labels are 10 classes"),
+}
+SMALL = ["data.num_samples=200", "data.num_clients=2", "strategy.min_fit_clients=1"]
+SMALL += ["evaluation.predict=null"]
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("builder", list(BUILDER_MISTAKES))
+def test_a_config_builder_whose_model_does_not_fit_is_one_line_and_exit_2(
+    builder, elsewhere, capsys
+):
+    config, expected = BUILDER_MISTAKES[builder]
+    name = f"tests.custom_models:{builder}"
+    argv = ["run", f"experiments/{config}.yaml", "--local", "--no-progress"]
+    argv += ["--set", f"model.name={name}", *(a for s in SMALL for a in ("--set", s))]
+    err = _refused_in_one_line(argv, capsys, f"model.name = '{name}'{expected}")
+    assert "--resume" not in err and "\x1b" not in err
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["experiments"]

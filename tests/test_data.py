@@ -206,3 +206,13 @@ def test_a_hosts_rows_are_one_aligned_table_and_its_shards_are_views_of_it():
     split = config.load({"data": {"dataset": "blobs", "num_clients": 4, "num_samples": 400,
                                   "client_test_fraction": 0.2}}).data  # fmt: skip
     assert load_host_data(split, 0, [0], with_test_set=False).rows is None
+
+
+def test_a_regression_with_several_targets_asks_the_model_for_as_many_outputs(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 3)), rng.normal(size=(30, 2))
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y)
+    cfg = config.load({"data": {"dataset": "npz", "path": str(tmp_path / "d.npz")}})
+    info = data.load_dataset(cfg.data, 0).info
+    # the built-in head is Dense(num_outputs): one output for two targets would broadcast
+    assert (info.task, info.num_outputs) == ("regression", 2)

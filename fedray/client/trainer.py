@@ -49,13 +49,14 @@ class KerasTrainer:
         import keras
         import tensorflow as tf
 
-        from fedray.models import build_model
+        from fedray.models import build_model, sample_rows
 
         self._tf = tf
         self.spec = spec
         keras.utils.set_random_seed(spec.seed)
         builder = spec.source.model_fn if spec.source is not None else None
-        self.model = build_model(spec.model, spec.train, data.info, builder=builder)
+        sample = sample_rows(data.shards)  # a user's model is run on it before training
+        self.model = build_model(spec.model, spec.train, data.info, builder=builder, sample=sample)
         self.model.optimizer.build(self.model.trainable_variables)
         self._rows: dict[int, tuple[int, int]] = {}
         offset = 0
