@@ -240,8 +240,12 @@ def make_executor(
     }
     if cfg.runtime.executor == "local":
         from fedray.runtime.local import LocalExecutor
+        from fedray.runtime.stream import start_error
 
-        return LocalExecutor(cfg, strategy.aggregator, **options), False
+        try:
+            return LocalExecutor(cfg, strategy.aggregator, **options), False
+        except Exception as exc:  # in one line, as a Ray host's start-up error
+            raise start_error(exc, "a client host") from None
     from fedray.runtime.connect import connect, shutdown
     from fedray.runtime.ray_executor import RayExecutor
     from fedray.runtime.warm import resolve_address

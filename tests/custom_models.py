@@ -80,3 +80,17 @@ def three_outputs(input_shape, num_outputs):
     model = keras.Sequential([keras.Input(input_shape), keras.layers.Dense(3)])
     model.compile(optimizer="sgd", loss="mse")
     return model
+
+
+class BrokenTrainStep(keras.Model):
+    """A user's train_step with a bug that shows only when fedray traces it."""
+
+    def train_step(self, data):
+        raise ValueError("my train_step is broken\nsee the line above")
+
+
+def broken_train_step(input_shape, num_outputs):
+    inputs = keras.Input(shape=input_shape)
+    model = BrokenTrainStep(inputs, keras.layers.Dense(num_outputs)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    return model

@@ -74,3 +74,27 @@ def test_real_tensorflow_and_keras_errors_give_their_reason_in_one_line():
     line = one_line(call.value)
     assert "\x1b" not in line and "\n" not in line
     assert line.startswith("ValueError: Input 0 ") and "received input with shape (2, 3)" in line
+
+
+def test_a_hosts_start_up_error_is_one_line_naming_the_host():
+    from fedray.errors import ConfigError
+    from fedray.runtime.stream import start_error
+
+    error = start_error(ValueError("my train_step is broken\nsee the line above"), "host 0")
+    assert str(error) == "host 0 failed to start: ValueError: my train_step is broken"
+    assert start_error(ConfigError("model.name = 'x': bad"), "host 0").args == (
+        "model.name = 'x': bad",
+    )
+
+
+@pytest.mark.keras
+def test_an_in_process_hosts_start_up_error_is_one_line_with_exit_status_2(elsewhere, capsys):
+    from fedray.cli import main
+
+    argv = ["run", "experiments/linreg.yaml", "--local", "--no-progress", "--set"]
+    code = main([*argv, "model.name=tests.custom_models:broken_train_step"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == (
+        "fedray: error: a client host failed to start: ValueError: my train_step is broken"
+    ), err
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["experiments"]

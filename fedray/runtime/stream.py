@@ -35,7 +35,7 @@ def start_error(exc: BaseException, what: str) -> FedrayError:
     cause = unwrap(exc)
     if isinstance(cause, FedrayError):
         return cause
-    return FedrayError(f"{what} failed to start: {cause}")
+    return FedrayError(f"{what} failed to start: {one_line(cause)}")
 
 
 def stream(
