@@ -15,7 +15,7 @@ _BOILERPLATE = re.compile(
 """Lines around the reason in TensorFlow's and Keras' messages: headers, frames, arguments."""
 
 _NODE_TAGS = re.compile(
-    r"\{\{function_node [^}]*\}\}\s*|\s*\[\[\{\{node .*?\}\}\]\]|\s*\[Op:[^\]]*\]"
+    r"\{\{function_node [^}]*\}\}\s*|\s*\[\[\{\{node .*?\}\}\]\]|\s*\[Op:[^\]]*\](\s*name:\s*$)?"
 )
 """TensorFlow's tags of the failing function and op, around the reason."""
 

@@ -94,3 +94,21 @@ def broken_train_step(input_shape, num_outputs):
     model = BrokenTrainStep(inputs, keras.layers.Dense(num_outputs)(inputs))
     model.compile(optimizer="sgd", loss="mse")
     return model
+
+
+class FailsInTraining(keras.Model):
+    """A train_step whose check fails only when it runs, inside the traced loop."""
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        x, _ = data
+        tf.debugging.assert_less(tf.reduce_max(x), -1.0, message="my inputs must be negative")
+        return {}
+
+
+def fails_in_training(input_shape, num_outputs):
+    inputs = keras.Input(shape=input_shape)
+    model = FailsInTraining(inputs, keras.layers.Dense(num_outputs)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    return model

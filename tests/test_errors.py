@@ -98,3 +98,15 @@ def test_an_in_process_hosts_start_up_error_is_one_line_with_exit_status_2(elsew
         "fedray: error: a client host failed to start: ValueError: my train_step is broken"
     ), err
     assert sorted(p.name for p in elsewhere.iterdir()) == ["experiments"]
+
+
+def test_an_eager_op_error_loses_its_op_tag_and_empty_name():
+    text = (
+        "{{function_node __wrapped__SparseSoftmaxCrossEntropyWithLogits_device_/job:localhost/"
+        "replica:0/task:0/device:CPU:0}} Received a label value of 2 which is outside the valid "
+        "range of [0, 1).  Label values: 2 [Op:SparseSoftmaxCrossEntropyWithLogits] name: "
+    )
+    assert one_line(InvalidArgumentError(text)) == (
+        "InvalidArgumentError: Received a label value of 2 which is outside the valid range "
+        "of [0, 1). Label values: 2"
+    )

@@ -221,3 +221,20 @@ def test_a_config_finds_its_data_from_any_working_directory_and_resumes(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["data"]["path"] == str(ROOT / "experiments/data/hospitals.csv")
     assert [r["round"] for r in csv.DictReader((out / "metrics.csv").open())] == ["1", "2"]
+
+
+@pytest.mark.keras
+def test_failures_csv_keeps_tensorflows_reason_and_round_1_offers_no_resume(elsewhere, capsys):
+    from fedray.cli import main
+
+    out = elsewhere / "run"
+    argv = ["run", "experiments/linreg.yaml", "--local", "--no-progress", "--out", str(out)]
+    settings = ["model.name=tests.custom_models:fails_in_training", "strategy.max_retries=0"]
+    assert main([*argv, *(a for s in settings for a in ("--set", s))]) == 3  # the run stopped
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--resume" not in err and "no round was committed" in err, err
+    with (out / "failures.csv").open() as f:
+        errors = [r["error"] for r in csv.DictReader(f)]
+    assert len(errors) == 2  # each client, with its own line: not "Graph execution error:"
+    expected = "InvalidArgumentError: assertion failed: [my inputs must be negative] "
+    assert all(e.startswith(expected) for e in errors), errors
