@@ -242,6 +242,7 @@ def run(
         fedray.errors.FedrayError: Data or cluster problems, described in one line.
     """
     t_start = time.perf_counter()
+    strategy, callbacks = build.run_arguments(strategy, callbacks)
     cfg = config_mod.load(config, overrides)
     if strategy is not None:
         cfg = build.with_config(cfg, strategy)
@@ -320,7 +321,7 @@ def fit(
     clients: Any,
     *,
     rounds: int,
-    strategy: Strategy | None = None,
+    strategy: Strategy | Mapping[str, Any] | None = None,
     test: Any = None,
     client_column: str | None = None,
     label: str = "label",
@@ -347,8 +348,9 @@ def fit(
             ``tf.data.Dataset`` of ``(x, y)``; or one DataFrame with ``client_column``
             (and ``label``, the target column).
         rounds: Server rounds.
-        strategy: A :class:`~fedray.strategy.Strategy` (default: the config's
-            ``strategy.*``, FedAvg).
+        strategy: A :class:`~fedray.strategy.Strategy`, or the config's ``strategy``
+            section as a dict (``{"name": "fedprox", "proximal_mu": 0.1}``); default
+            FedAvg.
         test: The server's test set, ``(x, y)``: ``eval/*`` every round.
         client_column: With a DataFrame, the column naming each row's client.
         label: With a DataFrame, the target column.
@@ -367,6 +369,8 @@ def fit(
         fedray.errors.ConfigError: A setting or ``model_fn`` is wrong (one line).
         fedray.errors.DataError: ``clients`` or ``test`` cannot be read (one line).
     """
+    if isinstance(strategy, Mapping):  # the config's section, as for every other one
+        settings, strategy = {**settings, "strategy": strategy}, None
     raw: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in settings.items()}
     raw["rounds"] = rounds
     cfg = config_mod.load(raw)  # validates every key before any array is read

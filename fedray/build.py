@@ -12,7 +12,7 @@ Layer 3: reads the config; the objects it builds know nothing of it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -35,6 +35,7 @@ from fedray.build_privacy import (
     secure_bits,
     warn_on_delta,
 )
+from fedray.callbacks import Callback
 from fedray.compat import check_compatible, strategy_features
 from fedray.config import Config, features
 from fedray.datafiles import FILE_KINDS, check_file
@@ -175,6 +176,37 @@ def secure_aggregation(cfg: Config, inner: Any) -> SecureAggregation:
         threshold=sa.threshold,
         min_clients=sa.min_clients,
     )
+
+
+def run_arguments(strategy: Any, callbacks: Any) -> tuple[Strategy | None, list[Callback]]:
+    """``fedray.run``'s ``strategy`` and ``callbacks``, or one line saying what is wrong.
+
+    Keras habits are the likely mistakes: a recipe's name for ``strategy``, a Keras
+    callback among ``callbacks``.
+
+    Raises:
+        ConfigError: Naming the argument, the value passed and what is expected.
+    """
+    if strategy is not None and not isinstance(strategy, Strategy):
+        raise ConfigError(
+            f"strategy = {strategy!r}: a {type(strategy).__name__}; expected a "
+            "fedray.strategy.Strategy, e.g. fedray.strategy.fedprox(mu=0.01), or the config's "
+            "strategy section (strategy: {name: fedprox, ...})"
+        )
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, Iterable):
+        raise ConfigError(
+            f"callbacks = <{type(callbacks).__name__}>: expected a list of "
+            "fedray.callbacks.Callback objects"
+        )
+    listed = list(callbacks)
+    for i, cb in enumerate(listed):
+        if not isinstance(cb, Callback):
+            raise ConfigError(
+                f"callbacks[{i}] = <{type(cb).__name__}>: not a fedray.callbacks.Callback; "
+                "expected one whose hooks (on_round_end(server_round, logs), ...) see federated "
+                "rounds; a Keras callback sees one client's training"
+            )
+    return strategy, listed
 
 
 def scratch(cfg: Config) -> Config:

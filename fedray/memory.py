@@ -83,15 +83,15 @@ class InMemory:
         return HostData(shards, self.info, self.test[0], self.test[1])
 
 
-def _arrays(client: Any, index: int) -> XY:
-    """One client's ``(x, y)`` from a pair of arrays or a ``tf.data.Dataset``."""
+def _arrays(client: Any, name: str) -> XY:
+    """``(x, y)`` of ``name`` (``clients[i]`` or ``test``): arrays or a ``tf.data.Dataset``."""
     if isinstance(client, tuple | list) and len(client) == 2:
         return np.asarray(client[0]), np.asarray(client[1])
     if hasattr(client, "as_numpy_iterator") and hasattr(client, "element_spec"):
         spec = client.element_spec
         if not isinstance(spec, tuple) or len(spec) != 2:
             raise DataError(
-                f"clients[{index}]: the dataset's elements are not (x, y) pairs but {spec}; "
+                f"{name}: the dataset's elements are not (x, y) pairs but {spec}; "
                 "expected a tf.data.Dataset of (x, y) elements"
             )
         batched = getattr(spec[0], "shape", None)
@@ -101,16 +101,14 @@ def _arrays(client: Any, index: int) -> XY:
                 xs.append(np.asarray(x))
                 ys.append(np.asarray(y))
         except Exception as exc:  # the user's pipeline (a map, a generator) raised
-            raise DataError(
-                f"clients[{index}]: reading the dataset raised {one_line(exc)}"
-            ) from None
+            raise DataError(f"{name}: reading the dataset raised {one_line(exc)}") from None
         if not xs:
-            raise DataError(f"clients[{index}]: the dataset is empty; expected (x, y) elements")
+            raise DataError(f"{name}: the dataset is empty; expected (x, y) elements")
         unbatched = batched is not None and len(batched) == xs[0].ndim and batched[0] is not None
         join = np.stack if unbatched or xs[0].ndim == 0 else np.concatenate
         return join(xs), join(ys)
     raise DataError(
-        f"clients[{index}] is a {type(client).__name__}; expected an (x, y) pair of arrays "
+        f"{name} is a {type(client).__name__}; expected an (x, y) pair of arrays "
         "or a tf.data.Dataset of (x, y) elements"
     )
 
@@ -158,7 +156,7 @@ def from_clients(
             raise DataError("clients is a DataFrame: pass client_column= naming each row's client")
         pairs = _from_frame(clients, client_column, label)
     elif isinstance(clients, Iterable) and not isinstance(clients, str | bytes):
-        pairs = [_arrays(c, i) for i, c in enumerate(clients)]
+        pairs = [_arrays(c, f"clients[{i}]") for i, c in enumerate(clients)]
     else:
         raise DataError(f"clients is a {type(clients).__name__}; expected a list of clients")
     if not pairs:
@@ -169,7 +167,7 @@ def from_clients(
                 f"clients[{i}]: x has {len(x)} rows and y has {len(y)}; expected equal, > 0"
             )
     cfg = data or DataConfig()
-    xt, yt = _arrays(test, -1) if test is not None else (pairs[0][0][:0], pairs[0][1][:0])
+    xt, yt = _arrays(test, "test") if test is not None else (pairs[0][0][:0], pairs[0][1][:0])
     whole = _finish(
         np.concatenate([x for x, _ in pairs]),
         np.concatenate([np.asarray(y) for _, y in pairs]),

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from fedray.checkpoint import FILENAME as CHECKPOINT
+from fedray.errors import FedrayError
 from fedray.privacy.journal import FILENAME as JOURNAL
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,13 @@ def make(path: Path) -> Path:
     """``path.mkdir(parents=True, exist_ok=True)``, recording what did not exist yet."""
     made = _current.get()
     missing = [p for p in (path, *path.parents) if not p.exists()]
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file there, no permission, a read-only disk
+        raise FedrayError(
+            f"run directory '{path}': cannot be made ({exc.strerror or exc}); expected a new "
+            "directory or a run's (--out, out=)"
+        ) from None
     if made is not None and missing:
         made.dirs.extend(reversed(missing))
     return path

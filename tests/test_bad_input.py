@@ -420,10 +420,10 @@ def _classes():
     return [(x[:30], y[:30]), (x[30:], y[30:])]
 
 
-def _fit_refused(no_hosts, model_fn, clients, error=ConfigError):
+def _fit_refused(no_hosts, model_fn, clients, error=ConfigError, **arguments):
     out = no_hosts / "o"
     with pytest.raises(error) as err:  # on Ray: refused before Ray or any host starts
-        fedray.fit(model_fn, clients, rounds=1, out=out, runtime={"progress": False})
+        fedray.fit(model_fn, clients, rounds=1, out=out, runtime={"progress": False}, **arguments)
     line = str(err.value)
     assert "\n" not in line and "\x1b" not in line and len(line) < 400, line
     assert not out.exists()
@@ -562,3 +562,47 @@ def test_a_config_builder_whose_model_does_not_fit_is_one_line_and_exit_2(
     err = _refused_in_one_line(argv, capsys, f"model.name = '{name}'{expected}")
     assert "--resume" not in err and "\x1b" not in err
     assert sorted(p.name for p in elsewhere.iterdir()) == ["experiments"]
+
+
+# fedray.run's and fedray.fit's other arguments, and where the outputs go.
+
+
+class EarlyStopping:
+    """Stands in for keras.callbacks.EarlyStopping: a Keras habit, not a fedray callback."""
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ({"strategy": "fedprox"}, "strategy = 'fedprox': a str; expected a fedray.strategy."),
+        (
+            {"callbacks": [EarlyStopping()]},
+            "callbacks[0] = <EarlyStopping>: not a fedray.callbacks",
+        ),
+        ({"callbacks": EarlyStopping()}, "callbacks = <EarlyStopping>: expected a list of"),
+    ],
+)
+def test_run_refuses_arguments_of_the_wrong_type_in_one_line(arguments, expected, no_hosts):
+    with pytest.raises(ConfigError) as err:
+        fedray.run({}, out=no_hosts / "o", **arguments)
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value), err.value
+    assert not (no_hosts / "o").exists()
+
+
+def test_an_out_directory_that_is_a_file_is_one_line(no_hosts, capsys):
+    (no_hosts / "taken").write_text("not a directory")
+    _refused_in_one_line(
+        ["run", HOSPITALS, "--out", str(no_hosts / "taken")],
+        capsys,
+        f"run directory '{no_hosts / 'taken'}': cannot be made (",
+    )
+    _refused_in_one_line(
+        ["run", HOSPITALS, "--out", str(no_hosts / "taken" / "run")],
+        capsys,
+        f"run directory '{no_hosts / 'taken' / 'run'}': cannot be made (",
+    )
+
+
+def test_fit_names_its_test_argument_when_it_is_not_a_pair(no_hosts):
+    line = _fit_refused(no_hosts, lambda: None, _regression(), DataError, test="test.csv")
+    assert line.startswith("test is a str; expected an (x, y) pair of arrays"), line

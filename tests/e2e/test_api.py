@@ -108,3 +108,17 @@ def test_run_refuses_a_hand_composed_strategy_that_cannot_work(tmp_path):
     bad = Strategy(aggregator=NormBound(SecureAggregation(Mean(weighting="uniform"))))
     with pytest.raises(ConfigError, match="strategy.norm_bound=1.0"):
         fedray.run({"runtime": LOCAL}, strategy=bad, out=tmp_path)
+
+
+def test_fit_takes_the_strategy_section_as_a_dict_like_every_other_section(tmp_path):
+    x, y = textbook()
+    history = fedray.fit(
+        create_model,
+        [(x[:50], y[:50]), (x[50:], y[50:])],
+        rounds=1,
+        strategy={"name": "fedprox", "proximal_mu": 0.1},
+        out=tmp_path,
+        runtime=LOCAL,
+    )
+    assert history.summary["strategy"] == "fedprox"
+    assert history.summary["config"]["strategy"]["proximal_mu"] == 0.1
