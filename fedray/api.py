@@ -268,6 +268,7 @@ def run(
         build.warn_on_delta(cfg)
     executor, started_ray = build.make_executor(cfg, composed, data)
     try:
+        build.check_predict(cfg, executor)
         secure = isinstance(composed.aggregator, SecureAggregation)
         params0 = executor.initial_params() if secure or cfg.privacy.canaries.count else None
         if isinstance(composed.aggregator, SecureAggregation) and params0 is not None:

@@ -39,7 +39,7 @@ from fedray.callbacks import Callback
 from fedray.compat import check_compatible, strategy_features
 from fedray.config import Config, features
 from fedray.datafiles import FILE_KINDS, check_file
-from fedray.errors import ConfigError
+from fedray.errors import ConfigError, one_line
 from fedray.memory import InMemory
 from fedray.models import check_importable
 from fedray.privacy import DPSGD
@@ -207,6 +207,29 @@ def run_arguments(strategy: Any, callbacks: Any) -> tuple[Strategy | None, list[
                 "rounds; a Keras callback sees one client's training"
             )
     return strategy, listed
+
+
+def check_predict(cfg: Config, executor: Any) -> None:
+    """Fail before round 1 when the model cannot take ``evaluation.predict``'s inputs.
+
+    One prediction with the initial weights, on host 0: the inputs' width is known only
+    once a host has the data, and a mistake found after the last round costs the run.
+
+    Raises:
+        ConfigError: Naming the key, its value and the model's reason, in one line.
+    """
+    inputs = cfg.evaluation.predict
+    if not inputs:
+        return
+    from fedray.runtime.stream import unwrap
+
+    try:
+        executor.predict(executor.initial_params(), inputs)
+    except Exception as exc:
+        raise ConfigError(
+            f"evaluation.predict = {inputs!r}: the model cannot take these inputs "
+            f"({one_line(unwrap(exc))}); expected rows shaped as the data's features"
+        ) from None
 
 
 def scratch(cfg: Config) -> Config:

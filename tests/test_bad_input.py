@@ -606,3 +606,20 @@ def test_an_out_directory_that_is_a_file_is_one_line(no_hosts, capsys):
 def test_fit_names_its_test_argument_when_it_is_not_a_pair(no_hosts):
     line = _fit_refused(no_hosts, lambda: None, _regression(), DataError, test="test.csv")
     assert line.startswith("test is a str; expected an (x, y) pair of arrays"), line
+
+
+def test_predict_inputs_the_model_cannot_take_are_one_line_before_round_1(
+    elsewhere, capsys, monkeypatch
+):
+    import fedray.client.trainer as trainer_mod
+    from tests.fakes import NumpyTrainer
+
+    monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)  # hosts without TensorFlow
+    argv = ["run", "experiments/linreg.yaml", "--local", "--no-progress"]
+    err = _refused_in_one_line(
+        [*argv, "--set", "evaluation.predict=[[1.0, 2.0]]"],
+        capsys,
+        "evaluation.predict = [[1.0, 2.0]]: the model cannot take these inputs (",
+    )
+    assert "round 1" not in err
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["experiments"]
