@@ -25,8 +25,14 @@ import fedray
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
-LOCAL = ["runtime.executor=local", "runtime.progress=false", "checkpoint.every=0",
-         "rounds=20", "evaluation.every=2", "evaluation.federated_every=0"]  # fmt: skip
+LOCAL = [
+    "runtime.executor=local",
+    "runtime.progress=false",
+    "checkpoint.every=0",
+    "rounds=20",
+    "evaluation.every=2",
+    "evaluation.federated_every=0",
+]
 SETTINGS = {
     "float32": [],
     "8-bit": ["compression.quantize_bits=8"],
@@ -52,31 +58,55 @@ def main() -> None:
                 for r in h.rows:
                     up += r["comm/bytes_up"]
                     if "eval/accuracy" in r:
-                        curves.append({"workload": workload, "setting": name, "seed": seed,
-                                       "round": r["round"], "uplink_mb": up / 1e6,
-                                       "accuracy": r["eval/accuracy"]})  # fmt: skip
-                rows.append({"workload": workload, "setting": name, "seed": seed,
-                             "params": h.summary["params"]["count"],
-                             "bytes_per_update": h.rows[-1]["comm/bytes_up"]
-                             / h.rows[-1]["clients/ok"],
-                             "compression": h.rows[-1]["comm/compression"],
-                             "uplink_mb": up / 1e6,
-                             "accuracy": h.final["eval/accuracy"]})  # fmt: skip
+                        curves.append(
+                            {
+                                "workload": workload,
+                                "setting": name,
+                                "seed": seed,
+                                "round": r["round"],
+                                "uplink_mb": up / 1e6,
+                                "accuracy": r["eval/accuracy"],
+                            }
+                        )
+                rows.append(
+                    {
+                        "workload": workload,
+                        "setting": name,
+                        "seed": seed,
+                        "params": h.summary["params"]["count"],
+                        "bytes_per_update": h.rows[-1]["comm/bytes_up"] / h.rows[-1]["clients/ok"],
+                        "compression": h.rows[-1]["comm/compression"],
+                        "uplink_mb": up / 1e6,
+                        "accuracy": h.final["eval/accuracy"],
+                    }
+                )
                 print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
     df.to_csv(RESULTS / "compression.csv", index=False)
     pd.DataFrame(curves).to_csv(RESULTS / "compression_curves.csv", index=False)
-    cells = df.groupby(["workload", "setting"], sort=False).agg(
-        params=("params", "first"), bytes=("bytes_per_update", "first"),
-        ratio=("compression", "first"), mb=("uplink_mb", "mean"),
-        acc=("accuracy", "mean"), sd=("accuracy", "std"),
-    ).reset_index()  # fmt: skip
-    lines = ["| workload | setting | bytes per update | compression | uplink (MB, 20 rounds) | "
-             "accuracy (mean ± std) |", "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    cells = (
+        df.groupby(["workload", "setting"], sort=False)
+        .agg(
+            params=("params", "first"),
+            bytes=("bytes_per_update", "first"),
+            ratio=("compression", "first"),
+            mb=("uplink_mb", "mean"),
+            acc=("accuracy", "mean"),
+            sd=("accuracy", "std"),
+        )
+        .reset_index()
+    )
+    lines = [
+        "| workload | setting | bytes per update | compression | uplink (MB, 20 rounds) | "
+        "accuracy (mean ± std) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for _, c in cells.iterrows():
-        lines.append(f"| {c['workload']} ({c['params']:,} params) | {c['setting']} | "
-                     f"{c['bytes']:,.0f} | {c['ratio']:.1f}x | {c['mb']:.3f} | "
-                     f"{c['acc']:.3f} ± {c['sd']:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {c['workload']} ({c['params']:,} params) | {c['setting']} | "
+            f"{c['bytes']:,.0f} | {c['ratio']:.1f}x | {c['mb']:.3f} | "
+            f"{c['acc']:.3f} ± {c['sd']:.3f} |"
+        )
     (RESULTS / "compression.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     curve = pd.DataFrame(curves).groupby(["workload", "setting", "round"], sort=False)
@@ -86,8 +116,12 @@ def main() -> None:
         for name in SETTINGS:
             s = mean[(mean["workload"] == workload) & (mean["setting"] == name)]
             ax.plot(s["uplink_mb"], s["accuracy"], "o-", ms=3, label=name)
-        ax.set(xscale="log", xlabel="cumulative uplink (MB)", ylabel="test accuracy",
-               title=f"{workload}: accuracy vs uplink bytes")  # fmt: skip
+        ax.set(
+            xscale="log",
+            xlabel="cumulative uplink (MB)",
+            ylabel="test accuracy",
+            title=f"{workload}: accuracy vs uplink bytes",
+        )
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / "compression.png", dpi=120)

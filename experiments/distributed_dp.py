@@ -32,18 +32,36 @@ from fedray.privacy.distributed import calibrate
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
-LOCAL = ["runtime.executor=local", "runtime.progress=false", "runtime.clients_per_actor=1000",
-         "checkpoint.every=0", "model.name=linear", "strategy.fraction_fit=1.0",
-         "strategy.min_fit_clients=1", "client.local_epochs=2", "client.batch_size=16",
-         "evaluation.every=5"]  # fmt: skip
+LOCAL = [
+    "runtime.executor=local",
+    "runtime.progress=false",
+    "runtime.clients_per_actor=1000",
+    "checkpoint.every=0",
+    "model.name=linear",
+    "strategy.fraction_fit=1.0",
+    "strategy.min_fit_clients=1",
+    "client.local_epochs=2",
+    "client.batch_size=16",
+    "evaluation.every=5",
+]
 WORKLOADS = {
-    "blobs": (HERE / "blobs.yaml", ["rounds=20", "data.num_clients=200",
-                                    "client.learning_rate=0.1"]),
-    "digits": (HERE / "digits.yaml", ["rounds=20", "data.num_clients=100",
-                                      "data.partition=iid", "evaluation.federated_every=0",
-                                      "data.client_test_fraction=0", "client.optimizer=sgd",
-                                      "client.learning_rate=0.1"]),
-}  # fmt: skip
+    "blobs": (
+        HERE / "blobs.yaml",
+        ["rounds=20", "data.num_clients=200", "client.learning_rate=0.1"],
+    ),
+    "digits": (
+        HERE / "digits.yaml",
+        [
+            "rounds=20",
+            "data.num_clients=100",
+            "data.partition=iid",
+            "evaluation.federated_every=0",
+            "data.client_test_fraction=0",
+            "client.optimizer=sgd",
+            "client.learning_rate=0.1",
+        ],
+    ),
+}
 EPSILONS = [2.0, 4.0, 8.0]
 DELTA = 1e-5
 CLIP = 0.5
@@ -61,36 +79,76 @@ def run_workload(name: str) -> list[dict]:
         rounds = plain.summary["config"]["rounds"]
         clients = plain.summary["config"]["data"]["num_clients"]
         dim = plain.summary["params"]["count"]
-        rows.append({"workload": name, "seed": seed, "mechanism": "no DP",
-                     "accuracy": plain.final["eval/accuracy"]})  # fmt: skip
+        rows.append(
+            {
+                "workload": name,
+                "seed": seed,
+                "mechanism": "no DP",
+                "accuracy": plain.final["eval/accuracy"],
+            }
+        )
         dp = [f"privacy.dp.delta={DELTA}", f"privacy.dp.clip={CLIP}"]
-        secure = ["privacy.secure_aggregation.enabled=true",
-                  f"privacy.secure_aggregation.bits={BITS}",
-                  f"privacy.dp.max_dropout={MAX_DROPOUT}"]  # fmt: skip
+        secure = [
+            "privacy.secure_aggregation.enabled=true",
+            f"privacy.secure_aggregation.bits={BITS}",
+            f"privacy.dp.max_dropout={MAX_DROPOUT}",
+        ]
         for eps in EPSILONS:
             z = calibrate_noise_multiplier(eps, 1.0, rounds, DELTA, tol=1e-4)
-            h = fedray.run(path, overrides=[*base, *dp, "privacy.dp.mode=central",
-                                            f"privacy.dp.noise_multiplier={z}"])  # fmt: skip
-            rows.append({"workload": name, "seed": seed, "mechanism": "central",
-                         "target_epsilon": eps, "epsilon": h.summary["privacy"]["epsilon_rdp"],
-                         "noise_multiplier": z, "accuracy": h.final["eval/accuracy"],
-                         "noise_std": h.final["agg/dp/noise_std"]})  # fmt: skip
+            h = fedray.run(
+                path,
+                overrides=[
+                    *base,
+                    *dp,
+                    "privacy.dp.mode=central",
+                    f"privacy.dp.noise_multiplier={z}",
+                ],
+            )
+            rows.append(
+                {
+                    "workload": name,
+                    "seed": seed,
+                    "mechanism": "central",
+                    "target_epsilon": eps,
+                    "epsilon": h.summary["privacy"]["epsilon_rdp"],
+                    "noise_multiplier": z,
+                    "accuracy": h.final["eval/accuracy"],
+                    "noise_std": h.final["agg/dp/noise_std"],
+                }
+            )
             print(rows[-1], flush=True)
             for mech in ("skellam", "discrete_gaussian"):
-                plan = DistributedPlan(mech, 1.0, CLIP, dim, BITS, float(clients), clients,
-                                       MAX_DROPOUT)  # fmt: skip
+                plan = DistributedPlan(
+                    mech, 1.0, CLIP, dim, BITS, float(clients), clients, MAX_DROPOUT
+                )
                 zd = calibrate(plan, eps, rounds, DELTA)
-                h = fedray.run(path, overrides=[*base, *dp, *secure,
-                                                "privacy.dp.mode=distributed",
-                                                f"privacy.dp.mechanism={mech}",
-                                                f"privacy.dp.noise_multiplier={zd}"])  # fmt: skip
+                h = fedray.run(
+                    path,
+                    overrides=[
+                        *base,
+                        *dp,
+                        *secure,
+                        "privacy.dp.mode=distributed",
+                        f"privacy.dp.mechanism={mech}",
+                        f"privacy.dp.noise_multiplier={zd}",
+                    ],
+                )
                 p = h.summary["privacy"]
-                rows.append({"workload": name, "seed": seed, "mechanism": mech,
-                             "target_epsilon": eps, "epsilon": p["epsilon"],
-                             "noise_multiplier": zd, "accuracy": h.final["eval/accuracy"],
-                             "noise_std": h.final["agg/dp/noise_std"],
-                             "inflation": p["noise_inflation"], "scale": p["scale"],
-                             "modulus_bits": p["modulus_bits"]})  # fmt: skip
+                rows.append(
+                    {
+                        "workload": name,
+                        "seed": seed,
+                        "mechanism": mech,
+                        "target_epsilon": eps,
+                        "epsilon": p["epsilon"],
+                        "noise_multiplier": zd,
+                        "accuracy": h.final["eval/accuracy"],
+                        "noise_std": h.final["agg/dp/noise_std"],
+                        "inflation": p["noise_inflation"],
+                        "scale": p["scale"],
+                        "modulus_bits": p["modulus_bits"],
+                    }
+                )
                 print(rows[-1], flush=True)
     return rows
 
@@ -103,22 +161,33 @@ def main(names: list[str]) -> None:
         old = pd.read_csv(out)
         df = pd.concat([old[~old["workload"].isin(names)], df], ignore_index=True)
     df.to_csv(out, index=False)
-    lines = ["| workload | target ε | mechanism | z | ε spent | noise std on the mean | "
-             "accuracy (mean ± std) | gap to central |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    cells = df.dropna(subset=["target_epsilon"]).groupby(["workload", "target_epsilon",
-                                                          "mechanism"], sort=False)  # fmt: skip
-    summary = cells.agg(z=("noise_multiplier", "mean"), eps=("epsilon", "max"),
-                        noise=("noise_std", "mean"), acc=("accuracy", "mean"),
-                        sd=("accuracy", "std")).reset_index()  # fmt: skip
+    lines = [
+        "| workload | target ε | mechanism | z | ε spent | noise std on the mean | "
+        "accuracy (mean ± std) | gap to central |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    cells = df.dropna(subset=["target_epsilon"]).groupby(
+        ["workload", "target_epsilon", "mechanism"], sort=False
+    )
+    summary = cells.agg(
+        z=("noise_multiplier", "mean"),
+        eps=("epsilon", "max"),
+        noise=("noise_std", "mean"),
+        acc=("accuracy", "mean"),
+        sd=("accuracy", "std"),
+    ).reset_index()
     for _, r in summary.iterrows():
-        central = summary[(summary["workload"] == r["workload"])
-                          & (summary["target_epsilon"] == r["target_epsilon"])
-                          & (summary["mechanism"] == "central")]["acc"].iloc[0]  # fmt: skip
+        central = summary[
+            (summary["workload"] == r["workload"])
+            & (summary["target_epsilon"] == r["target_epsilon"])
+            & (summary["mechanism"] == "central")
+        ]["acc"].iloc[0]
         gap = "–" if r["mechanism"] == "central" else f"{r['acc'] - central:+.3f}"
-        lines.append(f"| {r['workload']} | {r['target_epsilon']:g} | {r['mechanism']} | "
-                     f"{r['z']:.3f} | {r['eps']:.3f} | {r['noise']:.4f} | "
-                     f"{r['acc']:.3f} ± {r['sd']:.3f} | {gap} |")  # fmt: skip
+        lines.append(
+            f"| {r['workload']} | {r['target_epsilon']:g} | {r['mechanism']} | "
+            f"{r['z']:.3f} | {r['eps']:.3f} | {r['noise']:.4f} | "
+            f"{r['acc']:.3f} ± {r['sd']:.3f} | {gap} |"
+        )
     for w, g in df[df["mechanism"] == "no DP"].groupby("workload"):
         acc = g["accuracy"]
         lines.append(f"| {w} | ∞ | no DP | – | ∞ | 0 | {acc.mean():.3f} ± {acc.std():.3f} | |")
@@ -130,12 +199,18 @@ def main(names: list[str]) -> None:
         g = df[df["workload"] == w]
         for mech, style in [("central", "o-"), ("skellam", "s--"), ("discrete_gaussian", "^:")]:
             s = g[g["mechanism"] == mech].groupby("target_epsilon")["accuracy"]
-            ax.errorbar(s.mean().index, s.mean(), yerr=s.std().fillna(0), fmt=style,
-                        capsize=3, label=mech)  # fmt: skip
-        ax.axhline(g[g["mechanism"] == "no DP"]["accuracy"].mean(), color="k", ls=":",
-                   label="no DP")  # fmt: skip
-        ax.set(xscale="log", xlabel="ε (RDP, δ = 1e-5, q = 1)", ylabel="test accuracy",
-               title=f"{w}: central vs distributed DP")  # fmt: skip
+            ax.errorbar(
+                s.mean().index, s.mean(), yerr=s.std().fillna(0), fmt=style, capsize=3, label=mech
+            )
+        ax.axhline(
+            g[g["mechanism"] == "no DP"]["accuracy"].mean(), color="k", ls=":", label="no DP"
+        )
+        ax.set(
+            xscale="log",
+            xlabel="ε (RDP, δ = 1e-5, q = 1)",
+            ylabel="test accuracy",
+            title=f"{w}: central vs distributed DP",
+        )
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / "distributed_dp.png", dpi=120)

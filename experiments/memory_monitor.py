@@ -23,8 +23,14 @@ import fedray
 from fedray.callbacks import Callback
 
 HERE = Path(__file__).parent
-BASE = ["data.num_clients=10", "data.num_samples=6000", "rounds=6", "runtime.progress=false",
-        "runtime.clients_per_actor=5", "runtime.max_restarts=-1"]  # fmt: skip
+BASE = [
+    "data.num_clients=10",
+    "data.num_samples=6000",
+    "rounds=6",
+    "runtime.progress=false",
+    "runtime.clients_per_actor=5",
+    "runtime.max_restarts=-1",
+]
 
 
 class MemoryPressure(Callback):
@@ -42,8 +48,10 @@ def main() -> None:
     clean = fedray.run(HERE / "blobs.yaml", out=None, overrides=[*BASE, "runtime.executor=local"])
     run = fedray.run(HERE / "blobs.yaml", out=None, overrides=BASE, callbacks=[MemoryPressure()])
     same = all(np.array_equal(a, b) for a, b in zip(clean.params, run.params, strict=True))
-    md = ["| round | clients ok | hosts re-run | clients re-run | round (s) |",
-          "|---:|---:|---:|---:|---:|"]  # fmt: skip
+    md = [
+        "| round | clients ok | hosts re-run | clients re-run | round (s) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     md += [
         f"| {r['round']} | {r['clients/ok']}/10 | {r.get('hosts/restarted', 0)} | "
         f"{r.get('clients/rerun', 0)} | {r['time/round_s']:.2f} |"

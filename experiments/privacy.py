@@ -37,21 +37,40 @@ from fedray.leakage import audit
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 RUNS = RESULTS / "runs"
-LOCAL = ["runtime.executor=local", "runtime.progress=false", "runtime.clients_per_actor=1000",
-         "checkpoint.every=0"]  # fmt: skip
+LOCAL = [
+    "runtime.executor=local",
+    "runtime.progress=false",
+    "runtime.clients_per_actor=1000",
+    "checkpoint.every=0",
+]
 
 
-UTILITY = ["rounds=60", "data.num_clients=400", "strategy.fraction_fit=0.1",
-           "strategy.min_fit_clients=1", "model.name=linear", "client.learning_rate=0.1",
-           "client.local_epochs=2", "client.batch_size=16", "evaluation.every=10"]  # fmt: skip
+UTILITY = [
+    "rounds=60",
+    "data.num_clients=400",
+    "strategy.fraction_fit=0.1",
+    "strategy.min_fit_clients=1",
+    "model.name=linear",
+    "client.learning_rate=0.1",
+    "client.local_epochs=2",
+    "client.batch_size=16",
+    "evaluation.every=10",
+]
 
 
 def utility() -> None:
     base = [*LOCAL, *UTILITY]
     rows = []
     for z in [None, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0]:  # z < 2 sigma_b = m / 10 = 4
-        dp = [] if z is None else [f"privacy.dp.noise_multiplier={z}", "privacy.dp.delta=1e-5",
-                                   "privacy.dp.clip=adaptive"]  # fmt: skip
+        dp = (
+            []
+            if z is None
+            else [
+                f"privacy.dp.noise_multiplier={z}",
+                "privacy.dp.delta=1e-5",
+                "privacy.dp.clip=adaptive",
+            ]
+        )
         h = fedray.run(HERE / "blobs.yaml", overrides=[*base, *dp])
         p = h.summary["privacy"] or {}
         rows.append(
@@ -72,25 +91,49 @@ def utility() -> None:
     for _, r in dp_rows.iterrows():
         ax.annotate(f"z={r['noise_multiplier']:g}", (r["epsilon"], r["accuracy"]), fontsize=7)
     ax.axhline(df[df["epsilon"].isna()]["accuracy"].iloc[0], color="k", ls=":", label="no DP")
-    ax.set(xscale="log", xlabel="ε (RDP, δ = 1e-5, 60 rounds, q = 0.1)",
-           ylabel="test accuracy", title="privacy-utility: blobs, 400 clients")  # fmt: skip
+    ax.set(
+        xscale="log",
+        xlabel="ε (RDP, δ = 1e-5, 60 rounds, q = 0.1)",
+        ylabel="test accuracy",
+        title="privacy-utility: blobs, 400 clients",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "privacy_utility.png", dpi=120)
 
 
 def audit_suite() -> None:
-    base = [*LOCAL, "rounds=30", "data.dataset=blobs", "data.num_samples=2000",
-            "data.num_clients=10", "data.partition=iid", "data.test_fraction=0.5",
-            "data.client_test_fraction=0", "strategy.fraction_fit=0.5",
-            "strategy.min_fit_clients=1", "model.name=mlp", "model.hidden=[256]",
-            "client.optimizer=adam", "client.learning_rate=0.005", "client.local_epochs=30",
-            "client.batch_size=8", "evaluation.every=10",
-            "evaluation.federated_every=0"]  # fmt: skip
+    base = [
+        *LOCAL,
+        "rounds=30",
+        "data.dataset=blobs",
+        "data.num_samples=2000",
+        "data.num_clients=10",
+        "data.partition=iid",
+        "data.test_fraction=0.5",
+        "data.client_test_fraction=0",
+        "strategy.fraction_fit=0.5",
+        "strategy.min_fit_clients=1",
+        "model.name=mlp",
+        "model.hidden=[256]",
+        "client.optimizer=adam",
+        "client.learning_rate=0.005",
+        "client.local_epochs=30",
+        "client.batch_size=8",
+        "evaluation.every=10",
+        "evaluation.federated_every=0",
+    ]
     runs = []
     for name, z in [("fedavg", None), ("dp-z0.5", 0.5), ("dp-z1", 1.0)]:
-        dp = [] if z is None else [f"privacy.dp.noise_multiplier={z}", "privacy.dp.delta=1e-4",
-                                   "privacy.dp.clip=1.0"]  # fmt: skip
+        dp = (
+            []
+            if z is None
+            else [
+                f"privacy.dp.noise_multiplier={z}",
+                "privacy.dp.delta=1e-4",
+                "privacy.dp.clip=1.0",
+            ]
+        )
         out = RUNS / f"audit-{name}"
         fedray.run(HERE / "digits.yaml", out=out, overrides=[*base, *dp])
         runs.append(out)
@@ -105,12 +148,25 @@ def audit_suite() -> None:
 def canary() -> None:
     # A wider model than the utility runs' (d = 36,362 instead of 610): held-out cosines
     # spread as 1 / sqrt(d), so a small d hides any canary signal below that floor.
-    base = [*LOCAL, *UTILITY, "model.name=mlp", "model.hidden=[512]",
-            "privacy.canaries.count=100", "privacy.canaries.held_out=100"]  # fmt: skip
+    base = [
+        *LOCAL,
+        *UTILITY,
+        "model.name=mlp",
+        "model.hidden=[512]",
+        "privacy.canaries.count=100",
+        "privacy.canaries.held_out=100",
+    ]
     rows = []
     for z in [None, 0.5, 1.0, 2.0, 3.0]:
-        dp = [] if z is None else [f"privacy.dp.noise_multiplier={z}", "privacy.dp.delta=1e-5",
-                                   "privacy.dp.clip=adaptive"]  # fmt: skip
+        dp = (
+            []
+            if z is None
+            else [
+                f"privacy.dp.noise_multiplier={z}",
+                "privacy.dp.delta=1e-5",
+                "privacy.dp.clip=adaptive",
+            ]
+        )
         h = fedray.run(HERE / "blobs.yaml", overrides=[*base, *dp])
         p, c = h.summary["privacy"] or {}, h.summary["canaries"]
         rows.append(

@@ -24,9 +24,15 @@ import fedray
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
-BASE = ["data.num_clients=10", "rounds=12", "strategy.min_fit_clients=5",
-        "runtime.clients_per_actor=5", "runtime.max_restarts=-1", "runtime.progress=false",
-        "evaluation.every=0"]  # fmt: skip
+BASE = [
+    "data.num_clients=10",
+    "rounds=12",
+    "strategy.min_fit_clients=5",
+    "runtime.clients_per_actor=5",
+    "runtime.max_restarts=-1",
+    "runtime.progress=false",
+    "evaluation.every=0",
+]
 RUNS = {
     "fault-free": [],
     "host crash 0.05": ["faults.host_crash_rate=0.05"],

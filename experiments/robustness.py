@@ -50,8 +50,10 @@ def main() -> None:
     clean = table.loc[table.run == "fedavg, no attack", "final_accuracy"].item()
     table["vs_attack_free_points"] = 100 * (table.final_accuracy - clean)
     table.to_csv(RESULTS / "robustness.csv", index=False)
-    md = ["| strategy (20 % sign-flip attackers) | final accuracy | vs attack-free (points) |",
-          "|---|---:|---:|"]  # fmt: skip
+    md = [
+        "| strategy (20 % sign-flip attackers) | final accuracy | vs attack-free (points) |",
+        "|---|---:|---:|",
+    ]
     md += [
         f"| {r.run} | {r.final_accuracy:.3f} | {r.vs_attack_free_points:+.1f} |"
         for r in table.itertuples()

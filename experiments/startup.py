@@ -78,16 +78,26 @@ ray.shutdown()
 
 
 def _python(code: str) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
     return out.stdout.strip().splitlines()[-1].split()
 
 
 def _fedray_run(*extra: str) -> tuple[float, float, float, float]:
     """Startup, the slowest host's set-up, the total and the command's wall time."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "fedray", "run", str(HERE / "linreg.yaml"), "--out", tmp,
-               "--no-progress", *extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "fedray",
+            "run",
+            str(HERE / "linreg.yaml"),
+            "--out",
+            tmp,
+            "--no-progress",
+            *extra,
+        ]
         t0 = time.perf_counter()
         subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
         wall = time.perf_counter() - t0
@@ -98,8 +108,13 @@ def _fedray_run(*extra: str) -> tuple[float, float, float, float]:
 
 def _fedray(*args: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fedray", *args], capture_output=True, text=True,
-                   timeout=300, check=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "fedray", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     return time.perf_counter() - t0
 
 
@@ -146,8 +161,10 @@ def main() -> None:
     md = ["| part | median | min | max |", "|---|---:|---:|---:|"]
     for part, r in med.iterrows():
         fmt = "{:.0f}" if "processes" in part else "{:.2f} s"
-        md.append(f"| {part} | {fmt.format(r['median'])} | {fmt.format(r['min'])} | "
-                  f"{fmt.format(r['max'])} |")  # fmt: skip
+        md.append(
+            f"| {part} | {fmt.format(r['median'])} | {fmt.format(r['min'])} | "
+            f"{fmt.format(r['max'])} |"
+        )
     ratio = fedray_s / naive_s
     warm_s = med.loc["warm fedray run: startup", "median"]
     md += [

@@ -33,9 +33,14 @@ SUITES = {
     "fedprox": (
         "synthetic.yaml",
         [
-            "rounds=200", "strategy.fraction_fit=0.3333334", "strategy.min_fit_clients=1",
-            "client.local_epochs=20", "client.batch_size=10", "client.learning_rate=0.01",
-            "faults.straggler_fraction=0.9", "evaluation.train_every=1",
+            "rounds=200",
+            "strategy.fraction_fit=0.3333334",
+            "strategy.min_fit_clients=1",
+            "client.local_epochs=20",
+            "client.batch_size=10",
+            "client.learning_rate=0.01",
+            "faults.straggler_fraction=0.9",
+            "evaluation.train_every=1",
         ],
         {
             "fedavg (drops stragglers)": ["strategy.name=fedavg", "faults.drop_stragglers=1"],
@@ -47,9 +52,14 @@ SUITES = {
     "adaptive": (
         "digits.yaml",
         [
-            "rounds=40", "data.alpha=0.1", "strategy.fraction_fit=1.0",
-            "strategy.min_fit_clients=1", "evaluation.federated_every=0",
-            "client.optimizer=sgd", "client.learning_rate=0.05", "client.local_epochs=1",
+            "rounds=40",
+            "data.alpha=0.1",
+            "strategy.fraction_fit=1.0",
+            "strategy.min_fit_clients=1",
+            "evaluation.federated_every=0",
+            "client.optimizer=sgd",
+            "client.learning_rate=0.05",
+            "client.local_epochs=1",
         ],
         {
             "fedavg": ["strategy.name=fedavg"],
@@ -61,20 +71,27 @@ SUITES = {
     "fedbuff": (
         "digits.yaml",
         [
-            "rounds=60", "data.partition=iid", "evaluation.federated_every=0",
-            "client.optimizer=sgd", "client.learning_rate=0.05", "faults.delay_s=1.0",
-            "runtime.clients_per_actor=1", "runtime.executor=ray",
+            "rounds=60",
+            "data.partition=iid",
+            "evaluation.federated_every=0",
+            "client.optimizer=sgd",
+            "client.learning_rate=0.05",
+            "faults.delay_s=1.0",
+            "runtime.clients_per_actor=1",
+            "runtime.executor=ray",
         ],
         {
             "fedavg (sync, 5 per round)": ["strategy.name=fedavg", "strategy.fraction_fit=0.5"],
             "fedbuff (5 in flight, buffer 3)": [
-                "strategy.name=fedbuff", "strategy.concurrency=5", "strategy.buffer_size=3",
+                "strategy.name=fedbuff",
+                "strategy.concurrency=5",
+                "strategy.buffer_size=3",
                 "strategy.server_learning_rate=1.0",
             ],
         },
         ["eval/accuracy", "eval/loss"],
     ),
-}  # fmt: skip
+}
 
 
 TITLES = {
@@ -96,14 +113,18 @@ def run_suite(name: str) -> None:
         df = hist.metrics.assign(run=label, wall_s=hist.metrics["time/round_s"].cumsum())
         frames.append(df)
         final = df.ffill().iloc[-1]
-        rows.append({
-            "run": label,
-            **{m: float(final[m]) for m in metrics},
-            "best_accuracy": float(df["eval/accuracy"].max()),
-            f"seconds_to_{TARGET}": float(df.loc[df["eval/accuracy"] >= TARGET, "wall_s"].min()),
-            "failed_clients": int(df["clients/failed"].sum()),
-            "skipped_rounds": int((df["round/committed"] == 0).sum()),
-        })  # fmt: skip
+        rows.append(
+            {
+                "run": label,
+                **{m: float(final[m]) for m in metrics},
+                "best_accuracy": float(df["eval/accuracy"].max()),
+                f"seconds_to_{TARGET}": float(
+                    df.loc[df["eval/accuracy"] >= TARGET, "wall_s"].min()
+                ),
+                "failed_clients": int(df["clients/failed"].sum()),
+                "skipped_rounds": int((df["round/committed"] == 0).sum()),
+            }
+        )
     pd.concat(frames).to_csv(RESULTS / f"{name}.csv", index=False)
     table = pd.DataFrame(rows)
     cols = list(table.columns)

@@ -129,8 +129,19 @@ def _train(
     )
 
 
-_HOST_FACTS = ("clients", "pid", "node_id", "setup_s", "gpu_ids", "gpu", "gpu_memory_mb",
-               "gpu_memory", "gpu_total_mb", "data_device", "gpu_data_mb")  # fmt: skip
+_HOST_FACTS = (
+    "clients",
+    "pid",
+    "node_id",
+    "setup_s",
+    "gpu_ids",
+    "gpu",
+    "gpu_memory_mb",
+    "gpu_memory",
+    "gpu_total_mb",
+    "data_device",
+    "gpu_data_mb",
+)
 
 
 def weighting(strategy: Strategy) -> str | None:
@@ -310,8 +321,18 @@ def run(
     csv_log.write_parquet()  # pandas only now, with the hosts gone (peak memory)
     total_s = time.perf_counter() - t_start
     times = {"startup_s": startup_s, "rounds_s": t_end - t_rounds, "total_s": total_s}
-    summary = _summary(cfg, composed, history.rows, params, params0, ledger, canaries,
-                       host_info, predictions, times)  # fmt: skip
+    summary = _summary(
+        cfg,
+        composed,
+        history.rows,
+        params,
+        params0,
+        ledger,
+        canaries,
+        host_info,
+        predictions,
+        times,
+    )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     history.out_dir, history.summary, history.params = out_dir, summary, params
     return history

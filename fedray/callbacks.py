@@ -179,13 +179,19 @@ class FailureLog(Callback):
         import csv
 
         rows = [
-            (server_round, r.attempt, "", r.host, "host_restart",
-             f"{r.reason}; re-ran clients {list(r.client_ids)}")
+            (
+                server_round,
+                r.attempt,
+                "",
+                r.host,
+                "host_restart",
+                f"{r.reason}; re-ran clients {list(r.client_ids)}",
+            )
             for r in recoveries
         ] + [
             (server_round, f.attempt, f.client_id, f.host, f.cause, f.reason.partition("\n")[0])
             for f in failures
-        ]  # fmt: skip
+        ]
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerows(rows)
 

@@ -65,8 +65,11 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set rounds=20 (repeatable)",
     )
     r.add_argument("--out", help="output directory (default: runs/<config>-<timestamp>)")
-    r.add_argument("--address", help="Ray cluster to join: 'auto', host:port, or 'fedray' for the "
-                   "warm instance of `fedray up` (default: a private local one)")  # fmt: skip
+    r.add_argument(
+        "--address",
+        help="Ray cluster to join: 'auto', host:port, or 'fedray' for the "
+        "warm instance of `fedray up` (default: a private local one)",
+    )
     r.add_argument("--local", action="store_true", help="run clients in-process, without Ray")
     r.add_argument("--state-dir", metavar="DIR", help=STATE_DIR_HELP + " (with --address fedray)")
     r.add_argument(
@@ -88,12 +91,23 @@ def _parser() -> argparse.ArgumentParser:
         "sweep", help="a grid of runs as Ray Tune trials (the same command again resumes it)"
     )
     sw.add_argument("config", help="path to a YAML config, e.g. experiments/linreg.yaml")
-    sw.add_argument("--grid", action="append", default=[], metavar="KEY=[V1,V2,...]",
-                    help="a key and its values, e.g. client.learning_rate=[0.01,0.05]")  # fmt: skip
+    sw.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=[V1,V2,...]",
+        help="a key and its values, e.g. client.learning_rate=[0.01,0.05]",
+    )
     sw.add_argument("--seeds", type=int, default=1, help="runs per combination (seed, seed+1, ...)")
     sw.add_argument("--max-concurrent", type=int, help="trials at once (default: one per CPU)")
-    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key in every trial (repeatable)")  # fmt: skip
+    sw.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every trial (repeatable)",
+    )
     sw.add_argument("--out", help="sweep directory (default: runs/sweep-<config>-<timestamp>)")
     sw.add_argument("--metric", help="metric to rank by (default eval/accuracy, else a loss)")
     sw.add_argument("--mode", choices=["min", "max"], help="lower or higher is better")
@@ -241,10 +255,18 @@ def _sweep(args: argparse.Namespace) -> int:
         raise FedrayError("fedray sweep needs at least one --grid KEY=[v1,v2,...]")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise FedrayError(f"--max-concurrent {args.max_concurrent}: expected an integer >= 1")
-    df = sweep(args.config, grid=parse_grid(args.grid), seeds=args.seeds, out=args.out,
-               overrides=args.overrides, max_concurrent=args.max_concurrent, metric=args.metric,
-               mode=args.mode, address=args.address,
-               progress=not args.no_progress and sys.stdout.isatty())  # fmt: skip
+    df = sweep(
+        args.config,
+        grid=parse_grid(args.grid),
+        seeds=args.seeds,
+        out=args.out,
+        overrides=args.overrides,
+        max_concurrent=args.max_concurrent,
+        metric=args.metric,
+        mode=args.mode,
+        address=args.address,
+        progress=not args.no_progress and sys.stdout.isatty(),
+    )
     _print_sweep(df)
     out = Path(df["out"].iloc[0]).parent.parent
     print(f"outputs in {out} (sweep.csv, sweep.png, runs/)")
@@ -272,11 +294,15 @@ def _warm(args: argparse.Namespace) -> int:
             raise FedrayError(f"{flag} {value}: expected an integer >= 1")
     t0 = time.perf_counter()
     state = warm.up(args.num_cpus, args.hosts, temp_dir=args.temp_dir)
-    print(f"warm instance up in {time.perf_counter() - t0:.1f} s: {state.cpus:g} CPUs, "
-          f"{state.hosts} hosts with TensorFlow loaded")  # fmt: skip
+    print(
+        f"warm instance up in {time.perf_counter() - t0:.1f} s: {state.cpus:g} CPUs, "
+        f"{state.hosts} hosts with TensorFlow loaded"
+    )
     where = "" if args.state_dir is None else f" --state-dir {args.state_dir}"
-    print(f"use it: fedray run CONFIG --address {warm.ADDRESS}{where}   (or export "
-          f"{warm.ENV}={warm.ADDRESS}); stop it: fedray down{where}")  # fmt: skip
+    print(
+        f"use it: fedray run CONFIG --address {warm.ADDRESS}{where}   (or export "
+        f"{warm.ENV}={warm.ADDRESS}); stop it: fedray down{where}"
+    )
     return 0
 
 
@@ -337,8 +363,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             out = args.out or args.runs[0]
             table = audit(args.runs, out)
-            cols = ["mechanism", "epsilon", "accuracy", "auc", "advantage", "tpr_at_1pct_fpr",
-                    "epsilon_lower_bound"]  # fmt: skip
+            cols = [
+                "mechanism",
+                "epsilon",
+                "accuracy",
+                "auc",
+                "advantage",
+                "tpr_at_1pct_fpr",
+                "epsilon_lower_bound",
+            ]
             Console().print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
             print(f"wrote {Path(out) / 'audit.csv'} and {Path(out) / 'audit.png'}")
             return 0

@@ -20,9 +20,16 @@ def _distributed(args: argparse.Namespace) -> int:
     if not args.clients or not args.dim or args.dim < 1:
         raise FedrayError("--distributed needs --clients N and --dim D (the model's size) >= 1")
     try:
-        plan = DistributedPlan(args.distributed, args.noise_multiplier or 1.0, 1.0, args.dim,
-                               args.bits, args.sampling_rate * args.clients, args.clients,
-                               args.max_dropout)  # fmt: skip
+        plan = DistributedPlan(
+            args.distributed,
+            args.noise_multiplier or 1.0,
+            1.0,
+            args.dim,
+            args.bits,
+            args.sampling_rate * args.clients,
+            args.clients,
+            args.max_dropout,
+        )
         if args.noise_multiplier is None:
             z = calibrate(plan, args.target_epsilon, args.rounds, args.delta)
             plan = replace(plan, noise_multiplier=z)

@@ -93,116 +93,277 @@ _MEAN = "a mean of clipped updates; expected one of " + ", ".join(MEAN_RECIPES)
 
 RULES: tuple[Rule, ...] = (
     # --- every release under DP is charged or refused --------------------------------
-    Rule(_DP, "evaluation.train_every", "per-client training metrics would leave the hosts "
-         "un-noised; set evaluation.train_every=0"),
-    Rule(_DP, "evaluation.federated_every", "per-client evaluation metrics and counts would "
-         "leave the hosts un-noised; set evaluation.federated_every=0 (evaluation.every uses "
-         "the server's test set)"),
-    Rule(_DP, _NAME, "the asynchronous loop has no privacy ledger, so its releases would go "
-         "uncharged; use a synchronous strategy (fedavg, fedprox, fedavgm, fedadam, ...)",
-         when_b=_is("fedbuff")),
-    Rule(_DP, "strategy.over_commit", "late clients' noised updates would leave their hosts "
-         "without being charged, and keeping the first K arrivals changes the sampling the "
-         "accountant assumes; set strategy.over_commit=0"),
-    Rule(_DP, "strategy.weighting", "DP needs uniform client weights: the example counts "
-         "would leave the hosts un-noised and raise a client's sensitivity; set "
-         "strategy.weighting=uniform or auto",
-         when_b=_is("examples")),
-    Rule(_DP, _SA, "each client adds only its share of the noise, so without secure "
-         "aggregation the server would see every update almost un-noised; set "
-         "privacy.secure_aggregation.enabled=true", when_a=_is("distributed"),
-         when_b=lambda v: not v),
-    Rule(_DP, "privacy.secure_aggregation.clip", "distributed DP clips each update to "
-         "privacy.dp.clip, its sensitivity, and sizes the modular range itself; unset "
-         "privacy.secure_aggregation.clip", when_a=_is("distributed")),
-    Rule(_DP, _NAME, "client-level DP needs a mean aggregator, " + _MEAN,
-         when_a=_is("central", "local", "distributed"),
-         when_b=_not(None, *MEAN_RECIPES)),
-    Rule(_DP, "strategy.min_fit_clients", "central DP commits every round, even one with no "
-         "participants; set strategy.min_fit_clients=1", when_a=_is("central"),
-         when_b=lambda v: v is not None and v > 1),
-    Rule(_DP, "strategy.norm_bound", "clients already clip to privacy.dp.clip, so the bound "
-         "would only log un-noised statistics of their updates (agg/clipped_fraction); unset "
-         "strategy.norm_bound", when_a=_is("central")),
-    Rule(_DP, "strategy.max_update_norm", "clients already clip to privacy.dp.clip, so the "
-         "check would only count un-noised statistics of their updates (failed/invalid); "
-         "unset strategy.max_update_norm", when_a=_is("central")),
+    Rule(
+        _DP,
+        "evaluation.train_every",
+        "per-client training metrics would leave the hosts un-noised; set evaluation.train_every=0",
+    ),
+    Rule(
+        _DP,
+        "evaluation.federated_every",
+        "per-client evaluation metrics and counts would "
+        "leave the hosts un-noised; set evaluation.federated_every=0 (evaluation.every uses "
+        "the server's test set)",
+    ),
+    Rule(
+        _DP,
+        _NAME,
+        "the asynchronous loop has no privacy ledger, so its releases would go "
+        "uncharged; use a synchronous strategy (fedavg, fedprox, fedavgm, fedadam, ...)",
+        when_b=_is("fedbuff"),
+    ),
+    Rule(
+        _DP,
+        "strategy.over_commit",
+        "late clients' noised updates would leave their hosts "
+        "without being charged, and keeping the first K arrivals changes the sampling the "
+        "accountant assumes; set strategy.over_commit=0",
+    ),
+    Rule(
+        _DP,
+        "strategy.weighting",
+        "DP needs uniform client weights: the example counts "
+        "would leave the hosts un-noised and raise a client's sensitivity; set "
+        "strategy.weighting=uniform or auto",
+        when_b=_is("examples"),
+    ),
+    Rule(
+        _DP,
+        _SA,
+        "each client adds only its share of the noise, so without secure "
+        "aggregation the server would see every update almost un-noised; set "
+        "privacy.secure_aggregation.enabled=true",
+        when_a=_is("distributed"),
+        when_b=lambda v: not v,
+    ),
+    Rule(
+        _DP,
+        "privacy.secure_aggregation.clip",
+        "distributed DP clips each update to "
+        "privacy.dp.clip, its sensitivity, and sizes the modular range itself; unset "
+        "privacy.secure_aggregation.clip",
+        when_a=_is("distributed"),
+    ),
+    Rule(
+        _DP,
+        _NAME,
+        "client-level DP needs a mean aggregator, " + _MEAN,
+        when_a=_is("central", "local", "distributed"),
+        when_b=_not(None, *MEAN_RECIPES),
+    ),
+    Rule(
+        _DP,
+        "strategy.min_fit_clients",
+        "central DP commits every round, even one with no "
+        "participants; set strategy.min_fit_clients=1",
+        when_a=_is("central"),
+        when_b=lambda v: v is not None and v > 1,
+    ),
+    Rule(
+        _DP,
+        "strategy.norm_bound",
+        "clients already clip to privacy.dp.clip, so the bound "
+        "would only log un-noised statistics of their updates (agg/clipped_fraction); unset "
+        "strategy.norm_bound",
+        when_a=_is("central"),
+    ),
+    Rule(
+        _DP,
+        "strategy.max_update_norm",
+        "clients already clip to privacy.dp.clip, so the "
+        "check would only count un-noised statistics of their updates (failed/invalid); "
+        "unset strategy.max_update_norm",
+        when_a=_is("central"),
+    ),
     # --- secure aggregation: the server sees only the sum -----------------------------
-    Rule(_SA, _NAME, "the server sees only the sum, so the rule must be " + _MEAN,
-         when_b=_not(None, *MEAN_RECIPES)),
-    Rule(_SA, "strategy.weighting", "a secure sum has no example counts; set "
-         "strategy.weighting=uniform or auto", when_b=_is("examples")),
-    Rule(_SA, "strategy.norm_bound", "the server never sees a single update to clip; set "
-         "privacy.secure_aggregation.clip, which the hosts apply before masking"),
-    Rule(_SA, "strategy.max_update_norm", "the server sees only masked updates, so it cannot "
-         "check their norms; set privacy.secure_aggregation.clip, which the hosts apply "
-         "before masking"),
-    Rule("strategy.aggregator", _SA, "secure aggregation must be the outermost aggregator: a "
-         "wrapper outside it would get one decoded sum instead of the updates"),
-    Rule(_SA, "strategy.over_commit", "a masked update is useless without the others of its "
-         "cohort; set strategy.over_commit=0"),
-    Rule(_SA, "attack.fraction", "simulated attacks tamper with updates the server never "
-         "sees; set attack.fraction=0"),
-    Rule(_SA, "evaluation.federated_every", "per-client evaluation metrics and counts would "
-         "reach the server in the clear, which is to learn only sums; set "
-         "evaluation.federated_every=0 (evaluation.every uses the server's test set)"),
-    Rule(_SA, "evaluation.train_every", "per-client training metrics would reach the server "
-         "in the clear, which is to learn only sums; set evaluation.train_every=0"),
-    Rule(_SA, _DP, "local DP already noises each update; use privacy.dp.mode=central "
-         "(noised on the decoded sum)", when_b=_is("local")),
-    Rule(_SA, "privacy.dp.clip", "the quantization range needs a fixed clip; give "
-         "privacy.dp.clip a number", when_b=_is("adaptive")),
+    Rule(
+        _SA,
+        _NAME,
+        "the server sees only the sum, so the rule must be " + _MEAN,
+        when_b=_not(None, *MEAN_RECIPES),
+    ),
+    Rule(
+        _SA,
+        "strategy.weighting",
+        "a secure sum has no example counts; set strategy.weighting=uniform or auto",
+        when_b=_is("examples"),
+    ),
+    Rule(
+        _SA,
+        "strategy.norm_bound",
+        "the server never sees a single update to clip; set "
+        "privacy.secure_aggregation.clip, which the hosts apply before masking",
+    ),
+    Rule(
+        _SA,
+        "strategy.max_update_norm",
+        "the server sees only masked updates, so it cannot "
+        "check their norms; set privacy.secure_aggregation.clip, which the hosts apply "
+        "before masking",
+    ),
+    Rule(
+        "strategy.aggregator",
+        _SA,
+        "secure aggregation must be the outermost aggregator: a "
+        "wrapper outside it would get one decoded sum instead of the updates",
+    ),
+    Rule(
+        _SA,
+        "strategy.over_commit",
+        "a masked update is useless without the others of its cohort; set strategy.over_commit=0",
+    ),
+    Rule(
+        _SA,
+        "attack.fraction",
+        "simulated attacks tamper with updates the server never sees; set attack.fraction=0",
+    ),
+    Rule(
+        _SA,
+        "evaluation.federated_every",
+        "per-client evaluation metrics and counts would "
+        "reach the server in the clear, which is to learn only sums; set "
+        "evaluation.federated_every=0 (evaluation.every uses the server's test set)",
+    ),
+    Rule(
+        _SA,
+        "evaluation.train_every",
+        "per-client training metrics would reach the server "
+        "in the clear, which is to learn only sums; set evaluation.train_every=0",
+    ),
+    Rule(
+        _SA,
+        _DP,
+        "local DP already noises each update; use privacy.dp.mode=central "
+        "(noised on the decoded sum)",
+        when_b=_is("local"),
+    ),
+    Rule(
+        _SA,
+        "privacy.dp.clip",
+        "the quantization range needs a fixed clip; give privacy.dp.clip a number",
+        when_b=_is("adaptive"),
+    ),
     # --- compression: the hosts compress, the inner rule gets the reconstruction -------
-    Rule("compression.topk", _SA, "each client keeps different coordinates, and the masks "
-         "cancel only over the same ones; use compression.quantize_bits instead"),
-    Rule("compression.rotate", _SA, "secure aggregation quantizes over the clip range in any "
-         "basis (distributed DP rotates already); set compression.rotate=false"),
-    Rule("compression.quantize_bits", "privacy.secure_aggregation.bits", "under secure "
-         "aggregation the update is quantized once, by secure aggregation; set one of the two"),
-    Rule("compression.quantize_bits", _DP, "local DP adds dense Gaussian noise after the "
-         "compression, so nothing would be saved", when_b=_is("local")),
-    Rule("compression.topk", _DP, "local DP adds dense Gaussian noise after the compression, "
-         "so nothing would be saved", when_b=_is("local")),
-    Rule("compression.topk", "compression.quantize_bits", "top-k sends exact values at its "
-         "coordinates, and quantizing would fill in the zeros; use one of the two"),
-    Rule("compression.topk", "compression.rotate", "a rotation spreads the kept coordinates "
-         "over all of them; use one of the two"),
+    Rule(
+        "compression.topk",
+        _SA,
+        "each client keeps different coordinates, and the masks "
+        "cancel only over the same ones; use compression.quantize_bits instead",
+    ),
+    Rule(
+        "compression.rotate",
+        _SA,
+        "secure aggregation quantizes over the clip range in any "
+        "basis (distributed DP rotates already); set compression.rotate=false",
+    ),
+    Rule(
+        "compression.quantize_bits",
+        "privacy.secure_aggregation.bits",
+        "under secure "
+        "aggregation the update is quantized once, by secure aggregation; set one of the two",
+    ),
+    Rule(
+        "compression.quantize_bits",
+        _DP,
+        "local DP adds dense Gaussian noise after the compression, so nothing would be saved",
+        when_b=_is("local"),
+    ),
+    Rule(
+        "compression.topk",
+        _DP,
+        "local DP adds dense Gaussian noise after the compression, so nothing would be saved",
+        when_b=_is("local"),
+    ),
+    Rule(
+        "compression.topk",
+        "compression.quantize_bits",
+        "top-k sends exact values at its "
+        "coordinates, and quantizing would fill in the zeros; use one of the two",
+    ),
+    Rule(
+        "compression.topk",
+        "compression.rotate",
+        "a rotation spreads the kept coordinates over all of them; use one of the two",
+    ),
     # --- canary audits ------------------------------------------------------------------
     Rule(_CANARIES, _SA, "canaries join the server's sum after the secure sum is decoded"),
-    Rule(_CANARIES, _DP, "canaries estimate client-level central DP",
-         when_b=_is("local", "dpsgd")),
+    Rule(_CANARIES, _DP, "canaries estimate client-level central DP", when_b=_is("local", "dpsgd")),
     Rule(_CANARIES, _NAME, "canaries join a mean of updates", when_b=_not(None, *MEAN_RECIPES)),
     # --- the loop ---------------------------------------------------------------------
-    Rule("strategy.over_commit", _NAME, "late clients would update their control variates "
-         "unseen by the server; set strategy.over_commit=0", when_b=_is("scaffold")),
-    Rule("strategy.over_commit", _NAME, "fedbuff is already asynchronous (use "
-         "strategy.concurrency); set strategy.over_commit=0", when_b=_is("fedbuff")),
+    Rule(
+        "strategy.over_commit",
+        _NAME,
+        "late clients would update their control variates "
+        "unseen by the server; set strategy.over_commit=0",
+        when_b=_is("scaffold"),
+    ),
+    Rule(
+        "strategy.over_commit",
+        _NAME,
+        "fedbuff is already asynchronous (use strategy.concurrency); set strategy.over_commit=0",
+        when_b=_is("fedbuff"),
+    ),
     # --- devices ----------------------------------------------------------------------
-    Rule("runtime.gpus_per_host", "runtime.executor", "in-process hosts share one "
-         "TensorFlow, which sees the whole GPU; use runtime.executor=ray",
-         when_b=_is("local")),
-    Rule("runtime.gpu_memory_growth", "runtime.gpus_per_host", "memory growth applies to a "
-         "host's GPU share; set runtime.gpus_per_host", when_b=_is(None)),
-    Rule("runtime.address", "runtime.gpus_per_host", "the warm hosts of `fedray up` set up "
-         "their TensorFlow before any GPU share is known; leave runtime.address unset",
-         when_a=_is("fedray")),
+    Rule(
+        "runtime.gpus_per_host",
+        "runtime.executor",
+        "in-process hosts share one TensorFlow, which sees the whole GPU; use runtime.executor=ray",
+        when_b=_is("local"),
+    ),
+    Rule(
+        "runtime.gpu_memory_growth",
+        "runtime.gpus_per_host",
+        "memory growth applies to a host's GPU share; set runtime.gpus_per_host",
+        when_b=_is(None),
+    ),
+    Rule(
+        "runtime.address",
+        "runtime.gpus_per_host",
+        "the warm hosts of `fedray up` set up "
+        "their TensorFlow before any GPU share is known; leave runtime.address unset",
+        when_a=_is("fedray"),
+    ),
     # --- balanced hosts: a client may train in any host, so nothing of it may stay in one --
-    Rule("runtime.balance", _NAME, "a client's control variate stays in the host that last "
-         "trained it, which changes from round to round; set runtime.balance=false",
-         when_b=_is("scaffold")),
-    Rule("runtime.balance", "compression.topk", "a client's top-k residual stays in the host "
-         "that last trained it, which changes from round to round; set runtime.balance=false"),
-    Rule("runtime.balance", _SA, "a client's keys of the round stay in the host that made "
-         "them, and its masking must run there too; set runtime.balance=false"),
-    Rule("runtime.balance", "data.placement", "every host loads every client's rows, but "
-         "data.placement keeps a client's rows on its own nodes; unset one of the two"),
-    Rule("evaluation.hosts", "data.placement", "only the first client's node is sure to "
-         "hold data.test_path, so host 0 evaluates alone; set evaluation.hosts=auto or 1",
-         when_a=lambda v: isinstance(v, int) and v > 1),
+    Rule(
+        "runtime.balance",
+        _NAME,
+        "a client's control variate stays in the host that last "
+        "trained it, which changes from round to round; set runtime.balance=false",
+        when_b=_is("scaffold"),
+    ),
+    Rule(
+        "runtime.balance",
+        "compression.topk",
+        "a client's top-k residual stays in the host "
+        "that last trained it, which changes from round to round; set runtime.balance=false",
+    ),
+    Rule(
+        "runtime.balance",
+        _SA,
+        "a client's keys of the round stay in the host that made "
+        "them, and its masking must run there too; set runtime.balance=false",
+    ),
+    Rule(
+        "runtime.balance",
+        "data.placement",
+        "every host loads every client's rows, but "
+        "data.placement keeps a client's rows on its own nodes; unset one of the two",
+    ),
+    Rule(
+        "evaluation.hosts",
+        "data.placement",
+        "only the first client's node is sure to "
+        "hold data.test_path, so host 0 evaluates alone; set evaluation.hosts=auto or 1",
+        when_a=lambda v: isinstance(v, int) and v > 1,
+    ),
     # --- simulated faults -------------------------------------------------------------
-    Rule("faults.host_hang_rate", "runtime.round_timeout_s", "only the round deadline frees a "
-         "hung host; set runtime.round_timeout_s", when_b=_is(None)),
-)  # fmt: skip
+    Rule(
+        "faults.host_hang_rate",
+        "runtime.round_timeout_s",
+        "only the round deadline frees a hung host; set runtime.round_timeout_s",
+        when_b=_is(None),
+    ),
+)
 """The refusals, in the order they are checked (the first that applies is reported)."""
 
 

@@ -391,9 +391,17 @@ def _synthetic_rows(
     cfg: DataConfig, seed: int, client_ids: Sequence[int], *, with_test_set: bool
 ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray] | None]:
     s = cfg.synthetic
-    return host_rows(client_ids, cfg.num_clients, s.alpha, s.beta, seed, total=cfg.num_samples,
-                     with_test_set=with_test_set, num_features=s.num_features,
-                     num_classes=s.num_classes)  # fmt: skip
+    return host_rows(
+        client_ids,
+        cfg.num_clients,
+        s.alpha,
+        s.beta,
+        seed,
+        total=cfg.num_samples,
+        with_test_set=with_test_set,
+        num_features=s.num_features,
+        num_classes=s.num_classes,
+    )
 
 
 def _natural(cfg: DataConfig) -> bool:

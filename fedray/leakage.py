@@ -103,15 +103,22 @@ def audit(runs: Sequence[str | Path], out_dir: str | Path) -> Any:
         eps = "∞" if not np.isfinite(r["epsilon"]) else f"{r['epsilon']:.2f}"
         roc_ax.plot(fpr, tpr, label=f"{Path(r['run']).name}: ε={eps}, AUC={r['auc']:.3f}")
     roc_ax.plot([0, 1], [0, 1], "k:", lw=1)
-    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate",
-               title="loss-threshold membership inference")  # fmt: skip
+    roc_ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title="loss-threshold membership inference",
+    )
     roc_ax.legend(fontsize=7)
     names = [Path(r["run"]).name for r in results]
     x = np.arange(len(results))
     analytic = [min(r["epsilon"], 50.0) for r in results]
     eps_ax.bar(x - 0.2, analytic, 0.4, label="analytical ε, client-level (∞ drawn at 50)")
-    eps_ax.bar(x + 0.2, [r["epsilon_lower_bound"] for r in results], 0.4,
-               label="empirical single-run estimate, example-level (95%)")  # fmt: skip
+    eps_ax.bar(
+        x + 0.2,
+        [r["epsilon_lower_bound"] for r in results],
+        0.4,
+        label="empirical single-run estimate, example-level (95%)",
+    )
     eps_ax.set_xticks(x, names, rotation=20, fontsize=7)
     eps_ax.set(ylabel="ε", title="analytical ε vs an empirical, single-run estimate")
     eps_ax.legend(fontsize=7)

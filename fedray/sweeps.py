@@ -178,8 +178,14 @@ def plan(
                 shown = ", ".join(over)
                 raise ConfigError(f"sweep trial {shown}: {exc}") from None
             trials.append(Trial(f"t{len(trials):03d}", values, over))
-    return SweepPlan(base.to_dict(), {k: list(v) for k, v in grid.items()},
-                     [base.seed + s for s in range(seeds)], trials, metric, mode)  # fmt: skip
+    return SweepPlan(
+        base.to_dict(),
+        {k: list(v) for k, v in grid.items()},
+        [base.seed + s for s in range(seeds)],
+        trials,
+        metric,
+        mode,
+    )
 
 
 def default_out(config: Any) -> Path:
@@ -419,6 +425,11 @@ def sweep(
             )
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep_plan.save(out_dir)
-    states = run_sweep(out_dir.resolve(), sweep_plan, max_concurrent=max_concurrent,
-                       address=address, progress=progress)  # fmt: skip
+    states = run_sweep(
+        out_dir.resolve(),
+        sweep_plan,
+        max_concurrent=max_concurrent,
+        address=address,
+        progress=progress,
+    )
     return write(out_dir, states)

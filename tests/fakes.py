@@ -105,10 +105,13 @@ class NumpyTrainer:
         self.spec = spec
         c = spec.train
         self.lr, self.batch, self.epochs = c.learning_rate, c.batch_size, c.local_epochs
-        self.shards = {cid: (s.x.astype(np.float64), s.y.reshape(len(s.y), -1).astype(np.float64))
-                       for cid, s in data.shards.items()}  # fmt: skip
-        self.local_test = {cid: (s.x_test, s.y_test) for cid, s in data.shards.items()
-                           if len(s.x_test)}  # fmt: skip
+        self.shards = {
+            cid: (s.x.astype(np.float64), s.y.reshape(len(s.y), -1).astype(np.float64))
+            for cid, s in data.shards.items()
+        }
+        self.local_test = {
+            cid: (s.x_test, s.y_test) for cid, s in data.shards.items() if len(s.x_test)
+        }
         self.server = None if data.x_test is None else (data.x_test, data.y_test)
         self.dim = data.info.input_shape[0]
 

@@ -123,8 +123,20 @@ CASES = _cases()
 
 def test_the_sweep_covers_every_section():
     sections = {k.split(".")[0] for k, _, _ in CASES}
-    assert sections >= {"seed", "rounds", "data", "model", "client", "strategy", "evaluation",
-                        "attack", "faults", "checkpoint", "privacy", "runtime"}  # fmt: skip
+    assert sections >= {
+        "seed",
+        "rounds",
+        "data",
+        "model",
+        "client",
+        "strategy",
+        "evaluation",
+        "attack",
+        "faults",
+        "checkpoint",
+        "privacy",
+        "runtime",
+    }
     assert len(CASES) > 60
 
 

@@ -31,9 +31,14 @@ def test_max_update_norm_with_secure_aggregation_is_refused():
 
 @pytest.mark.parametrize(
     "name,option",
-    [("fedavg", "trim_beta=0.2"), ("fedmedian", "proximal_mu=0.1"), ("krum", "beta1=0.5"),
-     ("fedprox", "server_momentum=0.5"), ("scaffold", "weighting=examples")],
-)  # fmt: skip
+    [
+        ("fedavg", "trim_beta=0.2"),
+        ("fedmedian", "proximal_mu=0.1"),
+        ("krum", "beta1=0.5"),
+        ("fedprox", "server_momentum=0.5"),
+        ("scaffold", "weighting=examples"),
+    ],
+)
 def test_an_option_the_recipe_ignores_is_refused(name, option):
     with pytest.raises(ConfigError) as err:
         _load(f"strategy.name={name}", f"strategy.{option}", "strategy.min_fit_clients=3")
@@ -57,8 +62,11 @@ def test_an_option_read_by_the_recipe_passes_and_each_recipe_has_only_its_own():
 
 def test_a_strategy_without_a_name_is_fedavg_and_a_bad_name_is_one_line():
     assert config.load({"strategy": {"fraction_fit": 0.5}}).strategy.name == "fedavg"
-    with pytest.raises(ConfigError, match=r"strategy.name = 'fedavgg': expected one of .*"
-                       r"\(did you mean 'fedavg'\?\)"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"strategy.name = 'fedavgg': expected one of .*"
+        r"\(did you mean 'fedavg'\?\)",
+    ):
         _load("strategy.name=fedavgg")
 
 
@@ -73,14 +81,33 @@ def test_a_hand_composed_strategy_is_judged_by_the_same_rules_in_any_order():
 def test_every_rule_names_two_keys_and_fires_on_its_own():
     for rule in compat.RULES:
         assert rule.a != rule.b and "." in rule.a and "." in rule.b
-        hits = [r for r in compat.RULES if r.applies({rule.a: _on_value(rule.when_a),
-                                                      rule.b: _on_value(rule.when_b)})]  # fmt: skip
+        hits = [
+            r
+            for r in compat.RULES
+            if r.applies({rule.a: _on_value(rule.when_a), rule.b: _on_value(rule.when_b)})
+        ]
         assert rule in hits
 
 
 def _on_value(pred):
-    for v in (True, 1, 0.5, 3, "central", "local", "dpsgd", "distributed", "examples", "adaptive",
-              "fedbuff", "scaffold", "krum", "x(y)", "fedray", None):  # fmt: skip
+    for v in (
+        True,
+        1,
+        0.5,
+        3,
+        "central",
+        "local",
+        "dpsgd",
+        "distributed",
+        "examples",
+        "adaptive",
+        "fedbuff",
+        "scaffold",
+        "krum",
+        "x(y)",
+        "fedray",
+        None,
+    ):
         if pred(v):
             return v
     raise AssertionError("no value turns the rule on")

@@ -169,9 +169,14 @@ def test_a_node_holding_only_its_own_clients_rows(tmp_path):
     local = tmp_path / "site_b.csv"
     df[df.hospital == "h2"].to_csv(local, index=False)
     cfg = _cfg(
-        dataset="csv", path=str(local), partition="column", column="hospital",
-        column_values=["h1", "h2", "h3"], num_clients=3, num_classes=2,
-    )  # fmt: skip
+        dataset="csv",
+        path=str(local),
+        partition="column",
+        column="hospital",
+        column_values=["h1", "h2", "h3"],
+        num_clients=3,
+        num_classes=2,
+    )
     hd = data.load_host_data(cfg, 0, [1], with_test_set=False)
     assert len(hd.shards[1].x) == round((df.hospital == "h2").sum() * 0.8)
     assert hd.info.num_outputs == 2  # fixed by data.num_classes, not by this node's labels
@@ -200,11 +205,20 @@ def test_a_hosts_rows_are_one_aligned_table_and_its_shards_are_views_of_it():
     np.testing.assert_array_equal(x_all, ds.x_train[order])
     np.testing.assert_array_equal(y_all, ds.y_train[order])
     assert list(host.shards) == [2, 0]
-    assert all(np.shares_memory(s.x, x_all) and np.shares_memory(s.y, y_all)
-               for s in host.shards.values())  # fmt: skip
+    assert all(
+        np.shares_memory(s.x, x_all) and np.shares_memory(s.y, y_all) for s in host.shards.values()
+    )
     # A local test split takes rows out of a shard: copies, so no shared table.
-    split = config.load({"data": {"dataset": "blobs", "num_clients": 4, "num_samples": 400,
-                                  "client_test_fraction": 0.2}}).data  # fmt: skip
+    split = config.load(
+        {
+            "data": {
+                "dataset": "blobs",
+                "num_clients": 4,
+                "num_samples": 400,
+                "client_test_fraction": 0.2,
+            }
+        }
+    ).data
     assert load_host_data(split, 0, [0], with_test_set=False).rows is None
 
 

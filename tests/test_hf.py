@@ -15,9 +15,16 @@ HF = ROOT / "tests" / "data" / "hf"
 
 
 def _cfg(name, *extra):
-    cfg = config.load(ROOT / "experiments" / f"{name}.yaml",
-                      ["data.name=parquet", f"data.path={HF / name}.parquet",
-                       "data.num_clients=3", "strategy.clients_per_round=3", *extra])  # fmt: skip
+    cfg = config.load(
+        ROOT / "experiments" / f"{name}.yaml",
+        [
+            "data.name=parquet",
+            f"data.path={HF / name}.parquet",
+            "data.num_clients=3",
+            "strategy.clients_per_round=3",
+            *extra,
+        ],
+    )
     return cfg
 
 
@@ -40,8 +47,9 @@ def test_shakespeare_characters_through_the_vocabulary():
     assert ds.x_train.shape[1:] == (80,) and ds.num_classes == len(vocab) == 80
     import datasets
 
-    raw = datasets.load_dataset("parquet", data_files=str(HF / "shakespeare.parquet"),
-                                split="train")  # fmt: skip
+    raw = datasets.load_dataset(
+        "parquet", data_files=str(HF / "shakespeare.parquet"), split="train"
+    )
     decoded = {"".join(vocab[int(i)] for i in row) for row in ds.x_train}
     assert decoded <= set(raw["x"])  # every input decodes back to a real 80-char window
     nxt = {vocab[int(i)] for i in ds.y_train}
@@ -55,14 +63,27 @@ def test_raw_text_is_cut_into_next_character_windows(tmp_path):
 
     path = tmp_path / "plays.parquet"
     pd.DataFrame({"text": ["abcdefgh", "hgfedcba"], "role": ["a", "b"]}).to_parquet(path)
-    cfg = config.load({"data": {"dataset": "huggingface", "name": "parquet", "path": str(path),
-                                "sequence_length": 3, "num_clients": 2, "test_fraction": 0.0,
-                                "partition": "column", "column": "role"}})  # fmt: skip
+    cfg = config.load(
+        {
+            "data": {
+                "dataset": "huggingface",
+                "name": "parquet",
+                "path": str(path),
+                "sequence_length": 3,
+                "num_clients": 2,
+                "test_fraction": 0.0,
+                "partition": "column",
+                "column": "role",
+            }
+        }
+    )
     ds = load_dataset(cfg.data, 0)
     assert len(ds.x_train) == 10 and ds.num_classes == 8  # 5 windows of 3 per text
     vocab = "abcdefgh"
-    pairs = {("".join(vocab[int(i)] for i in x), vocab[int(y)])
-             for x, y in zip(ds.x_train, ds.y_train, strict=True)}  # fmt: skip
+    pairs = {
+        ("".join(vocab[int(i)] for i in x), vocab[int(y)])
+        for x, y in zip(ds.x_train, ds.y_train, strict=True)
+    }
     assert ("abc", "d") in pairs and ("cba", None) not in pairs and ("fed", "c") in pairs
     assert sorted(np.unique(ds.groups["role"], return_counts=True)[1]) == [5, 5]
 
@@ -88,10 +109,19 @@ def test_bad_huggingface_configs_are_one_line():
 @pytest.mark.keras
 @pytest.mark.parametrize("name", ["femnist", "shakespeare"])
 def test_the_shipped_configs_run_offline(name, tmp_path):
-    hist = api.run(ROOT / "experiments" / f"{name}.yaml", out=tmp_path, overrides=[
-        "data.name=parquet", f"data.path={HF / name}.parquet", "data.num_clients=3",
-        "strategy.clients_per_round=3", "rounds=2", "runtime.executor=local",
-        "runtime.progress=false"])  # fmt: skip
+    hist = api.run(
+        ROOT / "experiments" / f"{name}.yaml",
+        out=tmp_path,
+        overrides=[
+            "data.name=parquet",
+            f"data.path={HF / name}.parquet",
+            "data.num_clients=3",
+            "strategy.clients_per_round=3",
+            "rounds=2",
+            "runtime.executor=local",
+            "runtime.progress=false",
+        ],
+    )
     assert hist.final["clients/ok"] == 3 and np.isfinite(hist.final["eval/loss"])
     expected = {"femnist": 428_350, "shakespeare": 817_872}[name]  # CNN; LEAF's LSTM
     assert hist.summary["params"]["count"] == expected

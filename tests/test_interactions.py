@@ -41,8 +41,10 @@ FEATURES: dict[str, tuple[str, list[str]]] = {
     "fedadam": ("strategy", ["strategy.name=fedadam", "strategy.server_learning_rate=0.05"]),
     "median": ("strategy", ["strategy.name=fedmedian"]),
     "krum": ("strategy", ["strategy.name=krum", "strategy.min_fit_clients=3"]),
-    "fedbuff": ("strategy", ["strategy.name=fedbuff", "strategy.concurrency=3",
-                             "strategy.buffer_size=2"]),
+    "fedbuff": (
+        "strategy",
+        ["strategy.name=fedbuff", "strategy.concurrency=3", "strategy.buffer_size=2"],
+    ),
     # privacy
     "no privacy": ("privacy", []),
     "central": ("privacy", ["privacy.dp.mode=central", "privacy.dp.clip=1.0", *_DP]),
@@ -50,19 +52,34 @@ FEATURES: dict[str, tuple[str, list[str]]] = {
     "local": ("privacy", ["privacy.dp.mode=local", "privacy.dp.clip=1.0", *_DP]),
     "dpsgd": ("privacy", ["privacy.dp.mode=dpsgd", "privacy.dp.clip=1.0", *_DP]),
     "secagg": ("privacy", ["privacy.secure_aggregation.enabled=true"]),
-    "secagg + central": ("privacy", ["privacy.secure_aggregation.enabled=true",
-                                     "privacy.dp.mode=central", "privacy.dp.clip=1.0", *_DP]),
-    "secagg + distributed": ("privacy", ["privacy.secure_aggregation.enabled=true",
-                                         "privacy.dp.mode=distributed", "privacy.dp.clip=1.0",
-                                         *_DP]),
+    "secagg + central": (
+        "privacy",
+        [
+            "privacy.secure_aggregation.enabled=true",
+            "privacy.dp.mode=central",
+            "privacy.dp.clip=1.0",
+            *_DP,
+        ],
+    ),
+    "secagg + distributed": (
+        "privacy",
+        [
+            "privacy.secure_aggregation.enabled=true",
+            "privacy.dp.mode=distributed",
+            "privacy.dp.clip=1.0",
+            *_DP,
+        ],
+    ),
     # wrappers
     "norm_bound": ("wrapper", ["strategy.norm_bound=1.0"]),
     "max_update_norm": ("wrapper", ["strategy.max_update_norm=50"]),
     # compression
     "quantize": ("compression", ["compression.quantize_bits=8"]),
     "topk": ("compression", ["compression.topk=0.3"]),
-    "rotate + quantize": ("compression", ["compression.rotate=true",
-                                          "compression.quantize_bits=4"]),
+    "rotate + quantize": (
+        "compression",
+        ["compression.rotate=true", "compression.quantize_bits=4"],
+    ),
     # runtime
     "packed": ("runtime", ["runtime.clients_per_actor=3"]),
     "dedicated": ("runtime", ["runtime.clients_per_actor=1"]),
@@ -75,10 +92,17 @@ FEATURES: dict[str, tuple[str, list[str]]] = {
     "fed_eval": ("evaluation", ["evaluation.federated_every=1", "data.client_test_fraction=0.2"]),
     # resume
     "resume": ("resume", []),
-}  # fmt: skip
+}
 
-BASE = ["rounds=2", "data.dataset=linreg", "data.num_clients=6", "client.batch_size=16",
-        "runtime.executor=local", "runtime.progress=false", "checkpoint.every=1"]  # fmt: skip
+BASE = [
+    "rounds=2",
+    "data.dataset=linreg",
+    "data.num_clients=6",
+    "client.batch_size=16",
+    "runtime.executor=local",
+    "runtime.progress=false",
+    "checkpoint.every=1",
+]
 
 PAIRS = [
     (a, b)
@@ -86,10 +110,13 @@ PAIRS = [
     if FEATURES[a][0] != FEATURES[b][0] or FEATURES[a][0] in ("wrapper", "faults", "compression")
 ]
 TRIPLES = random.Random(15).sample(
-    [c for c in itertools.combinations(FEATURES, 3)
-     if len({FEATURES[f][0] for f in c}) == 3 and "no privacy" not in c],
+    [
+        c
+        for c in itertools.combinations(FEATURES, 3)
+        if len({FEATURES[f][0] for f in c}) == 3 and "no privacy" not in c
+    ],
     40,
-)  # fmt: skip
+)
 
 
 def overrides(cell):
@@ -136,8 +163,17 @@ def check_cell(cell, tmp_path, seen):
     assert len(hist.rows) == 2
     if "fed_eval" in cell:
         assert all(np.isfinite(r["fed_eval/loss"]) and r["fed_eval/clients"] > 0 for r in hist.rows)
-    dp = any(f in cell for f in ("central", "central adaptive", "local", "dpsgd",
-                                 "secagg + central", "secagg + distributed"))  # fmt: skip
+    dp = any(
+        f in cell
+        for f in (
+            "central",
+            "central adaptive",
+            "local",
+            "dpsgd",
+            "secagg + central",
+            "secagg + distributed",
+        )
+    )
     if dp:
         ledger = seen["ledgers"][-1] if "fedbuff" not in cell else None
         assert ledger is not None and np.isfinite(hist.summary["privacy"]["epsilon"])

@@ -117,10 +117,19 @@ def test_math_layers_import_no_keras_or_tensorflow_text():
 # The layer table of ARCHITECTURE.md: a module imports only from its own layer or lower.
 LAYERS = {
     0: ["records", "tree", "errors"],
-    1: ["aggregators", "server_opt", "strategy", "partition", "privacy", "secagg",
-        "validation", "attacks", "compat"],
+    1: [
+        "aggregators",
+        "server_opt",
+        "strategy",
+        "partition",
+        "privacy",
+        "secagg",
+        "validation",
+        "attacks",
+        "compat",
+    ],
     2: ["loop", "callbacks", "checkpoint"],
-}  # fmt: skip
+}
 EDGE = 3  # everything else: client, runtime, data, models, config, build, api, cli, bench
 
 

@@ -48,5 +48,12 @@ class StalenessWeighted(SameState):
             for u, s in zip(updates, stale, strict=True)
         ]
         delta, state, meas = self.inner.aggregate(scaled, state, rng)
-        return delta, state, {**meas, "staleness_mean": float(np.mean(stale)),
-                              "staleness_max": float(np.max(stale))}  # fmt: skip
+        return (
+            delta,
+            state,
+            {
+                **meas,
+                "staleness_mean": float(np.mean(stale)),
+                "staleness_max": float(np.max(stale)),
+            },
+        )

@@ -170,8 +170,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         fedray = _result(_spawn(["fedray", str(args.rounds), *extra]))
         floor, steps = floor_round(hosts, extra)
         rows.append(row(rep, source, hosts, fedray, floor, steps))
-        logger.warning("repeat %d: fedray %.3f s, floor %.3f s, %.2fx", rep,
-                       fedray["round_s"], floor, rows[-1]["ratio"])  # fmt: skip
+        logger.warning(
+            "repeat %d: fedray %.3f s, floor %.3f s, %.2fx",
+            rep,
+            fedray["round_s"],
+            floor,
+            rows[-1]["ratio"],
+        )
     import pandas as pd
 
     frame = pd.DataFrame(rows)
@@ -237,8 +242,12 @@ def _plot(frame: Any, path: Path) -> None:
     ax.bar(x - 0.2, frame["floor_round_s"], 0.4, color="#999999", label="compute floor")
     ax.bar(x + 0.2, frame["fedray_round_s"], 0.4, color="#1f77b4", label="fedray")
     ratio = float(frame["ratio"].median())
-    ax.set(xticks=x, xticklabels=[f"repeat {r}" for r in frame["repeat"]],
-           ylabel="seconds per round", title=f"CIFAR-10 protocol: {ratio:.2f}x floor")  # fmt: skip
+    ax.set(
+        xticks=x,
+        xticklabels=[f"repeat {r}" for r in frame["repeat"]],
+        ylabel="seconds per round",
+        title=f"CIFAR-10 protocol: {ratio:.2f}x floor",
+    )
     ax.set_ylim(0, 1.3 * float(frame[["floor_round_s", "fedray_round_s"]].max().max()))
     ax.legend(loc="upper center", ncol=2, frameon=False)
     fig.tight_layout()

@@ -135,16 +135,31 @@ def run_benchmark(
                 r = NAIVE_ROUNDS if system == "naive" else rounds
                 t0 = time.perf_counter()
                 result = spawn_child(
-                    "fedray.bench.scale", [system, str(n), str(k), str(r), str(total or 0)],
+                    "fedray.bench.scale",
+                    [system, str(n), str(k), str(r), str(total or 0)],
                     timeout_s,
-                )  # fmt: skip
-                rows.append({"registered": n, "sampled": k, "rows": total or DEFAULT_ROWS,
-                             "system": system, "repeat": rep, **result})  # fmt: skip
+                )
+                rows.append(
+                    {
+                        "registered": n,
+                        "sampled": k,
+                        "rows": total or DEFAULT_ROWS,
+                        "system": system,
+                        "repeat": rep,
+                        **result,
+                    }
+                )
                 logger.info(
                     "rep %d N=%d K=%d %s: round %.4f s, startup %.1f s, PSS %.0f MB (%.0f s)",
-                    rep, n, k, system, result["round_s"], result.get("startup_s", 0.0),
-                    result.get("peak_pss_mb", 0.0), time.perf_counter() - t0,
-                )  # fmt: skip
+                    rep,
+                    n,
+                    k,
+                    system,
+                    result["round_s"],
+                    result.get("startup_s", 0.0),
+                    result.get("peak_pss_mb", 0.0),
+                    time.perf_counter() - t0,
+                )
                 pd.DataFrame(rows).to_csv(out_dir / "scale_raw.csv", index=False)
     raw = pd.DataFrame(rows)
     summary = summarize(raw)
@@ -162,8 +177,12 @@ def run_benchmark(
         placed = pd.DataFrame(result["placement"])
         placed.insert(0, "round_s", result["round_s"])
         placed.to_csv(out_dir / "scale_nodes.csv", index=False)
-        logger.info("multinode %d nodes: round %.3f s (%.0f s)", nodes, result["round_s"],
-                    time.perf_counter() - t0)  # fmt: skip
+        logger.info(
+            "multinode %d nodes: round %.3f s (%.0f s)",
+            nodes,
+            result["round_s"],
+            time.perf_counter() - t0,
+        )
         tables.append(nodes_markdown(placed, n, k))
     (out_dir / "scale.md").write_text("\n\n".join(tables) + "\n")
     return summary
@@ -229,26 +248,50 @@ def plot(summary: Any, path: Path) -> None:
             ax1.plot(d.sampled, d.naive_round_s, marker="o", color=c, ls="--", alpha=0.7)
     ax1.plot([], [], "k:", marker="x", label="compute floor (dotted)")
     ax1.plot([], [], "k--", marker="o", label="naive loop (dashed)")
-    ax1.set(xscale="log", yscale="log", xlabel="clients sampled per round (K)",
-            ylabel="median round time (s)", title="round time vs clients")  # fmt: skip
+    ax1.set(
+        xscale="log",
+        yscale="log",
+        xlabel="clients sampled per round (K)",
+        ylabel="median round time (s)",
+        title="round time vs clients",
+    )
     by_n = summary.groupby("registered")
-    ax2.plot(list(by_n.groups), by_n.fedray_peak_pss_mb.max() / 1024, marker="s",
-             color="tab:blue", label="fedray (packed)")  # fmt: skip
+    ax2.plot(
+        list(by_n.groups),
+        by_n.fedray_peak_pss_mb.max() / 1024,
+        marker="s",
+        color="tab:blue",
+        label="fedray (packed)",
+    )
     if "fedray_dedicated_peak_pss_mb" in summary:
         d = summary.dropna(subset=["fedray_dedicated_peak_pss_mb"])
-        ax2.plot(d.registered, d.fedray_dedicated_peak_pss_mb / 1024, marker="^",
-                 color="tab:cyan", ls="none", label="fedray (1 actor/client)")  # fmt: skip
+        ax2.plot(
+            d.registered,
+            d.fedray_dedicated_peak_pss_mb / 1024,
+            marker="^",
+            color="tab:cyan",
+            ls="none",
+            label="fedray (1 actor/client)",
+        )
     if "naive_peak_pss_mb" in summary:
         d = summary.dropna(subset=["naive_peak_pss_mb"]).groupby("registered").naive_peak_pss_mb
-        ax2.plot(list(d.groups), d.max() / 1024, marker="o", color="tab:red", ls="--",
-                 label="naive loop")  # fmt: skip
-    ax2.set(xscale="log", yscale="log", xlabel="registered clients (N)",
-            ylabel="peak PSS, whole process tree (GiB)", title="memory vs clients")  # fmt: skip
+        ax2.plot(
+            list(d.groups), d.max() / 1024, marker="o", color="tab:red", ls="--", label="naive loop"
+        )
+    ax2.set(
+        xscale="log",
+        yscale="log",
+        xlabel="registered clients (N)",
+        ylabel="peak PSS, whole process tree (GiB)",
+        title="memory vs clients",
+    )
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("fedray scaling on Synthetic(1, 1), 100,000 rows in all; 1,000,000 clients: "
-                 "10 rows each (2-core CPU)")  # fmt: skip
+    fig.suptitle(
+        "fedray scaling on Synthetic(1, 1), 100,000 rows in all; 1,000,000 clients: "
+        "10 rows each (2-core CPU)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -324,9 +367,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(json.dumps(child(argv[1:])) + "\n")
         return 0
     p = argparse.ArgumentParser(prog="fedray bench scale", description=__doc__.split("\n")[0])
-    p.add_argument("--grid", nargs="*",
-                   default=[f"{n}:{k}" + (f":{r}" if r else "") for n, k, r in GRID],
-                   help="N:K[:ROWS] points, e.g. 1000:1000 1000000:100:10000000")  # fmt: skip
+    p.add_argument(
+        "--grid",
+        nargs="*",
+        default=[f"{n}:{k}" + (f":{r}" if r else "") for n, k, r in GRID],
+        help="N:K[:ROWS] points, e.g. 1000:1000 1000000:100:10000000",
+    )
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--nodes", type=int, default=3, help="simulated nodes (0: skip that run)")

@@ -41,8 +41,9 @@ def measure(n: int, d: int, scheme: str, dropout: float, seed: int = 0) -> dict[
     inputs = {u: q.encode(x, rng) for u, x in floats.items()}
     degree = n - 1 if scheme == "secagg" else default_degree(n)
     drops = sorted(rng.choice(n, size=int(dropout * n), replace=False).tolist())
-    total, stats = run_protocol(inputs, round_id=1, modulus_bits=r, degree=degree, rng=rng,
-                                drop_after_shares=drops)  # fmt: skip
+    total, stats = run_protocol(
+        inputs, round_id=1, modulus_bits=r, degree=degree, rng=rng, drop_after_shares=drops
+    )
     survivors = stats["survivors"]
     if not isinstance(survivors, list):
         raise TypeError(f"run_protocol's survivors: expected a list, got {survivors!r}")
@@ -101,8 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         label = f"{scheme}, d={d:.0e}"
         axes[0].plot(g["clients"], g["client_s"], "o-", label=label)
         axes[1].plot(g["clients"], g["server_s"], "o-", label=label)
-    axes[0].set(xlabel="clients n", ylabel="s per client", title="client compute per round",
-                yscale="log")  # fmt: skip
+    axes[0].set(
+        xlabel="clients n", ylabel="s per client", title="client compute per round", yscale="log"
+    )
     axes[1].set(xlabel="clients n", ylabel="s", title="server compute per round", yscale="log")
     for ax in axes:
         ax.legend(fontsize=7)

@@ -323,9 +323,14 @@ def run_benchmark(
                 )
                 logger.info(
                     "rep %d %s x%d %s: round %.4f s, startup %.1f s (%.0f s wall)",
-                    rep, w, c, system, result["round_s"], result["startup_s"],
+                    rep,
+                    w,
+                    c,
+                    system,
+                    result["round_s"],
+                    result["startup_s"],
                     time.perf_counter() - t0,
-                )  # fmt: skip
+                )
                 pd.DataFrame(rows).to_csv(out_dir / "speed_raw.csv", index=False)
     raw = pd.DataFrame(rows)
     summary = summarize(raw)
@@ -361,8 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(json.dumps(child(system, config, clients, rounds)) + "\n")
         return 0
     p = argparse.ArgumentParser(prog="fedray bench speed", description=__doc__.split("\n")[0])
-    p.add_argument("--grid", nargs="*", default=[f"{w}" for w in WORKLOADS],
-                   help="workloads, optionally with client counts: linreg:2,4 blobs:8")  # fmt: skip
+    p.add_argument(
+        "--grid",
+        nargs="*",
+        default=[f"{w}" for w in WORKLOADS],
+        help="workloads, optionally with client counts: linreg:2,4 blobs:8",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--rounds", type=int, default=None, help="override the configs' rounds")
     p.add_argument("--out", default="experiments/results")

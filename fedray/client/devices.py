@@ -181,8 +181,10 @@ def data_device(nbytes: int, facts: Mapping[str, Any]) -> str | None:
     logger.info(
         "the host's data (%.0f MB) would take over %d%% of its %.0f MB of GPU memory: "
         "it stays in host memory and batches are copied to the GPU",
-        nbytes / 2**20, 100 * DATA_FRACTION, memory_mb,
-    )  # fmt: skip
+        nbytes / 2**20,
+        100 * DATA_FRACTION,
+        memory_mb,
+    )
     return "/CPU:0"
 
 

@@ -117,8 +117,9 @@ def trace_states(
             for metric in model.metrics:
                 metric.reset_state()
             test_step((x[start : start + eval_batch], y[start : start + eval_batch]))
-            sums = tf.stack([tf.stack([tf.cast(t, tf.float64), tf.cast(c, tf.float64)])
-                             for _, t, c in leaves])  # fmt: skip
+            sums = tf.stack(
+                [tf.stack([tf.cast(t, tf.float64), tf.cast(c, tf.float64)]) for _, t, c in leaves]
+            )
             return (out.write(i, sums),)
 
         (out,) = while_loop(tf, hi - lo, step, (out,))

@@ -63,8 +63,9 @@ class KerasTrainer:
         for cid, shard in data.shards.items():
             self._rows[cid] = (offset, len(shard.x))
             offset += len(shard.x)
-        rows = data.rows or [aligned_concatenate([getattr(s, k) for s in data.shards.values()])
-                             for k in "xy"]  # fmt: skip
+        rows = data.rows or [
+            aligned_concatenate([getattr(s, k) for s in data.shards.values()]) for k in "xy"
+        ]
         self._x_all, self._y_all = data_tensors(tf, rows, self._device)  # shared, on the CPU
         self._local_test: dict[int, tuple[Any, Any]] = {}
         for cid, shard in data.shards.items():
@@ -161,9 +162,12 @@ class KerasTrainer:
         scaffold = bool(self.spec.client.control_variates)
         custom = mu > 0 or scaffold  # decided at trace time; else the model's own train_step
         custom_step = gradient_step(
-            tf, model, anchor_index, Proximal(mu) if mu > 0 else None,
+            tf,
+            model,
+            anchor_index,
+            Proximal(mu) if mu > 0 else None,
             ControlVariates() if scaffold else None,
-        )  # fmt: skip
+        )
 
         dp = self.spec.client.dp_sgd
         dp_step: Any = None
@@ -229,8 +233,12 @@ class KerasTrainer:
                 x, y = rows(x_all[offset : offset + n], y_all[offset : offset + n], null)
 
                 def step(i: Any, loss_sum: Any, seen: Any) -> Any:
-                    s0 = tf.stack([noise_seed[0], noise_seed[1] + tf.cast(
-                        epoch * num_batches + i, tf.int64) * 4])  # fmt: skip
+                    s0 = tf.stack(
+                        [
+                            noise_seed[0],
+                            noise_seed[1] + tf.cast(epoch * num_batches + i, tf.int64) * 4,
+                        ]
+                    )
                     step_loss, size = dp_step(
                         x,
                         y,
@@ -263,13 +271,20 @@ class KerasTrainer:
                     step_loss, size = batch_step(order[full * batch :], params, correction, null)
                     return loss_sum + step_loss, seen + size
 
-                return tf.cond(tf.logical_and(full < num_batches, left > full), partial,
-                               lambda: (loss_sum, seen))  # fmt: skip
+                return tf.cond(
+                    tf.logical_and(full < num_batches, left > full),
+                    partial,
+                    lambda: (loss_sum, seen),
+                )
 
             run_epoch = dp_epoch if dp is not None else shuffle_epoch  # stragglers stop early:
             zero = tf.constant(0.0, tf.float32)
-            loss_sum, seen = while_loop(tf, tf.constant(epochs), lambda e, *sums: run_epoch(
-                e, max_steps - e * num_batches, *sums), (zero, zero))  # fmt: skip
+            loss_sum, seen = while_loop(
+                tf,
+                tf.constant(epochs),
+                lambda e, *sums: run_epoch(e, max_steps - e * num_batches, *sums),
+                (zero, zero),
+            )
             delta = [v - p for v, p in zip(weights, params, strict=True)]
             logs = model.get_metrics_result()
             if dp is not None:

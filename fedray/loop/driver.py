@@ -195,8 +195,14 @@ def run_rounds(
         t_agg = time.perf_counter()
         logs.update(evaluate_round(executor, handle, evaluation, server_round, rounds))
         t_end = time.perf_counter()
-        logs.update({"time/round_s": t_end - t0, "time/fit_s": t_fit - t0,
-                     "time/aggregate_s": t_agg - t_fit, "time/eval_s": t_end - t_agg})  # fmt: skip
+        logs.update(
+            {
+                "time/round_s": t_end - t0,
+                "time/fit_s": t_fit - t0,
+                "time/aggregate_s": t_agg - t_fit,
+                "time/eval_s": t_end - t_agg,
+            }
+        )
         history.record(server_round, logs)
         if checkpoint is not None and due(server_round, checkpoint.every, rounds):
             loop_state = {"scheduler": scheduler.state()}
@@ -268,8 +274,7 @@ def _server_step(
     updates = step.updates
     if canaries is not None:
         settings = client_settings(strategy.aggregator, agg_state)
-        info = RoundInfo(server_round=server_round, seed=ctx.seed, num_sampled=0,
-                         settings=settings)  # fmt: skip
+        info = RoundInfo(server_round=server_round, seed=ctx.seed, num_sampled=0, settings=settings)
         updates = [*updates, *canary_updates(canaries, strategy, params, info, updates)]
     delta, agg_state, measurements = aggregate(
         strategy.aggregator, updates, params, agg_state, noise_rng

@@ -271,8 +271,9 @@ class SyncRounds:
     def _report(self, strategy: Strategy, server_round: int, step: Step) -> None:
         """One summary line; stop the run when too few succeeded and the policy says so."""
         for f in step.failures:
-            logger.debug("round %d: client %d failed (%s): %s", server_round, f.client_id,
-                         f.cause, f.reason)  # fmt: skip
+            logger.debug(
+                "round %d: client %d failed (%s): %s", server_round, f.client_id, f.cause, f.reason
+            )
         line = summary(server_round, step)
         ok, need = len(step.participants), strategy.min_fit_clients
         if ok >= need:

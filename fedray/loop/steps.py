@@ -134,8 +134,11 @@ def comm_logs(aggregator: Any, params: Params, sampled: int, sent: int) -> Logs:
     """
     raw = sum(int(np.asarray(p).nbytes) for p in params)
     up = wire_bytes(aggregator, params, max(sent, 1))
-    return {"comm/bytes_up": float(up * sent), "comm/bytes_down": float(raw * sampled),
-            "comm/compression": raw / up}  # fmt: skip
+    return {
+        "comm/bytes_up": float(up * sent),
+        "comm/bytes_down": float(raw * sampled),
+        "comm/compression": raw / up,
+    }
 
 
 def canary_updates(
@@ -151,8 +154,10 @@ def canary_updates(
     """
     clip = info.settings.get("dp_clip")
     norm = None if clip is None else float(clip) * (1 - 1e-6)  # at the clip, never above
-    counts = [(u.num_examples, 1) if isinstance(u, ClientUpdate)
-              else (u.num_examples, len(u.client_ids)) for u in updates]  # fmt: skip
+    counts = [
+        (u.num_examples, 1) if isinstance(u, ClientUpdate) else (u.num_examples, len(u.client_ids))
+        for u in updates
+    ]
     clients = sum(c for _, c in counts)
     examples = max(1, round(sum(n for n, _ in counts) / clients)) if clients else 1
     raw = canaries.updates(info.server_round, params, norm, examples)  # weighted as a client

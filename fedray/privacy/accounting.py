@@ -117,8 +117,16 @@ def dpfedavg_epsilon(
     >>> round(dpfedavg_epsilon(1.0, 0.01, 1000, 1e-5), 3)
     2.101
     """
-    return _dpfedavg(float(noise_multiplier), float(sampling_rate), int(rounds), float(delta),
-                     method, sampling, population, count_noise_multiplier)  # fmt: skip
+    return _dpfedavg(
+        float(noise_multiplier),
+        float(sampling_rate),
+        int(rounds),
+        float(delta),
+        method,
+        sampling,
+        population,
+        count_noise_multiplier,
+    )
 
 
 @functools.lru_cache(maxsize=4096)

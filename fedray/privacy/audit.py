@@ -114,8 +114,10 @@ def epsilon_lower_bound(
     thresholds = np.unique(np.concatenate([m_pick, n_pick]))
     fp, fn = rates(m_pick, n_pick, thresholds)
     fpr, fnr = (fp + 0.5) / (len(n_pick) + 1), (fn + 0.5) / (len(m_pick) + 1)
-    scores = [np.log(np.maximum(1 - delta - fpr, 1e-300) / fnr),
-              np.log(np.maximum(1 - delta - fnr, 1e-300) / fpr)]  # fmt: skip
+    scores = [
+        np.log(np.maximum(1 - delta - fpr, 1e-300) / fnr),
+        np.log(np.maximum(1 - delta - fnr, 1e-300) / fpr),
+    ]
     direction = int(np.argmax([s.max() for s in scores]))
     threshold = thresholds[int(np.argmax(scores[direction]))]
 
@@ -152,16 +154,22 @@ def canary_epsilon(inserted: np.ndarray, held_out: np.ndarray, delta: float) -> 
     ins, out = np.asarray(inserted, np.float64), np.asarray(held_out, np.float64)
     base = float(out.mean()) if out.size else 0.0
     mu = float(ins.mean()) - base
-    sigma = float(max(ins.std(ddof=1) if ins.size > 1 else 0.0,
-                      out.std(ddof=1) if out.size > 1 else 0.0))  # fmt: skip
+    sigma = float(
+        max(ins.std(ddof=1) if ins.size > 1 else 0.0, out.std(ddof=1) if out.size > 1 else 0.0)
+    )
     if mu <= 0:
         eps = 0.0
     elif sigma <= 0:
         eps = math.inf
     else:
         eps = float(dpa.get_epsilon_gaussian(sigma / mu, delta))
-    return {"mu": mu, "sigma": sigma, "epsilon": eps, "inserted": float(ins.size),
-            "held_out": float(out.size)}  # fmt: skip
+    return {
+        "mu": mu,
+        "sigma": sigma,
+        "epsilon": eps,
+        "inserted": float(ins.size),
+        "held_out": float(out.size),
+    }
 
 
 @dataclass(frozen=True)

@@ -126,8 +126,12 @@ def share_from(facts: dict[str, float | None]) -> float:
     share = auto_share(hosts_per_gpu(total, peak))
     logger.info(
         "runtime.gpus_per_host=auto: a host peaked at %.0f MB of a %.0f MB GPU: %d hosts "
-        "per GPU (a share of %g each)", peak, total, round(1 / share), share,
-    )  # fmt: skip
+        "per GPU (a share of %g each)",
+        peak,
+        total,
+        round(1 / share),
+        share,
+    )
     return share
 
 

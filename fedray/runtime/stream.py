@@ -96,9 +96,13 @@ def stream(
 
 
 def evaluate_server(
-    ray: Any, hosts: Sequence[Any], supervisor: Supervisor, params: Any, evaluators: int,
+    ray: Any,
+    hosts: Sequence[Any],
+    supervisor: Supervisor,
+    params: Any,
+    evaluators: int,
     batches: int,
-) -> Metrics:  # fmt: skip
+) -> Metrics:
     """The server test set's metrics, from hosts ``0 .. evaluators - 1`` ({} when down).
 
     ``batches`` is how many batches host 0 can share out (0: its metrics are not all

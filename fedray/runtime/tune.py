@@ -91,8 +91,13 @@ def _trial(params: dict[str, Any], *, sweep_dir: str, config: dict[str, Any]) ->
     error = out / ERROR_FILE
     error.unlink(missing_ok=True)  # a resumed trial: last time's error is history
     try:
-        run(config, out=out, overrides=[*trial["overrides"], "runtime.progress=false"],
-            callbacks=[_Report(metric, cfg.rounds)], resume=(out / FILENAME).is_file())  # fmt: skip
+        run(
+            config,
+            out=out,
+            overrides=[*trial["overrides"], "runtime.progress=false"],
+            callbacks=[_Report(metric, cfg.rounds)],
+            resume=(out / FILENAME).is_file(),
+        )
     except Exception as exc:  # the table says why, in one line; Tune marks it ERROR
         out.mkdir(parents=True, exist_ok=True)
         error.write_text(str(exc) if isinstance(exc, FedrayError) else one_line(exc))

@@ -48,8 +48,9 @@ class SweepView(tune.Callback):  # type: ignore[misc]
 
     def _update(self, trial: Any, state: str, result: dict[str, Any] | None = None) -> None:
         name = str(trial.config["trial"]["name"])
-        row = self.rows.setdefault(name, {"state": state, "round": 0, "rounds": None,
-                                          "value": None})  # fmt: skip
+        row = self.rows.setdefault(
+            name, {"state": state, "round": 0, "rounds": None, "value": None}
+        )
         changed = row["state"] != state
         row["state"] = state
         if result:

@@ -298,15 +298,26 @@ def up(
     Path(temp_dir).mkdir(exist_ok=True)
     gcs, client, agent, nm, om, metrics, rte, agrpc, dash = free_ports(9)
     ray_cli = str(Path(sys.executable).parent / "ray")
-    cmd = [ray_cli, "start", "--head", f"--port={gcs}", f"--num-cpus={cpus}",
-           f"--temp-dir={temp_dir}", "--include-dashboard=false", f"--dashboard-port={dash}",
-           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-           f"--node-manager-port={nm}", f"--object-manager-port={om}",
-           f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rte}",
-           f"--dashboard-agent-grpc-port={agrpc}", "--disable-usage-stats"]  # fmt: skip
+    cmd = [
+        ray_cli,
+        "start",
+        "--head",
+        f"--port={gcs}",
+        f"--num-cpus={cpus}",
+        f"--temp-dir={temp_dir}",
+        "--include-dashboard=false",
+        f"--dashboard-port={dash}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--node-manager-port={nm}",
+        f"--object-manager-port={om}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={rte}",
+        f"--dashboard-agent-grpc-port={agrpc}",
+        "--disable-usage-stats",
+    ]
     env = {**os.environ, **auth_env(token)}
-    state = UpState(f"127.0.0.1:{gcs}", temp_dir, client, float(cpus), count,
-                    max(1, cpus // count))  # fmt: skip
+    state = UpState(f"127.0.0.1:{gcs}", temp_dir, client, float(cpus), count, max(1, cpus // count))
     state.save()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
     if res.returncode != 0:
@@ -324,8 +335,9 @@ def _start_hosts(state: UpState, token: str) -> None:
     os.environ.update(auth_env(token))  # before Ray is imported: it reads them then
     import ray
 
-    ray.init(address=state.address, namespace=NAMESPACE, logging_level=logging.ERROR,
-             log_to_driver=False)  # fmt: skip
+    ray.init(
+        address=state.address, namespace=NAMESPACE, logging_level=logging.ERROR, log_to_driver=False
+    )
     try:
         ray.remote(WarmRegistry).options(name=REGISTRY, lifetime="detached", num_cpus=0).remote()
         warm = ray.remote(WarmHost)

@@ -81,25 +81,34 @@ def test_rotation_before_quantizing_shrinks_the_error_of_a_spike():
     info = RoundInfo(1, 7)
     plain = Quantize(inner=Mean(), bits=2)
     rotated = Rotate(inner=Quantize(inner=Mean(), bits=2))
-    err = {name: np.mean([np.linalg.norm(a.encode(_update(c, [x]), info).delta[0] - x)
-                          for c in range(30)])
-           for name, a in [("plain", plain), ("rotated", rotated)]}  # fmt: skip
+    err = {
+        name: np.mean(
+            [np.linalg.norm(a.encode(_update(c, [x]), info).delta[0] - x) for c in range(30)]
+        )
+        for name, a in [("plain", plain), ("rotated", rotated)]
+    }
     assert err["rotated"] < err["plain"] / 3
     identity = Rotate(inner=Mean()).encode(_update(0, [x[:200].reshape(10, 20)]), info)
     np.testing.assert_allclose(identity.delta[0], x[:200].reshape(10, 20), atol=1e-5)
 
 
-@pytest.mark.parametrize("wrapper", [lambda i: Quantize(inner=i, bits=8),
-                                     lambda i: TopK(inner=i, fraction=0.5),
-                                     lambda i: Rotate(inner=i)])  # fmt: skip
+@pytest.mark.parametrize(
+    "wrapper",
+    [
+        lambda i: Quantize(inner=i, bits=8),
+        lambda i: TopK(inner=i, fraction=0.5),
+        lambda i: Rotate(inner=i),
+    ],
+)
 def test_wrappers_delegate_to_the_inner_aggregator(wrapper):
     agg = wrapper(SumPlusOne())
     state = agg.init([np.zeros(2)])
     assert state == {"inner": {"calls": 0}}
     enc = agg.encode(_update(0, [[3.0, 4.0]]), RoundInfo(1, 0))
     assert enc.metrics == {"encoded": 1.0}  # the inner encode ran
-    delta, state, meas = agg.aggregate([_update(0, [[3.0, 4.0]]), _update(1, [[1.0, 0.0]])],
-                                       state, RNG)  # fmt: skip
+    delta, state, meas = agg.aggregate(
+        [_update(0, [[3.0, 4.0]]), _update(1, [[1.0, 0.0]])], state, RNG
+    )
     np.testing.assert_allclose(delta[0], [5.0, 5.0])
     assert state == {"inner": {"calls": 1}} and meas == {"inner": 7.0}
 
@@ -117,8 +126,9 @@ def test_wire_bytes_by_hand():
 
 
 def test_config_composes_or_refuses():
-    cfg = config.load({"data": {"num_clients": 8}},
-                      ["compression.quantize_bits=4", "compression.rotate=true"])  # fmt: skip
+    cfg = config.load(
+        {"data": {"num_clients": 8}}, ["compression.quantize_bits=4", "compression.rotate=true"]
+    )
     agg = build_strategy(cfg).aggregator
     assert isinstance(agg, Rotate) and isinstance(agg.inner, Quantize) and agg.inner.bits == 4
     # Under secure aggregation the quantization is secure aggregation's own.
@@ -126,17 +136,32 @@ def test_config_composes_or_refuses():
     secure = build_strategy(config.load({"data": {"num_clients": 8}}, sa)).aggregator
     assert isinstance(secure, SecureAggregation) and secure.bits == 12
     for extra, keys in [
-        (["privacy.secure_aggregation.enabled=true", "compression.topk=0.1"],
-         ("compression.topk", "privacy.secure_aggregation.enabled")),
-        (["privacy.secure_aggregation.enabled=true", "compression.rotate=true"],
-         ("compression.rotate", "privacy.secure_aggregation.enabled")),
-        ([*sa, "privacy.secure_aggregation.bits=16"],
-         ("compression.quantize_bits", "privacy.secure_aggregation.bits")),
-        (["compression.topk=0.1", "compression.quantize_bits=8"],
-         ("compression.topk", "compression.quantize_bits")),
-        (["compression.topk=0.1", "privacy.dp.mode=local", "privacy.dp.delta=1e-5",
-          "privacy.dp.noise_multiplier=1"], ("compression.topk", "privacy.dp.mode")),
-    ]:  # fmt: skip
+        (
+            ["privacy.secure_aggregation.enabled=true", "compression.topk=0.1"],
+            ("compression.topk", "privacy.secure_aggregation.enabled"),
+        ),
+        (
+            ["privacy.secure_aggregation.enabled=true", "compression.rotate=true"],
+            ("compression.rotate", "privacy.secure_aggregation.enabled"),
+        ),
+        (
+            [*sa, "privacy.secure_aggregation.bits=16"],
+            ("compression.quantize_bits", "privacy.secure_aggregation.bits"),
+        ),
+        (
+            ["compression.topk=0.1", "compression.quantize_bits=8"],
+            ("compression.topk", "compression.quantize_bits"),
+        ),
+        (
+            [
+                "compression.topk=0.1",
+                "privacy.dp.mode=local",
+                "privacy.dp.delta=1e-5",
+                "privacy.dp.noise_multiplier=1",
+            ],
+            ("compression.topk", "privacy.dp.mode"),
+        ),
+    ]:
         with pytest.raises(ConfigError) as err:
             config.load({"data": {"num_clients": 8}}, extra)
         assert all(k in str(err.value) for k in keys) and "\n" not in str(err.value)

@@ -23,8 +23,9 @@ from tests.privacy.fakes import EncodingExecutor
 
 
 def adaptive():
-    return CentralDP(noise_multiplier=0.5, expected_clients=6,
-                     clip=AdaptiveClip(initial=0.3, learning_rate=0.5))  # fmt: skip
+    return CentralDP(
+        noise_multiplier=0.5, expected_clients=6, clip=AdaptiveClip(initial=0.3, learning_rate=0.5)
+    )
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,16 @@ class Nest:
 
 @pytest.mark.parametrize(
     "wrap",
-    [lambda a: a, lambda a: NormBound(a, max_norm=2.0), StalenessWeighted,
-     lambda a: SecureAggregation(CentralDP(0.5, 6, clip=0.3), clip=0.3),  # fixed clips only
-     Nest, lambda a: Nest(NormBound(a))],
+    [
+        lambda a: a,
+        lambda a: NormBound(a, max_norm=2.0),
+        StalenessWeighted,
+        lambda a: SecureAggregation(CentralDP(0.5, 6, clip=0.3), clip=0.3),  # fixed clips only
+        Nest,
+        lambda a: Nest(NormBound(a)),
+    ],
     ids=["bare", "norm_bound", "staleness", "secagg", "nest", "nest(norm_bound)"],
-)  # fmt: skip
+)
 def test_the_clip_norm_reaches_the_clients_through_any_wrapping(wrap):
     agg = wrap(adaptive())
     assert client_settings(agg, agg.init([np.zeros(3, np.float32)])) == {"dp_clip": 0.3}
@@ -81,7 +87,15 @@ def test_a_nested_wrapper_s_clients_clip_to_the_adapted_norm():
     agg = Nest()
     executor = SettingsSeen(agg)
     strategy = Strategy(aggregator=agg, sampling="poisson", min_fit_clients=0)
-    run_rounds(strategy=strategy, executor=executor, rounds=3, seed=0, callback=Callback(),
-               evaluation=Evaluation(every=0), noise_seed=1, privacy=None)  # fmt: skip
+    run_rounds(
+        strategy=strategy,
+        executor=executor,
+        rounds=3,
+        seed=0,
+        callback=Callback(),
+        evaluation=Evaluation(every=0),
+        noise_seed=1,
+        privacy=None,
+    )
     clips = [s["dp_clip"] for s in executor.settings]
     assert clips[0] == 0.3 and len(set(clips)) == 3  # the norm adapts, and clients follow

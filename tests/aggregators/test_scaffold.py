@@ -22,14 +22,26 @@ def _toy(tmp_path):
     ).to_csv(path, index=False)
     return {
         "rounds": 60,
-        "data": {"dataset": "csv", "path": str(path), "partition": "column", "column": "site",
-                 "num_clients": 2, "test_fraction": 0.0, "task": "regression"},
+        "data": {
+            "dataset": "csv",
+            "path": str(path),
+            "partition": "column",
+            "column": "site",
+            "num_clients": 2,
+            "test_fraction": 0.0,
+            "task": "regression",
+        },
         "model": {"name": "linear"},
-        "client": {"optimizer": "sgd", "learning_rate": 0.02, "local_epochs": 10,
-                   "batch_size": 64, "loss": "mse"},
+        "client": {
+            "optimizer": "sgd",
+            "learning_rate": 0.02,
+            "local_epochs": 10,
+            "batch_size": 64,
+            "loss": "mse",
+        },
         "evaluation": {"every": 0},
         "runtime": {"executor": "local", "progress": False, "clients_per_actor": 2},
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.keras

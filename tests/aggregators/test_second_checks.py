@@ -15,8 +15,10 @@ def test_secure_mean_of_three_known_updates_equals_the_plain_mean():
     params = [np.zeros(5, np.float32)]
     state = sa.init(params)
     info = RoundInfo(1, 0, num_sampled=3)
-    ups = [ClientUpdate(c, [np.array(v, np.float32)], 7) for c, v in enumerate(
-        [[1, -1, 0.5, 0, 2], [0.25, 0.5, -2, 1, 0], [-1, 1, 1, -0.5, 0.3]])]  # fmt: skip
+    ups = [
+        ClientUpdate(c, [np.array(v, np.float32)], 7)
+        for c, v in enumerate([[1, -1, 0.5, 0, 2], [0.25, 0.5, -2, 1, 0], [-1, 1, 1, -0.5, 0.3]])
+    ]
     total = sum(sa.encode(u, info).masked.astype(np.uint64) for u in ups)  # masks cancel
     decoded = sa.decode(total, [0, 1, 2], state, info)
     delta, _, _ = sa.finalize(decoded, state, np.random.default_rng(0))
@@ -29,8 +31,9 @@ def test_scaffold_server_variate_after_two_rounds_by_hand():
     state = agg.init([np.zeros(2, np.float32)])
 
     def up(cid, dc):
-        return ClientUpdate(cid, [np.ones(2, np.float32)], 1,
-                            extras={"delta_c": [np.array(dc, np.float32)]})  # fmt: skip
+        return ClientUpdate(
+            cid, [np.ones(2, np.float32)], 1, extras={"delta_c": [np.array(dc, np.float32)]}
+        )
 
     _, state, _ = agg.aggregate([up(0, [4, 0]), up(1, [0, -4])], state, np.random.default_rng(0))
     np.testing.assert_allclose(state["control"][0], [1.0, -1.0])  # 0 + 2/4 * (2, -2)

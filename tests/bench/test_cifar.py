@@ -23,8 +23,7 @@ def test_the_stand_in_has_cifar_shapes_and_learnable_classes(tmp_path):
 
 
 def test_the_data_source_prefers_a_given_file_then_keras_cache(tmp_path, monkeypatch):
-    assert data_source("/data/c.npz") == (["data.path=/data/c.npz"],
-                                                     "CIFAR-10 from /data/c.npz")  # fmt: skip
+    assert data_source("/data/c.npz") == (["data.path=/data/c.npz"], "CIFAR-10 from /data/c.npz")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     (tmp_path / "keras" / "datasets" / "cifar-10-batches-py").mkdir(parents=True)
     assert data_source(None) == ([], "real CIFAR-10 (keras.datasets cache)")
@@ -57,8 +56,14 @@ def test_the_table_gives_each_repeat_and_the_median_of_the_ratios():
     from fedray.bench.cifar import markdown, row
 
     runs = [(1.2, 1.0), (1.1, 1.0), (1.5, 1.0)]  # ratios 1.2, 1.1, 1.5: the median is 1.2
-    fedray = {"rounds": 20, "mean_round_s": 1.4, "startup_s": 12.0, "peak_pss_mb": 5000.0,
-              "cpu_s_per_round": 2.4, "quality": 0.85}  # fmt: skip
+    fedray = {
+        "rounds": 20,
+        "mean_round_s": 1.4,
+        "startup_s": 12.0,
+        "peak_pss_mb": 5000.0,
+        "cpu_s_per_round": 2.4,
+        "quality": 0.85,
+    }
     frame = pd.DataFrame(
         [row(i, "stand-in", 2, {**fedray, "round_s": f}, fl, 250) for i, (f, fl) in enumerate(runs)]
     )

@@ -15,13 +15,20 @@ def _raw():
             ("naive", 1.0 + rep * 0.1, 1.12),
             ("floor", 0.005, None),
         ]:
-            rows.append({
-                "workload": "linreg", "clients": 4, "system": system, "repeat": rep,
-                "startup_s": 10.0 if system == "fedray" else 5.0, "round_s": round_s,
-                "cpu_s_per_round": 0.05 if system == "fedray" else 2.0,
-                "peak_pss_mb": 1400.0 if system == "fedray" else 700.0,
-                "quality": q, "quality_metric": None if q is None else "mse",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "workload": "linreg",
+                    "clients": 4,
+                    "system": system,
+                    "repeat": rep,
+                    "startup_s": 10.0 if system == "fedray" else 5.0,
+                    "round_s": round_s,
+                    "cpu_s_per_round": 0.05 if system == "fedray" else 2.0,
+                    "peak_pss_mb": 1400.0 if system == "fedray" else 700.0,
+                    "quality": q,
+                    "quality_metric": None if q is None else "mse",
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -54,10 +54,12 @@ class FakeTF:
             list_physical_devices=lambda kind: gpu_list if kind == "GPU" else [],
             experimental=experimental,
             set_logical_device_configuration=lambda d, c: self.calls.append(
-                ("limit", d.name, c[0].memory_limit)),
+                ("limit", d.name, c[0].memory_limit)
+            ),
             LogicalDeviceConfiguration=lambda memory_limit: SimpleNamespace(
-                memory_limit=memory_limit),
-        )  # fmt: skip
+                memory_limit=memory_limit
+            ),
+        )
 
 
 def test_configure_gpu_caps_grows_or_leaves_the_cpu_alone(monkeypatch):
@@ -66,8 +68,12 @@ def test_configure_gpu_caps_grows_or_leaves_the_cpu_alone(monkeypatch):
     tf = FakeTF(1)
     facts = configure_gpu(tf, GpuShare(0.25))
     assert tf.calls == [("limit", "/physical_device:GPU:0", 19968)]
-    assert facts == {"gpu": "/physical_device:GPU:0", "cuda_visible_devices": "3",
-                     "gpu_total_mb": 81920.0, "gpu_memory_mb": 19968}  # fmt: skip
+    assert facts == {
+        "gpu": "/physical_device:GPU:0",
+        "cuda_visible_devices": "3",
+        "gpu_total_mb": 81920.0,
+        "gpu_memory_mb": 19968,
+    }
     tf = FakeTF(1)
     assert configure_gpu(tf, GpuShare(0.25, memory_growth=True))["gpu_memory"] == "growth"
     assert tf.calls == [("growth", "/physical_device:GPU:0", True)]
@@ -169,8 +175,9 @@ def test_a_host_with_a_gpu_share_runs_on_a_machine_without_a_gpu():
         "print(facts['gpu'], float(tf.reduce_sum(tf.ones(3))))\n"
     )
     env = {**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=env)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
     assert out.stdout.split() == ["None", "3.0"]
 
 

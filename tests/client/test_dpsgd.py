@@ -20,11 +20,18 @@ def _host(dp, *overrides, n=64):
     from fedray.client.spec import HostSpec
 
     cfg = config.load(
-        {"data": {"dataset": "blobs", "num_samples": n * 2, "num_clients": 1, "test_fraction": 0.5},
-         "model": {"name": "mlp", "hidden": [16]},
-         "client": {"optimizer": "sgd", "learning_rate": 1.0, "batch_size": n}},
+        {
+            "data": {
+                "dataset": "blobs",
+                "num_samples": n * 2,
+                "num_clients": 1,
+                "test_fraction": 0.5,
+            },
+            "model": {"name": "mlp", "hidden": [16]},
+            "client": {"optimizer": "sgd", "learning_rate": 1.0, "batch_size": n},
+        },
         list(overrides),
-    )  # fmt: skip
+    )
     return ClientHost(HostSpec.from_config(cfg, (0,), Mean(), client=ClientOptions(dp_sgd=dp)))
 
 
@@ -76,14 +83,24 @@ def test_poisson_batches_vary_in_size_and_accounting_is_per_client(tmp_path):
     from fedray.privacy import dpfedavg_epsilon
 
     hist = api.run(
-        {"rounds": 3, "data": {"dataset": "digits", "num_clients": 4},
-         "model": {"name": "mlp", "hidden": [16]},
-         "client": {"batch_size": 16, "local_epochs": 1},
-         "privacy": {"dp": {"mode": "dpsgd", "noise_multiplier": 1.1, "clip": 1.0,
-                            "delta": 1e-5, "noise_seed": 0}},
-         "runtime": {"executor": "local", "progress": False, "clients_per_actor": 4}},
+        {
+            "rounds": 3,
+            "data": {"dataset": "digits", "num_clients": 4},
+            "model": {"name": "mlp", "hidden": [16]},
+            "client": {"batch_size": 16, "local_epochs": 1},
+            "privacy": {
+                "dp": {
+                    "mode": "dpsgd",
+                    "noise_multiplier": 1.1,
+                    "clip": 1.0,
+                    "delta": 1e-5,
+                    "noise_seed": 0,
+                }
+            },
+            "runtime": {"executor": "local", "progress": False, "clients_per_actor": 4},
+        },
         out=tmp_path,
-    )  # fmt: skip
+    )
     p = hist.summary["privacy"]
     sizes = {int(c): round(16 / q) for c, q in p["sampling_rate"].items()}
     for cid, eps in p["epsilon_per_client"].items():

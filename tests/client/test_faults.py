@@ -33,8 +33,14 @@ def test_fault_schedule_is_seeded_and_follows_the_rates():
 @pytest.mark.keras
 def test_in_process_faults_are_counted_failures(tmp_path, linreg_config):
     pytest.importorskip("tensorflow")
-    overrides = [*FAULTS, "rounds=6", "data.num_clients=4", "strategy.min_fit_clients=1",
-                 "runtime.executor=local", "runtime.progress=false"]  # fmt: skip
+    overrides = [
+        *FAULTS,
+        "rounds=6",
+        "data.num_clients=4",
+        "strategy.min_fit_clients=1",
+        "runtime.executor=local",
+        "runtime.progress=false",
+    ]
     hist = api.run(linreg_config, out=tmp_path, overrides=overrides)
     expected = _expected(config.load(linreg_config, overrides))
     for row in hist.rows:
@@ -51,9 +57,15 @@ def numpy_hosts(monkeypatch):
     monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)
 
 
-PACKED = ["rounds=6", "data.num_clients=10", "runtime.clients_per_actor=5",
-          "strategy.min_fit_clients=1", "runtime.executor=local", "runtime.progress=false",
-          "runtime.pre_aggregate=false"]  # fmt: skip
+PACKED = [
+    "rounds=6",
+    "data.num_clients=10",
+    "runtime.clients_per_actor=5",
+    "strategy.min_fit_clients=1",
+    "runtime.executor=local",
+    "runtime.progress=false",
+    "runtime.pre_aggregate=false",
+]
 
 
 def _failures_csv(run):
@@ -65,10 +77,13 @@ def _host_crashes(cfg):
     """Per round, the hosts whose call the schedule kills (one re-execution each)."""
     groups = group_clients(cfg.data.num_clients, cfg.runtime.clients_per_actor)
     return {
-        r: [h for h, g in enumerate(groups)
-            if any(simulated_host_fault(cfg.faults, cfg.seed, r, c) == "crash" for c in g)]
+        r: [
+            h
+            for h, g in enumerate(groups)
+            if any(simulated_host_fault(cfg.faults, cfg.seed, r, c) == "crash" for c in g)
+        ]
         for r in range(1, cfg.rounds + 1)
-    }  # fmt: skip
+    }
 
 
 def test_in_a_packed_host_each_fault_costs_only_its_own_client(

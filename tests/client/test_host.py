@@ -205,11 +205,14 @@ def test_a_users_train_step_with_tensor_control_flow_still_goes_through_autograp
     # The hosts' own loops are traced without AutoGraph (faster starts); a model's own
     # train_step is converted as Keras's fit would, so `if tensor:` in it still works.
     run = api.run(
-        {"rounds": 3, "data": {"dataset": "linreg"},
-         "model": {"name": "tests.custom_models:skips_nonfinite"},
-         "runtime": {"executor": "local", "progress": False}},
+        {
+            "rounds": 3,
+            "data": {"dataset": "linreg"},
+            "model": {"name": "tests.custom_models:skips_nonfinite"},
+            "runtime": {"executor": "local", "progress": False},
+        },
         out=tmp_path,
-    )  # fmt: skip
+    )
     losses = [r["fit/loss"] for r in run.rows]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]  # it trained
 

@@ -72,9 +72,14 @@ def test_fit_evaluates_on_a_test_set_and_compiles_an_uncompiled_model(tmp_path):
 
     x, y = textbook()
     history = fedray.fit(
-        uncompiled, [(x[:50], y[:50]), (x[50:80], y[50:80])], rounds=2,
-        test=(x[80:], y[80:]), out=tmp_path, runtime=LOCAL, client={"learning_rate": 0.01},
-    )  # fmt: skip
+        uncompiled,
+        [(x[:50], y[:50]), (x[50:80], y[50:80])],
+        rounds=2,
+        test=(x[80:], y[80:]),
+        out=tmp_path,
+        runtime=LOCAL,
+        client={"learning_rate": 0.01},
+    )
     assert "eval/loss" in history.rows[-1] and np.isfinite(history.rows[-1]["eval/loss"])
 
 

@@ -63,8 +63,16 @@ def test_a_round_without_survivors_stops_with_exit_3_and_a_clear_message(tmp_pat
     out = tmp_path / "run"
     common = ["--out", str(out), "--local", "--no-progress", "--set", "rounds=3"]
     # Every client of every attempt crashes (in-process, a crash is a failed client).
-    res = _fedray("run", "experiments/linreg.yaml", *common, "--set", "faults.crash_rate=1.0",
-                  "--set", "checkpoint.every=1", timeout=120)  # fmt: skip
+    res = _fedray(
+        "run",
+        "experiments/linreg.yaml",
+        *common,
+        "--set",
+        "faults.crash_rate=1.0",
+        "--set",
+        "checkpoint.every=1",
+        timeout=120,
+    )
     assert res.returncode == 3, res.stderr
     msg = res.stderr.strip().splitlines()[-1]
     assert msg.startswith("fedray: error: round 1: 0/6 ok in 3 attempts; failed: 6 crashed;")
@@ -111,9 +119,14 @@ def test_fedray_run_linreg_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_missing_data_file_fails_before_anything_starts(tmp_path):
     res = _fedray(
-        "run", "experiments/hospitals.yaml", "--out", str(tmp_path / "o"),
-        "--set", "data.path=nowhere/h.csv", timeout=60,
-    )  # fmt: skip
+        "run",
+        "experiments/hospitals.yaml",
+        "--out",
+        str(tmp_path / "o"),
+        "--set",
+        "data.path=nowhere/h.csv",
+        timeout=60,
+    )
     assert res.returncode == 2
     assert "fedray: error: data.path = 'nowhere/h.csv': file not found" in res.stderr
     assert "Traceback" not in res.stderr
@@ -152,8 +165,9 @@ def test_audit_of_a_missing_run_is_one_clear_line(tmp_path):
     res = _fedray("audit", str(tmp_path / "nope"), timeout=60)
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert lines == [f"fedray: error: '{tmp_path / 'nope'}' is not a finished fedray run "
-                     "(needs summary.json)"]  # fmt: skip
+    assert lines == [
+        f"fedray: error: '{tmp_path / 'nope'}' is not a finished fedray run (needs summary.json)"
+    ]
 
 
 _TF_NOISE = re.compile(r"absl::InitializeLog|oneDNN|cpu_feature_guard|^[IW]\d{4} ", re.MULTILINE)

@@ -21,19 +21,28 @@ pytest.importorskip("tensorflow")
         ([], Mean(), ServerSGD(1.0)),
         (["strategy.server_learning_rate=0.5"], Mean(), ServerSGD(0.5)),
         (["strategy.name=fedavgm"], Mean(), ServerMomentum(1.0, 0.9)),
-        (["strategy.name=fedadam", "strategy.tau=0.01"], Mean(),
-         ServerAdaptive("adam", 1e-2, 0.9, 0.99, 0.01)),
-        (["strategy.name=fedyogi", "strategy.server_learning_rate=0.1"], Mean(),
-         ServerAdaptive("yogi", 0.1, 0.9, 0.99, 1e-3)),
+        (
+            ["strategy.name=fedadam", "strategy.tau=0.01"],
+            Mean(),
+            ServerAdaptive("adam", 1e-2, 0.9, 0.99, 0.01),
+        ),
+        (
+            ["strategy.name=fedyogi", "strategy.server_learning_rate=0.1"],
+            Mean(),
+            ServerAdaptive("yogi", 0.1, 0.9, 0.99, 1e-3),
+        ),
         (["strategy.name=fedadagrad"], Mean(), ServerAdaptive("adagrad", 1e-2, 0.9, 0.99, 1e-3)),
         (["strategy.name=fedmedian"], Median(), ServerSGD()),
         (["strategy.name=trimmed_mean", "strategy.trim_beta=0.2"], TrimmedMean(0.2), ServerSGD()),
-        (["strategy.name=krum", "strategy.num_byzantine=1", "strategy.min_fit_clients=5"],
-         Krum(1, 1), ServerSGD()),
+        (
+            ["strategy.name=krum", "strategy.num_byzantine=1", "strategy.min_fit_clients=5"],
+            Krum(1, 1),
+            ServerSGD(),
+        ),
         (["strategy.name=multi_krum", "strategy.min_fit_clients=3"], Krum(0, None), ServerSGD()),
         (["strategy.norm_bound=2.0"], NormBound(Mean(), 2.0), ServerSGD()),
     ],
-)  # fmt: skip
+)
 def test_config_builds_the_composed_strategy(overrides, aggregator, optimizer):
     cfg = config.load({"data": {"num_clients": 6}}, overrides)
     s = build.build_strategy(cfg)
@@ -56,11 +65,25 @@ def test_krum_needs_enough_clients_per_round():
 def test_every_strategy_runs_three_rounds_from_the_cli(name, tmp_path, capsys):
     out = tmp_path / name
     extra = ["--set", "strategy.min_fit_clients=3"] if "krum" in name else []
-    code = main([
-        "run", str(ROOT / "experiments" / "linreg.yaml"), "--local", "--no-progress",
-        "--out", str(out), "--set", f"strategy.name={name}", "--set", "rounds=3",
-        "--set", "data.num_clients=5", "--set", "runtime.clients_per_actor=5", *extra,
-    ])  # fmt: skip
+    code = main(
+        [
+            "run",
+            str(ROOT / "experiments" / "linreg.yaml"),
+            "--local",
+            "--no-progress",
+            "--out",
+            str(out),
+            "--set",
+            f"strategy.name={name}",
+            "--set",
+            "rounds=3",
+            "--set",
+            "data.num_clients=5",
+            "--set",
+            "runtime.clients_per_actor=5",
+            *extra,
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["strategy"]["name"] == name

@@ -58,8 +58,15 @@ def test_the_loop_the_csv_log_and_the_checkpoint_share_one_row_store(tmp_path):
     log, history = Spy(tmp_path / "metrics.csv"), History()
     ex = QuadraticExecutor([[1.0], [3.0]], [1, 1])
     save = Checkpointer(lambda st: saved.append([dict(r) for r in st.rows]))
-    run_rounds(strategy=fedavg(), executor=ex, rounds=3, seed=0, callback=CallbackList([log]),
-               history=history, checkpoint=save)  # fmt: skip
+    run_rounds(
+        strategy=fedavg(),
+        executor=ex,
+        rounds=3,
+        seed=0,
+        callback=CallbackList([log]),
+        history=history,
+        checkpoint=save,
+    )
     assert log.rows is history.rows and seen == [1, 2, 3]
     assert saved[-1] == history.rows and [len(s) for s in saved] == [1, 2, 3]
     csv = pd.read_csv(tmp_path / "metrics.csv")

@@ -31,9 +31,14 @@ def _strategy():
 def test_resumed_driver_equals_uninterrupted_run():
     states, whole = [], History()
     full = run_rounds(
-        strategy=_strategy(), executor=_ex(), rounds=6, seed=3, callback=Callback(), history=whole,
+        strategy=_strategy(),
+        executor=_ex(),
+        rounds=6,
+        seed=3,
+        callback=Callback(),
+        history=whole,
         checkpoint=Checkpointer(lambda st: states.append(copy.deepcopy(st)), every=1),
-    )  # fmt: skip
+    )
     assert [s.server_round for s in states] == [1, 2, 3, 4, 5, 6]
     rec = History()
     ex = _ex()
@@ -79,15 +84,22 @@ def test_checkpoint_keeps_every_kind_of_state_exactly(tmp_path):
     state = DriverState(
         server_round=5,
         params=[np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1], np.int64)],
-        agg_state={"shapes": [((2, 3), "float32")], "round_settings": {"dp_clip": 0.25},
-                   "inner": {"c": [np.ones(2)]}, "s": np.float32(1.5)},
+        agg_state={
+            "shapes": [((2, 3), "float32")],
+            "round_settings": {"dp_clip": 0.25},
+            "inner": {"c": [np.ones(2)]},
+            "s": np.float32(1.5),
+        },
         opt_state={"m": [np.zeros(2)], "t": 3},
         rng_state=dict(rng.bit_generator.state),
         rows=[{"round": 1, "fit/loss": float("nan"), "eval/acc": 0.5}],
         client_state={"round": 5, "clients": 1},
-        loop_state={"privacy": {"participations": {"3": 2}}, "dispatched": 4,
-                    "versions": {3: [np.full(2, 2.0)]}},
-    )  # fmt: skip
+        loop_state={
+            "privacy": {"participations": {"3": 2}},
+            "dispatched": 4,
+            "versions": {3: [np.full(2, 2.0)]},
+        },
+    )
     checkpoint.save(tmp_path, state, config_fingerprint="f")
     back = checkpoint.load(tmp_path, config_fingerprint="f")
     assert back.agg_state["shapes"] == [((2, 3), "float32")]  # tuples stay tuples
@@ -117,10 +129,20 @@ def test_loading_a_tampered_checkpoint_cannot_run_code(tmp_path):
     # An object array carrying a pickle whose loading would create a file, and a JSON
     # document that points at it: the loader must refuse, never unpickle.
     payload = np.array([Exploit()], dtype=object)
-    doc = {"format": checkpoint.FORMAT, "fingerprint": "f",
-           "state": {"server_round": 1, "params": [{"__nd__": "a0"}], "agg_state": {},
-                     "opt_state": {}, "rng_state": {}, "rows": [], "client_state": {},
-                     "loop_state": {}}}  # fmt: skip
+    doc = {
+        "format": checkpoint.FORMAT,
+        "fingerprint": "f",
+        "state": {
+            "server_round": 1,
+            "params": [{"__nd__": "a0"}],
+            "agg_state": {},
+            "opt_state": {},
+            "rng_state": {},
+            "rows": [],
+            "client_state": {},
+            "loop_state": {},
+        },
+    }
     buffer = io.BytesIO()
     np.savez(buffer, a0=payload, __state__=np.frombuffer(json.dumps(doc).encode(), np.uint8))
     (tmp_path / "checkpoint.npz").write_bytes(buffer.getvalue())
@@ -144,8 +166,13 @@ def test_api_resume_matches_uninterrupted_run(tmp_path, linreg_config):
     pytest.importorskip("tensorflow")
     from fedray import api
 
-    common = ["runtime.executor=local", "runtime.progress=false", "data.num_clients=4",
-              "strategy.name=fedyogi", "strategy.fraction_fit=0.5"]  # fmt: skip
+    common = [
+        "runtime.executor=local",
+        "runtime.progress=false",
+        "data.num_clients=4",
+        "strategy.name=fedyogi",
+        "strategy.fraction_fit=0.5",
+    ]
     full = api.run(linreg_config, out=tmp_path / "full", overrides=[*common, "rounds=6"])
     api.run(linreg_config, out=tmp_path / "cut", overrides=[*common, "rounds=3"])
     resumed = api.run(
@@ -178,8 +205,19 @@ def test_sigkill_mid_run_then_the_same_command_again_equals_uninterrupted(tmp_pa
         "runtime.clients_per_actor=4",
     ]
     cut = tmp_path / "cut"
-    cmd = [sys.executable, "-m", "fedray", "run", str(ROOT / "experiments" / "blobs.yaml"),
-           "--local", "--no-progress", "--out", str(cut), "--resume-if-exists", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedray",
+        "run",
+        str(ROOT / "experiments" / "blobs.yaml"),
+        "--local",
+        "--no-progress",
+        "--out",
+        str(cut),
+        "--resume-if-exists",
+        *args,
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240

@@ -95,9 +95,15 @@ def test_stop_policy_stops_at_once_after_checkpointing_earlier_rounds():
             ex.behaviour = {0: "fail", 1: "fail"}
 
     with pytest.raises(RoundFailedError, match="round 2: 0/2 ok; .*on_too_few='stop'"):
-        run_rounds(strategy=fedavg(), executor=ex, rounds=3, seed=0, callback=BreakAfterRound1(),
-                   checkpoint=Checkpointer(saved.append),
-                   scheduler=SyncRounds(RoundPolicy(on_too_few="stop")))  # fmt: skip
+        run_rounds(
+            strategy=fedavg(),
+            executor=ex,
+            rounds=3,
+            seed=0,
+            callback=BreakAfterRound1(),
+            checkpoint=Checkpointer(saved.append),
+            scheduler=SyncRounds(RoundPolicy(on_too_few="stop")),
+        )
     assert len(ex.fit_calls) == 2
     assert [st.server_round for st in saved] == [1]
     np.testing.assert_allclose(saved[0].params[0], [2.5])  # round 1 is kept: 0.5 * 5

@@ -68,9 +68,13 @@ def test_async_loop_tracks_staleness_and_steps_every_buffer():
     ex = ScriptedExecutor(4, finish_order=[0, 1, 2, 3, 0, 1])
     rec = History()
     params = run_rounds(
-        strategy=fedbuff(concurrency=2, buffer_size=2), executor=ex, rounds=2, seed=0,
-        callback=Callback(), history=rec,
-    )  # fmt: skip
+        strategy=fedbuff(concurrency=2, buffer_size=2),
+        executor=ex,
+        rounds=2,
+        seed=0,
+        callback=Callback(),
+        history=rec,
+    )
     # Step 1 aggregates two fresh updates (staleness 0) from w = 0: w = 1.
     assert rec.rows[0]["agg/staleness_max"] == 0.0
     assert rec.rows[0]["eval/w"] == pytest.approx(1.0)
@@ -88,8 +92,14 @@ def test_buffered_steps_refuse_a_privacy_ledger_rather_than_release_uncharged():
     ex = ScriptedExecutor(4, finish_order=[0, 1])
     with pytest.raises(ValueError, match="cannot be charged to a privacy ledger"):
         ledger = DPFedAvgAccountant(1.0, 0.5, 1e-5)
-        run_rounds(strategy=fedbuff(concurrency=2, buffer_size=2), executor=ex, rounds=1, seed=0,
-                   callback=Callback(), privacy=ledger)  # fmt: skip
+        run_rounds(
+            strategy=fedbuff(concurrency=2, buffer_size=2),
+            executor=ex,
+            rounds=1,
+            seed=0,
+            callback=Callback(),
+            privacy=ledger,
+        )
     assert ex.submitted == []  # refused before any client started
 
 
@@ -99,9 +109,15 @@ def test_buffered_steps_checkpoint_and_resume_bit_for_bit():
     def run(rounds, resume=None, states=None):
         ex = ScriptedExecutor(4, finish_order=[])  # first in, first out: as in-process
         save = Checkpointer(states.append) if states is not None else None
-        params = run_rounds(strategy=fedbuff(concurrency=3, buffer_size=2), executor=ex,
-                            rounds=rounds, seed=0, callback=Callback(), resume=resume,
-                            checkpoint=save)  # fmt: skip
+        params = run_rounds(
+            strategy=fedbuff(concurrency=3, buffer_size=2),
+            executor=ex,
+            rounds=rounds,
+            seed=0,
+            callback=Callback(),
+            resume=resume,
+            checkpoint=save,
+        )
         return params, ex
 
     states = []
@@ -122,10 +138,15 @@ def test_fedbuff_runs_end_to_end_in_process(tmp_path, linreg_config):
         linreg_config,
         out=tmp_path,
         overrides=[
-            "strategy.name=fedbuff", "strategy.concurrency=3", "strategy.buffer_size=2",
-            "data.num_clients=4", "rounds=5", "runtime.executor=local", "runtime.progress=false",
+            "strategy.name=fedbuff",
+            "strategy.concurrency=3",
+            "strategy.buffer_size=2",
+            "data.num_clients=4",
+            "rounds=5",
+            "runtime.executor=local",
+            "runtime.progress=false",
         ],
-    )  # fmt: skip
+    )
     assert list(hist.metrics["round"]) == [1, 2, 3, 4, 5]
     assert (hist.metrics["clients/ok"] == 2).all()
     assert hist.metrics["eval/loss"].iloc[-1] < hist.metrics["eval/loss"].iloc[0]
@@ -136,11 +157,18 @@ def test_fedbuff_resumes_from_its_last_server_step(tmp_path, linreg_config):
     pytest.importorskip("tensorflow")
     from fedray import api, checkpoint
 
-    common = ["strategy.name=fedbuff", "strategy.concurrency=3", "strategy.buffer_size=2",
-              "data.num_clients=4", "runtime.executor=local", "runtime.progress=false"]  # fmt: skip
+    common = [
+        "strategy.name=fedbuff",
+        "strategy.concurrency=3",
+        "strategy.buffer_size=2",
+        "data.num_clients=4",
+        "runtime.executor=local",
+        "runtime.progress=false",
+    ]
     first = api.run(linreg_config, out=tmp_path, overrides=[*common, "rounds=3"])
-    saved = checkpoint.load(tmp_path, config_fingerprint=checkpoint.fingerprint(
-        first.summary["config"]))  # fmt: skip
+    saved = checkpoint.load(
+        tmp_path, config_fingerprint=checkpoint.fingerprint(first.summary["config"])
+    )
     assert saved.server_round == 3 and saved.loop_state["scheduler"]["dispatched"] >= 6
     for a, b in zip(saved.params, first.params):
         np.testing.assert_array_equal(a, b)

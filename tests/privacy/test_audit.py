@@ -44,14 +44,23 @@ def test_canary_audit_run_reports_a_client_level_estimate(tmp_path):
     pytest.importorskip("tensorflow")
     from fedray import api
 
-    common = {"rounds": 6, "data": {"dataset": "blobs", "num_clients": 20, "num_samples": 400},
-              "model": {"name": "linear"}, "strategy": {"fraction_fit": 0.5},
-              "runtime": {"executor": "local", "progress": False, "clients_per_actor": 20},
-              "checkpoint": {"every": 0}}  # fmt: skip
+    common = {
+        "rounds": 6,
+        "data": {"dataset": "blobs", "num_clients": 20, "num_samples": 400},
+        "model": {"name": "linear"},
+        "strategy": {"fraction_fit": 0.5},
+        "runtime": {"executor": "local", "progress": False, "clients_per_actor": 20},
+        "checkpoint": {"every": 0},
+    }
     canaries = {"canaries": {"count": 50, "held_out": 50}}
     plain = api.run({**common, "privacy": canaries}, out=tmp_path / "plain")
-    noised = api.run({**common, "privacy": {**canaries, "dp": {"noise_multiplier": 5.0,
-                      "delta": 1e-5, "clip": 1.0}}}, out=tmp_path / "dp")  # fmt: skip
+    noised = api.run(
+        {
+            **common,
+            "privacy": {**canaries, "dp": {"noise_multiplier": 5.0, "delta": 1e-5, "clip": 1.0}},
+        },
+        out=tmp_path / "dp",
+    )
     a, b = plain.summary["canaries"], noised.summary["canaries"]
     assert a["inserted"] == 50 and a["held_out"] == 50
     assert a["mu"] > 3 * a["sigma"] / 50**0.5  # without DP the canaries clearly show

@@ -31,8 +31,16 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
 def _plan(**kw):
-    base = dict(mechanism="skellam", noise_multiplier=1.0, clip=1.0, dim=100, bits=16,
-                expected_clients=10, population=10, max_dropout=0.2)  # fmt: skip
+    base = dict(
+        mechanism="skellam",
+        noise_multiplier=1.0,
+        clip=1.0,
+        dim=100,
+        bits=16,
+        expected_clients=10,
+        population=10,
+        max_dropout=0.2,
+    )
     return DistributedPlan(**{**base, **kw})
 
 
@@ -135,8 +143,9 @@ def test_one_client_moves_the_decoded_sum_by_at_most_the_sensitivity(mechanism):
     """With the noise off, adding one client (any update; clipped in the host) moves the
     integer sum by at most B, the sensitivity the accountant uses, and the decoded float
     sum by at most B / gamma."""
-    secure = SecureAggregation(inner=_ddp(mechanism=mechanism, noise_multiplier=0.0,
-                                          noise_seed=1), min_clients=1)  # fmt: skip
+    secure = SecureAggregation(
+        inner=_ddp(mechanism=mechanism, noise_multiplier=0.0, noise_seed=1), min_clients=1
+    )
     params = [np.zeros((7, 9), np.float32), np.zeros(5, np.float32)]
     state = secure.init(params)
     plan = secure.inner.plan(68)
@@ -181,8 +190,14 @@ def test_skellam_accountant_is_the_gaussians_plus_a_vanishing_term():
 def test_small_shares_cost_more_privacy():
     """Few integer levels (a coarse scale) make the discrete terms count: the bounds then
     exceed the Gaussian's, never fall below it."""
-    tight = _plan(mechanism="discrete_gaussian", noise_multiplier=1.0, dim=4, bits=1,
-                  expected_clients=200, population=200)  # fmt: skip
+    tight = _plan(
+        mechanism="discrete_gaussian",
+        noise_multiplier=1.0,
+        dim=4,
+        bits=1,
+        expected_clients=200,
+        population=200,
+    )
     assert tight.local_std < 3
     acc = dpa.rdp.RdpAccountant()
     acc.compose(dpa.GaussianDpEvent(1.0), 10)
@@ -221,8 +236,11 @@ def test_the_modular_range_holds_the_worst_case_sum():
 
 
 def test_config_refuses_what_cannot_be_made_correct():
-    base = ["privacy.dp.mode=distributed", "privacy.dp.delta=1e-5",
-            "privacy.dp.noise_multiplier=1.0"]  # fmt: skip
+    base = [
+        "privacy.dp.mode=distributed",
+        "privacy.dp.delta=1e-5",
+        "privacy.dp.noise_multiplier=1.0",
+    ]
     from fedray.build import build_strategy
 
     with pytest.raises(ConfigError) as err:
@@ -237,9 +255,11 @@ def test_config_refuses_what_cannot_be_made_correct():
     with pytest.raises(ConfigError, match="privacy.dp.max_dropout"):
         config.load({"data": {"num_clients": 8}}, [*base, "privacy.dp.max_dropout=1.0"])
     sa = "privacy.secure_aggregation.enabled=true"
-    for other, key in [("strategy.name=fedmedian", "strategy.name"),
-                       ("privacy.secure_aggregation.clip=2", "privacy.secure_aggregation.clip"),
-                       ("strategy.norm_bound=1.0", "strategy.norm_bound")]:  # fmt: skip
+    for other, key in [
+        ("strategy.name=fedmedian", "strategy.name"),
+        ("privacy.secure_aggregation.clip=2", "privacy.secure_aggregation.clip"),
+        ("strategy.norm_bound=1.0", "strategy.norm_bound"),
+    ]:
         with pytest.raises(ConfigError, match=key):
             build_strategy(config.load({"data": {"num_clients": 8}}, [*base, sa, other]))
     built = build_strategy(config.load({"data": {"num_clients": 8}}, [*base, sa]))
@@ -260,8 +280,13 @@ def test_the_privacy_command_prices_and_calibrates_distributed_dp(capsys):
     z = float(capsys.readouterr().out.split("noise_multiplier z = ")[1].split()[0])
     ddg = DistributedPlan("discrete_gaussian", z + 1e-4, 1.0, 610, 22, 200.0, 200, 0.1)
     assert distributed_epsilon(ddg, 20, 1e-5) <= 4.0
-    assert cli.main(["privacy", "-e", "4", "-q", "1", "-T", "20", "-d", "1e-5",
-                     "--distributed", "skellam"]) == 2  # fmt: skip
+    assert (
+        cli.main(
+            ["privacy", "-e", "4", "-q", "1", "-T", "20", "-d", "1e-5", "--distributed", "skellam"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["fedray: error: --distributed needs --clients N and --dim D (the model's "
-                   "size) >= 1"]  # fmt: skip
+    assert err == [
+        "fedray: error: --distributed needs --clients N and --dim D (the model's size) >= 1"
+    ]

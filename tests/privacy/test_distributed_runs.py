@@ -15,11 +15,19 @@ from fedray import api
 from fedray.aggregators import distributed_dp
 from fedray.secagg import protocol
 
-BASE = ["rounds=6", "data.dataset=linreg", "data.num_clients=6", "client.batch_size=16",
-        "runtime.executor=local", "runtime.progress=false",
-        "privacy.secure_aggregation.enabled=true", "privacy.dp.mode=distributed",
-        "privacy.dp.delta=1e-5", "privacy.dp.noise_multiplier=0.7",
-        "privacy.dp.clip=0.5"]  # fmt: skip
+BASE = [
+    "rounds=6",
+    "data.dataset=linreg",
+    "data.num_clients=6",
+    "client.batch_size=16",
+    "runtime.executor=local",
+    "runtime.progress=false",
+    "privacy.secure_aggregation.enabled=true",
+    "privacy.dp.mode=distributed",
+    "privacy.dp.delta=1e-5",
+    "privacy.dp.noise_multiplier=0.7",
+    "privacy.dp.clip=0.5",
+]
 
 
 @pytest.fixture

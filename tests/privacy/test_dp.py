@@ -240,9 +240,17 @@ def test_budget_exhaustion_stops_with_the_model_of_the_last_allowed_round():
         strategy = with_dp(Strategy(aggregator=Mean(weighting="uniform"), fraction_fit=0.5), dp)
         ledger = DPFedAvgAccountant(1.0, 0.5, 1e-5, max_epsilon=max_epsilon)
         rec = History()
-        params = run_rounds(strategy=strategy, executor=ex, rounds=rounds, seed=0,
-                            callback=Callback(), history=rec, privacy=ledger, rng_seed=1234,
-                            noise_seed=99)  # fmt: skip
+        params = run_rounds(
+            strategy=strategy,
+            executor=ex,
+            rounds=rounds,
+            seed=0,
+            callback=Callback(),
+            history=rec,
+            privacy=ledger,
+            rng_seed=1234,
+            noise_seed=99,
+        )
         return params, rec.rows, ledger
 
     budget = dpfedavg_epsilon(1.0, 0.5, 4, 1e-5) + 1e-9  # room for exactly 4 rounds
@@ -293,8 +301,11 @@ def test_a_dp_run_reports_epsilon_per_round_and_in_the_summary(tmp_path, linreg_
     assert p["epsilon_pld"] == pytest.approx(dpfedavg_epsilon(0.8, 0.5, 5, 1e-5, method="pld"))
     assert p["epsilon_pld"] < p["epsilon_rdp"]
     assert (p["delta"], p["noise_multiplier"], p["sampling_rate"], p["rounds"]) == (
-        1e-5, 0.8, 0.5, 5,
-    )  # fmt: skip
+        1e-5,
+        0.8,
+        0.5,
+        5,
+    )
     assert p["stopped_early"] is False
     assert hist.summary["privacy"] == p
     from rich.console import Console
@@ -325,18 +336,38 @@ def test_max_epsilon_stops_a_run_cleanly(tmp_path, linreg_config):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["privacy.dp.noise_multiplier=-1", "privacy.dp.delta=1e-5"],
-         "privacy.dp.noise_multiplier = -1: Input should be greater than or equal to 0"),
+        (
+            ["privacy.dp.noise_multiplier=-1", "privacy.dp.delta=1e-5"],
+            "privacy.dp.noise_multiplier = -1: Input should be greater than or equal to 0",
+        ),
         (["privacy.dp.noise_multiplier=1.0"], "privacy.dp.delta is required"),
-        (["privacy.dp.noise_multiplier=1", "privacy.dp.target_epsilon=2", "privacy.dp.delta=1e-5"],
-         "one of noise_multiplier (z >= 0) or target_epsilon, not both"),
-        (["privacy.dp.noise_multiplier=1", "privacy.dp.delta=1e-5", "strategy.name=krum",
-          "strategy.min_fit_clients=3"],
-         "privacy.dp.mode='central' does not work with strategy.name='krum'"),
-        (["privacy.dp.noise_multiplier=1", "privacy.dp.delta=1e-5", "strategy.weighting=examples"],
-         "uniform client weights"),
+        (
+            [
+                "privacy.dp.noise_multiplier=1",
+                "privacy.dp.target_epsilon=2",
+                "privacy.dp.delta=1e-5",
+            ],
+            "one of noise_multiplier (z >= 0) or target_epsilon, not both",
+        ),
+        (
+            [
+                "privacy.dp.noise_multiplier=1",
+                "privacy.dp.delta=1e-5",
+                "strategy.name=krum",
+                "strategy.min_fit_clients=3",
+            ],
+            "privacy.dp.mode='central' does not work with strategy.name='krum'",
+        ),
+        (
+            [
+                "privacy.dp.noise_multiplier=1",
+                "privacy.dp.delta=1e-5",
+                "strategy.weighting=examples",
+            ],
+            "uniform client weights",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_dp_configs_get_clear_errors(overrides, message):
     from fedray import config
     from fedray.errors import ConfigError
@@ -406,8 +437,13 @@ def test_a_resumed_dp_run_equals_the_uninterrupted_one(tmp_path, linreg_config):
     pytest.importorskip("tensorflow")
     from fedray import api
 
-    seeded = [*DP_RUN, "privacy.dp.noise_seed=42", "privacy.dp.clip=adaptive",
-              "privacy.dp.initial_clip=1.0", "privacy.dp.count_stddev=1.0"]  # fmt: skip
+    seeded = [
+        *DP_RUN,
+        "privacy.dp.noise_seed=42",
+        "privacy.dp.clip=adaptive",
+        "privacy.dp.initial_clip=1.0",
+        "privacy.dp.count_stddev=1.0",
+    ]
     full = api.run(linreg_config, out=tmp_path / "full", overrides=[*seeded, "rounds=4"])
     api.run(linreg_config, out=tmp_path / "part", overrides=[*seeded, "rounds=2"])
     resumed = api.run(

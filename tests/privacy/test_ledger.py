@@ -50,10 +50,13 @@ def test_resume_extending_a_target_epsilon_run_reports_what_ran(tmp_path):
     pytest.importorskip("tensorflow")
     from fedray import api, build
 
-    cfg = {"rounds": 2, "data": {"dataset": "linreg", "num_clients": 8},
-           "strategy": {"fraction_fit": 0.25},  # q = 0.5 makes dp-accounting's RDP slow
-           "privacy": {"dp": {"target_epsilon": 2.0, "delta": 1e-5}},
-           "runtime": {"executor": "local", "progress": False, "clients_per_actor": 8}}  # fmt: skip
+    cfg = {
+        "rounds": 2,
+        "data": {"dataset": "linreg", "num_clients": 8},
+        "strategy": {"fraction_fit": 0.25},  # q = 0.5 makes dp-accounting's RDP slow
+        "privacy": {"dp": {"target_epsilon": 2.0, "delta": 1e-5}},
+        "runtime": {"executor": "local", "progress": False, "clients_per_actor": 8},
+    }
     h1 = api.run(cfg, out=tmp_path)
     z1 = h1.summary["privacy"]["noise_multiplier"]
     h2 = api.run(cfg, out=tmp_path, overrides=["rounds=6"], resume=True)
@@ -69,8 +72,9 @@ def test_resume_extending_a_target_epsilon_run_reports_what_ran(tmp_path):
     # Resuming the same run (same rounds) reuses its z exactly.
     from fedray import checkpoint, config
 
-    state = checkpoint.load(tmp_path, config_fingerprint=checkpoint.fingerprint(
-        config.load(cfg).to_dict()))  # fmt: skip
+    state = checkpoint.load(
+        tmp_path, config_fingerprint=checkpoint.fingerprint(config.load(cfg).to_dict())
+    )
     again = config.load(cfg, ["rounds=6"])
     assert build.noise_multiplier(again, state.loop_state["privacy"]) == z2
 
@@ -87,8 +91,14 @@ def test_dp_sgd_batch_cap_tail_is_spent_from_delta():
         cap = poisson_batch_cap(batch)
         for n in (batch, 4 * batch, 60_000):
             assert truncation_probability(n, batch, cap) <= 1e-12
-    ledger = DPSGDAccountant(noise_multiplier=1.1, delta=1e-5, batch_size=256,
-                             local_epochs=60, examples={0: 60_000}, cap=341)  # fmt: skip
+    ledger = DPSGDAccountant(
+        noise_multiplier=1.1,
+        delta=1e-5,
+        batch_size=256,
+        local_epochs=60,
+        examples={0: 60_000},
+        cap=341,
+    )
     ledger.record([0])
     steps = 60 * math.ceil(60_000 / 256)
     spent = steps * truncation_probability(60_000, 256, 341)
@@ -104,8 +114,9 @@ def test_dp_sgd_batch_cap_tail_is_spent_from_delta():
 def test_delta_at_or_above_one_over_n_is_warned(caplog):
     from fedray import build, config
 
-    cfg = config.load({"data": {"num_clients": 10},
-                       "privacy": {"dp": {"noise_multiplier": 1.0, "delta": 0.5}}})  # fmt: skip
+    cfg = config.load(
+        {"data": {"num_clients": 10}, "privacy": {"dp": {"noise_multiplier": 1.0, "delta": 0.5}}}
+    )
     build.warn_on_delta(cfg)
     assert "privacy.dp.delta=0.5 is not well below 1 / data.num_clients" in caplog.text
     caplog.clear()
@@ -117,8 +128,9 @@ def test_delta_at_or_above_one_over_n_is_warned(caplog):
 def test_accountant_q_and_z_are_not_swapped():
     from fedray.privacy import dpfedavg_epsilon
 
-    ledger = DPSGDAccountant(noise_multiplier=1.3, delta=1e-5, batch_size=8,
-                             local_epochs=2, examples={5: 100})  # fmt: skip
+    ledger = DPSGDAccountant(
+        noise_multiplier=1.3, delta=1e-5, batch_size=8, local_epochs=2, examples={5: 100}
+    )
     ledger.record([5])
     assert ledger.epsilon() == pytest.approx(
         dpfedavg_epsilon(1.3, 8 / 100, 2 * math.ceil(100 / 8), 1e-5), rel=1e-9
@@ -145,8 +157,12 @@ def test_epsilon_depends_on_delta_as_dp_accounting_says(delta):
 def test_a_target_epsilon_is_also_the_ledgers_budget():
     from fedray import build, config
 
-    cfg = config.load({"data": {"num_clients": 10}, "privacy": {"dp": {
-        "mode": "local", "target_epsilon": 3.0, "delta": 1e-5}}})  # fmt: skip
+    cfg = config.load(
+        {
+            "data": {"num_clients": 10},
+            "privacy": {"dp": {"mode": "local", "target_epsilon": 3.0, "delta": 1e-5}},
+        }
+    )
     assert build.budget(cfg) == pytest.approx(3.0)
     ledger = build.dp_accountant(cfg, build.dp_mechanism(cfg))
     for _ in range(cfg.rounds):  # the planned rounds fit exactly ...

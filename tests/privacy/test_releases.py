@@ -24,14 +24,23 @@ from tests.privacy.harness import ReleaseCounter, assert_charged, spy_runs
 def _run(agg, ledger, *, rounds=4, fraction=0.5, min_fit=1, flaky=(), resume=None, ckpt=None):
     ex = ReleaseCounter(EncodingExecutor(agg, flaky=flaky))
     if isinstance(agg, CentralDP):
-        strategy = with_dp(Strategy(aggregator=Mean(weighting="uniform"), fraction_fit=fraction),
-                           agg)  # fmt: skip
+        strategy = with_dp(
+            Strategy(aggregator=Mean(weighting="uniform"), fraction_fit=fraction), agg
+        )
     else:
         strategy = Strategy(aggregator=agg, fraction_fit=fraction, min_fit_clients=min_fit)
-    run_rounds(strategy=strategy, executor=ex, rounds=rounds, seed=0, callback=Callback(),
-               privacy=ledger, rng_seed=5,
-               scheduler=SyncRounds(RoundPolicy(on_too_few="retry", max_retries=2)),
-               resume=resume, checkpoint=Checkpointer(ckpt) if ckpt else None)  # fmt: skip
+    run_rounds(
+        strategy=strategy,
+        executor=ex,
+        rounds=rounds,
+        seed=0,
+        callback=Callback(),
+        privacy=ledger,
+        rng_seed=5,
+        scheduler=SyncRounds(RoundPolicy(on_too_few="retry", max_retries=2)),
+        resume=resume,
+        checkpoint=Checkpointer(ckpt) if ckpt else None,
+    )
     return ex
 
 
@@ -56,8 +65,13 @@ def test_failed_attempts_of_local_dp_are_charged_too():
 @pytest.mark.slow
 def test_failed_attempts_of_dp_sgd_are_charged_too():
     agg = Mean(weighting="uniform")  # DP-SGD noises inside training; the mean is plain
-    ledger = DPSGDAccountant(noise_multiplier=1.0, delta=1e-5, batch_size=5, local_epochs=1,
-                             examples=dict.fromkeys(range(6), 50))  # fmt: skip
+    ledger = DPSGDAccountant(
+        noise_multiplier=1.0,
+        delta=1e-5,
+        batch_size=5,
+        local_epochs=1,
+        examples=dict.fromkeys(range(6), 50),
+    )
     ex = _run(agg, ledger, rounds=3, fraction=1.0, min_fit=6, flaky=(4,))
     assert max(ex.released.values()) == 6  # two attempts in each of three rounds
     assert_charged(ex, ledger)
@@ -114,8 +128,9 @@ def test_a_resumed_run_keeps_charging_on_top_of_the_restored_ledger():
 def test_partial_sums_of_packed_hosts_are_charged(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
     seen = spy_runs(monkeypatch)
-    hist = _api_run(tmp_path, ["privacy.dp.mode=local", "privacy.dp.noise_multiplier=4.0",
-                               *RETRIES])  # fmt: skip
+    hist = _api_run(
+        tmp_path, ["privacy.dp.mode=local", "privacy.dp.noise_multiplier=4.0", *RETRIES]
+    )
     assert_charged(seen["counters"][0], _ledger_of(seen, hist))
 
 
@@ -123,8 +138,9 @@ def test_partial_sums_of_packed_hosts_are_charged(tmp_path, monkeypatch):
 def test_dp_sgd_with_crashes_and_retries_is_charged(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
     seen = spy_runs(monkeypatch)
-    hist = _api_run(tmp_path, ["privacy.dp.mode=dpsgd", "privacy.dp.noise_multiplier=1.0",
-                               *RETRIES])  # fmt: skip
+    hist = _api_run(
+        tmp_path, ["privacy.dp.mode=dpsgd", "privacy.dp.noise_multiplier=1.0", *RETRIES]
+    )
     assert any(r.get("round/attempts", 1) > 1 for r in hist.rows)  # retries happened
     assert_charged(seen["counters"][0], _ledger_of(seen, hist))
 
@@ -133,8 +149,9 @@ def test_dp_sgd_with_crashes_and_retries_is_charged(tmp_path, monkeypatch):
 def test_secure_aggregation_with_central_dp_is_charged(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow")
     seen = spy_runs(monkeypatch)
-    hist = _api_run(tmp_path, ["privacy.dp.noise_multiplier=1.0",
-                               "privacy.secure_aggregation.enabled=true"])  # fmt: skip
+    hist = _api_run(
+        tmp_path, ["privacy.dp.noise_multiplier=1.0", "privacy.secure_aggregation.enabled=true"]
+    )
     assert any(r.get("agg/secagg/clients", 0) >= 3 for r in hist.rows)
     assert_charged(seen["counters"][0], _ledger_of(seen, hist))
 
@@ -157,15 +174,29 @@ def test_paths_that_cannot_be_charged_are_refused_naming_both_keys(mode, overrid
     assert f"privacy.dp.mode='{mode}' does not work with {keys}" in line and "\n" not in line
 
 
-RETRIES = ["strategy.fraction_fit=1.0", "strategy.min_fit_clients=5", "strategy.max_retries=5",
-           "strategy.on_too_few=retry", "faults.crash_rate=0.2"]  # fmt: skip
+RETRIES = [
+    "strategy.fraction_fit=1.0",
+    "strategy.min_fit_clients=5",
+    "strategy.max_retries=5",
+    "strategy.on_too_few=retry",
+    "faults.crash_rate=0.2",
+]
 
 # --- helpers for the end-to-end cases: the real LocalExecutor, wrapped ----------------
 
-LINREG = ["rounds=4", "data.dataset=linreg", "data.num_clients=6", "strategy.fraction_fit=0.5",
-          "privacy.dp.delta=1e-5", "privacy.dp.clip=5.0", "privacy.dp.noise_seed=1",
-          "runtime.executor=local", "runtime.clients_per_actor=3", "runtime.progress=false",
-          "checkpoint.every=0"]  # fmt: skip
+LINREG = [
+    "rounds=4",
+    "data.dataset=linreg",
+    "data.num_clients=6",
+    "strategy.fraction_fit=0.5",
+    "privacy.dp.delta=1e-5",
+    "privacy.dp.clip=5.0",
+    "privacy.dp.noise_seed=1",
+    "runtime.executor=local",
+    "runtime.clients_per_actor=3",
+    "runtime.progress=false",
+    "checkpoint.every=0",
+]
 
 
 def _api_run(tmp_path, overrides):

@@ -72,14 +72,19 @@ def test_rounds_below_the_minimum_cohort_reveal_nothing(tmp_path):
     pytest.importorskip("tensorflow")
     from fedray import api
 
-    base = {"rounds": 4, "data": {"dataset": "linreg", "num_clients": 6},
-            "strategy": {"fraction_fit": 0.3, "min_fit_clients": 1, "weighting": "uniform"},
-            "runtime": {"executor": "local", "progress": False, "clients_per_actor": 6},
-            "checkpoint": {"every": 0}}  # fmt: skip
+    base = {
+        "rounds": 4,
+        "data": {"dataset": "linreg", "num_clients": 6},
+        "strategy": {"fraction_fit": 0.3, "min_fit_clients": 1, "weighting": "uniform"},
+        "runtime": {"executor": "local", "progress": False, "clients_per_actor": 6},
+        "checkpoint": {"every": 0},
+    }
     sa = {"secure_aggregation": {"enabled": True, "min_clients": 3}}
     # fraction 0.3 of 6 samples 2 clients: below the minimum, every round aborts.
-    plain = api.run({**base, "strategy": {**base["strategy"], "on_too_few": "skip"},
-                     "privacy": sa}, out=tmp_path / "plain")  # fmt: skip
+    plain = api.run(
+        {**base, "strategy": {**base["strategy"], "on_too_few": "skip"}, "privacy": sa},
+        out=tmp_path / "plain",
+    )
     assert [r["clients/ok"] for r in plain.rows] == [0] * 4
     assert all(r["round/committed"] == 0 for r in plain.rows)
     # Under central DP the round still happens: a noised zero round, no client inside.
@@ -95,10 +100,16 @@ def test_secure_aggregation_works_with_enabled_alone(tmp_path):
     pytest.importorskip("tensorflow")
     from fedray import api
 
-    hist = api.run({"rounds": 2, "data": {"dataset": "linreg", "num_clients": 4},
-                    "privacy": {"secure_aggregation": {"enabled": True}},
-                    "runtime": {"executor": "local", "progress": False, "clients_per_actor": 4},
-                    "checkpoint": {"every": 0}}, out=tmp_path)  # fmt: skip
+    hist = api.run(
+        {
+            "rounds": 2,
+            "data": {"dataset": "linreg", "num_clients": 4},
+            "privacy": {"secure_aggregation": {"enabled": True}},
+            "runtime": {"executor": "local", "progress": False, "clients_per_actor": 4},
+            "checkpoint": {"every": 0},
+        },
+        out=tmp_path,
+    )
     assert hist.final["agg/secagg/clients"] == 4
     assert hist.final["agg/secagg/quantization_step"] == pytest.approx(16 / (2**22 - 1))
 

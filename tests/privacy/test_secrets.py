@@ -18,10 +18,18 @@ def _run(rounds, *, noise_seed=None, resume=None):
     strategy = with_dp(Strategy(aggregator=Mean(weighting="uniform"), fraction_fit=0.5), agg)
     states = []
     ex = EncodingExecutor(agg, num_clients=6, dim=DIM)
-    params = run_rounds(strategy=strategy, executor=ex, rounds=rounds, seed=0,
-                        callback=Callback(), privacy=DPFedAvgAccountant(Z, 0.5, 1e-5),
-                        rng_seed=11, resume=resume, checkpoint=Checkpointer(states.append),
-                        **({"noise_seed": noise_seed} if noise_seed else {}))  # fmt: skip
+    params = run_rounds(
+        strategy=strategy,
+        executor=ex,
+        rounds=rounds,
+        seed=0,
+        callback=Callback(),
+        privacy=DPFedAvgAccountant(Z, 0.5, 1e-5),
+        rng_seed=11,
+        resume=resume,
+        checkpoint=Checkpointer(states.append),
+        **({"noise_seed": noise_seed} if noise_seed else {}),
+    )
     return params, states, ex
 
 

@@ -18,9 +18,13 @@ from fedray.records import ClientUpdate, RoundInfo
 @pytest.mark.slow
 def test_adaptive_clipping_count_multiplier_is_the_one_accounted():
     m = 40.0
-    cfg = config.load({"data": {"num_clients": 400}, "strategy": {"fraction_fit": 0.1},
-                       "privacy": {"dp": {"noise_multiplier": 1.0, "delta": 1e-5,
-                                          "clip": "adaptive"}}})  # fmt: skip
+    cfg = config.load(
+        {
+            "data": {"num_clients": 400},
+            "strategy": {"fraction_fit": 0.1},
+            "privacy": {"dp": {"noise_multiplier": 1.0, "delta": 1e-5, "clip": "adaptive"}},
+        }
+    )
     agg = build.dp_mechanism(cfg)
     accounted = build.dp_accountant(cfg, agg).count_noise_multiplier
     state = agg.init([np.zeros(3, np.float32)])
@@ -77,9 +81,13 @@ def test_dp_sgd_releases_no_non_trainable_state(tmp_path):
     from fedray.privacy import DPSGD
     from fedray.strategy import ClientOptions
 
-    cfg = config.load({"data": {"dataset": "blobs", "num_samples": 200, "num_clients": 2},
-                       "model": {"name": "tests.custom_models:batchnorm"},
-                       "client": {"batch_size": 16}})  # fmt: skip
+    cfg = config.load(
+        {
+            "data": {"dataset": "blobs", "num_samples": 200, "num_clients": 2},
+            "model": {"name": "tests.custom_models:batchnorm"},
+            "client": {"batch_size": 16},
+        }
+    )
     dp = DPSGD(noise_multiplier=1.0, clip=1.0, noise_seed=0)
     host = ClientHost(HostSpec.from_config(cfg, (0, 1), Mean(), client=ClientOptions(dp_sgd=dp)))
     params = host.initial_params()
@@ -98,12 +106,17 @@ def test_dp_sgd_releases_no_non_trainable_state(tmp_path):
 def test_dp_sgd_run_logs_no_training_metrics(tmp_path):
     pytest.importorskip("tensorflow")
     hist = api.run(
-        {"rounds": 1, "data": {"dataset": "blobs", "num_clients": 2, "num_samples": 200},
-         "model": {"name": "linear"}, "client": {"batch_size": 16},
-         "privacy": {"dp": {"mode": "dpsgd", "noise_multiplier": 1.1, "clip": 1.0,
-                            "delta": 1e-5}},
-         "runtime": {"executor": "local", "progress": False, "clients_per_actor": 1}},
+        {
+            "rounds": 1,
+            "data": {"dataset": "blobs", "num_clients": 2, "num_samples": 200},
+            "model": {"name": "linear"},
+            "client": {"batch_size": 16},
+            "privacy": {
+                "dp": {"mode": "dpsgd", "noise_multiplier": 1.1, "clip": 1.0, "delta": 1e-5}
+            },
+            "runtime": {"executor": "local", "progress": False, "clients_per_actor": 1},
+        },
         out=tmp_path,
-    )  # fmt: skip
+    )
     assert not [k for k in hist.rows[-1] if k.startswith(("fit/", "train/", "fed_eval/"))]
     assert math.isfinite(hist.summary["privacy"]["epsilon"])

@@ -58,9 +58,13 @@ def test_the_home_plan_is_unchanged_and_a_random_sample_is_what_balance_evens_ou
 
 @pytest.mark.parametrize(
     "other",
-    ["strategy.name=scaffold", "compression.topk=0.1", "privacy.secure_aggregation.enabled=true",
-     "data.placement={0: site-a}"],
-)  # fmt: skip
+    [
+        "strategy.name=scaffold",
+        "compression.topk=0.1",
+        "privacy.secure_aggregation.enabled=true",
+        "data.placement={0: site-a}",
+    ],
+)
 def test_balance_is_refused_where_something_of_a_client_stays_in_one_host(other):
     with pytest.raises(ConfigError) as err:
         config.load({"data": {"num_clients": 8}}, ["runtime.balance=true", other])

@@ -21,8 +21,13 @@ from tests.conftest import ROOT
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.chaos]
 
 BLOBS = ROOT / "experiments" / "blobs.yaml"
-BASE = ["rounds=20", "data.num_samples=6000", "strategy.min_fit_clients=1",
-        "runtime.progress=false", "runtime.max_restarts=-1"]  # fmt: skip
+BASE = [
+    "rounds=20",
+    "data.num_samples=6000",
+    "strategy.min_fit_clients=1",
+    "runtime.progress=false",
+    "runtime.max_restarts=-1",
+]
 PACKED = [*BASE, "data.num_clients=10", "runtime.clients_per_actor=5"]
 
 
@@ -71,12 +76,22 @@ def check_counted_as_scheduled(run, overrides, path=BLOBS):
 
 def test_dedicated_hosts_survive_client_faults_and_host_hangs(tmp_path, numpy_ray_hosts):
     linreg = ROOT / "experiments" / "linreg.yaml"
-    common = ["rounds=20", "data.num_clients=6", "strategy.min_fit_clients=1",
-              "runtime.clients_per_actor=1", "runtime.max_restarts=-1",
-              "runtime.progress=false"]  # fmt: skip
-    overrides = [*common, "faults.crash_rate=0.1", "faults.hang_rate=0.05",
-                 "faults.nan_rate=0.05", "faults.host_hang_rate=0.03",
-                 "runtime.round_timeout_s=6"]  # fmt: skip
+    common = [
+        "rounds=20",
+        "data.num_clients=6",
+        "strategy.min_fit_clients=1",
+        "runtime.clients_per_actor=1",
+        "runtime.max_restarts=-1",
+        "runtime.progress=false",
+    ]
+    overrides = [
+        *common,
+        "faults.crash_rate=0.1",
+        "faults.hang_rate=0.05",
+        "faults.nan_rate=0.05",
+        "faults.host_hang_rate=0.03",
+        "runtime.round_timeout_s=6",
+    ]
     clean = api.run(linreg, out=tmp_path / "clean", overrides=[*common, "runtime.executor=local"])
     chaos = api.run(linreg, out=tmp_path / "chaos", overrides=overrides)
     rows, _ = check_counted_as_scheduled(chaos, overrides, linreg)
@@ -88,8 +103,13 @@ def test_dedicated_hosts_survive_client_faults_and_host_hangs(tmp_path, numpy_ra
 
 
 def test_packed_hosts_lose_only_the_faulty_clients_and_rerun_a_dead_hosts(tmp_path):
-    overrides = [*PACKED, "faults.crash_rate=0.2", "faults.host_crash_rate=0.05",
-                 "faults.hang_rate=0.05", "faults.nan_rate=0.05"]  # fmt: skip
+    overrides = [
+        *PACKED,
+        "faults.crash_rate=0.2",
+        "faults.host_crash_rate=0.05",
+        "faults.hang_rate=0.05",
+        "faults.nan_rate=0.05",
+    ]
     clean = api.run(BLOBS, out=tmp_path / "clean", overrides=[*PACKED, "runtime.executor=local"])
     chaos = api.run(BLOBS, out=tmp_path / "chaos", overrides=overrides)
     rows, restarts = check_counted_as_scheduled(chaos, overrides)

@@ -63,8 +63,11 @@ def test_validation_catches_mistakes(mutate, error):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_nodes_start_with_token_auth_and_the_token_is_shipped_but_never_committed(path):
     cfg = yaml.safe_load(path.read_text())
-    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
-              if "ray start" in c]  # fmt: skip
+    starts = [
+        c
+        for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+        if "ray start" in c
+    ]
     assert starts and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts)
     assert "--dashboard-host=127.0.0.1" in cfg["head_start_ray_commands"][-1]
     assert cfg["file_mounts"]["~/.ray/auth_token"] == "./.ray-token"  # where ray start looks

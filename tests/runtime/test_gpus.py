@@ -9,8 +9,14 @@ from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-COMMON = ["rounds=2", "runtime.progress=false", "checkpoint.every=0", "runtime.num_cpus=2",
-          "runtime.num_gpus=2", "runtime.gpus_per_host=0.5"]  # fmt: skip
+COMMON = [
+    "rounds=2",
+    "runtime.progress=false",
+    "checkpoint.every=0",
+    "runtime.num_cpus=2",
+    "runtime.num_gpus=2",
+    "runtime.gpus_per_host=0.5",
+]
 
 
 def test_hosts_share_the_gpus_ray_assigns(tmp_path, numpy_ray_hosts):
@@ -21,14 +27,18 @@ def test_hosts_share_the_gpus_ray_assigns(tmp_path, numpy_ray_hosts):
     per_gpu = collections.Counter(h["gpu_ids"][0] for h in hosts)
     assert sorted(per_gpu.values()) == [2, 2]  # two hosts of 0.5 on each of the 2 GPUs
     # auto packs by the GPU shares, not the CPUs: 6 clients on 4 slots -> 3 hosts of 2.
-    hist = api.run(ROOT / "experiments" / "linreg.yaml", out=tmp_path / "auto",
-                   overrides=[*COMMON, "data.num_clients=6"])  # fmt: skip
+    hist = api.run(
+        ROOT / "experiments" / "linreg.yaml",
+        out=tmp_path / "auto",
+        overrides=[*COMMON, "data.num_clients=6"],
+    )
     assert [len(h["clients"]) for h in hist.summary["hosts"]] == [2, 2, 2]
     assert hist.final["clients/ok"] == 6
 
 
-def test_auto_measures_a_probe_host_and_the_share_reaches_ray(tmp_path, numpy_ray_hosts,
-                                                              monkeypatch):  # fmt: skip
+def test_auto_measures_a_probe_host_and_the_share_reaches_ray(
+    tmp_path, numpy_ray_hosts, monkeypatch
+):
     # On this machine the probe host sees no GPU, so auto falls back to one host per
     # GPU: 2 hosts, one on each fake GPU.
     over = [*COMMON, "runtime.gpus_per_host=auto", "data.num_clients=4"]
@@ -42,8 +52,11 @@ def test_auto_measures_a_probe_host_and_the_share_reaches_ray(tmp_path, numpy_ra
 
     seen = []
     real = ray_host.share_from
-    monkeypatch.setattr(ray_host, "share_from", lambda facts: seen.append(facts) or real(
-        {"peak_mb": 3000.0, "total_mb": 16384.0}))  # fmt: skip
+    monkeypatch.setattr(
+        ray_host,
+        "share_from",
+        lambda facts: seen.append(facts) or real({"peak_mb": 3000.0, "total_mb": 16384.0}),
+    )
     hist = api.run(ROOT / "experiments" / "linreg.yaml", out=tmp_path / "two", overrides=over)
     assert seen == [{"peak_mb": None, "total_mb": None}]  # what the probe really reported
     per_gpu = collections.Counter(h["gpu_ids"][0] for h in hist.summary["hosts"])
@@ -59,10 +72,20 @@ def test_a_probe_hosts_start_up_error_is_its_own_one_line(tmp_path):
     from fedray.errors import DataError
     from fedray.runtime.ray_executor import RayExecutor
 
-    cfg = config.load({"data": {"dataset": "csv", "path": str(tmp_path / "gone.csv")},
-                       "runtime": {"gpus_per_host": "auto"}})  # fmt: skip
-    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False,
-             log_to_driver=False, logging_level="ERROR")  # fmt: skip
+    cfg = config.load(
+        {
+            "data": {"dataset": "csv", "path": str(tmp_path / "gone.csv")},
+            "runtime": {"gpus_per_host": "auto"},
+        }
+    )
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
     try:  # the probe host is the first to read the data: its error, not Ray's wrapper
         with pytest.raises(DataError, match="data.path: file not found: '.*gone.csv'") as err:
             RayExecutor(cfg, Mean())

@@ -35,18 +35,32 @@ def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="frt", dir="/tmp")
     gcs, dash, client, agent, nm, om, metrics, rte, agrpc = free_ports(9)
     token = secrets.token_hex(32)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-           "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     cmd = [
-        ray_cli, "start", "--head", f"--port={gcs}", "--num-cpus=2",
-        f"--temp-dir={temp_dir}", "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-        f"--node-manager-port={nm}", f"--object-manager-port={om}",
-        f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={rte}",
-        f"--dashboard-agent-grpc-port={agrpc}", "--object-store-memory=200000000",
+        ray_cli,
+        "start",
+        "--head",
+        f"--port={gcs}",
+        "--num-cpus=2",
+        f"--temp-dir={temp_dir}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--node-manager-port={nm}",
+        f"--object-manager-port={om}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={rte}",
+        f"--dashboard-agent-grpc-port={agrpc}",
+        "--object-store-memory=200000000",
         "--disable-usage-stats",
-    ]  # fmt: skip
+    ]
     try:
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
@@ -63,18 +77,33 @@ def test_jobs_with_the_token_join_their_cluster_and_a_killed_job_resubmitted_con
     for auth in ({"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_TOKEN": "0" * 64}):
         res = subprocess.run(
             [ray_head["ray"], "job", "list", "--address", ray_head["dashboard"]],
-            env={**ray_head["env"], **auth}, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            env={**ray_head["env"], **auth},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert res.returncode != 0, auth
         assert re.search(r"(?i)auth|token|401|unauthenticated", res.stdout + res.stderr), auth
     # With it, `fedray run` inside the job joins the job's cluster by itself.
     out = tmp_path / "job-run"
     cmd = [
-        ray_head["ray"], "job", "submit", "--address", ray_head["dashboard"],
-        "--working-dir", str(ROOT), "--",
-        sys.executable, "-m", "fedray", "run", "experiments/linreg.yaml",
-        "--no-progress", "--out", str(out),
-    ]  # fmt: skip
+        ray_head["ray"],
+        "job",
+        "submit",
+        "--address",
+        ray_head["dashboard"],
+        "--working-dir",
+        str(ROOT),
+        "--",
+        sys.executable,
+        "-m",
+        "fedray",
+        "run",
+        "experiments/linreg.yaml",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     res = subprocess.run(
         cmd, env=ray_head["env"], capture_output=True, text=True, cwd=ROOT, timeout=400
     )
@@ -124,13 +153,35 @@ def _killed_job_resubmitted_equals_an_uninterrupted_run(ray_head, tmp_path):
 
     out = tmp_path / "job"
     sets = ["--set", "rounds=300", "--set", "evaluation.every=0"]
-    job = [sys.executable, "-m", "fedray", "run", "experiments/linreg.yaml", "--no-progress",
-           "--out", str(out), "--resume-if-exists", *sets]  # fmt: skip
-    submit = [ray_head["ray"], "job", "submit", "--address", ray_head["dashboard"],
-              "--working-dir", str(ROOT)]  # fmt: skip
+    job = [
+        sys.executable,
+        "-m",
+        "fedray",
+        "run",
+        "experiments/linreg.yaml",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--resume-if-exists",
+        *sets,
+    ]
+    submit = [
+        ray_head["ray"],
+        "job",
+        "submit",
+        "--address",
+        ray_head["dashboard"],
+        "--working-dir",
+        str(ROOT),
+    ]
     env = ray_head["env"]
-    res = subprocess.run([*submit, "--no-wait", "--submission-id", "fedray-cut", "--", *job],
-                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    res = subprocess.run(
+        [*submit, "--no-wait", "--submission-id", "fedray-cut", "--", *job],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     cfg = config.load(ROOT / "experiments" / "linreg.yaml", [s for s in sets if s != "--set"])
     fp = checkpoint.fingerprint(cfg.to_dict())
@@ -144,16 +195,20 @@ def _killed_job_resubmitted_equals_an_uninterrupted_run(ray_head, tmp_path):
     assert subprocess.run(stop, env=env, capture_output=True, timeout=120).returncode == 0
     before = checkpoint.load(out, config_fingerprint=fp)
     assert before.server_round < 300  # stopped mid-run
-    again = subprocess.run([*submit, "--", *job], env=env, capture_output=True, text=True,
-                           timeout=400)  # fmt: skip
+    again = subprocess.run(
+        [*submit, "--", *job], env=env, capture_output=True, text=True, timeout=400
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     after = checkpoint.load(out, config_fingerprint=fp)
     assert after.server_round == 300 and after.rows[: before.server_round] == before.rows
     full = api.run(
         ROOT / "experiments" / "linreg.yaml",
         out=tmp_path / "full",
-        overrides=[*(s for s in sets if s != "--set"), "runtime.executor=local",
-                   "runtime.progress=false"],
-    )  # fmt: skip
+        overrides=[
+            *(s for s in sets if s != "--set"),
+            "runtime.executor=local",
+            "runtime.progress=false",
+        ],
+    )
     for a, b in zip(full.params, after.params, strict=True):
         np.testing.assert_array_equal(a, b)

@@ -15,18 +15,48 @@ from tests.conftest import ROOT
 
 MANIFEST = ROOT / "deploy" / "kuberay-rayjob.yaml"
 RAYJOB_SPEC = {
-    "activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate",
-    "metadata", "clusterSelector", "submitterConfig", "managedBy", "deletionStrategy",
-    "entrypoint", "runtimeEnvYAML", "jobId", "submissionMode", "entrypointResources",
-    "entrypointNumCpus", "entrypointNumGpus", "ttlSecondsAfterFinished",
-    "shutdownAfterJobFinishes", "suspend", "schedule",
-}  # fmt: skip
+    "activeDeadlineSeconds",
+    "backoffLimit",
+    "rayClusterSpec",
+    "submitterPodTemplate",
+    "metadata",
+    "clusterSelector",
+    "submitterConfig",
+    "managedBy",
+    "deletionStrategy",
+    "entrypoint",
+    "runtimeEnvYAML",
+    "jobId",
+    "submissionMode",
+    "entrypointResources",
+    "entrypointNumCpus",
+    "entrypointNumGpus",
+    "ttlSecondsAfterFinished",
+    "shutdownAfterJobFinishes",
+    "suspend",
+    "schedule",
+}
 SUBMITTER_CONFIG = {"backoffLimit"}
-CLUSTER_SPEC = {"headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling",
-                "autoscalerOptions", "headServiceAnnotations", "suspend"}  # fmt: skip
+CLUSTER_SPEC = {
+    "headGroupSpec",
+    "workerGroupSpecs",
+    "rayVersion",
+    "enableInTreeAutoscaling",
+    "autoscalerOptions",
+    "headServiceAnnotations",
+    "suspend",
+}
 HEAD_GROUP = {"serviceType", "headService", "enableIngress", "rayStartParams", "template"}
-WORKER_GROUP = {"groupName", "replicas", "minReplicas", "maxReplicas", "numOfHosts",
-                "rayStartParams", "template", "scaleStrategy"}  # fmt: skip
+WORKER_GROUP = {
+    "groupName",
+    "replicas",
+    "minReplicas",
+    "maxReplicas",
+    "numOfHosts",
+    "rayStartParams",
+    "template",
+    "scaleStrategy",
+}
 
 
 def _docs():

@@ -14,8 +14,14 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def ray_instance():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR")  # fmt: skip  # a new instance, never a neighbour's
+    # a new instance, never a neighbour's
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
     yield
     ray.shutdown()
 
@@ -72,8 +78,14 @@ def test_balanced_hosts_share_every_call_and_a_dead_host_costs_no_client(
     try:
         assert [info["clients"] for info in ex.host_info] == [list(range(6))] * 2
         # Each holds every client's rows once, in its trainer's tensor, not also in numpy.
-        rows = [ray.get(h.__ray_call__.remote(lambda host: (len(host.shards),
-                int(host.trainer._x_all.shape[0])))) for h in ex.hosts]  # fmt: skip
+        rows = [
+            ray.get(
+                h.__ray_call__.remote(
+                    lambda host: (len(host.shards), int(host.trainer._x_all.shape[0]))
+                )
+            )
+            for h in ex.hosts
+        ]
         assert rows == [(0, 100), (0, 100)]
         params, extras = ex.broadcast(ex.initial_params())
         info = RoundInfo(server_round=1, seed=0)
@@ -113,10 +125,14 @@ def test_fedbuff_on_ray_with_slow_clients(ray_instance, tmp_path, linreg_config)
         linreg_config,
         out=tmp_path,
         overrides=[
-            "strategy.name=fedbuff", "strategy.concurrency=2", "strategy.buffer_size=2",
-            "rounds=4", "faults.delay_s=0.2", "runtime.progress=false",
+            "strategy.name=fedbuff",
+            "strategy.concurrency=2",
+            "strategy.buffer_size=2",
+            "rounds=4",
+            "faults.delay_s=0.2",
+            "runtime.progress=false",
         ],
-    )  # fmt: skip
+    )
     assert list(hist.metrics["round"]) == [1, 2, 3, 4]
     assert (hist.metrics["clients/ok"] == 2).all()
     assert "agg/staleness_mean" in hist.metrics.columns
@@ -136,15 +152,26 @@ def test_fit_on_ray_equals_fit_in_process_and_a_restarted_host_gets_its_shards_b
     x, y = textbook()
     clients = [(x[:30], y[:30]), (x[30:70], y[30:70]), (x[70:], y[70:])]
     kw = {"rounds": 2, "strategy": fedray.strategy.fedavg(weighting="uniform")}
-    on_ray = fedray.fit(create_model, clients, out=tmp_path / "r",
-                        runtime={"progress": False, "clients_per_actor": 2}, **kw)  # fmt: skip
-    local = fedray.fit(create_model, clients, out=tmp_path / "l",
-                       runtime={"executor": "local", "progress": False}, **kw)  # fmt: skip
+    on_ray = fedray.fit(
+        create_model,
+        clients,
+        out=tmp_path / "r",
+        runtime={"progress": False, "clients_per_actor": 2},
+        **kw,
+    )
+    local = fedray.fit(
+        create_model,
+        clients,
+        out=tmp_path / "l",
+        runtime={"executor": "local", "progress": False},
+        **kw,
+    )
     for a, b in zip(on_ray.params, local.params, strict=True):
         np.testing.assert_array_equal(a, b)
     source = memory.from_clients(clients, model_fn=create_model)
-    cfg = config.load({"data": {"dataset": "memory", "num_clients": 3},
-                       "runtime": {"clients_per_actor": 2}})  # fmt: skip
+    cfg = config.load(
+        {"data": {"dataset": "memory", "num_clients": 3}, "runtime": {"clients_per_actor": 2}}
+    )
     executor = RayExecutor(cfg, build.build_strategy(cfg).aggregator, source=source)
     try:
         ray.kill(executor.hosts[1], no_restart=False)  # Ray restarts it with the same args
@@ -165,8 +192,9 @@ def test_fit_on_ray_equals_fit_in_process_and_a_restarted_host_gets_its_shards_b
         executor.close()
 
 
-@pytest.mark.parametrize("cell", [("secagg + central", "packed"), ("fedbuff", "fed_eval")],
-                         ids=" x ".join)  # fmt: skip
+@pytest.mark.parametrize(
+    "cell", [("secagg + central", "packed"), ("fedbuff", "fed_eval")], ids=" x ".join
+)
 def test_a_sample_of_interaction_cells_on_ray(ray_instance, tmp_path, monkeypatch, cell):
     # The interaction matrix runs in-process with a numpy trainer; a sample runs here,
     # on Ray actors with the Keras trainer, with the same invariants.

@@ -121,9 +121,18 @@ def test_column_partition_matches_one_scan_per_value():
 def test_scale_summary_overhead_and_tables():
     rows = []
     for system, round_s in [("fedray", 0.5), ("floor", 0.3), ("naive", 40.0)]:
-        rows.append({"registered": 1000, "sampled": 100, "system": system, "repeat": 0,
-                     "round_s": round_s, "startup_s": 9.0, "peak_pss_mb": 1536.0,
-                     "quality": 0.5})  # fmt: skip
+        rows.append(
+            {
+                "registered": 1000,
+                "sampled": 100,
+                "system": system,
+                "repeat": 0,
+                "round_s": round_s,
+                "startup_s": 9.0,
+                "peak_pss_mb": 1536.0,
+                "quality": 0.5,
+            }
+        )
     s = scale.summarize(pd.DataFrame(rows)).iloc[0]
     assert s.overhead_ms_per_client == pytest.approx(2.0)  # (0.5 - 0.3) s / 100 clients
     assert s.naive_round_s == 40.0
@@ -142,9 +151,19 @@ def test_the_million_client_point_sets_its_rows_and_runs_fedray_alone():
     assert scale.systems(1_000_000, 100) == ["fedray"]
     over = scale.overrides(1_000_000, 100, 6, 10_000_000)
     assert "data.num_samples=10000000" in over and "strategy.clients_per_round=100" in over
-    rows = [{"registered": 1_000_000, "sampled": 100, "rows": 10_000_000, "system": "fedray",
-             "repeat": 0, "round_s": 0.05, "startup_s": 45.0, "peak_pss_mb": 10240.0,
-             "quality": 0.1}]  # fmt: skip
+    rows = [
+        {
+            "registered": 1_000_000,
+            "sampled": 100,
+            "rows": 10_000_000,
+            "system": "fedray",
+            "repeat": 0,
+            "round_s": 0.05,
+            "startup_s": 45.0,
+            "peak_pss_mb": 10240.0,
+            "quality": 0.1,
+        }
+    ]
     table = scale.markdown(scale.summarize(pd.DataFrame(rows)))
     assert "| 1,000,000 (10,000,000 rows) | 100 | 0.050 | – | – | 45.0 | 10.00 | – | – |" in table
     with pytest.raises(FedrayError, match="expected N:K or N:K:ROWS"):

@@ -45,8 +45,14 @@ def test_joining_without_a_warm_instance_is_one_line(tmp_path, monkeypatch):
 
 
 def _fedray(*args, env, timeout=300):
-    return subprocess.run([sys.executable, "-m", "fedray", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "fedray", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _ray_pids(parent):
@@ -66,10 +72,16 @@ def test_warm_runs_equal_cold_runs_bit_for_bit_and_down_stops_only_its_instance(
     temp = Path(tempfile.mkdtemp(prefix="fw", dir="/tmp")) / "ray"
     # A bystander: another Ray instance on this machine, which `fedray down` must not touch.
     bystander = subprocess.Popen(
-        [sys.executable, "-c", "import ray, time; ray.init(address='local', num_cpus=1, "
-         "include_dashboard=False);"
-         " print('up', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True)  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import ray, time; ray.init(address='local', num_cpus=1, "
+            "include_dashboard=False);"
+            " print('up', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert bystander.stdout.readline().strip() == "up"
     theirs = _ray_pids(bystander.pid)
     assert len(theirs) >= 2
@@ -83,17 +95,47 @@ def test_warm_runs_equal_cold_runs_bit_for_bit_and_down_stops_only_its_instance(
         assert again.returncode == 2 and "a warm instance is up already" in again.stderr
         # Run A, then B, on the warm hosts; then B cold. B must not remember A.
         a = ["--set", "client.learning_rate=0.02", "--set", "rounds=4"]
-        b = ["--set", "data.dataset=blobs", "--set", "data.num_samples=400",
-             "--set", "client.loss=sparse_categorical_crossentropy",
-             "--set", "client.metrics=[accuracy]", "--set", "model.name=mlp",
-             "--set", "model.hidden=[8]", "--set", "rounds=3",
-             "--set", "evaluation.predict=null"]  # fmt: skip
+        b = [
+            "--set",
+            "data.dataset=blobs",
+            "--set",
+            "data.num_samples=400",
+            "--set",
+            "client.loss=sparse_categorical_crossentropy",
+            "--set",
+            "client.metrics=[accuracy]",
+            "--set",
+            "model.name=mlp",
+            "--set",
+            "model.hidden=[8]",
+            "--set",
+            "rounds=3",
+            "--set",
+            "evaluation.predict=null",
+        ]
         for name, sets in (("a", a), ("b", b)):
-            res = _fedray("run", LINREG, "--address", "fedray", *where, "--no-progress",
-                          "--out", str(tmp_path / name), *sets, env=env)  # fmt: skip
+            res = _fedray(
+                "run",
+                LINREG,
+                "--address",
+                "fedray",
+                *where,
+                "--no-progress",
+                "--out",
+                str(tmp_path / name),
+                *sets,
+                env=env,
+            )
             assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-        cold = _fedray("run", LINREG, "--no-progress", "--out", str(tmp_path / "cold"), *b,
-                       env={k: v for k, v in env.items() if k != warm.ENV})  # fmt: skip
+        cold = _fedray(
+            "run",
+            LINREG,
+            "--no-progress",
+            "--out",
+            str(tmp_path / "cold"),
+            *b,
+            env={k: v for k, v in env.items() if k != warm.ENV},
+        )
         assert cold.returncode == 0, cold.stderr[-3000:]
         import keras
 
@@ -110,8 +152,20 @@ def test_warm_runs_equal_cold_runs_bit_for_bit_and_down_stops_only_its_instance(
         # A warm host that dies is restarted by Ray and reloads the run's spec: no round
         # loses a client, and the weights equal the fault-free run's (as on cold hosts).
         for name, extra in (("crash", ["--set", "faults.host_crash_rate=0.3"]), ("calm", [])):
-            res = _fedray("run", LINREG, "--address", "fedray", *where, "--no-progress", "--out",
-                          str(tmp_path / name), "--set", "rounds=4", *extra, env=env)  # fmt: skip
+            res = _fedray(
+                "run",
+                LINREG,
+                "--address",
+                "fedray",
+                *where,
+                "--no-progress",
+                "--out",
+                str(tmp_path / name),
+                "--set",
+                "rounds=4",
+                *extra,
+                env=env,
+            )
             assert res.returncode == 0, res.stderr[-3000:]
         crash = pd.read_csv(tmp_path / "crash" / "metrics.csv")
         calm = pd.read_csv(tmp_path / "calm" / "metrics.csv")
@@ -131,8 +185,11 @@ def test_warm_runs_equal_cold_runs_bit_for_bit_and_down_stops_only_its_instance(
     time.sleep(1)
     import psutil
 
-    left = [p for p in psutil.process_iter(["cmdline"])
-            if state["temp_dir"] in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    left = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if state["temp_dir"] in " ".join(p.info["cmdline"] or [])
+    ]
     assert left == []
     assert all(psutil.pid_exists(pid) for pid in theirs), "fedray down killed another instance"
     assert not (tmp_path / "up" / "up.json").exists() and removed
@@ -162,8 +219,14 @@ ray.shutdown()
 def test_a_private_instance_never_waits_for_another_instances_agent_port():
     # Ray's agent listens on 52365 by default; with it taken (a warm instance, a second
     # run) the agent retried for 3.3 s while ray.init waited.
-    out = subprocess.run([sys.executable, "-c", AGENT_PORT_CHECK], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", AGENT_PORT_CHECK],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     port, failed = out.stdout.split()[-2:]
     assert int(port) != 52365 and failed == "False"
 

@@ -55,9 +55,13 @@ def test_shamir_any_t_shares_recover_the_secret_and_fewer_do_not():
 @pytest.mark.parametrize("degree", [None, 99])  # SecAgg+ (k = O(log n)) and full SecAgg
 @pytest.mark.parametrize(
     "drops",
-    [{}, {"drop_after_shares": [3, 17]}, {"drop_after_masking": [5, 6]},
-     {"drop_before_shares": [0], "drop_after_shares": [9], "drop_after_masking": [12]}],
-)  # fmt: skip
+    [
+        {},
+        {"drop_after_shares": [3, 17]},
+        {"drop_after_masking": [5, 6]},
+        {"drop_before_shares": [0], "drop_after_shares": [9], "drop_after_masking": [12]},
+    ],
+)
 def test_masked_sum_equals_the_plain_sum_bit_for_bit(degree, drops):
     n, d = 20, 1000
     inputs = _inputs(n, d)
@@ -99,8 +103,14 @@ def test_seeds_differ_across_rounds_and_pairs_and_agree_within_a_pair():
 
 def test_fewer_than_t_survivors_aborts_before_anything_is_revealed():
     with pytest.raises(SecAggAbortError, match="fewer than the threshold"):
-        run_protocol(_inputs(6, 10), round_id=1, modulus_bits=R, degree=5, threshold=4,
-                     drop_after_shares=[0, 1, 2])  # fmt: skip
+        run_protocol(
+            _inputs(6, 10),
+            round_id=1,
+            modulus_bits=R,
+            degree=5,
+            threshold=4,
+            drop_after_shares=[0, 1, 2],
+        )
 
 
 def test_a_tampered_share_fails_authentication_with_a_clear_error():

@@ -9,8 +9,14 @@ from tests.conftest import ROOT
 
 pytest.importorskip("tensorflow")
 
-COMMON = ["rounds=5", "data.num_clients=6", "strategy.min_fit_clients=1",
-          "strategy.weighting=uniform", "runtime.progress=false", "checkpoint.every=0"]  # fmt: skip
+COMMON = [
+    "rounds=5",
+    "data.num_clients=6",
+    "strategy.min_fit_clients=1",
+    "strategy.weighting=uniform",
+    "runtime.progress=false",
+    "checkpoint.every=0",
+]
 SECURE = ["privacy.secure_aggregation.enabled=true", "privacy.secure_aggregation.clip=10"]
 LINREG = ROOT / "experiments" / "linreg.yaml"
 
@@ -57,8 +63,14 @@ def test_hosts_send_only_masked_integers():
 @pytest.mark.slow
 def test_secure_aggregation_on_ray_survives_client_crashes(tmp_path, numpy_ray_hosts):
     # The hosts train with numpy: the protocol runs in the hosts whatever the trainer.
-    overrides = [*COMMON, *SECURE, "faults.crash_rate=0.25", "runtime.clients_per_actor=1",
-                 "runtime.max_restarts=-1", "rounds=3"]  # fmt: skip
+    overrides = [
+        *COMMON,
+        *SECURE,
+        "faults.crash_rate=0.25",
+        "runtime.clients_per_actor=1",
+        "runtime.max_restarts=-1",
+        "rounds=3",
+    ]
     hist = api.run(LINREG, out=tmp_path, overrides=overrides)
     from fedray.client.behaviours import simulated_fault
 
@@ -139,19 +151,29 @@ def test_dp_sgd_under_secure_aggregation_accounts_the_real_clients(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [
-    ["privacy.secure_aggregation.enabled=true", "privacy.dp.mode=distributed",
-     "privacy.dp.noise_multiplier=0.5", "privacy.dp.delta=1e-5", "privacy.dp.noise_seed=5",
-     "privacy.dp.clip=2.0"],
-    ["compression.topk=0.5", "runtime.clients_per_actor=3"],
-], ids=["distributed DP", "top-k"])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [
+            "privacy.secure_aggregation.enabled=true",
+            "privacy.dp.mode=distributed",
+            "privacy.dp.noise_multiplier=0.5",
+            "privacy.dp.delta=1e-5",
+            "privacy.dp.noise_seed=5",
+            "privacy.dp.clip=2.0",
+        ],
+        ["compression.topk=0.5", "runtime.clients_per_actor=3"],
+    ],
+    ids=["distributed DP", "top-k"],
+)
 def test_host_side_encoders_on_ray_equal_the_in_process_run(tmp_path, numpy_ray_hosts, extra):
     """Distributed DP's shares and masks, and top-k's per-client residuals, live in the
     hosts: on Ray actors the run equals the in-process one bit for bit."""
     overrides = [*COMMON, "rounds=3", *extra]
     on_ray = api.run(LINREG, out=tmp_path / "ray", overrides=overrides)
-    local = api.run(LINREG, out=tmp_path / "local",
-                    overrides=[*overrides, "runtime.executor=local"])  # fmt: skip
+    local = api.run(
+        LINREG, out=tmp_path / "local", overrides=[*overrides, "runtime.executor=local"]
+    )
     for p, q in zip(on_ray.params, local.params, strict=True):
         np.testing.assert_array_equal(p, q)
     assert on_ray.rows[-1]["comm/bytes_up"] == local.rows[-1]["comm/bytes_up"] > 0

@@ -85,14 +85,16 @@ def test_a_trial_reserves_its_driver_and_each_host_within_its_share():
 def _fake_run(out, name, losses, *, final=True, eps=None):
     run = out / "runs" / name
     run.mkdir(parents=True)
-    df = pd.DataFrame({"round": range(1, len(losses) + 1), "eval/loss": losses,
-                       "fit/loss": losses})  # fmt: skip
+    df = pd.DataFrame({"round": range(1, len(losses) + 1), "eval/loss": losses, "fit/loss": losses})
     if eps is not None:
         df["privacy/epsilon"] = eps
     df.to_csv(run / "metrics.csv", index=False)
     if final:
-        summary = {"final": {"round": len(losses)}, "time": {"total_s": 3.5},
-                   "privacy": {"epsilon": eps} if eps is not None else None}  # fmt: skip
+        summary = {
+            "final": {"round": len(losses)},
+            "time": {"total_s": 3.5},
+            "privacy": {"epsilon": eps} if eps is not None else None,
+        }
         (run / "summary.json").write_text(json.dumps(summary))
 
 

@@ -24,15 +24,33 @@ FEDRAY = [sys.executable, "-m", "fedray"]
 @pytest.mark.slow
 def test_a_two_by_two_sweep_on_ray_hosts_writes_one_row_per_trial(tmp_path, capsys):
     out = tmp_path / "sweep"
-    code = main(["sweep", LINREG, "--grid", "client.learning_rate=[0.005,0.02]",
-                 "--grid", "strategy.name=[fedavg,fedadam]", "--set", "rounds=3",
-                 "--max-concurrent", "2", "--out", str(out), "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "sweep",
+            LINREG,
+            "--grid",
+            "client.learning_rate=[0.005,0.02]",
+            "--grid",
+            "strategy.name=[fedavg,fedadam]",
+            "--set",
+            "rounds=3",
+            "--max-concurrent",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     df = pd.read_csv(out / "sweep.csv")
     assert len(df) == 4 and (df["state"] == "TERMINATED").all() and (df["rounds"] == 3).all()
     assert sorted(zip(df["client.learning_rate"], df["strategy.name"])) == [
-        (0.005, "fedadam"), (0.005, "fedavg"), (0.02, "fedadam"), (0.02, "fedavg")]  # fmt: skip
+        (0.005, "fedadam"),
+        (0.005, "fedavg"),
+        (0.02, "fedadam"),
+        (0.02, "fedavg"),
+    ]
     assert (df["metric"] == "eval/loss").all() and df["final"].notna().all()
     assert "fedray sweep" in printed and "t003" in printed
     for _, t in df.iterrows():
@@ -80,16 +98,44 @@ def _checkpointed_round(run):
 def test_a_killed_sweep_resumes_keeping_finished_trials_and_continuing_the_others(tmp_path):
 
     out = tmp_path / "sweep"
-    cmd = [*FEDRAY, "sweep", LINREG, "--grid", "client.learning_rate=[0.01,0.02]",
-           "--set", "rounds=60", "--set", "runtime.executor=local", "--set", "evaluation.every=1",
-           "--max-concurrent", "1", "--out", str(out), "--no-progress"]  # fmt: skip
+    cmd = [
+        *FEDRAY,
+        "sweep",
+        LINREG,
+        "--grid",
+        "client.learning_rate=[0.01,0.02]",
+        "--set",
+        "rounds=60",
+        "--set",
+        "runtime.executor=local",
+        "--set",
+        "evaluation.every=1",
+        "--max-concurrent",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    first = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     runs = out / "runs"
     try:
-        _wait(lambda: (runs / "t000" / "summary.json").is_file()
-              and _checkpointed_round(runs / "t001") >= 5, 240, first)  # fmt: skip
+        _wait(
+            lambda: (
+                (runs / "t000" / "summary.json").is_file()
+                and _checkpointed_round(runs / "t001") >= 5
+            ),
+            240,
+            first,
+        )
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the whole sweep: driver, Ray, trials
         first.wait()
@@ -109,9 +155,18 @@ def test_a_killed_sweep_resumes_keeping_finished_trials_and_continuing_the_other
     # And the resumed trial equals an uninterrupted run of its config, bit for bit.
     import fedray
 
-    ref = fedray.run(LINREG, out=tmp_path / "ref", overrides=[
-        "rounds=60", "runtime.executor=local", "evaluation.every=1", "runtime.progress=false",
-        "client.learning_rate=0.02", "seed=0"])  # fmt: skip
+    ref = fedray.run(
+        LINREG,
+        out=tmp_path / "ref",
+        overrides=[
+            "rounds=60",
+            "runtime.executor=local",
+            "evaluation.every=1",
+            "runtime.progress=false",
+            "client.learning_rate=0.02",
+            "seed=0",
+        ],
+    )
     resumed = json.loads((runs / "t001" / "summary.json").read_text())["final"]
     assert resumed["eval/loss"] == ref.final["eval/loss"]
     np.testing.assert_array_equal(after["fit/loss"], ref.metrics["fit/loss"])
@@ -123,9 +178,21 @@ def test_a_failed_trial_is_an_error_row_with_its_reason_and_the_others_finish(
     tmp_path, capsys, caplog
 ):
     out = tmp_path / "sweep"
-    code = main(["sweep", LINREG, "--grid", "faults.crash_rate=[0.0,1.0]", "--set", "rounds=2",
-                 "--set", "runtime.executor=local", "--out", str(out),
-                 "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "sweep",
+            LINREG,
+            "--grid",
+            "faults.crash_rate=[0.0,1.0]",
+            "--set",
+            "rounds=2",
+            "--set",
+            "runtime.executor=local",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 3  # not every trial finished
     # No traceback from Tune: the reason is one line in the table.
     printed = capsys.readouterr()
@@ -146,9 +213,23 @@ def test_running_a_sweep_again_retries_the_trials_that_failed(tmp_path, capsys):
     here, later = tmp_path / "a.csv", tmp_path / "b.csv"
     here.write_text(rows)
     out = tmp_path / "sweep"
-    args = ["sweep", LINREG, "--grid", f"data.path=[{here},{later}]", "--set", "data.dataset=csv",
-            "--set", f"data.path={here}", "--set", "rounds=2", "--set", "runtime.executor=local",
-            "--out", str(out), "--no-progress"]  # fmt: skip
+    args = [
+        "sweep",
+        LINREG,
+        "--grid",
+        f"data.path=[{here},{later}]",
+        "--set",
+        "data.dataset=csv",
+        "--set",
+        f"data.path={here}",
+        "--set",
+        "rounds=2",
+        "--set",
+        "runtime.executor=local",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 3
     df = pd.read_csv(out / "sweep.csv", keep_default_na=False)
     assert df["state"].tolist() == ["TERMINATED", "ERROR"] and "not found" in df["error"][1]

@@ -25,8 +25,9 @@ def femnist(rng: np.random.Generator) -> None:
             rows["image"].append(img)
             rows["writer_id"].append(f"f{w:04d}_0{w}")
             rows["character"].append(int((w * 8 + i) % 62))
-    features = Features({"image": Image(), "writer_id": Value("string"),
-                         "character": ClassLabel(num_classes=62)})  # fmt: skip
+    features = Features(
+        {"image": Image(), "writer_id": Value("string"), "character": ClassLabel(num_classes=62)}
+    )
     Dataset.from_dict(rows, features=features).to_parquet(HERE / "femnist.parquet")
 
 
@@ -39,8 +40,9 @@ def shakespeare(rng: np.random.Generator) -> None:
             rows["character_id"].append(f"THE_TRAGEDY_{name}")
             rows["x"].append(window[:80])
             rows["y"].append(window[80])
-    features = Features({"character_id": Value("string"), "x": Value("string"),
-                         "y": Value("string")})  # fmt: skip
+    features = Features(
+        {"character_id": Value("string"), "x": Value("string"), "y": Value("string")}
+    )
     Dataset.from_dict(rows, features=features).to_parquet(HERE / "shakespeare.parquet")
 
 
