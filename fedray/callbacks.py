@@ -63,18 +63,52 @@ class History:
         return dict(final)
 
 
+class RunControl:
+    """What callbacks see of the running loop, and how they stop it.
+
+    As Keras' ``model.stop_training``: a callback calls :meth:`stop` from any hook, and
+    the loop ends before the next round starts (a stop from ``on_round_begin`` keeps
+    that round from starting); the model of the last finished round is final.
+
+    Attributes:
+        rounds: The rounds the run was asked for.
+        server_round: The round running, or the last one finished (0 before round 1).
+        params: The global model's weights after the last committed round.
+        stop_training: Set by :meth:`stop`.
+        stop_reason: Why, in one line (logged by the loop).
+    """
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+        self.server_round = 0
+        self.params: list[Any] = []
+        self.stop_training = False
+        self.stop_reason = ""
+
+    def stop(self, reason: str) -> None:
+        """Stop the run before its next round (the first reason given is kept)."""
+        if not self.stop_training:
+            self.stop_training, self.stop_reason = True, reason
+
+
 class Callback:
     """Base class whose hooks do nothing; override the ones you need.
 
     Before the first round the loop calls :meth:`set_history`, so every callback can
-    read past rounds from ``self.history`` instead of keeping its own copy.
+    read past rounds from ``self.history`` instead of keeping its own copy, and
+    :meth:`set_run`, so it can see the run and stop it (``self.run.stop(reason)``).
     """
 
     history: History | None = None
+    run: RunControl | None = None
 
     def set_history(self, history: History) -> None:
         """Called once before :meth:`on_run_begin` with the run's row store."""
         self.history = history
+
+    def set_run(self, run: RunControl) -> None:
+        """Called once before :meth:`on_run_begin` with the loop's :class:`RunControl`."""
+        self.run = run
 
     def on_run_begin(self, logs: Logs) -> None:
         """Called once before the first round (``logs`` has run-level facts)."""
@@ -108,6 +142,12 @@ class CallbackList(Callback):
         self.history = history
         for cb in self.callbacks:
             cb.set_history(history)
+
+    def set_run(self, run: RunControl) -> None:
+        """Forward to every callback."""
+        self.run = run
+        for cb in self.callbacks:
+            cb.set_run(run)
 
     def on_run_begin(self, logs: Logs) -> None:
         """Forward to every callback."""
@@ -353,3 +393,114 @@ class LoggingCallback(Callback):
         """Log the round's headline numbers."""
         stats = " ".join(f"{k}={_fmt(logs[k])}" for k in self.keys if k in logs)
         logger.info("round %d: %s", server_round, stats)
+
+
+class PrivacyBudget(Callback):
+    """Stops the run before a round that would take the ledger past its budget.
+
+    The ledger's ``allows_next_round`` prices one more round at ``max_epsilon`` (or a
+    ``target_epsilon``); the loop adds this callback itself whenever it has a ledger.
+    """
+
+    def __init__(self, ledger: Any) -> None:
+        self.ledger = ledger
+
+    def on_round_begin(self, server_round: int) -> None:
+        """Stop before ``server_round`` when it would exceed the budget."""
+        if self.run is not None and not self.ledger.allows_next_round():
+            self.run.stop(
+                f"stopping before round {server_round}: it would exceed the privacy budget "
+                f"(privacy.dp.max_epsilon); the model of round {server_round - 1} is final"
+            )
+
+
+class EarlyStopping(Callback):
+    """Stops when ``monitor`` has not improved by ``min_delta`` for ``patience`` rounds.
+
+    Rounds where ``monitor`` is not logged (evaluation every k rounds) neither count nor
+    reset the patience.
+
+    >>> stop = EarlyStopping("eval/loss", patience=2)
+    >>> run = RunControl(10)
+    >>> stop.set_run(run)
+    >>> for r, loss in enumerate([3.0, 2.0, 2.5, 2.1], start=1):
+    ...     stop.on_round_end(r, {"eval/loss": loss})
+    >>> run.stop_training, run.stop_reason
+    (True, 'eval/loss has not improved on 2 for 2 rounds (early stopping)')
+
+    Args:
+        monitor: The log key to watch, e.g. ``eval/loss`` or ``eval/accuracy``.
+        patience: Rounds without improvement before stopping.
+        min_delta: The smallest change that counts as an improvement.
+        mode: ``min``, ``max``, or ``auto`` (``max`` for accuracy-like keys).
+    """
+
+    def __init__(
+        self,
+        monitor: str = "eval/loss",
+        *,
+        patience: int = 3,
+        min_delta: float = 0.0,
+        mode: str = "auto",
+    ) -> None:
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        if mode not in ("min", "max", "auto"):
+            raise ValueError(f"mode must be 'min', 'max' or 'auto', got {mode!r}")
+        if mode == "auto":
+            mode = "max" if any(w in monitor for w in ("accuracy", "auc", "precision")) else "min"
+        self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, mode
+        self.best: float | None = None
+        self.waited = 0
+
+    def on_round_end(self, server_round: int, logs: Logs) -> None:
+        """Compare the round's value with the best so far."""
+        value = logs.get(self.monitor)
+        if not isinstance(value, (int, float)) or math.isnan(value):
+            return
+        better = self.best is None or (
+            value < self.best - self.min_delta
+            if self.mode == "min"
+            else value > self.best + self.min_delta
+        )
+        if better:
+            self.best, self.waited = float(value), 0
+            return
+        self.waited += 1
+        if self.waited >= self.patience and self.run is not None:
+            self.run.stop(
+                f"{self.monitor} has not improved on {self.best:.4g} for {self.waited} "
+                "rounds (early stopping)"
+            )
+
+
+class TimeLimit(Callback):
+    """Stops the run before a round that would start after ``seconds`` of rounds.
+
+    >>> limit = TimeLimit(0.0)
+    >>> run = RunControl(5)
+    >>> limit.set_run(run)
+    >>> limit.on_run_begin({})
+    >>> limit.on_round_begin(2)
+    >>> run.stop_reason
+    'stopping before round 2: the time limit of 0 s is used up'
+    """
+
+    def __init__(self, seconds: float) -> None:
+        if not seconds >= 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        self.seconds = seconds
+        self._start = 0.0
+
+    def on_run_begin(self, logs: Logs) -> None:
+        """Start the clock."""
+        self._start = time.monotonic()
+
+    def on_round_begin(self, server_round: int) -> None:
+        """Stop when the time is up (round 1 always runs)."""
+        used = time.monotonic() - self._start
+        if server_round > 1 and used >= self.seconds and self.run is not None:
+            self.run.stop(
+                f"stopping before round {server_round}: the time limit of {self.seconds:g} s "
+                "is used up"
+            )

@@ -24,7 +24,7 @@ import numpy as np
 
 from fedray import tree
 from fedray.aggregators import broadcast, client_settings
-from fedray.callbacks import Callback, History, Logs
+from fedray.callbacks import Callback, CallbackList, History, Logs, PrivacyBudget, RunControl
 from fedray.checkpoint import DriverState
 from fedray.errors import RoundFailedError
 from fedray.loop.executor import Executor, PrivacyLedger
@@ -136,20 +136,20 @@ def run_rounds(
             privacy.restore(resume.loop_state["privacy"])
         scheduler.restore(resume.loop_state.get("scheduler", {}))
     handle = executor.broadcast(params, broadcast(strategy.aggregator, agg_state))
+    if privacy is not None:  # the budget is a callback that stops the run, as any can
+        callback = CallbackList([PrivacyBudget(privacy), callback])
+    run = RunControl(rounds)
+    run.params, run.server_round = params, first - 1
     callback.set_history(history)
+    callback.set_run(run)
     callback.on_run_begin({"num_clients": executor.num_clients, "rounds": rounds})
     logs: Logs = dict(history.rows[-1]) if history.rows else {}
     for server_round in range(first, rounds + 1):
-        if privacy is not None and not privacy.allows_next_round():
-            logger.warning(
-                "stopping before round %d: it would exceed the privacy budget "
-                "(privacy.dp.max_epsilon); the model of round %d is final",
-                server_round,
-                server_round - 1,
-            )
-            break
         t0 = time.perf_counter()
         callback.on_round_begin(server_round)
+        if run.stop_training:
+            break
+        run.server_round = server_round
         try:
             step = scheduler.collect(ctx, server_round, params, handle, agg_state)
         except RoundFailedError as stop:  # the failures that stopped the run are logged too
@@ -222,7 +222,12 @@ def run_rounds(
                 )
             )
             executor.prune_client_state(server_round)
+        run.params = params
         callback.on_round_end(server_round, logs)
+        if run.stop_training:
+            break
+    if run.stop_training:
+        logger.warning("%s", run.stop_reason)
     callback.on_run_end(logs)
     return params
 

@@ -104,3 +104,58 @@ def test_failure_log_writes_one_row_per_failure_and_rerun_and_keeps_only_checkpo
     again.set_history(History([{"round": 1}, {"round": 2}]))
     again.on_run_begin({})
     assert rows() == before[:3]
+
+
+# --- callbacks see the run and can stop it ---------------------------------------------
+
+
+def _loop(callbacks, rounds=10, **kw):
+    import numpy as np
+
+    from fedray.callbacks import CallbackList
+    from fedray.loop import run_rounds
+    from fedray.strategy import fedavg
+    from tests.fakes import QuadraticExecutor
+
+    history = History()
+    ex = QuadraticExecutor([[2.0], [8.0]], [1, 1])
+    params = run_rounds(
+        strategy=fedavg(),
+        executor=ex,
+        rounds=rounds,
+        seed=0,
+        callback=CallbackList(callbacks),
+        history=history,
+        **kw,
+    )
+    return np.asarray(params[0]), history.rows
+
+
+def test_a_callback_stops_the_run_before_its_next_round(caplog):
+    from fedray.callbacks import Callback
+
+    seen = []
+
+    class StopAtThree(Callback):
+        def on_round_end(self, server_round, logs):
+            seen.append((server_round, self.run.server_round, float(self.run.params[0][0])))
+            if server_round == 3:
+                self.run.stop("enough after round 3")
+
+    params, rows = _loop([StopAtThree()])
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    # The callback sees the round and the model it produced: w <- w + 0.5 (5 - w).
+    assert [(r, s) for r, s, _ in seen] == [(1, 1), (2, 2), (3, 3)]
+    assert [w for *_, w in seen] == [2.5, 3.75, 4.375] and params[0] == 4.375
+    assert "enough after round 3" in caplog.text
+
+
+def test_early_stopping_and_a_time_limit_are_callbacks():
+    from fedray.callbacks import EarlyStopping, TimeLimit
+
+    # eval/w climbs to 5 and stops improving once the steps fall below min_delta.
+    _, rows = _loop([EarlyStopping("eval/w", patience=2, min_delta=0.1, mode="max")])
+    ws = [r["eval/w"] for r in rows]
+    assert len(rows) < 10 and all(b - a < 0.1 for a, b in zip(ws[-3:], ws[-2:]))
+    _, rows = _loop([TimeLimit(0.0)])
+    assert [r["round"] for r in rows] == [1]  # round 1 always runs, then the time is up
