@@ -15,6 +15,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -93,18 +94,44 @@ def _callbacks(
     return csv_log, cb
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What a run is made of once its hosts are up."""
+
+    cfg: Config
+    strategy: Strategy
+    executor: Any
+    ledger: Any  # the journaled privacy ledger, or None
+    canaries: Any  # the canary audit, or None
+    params0: Params | None  # the initial weights, when something needs them
+
+
+def _parts(cfg: Config, strategy: Strategy, executor: Any, out_dir: Path, state: Any) -> _Parts:
+    """The ledger (journaled in ``out_dir``), the canaries and the checks they need."""
+    secure = isinstance(strategy.aggregator, SecureAggregation)
+    params0 = executor.initial_params() if secure or cfg.privacy.canaries.count else None
+    dim = None if params0 is None else int(sum(np.size(p) for p in params0))
+    if isinstance(strategy.aggregator, SecureAggregation) and dim is not None:
+        try:
+            strategy.aggregator.l2_bound(dim)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    ledger = build.ledger(cfg, strategy, executor, dim)
+    if ledger is not None:  # every charge durable before its release
+        after = None if state is None else state.server_round
+        ledger = journal.Journaled.open(ledger, out_dir / journal.FILENAME, resumed_after=after)
+    return _Parts(cfg, strategy, executor, ledger, build.canary_audit(cfg), params0)
+
+
 def _train(
-    cfg: Config,
-    strategy: Strategy,
-    executor: Any,
+    parts: _Parts,
     callback: Callback,
     history: History,
     state: Any,
     save: Callable[[Any], object],
-    ledger: Any,
-    canaries: Any,
 ) -> Params:
     """Run the server steps: buffered (FedBuff) or synchronous rounds, one loop."""
+    cfg = parts.cfg
     dp, ev, st = cfg.privacy.dp, cfg.evaluation, cfg.strategy
     policy = RoundPolicy(
         over_commit=st.over_commit,
@@ -113,19 +140,19 @@ def _train(
         max_update_norm=st.max_update_norm,
     )
     return run_rounds(
-        strategy=strategy,
-        executor=executor,
+        strategy=parts.strategy,
+        executor=parts.executor,
         rounds=cfg.rounds,
         seed=cfg.seed,
         callback=callback,
         history=history,
-        scheduler=default_scheduler(strategy, policy),
+        scheduler=default_scheduler(parts.strategy, policy),
         evaluation=Evaluation(ev.every, ev.federated_every, ev.train_every),
         checkpoint=Checkpointer(save, cfg.checkpoint.every),
         resume=state,
-        privacy=ledger,
+        privacy=parts.ledger,
         noise_seed=dp.noise_seed if dp is not None else None,
-        canaries=canaries,
+        canaries=parts.canaries,
     )
 
 
@@ -160,18 +187,15 @@ def weighting(strategy: Strategy) -> str | None:
 
 
 def _summary(
-    cfg: Config,
-    strategy: Strategy,
+    parts: _Parts,
     rows: list[dict[str, Any]],
     params: Params,
-    params0: Params | None,
-    ledger: Any,
-    canaries: Any,
     host_info: list[dict[str, Any]],
     predictions: Any,
     times: dict[str, float],
 ) -> dict[str, Any]:
     """The contents of ``summary.json``."""
+    cfg, strategy, ledger, canaries = parts.cfg, parts.strategy, parts.ledger, parts.canaries
     dp = cfg.privacy.dp
     round_times = [r["time/round_s"] for r in rows]
     return {
@@ -195,8 +219,8 @@ def _summary(
             else None
         ),
         "canaries": (
-            canaries.estimate(params0, params, delta=dp.delta if dp and dp.delta else 1e-5)
-            if canaries is not None and params0 is not None
+            canaries.estimate(parts.params0, params, delta=dp.delta if dp and dp.delta else 1e-5)
+            if canaries is not None and parts.params0 is not None
             else None
         ),
         "hosts": [{k: info[k] for k in _HOST_FACTS if k in info} for info in host_info],
@@ -280,19 +304,7 @@ def run(
     executor, started_ray = build.make_executor(cfg, composed, data)
     try:
         build.check_predict(cfg, executor)
-        secure = isinstance(composed.aggregator, SecureAggregation)
-        params0 = executor.initial_params() if secure or cfg.privacy.canaries.count else None
-        if isinstance(composed.aggregator, SecureAggregation) and params0 is not None:
-            try:
-                composed.aggregator.l2_bound(int(sum(np.size(p) for p in params0)))
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        dim = None if params0 is None else int(sum(np.size(p) for p in params0))
-        ledger = build.ledger(cfg, composed, executor, dim)
-        if ledger is not None:  # every charge durable before its release
-            after = None if state is None else state.server_round
-            ledger = journal.Journaled.open(ledger, out_dir / journal.FILENAME, resumed_after=after)
-        canaries = build.canary_audit(cfg)
+        parts = _parts(cfg, composed, executor, out_dir, state)
         startup_s = time.perf_counter() - t_start
         logger.info("started in %.1f s; %d clients", startup_s, executor.num_clients)
         history = RunHistory()  # the one row store; a resumed run's starts with its checkpoint's
@@ -300,7 +312,7 @@ def run(
         save = lambda st: checkpoint_mod.save(out_dir, st, config_fingerprint=fp)  # noqa: E731
         t_rounds = time.perf_counter()
         try:
-            params = _train(cfg, composed, executor, cb, history, state, save, ledger, canaries)
+            params = _train(parts, cb, history, state, save)
         except RoundFailedError as exc:  # short, and where to look and how to go on
             raise RoundFailedError(f"{exc}. {rundirs.next_step(out_dir)}", step=exc.step) from None
         t_end = time.perf_counter()
@@ -321,24 +333,13 @@ def run(
     csv_log.write_parquet()  # pandas only now, with the hosts gone (peak memory)
     total_s = time.perf_counter() - t_start
     times = {"startup_s": startup_s, "rounds_s": t_end - t_rounds, "total_s": total_s}
-    summary = _summary(
-        cfg,
-        composed,
-        history.rows,
-        params,
-        params0,
-        ledger,
-        canaries,
-        host_info,
-        predictions,
-        times,
-    )
+    summary = _summary(parts, history.rows, params, host_info, predictions, times)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     history.out_dir, history.summary, history.params = out_dir, summary, params
     return history
 
 
-def fit(
+def fit(  # noqa: PLR0913 - the public call, keyword-only options as keras.Model.fit
     model_fn: Callable[[], Any],
     clients: Any,
     *,

@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from fedray.checkpoint import FILENAME
 from fedray.errors import FedrayError, RoundFailedError
@@ -54,6 +55,16 @@ STATE_DIR_HELP = (
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedray", description="Federated learning on Ray + Keras.")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_sweep, _add_warm, _add_tools):
+        add(sub)
+    from fedray.cli_privacy import add_parser
+
+    add_parser(sub)
+    return p
+
+
+def _add_run(sub: Any) -> None:
+    """``fedray run``."""
     r = sub.add_parser("run", help="train a federated model from a YAML config")
     r.add_argument("config", help="path to a YAML config, e.g. experiments/linreg.yaml")
     r.add_argument(
@@ -87,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--verbose", action="store_true", help="show TensorFlow's and Ray's start-up logs"
     )
+
+
+def _add_sweep(sub: Any) -> None:
+    """``fedray sweep``."""
     sw = sub.add_parser(
         "sweep", help="a grid of runs as Ray Tune trials (the same command again resumes it)"
     )
@@ -113,6 +128,10 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--mode", choices=["min", "max"], help="lower or higher is better")
     sw.add_argument("--address", help="Ray cluster to join: 'auto' or host:port (default: local)")
     sw.add_argument("--no-progress", action="store_true", help="log lines instead of a table")
+
+
+def _add_warm(sub: Any) -> None:
+    """``fedray up`` and ``fedray down``."""
     upp = sub.add_parser("up", help="start a warm local Ray instance: hosts with TensorFlow loaded")
     upp.add_argument("--num-cpus", type=int, help="its CPUs (default: this machine's)")
     upp.add_argument("--hosts", type=int, help="warm hosts (default: one per CPU)")
@@ -132,6 +151,10 @@ def _parser() -> argparse.ArgumentParser:
         "--temp-dir DIR`, or fedray up's) and delete DIR; never `ray stop`, which stops "
         "every Ray instance of the machine",
     )
+
+
+def _add_tools(sub: Any) -> None:
+    """``cluster-token``, ``plot``, ``report``, ``predict``, ``bench``, ``audit``."""
     ct = sub.add_parser(
         "cluster-token", help="write a new Ray auth token for a cluster (file mode 0600)"
     )
@@ -158,44 +181,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     au.add_argument("runs", nargs="+", help="run directories (the --out of fedray run)")
     au.add_argument("--out", help="where audit.csv and audit.png go (default: the first run)")
-    pv = sub.add_parser(
-        "privacy",
-        help="ε of DP-FedAvg for z, q, T, δ, or the z for a target ε (no training)",
-    )
-    what = pv.add_mutually_exclusive_group(required=True)
-    what.add_argument("--noise-multiplier", "-z", type=float, help="z: report ε")
-    what.add_argument("--target-epsilon", "-e", type=float, help="ε: report the z that gives it")
-    pv.add_argument("--sampling-rate", "-q", type=float, required=True, help="q per round")
-    pv.add_argument("--rounds", "-T", type=int, required=True, help="T rounds")
-    pv.add_argument("--delta", "-d", type=float, required=True, help="δ, e.g. 1e-5")
-    pv.add_argument(
-        "--sampling",
-        choices=["poisson", "fixed"],
-        default="poisson",
-        help="client sampling (fixed needs --clients)",
-    )
-    pv.add_argument("--clients", type=int, help="N, the client population (fixed sampling)")
-    pv.add_argument(
-        "--expected-clients",
-        "-m",
-        type=float,
-        help="m = qN: plan an adaptive-clipping run (its noised count costs part of z)",
-    )
-    pv.add_argument(
-        "--count-stddev",
-        type=float,
-        help="σ_b of adaptive clipping's count (default m / 20; needs --expected-clients)",
-    )
-    pv.add_argument(
-        "--distributed",
-        choices=["skellam", "discrete_gaussian"],
-        help="distributed DP inside secure aggregation: per-client ε against the server, "
-        "a client taking part in all T rounds (needs --clients and --dim)",
-    )
-    pv.add_argument("--dim", type=int, help="the model's parameters (distributed DP)")
-    pv.add_argument("--bits", type=int, default=22, help="secure aggregation bits (distributed)")
-    pv.add_argument("--max-dropout", type=float, default=0.1, help="privacy.dp.max_dropout")
-    return p
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -314,87 +299,101 @@ def _print_sweep(df: object) -> None:
     Console(width=200).print(summary_table(df))
 
 
+def _cluster_token(args: argparse.Namespace) -> int:
+    from fedray.runtime.connect import write_token
+
+    path = write_token(args.out, force=args.force)
+    print(f"wrote {path} (mode 0600); never commit it. For ray commands on this machine:")
+    print(f'export RAY_AUTH_MODE=token RAY_AUTH_TOKEN="$(cat {path})"')
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from fedray.reports import plot_runs
+
+    out = args.out or str(Path(args.runs[0]) / "curves.png")
+    print(f"wrote {plot_runs(args.runs, out, args.metric)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fedray.reports import report
+    from fedray.sweeps import PLAN, write
+
+    if (Path(args.run) / PLAN).is_file():
+        _print_sweep(write(args.run))
+        return 0
+    Console().print(report(args.run))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from fedray.reports import predict
+
+    src = Path(args.input)
+    out = args.output or str(src.with_name(src.stem + ".predictions.csv"))
+    print(f"wrote {predict(args.run, src, out)}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fedray.leakage import audit
+
+    out = args.out or args.runs[0]
+    table = audit(args.runs, out)
+    cols = [
+        "mechanism",
+        "epsilon",
+        "accuracy",
+        "auc",
+        "advantage",
+        "tpr_at_1pct_fpr",
+        "epsilon_lower_bound",
+    ]
+    Console().print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"wrote {Path(out) / 'audit.csv'} and {Path(out) / 'audit.png'}")
+    return 0
+
+
+def _privacy(args: argparse.Namespace) -> int:
+    from fedray.cli_privacy import privacy
+
+    return privacy(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    result: int = importlib.import_module(f"fedray.bench.{args.suite}").main(args.args)
+    return result
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run,
+    "cluster-token": _cluster_token,
+    "plot": _plot,
+    "sweep": _sweep,
+    "up": _warm,
+    "down": _warm,
+    "report": _report,
+    "predict": _predict,
+    "audit": _audit,
+    "privacy": _privacy,
+    "bench": _bench,
+}
+"""What each command runs, with its parsed arguments; returns the exit status."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedray`` console script."""
     args = _parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "cluster-token":
-            from fedray.runtime.connect import write_token
-
-            path = write_token(args.out, force=args.force)
-            print(f"wrote {path} (mode 0600); never commit it. For ray commands on this machine:")
-            print(f'export RAY_AUTH_MODE=token RAY_AUTH_TOKEN="$(cat {path})"')
-            return 0
-        if args.command == "plot":
-            from fedray.reports import plot_runs
-
-            out = args.out or str(Path(args.runs[0]) / "curves.png")
-            print(f"wrote {plot_runs(args.runs, out, args.metric)}")
-            return 0
-        if args.command == "sweep":
-            return _sweep(args)
-        if args.command in ("up", "down"):
-            return _warm(args)
-        if args.command == "report":
-            from rich.console import Console
-
-            from fedray.reports import report
-            from fedray.sweeps import PLAN, write
-
-            if (Path(args.run) / PLAN).is_file():
-                _print_sweep(write(args.run))
-                return 0
-            Console().print(report(args.run))
-            return 0
-        if args.command == "predict":
-            from fedray.reports import predict
-
-            src = Path(args.input)
-            out = args.output or str(src.with_name(src.stem + ".predictions.csv"))
-            print(f"wrote {predict(args.run, src, out)}")
-            return 0
-        if args.command == "audit":
-            from rich.console import Console
-
-            from fedray.leakage import audit
-
-            out = args.out or args.runs[0]
-            table = audit(args.runs, out)
-            cols = [
-                "mechanism",
-                "epsilon",
-                "accuracy",
-                "auc",
-                "advantage",
-                "tpr_at_1pct_fpr",
-                "epsilon_lower_bound",
-            ]
-            Console().print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-            print(f"wrote {Path(out) / 'audit.csv'} and {Path(out) / 'audit.png'}")
-            return 0
-        if args.command == "privacy":
-            from fedray.cli_privacy import privacy
-
-            return privacy(args)
-        if args.command == "bench" and args.suite == "secagg":
-            from fedray.bench import secagg
-
-            return secagg.main(args.args)
-        if args.command == "bench" and args.suite == "cifar":
-            from fedray.bench import cifar
-
-            return cifar.main(args.args)
-        if args.command == "bench" and args.suite == "scale":
-            from fedray.bench import scale
-
-            return scale.main(args.args)
-        if args.command == "bench":
-            from fedray.bench import speed
-
-            return speed.main(args.args)
+        return COMMANDS[args.command](args)
     except RoundFailedError as exc:  # the run stopped; its checkpoint is intact
         print(f"fedray: error: {exc}", file=sys.stderr)
         return 3
@@ -404,7 +403,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedray: interrupted", file=sys.stderr)
         return 130
-    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

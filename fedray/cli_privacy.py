@@ -7,6 +7,7 @@ distributed DP's per-client ε for a model's size.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from fedray.errors import FedrayError
 
@@ -49,10 +50,8 @@ def _distributed(args: argparse.Namespace) -> int:
     return 0
 
 
-def privacy(args: argparse.Namespace) -> int:
-    """``fedray privacy``: ε for z, or z for ε (DP-FedAvg, adaptive clipping, distributed DP)."""
-    from fedray.privacy import calibrate_noise_multiplier, dpfedavg_epsilon
-
+def _problems(args: argparse.Namespace) -> list[str]:
+    """Every bad argument of ``fedray privacy``, each in a few words."""
     q, rounds, delta = args.sampling_rate, args.rounds, args.delta
     problems = []
     if not 0 < q <= 1:
@@ -72,8 +71,18 @@ def privacy(args: argparse.Namespace) -> int:
         problems.append(f"--expected-clients = {m}: expected m > 0")
     if sigma_b is not None and (m is None or not sigma_b > 0):
         problems.append(f"--count-stddev = {sigma_b}: expected σ_b > 0, with --expected-clients")
+    return problems
+
+
+def privacy(args: argparse.Namespace) -> int:
+    """``fedray privacy``: ε for z, or z for ε (DP-FedAvg, adaptive clipping, distributed DP)."""
+    from fedray.privacy import calibrate_noise_multiplier, dpfedavg_epsilon
+
+    problems = _problems(args)
     if problems:
         raise FedrayError("; ".join(problems))
+    q, rounds, delta = args.sampling_rate, args.rounds, args.delta
+    m, sigma_b = args.expected_clients, args.count_stddev
     if args.distributed:
         return _distributed(args)
     common = {"sampling": args.sampling, "population": args.clients}
@@ -109,3 +118,44 @@ def privacy(args: argparse.Namespace) -> int:
         eps_pld = dpfedavg_epsilon(z, q, rounds, delta, method="pld")
         print(f"ε (PLD) = {eps_pld:.4f}")
     return 0
+
+
+def add_parser(sub: Any) -> None:
+    """``fedray privacy``: its arguments, beside the command."""
+    pv = sub.add_parser(
+        "privacy",
+        help="ε of DP-FedAvg for z, q, T, δ, or the z for a target ε (no training)",
+    )
+    what = pv.add_mutually_exclusive_group(required=True)
+    what.add_argument("--noise-multiplier", "-z", type=float, help="z: report ε")
+    what.add_argument("--target-epsilon", "-e", type=float, help="ε: report the z that gives it")
+    pv.add_argument("--sampling-rate", "-q", type=float, required=True, help="q per round")
+    pv.add_argument("--rounds", "-T", type=int, required=True, help="T rounds")
+    pv.add_argument("--delta", "-d", type=float, required=True, help="δ, e.g. 1e-5")
+    pv.add_argument(
+        "--sampling",
+        choices=["poisson", "fixed"],
+        default="poisson",
+        help="client sampling (fixed needs --clients)",
+    )
+    pv.add_argument("--clients", type=int, help="N, the client population (fixed sampling)")
+    pv.add_argument(
+        "--expected-clients",
+        "-m",
+        type=float,
+        help="m = qN: plan an adaptive-clipping run (its noised count costs part of z)",
+    )
+    pv.add_argument(
+        "--count-stddev",
+        type=float,
+        help="σ_b of adaptive clipping's count (default m / 20; needs --expected-clients)",
+    )
+    pv.add_argument(
+        "--distributed",
+        choices=["skellam", "discrete_gaussian"],
+        help="distributed DP inside secure aggregation: per-client ε against the server, "
+        "a client taking part in all T rounds (needs --clients and --dim)",
+    )
+    pv.add_argument("--dim", type=int, help="the model's parameters (distributed DP)")
+    pv.add_argument("--bits", type=int, default=22, help="secure aggregation bits (distributed)")
+    pv.add_argument("--max-dropout", type=float, default=0.1, help="privacy.dp.max_dropout")

@@ -428,6 +428,17 @@ _RULE_NAMES: tuple[tuple[type, str], ...] = (
 )
 
 
+_WRAPPER_KEYS: tuple[tuple[type, str, Callable[[Any], Any]], ...] = (
+    (NormBound, "strategy.norm_bound", lambda a: a.max_norm),
+    (SecureAggregation, _SA, lambda a: True),
+    (Quantize, "compression.quantize_bits", lambda a: a.bits),
+    (TopK, "compression.topk", lambda a: a.fraction),
+    (Rotate, "compression.rotate", lambda a: True),
+    (Mean, "strategy.weighting", lambda a: "examples" if a.weighting == "examples" else None),
+)
+"""Aggregator type -> the config key it stands for and its value (None: not on)."""
+
+
 def strategy_features(strategy: Any) -> dict[str, Any]:
     """The features a hand-composed :class:`~fedray.strategy.Strategy` turns on.
 
@@ -454,18 +465,9 @@ def strategy_features(strategy: Any) -> dict[str, Any]:
     if mechanisms:
         out[_DP] = mechanisms[0].privacy_mode
     for agg in links:
-        if isinstance(agg, NormBound):
-            out["strategy.norm_bound"] = agg.max_norm
-        elif isinstance(agg, SecureAggregation):
-            out[_SA] = True
-        elif isinstance(agg, Quantize):
-            out["compression.quantize_bits"] = agg.bits
-        elif isinstance(agg, TopK):
-            out["compression.topk"] = agg.fraction
-        elif isinstance(agg, Rotate):
-            out["compression.rotate"] = True
-        elif isinstance(agg, Mean) and agg.weighting == "examples":
-            out["strategy.weighting"] = "examples"
+        for kind, key, value in _WRAPPER_KEYS:
+            if isinstance(agg, kind) and value(agg) is not None:
+                out[key] = value(agg)
         for kind, name in _RULE_NAMES:
             if isinstance(agg, kind):
                 out.setdefault(_NAME, name)

@@ -15,7 +15,7 @@ Datasets:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,79 +204,113 @@ def _load_keras_images(cfg: DataConfig, rng: np.random.Generator) -> Dataset:
     return _finish(x, y, xt, yt, cfg, rng, name)
 
 
+def _linreg(cfg: DataConfig, seed: int, rng: np.random.Generator) -> Dataset:
+    n = cfg.num_samples or 100
+    x, y = make_linreg(n, rng)
+    xt, yt = make_linreg(n, np.random.default_rng([seed, 10]))
+    return _finish(x, y, xt, yt, cfg.model_copy(update={"task": "regression"}), rng, "linreg")
+
+
+def _synthetic(cfg: DataConfig, seed: int, rng: np.random.Generator) -> Dataset:
+    """Every device: its first 90 % trains (FedProx's generator)."""
+    rows, test = _synthetic_rows(cfg, seed, range(cfg.num_clients), with_test_set=True)
+    x, y = (np.concatenate([r[i] for r in rows.values()]) for i in (0, 1))
+    xt, yt = test or (x[:0], y[:0])
+    ds = _finish(x, y, xt, yt, cfg, rng, "synthetic")
+    ds.num_classes = cfg.synthetic.num_classes
+    ds.groups = {
+        "client": np.repeat(np.arange(cfg.num_clients), [len(r[1]) for r in rows.values()])
+    }
+    return ds
+
+
+def _blobs(cfg: DataConfig, seed: int, rng: np.random.Generator) -> Dataset:
+    n = cfg.num_samples or 20_000
+    x, y = make_blobs(n, rng)
+    n_test = round(n * cfg.test_fraction)
+    return _finish(x[n_test:], y[n_test:], x[:n_test], y[:n_test], cfg, rng, "blobs")
+
+
+def _digits(cfg: DataConfig, seed: int, rng: np.random.Generator) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[..., None]
+    return _finish(x, d.target.astype(np.int64), None, None, cfg, rng, "digits")
+
+
+def _npz(cfg: DataConfig, seed: int, rng: np.random.Generator) -> Dataset:
+    path = _require_file(cfg.path, "dataset 'npz'")
+    arrays = _read_npz(path, "npz")
+    for key in ("x_train", "y_train"):
+        if key not in arrays:
+            raise DataError(
+                f"'{path}' lacks array '{key}'; expected x_train, y_train "
+                f"(and optionally x_test, y_test); found {sorted(arrays)}"
+            )
+    return _finish(
+        arrays["x_train"],
+        arrays["y_train"],
+        arrays.get("x_test"),
+        arrays.get("y_test"),
+        cfg,
+        rng,
+        str(path),
+    )
+
+
+def _table(cfg: DataConfig, seed: int, rng: np.random.Generator) -> Dataset:
+    name = cfg.dataset
+    path = _require_file(cfg.path, f"dataset {name!r}")
+    x, y, groups = table_to_arrays(read_table(path, name), cfg, path)
+    test_x: np.ndarray | None = None
+    test_y: np.ndarray | None = None
+    if cfg.test_path:
+        tpath = _require_file(cfg.test_path, "data.test_path")
+        test_x, test_y, _ = table_to_arrays(
+            read_table(tpath, name), cfg.model_copy(update={"partition": "iid"}), tpath
+        )
+    return _finish_grouped(x, y, test_x, test_y, groups, cfg, rng, str(path))
+
+
+def _images(cfg: DataConfig, seed: int, rng: np.random.Generator) -> Dataset:
+    return _load_keras_images(cfg, rng)
+
+
+def _huggingface(cfg: DataConfig, seed: int, rng: np.random.Generator) -> Dataset:
+    from fedray.hf import load_arrays
+
+    (x, y, hx, hy, groups), classes = load_arrays(cfg)
+    if classes is not None:  # text: the vocabulary fixes the classes
+        cfg = cfg.model_copy(update={"num_classes": classes, "task": "classification"})
+    return _finish_grouped(x, y, hx, hy, groups, cfg, rng, str(cfg.name))
+
+
+SOURCES: dict[str, Callable[[DataConfig, int, np.random.Generator], Dataset]] = {
+    "linreg": _linreg,
+    "synthetic": _synthetic,
+    "blobs": _blobs,
+    "digits": _digits,
+    "npz": _npz,
+    "csv": _table,
+    "parquet": _table,
+    "mnist": _images,
+    "cifar10": _images,
+    "huggingface": _huggingface,
+}
+"""``data.dataset`` -> its loader ``(cfg, seed, rng) -> Dataset`` (``memory`` is fit's)."""
+
+
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    """Load or generate the whole dataset named by ``cfg.dataset``.
+    """Load or generate the whole dataset named by ``cfg.dataset`` (:data:`SOURCES`).
 
     Raises:
         DataError: A missing or malformed file, named with what was expected.
     """
-    rng = np.random.default_rng([seed, 0])
-    name = cfg.dataset
-    if name == "linreg":
-        n = cfg.num_samples or 100
-        x, y = make_linreg(n, rng)
-        xt, yt = make_linreg(n, np.random.default_rng([seed, 10]))
-        return _finish(x, y, xt, yt, cfg.model_copy(update={"task": "regression"}), rng, name)
-    if name == "synthetic":  # every device: its first 90 % trains (FedProx's generator)
-        rows, test = _synthetic_rows(cfg, seed, range(cfg.num_clients), with_test_set=True)
-        x, y = (np.concatenate([r[i] for r in rows.values()]) for i in (0, 1))
-        xt, yt = test or (x[:0], y[:0])
-        ds = _finish(x, y, xt, yt, cfg, rng, name)
-        ds.num_classes = cfg.synthetic.num_classes
-        ds.groups = {
-            "client": np.repeat(np.arange(cfg.num_clients), [len(r[1]) for r in rows.values()])
-        }
-        return ds
-    if name == "blobs":
-        n = cfg.num_samples or 20_000
-        x, y = make_blobs(n, rng)
-        n_test = round(n * cfg.test_fraction)
-        return _finish(x[n_test:], y[n_test:], x[:n_test], y[:n_test], cfg, rng, name)
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        x = (d.images / 16.0).astype(np.float32)[..., None]
-        return _finish(x, d.target.astype(np.int64), None, None, cfg, rng, name)
-    if name == "npz":
-        path = _require_file(cfg.path, "dataset 'npz'")
-        arrays = _read_npz(path, "npz")
-        for key in ("x_train", "y_train"):
-            if key not in arrays:
-                raise DataError(
-                    f"'{path}' lacks array '{key}'; expected x_train, y_train "
-                    f"(and optionally x_test, y_test); found {sorted(arrays)}"
-                )
-        return _finish(
-            arrays["x_train"],
-            arrays["y_train"],
-            arrays.get("x_test"),
-            arrays.get("y_test"),
-            cfg,
-            rng,
-            str(path),
-        )
-    if name in ("csv", "parquet"):
-        path = _require_file(cfg.path, f"dataset {name!r}")
-        x, y, groups = table_to_arrays(read_table(path, name), cfg, path)
-        test_x: np.ndarray | None = None
-        test_y: np.ndarray | None = None
-        if cfg.test_path:
-            tpath = _require_file(cfg.test_path, "data.test_path")
-            test_x, test_y, _ = table_to_arrays(
-                read_table(tpath, name), cfg.model_copy(update={"partition": "iid"}), tpath
-            )
-        return _finish_grouped(x, y, test_x, test_y, groups, cfg, rng, str(path))
-    if name in ("mnist", "cifar10"):
-        return _load_keras_images(cfg, rng)
-    if name == "huggingface":
-        from fedray.hf import load_arrays
-
-        (x, y, hx, hy, groups), classes = load_arrays(cfg)
-        if classes is not None:  # text: the vocabulary fixes the classes
-            cfg = cfg.model_copy(update={"num_classes": classes, "task": "classification"})
-        return _finish_grouped(x, y, hx, hy, groups, cfg, rng, str(cfg.name))
-    raise DataError(f"unknown dataset {name!r}")  # unreachable after config validation
+    loader = SOURCES.get(cfg.dataset)
+    if loader is None:  # unreachable after config validation
+        raise DataError(f"unknown dataset {cfg.dataset!r}; expected one of {sorted(SOURCES)}")
+    return loader(cfg, seed, np.random.default_rng([seed, 0]))
 
 
 def partition_indices(ds: Dataset, cfg: DataConfig, seed: int) -> list[np.ndarray]:

@@ -360,7 +360,7 @@ def write(out: str | Path, states: Mapping[str, str] | None = None) -> Any:
     return df
 
 
-def sweep(
+def sweep(  # noqa: PLR0913 - the public call, keyword-only options as fedray.fit
     config: str | Path | Mapping[str, Any],
     *,
     grid: Mapping[str, Sequence[Any]],

@@ -137,7 +137,7 @@ def train_test_cut(sizes: np.ndarray) -> np.ndarray:
     return np.maximum(1, (0.9 * np.asarray(sizes)).astype(np.int64))
 
 
-def host_rows(
+def host_rows(  # noqa: PLR0913 - Synthetic(alpha, beta)'s parameters, as the paper names them
     client_ids: Iterable[int],
     num_devices: int,
     alpha: float,

@@ -30,14 +30,7 @@ def diagnose(
     if bad:
         return "nan", f"protocol values {bad} are not finite"
     if update.masked is not None:  # secure aggregation: only the masked integers travel
-        if update.delta:
-            return "invalid", "a masked update must not also carry its delta"
-        if update.masked.ndim != 1 or update.masked.dtype.kind != "u":
-            return (
-                "invalid",
-                f"masked update must be a flat unsigned vector, got {update.masked.dtype}",
-            )
-        return None
+        return _masked(update)
     problem = tree.structure_mismatch(update.delta, reference)
     if problem is not None:
         return "invalid", f"wrong update structure: {problem}"
@@ -52,6 +45,21 @@ def diagnose(
                 "invalid",
                 f"update norm {norm:.4g} exceeds strategy.max_update_norm={max_norm:g}",
             )
+    return _extras(update, reference)
+
+
+def _masked(update: ClientUpdate) -> tuple[str, str] | None:
+    """A secure-aggregation update: one flat unsigned vector, and no delta beside it."""
+    if update.delta:
+        return "invalid", "a masked update must not also carry its delta"
+    masked = update.masked
+    if masked is not None and (masked.ndim != 1 or masked.dtype.kind != "u"):
+        return "invalid", f"masked update must be a flat unsigned vector, got {masked.dtype}"
+    return None
+
+
+def _extras(update: ClientUpdate, reference: Params) -> tuple[str, str] | None:
+    """The update's further arrays (SCAFFOLD's delta_c): the params' structure, finite."""
     for name, arrays in update.extras.items():
         problem = tree.structure_mismatch(arrays, reference)
         if problem is not None:

@@ -203,17 +203,7 @@ class ClientHost:
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]
             for job, outcome in zip(part, self._train(part, params, info), strict=True):
-                if isinstance(outcome, ClientFailure):
-                    done[job.cid] = outcome
-                    continue
-                try:
-                    done[job.cid] = self._finish_fit(job, *outcome, info, server_c)
-                except _SkipClientError as skip:
-                    done[job.cid] = ClientFailure(job.cid, str(skip), skip.cause)
-                except MissingKeysError as exc:  # a re-run after a restart: a protocol dropout
-                    done[job.cid] = ClientFailure(job.cid, str(exc), "secagg")
-                except Exception as exc:
-                    done[job.cid] = self._raised(job.cid, exc, info)
+                done[job.cid] = self._finished(job, outcome, info, server_c)
         # The host screens each update as the driver will (which still checks): a NaN or
         # a wrong shape is then reported by the host that served it, as its client's own.
         norm = self.spec.max_update_norm
@@ -221,6 +211,25 @@ class ClientHost:
         if not self.spec.pre_aggregate:
             return list(results)
         return self._presum(results)
+
+    def _finished(
+        self,
+        job: _Job,
+        outcome: tuple[Params, Metrics] | ClientFailure,
+        info: RoundInfo,
+        server_c: Params | None,
+    ) -> ClientUpdate | ClientFailure:
+        """A trained client's update (:meth:`_finish_fit`), or why it failed."""
+        if isinstance(outcome, ClientFailure):
+            return outcome
+        try:
+            return self._finish_fit(job, *outcome, info, server_c)
+        except _SkipClientError as skip:
+            return ClientFailure(job.cid, str(skip), skip.cause)
+        except MissingKeysError as exc:  # a re-run after a restart: a protocol dropout
+            return ClientFailure(job.cid, str(exc), "secagg")
+        except Exception as exc:
+            return self._raised(job.cid, exc, info)
 
     def _train(
         self, jobs: Sequence[_Job], params: Params, info: RoundInfo

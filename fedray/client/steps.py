@@ -127,7 +127,7 @@ class DPSGDGradient:
         batch, cap = self.batch_size, self.cap
         clip, std = self.clip, self.noise_multiplier * self.clip
 
-        def step(
+        def step(  # noqa: PLR0913 - a traced step: the tensors it reads, one by one
             x: Any,
             y: Any,
             n: Any,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -170,216 +171,102 @@ class KerasTrainer:
         )
 
         dp = self.spec.client.dp_sgd
-        dp_step: Any = None
         trainable_ids = {id(v) for v in trainable}
         dp_moves = [id(w) in trainable_ids for w in weights]
-        if dp is not None:
-            import keras
-
-            from fedray.privacy import poisson_batch_cap
-
-            loss = model.loss
-            per_example_loss = keras.losses.get(loss) if isinstance(loss, str) else loss
-            # P(batch > cap) <= 1e-12 per step; the accountant spends that tail from δ.
-            gradient = DPSGDGradient(dp.clip, dp.noise_multiplier, batch, poisson_batch_cap(batch))
-            dp_step = gradient.build(
-                tf,
-                model,
-                per_example_loss,
-                anchor_index,
-                Proximal(mu) if mu > 0 else None,  # FedProx and SCAFFOLD apply under DP-SGD
-                ControlVariates() if scaffold else None,
-            )
+        dp_step = self._dp_step(anchor_index, mu, scaffold)
 
         # Under DP a client whose training raised on its data trains once more on none
         # of it (a null job: zero inputs and labels), so the server cannot tell; only
         # a DP run's loops carry that branch.
-        private = bool(dp_mechanisms(self.spec.aggregator, self.spec.client))
-
-        def rows(x: Any, y: Any, null: Any) -> Any:
-            """``(x, y)``, or zeros of their shapes for a null job."""
-            if not private:
-                return x, y
-            return tf.cond(null > 0, lambda: (tf.zeros_like(x), tf.zeros_like(y)), lambda: (x, y))
-
-        def batch_step(idx: Any, params: Any, correction: Any, null: Any) -> Any:
-            """One step on the rows ``idx``; returns (loss * size, size) for custom steps."""
-            xb, yb = rows(tf.gather(x_all, idx), tf.gather(y_all, idx), null)
-            size = tf.cast(tf.shape(idx)[0], tf.float32)
-            if custom:
-                return tf.cast(custom_step(xb, yb, params, correction), tf.float32) * size, size
-            train_step((xb, yb))
-            return tf.constant(0.0, tf.float32), size
-
-        def train_one(
-            offset: Any,
-            n: Any,
-            seed: Any,
-            max_steps: Any,
-            params: Any,
-            correction: Any,
-            noise_seed: Any,
-            null: Any,
-        ) -> Any:
-            load(params)
-            for v, init in resets:
-                v.assign(init)
-            for k, sg in enumerate(seed_generators):
-                sg.state.assign(tf.cast(tf.stack([seed[0] + k + 1, seed[1]]), sg.state.dtype))
-            num_batches, full = (n + batch - 1) // batch, n // batch
-
-            def dp_epoch(epoch: Any, left: Any, loss_sum: Any, seen: Any) -> Any:
-                """DP-SGD: secret Poisson batches, not a shuffle."""
-                x, y = rows(x_all[offset : offset + n], y_all[offset : offset + n], null)
-
-                def step(i: Any, loss_sum: Any, seen: Any) -> Any:
-                    s0 = tf.stack(
-                        [
-                            noise_seed[0],
-                            noise_seed[1] + tf.cast(epoch * num_batches + i, tf.int64) * 4,
-                        ]
-                    )
-                    step_loss, size = dp_step(
-                        x,
-                        y,
-                        n,
-                        s0,
-                        s0 + tf.constant([0, 1], tf.int64),
-                        s0 + tf.constant([0, 2], tf.int64),
-                        params,
-                        correction,
-                        null,
-                    )
-                    return loss_sum + step_loss, seen + size
-
-                return while_loop(tf, tf.minimum(num_batches, left), step, (loss_sum, seen))
-
-            def shuffle_epoch(epoch: Any, left: Any, loss_sum: Any, seen: Any) -> Any:
-                """A stateless shuffle of the rows: full batches, then the partial one."""
-                epoch_seed = tf.stack([seed[0], seed[1] + tf.cast(epoch, tf.int64)])
-                order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=epoch_seed)
-                order += offset
-
-                def step(i: Any, loss_sum: Any, seen: Any) -> Any:
-                    idx = tf.reshape(order[i * batch : (i + 1) * batch], [batch])
-                    step_loss, size = batch_step(idx, params, correction, null)
-                    return loss_sum + step_loss, seen + size
-
-                loss_sum, seen = while_loop(tf, tf.minimum(full, left), step, (loss_sum, seen))
-
-                def partial() -> Any:  # the epoch's last, smaller batch
-                    step_loss, size = batch_step(order[full * batch :], params, correction, null)
-                    return loss_sum + step_loss, seen + size
-
-                return tf.cond(
-                    tf.logical_and(full < num_batches, left > full),
-                    partial,
-                    lambda: (loss_sum, seen),
-                )
-
-            run_epoch = dp_epoch if dp is not None else shuffle_epoch  # stragglers stop early:
-            zero = tf.constant(0.0, tf.float32)
-            loss_sum, seen = while_loop(
-                tf,
-                tf.constant(epochs),
-                lambda e, *sums: run_epoch(e, max_steps - e * num_batches, *sums),
-                (zero, zero),
-            )
-            delta = [v - p for v, p in zip(weights, params, strict=True)]
-            logs = model.get_metrics_result()
-            if dp is not None:
-                # Only the trainable weights move by noised gradients; non-trainable
-                # state (BatchNorm's moving statistics) was updated from raw examples
-                # and must not leave the host: its delta is zero.
-                delta = [
-                    d if keep else tf.zeros_like(d) for d, keep in zip(delta, dp_moves, strict=True)
-                ]
-                return delta, {"loss": loss_sum / tf.maximum(seen, 1.0)}
-            if custom:  # the task loss without the proximal term, averaged over examples
-                logs = {**logs, "loss": loss_sum / tf.maximum(seen, 1.0)}
-            return delta, logs
-
+        loop = _ClientLoop(
+            tf=tf,
+            model=model,
+            weights=weights,
+            x_all=x_all,
+            y_all=y_all,
+            batch=batch,
+            epochs=epochs,
+            resets=resets,
+            seed_generators=seed_generators,
+            load=load,
+            train_step=train_step,
+            custom_step=custom_step if custom else None,
+            dp_step=dp_step,
+            dp_moves=dp_moves,
+            private=bool(dp_mechanisms(self.spec.aggregator, self.spec.client)),
+        )
         names = ["loss"] if dp is not None else metric_names
         if custom and "loss" not in names:
             names = [*names, "loss"]
 
-        def fit_many(
-            offsets: Any,
-            sizes: Any,
-            seeds: Any,
-            max_steps: Any,
-            params: Any,
-            corrections: Any,
-            noise_seeds: Any,
-            nulls: Any,
-        ) -> Any:
-            count = tf.shape(offsets)[0]
-            deltas = [tf.TensorArray(v.dtype, size=count, element_shape=v.shape) for v in weights]
-            metrics = [tf.TensorArray(tf.float32, size=count) for _ in names]
+        fit_many = _fit_many(tf, weights, names, scaffold, loop.train_one)
 
-            def client(k: Any, deltas: Any, metrics: Any) -> Any:
-                correction = [c[k] for c in corrections] if scaffold else params
-                delta, logs = train_one(
-                    offsets[k],
-                    sizes[k],
-                    seeds[k],
-                    max_steps[k],
-                    params,
-                    correction,
-                    noise_seeds[k],
-                    nulls[k],
-                )
-                deltas = [ta.write(k, d) for ta, d in zip(deltas, delta, strict=True)]
-                metrics = [
-                    ta.write(k, tf.cast(logs[name], tf.float32))
-                    for ta, name in zip(metrics, names, strict=True)
-                ]
-                return deltas, metrics
+        fit_concrete, initial = self._trace_fit(fit_many, params_spec, stacked_spec)
+        eval_concrete = self._trace_eval(
+            load, test_step, [*data_spec, params_spec], eval_batch, initial
+        )
+        self._eval_batch = eval_batch
+        self._set([v.numpy() for v in initial])
+        self._metric_names = names
+        return fit_concrete, eval_concrete
 
-            deltas, metrics = while_loop(tf, count, client, (deltas, metrics))
-            return [ta.stack() for ta in deltas], [ta.stack() for ta in metrics]
+    def _dp_step(self, anchor_index: Sequence[int], mu: float, scaffold: bool) -> Any:
+        """DP-SGD's traced step (with FedProx's and SCAFFOLD's pieces), or None without it."""
+        dp = self.spec.client.dp_sgd
+        if dp is None:
+            return None
+        import keras
 
+        from fedray.privacy import poisson_batch_cap
+
+        tf, model, batch = self._tf, self.model, self.spec.train.batch_size
+        loss = model.loss
+        per_example_loss = keras.losses.get(loss) if isinstance(loss, str) else loss
+        # P(batch > cap) <= 1e-12 per step; the accountant spends that tail from δ.
+        gradient = DPSGDGradient(dp.clip, dp.noise_multiplier, batch, poisson_batch_cap(batch))
+        return gradient.build(
+            tf,
+            model,
+            per_example_loss,
+            anchor_index,
+            Proximal(mu) if mu > 0 else None,  # FedProx and SCAFFOLD apply under DP-SGD
+            ControlVariates() if scaffold else None,
+        )
+
+    def _trace_fit(self, fit_many: Any, params_spec: Any, stacked_spec: Any) -> tuple[Any, Any]:
+        """Trace ``fit_many`` now, off round 1's path; (its concrete function, initial weights).
+
+        The concrete function is kept: calling it skips the per-call argument binding of
+        a polymorphic ``tf.function``. It runs once on no client, which builds it.
+        """
+        tf = self._tf
         vector = tf.TensorSpec([None], tf.int32)
         seeds_spec = tf.TensorSpec([None, 2], tf.int64)
-        fit_traced = tf.function(
-            fit_many,
-            autograph=False,
-            input_signature=[
-                vector,
-                vector,
-                seeds_spec,
-                vector,
-                params_spec,
-                stacked_spec,
-                seeds_spec,
-                vector,
-            ],
-        )
-        # Trace both now, off the critical path of round 1: no client, no step runs. The
-        # concrete functions are kept: calling them skips the per-call argument binding
-        # of a polymorphic tf.function (~0.5 ms, a tenth of a small client's training).
-        fit_concrete = fit_traced.get_concrete_function()
-        eval_concrete = trace_whole(
-            tf, model, load, test_step, [*data_spec, params_spec], eval_batch
-        )
-        initial = [tf.constant(v.numpy()) for v in weights]
+        signature = [vector, vector, seeds_spec, vector, params_spec, stacked_spec, seeds_spec]
+        traced = tf.function(fit_many, autograph=False, input_signature=[*signature, vector])
+        concrete = traced.get_concrete_function()
+        initial = [tf.constant(v.numpy()) for v in self.model.weights]
         none = tf.zeros([0], tf.int32)
         no_seeds = tf.zeros([0, 2], tf.int64)
-        fit_concrete(
-            none, none, no_seeds, none, initial, self._no_corrections(initial), no_seeds, none
-        )
+        concrete(none, none, no_seeds, none, initial, self._no_corrections(initial), no_seeds, none)
+        return concrete, initial
+
+    def _trace_eval(
+        self, load: Any, test_step: Any, spec: list[Any], eval_batch: int, initial: Any
+    ) -> Any:
+        """Trace the whole-set evaluation and, when every metric is a mean, the per-batch one."""
+        tf, model = self._tf, self.model
+        x_all, y_all = self._x_all, self._y_all
+        eval_concrete = trace_whole(tf, model, load, test_step, spec, eval_batch)
         eval_concrete(x_all[:0], y_all[:0], initial)
         self._leaves = mean_leaves(model)
         self._states_fn = None
         if self._leaves is not None and self._server_test is not None:
             self._states_fn = trace_states(
-                tf, model, self._leaves, load, test_step, [*data_spec, params_spec], eval_batch
+                tf, model, self._leaves, load, test_step, spec, eval_batch
             )
             self._states_fn(x_all[:0], y_all[:0], initial, 0, 0)  # built, off round 1's path
-        self._eval_batch = eval_batch
-        self._set([v.numpy() for v in initial])
-        self._metric_names = names
-        return fit_concrete, eval_concrete
+        return eval_concrete
 
     @staticmethod
     def _no_corrections(params: Sequence[Any]) -> list[np.ndarray]:
@@ -469,3 +356,204 @@ class KerasTrainer:
             path = Path(tmp) / "model.keras"
             self.model.save(path)
             return path.read_bytes()
+
+
+def _fit_many(
+    tf: Any, weights: Sequence[Any], names: Sequence[str], scaffold: bool, train_one: Any
+) -> Any:
+    """``fit_many``: ``train_one`` for each client in turn, deltas and metrics stacked."""
+
+    def fit_many(
+        offsets: Any,
+        sizes: Any,
+        seeds: Any,
+        max_steps: Any,
+        params: Any,
+        corrections: Any,
+        noise_seeds: Any,
+        nulls: Any,
+    ) -> Any:
+        count = tf.shape(offsets)[0]
+        deltas = [tf.TensorArray(v.dtype, size=count, element_shape=v.shape) for v in weights]
+        metrics = [tf.TensorArray(tf.float32, size=count) for _ in names]
+
+        def client(k: Any, deltas: Any, metrics: Any) -> Any:
+            correction = [c[k] for c in corrections] if scaffold else params
+            delta, logs = train_one(
+                offsets[k],
+                sizes[k],
+                seeds[k],
+                max_steps[k],
+                params,
+                correction,
+                noise_seeds[k],
+                nulls[k],
+            )
+            deltas = [ta.write(k, d) for ta, d in zip(deltas, delta, strict=True)]
+            metrics = [
+                ta.write(k, tf.cast(logs[name], tf.float32))
+                for ta, name in zip(metrics, names, strict=True)
+            ]
+            return deltas, metrics
+
+        deltas, metrics = while_loop(tf, count, client, (deltas, metrics))
+        return [ta.stack() for ta in deltas], [ta.stack() for ta in metrics]
+
+    return fit_many
+
+
+@dataclass(frozen=True)
+class _ClientLoop:
+    """One client's traced local training, the pieces of :meth:`KerasTrainer._compile_loops`.
+
+    ``train_one`` loads the global weights, restores the optimizer's initial state and
+    the random layers' seeds, and runs every local epoch: a stateless shuffle and the
+    model's own ``train_step`` (or the custom step of FedProx and SCAFFOLD), or DP-SGD's
+    secret Poisson batches. It returns ``local - global`` and the metrics.
+    """
+
+    tf: Any
+    model: Any
+    weights: Sequence[Any]
+    x_all: Any
+    y_all: Any
+    batch: int
+    epochs: int
+    resets: Sequence[tuple[Any, Any]]
+    seed_generators: Sequence[Any]
+    load: Callable[[Any], None]
+    train_step: Any
+    custom_step: Any  # FedProx's term and SCAFFOLD's correction, or None
+    dp_step: Any  # DP-SGD's step, or None
+    dp_moves: Sequence[bool]  # which weights DP-SGD moves (the trainable ones)
+    private: bool  # under DP: a null job trains on zeros
+
+    def rows(self, x: Any, y: Any, null: Any) -> Any:
+        """``(x, y)``, or zeros of their shapes for a null job."""
+        tf = self.tf
+        if not self.private:
+            return x, y
+        return tf.cond(null > 0, lambda: (tf.zeros_like(x), tf.zeros_like(y)), lambda: (x, y))
+
+    def batch_step(self, idx: Any, params: Any, correction: Any, null: Any) -> Any:
+        """One step on the rows ``idx``; returns (loss * size, size) for custom steps."""
+        tf = self.tf
+        xb, yb = self.rows(tf.gather(self.x_all, idx), tf.gather(self.y_all, idx), null)
+        size = tf.cast(tf.shape(idx)[0], tf.float32)
+        if self.custom_step is not None:
+            loss = self.custom_step(xb, yb, params, correction)
+            return tf.cast(loss, tf.float32) * size, size
+        self.train_step((xb, yb))
+        return tf.constant(0.0, tf.float32), size
+
+    def dp_epoch(self, job: _Job, epoch: Any, left: Any, loss_sum: Any, seen: Any) -> Any:
+        """DP-SGD: secret Poisson batches, not a shuffle."""
+        tf, n = self.tf, job.n
+        x, y = self.rows(
+            self.x_all[job.offset : job.offset + n],
+            self.y_all[job.offset : job.offset + n],
+            job.null,
+        )
+        num_batches = (n + self.batch - 1) // self.batch
+
+        def step(i: Any, loss_sum: Any, seen: Any) -> Any:
+            s0 = tf.stack(
+                [
+                    job.noise_seed[0],
+                    job.noise_seed[1] + tf.cast(epoch * num_batches + i, tf.int64) * 4,
+                ]
+            )
+            step_loss, size = self.dp_step(
+                x,
+                y,
+                n,
+                s0,
+                s0 + tf.constant([0, 1], tf.int64),
+                s0 + tf.constant([0, 2], tf.int64),
+                job.params,
+                job.correction,
+                job.null,
+            )
+            return loss_sum + step_loss, seen + size
+
+        return while_loop(tf, tf.minimum(num_batches, left), step, (loss_sum, seen))
+
+    def shuffle_epoch(self, job: _Job, epoch: Any, left: Any, loss_sum: Any, seen: Any) -> Any:
+        """A stateless shuffle of the rows: full batches, then the partial one."""
+        tf, n, batch = self.tf, job.n, self.batch
+        num_batches, full = (n + batch - 1) // batch, n // batch
+        epoch_seed = tf.stack([job.seed[0], job.seed[1] + tf.cast(epoch, tf.int64)])
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=epoch_seed)
+        order += job.offset
+
+        def step(i: Any, loss_sum: Any, seen: Any) -> Any:
+            idx = tf.reshape(order[i * batch : (i + 1) * batch], [batch])
+            step_loss, size = self.batch_step(idx, job.params, job.correction, job.null)
+            return loss_sum + step_loss, seen + size
+
+        loss_sum, seen = while_loop(tf, tf.minimum(full, left), step, (loss_sum, seen))
+
+        def partial() -> Any:  # the epoch's last, smaller batch
+            rest = order[full * batch :]
+            step_loss, size = self.batch_step(rest, job.params, job.correction, job.null)
+            return loss_sum + step_loss, seen + size
+
+        return tf.cond(
+            tf.logical_and(full < num_batches, left > full), partial, lambda: (loss_sum, seen)
+        )
+
+    def train_one(
+        self,
+        offset: Any,
+        n: Any,
+        seed: Any,
+        max_steps: Any,
+        params: Any,
+        correction: Any,
+        noise_seed: Any,
+        null: Any,
+    ) -> Any:
+        """One client's local training from ``params``: ``(local - global, metrics)``."""
+        tf = self.tf
+        job = _Job(offset, n, seed, params, correction, noise_seed, null)
+        self.load(params)
+        for v, init in self.resets:
+            v.assign(init)
+        for k, sg in enumerate(self.seed_generators):
+            sg.state.assign(tf.cast(tf.stack([seed[0] + k + 1, seed[1]]), sg.state.dtype))
+        num_batches = (n + self.batch - 1) // self.batch
+        run_epoch = self.dp_epoch if self.dp_step is not None else self.shuffle_epoch
+        zero = tf.constant(0.0, tf.float32)
+        loss_sum, seen = while_loop(  # stragglers stop early: at most max_steps
+            tf,
+            tf.constant(self.epochs),
+            lambda e, *sums: run_epoch(job, e, max_steps - e * num_batches, *sums),
+            (zero, zero),
+        )
+        delta = [v - p for v, p in zip(self.weights, params, strict=True)]
+        logs = self.model.get_metrics_result()
+        if self.dp_step is not None:
+            # Only the trainable weights move by noised gradients; non-trainable
+            # state (BatchNorm's moving statistics) was updated from raw examples
+            # and must not leave the host: its delta is zero.
+            delta = [
+                d if keep else tf.zeros_like(d)
+                for d, keep in zip(delta, self.dp_moves, strict=True)
+            ]
+            return delta, {"loss": loss_sum / tf.maximum(seen, 1.0)}
+        if self.custom_step is not None:  # the task loss without the proximal term
+            logs = {**logs, "loss": loss_sum / tf.maximum(seen, 1.0)}
+        return delta, logs
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One client's job inside the traced loop (tensors)."""
+
+    offset: Any
+    n: Any
+    seed: Any
+    params: Any
+    correction: Any
+    noise_seed: Any
+    null: Any

@@ -19,6 +19,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ def default_scheduler(strategy: Strategy, policy: RoundPolicy = RoundPolicy()) -
     return Buffered(b.concurrency, b.buffer_size, max_update_norm=policy.max_update_norm)
 
 
-def run_rounds(
+def run_rounds(  # noqa: PLR0913 - the loop's keyword options (issue 32 makes them features)
     *,
     strategy: Strategy,
     executor: Executor,
@@ -120,80 +121,102 @@ def run_rounds(
     if private:  # a secret sample per attempt; the checkpointed generator stays unused
         key = next((k for k in (rng_seed, noise_seed) if k is not None), secrets.randbits(128))
     rng = np.random.default_rng(seed if rng_seed is None or private else rng_seed)
-    ctx = Context(strategy, executor, rng, seed, privacy, key)
     params = executor.initial_params()
-    agg_state = strategy.aggregator.init(params)
-    opt_state = strategy.server_optimizer.init(params)
-    history = history if history is not None else History()
-    first = 1
-    if resume is not None:  # continue exactly where the checkpoint left off
-        params, agg_state, opt_state = resume.params, resume.agg_state, resume.opt_state
-        rng.bit_generator.state = resume.rng_state
-        first, history.rows = resume.server_round + 1, [dict(r) for r in resume.rows]
-        if resume.client_state:  # the hosts reload what they saved for that checkpoint
-            _reload_client_state(executor, resume.client_state)
-        if privacy is not None and "privacy" in resume.loop_state:
-            privacy.restore(resume.loop_state["privacy"])
-        scheduler.restore(resume.loop_state.get("scheduler", {}))
-    handle = executor.broadcast(params, broadcast(strategy.aggregator, agg_state))
+    loop = _Loop(
+        ctx=Context(strategy, executor, rng, seed, privacy, key),
+        scheduler=scheduler,
+        history=history if history is not None else History(),
+        rounds=rounds,
+        evaluation=evaluation,
+        checkpoint=checkpoint,
+        canaries=canaries,
+        noise_seed=noise_seed,
+        private=private,
+        params=params,
+        agg_state=strategy.aggregator.init(params),
+        opt_state=strategy.server_optimizer.init(params),
+    )
+    first = 1 if resume is None else loop.resume_from(resume)
+    loop.handle = executor.broadcast(loop.params, broadcast(strategy.aggregator, loop.agg_state))
     if privacy is not None:  # the budget is a callback that stops the run, as any can
         callback = CallbackList([PrivacyBudget(privacy), callback])
     run = RunControl(rounds)
-    run.params, run.server_round = params, first - 1
-    callback.set_history(history)
+    run.params, run.server_round = loop.params, first - 1
+    callback.set_history(loop.history)
     callback.set_run(run)
     callback.on_run_begin({"num_clients": executor.num_clients, "rounds": rounds})
-    logs: Logs = dict(history.rows[-1]) if history.rows else {}
+    logs: Logs = dict(loop.history.rows[-1]) if loop.history.rows else {}
     for server_round in range(first, rounds + 1):
-        t0 = time.perf_counter()
         callback.on_round_begin(server_round)
         if run.stop_training:
             break
         run.server_round = server_round
+        logs = loop.round(server_round, callback)
+        run.params = loop.params
+        callback.on_round_end(server_round, logs)
+        if run.stop_training:
+            break
+    if run.stop_training:
+        logger.warning("%s", run.stop_reason)
+    callback.on_run_end(logs)
+    return loop.params
+
+
+@dataclass
+class _Loop:
+    """The loop's state across server steps, and the body every step runs."""
+
+    ctx: Context
+    scheduler: Scheduler
+    history: History
+    rounds: int
+    evaluation: Evaluation
+    checkpoint: Checkpointer | None
+    canaries: CanaryAudit | None
+    noise_seed: int | None
+    private: bool
+    params: Params
+    agg_state: AggState
+    opt_state: AggState
+    handle: Any = None
+
+    def resume_from(self, state: DriverState) -> int:
+        """Continue exactly where the checkpoint left off; returns the next round."""
+        ctx = self.ctx
+        self.params, self.agg_state, self.opt_state = state.params, state.agg_state, state.opt_state
+        ctx.rng.bit_generator.state = state.rng_state
+        self.history.rows = [dict(r) for r in state.rows]
+        if state.client_state:  # the hosts reload what they saved for that checkpoint
+            _reload_client_state(ctx.executor, state.client_state)
+        if ctx.privacy is not None and "privacy" in state.loop_state:
+            ctx.privacy.restore(state.loop_state["privacy"])
+        self.scheduler.restore(state.loop_state.get("scheduler", {}))
+        return state.server_round + 1
+
+    def round(self, server_round: int, callback: Callback) -> Logs:
+        """One server step: collect, aggregate and commit, evaluate, record, checkpoint."""
+        ctx = self.ctx
+        t0 = time.perf_counter()
         try:
-            step = scheduler.collect(ctx, server_round, params, handle, agg_state)
+            step = self.scheduler.collect(
+                ctx, server_round, self.params, self.handle, self.agg_state
+            )
         except RoundFailedError as stop:  # the failures that stopped the run are logged too
             if isinstance(stop.step, Step):
                 callback.on_failures(server_round, stop.step.failures, stop.step.recoveries)
             raise
         t_fit = time.perf_counter()
-        logs = {
-            "clients/sampled": step.sampled,
-            "clients/ok": len(step.participants),
-            "clients/failed": len(step.failures),
-            **fit_logs(step.updates),
-            **comm_logs(strategy.aggregator, params, step.sampled, len(step.participants)),
-        }
-        if step.attempts > 1:
-            logs["round/attempts"] = step.attempts
-        logs.update({f"failed/{c}": n for c, n in step.failure_counts().items()})
-        if step.recoveries:
-            logs["hosts/restarted"] = len(step.recoveries)
-            logs["clients/rerun"] = sum(len(r.client_ids) for r in step.recoveries)
+        logs = _step_logs(ctx.strategy, step, self.params)
         if step.failures or step.recoveries:
             callback.on_failures(server_round, step.failures, step.recoveries)
-        committed = False
-        if len(step.participants) >= strategy.min_fit_clients:
-            noise = _noise_rng(private, seed, noise_seed, server_round)
-            new = _server_step(
-                ctx, step, params, agg_state, opt_state, server_round, canaries, noise
-            )
-            new_params, agg_state, new_opt_state, measurements = new
-            logs.update({f"agg/{k}": v for k, v in measurements.items()})
-            if tree.all_finite(new_params):
-                params, opt_state, committed = new_params, new_opt_state, True
-                handle = executor.broadcast(params, broadcast(strategy.aggregator, agg_state))
-            else:
-                logger.warning(
-                    "round %d: aggregated model is not finite; rolled back", server_round
-                )
-        logs["round/committed"] = int(committed)
-        if privacy is not None:
-            logs["privacy/epsilon"] = privacy.epsilon()
-            if lost := privacy.lost_attempts(server_round):  # charged, then lost to a crash
+        logs["round/committed"] = int(self._commit(step, server_round, logs))
+        if ctx.privacy is not None:
+            logs["privacy/epsilon"] = ctx.privacy.epsilon()
+            if lost := ctx.privacy.lost_attempts(server_round):  # charged, then lost to a crash
                 logs["privacy/lost_attempts"] = lost
         t_agg = time.perf_counter()
-        logs.update(evaluate_round(executor, handle, evaluation, server_round, rounds))
+        ev = evaluate_round(ctx.executor, self.handle, self.evaluation, server_round, self.rounds)
+        logs.update(ev)
         t_end = time.perf_counter()
         logs.update(
             {
@@ -203,33 +226,75 @@ def run_rounds(
                 "time/eval_s": t_end - t_agg,
             }
         )
-        history.record(server_round, logs)
-        if checkpoint is not None and due(server_round, checkpoint.every, rounds):
-            loop_state = {"scheduler": scheduler.state()}
-            if privacy is not None:
-                loop_state["privacy"] = privacy.state()
-            saved = executor.save_client_state(server_round)  # on the hosts' side, first
-            checkpoint.save(
-                DriverState(
-                    server_round=server_round,
-                    params=params,
-                    agg_state=agg_state,
-                    opt_state=opt_state,
-                    rng_state=dict(rng.bit_generator.state),
-                    rows=history.rows,
-                    client_state={"round": server_round, "clients": saved} if saved else {},
-                    loop_state=loop_state,
-                )
+        self.history.record(server_round, logs)
+        if self.checkpoint is not None and due(server_round, self.checkpoint.every, self.rounds):
+            self._save(server_round, self.checkpoint)
+        return logs
+
+    def _commit(self, step: Step, server_round: int, logs: Logs) -> bool:
+        """Aggregate, apply the server optimizer, and keep the model only if it is finite."""
+        ctx = self.ctx
+        if len(step.participants) < ctx.strategy.min_fit_clients:
+            return False
+        noise = _noise_rng(self.private, ctx.seed, self.noise_seed, server_round)
+        new = _server_step(
+            ctx,
+            step,
+            self.params,
+            self.agg_state,
+            self.opt_state,
+            server_round,
+            self.canaries,
+            noise,
+        )
+        new_params, self.agg_state, new_opt_state, measurements = new
+        logs.update({f"agg/{k}": v for k, v in measurements.items()})
+        if not tree.all_finite(new_params):
+            logger.warning("round %d: aggregated model is not finite; rolled back", server_round)
+            return False
+        self.params, self.opt_state = new_params, new_opt_state
+        extras = broadcast(ctx.strategy.aggregator, self.agg_state)
+        self.handle = ctx.executor.broadcast(self.params, extras)
+        return True
+
+    def _save(self, server_round: int, checkpoint: Checkpointer) -> None:
+        """The full loop state, after the hosts saved their clients' state on their side."""
+        ctx = self.ctx
+        loop_state = {"scheduler": self.scheduler.state()}
+        if ctx.privacy is not None:
+            loop_state["privacy"] = ctx.privacy.state()
+        saved = ctx.executor.save_client_state(server_round)
+        checkpoint.save(
+            DriverState(
+                server_round=server_round,
+                params=self.params,
+                agg_state=self.agg_state,
+                opt_state=self.opt_state,
+                rng_state=dict(ctx.rng.bit_generator.state),
+                rows=self.history.rows,
+                client_state={"round": server_round, "clients": saved} if saved else {},
+                loop_state=loop_state,
             )
-            executor.prune_client_state(server_round)
-        run.params = params
-        callback.on_round_end(server_round, logs)
-        if run.stop_training:
-            break
-    if run.stop_training:
-        logger.warning("%s", run.stop_reason)
-    callback.on_run_end(logs)
-    return params
+        )
+        ctx.executor.prune_client_state(server_round)
+
+
+def _step_logs(strategy: Strategy, step: Step, params: Params) -> Logs:
+    """A step's clients, training metrics, traffic, failures and re-executions."""
+    logs: Logs = {
+        "clients/sampled": step.sampled,
+        "clients/ok": len(step.participants),
+        "clients/failed": len(step.failures),
+        **fit_logs(step.updates),
+        **comm_logs(strategy.aggregator, params, step.sampled, len(step.participants)),
+    }
+    if step.attempts > 1:
+        logs["round/attempts"] = step.attempts
+    logs.update({f"failed/{c}": n for c, n in step.failure_counts().items()})
+    if step.recoveries:
+        logs["hosts/restarted"] = len(step.recoveries)
+        logs["clients/rerun"] = sum(len(r.client_ids) for r in step.recoveries)
+    return logs
 
 
 def _reload_client_state(executor: Executor, saved: dict[str, int]) -> None:

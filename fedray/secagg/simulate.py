@@ -20,7 +20,7 @@ from fedray.secagg.protocol import SecAggClient, SecAggServer
 from fedray.secagg.shamir import PRIME
 
 
-def run_protocol(
+def run_protocol(  # noqa: PLR0913 - a simulation: its protocol parameters and faults
     inputs: Mapping[int, np.ndarray],
     *,
     round_id: int,
