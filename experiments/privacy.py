@@ -22,6 +22,7 @@ clients and 100 held-out directions
 canaries' cosines with the final model update, next to the analytical ε.
 """
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -135,6 +136,7 @@ def audit_suite() -> None:
             ]
         )
         out = RUNS / f"audit-{name}"
+        shutil.rmtree(out, ignore_errors=True)  # a fresh run: no earlier journal or logs
         fedray.run(HERE / "digits.yaml", out=out, overrides=[*base, *dp])
         runs.append(out)
     table = audit(runs, RESULTS)

@@ -37,6 +37,7 @@ from fedray.callbacks import (
     ProgressBar,
     TensorBoardLogger,
 )
+from fedray.client import state_store
 from fedray.client.devices import import_keras
 from fedray.compat import chain
 from fedray.config import Config
@@ -228,10 +229,15 @@ def _summary(
 
 
 def _with_state_dir(cfg: Config, out_dir: Path) -> Config:
-    """``cfg`` whose hosts keep their clients' state in ``out_dir/client-state`` by default."""
+    """``cfg`` whose hosts keep their clients' state outside the run directory.
+
+    By default in ``$FEDRAY_CLIENT_STATE_DIR`` (else ``~/.cache/fedray/client-state``),
+    under a name derived from the run directory's absolute path, so a resume finds it:
+    the clients' state (top-k's raw residuals) never sits beside the run's outputs.
+    """
     if cfg.runtime.client_state_dir is not None:
         return cfg
-    folder = str((out_dir / "client-state").resolve())  # hosts may run elsewhere
+    folder = str(state_store.default_root() / state_store.name_for(out_dir))
     return cfg.model_copy(
         update={"runtime": cfg.runtime.model_copy(update={"client_state_dir": folder})}
     )

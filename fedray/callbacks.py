@@ -155,8 +155,10 @@ class CallbackList(Callback):
             cb.on_run_begin(logs)
 
     def on_round_begin(self, server_round: int) -> None:
-        """Forward to every callback."""
+        """Forward to every callback, until one stops the run (the round then never runs)."""
         for cb in self.callbacks:
+            if self.run is not None and self.run.stop_training:
+                return
             cb.on_round_begin(server_round)
 
     def on_round_end(self, server_round: int, logs: Logs) -> None:
@@ -410,7 +412,8 @@ class PrivacyBudget(Callback):
         if self.run is not None and not self.ledger.allows_next_round():
             self.run.stop(
                 f"stopping before round {server_round}: it would exceed the privacy budget "
-                f"(privacy.dp.max_epsilon); the model of round {server_round - 1} is final"
+                f"(privacy.dp.max_epsilon, or the target_epsilon the noise was calibrated for); "
+                f"the model of round {server_round - 1} is final"
             )
 
 

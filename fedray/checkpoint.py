@@ -61,14 +61,23 @@ class DriverState:
 def fingerprint(config: dict[str, Any], *, ignore: tuple[str, ...] = ("runtime", "rounds")) -> str:
     """A hash of the settings that must not change across a resume.
 
-    ``runtime`` (where clients run) and ``rounds`` (so a run can be extended) may change.
+    ``runtime`` (where clients run) and ``rounds`` (so a run can be extended) may change,
+    and so may the folder of a data file: the config holds it absolute, and a checkout
+    moved or cloned elsewhere (a retried job's new working directory) still resumes.
 
     >>> fingerprint({"seed": 0, "rounds": 5}) == fingerprint({"seed": 0, "rounds": 9})
     True
     >>> fingerprint({"seed": 0}) == fingerprint({"seed": 1})
     False
+    >>> a, b = ({"data": {"path": f"/{d}/x/h.csv"}} for d in ("home", "tmp"))
+    >>> fingerprint(a) == fingerprint(b)
+    True
     """
     kept = {k: v for k, v in config.items() if k not in ignore}
+    data = kept.get("data")
+    if isinstance(data, dict):
+        files = {k: Path(str(data[k])).name for k in ("path", "test_path") if data.get(k)}
+        kept["data"] = {**data, **files}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -284,9 +284,10 @@ def _warm(args: argparse.Namespace) -> int:
         f"{state.hosts} hosts with TensorFlow loaded"
     )
     where = "" if args.state_dir is None else f" --state-dir {args.state_dir}"
+    exported = "" if args.state_dir is None else f" {warm.DIR_ENV}={args.state_dir}"
     print(
         f"use it: fedray run CONFIG --address {warm.ADDRESS}{where}   (or export "
-        f"{warm.ENV}={warm.ADDRESS}); stop it: fedray down{where}"
+        f"{warm.ENV}={warm.ADDRESS}{exported}); stop it: fedray down{where}"
     )
     return 0
 

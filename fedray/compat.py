@@ -428,6 +428,25 @@ _RULE_NAMES: tuple[tuple[type, str], ...] = (
 )
 
 
+def _refuse_hidden_mechanisms(links: list[Aggregator]) -> None:
+    """Refuse a DP mechanism held by a wrapper other than as its ``inner``.
+
+    fedray finds a run's mechanisms along the ``inner`` chain; one kept under another
+    attribute would get no ledger and noise from the public seed.
+
+    Raises:
+        ConfigError: One line naming the wrapper, the attribute and the mechanism.
+    """
+    for link in links:
+        for name, value in vars(link).items() if hasattr(link, "__dict__") else ():
+            if name != "inner" and isinstance(value, DPMechanism):
+                raise ConfigError(
+                    f"{type(link).__name__}.{name} holds {type(value).__name__}: fedray finds "
+                    "a run's DP mechanism along the aggregators' `inner` chain, to charge it "
+                    f"and keep its noise secret; make it {type(link).__name__}'s `inner`"
+                )
+
+
 _WRAPPER_KEYS: tuple[tuple[type, str, Callable[[Any], Any]], ...] = (
     (NormBound, "strategy.norm_bound", lambda a: a.max_norm),
     (SecureAggregation, _SA, lambda a: True),
@@ -455,6 +474,7 @@ def strategy_features(strategy: Any) -> dict[str, Any]:
     secure = [i for i, a in enumerate(links) if isinstance(a, SecureAggregation)]
     if secure and secure[0] > 0:
         out["strategy.aggregator"] = "(".join(type(a).__name__ for a in links[: secure[0] + 1])
+    _refuse_hidden_mechanisms(links)
     mechanisms = dp_mechanisms(strategy.aggregator, strategy.client)
     if len(mechanisms) > 1:
         names = " and ".join(type(m).__name__ for m in mechanisms)

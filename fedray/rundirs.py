@@ -4,13 +4,14 @@
 :func:`temporary`, when no ``out`` was given and the config is not a file), inside
 :func:`removed_on_failure`. When the run raises, every directory it made is removed,
 unless :func:`kept_for` names a file that must outlive the run: a checkpoint (for
-``--resume``), the privacy journal (the charges of releases already made) or, after a
-failure, a ``failures.csv`` with rows (which the error message points to). A directory that
-existed before the run is never removed.
+``--resume``), the privacy journal when it holds a charge (releases already made) or,
+after a failure, a ``failures.csv`` with rows (which the error message points to). A
+directory that existed before the run is never removed, nor the rounds of a run
+interrupted with Ctrl-C.
 
 A temporary directory of a run that finished lives as long as the returned history:
-it is removed when the history is garbage-collected, or at interpreter exit, unless
-it holds a file that must outlive the run. Its run writes no checkpoint unless
+it is removed when the history is garbage-collected, or at interpreter exit (nothing
+could resume or continue it: its name is random). Its run writes no checkpoint unless
 ``checkpoint.every`` was set, since nothing could resume it.
 
 Layer 3 (an edge): only the standard library.
@@ -42,28 +43,44 @@ FAILURES = "failures.csv"
 error message names."""
 
 
-def kept_for(path: Path, *, failed: bool = False) -> str | None:
+def kept_for(path: Path, *, failed: bool = False, temporary: bool = False) -> str | None:
     """The file that keeps the run directory ``path``, or None when it may be removed.
 
     The one rule for removing a run directory, whoever asks: a run that ``failed``, or
-    the end of a temporary directory's life.
+    the end of a temporary directory's life. A journal keeps a directory only when it
+    holds a charge. A ``temporary`` directory (a random name, no checkpoint) can never
+    be resumed, so neither its checkpoint nor its journal keeps it; only a failure's
+    rows do, which the error message points to.
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
     >>> _ = (d / "metrics.csv").write_text("round")
     >>> kept_for(d) is None
     True
-    >>> _ = (d / "privacy-journal.jsonl").write_text("{}")
-    >>> kept_for(d)
-    'privacy-journal.jsonl'
+    >>> _ = (d / "privacy-journal.jsonl").write_text('{"kind":"session"}')
+    >>> kept_for(d) is None  # no charge: nothing was released
+    True
+    >>> _ = (d / "privacy-journal.jsonl").write_text('{"kind":"charge"}')
+    >>> kept_for(d), kept_for(d, temporary=True)
+    ('privacy-journal.jsonl', None)
     >>> shutil.rmtree(d)
     """
-    for name in KEEP:
-        if (path / name).exists():
-            return name
+    if not temporary:
+        if (path / CHECKPOINT).exists():
+            return CHECKPOINT
+        if _charged(path / JOURNAL):
+            return JOURNAL
     if failed and _rows(path / FAILURES) > 0:
         return FAILURES
     return None
+
+
+def _charged(journal: Path) -> bool:
+    """Whether a privacy journal holds at least one charge (a release happened)."""
+    if not journal.is_file():
+        return False
+    with journal.open() as f:
+        return any('"kind":"charge"' in line for line in f)
 
 
 def _rows(csv_file: Path) -> int:
@@ -86,7 +103,7 @@ class _Made:
         for path in reversed(self.dirs):
             if not path.is_dir():
                 continue
-            kept = kept_for(path, failed=failed)
+            kept = kept_for(path, failed=failed, temporary=path == self.temporary)
             if kept is not None:
                 logger.info("kept %s: it holds %s", path, kept)
                 return  # and its parents with it
@@ -144,7 +161,7 @@ def next_step(path: Path) -> str:
 
 
 def _remove_temporary(path: Path) -> None:
-    if path.is_dir() and kept_for(path) is None:
+    if path.is_dir() and kept_for(path, temporary=True) is None:
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -165,7 +182,7 @@ def removed_on_failure(run: Callable[P, R]) -> Callable[P, R]:
         token = _current.set(made)
         try:
             result = run(*args, **kwargs)
-        except BaseException:
+        except Exception:  # not Ctrl-C: an interrupted run keeps the rounds it ran
             made.remove(failed=True)
             raise
         finally:
@@ -179,10 +196,6 @@ def removed_on_failure(run: Callable[P, R]) -> Callable[P, R]:
 
 def _tie(owner: Any, path: Path) -> None:
     """Remove ``path`` with ``owner`` (or at exit), unless it must outlive the run."""
-    kept = kept_for(path)
-    if kept is not None:
-        logger.info("outputs in %s (kept: it holds %s)", path, kept)
-        return
     logger.info(
         "outputs in %s (temporary: removed with the returned history; pass out= to keep them)",
         path,

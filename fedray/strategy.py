@@ -330,7 +330,7 @@ def with_dp(
             SCAFFOLD and FedBuff have no DP analysis here), or it weights clients by
             example counts (DP needs uniform weights).
     """
-    mode = {LocalDP: "local", DistributedDP: "distributed"}.get(type(mechanism), "central")
+    mode = mechanism.privacy_mode
     features = {**strategy_features(strategy), "privacy.dp.mode": mode}
     if mode == "distributed":  # with_dp goes first; the build wraps secure aggregation next
         features["privacy.secure_aggregation.enabled"] = True

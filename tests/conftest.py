@@ -1,11 +1,19 @@
 import builtins
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Runs keep their clients' state outside their run directory (by default in ~/.cache):
+# the suite's goes to one folder of its own, removed at the end (the controller made it;
+# xdist's workers and every subprocess inherit it).
+if "FEDRAY_CLIENT_STATE_DIR" not in os.environ:
+    os.environ["FEDRAY_CLIENT_STATE_DIR"] = tempfile.mkdtemp(prefix="fedray-test-client-state-")
+_CLIENT_STATE = os.environ["FEDRAY_CLIENT_STATE_DIR"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +63,8 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     before = session.config.stash.get(_CHECKOUT, None)
     if before is None:
         return
+    if Path(_CLIENT_STATE).name.startswith("fedray-test-client-state-"):
+        shutil.rmtree(_CLIENT_STATE, ignore_errors=True)
     new = sorted(_checkout() - before)
     if new:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")

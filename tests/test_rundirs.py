@@ -58,11 +58,25 @@ def test_an_api_run_that_fails_before_its_first_round_leaves_no_directory(numpy_
     assert not (numpy_hosts / "o").exists()
 
 
+class BoomAfterRound1(Callback):
+    """A user's callback with a bug that shows after round 1 (its releases were charged)."""
+
+    def on_round_end(self, server_round, logs):
+        raise RuntimeError("my callback is broken")
+
+
 def test_a_failed_run_keeps_its_directory_when_it_holds_privacy_charges(numpy_hosts):
     out = numpy_hosts / "o"
+    later = BoomAfterRound1()
+    cfg = {"rounds": 2, "runtime": LOCAL, "privacy": DP, "checkpoint": {"every": 0}}
     with pytest.raises(RuntimeError, match="my callback is broken"):
-        fedray.run({"rounds": 2, "runtime": LOCAL, "privacy": DP}, out=out, callbacks=[Boom()])
-    assert (out / "privacy-journal.jsonl").is_file()
+        fedray.run(cfg, out=out, callbacks=[later])
+    assert '"kind":"charge"' in (out / "privacy-journal.jsonl").read_text()
+    # A run that fails before anything was charged leaves nothing: its journal is empty.
+    early = numpy_hosts / "early"
+    with pytest.raises(RuntimeError, match="my callback is broken"):
+        fedray.run({"rounds": 2, "runtime": LOCAL, "privacy": DP}, out=early, callbacks=[Boom()])
+    assert not early.exists()
 
 
 def test_a_directory_the_user_made_is_never_removed(numpy_hosts):
@@ -94,12 +108,14 @@ def test_a_run_without_out_uses_a_temporary_directory_removed_with_its_history(n
     assert not out.exists()
 
 
-def test_a_temporary_directory_with_privacy_charges_is_kept(numpy_hosts):
+def test_a_temporary_directory_goes_with_its_history_under_dp_too(numpy_hosts):
+    # Its journal could serve no resume (a random name, no checkpoint): nothing to keep.
     history = fedray.run({"rounds": 2, "runtime": LOCAL, "privacy": DP})
     out = history.out_dir
+    assert '"kind":"charge"' in (out / "privacy-journal.jsonl").read_text()
     del history
     gc.collect()
-    assert (out / "privacy-journal.jsonl").is_file()
+    assert not out.exists()
 
 
 @pytest.mark.slow
@@ -121,3 +137,18 @@ def test_a_temporary_directory_is_removed_at_exit(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().startswith(str(tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_interrupted_with_ctrl_c_keeps_the_rounds_it_ran(numpy_hosts):
+    class CtrlC(Callback):
+        def on_round_end(self, server_round, logs):
+            raise KeyboardInterrupt
+
+    out = numpy_hosts / "o"
+    with pytest.raises(KeyboardInterrupt):
+        fedray.run(
+            {"rounds": 3, "runtime": LOCAL, "checkpoint": {"every": 0}},
+            out=out,
+            callbacks=[CtrlC()],
+        )
+    assert (out / "metrics.csv").read_text().count("\n") == 2  # the header and round 1

@@ -147,14 +147,18 @@ class ClientHost:
     def ready(self) -> dict[str, Any]:
         """Raise the start-up error, if any; else describe the host."""
         self._check()
-        # Shard sizes leave the host only for DP-SGD's accountant, where they are public.
+        # Shard sizes leave the host only for DP-SGD's accountant, where they are public;
+        # under DP the data's size on a GPU (n_k times a row's bytes) stays here too.
         sizes = {"examples": dict(self._examples)} if self.spec.client.dp_sgd is not None else {}
+        facts = self.trainer.describe()
+        if self._private:
+            facts.pop("gpu_data_mb", None)
         return {
             "pid": os.getpid(),
             "clients": list(self.spec.client_ids),
             **sizes,
             "threads": self.spec.threads,
-            **self.trainer.describe(),
+            **facts,
             "setup_s": self.setup_s,
         }
 

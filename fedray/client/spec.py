@@ -136,7 +136,7 @@ class HostSpec:
             compiled Keras model (:class:`~fedray.client.trainer.KerasTrainer`).
         gpu: This host's share of a GPU (``runtime.gpus_per_host``), or None.
         state_dir: Where this host saves its clients' state at checkpoints
-            (``runtime.client_state_dir``, the run's ``client-state/`` by default;
+            (``runtime.client_state_dir``: outside the run directory by default;
             :mod:`fedray.client.state_store`), or None to keep it in memory only.
     """
 

@@ -10,10 +10,13 @@ clients' newest state saved at or before the checkpoint's round (:meth:`load`).
 
 Files are ``<root>/round-<r>/host-<first client>.npz`` (numpy archives read with
 ``allow_pickle=False``; written to a temporary name, fsynced, then renamed), one per
-host and checkpoint. ``root`` is ``client-state/`` in the run directory: on one
-machine, or on a cluster whose nodes share that path, a restarted or resumed host
-finds its clients' state; a host that finds none (a node-local path on another node)
-starts its clients afresh, as new clients, and says so.
+host and checkpoint, readable by their owner only (folders 0700, files 0600). ``root``
+is ``runtime.client_state_dir``: by default a folder of ``$FEDRAY_CLIENT_STATE_DIR``
+(else ``~/.cache/fedray/client-state``) named after the run directory, never inside
+it, so the clients' state is not published with the run's outputs. On one machine, or
+on a cluster whose nodes share that path, a restarted or resumed host finds its
+clients' state; a host that finds none (a node-local path on another node) starts its
+clients afresh, as new clients.
 
 Layer 3 (inside a host): numpy and the standard library.
 """
@@ -21,6 +24,7 @@ Layer 3 (inside a host): numpy and the standard library.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -33,17 +37,35 @@ from fedray.records import Params
 
 logger = logging.getLogger(__name__)
 
+ENV = "FEDRAY_CLIENT_STATE_DIR"
+"""Where the client-state folders of runs go (default ``~/.cache/fedray/client-state``)."""
+
 ClientState = dict[int, dict[str, Params]]
 """Client id -> the feature's name -> arrays."""
 
 _ROUND = re.compile(r"^round-(\d+)$")
 
 
+def default_root() -> Path:
+    """``$FEDRAY_CLIENT_STATE_DIR``, else ``~/.cache/fedray/client-state``."""
+    return Path(os.environ.get(ENV) or Path.home() / ".cache" / "fedray" / "client-state")
+
+
+def name_for(run_dir: str | Path) -> str:
+    """The folder name of a run directory's client state: a hash of its absolute path.
+
+    >>> name_for("/tmp/run") == name_for("/tmp/../tmp/run"), len(name_for("/tmp/run"))
+    (True, 16)
+    """
+    path = str(Path(run_dir).resolve())
+    return hashlib.sha256(path.encode()).hexdigest()[:16]
+
+
 class ClientStateStore:
     """One host's view of the per-client state files under ``root``.
 
     Args:
-        root: The store's directory (``<run>/client-state``).
+        root: The store's directory (``runtime.client_state_dir``).
         name: This host's file name (its first client id), the same after a restart.
     """
 
@@ -64,18 +86,21 @@ class ClientStateStore:
         Returns the file, or None when there is no state to keep.
 
         >>> import tempfile
-        >>> store = ClientStateStore(tempfile.mkdtemp(), "0")
+        >>> scratch = tempfile.TemporaryDirectory()
+        >>> store = ClientStateStore(scratch.name, "0")
         >>> _ = store.save(2, {0: {"control": [np.ones(2)]}})
         >>> _ = store.save(4, {0: {"control": [np.zeros(2)]}, 1: {"control": [np.ones(1)]}})
         >>> [store.load(r, [0, 1])[0]["control"][0].tolist() for r in (2, 3, 4)]
         [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]
         >>> sorted(store.load(3, [0, 1])), store.prune(4), store.load(3, [0, 1])
         ([0], None, {})
+        >>> scratch.cleanup()
         """
         if not state:
             return None
         folder = self.root / f"round-{server_round:06d}"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)
         arrays = {
             f"{cid}/{name}/{i}": np.asarray(a)
             for cid, entry in state.items()
@@ -84,7 +109,7 @@ class ClientStateStore:
         }
         path = folder / f"host-{self.name}.npz"
         tmp = folder / f"host-{self.name}.npz.tmp"
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())

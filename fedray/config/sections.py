@@ -294,8 +294,10 @@ class RuntimeConfig(_Section):
     """
     client_state_dir: str | None = None
     """where each host saves its clients' own state at checkpoints (SCAFFOLD's control variates,
-    top-k's residuals: never sent to the driver); default `client-state/` in the run directory; on
-    a cluster, a folder every node shares keeps host restarts and resumes exact
+    top-k's residuals: never sent to the driver; owner-only files); default a folder of
+    `$FEDRAY_CLIENT_STATE_DIR` (else `~/.cache/fedray/client-state`) named after the run
+    directory, never inside it; on a cluster, a folder every node shares keeps host restarts and
+    resumes exact
     """
     pre_aggregate: bool = True
     """with a linear rule (FedAvg's mean, DP-FedAvg, local DP) each actor sends one partial sum of

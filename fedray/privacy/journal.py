@@ -94,6 +94,23 @@ def replay(entries: Sequence[Mapping[str, Any]]) -> Any:
     return ledger
 
 
+def _heal(path: Path) -> None:
+    """Cut a torn last line (a crash while it was written), so the next line starts clean.
+
+    Its ``fsync`` never returned, so its attempt never started: dropping it loses nothing.
+    """
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    logger.warning("%s: cut a torn last line (its attempt never started)", path)
+    with open(path, "r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _append(path: Path, entry: Mapping[str, Any]) -> None:
     """Append one line and make it durable (the file and, when new, its directory)."""
     new = not path.exists()
@@ -145,6 +162,8 @@ class Journaled:
                 checkpoint has a ledger but its journal is missing.
         """
         file = None if path is None else Path(path)
+        if file is not None:
+            _heal(file)
         entries = [] if file is None else read(file)
         sessions = [e for e in entries if e.get("kind") == "session"]
         mode = ledger.header()["mode"]
@@ -154,6 +173,18 @@ class Journaled:
                 f"mechanism; this run's is {mode!r}: use another run directory"
             )
         charges = [e for e in entries if e.get("kind") == "charge"]
+        header = ledger.header()
+        priced = [s["ledger"] for s in sessions]
+        if charges and not _joint([*priced, header]):
+            free = _FREE.get(str(header.get("mode")), set())
+            changed = sorted(
+                {k for h in priced for k in h if k not in free and h.get(k) != header.get(k)}
+            )
+            raise JournalError(
+                f"{file}: its privacy charges were priced at other settings than this run's "
+                f"({', '.join(changed)}), and this run's ledger would price them at its own; "
+                "use a new run directory"
+            )
         if charges and resumed_after is None:
             logger.warning(
                 "%s holds %d charges of an earlier run on these clients; this run's ε "

@@ -3,7 +3,7 @@
 A run is private because its composed strategy holds a DP mechanism, not because its
 config has a section: :class:`~fedray.aggregators.CentralDP`,
 :class:`~fedray.aggregators.LocalDP`, :class:`~fedray.aggregators.DistributedDP` (in a
-strategy's aggregator chain) and :class:`~fedray.records.DPSGD` (its clients' training)
+strategy's aggregator chain) and :class:`~fedray.privacy.DPSGD` (its clients' training)
 each declare
 
 * ``privacy_mode``: ``"central"``, ``"local"``, ``"distributed"`` or ``"dpsgd"``, the
@@ -74,7 +74,7 @@ class DPMechanism(Protocol):
 
 
 def describe(mechanism: Any) -> str:
-    """A mechanism as the one-line messages name it, e.g. ``CentralDP(z=1)``.
+    """A mechanism as the one-line messages name it, e.g. ``CentralDP(noise_multiplier=1)``.
 
     >>> from fedray.aggregators import LocalDP
     >>> describe(LocalDP(noise_multiplier=2.0))

@@ -1,5 +1,7 @@
 """SCAFFOLD corrects client drift on a quadratic toy problem where FedAvg drifts."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -93,9 +95,11 @@ def test_scaffold_resume_restores_client_control_variates(tmp_path):
     fp = checkpoint.fingerprint(config.load(cfg, [*common, "rounds=8"]).to_dict())
     state = checkpoint.load(tmp_path / "cut", config_fingerprint=fp)
     # The checkpoint records only that two clients have state; the c_i stayed with the
-    # hosts, in the run's client-state folder, the newest round's file only.
+    # hosts, in their client-state folder (outside the run directory), the newest round's.
     assert state.client_state == {"round": 8, "clients": 2}
-    files = sorted((tmp_path / "cut" / "client-state").rglob("*.npz"))
+    assert not list((tmp_path / "cut").rglob("*.npz"))[1:]  # checkpoint.npz alone
+    folder = resumed.summary["config"]["runtime"]["client_state_dir"]
+    files = sorted(Path(folder).rglob("*.npz"))
     assert [f.parent.name for f in files] == ["round-000008", "round-000008"]
     with np.load(files[0]) as saved:
         assert np.abs(saved["0/control/0"]).sum() > 0

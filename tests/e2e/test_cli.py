@@ -252,3 +252,25 @@ def test_failures_csv_keeps_tensorflows_reason_and_round_1_offers_no_resume(else
     assert len(errors) == 2  # each client, with its own line: not "Graph execution error:"
     expected = "InvalidArgumentError: assertion failed: [my inputs must be negative] "
     assert all(e.startswith(expected) for e in errors), errors
+
+
+def test_a_run_resumes_from_a_copy_of_its_checkout_elsewhere(tmp_path, monkeypatch):
+    # The data path is absolute in the config; a moved or re-cloned checkout (a retried
+    # job's new working directory) still resumes its run.
+    import shutil
+
+    import fedray.client.trainer as trainer_mod
+    from fedray.cli import main
+    from tests.fakes import NumpyTrainer
+
+    monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)
+    for copy in ("first", "second"):
+        (tmp_path / copy / "data").mkdir(parents=True)
+        shutil.copy(ROOT / "experiments" / "hospitals.yaml", tmp_path / copy)
+        shutil.copy(ROOT / "experiments" / "data" / "hospitals.csv", tmp_path / copy / "data")
+    out, common = tmp_path / "run", ["--local", "--no-progress"]
+    first, second = (str(tmp_path / c / "hospitals.yaml") for c in ("first", "second"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", first, *common, "--set", "rounds=1", "--out", str(out)]) == 0
+    assert main(["run", second, *common, "--set", "rounds=2", "--resume", str(out)]) == 0
+    assert [r["round"] for r in csv.DictReader((out / "metrics.csv").open())] == ["1", "2"]

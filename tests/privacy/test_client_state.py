@@ -8,6 +8,7 @@ the driver's checkpoint. Resume and host restarts still restore it exactly
 """
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,9 +74,16 @@ def test_topk_residuals_never_reach_the_driver_or_its_checkpoint(tmp_path, host_
     fp = checkpoint.fingerprint(hist.summary["config"])
     kept = checkpoint.load(tmp_path, config_fingerprint=fp).client_state
     assert not list(_arrays(kept)), "client state in the driver's checkpoint"
-    # The residuals exist, on the hosts' side: raw values, far longer than the clip.
-    saved = sorted((tmp_path / "client-state").rglob("*.npz"))
+    # The residuals exist, on the hosts' side: raw values, far longer than the clip, in
+    # owner-only files outside the run directory, which holds no file but the driver's.
+    folder = Path(hist.summary["config"]["runtime"]["client_state_dir"])
+    assert tmp_path not in folder.parents
+    saved = sorted(folder.rglob("*.npz"))
     assert saved, "the hosts saved no client state"
+    assert all(p.stat().st_mode & 0o077 == 0 for p in [folder, *saved])
+    ours = {"metrics.csv", "metrics.parquet", "summary.json", "model.keras", "failures.csv"}
+    ours |= {"checkpoint.npz", "privacy-journal.jsonl"}
+    assert {p.name for p in tmp_path.iterdir()} - ours == {"tb"}
     residuals = []
     for path in saved:
         with np.load(path) as archive:
@@ -94,3 +102,21 @@ def test_topk_residuals_never_reach_the_driver_or_its_checkpoint(tmp_path, host_
     for array in stored:
         for r in secret:
             assert not (array.shape == r.shape and np.array_equal(array, r))
+
+
+@pytest.mark.parametrize("dp", [None, "local"])
+def test_a_hosts_data_size_on_a_gpu_stays_with_it_under_dp(dp):
+    # gpu_data_mb is n_k times a row's bytes: with one client per host, its shard size.
+    from fedray import config
+    from fedray.aggregators import LocalDP, Mean
+    from fedray.client.spec import HostSpec
+    from tests.fakes import NumpyTrainer
+
+    class OnAGpu(NumpyTrainer):
+        def describe(self):
+            return {**super().describe(), "gpu_data_mb": 1.25}
+
+    agg = LocalDP(1.0) if dp else Mean()
+    cfg = config.load({"data": {"dataset": "linreg", "num_clients": 1}})
+    facts = ClientHost(HostSpec.from_config(cfg, (0,), agg, trainer=OnAGpu)).ready()
+    assert ("gpu_data_mb" in facts) == (dp is None)

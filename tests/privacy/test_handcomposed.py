@@ -138,3 +138,26 @@ def test_the_same_public_seed_never_gives_the_same_noised_model(tmp_path, mode):
         b = _run(tmp_path, f"{name}-b", cfg, strat)
         assert a.summary["config"]["seed"] == b.summary["config"]["seed"] == 7
         assert not all(np.array_equal(x, y) for x, y in zip(a.params, b.params)), name
+
+
+def test_a_mechanism_hidden_from_the_inner_chain_is_refused(tmp_path):
+    # A user's wrapper holding CentralDP under another name would get no ledger and
+    # noise from the public seed: it is refused, naming the wrapper and the attribute.
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Mine:
+        dp: object
+
+        def init(self, params):
+            return self.dp.init(params)
+
+        def encode(self, update, info):
+            return self.dp.encode(update, info)
+
+        def aggregate(self, updates, state, rng):
+            return self.dp.aggregate(updates, state, rng)
+
+    strategy = Strategy(aggregator=Mine(CentralDP(1.0, 5.0)), fraction_fit=0.25)
+    with pytest.raises(ConfigError, match=r"Mine.dp holds CentralDP: .* make it Mine's `inner`"):
+        _run(tmp_path, "run", DELTA, strategy)

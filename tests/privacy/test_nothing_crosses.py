@@ -156,5 +156,9 @@ def test_nothing_a_client_owns_reaches_the_driver(tmp_path, spied, run, mode):
         columns = next(csv.reader(f))
     leaks = [c for c in columns if c.startswith(("fit/", "failed/nan", "failed/invalid", "train/"))]
     assert leaks == [] and "agg/clipped_fraction" not in columns
-    # ... and no reason in failures.csv that quotes a client's data.
+    # ... no reason in failures.csv that quotes a client's data ...
     assert str(SECRET) not in (out / "failures.csv").read_text()
+    # ... and no other file: the clients' own state is kept outside the run directory.
+    driver = {"metrics.csv", "metrics.parquet", "summary.json", "model.keras", "failures.csv"}
+    driver |= {"checkpoint.npz", "privacy-journal.jsonl", "tb"}
+    assert {p.name for p in out.iterdir()} <= driver
