@@ -55,10 +55,11 @@ def assert_charged(counter: ReleaseCounter, ledger) -> None:
         assert ledger.participations.get(cid, 0) >= n, (cid, n, ledger.participations)
 
 
-def spy_runs(monkeypatch):
+def spy_runs(monkeypatch, wrap=ReleaseCounter):
     """Wrap every executor ``fedray.run`` builds in a :class:`ReleaseCounter`, and keep
     the privacy ledger each synchronous run is given.
 
+    ``wrap`` makes the counter of each executor (a :class:`ReleaseCounter` subclass).
     Returns ``{"counters": [...], "ledgers": [...]}``, filled as runs start.
     """
     from fedray import api, build
@@ -68,7 +69,7 @@ def spy_runs(monkeypatch):
 
     def make(cfg, strategy, source=None):
         executor, started = real_make(cfg, strategy, source)
-        seen["counters"].append(ReleaseCounter(executor))
+        seen["counters"].append(wrap(executor))
         return seen["counters"][-1], started
 
     def rounds(**kw):

@@ -14,8 +14,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fedray import api, build
-from tests.privacy.harness import ReleaseCounter, assert_charged
+from fedray import api
+from tests.privacy.harness import ReleaseCounter, assert_charged, spy_runs
 
 pytestmark = pytest.mark.slow
 
@@ -90,20 +90,9 @@ def crashing(monkeypatch):
     from tests.fakes import NumpyTrainer
 
     monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)
-    seen = {"counters": [], "ledgers": [], "plan": {}}
-    real_make, real_rounds = build.make_executor, api.run_rounds
-
-    def make(cfg, strategy, source=None):
-        executor, started = real_make(cfg, strategy, source)
-        seen["counters"].append(CrashingCounter(executor, seen["plan"]))
-        return seen["counters"][-1], started
-
-    def rounds(**kw):
-        seen["ledgers"].append(kw["privacy"])
-        return real_rounds(**kw)
-
-    monkeypatch.setattr(build, "make_executor", make)
-    monkeypatch.setattr(api, "run_rounds", rounds)
+    plan = {}
+    seen = spy_runs(monkeypatch, lambda executor: CrashingCounter(executor, plan))
+    seen["plan"] = plan
     return seen
 
 
