@@ -175,27 +175,6 @@ def run_facts(cfg: Config, strategy: Strategy, executor: Any, dim: int | None = 
     )
 
 
-def dp_accountant(
-    cfg: Config, mechanism: DPMechanism, dim: int | None = None, population: int | None = None
-) -> Any:
-    """The ledger of ``mechanism`` in a run of ``cfg`` (its sampling, ``privacy.dp``'s δ)."""
-    dp = cfg.privacy.dp
-    if dp is None or dp.delta is None:
-        raise ValueError("the config has no privacy.dp section")
-    facts = RunFacts(
-        delta=dp.delta,
-        sampling_rate=cfg.strategy.fraction_fit,
-        sampling=dp.sampling,
-        population=population or cfg.data.num_clients,
-        max_epsilon=budget(cfg),
-        planned_rounds=cfg.rounds,
-        dim=dim,
-        batch_size=cfg.client.batch_size,
-        local_epochs=cfg.client.local_epochs,
-    )
-    return mechanism.accountant(facts)
-
-
 def ledger(cfg: Config, strategy: Strategy, executor: Any, dim: int | None = None) -> Any:
     """The run's privacy ledger: its strategy's DP mechanism's, or None without one.
 

@@ -73,7 +73,6 @@ class DistributedDP(Unweighted):
     max_dropout: float = 0.1
     noise_seed: int | None = None
     privacy_mode: ClassVar[str] = "distributed"
-    trusts_server: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.plan(1)  # validates

@@ -111,7 +111,6 @@ class CentralDP(Unweighted):
     expected_clients: float
     clip: float | AdaptiveClip = 1.0
     privacy_mode: ClassVar[str] = "central"
-    trusts_server: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not self.noise_multiplier >= 0:
@@ -227,7 +226,6 @@ class LocalDP(Unweighted):
     clip: float = 1.0
     noise_seed: int | None = None
     privacy_mode: ClassVar[str] = "local"
-    trusts_server: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_gaussian(self.noise_multiplier, self.clip)

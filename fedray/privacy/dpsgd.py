@@ -170,7 +170,6 @@ class DPSGD:
     clip: float = 1.0
     noise_seed: int | None = None
     privacy_mode: ClassVar[str] = "dpsgd"
-    trusts_server: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_gaussian(self.noise_multiplier, self.clip)

@@ -235,7 +235,13 @@ class Journaled:
     @property
     def charges(self) -> int:
         """Charges the journal holds (every session's)."""
-        return sum(1 for e in self.entries if e.get("kind") == "charge")
+        return self._count()
+
+    def _count(self, session: int | None = None) -> int:
+        """Charges of ``session`` (of every session when None)."""
+        return sum(
+            1 for e in self.entries if e.get("kind") == "charge" and session in (None, e["session"])
+        )
 
     def allows_next_round(self) -> bool:
         """The ledger's."""
@@ -257,10 +263,7 @@ class Journaled:
                 had: it was truncated or replaced, and resuming would forget releases.
         """
         saved = int(state.get("charges", 0))
-        mine = sum(
-            1 for e in self.entries if e.get("kind") == "charge" and e["session"] == self.session
-        )
-        if self.charges - mine < saved:
+        if self.charges - self._count(self.session) < saved:
             raise JournalError(
                 f"{self.path}: the privacy journal holds fewer charges than the checkpoint's "
                 f"ledger ({saved}); resuming would forget releases: start a new run"

@@ -8,9 +8,6 @@ each declare
 
 * ``privacy_mode``: ``"central"``, ``"local"``, ``"distributed"`` or ``"dpsgd"``, the
   name the combination rules (:mod:`fedray.compat`) judge it by;
-* ``trusts_server``: whether the guarantee assumes an honest server (central DP) or
-  protects against it (the others: then nothing a client's data decides may leave its
-  host except the mechanism's noised release);
 * ``accountant(facts)``: its privacy ledger, built from its own parameters and the
   run's :class:`RunFacts` (δ, the sampling, the model's size, the shard sizes).
 
@@ -61,11 +58,6 @@ class DPMechanism(Protocol):
     @property
     def privacy_mode(self) -> str:
         """``"central"``, ``"local"``, ``"distributed"`` or ``"dpsgd"``."""
-        ...
-
-    @property
-    def trusts_server(self) -> bool:
-        """Whether the guarantee assumes an honest server (only central DP's does)."""
         ...
 
     def accountant(self, facts: RunFacts) -> Any:

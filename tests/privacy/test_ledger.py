@@ -164,7 +164,10 @@ def test_a_target_epsilon_is_also_the_ledgers_budget():
         }
     )
     assert build.budget(cfg) == pytest.approx(3.0)
-    ledger = build.dp_accountant(cfg, build.dp_mechanism(cfg))
+    from types import SimpleNamespace
+
+    hosts = SimpleNamespace(num_clients=10, host_info=[])
+    ledger = build.ledger(cfg, build.build_strategy(cfg), hosts)
     for _ in range(cfg.rounds):  # the planned rounds fit exactly ...
         assert ledger.allows_next_round()
         ledger.record([0])

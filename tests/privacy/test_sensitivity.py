@@ -25,8 +25,12 @@ def test_adaptive_clipping_count_multiplier_is_the_one_accounted():
             "privacy": {"dp": {"noise_multiplier": 1.0, "delta": 1e-5, "clip": "adaptive"}},
         }
     )
-    agg = build.dp_mechanism(cfg)
-    accounted = build.dp_accountant(cfg, agg).count_noise_multiplier
+    from types import SimpleNamespace
+
+    strategy = build.build_strategy(cfg)
+    (agg,) = strategy.dp_mechanisms()
+    hosts = SimpleNamespace(num_clients=400, host_info=[])
+    accounted = build.ledger(cfg, strategy, hosts).count_noise_multiplier
     state = agg.init([np.zeros(3, np.float32)])
     info = RoundInfo(1, 0, num_sampled=1, settings=state["round_settings"])
 
