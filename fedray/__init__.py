@@ -38,6 +38,6 @@ def sweep(config: Any, **kwargs: Any) -> Any:
     return _sweep(config, **kwargs)
 
 
-from fedray import strategy  # noqa: E402 - light (numpy), so ``fedray.strategy.fedavg()`` works
+from fedray import features, strategy  # noqa: E402 - light (numpy): fedray.strategy.fedavg()
 
-__all__ = ["__version__", "fit", "run", "strategy", "sweep"]
+__all__ = ["__version__", "features", "fit", "run", "strategy", "sweep"]

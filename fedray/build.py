@@ -23,7 +23,7 @@ from fedray.aggregators import (
     Mean,
     SecureAggregation,
 )
-from fedray.aggregators.compression import Quantize, Rotate, TopK
+from fedray.aggregators.compression import Quantize, Rotate
 from fedray.build_privacy import (
     budget,
     canary_audit,
@@ -35,10 +35,12 @@ from fedray.build_privacy import (
     warn_on_delta,
 )
 from fedray.callbacks import Callback
-from fedray.compat import check_compatible, strategy_features
+from fedray.compat import check_compatible, check_declared, strategy_features
 from fedray.config import Config, features
 from fedray.datafiles import FILE_KINDS, check_file
 from fedray.errors import ConfigError, one_line
+from fedray.features import TopK
+from fedray.features.base import reports_needed
 from fedray.memory import InMemory
 from fedray.models import check_importable
 from fedray.privacy import DPSGD
@@ -135,20 +137,24 @@ def build_strategy(
         composed = replace(composed, aggregator=secure_aggregation(cfg, composed.aggregator))
     else:
         composed = replace(composed, aggregator=compressed(cfg, composed.aggregator))
+        if cfg.compression.topk is not None:  # a feature: its residual stays per client
+            topk = TopK(
+                fraction=cfg.compression.topk, error_feedback=cfg.compression.error_feedback
+            )
+            composed = replace(composed, features=(*composed.features, topk))
     if cfg.strategy.norm_bound is not None:
         composed = with_norm_bound(composed, cfg.strategy.norm_bound)
+    check_declared(composed.features, {**features(cfg), **strategy_features(composed)})
     return composed
 
 
 def compressed(cfg: Config, inner: Any) -> Any:
-    """``compression.*`` around ``inner``: quantize innermost, then rotate, then top-k."""
+    """``compression.*`` around ``inner``: quantize innermost, then rotate (top-k is a feature)."""
     c = cfg.compression
     if c.quantize_bits is not None:
         inner = Quantize(inner=inner, bits=c.quantize_bits)
     if c.rotate:
         inner = Rotate(inner=inner)
-    if c.topk is not None:
-        inner = TopK(inner=inner, fraction=c.topk, error_feedback=c.error_feedback)
     return inner
 
 
@@ -263,11 +269,13 @@ def pre_aggregates(cfg: Config, strategy: Strategy) -> bool:
     """Whether hosts send one partial sum each (``runtime.pre_aggregate``, when possible).
 
     Possible with a linear (:class:`~fedray.aggregators.LinearAggregator`) aggregator in
-    synchronous rounds without over-commitment, which must see single arrivals.
+    synchronous rounds without over-commitment, which must see single arrivals, and when
+    no feature reports per client (its server half reads every participant's report).
     """
     return (
         cfg.runtime.pre_aggregate
         and isinstance(strategy.aggregator, LinearAggregator)
+        and not reports_needed(strategy.features)
         and strategy.buffering is None
         and cfg.strategy.over_commit == 0
     )
@@ -287,6 +295,7 @@ def make_executor(
         )
     options: dict[str, Any] = {
         "client": strategy.client,
+        "features": strategy.features,
         "pre_aggregate": pre_aggregates(cfg, strategy),
         "max_update_norm": cfg.strategy.max_update_norm,
         "source": source,

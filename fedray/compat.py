@@ -14,7 +14,7 @@ Layer 1: knows the aggregators and strategies, never the config or the runtime.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +26,14 @@ from fedray.aggregators import (
     Mean,
     Median,
     NormBound,
-    Scaffold,
     SecureAggregation,
     StalenessWeighted,
     TrimmedMean,
 )
 from fedray.aggregators.base import Aggregator
-from fedray.aggregators.compression import Quantize, Rotate, TopK
+from fedray.aggregators.compression import Quantize, Rotate
 from fedray.errors import ConfigError
+from fedray.features.base import Feature, RunShape, check_features
 from fedray.privacy.mechanism import DPMechanism
 
 MEAN_RECIPES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
@@ -293,13 +293,6 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "strategy.over_commit",
         _NAME,
-        "late clients would update their control variates "
-        "unseen by the server; set strategy.over_commit=0",
-        when_b=_is("scaffold"),
-    ),
-    Rule(
-        "strategy.over_commit",
-        _NAME,
         "fedbuff is already asynchronous (use strategy.concurrency); set strategy.over_commit=0",
         when_b=_is("fedbuff"),
     ),
@@ -324,19 +317,6 @@ RULES: tuple[Rule, ...] = (
         when_a=_is("fedray"),
     ),
     # --- balanced hosts: a client may train in any host, so nothing of it may stay in one --
-    Rule(
-        "runtime.balance",
-        _NAME,
-        "a client's control variate stays in the host that last "
-        "trained it, which changes from round to round; set runtime.balance=false",
-        when_b=_is("scaffold"),
-    ),
-    Rule(
-        "runtime.balance",
-        "compression.topk",
-        "a client's top-k residual stays in the host "
-        "that last trained it, which changes from round to round; set runtime.balance=false",
-    ),
     Rule(
         "runtime.balance",
         _SA,
@@ -423,7 +403,6 @@ _RULE_NAMES: tuple[tuple[type, str], ...] = (
     (Median, "fedmedian"),
     (TrimmedMean, "trimmed_mean"),
     (Krum, "krum"),
-    (Scaffold, "scaffold"),
     (StalenessWeighted, "fedbuff"),
 )
 
@@ -451,11 +430,23 @@ _WRAPPER_KEYS: tuple[tuple[type, str, Callable[[Any], Any]], ...] = (
     (NormBound, "strategy.norm_bound", lambda a: a.max_norm),
     (SecureAggregation, _SA, lambda a: True),
     (Quantize, "compression.quantize_bits", lambda a: a.bits),
-    (TopK, "compression.topk", lambda a: a.fraction),
     (Rotate, "compression.rotate", lambda a: True),
     (Mean, "strategy.weighting", lambda a: "examples" if a.weighting == "examples" else None),
 )
 """Aggregator type -> the config key it stands for and its value (None: not on)."""
+
+
+def _chain_keys(links: list[Aggregator]) -> dict[str, Any]:
+    """The config keys the aggregator chain's links stand for."""
+    out: dict[str, Any] = {}
+    for agg in links:
+        for kind, key, value in _WRAPPER_KEYS:
+            if isinstance(agg, kind) and value(agg) is not None:
+                out[key] = value(agg)
+        for kind, name in _RULE_NAMES:
+            if isinstance(agg, kind):
+                out.setdefault(_NAME, name)
+    return out
 
 
 def strategy_features(strategy: Any) -> dict[str, Any]:
@@ -484,13 +475,10 @@ def strategy_features(strategy: Any) -> dict[str, Any]:
         )
     if mechanisms:
         out[_DP] = mechanisms[0].privacy_mode
-    for agg in links:
-        for kind, key, value in _WRAPPER_KEYS:
-            if isinstance(agg, kind) and value(agg) is not None:
-                out[key] = value(agg)
-        for kind, name in _RULE_NAMES:
-            if isinstance(agg, kind):
-                out.setdefault(_NAME, name)
+    out.update(_chain_keys(links))
+    for feature in strategy.features:  # what each feature declares it stands for
+        for key, value in feature.declaration().keys.items():
+            out.setdefault(key, value)
     if strategy.buffering is not None:
         out[_NAME] = "fedbuff"
     if _NAME not in out:
@@ -499,3 +487,28 @@ def strategy_features(strategy: Any) -> dict[str, Any]:
         named = strategy.name if strategy.name in MEAN_RECIPES else "fedavg"
         out[_NAME] = named if linear else f"custom({type(base).__name__})"
     return dict(sorted(out.items()))
+
+
+def check_declared(features: Sequence[Feature], run: Mapping[str, Any]) -> None:
+    """Judge ``features`` by their declarations in a run described by config keys.
+
+    ``run`` is the flat mapping :func:`check_compatible` reads (a config's, merged with
+    a hand-composed strategy's :func:`strategy_features`), so a configured run and a
+    hand-composed one are judged alike.
+
+    Raises:
+        ConfigError: One line naming the feature and the other side (see
+            :func:`fedray.features.check_features`).
+    """
+    mode = run.get(_DP)
+    bounds = [k for k in ("strategy.norm_bound", "strategy.max_update_norm") if _on(run.get(k))]
+    shape = RunShape(
+        norm_bound=f"{bounds[0]}={run[bounds[0]]!r}" if bounds else None,
+        mechanism=None if mode is None else f"{_DP}={mode!r}",
+        in_training=mode == "dpsgd",
+        secure=bool(run.get(_SA)),
+        buffered=run.get(_NAME) == "fedbuff",
+        balanced=bool(run.get("runtime.balance")),
+        over_commit=run.get("strategy.over_commit") or 0,
+    )
+    check_features(features, shape)

@@ -53,8 +53,9 @@ class ClientUpdate:
         metrics: Client-side training metrics, e.g. ``{"loss": 0.3}``; logged.
         protocol: Values for the aggregator, never logged: DP's centred unclipped
             bit, a decoded secure sum's client count, FedBuff's staleness.
-        extras: Further per-client arrays with the structure of the params, e.g.
-            SCAFFOLD's control-variate change ``{"delta_c": ...}``.
+        reports: One entry per feature of the strategy (:mod:`fedray.features`), by
+            position: what its client half reported to its server half (SCAFFOLD's
+            control-variate change), or None.
         masked: Under secure aggregation, the quantized and masked update (a flat
             integer vector mod 2^r); ``delta`` is then empty: the server never sees it.
     """
@@ -63,7 +64,7 @@ class ClientUpdate:
     delta: Params
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
-    extras: dict[str, Params] = field(default_factory=dict)
+    reports: tuple[Params | None, ...] = ()
     masked: np.ndarray | None = None
     protocol: dict[str, float] = field(default_factory=dict)
 

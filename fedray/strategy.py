@@ -26,12 +26,12 @@ from fedray.aggregators import (
     Mean,
     Median,
     NormBound,
-    Scaffold,
     StalenessWeighted,
     TrimmedMean,
 )
 from fedray.aggregators.mean import Weighting
-from fedray.compat import check_compatible, dp_mechanisms, strategy_features
+from fedray.compat import check_compatible, check_declared, dp_mechanisms, strategy_features
+from fedray.features import Feature, FedProx, Scaffold
 from fedray.privacy.dpsgd import DPSGD
 from fedray.privacy.mechanism import DPMechanism
 from fedray.records import Buffering
@@ -43,21 +43,10 @@ class ClientOptions:
     """How clients train, as decided by the strategy (sent to hosts once, at start-up).
 
     Attributes:
-        proximal_mu: FedProx's mu: local steps minimise ``f(w) + mu/2 * ||w - w_global||^2``
-            (Li et al., MLSys 2020, arXiv:1812.06127). 0 is plain local training.
-        control_variates: SCAFFOLD's local steps ``g - c_i + c`` and control-variate
-            updates (Karimireddy et al., ICML 2020, arXiv:1910.06378); the server
-            variate ``c`` arrives in the broadcast extras as ``"control"``.
         dp_sgd: Example-level DP-SGD local steps (:class:`DPSGD`), or None.
     """
 
-    proximal_mu: float = 0.0
-    control_variates: bool = False
     dp_sgd: DPSGD | None = None
-
-    def __post_init__(self) -> None:
-        if not self.proximal_mu >= 0:
-            raise ValueError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
 
 
 @dataclass(frozen=True)
@@ -71,12 +60,16 @@ class Strategy:
         min_fit_clients: A round commits only if at least this many clients succeed;
             also the minimum number sampled.
         name: Recipe name, for logs and summaries.
-        client: How clients train (e.g. FedProx's ``proximal_mu``).
+        client: How clients train (DP-SGD).
         buffering: If set, rounds are asynchronous server steps (FedBuff): clients train
             continuously and every ``buffer_size`` arrivals make one server step.
         sampling: ``"fixed"`` samples ``round(fraction_fit * N)`` distinct clients;
             ``"poisson"`` lets each client join independently with probability
             ``fraction_fit`` (the sampling DP accounting assumes; the count varies).
+        features: Algorithms with a client half and a server half, in order
+            (:mod:`fedray.features`: FedProx's term, SCAFFOLD's variates, top-k, or
+            the user's own). Their client halves run after local training and before
+            the aggregator's ``encode``; their server halves after the aggregator.
     """
 
     aggregator: Aggregator = field(default_factory=Mean)
@@ -87,6 +80,7 @@ class Strategy:
     client: ClientOptions = field(default_factory=ClientOptions)
     buffering: Buffering | None = None
     sampling: str = "fixed"
+    features: tuple[Feature, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction_fit <= 1.0:
@@ -95,6 +89,12 @@ class Strategy:
             raise ValueError(f"min_fit_clients must be >= 0, got {self.min_fit_clients}")
         if self.sampling not in ("fixed", "poisson"):
             raise ValueError(f"sampling must be 'fixed' or 'poisson', got {self.sampling!r}")
+        for f in self.features:
+            if not isinstance(f, Feature):
+                raise TypeError(
+                    f"features: {f!r} is a {type(f).__name__}; expected fedray.features.Feature "
+                    "objects (FedProx(mu=0.01), Scaffold(), TopK(0.01), or a subclass)"
+                )
 
     def dp_mechanisms(self) -> list[DPMechanism]:
         """The differential-privacy mechanisms the strategy holds: whether the run is private.
@@ -167,12 +167,11 @@ def fedprox(*, mu: float = 0.01, fraction_fit: float = 1.0, min_fit_clients: int
     The aggregation and server step are FedAvg's; ``mu = 0`` trains exactly like FedAvg.
     """
     base = fedavg(fraction_fit=fraction_fit, min_fit_clients=min_fit_clients)
-    return replace(base, name="fedprox", client=ClientOptions(proximal_mu=mu))
+    return replace(base, name="fedprox", features=(FedProx(mu),))
 
 
 def scaffold(
     *,
-    num_clients: int,
     server_learning_rate: float = 1.0,
     fraction_fit: float = 1.0,
     min_fit_clients: int = 1,
@@ -183,12 +182,12 @@ def scaffold(
     the server variate is broadcast with the weights.
     """
     return Strategy(
-        aggregator=Scaffold(Mean(weighting="uniform"), num_clients=num_clients),
+        aggregator=Mean(weighting="uniform"),
         server_optimizer=ServerSGD(server_learning_rate),
         fraction_fit=fraction_fit,
         min_fit_clients=min_fit_clients,
         name="scaffold",
-        client=ClientOptions(control_variates=True),
+        features=(Scaffold(),),
     )
 
 
@@ -335,6 +334,7 @@ def with_dp(
     if mode == "distributed":  # with_dp goes first; the build wraps secure aggregation next
         features["privacy.secure_aggregation.enabled"] = True
     check_compatible(features)
+    check_declared(strategy.features, features)
     if isinstance(mechanism, LocalDP):
         return replace(strategy, aggregator=mechanism)
     return replace(strategy, aggregator=mechanism, sampling=sampling, min_fit_clients=0)

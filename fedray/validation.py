@@ -45,7 +45,7 @@ def diagnose(
                 "invalid",
                 f"update norm {norm:.4g} exceeds strategy.max_update_norm={max_norm:g}",
             )
-    return _extras(update, reference)
+    return _reports(update)
 
 
 def _masked(update: ClientUpdate) -> tuple[str, str] | None:
@@ -58,14 +58,11 @@ def _masked(update: ClientUpdate) -> tuple[str, str] | None:
     return None
 
 
-def _extras(update: ClientUpdate, reference: Params) -> tuple[str, str] | None:
-    """The update's further arrays (SCAFFOLD's delta_c): the params' structure, finite."""
-    for name, arrays in update.extras.items():
-        problem = tree.structure_mismatch(arrays, reference)
-        if problem is not None:
-            return "invalid", f"wrong {name} structure: {problem}"
-        if not tree.all_finite(arrays):
-            return "nan", f"{name} contains NaN or Inf"
+def _reports(update: ClientUpdate) -> tuple[str, str] | None:
+    """What the update's features reported (SCAFFOLD's delta_c): finite."""
+    for i, report in enumerate(update.reports):
+        if report is not None and not tree.all_finite(report):
+            return "nan", f"feature {i}'s report contains NaN or Inf"
     return None
 
 

@@ -28,7 +28,7 @@ class QuadraticExecutor:
     def initial_params(self):
         return [np.zeros_like(self.targets[0])]
 
-    def broadcast(self, params, extras=None):
+    def broadcast(self, params, downs=None):
         self.broadcasts += 1
         out = [np.array(p) for p in params]
         for p in out:
@@ -94,7 +94,7 @@ class NumpyTrainer:
     A drop-in :class:`fedray.client.trainer.Trainer` for real hosts, so the whole
     stack (config, build, loop, executor, host, aggregators) runs without TensorFlow.
     Params are a ``Dense(1)``'s: ``[W (d, 1), b (1,)]``. Minibatch SGD on the MSE, shuffled
-    by the job's seed; FedProx's ``mu (w - w_global)``, SCAFFOLD's correction, and
+    by the job's seed; FedProx's ``mu (w - w_global)``, the features' gradient offset, and
     DP-SGD's Poisson batches with per-example clipping and Gaussian noise, seeded by
     the job's noise seed.
     """
@@ -179,10 +179,10 @@ class NumpyTrainer:
                     idx = order[i * self.batch : (i + 1) * self.batch]
                 gw, gb = self._gradient(x[idx], y[idx], w, b, noise)
                 losses.append(float(np.mean((x[idx] @ w + b - y[idx]) ** 2)) if len(idx) else 0)
-                mu = client.proximal_mu
+                mu = self.spec.objective.proximal
                 gw, gb = gw + mu * (w - w0), gb + mu * (b - b0)
-                if job.correction is not None:
-                    gw, gb = gw + job.correction[0], gb + job.correction[1]
+                if job.offset is not None:
+                    gw, gb = gw + job.offset[0], gb + job.offset[1]
                 w, b = w - self.lr * gw, b - self.lr * gb
         delta = [(w - w0).astype(np.float32), (b - b0).astype(np.float32)]
         return delta, {"loss": float(np.mean(losses)) if losses else 0.0}

@@ -36,6 +36,7 @@ LIGHT = [
     "fedray.client.trainer",
     "fedray.client.behaviours",
     "fedray.compat",
+    "fedray.features",
     "fedray.build",
     "fedray.build_privacy",
     "fedray.memory",
@@ -127,6 +128,7 @@ LAYERS = {
         "validation",
         "attacks",
         "compat",
+        "features",
     ],
     2: ["loop", "callbacks", "checkpoint"],
 }

@@ -1,13 +1,12 @@
 """Aggregators: pure-numpy rules that turn client updates into one delta."""
 
-from fedray.aggregators.base import Aggregator, LinearAggregator, broadcast, client_settings
+from fedray.aggregators.base import Aggregator, LinearAggregator, client_settings
 from fedray.aggregators.clip import NormBound, clip_update
 from fedray.aggregators.distributed_dp import DistributedDP
 from fedray.aggregators.dp import AdaptiveClip, CentralDP, LocalDP
 from fedray.aggregators.mean import Mean, weighted_mean
 from fedray.aggregators.presum import combine, presum
 from fedray.aggregators.robust import Krum, Median, TrimmedMean
-from fedray.aggregators.scaffold import Scaffold
 from fedray.aggregators.secure import SecureAggregation
 from fedray.aggregators.staleness import StalenessWeighted, staleness_weight
 
@@ -22,11 +21,9 @@ __all__ = [
     "Mean",
     "Median",
     "NormBound",
-    "Scaffold",
     "SecureAggregation",
     "StalenessWeighted",
     "TrimmedMean",
-    "broadcast",
     "client_settings",
     "clip_update",
     "combine",

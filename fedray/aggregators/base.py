@@ -12,15 +12,13 @@ the sums of their ``protocol`` values) is a :class:`LinearAggregator`: hosts may
 send one pre-aggregated sum for all their clients (:mod:`fedray.aggregators.presum`)
 instead of every update, and secure aggregation can hand it its decoded sum.
 
-Two optional hooks say what the aggregator sends with each round, instead of keys
-the loop would have to know inside its state:
+One optional hook says what the aggregator sends with each round:
+``client_settings(state) -> {name: float}``, per-round scalars for the clients'
+``encode`` (``RoundInfo.settings``; DP's adaptive clip norm). What an algorithm sends
+and keeps beyond the update rule (SCAFFOLD's variates, top-k's residual) is a feature's
+(:mod:`fedray.features`).
 
-* ``client_settings(state) -> {name: float}``: per-round scalars for the clients'
-  ``encode`` (``RoundInfo.settings``; DP's adaptive clip norm);
-* ``broadcast(state) -> {name: Params}``: arrays sent with the weights (SCAFFOLD's
-  server control variate).
-
-Wrappers hold an ``inner`` aggregator, add exactly one concern, and pass both hooks
+Wrappers hold an ``inner`` aggregator, add exactly one concern, and pass the hook
 through. Measurements are reported to callbacks and never mixed into the parameters.
 """
 
@@ -126,20 +124,10 @@ def client_settings(aggregator: Aggregator, state: AggState) -> dict[str, float]
     return {} if inner is None else client_settings(inner, state.get("inner", state))
 
 
-def broadcast(aggregator: Aggregator, state: AggState) -> dict[str, Params] | None:
-    """The arrays ``aggregator`` sends with the weights (None without the hook)."""
-    hook = getattr(aggregator, "broadcast", None)
-    if hook is None:
-        inner = getattr(aggregator, "inner", None)  # a wrapper without the hook: its inner's
-        return None if inner is None else broadcast(inner, state.get("inner", state))
-    out = hook(state)
-    return dict(out) if out else None
-
-
 class SameState:
     """For wrappers whose state is their ``inner`` aggregator's, unchanged.
 
-    Supplies ``init``, ``encode`` and both hooks by delegation, so a wrapper that
+    Supplies ``init``, ``encode`` and the hook by delegation, so a wrapper that
     adds one server-side concern (clipping, staleness weights) writes only its
     ``aggregate``.
     """
@@ -157,10 +145,6 @@ class SameState:
     def client_settings(self, state: AggState) -> dict[str, float]:
         """The inner aggregator's (the state is the inner state)."""
         return client_settings(self.inner, state)
-
-    def broadcast(self, state: AggState) -> dict[str, Params] | None:
-        """The inner aggregator's."""
-        return broadcast(self.inner, state)
 
 
 class Unweighted(LinearAggregator):

@@ -1,10 +1,7 @@
-"""Update compression as aggregator wrappers: quantize, top-k with error feedback, rotate.
+"""Update compression as aggregator wrappers: quantize and rotate.
 
 * :class:`Quantize`: b-bit unbiased stochastic rounding of each array over its own
   range (QSGD, Alistarh et al., NeurIPS 2017, arXiv:1610.02132).
-* :class:`TopK`: the largest fraction of coordinates, with error feedback: what is not
-  sent is added to the client's next update (Stich, Cordonnier & Jaggi, NeurIPS 2018,
-  arXiv:1809.07599; Karimireddy et al., ICML 2019, arXiv:1901.09847).
 * :class:`Rotate`: a randomized Hadamard rotation with the round's shared signs before
   the inner compression, undone after it, so that quantization sees a flat vector
   (Suresh, Yu, Kumar & McMahan, ICML 2017, arXiv:1611.00429).
@@ -14,9 +11,8 @@ would decode, and hands that to the inner aggregator's ``encode`` (DP's clip the
 last, so the sensitivity the accountant assumes holds; clipping only rescales, which the
 encoding carries as one more number). The arrays that travel in this simulation are the
 reconstruction; :func:`wire_bytes` says how many bytes the encoded update takes, and
-the loop logs it (``comm/bytes_up``). Top-k's residual is per-client state: it comes
-into ``encode`` as ``extras["state/topk_residual"]`` and goes back out the same way;
-the host keeps every ``state/`` entry (and checkpoints it), never sends it.
+the loop logs it (``comm/bytes_up``). Top-k, which keeps a residual per client, is a
+feature (:mod:`fedray.features.topk`).
 
 Layer 1: numpy only.
 """
@@ -31,27 +27,9 @@ from typing import Any
 import numpy as np
 
 from fedray import tree
-from fedray.aggregators.base import Aggregator, broadcast, client_settings
+from fedray.aggregators.base import Aggregator, client_settings
 from fedray.privacy.discrete import padded_dim, rotate, rotation_signs, unrotate
 from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
-
-STATE = "state/"
-"""``extras`` keys with this prefix are the client's own state, kept in its host."""
-RESIDUAL = STATE + "topk_residual"
-
-
-def with_state(update: ClientUpdate, kept: dict[str, Params] | None) -> ClientUpdate:
-    """``update`` with its client's kept ``state/`` extras, for ``encode``."""
-    return replace(update, extras={**update.extras, **kept}) if kept else update
-
-
-def split_state(update: ClientUpdate) -> tuple[ClientUpdate, dict[str, Params]]:
-    """(what leaves the host, the ``state/`` extras the host keeps)."""
-    kept = {k: v for k, v in update.extras.items() if k.startswith(STATE)}
-    if not kept:
-        return update, {}
-    rest = {k: v for k, v in update.extras.items() if k not in kept}
-    return replace(update, extras=rest), kept
 
 
 def _coins(info: RoundInfo, cid: int, salt: int) -> np.random.Generator:
@@ -87,10 +65,6 @@ class _Wrapper:
         """The inner aggregator's."""
         return client_settings(self.inner, state["inner"])
 
-    def broadcast(self, state: AggState) -> dict[str, Params] | None:
-        """The inner aggregator's."""
-        return broadcast(self.inner, state["inner"])
-
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
     ) -> tuple[Params, AggState, Metrics]:
@@ -123,47 +97,6 @@ class Quantize(_Wrapper):
 
 
 @dataclass(frozen=True)
-class TopK(_Wrapper):
-    """The ``fraction`` largest coordinates of update + residual (``compression.topk``).
-
-    Attributes:
-        inner: Receives the sparse update.
-        fraction: Share of the coordinates sent, in (0, 1].
-        error_feedback: Keep what was not sent and add it to the next update.
-    """
-
-    inner: Aggregator
-    fraction: float = 0.01
-    error_feedback: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0 < self.fraction <= 1:
-            raise ValueError(f"compression.topk must be in (0, 1], got {self.fraction}")
-
-    def kept(self, dim: int) -> int:
-        """k: coordinates sent of ``dim``."""
-        return max(1, math.ceil(self.fraction * dim))
-
-    def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
-        """In the host: add the residual, keep the top k, store the new residual."""
-        extras = dict(update.extras)
-        residual = extras.pop(RESIDUAL, None)
-        flat = tree.flatten(update.delta)
-        if residual is not None:
-            flat = flat + tree.flatten(residual)
-        k = self.kept(flat.size)
-        keep = np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :]
-        sparse = np.zeros_like(flat)
-        sparse[keep] = flat[keep]
-        out = tree.unflatten_like(sparse, update.delta)
-        rest = tree.unflatten_like(flat - sparse, update.delta)
-        encoded = self.inner.encode(replace(update, delta=out, extras=extras), info)
-        if not self.error_feedback:
-            return encoded
-        return replace(encoded, extras={**encoded.extras, RESIDUAL: rest})
-
-
-@dataclass(frozen=True)
 class Rotate(_Wrapper):
     """Randomized Hadamard rotation around the inner compression (``compression.rotate``).
 
@@ -187,9 +120,9 @@ def wire_bytes(aggregator: Any, params: Params, clients: int = 1) -> int:
     """Bytes one client's encoded update takes on the way up.
 
     float32 coordinates by default; :class:`Quantize` sends b bits per coordinate plus
-    its range (and the clip's scale), :class:`TopK` a value and an int32 index per kept
-    coordinate, :class:`Rotate` pads to the next power of two; secure aggregation sends
-    r bits per coordinate of its masked vector (r grows with the ``clients`` summed).
+    its range (and the clip's scale), :class:`Rotate` pads to the next power of two;
+    secure aggregation sends r bits per coordinate of its masked vector (r grows with
+    the ``clients`` summed).
 
     >>> wire_bytes(Quantize(inner=None, bits=4), [np.zeros(10), np.zeros(6)])
     32
@@ -208,7 +141,5 @@ def wire_bytes(aggregator: Any, params: Params, clients: int = 1) -> int:
             rotated, sizes = True, [padded_dim(dim)]
         elif isinstance(current, Quantize):
             return sum(math.ceil(n * current.bits / 8) for n in sizes) + 12 * len(sizes)
-        elif isinstance(current, TopK):
-            return min(8 * current.kept(dim), 4 * dim)
         current = getattr(current, "inner", None)
     return 4 * (padded_dim(dim) if rotated else dim)

@@ -7,9 +7,10 @@ host serves one or many clients, one after another, with one trainer
 
 1. ``__init__``: load the shards (or take ``fedray.fit``'s), apply simulated label
    flips, and start the trainer (the compiled model and its traced loops).
-2. ``fit``: plan each sampled client (simulated faults, straggling, SCAFFOLD's
-   correction), train them all in one trainer call, then finish each update on its
-   own: control variates, the aggregator's ``encode``, masking, simulated attacks.
+2. ``fit``: plan each sampled client (simulated faults, straggling, the features'
+   gradient offsets), train them all in one trainer call, then finish each update on
+   its own: the features' client halves (:mod:`fedray.features`, with each client's
+   state kept here), the aggregator's ``encode``, masking, simulated attacks.
    With pre-aggregation the host validates and sums them into one
    :class:`~fedray.records.PartialSum`.
 3. ``secure_step``: the client side of secure aggregation; secret keys stay here.
@@ -28,7 +29,6 @@ import numpy as np
 
 from fedray import tree
 from fedray.aggregators import LinearAggregator, SecureAggregation, presum
-from fedray.aggregators.compression import STATE, split_state, with_state
 from fedray.attacks import attack_update, choose_attackers, flip_labels
 from fedray.client.behaviours import (
     simulated_delay,
@@ -40,6 +40,7 @@ from fedray.client.spec import HostSpec, Trainer, TrainJob, client_seed, noise_s
 from fedray.client.state_store import ClientState, ClientStateStore
 from fedray.compat import dp_mechanisms
 from fedray.errors import ConfigError, HostFaultError, one_line
+from fedray.features.base import Trained, client_offset, client_update
 from fedray.records import (
     ClientEval,
     ClientFailure,
@@ -126,8 +127,9 @@ class ClientHost:
 
             make = KerasTrainer
         self.trainer: Trainer = make(spec, host_data)
-        self._controls: dict[int, Params] = {}  # SCAFFOLD's client control variates
-        self._kept: dict[int, dict[str, Params]] = {}  # encode's "state/" extras per client
+        self._features = tuple(spec.features)
+        self._start_loss = any(f.declaration().start_loss for f in self._features)
+        self._states: dict[int, list[Params]] = {}  # per client, one state per feature
         self._store = (  # where the clients' state is saved: this side of the trust line
             None
             if spec.state_dir is None
@@ -176,26 +178,24 @@ class ClientHost:
         client_ids: Sequence[int],
         params: Params,
         info: RoundInfo,
-        extras: dict[str, Params] | None = None,
+        downs: tuple[Params | None, ...] | None = None,
     ) -> list[ClientUpdate | ClientFailure | PartialSum]:
         """Train each client from ``params``; a client that raises becomes a ClientFailure.
 
         The clients train one after another inside one traced call (in chunks that
         keep the stacked updates under ~64 MB); then each update is encoded, masked or
-        attacked on its own. ``extras`` carries what the aggregator broadcasts beside
-        the weights (SCAFFOLD's server control variate ``"control"``). Results come
+        attacked on its own. ``downs`` holds each feature's downlink, sent beside the
+        weights (SCAFFOLD's server control variate). Results come
         back in the order of ``client_ids``; with ``spec.pre_aggregate`` the valid
         updates come back as one :class:`PartialSum` (first), followed by the failures.
         """
         self._check()
         done: dict[int, ClientUpdate | ClientFailure] = {}
         jobs: list[_Job] = []
-        server_c = None  # SCAFFOLD's server control variate c: the same for every client
-        if self.spec.client.control_variates:
-            server_c = (extras or {}).get("control") or [np.zeros_like(p) for p in params]
+        down = downs if downs is not None else (None,) * len(self._features)
         for cid in client_ids:
             try:
-                jobs.append(self._plan_fit(cid, params, info, server_c))
+                jobs.append(self._plan_fit(cid, params, info, down))
             except _SkipClientError as skip:
                 done[cid] = ClientFailure(cid, str(skip), skip.cause)
             except HostFaultError:
@@ -207,7 +207,7 @@ class ClientHost:
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]
             for job, outcome in zip(part, self._train(part, params, info), strict=True):
-                done[job.cid] = self._finished(job, outcome, info, server_c)
+                done[job.cid] = self._finished(job, outcome, params, info, down)
         # The host screens each update as the driver will (which still checks): a NaN or
         # a wrong shape is then reported by the host that served it, as its client's own.
         norm = self.spec.max_update_norm
@@ -220,14 +220,15 @@ class ClientHost:
         self,
         job: _Job,
         outcome: tuple[Params, Metrics] | ClientFailure,
+        params: Params,
         info: RoundInfo,
-        server_c: Params | None,
+        down: tuple[Params | None, ...],
     ) -> ClientUpdate | ClientFailure:
         """A trained client's update (:meth:`_finish_fit`), or why it failed."""
         if isinstance(outcome, ClientFailure):
             return outcome
         try:
-            return self._finish_fit(job, *outcome, info, server_c)
+            return self._finish_fit(job, *outcome, params, info, down)
         except _SkipClientError as skip:
             return ClientFailure(job.cid, str(skip), skip.cause)
         except MissingKeysError as exc:  # a re-run after a restart: a protocol dropout
@@ -293,7 +294,15 @@ class ClientHost:
             return failures
         return [presum(valid, self.spec.aggregator), *failures]
 
-    def _plan_fit(self, cid: int, params: Params, info: RoundInfo, server_c: Params | None) -> _Job:
+    def _state(self, cid: int, params: Params) -> list[Params]:
+        """Client ``cid``'s state, one per feature (each feature's ``client_init`` at first)."""
+        if cid not in self._states:
+            self._states[cid] = [f.client_init(params) for f in self._features]
+        return self._states[cid]
+
+    def _plan_fit(
+        self, cid: int, params: Params, info: RoundInfo, down: tuple[Params | None, ...]
+    ) -> _Job:
         """What one client runs this round; raises for a missing client or a simulated fault."""
         if cid not in self._examples:
             raise KeyError(f"client {cid} is not hosted here ({list(self._examples)})")
@@ -314,15 +323,9 @@ class ClientHost:
             raise _SkipClientError(
                 "straggler", f"straggler dropped: {steps} of {total} local steps"
             )
-        correction = None
-        if server_c is not None:
-            own_c = self._controls.setdefault(cid, [np.zeros_like(p) for p in params])
-            correction = [
-                np.subtract(c, ci, dtype=np.asarray(p).dtype)
-                for c, ci, p in zip(server_c, own_c, params, strict=True)
-            ]
+        offset = client_offset(self._features, down, self._state(cid, params), params)
         seed = client_seed(info.seed, info.server_round, cid)
-        job = TrainJob(cid, steps, seed, noise_seed(self.spec.client.dp_sgd, info, cid), correction)
+        job = TrainJob(cid, steps, seed, noise_seed(self.spec.client.dp_sgd, info, cid), offset)
         return _Job(job, total, fault)
 
     def _finish_fit(
@@ -330,45 +333,36 @@ class ClientHost:
         job: _Job,
         delta: Params,
         metrics: Metrics,
+        params: Params,
         info: RoundInfo,
-        server_c: Params | None,
+        down: tuple[Params | None, ...],
     ) -> ClientUpdate:
-        """One trained client's update: control variates, encode, mask, simulated faults."""
+        """One trained client's update: the features' client halves, encode, mask, faults."""
         cid, steps, total = job.train.cid, job.train.steps, job.total
         if job.fault == "nan":  # a broken client: the driver must reject this update
             delta = [np.full_like(d, np.nan) for d in delta]
         if not tree.all_finite(delta):
-            if not self._private:  # before its control variate or residual takes it in
+            if not self._private:  # before a feature's state (a residual) takes it in
                 raise _SkipClientError("nan", "update contains NaN or Inf")
             # Under DP the failure would be an un-noised release of the client's data:
             # it sends the mechanism's release of a zero update, which looks like any other.
             logger.warning("client %d: its update was not finite; it sends a zero one", cid)
             delta, metrics = [np.zeros_like(d) for d in delta], {}
         metrics = {**metrics, "work_fraction": steps / total if total else 1.0}
-        update_extras: dict[str, Params] = {}
-        if server_c is not None:
-            # Option II of Karimireddy et al.: c_i+ = c_i - c + (x - y_i) / (K * lr).
-            own_c = self._controls[cid]
-            scale = 1.0 / (max(steps, 1) * self.spec.train.learning_rate)
-            delta_c = [
-                (-c - d * scale).astype(d.dtype) for c, d in zip(server_c, delta, strict=True)
-            ]
-            self._controls[cid] = [ci + dc for ci, dc in zip(own_c, delta_c, strict=True)]
-            update_extras["delta_c"] = delta_c
+        if self._features:
+            delta, reports = self._client_halves(job, delta, params, down)
+        else:
+            reports = ()
         if self.spec.client.dp_sgd is not None:
             # DP-SGD: only the noised weights leave the host; the training loss of raw
             # examples and the example count would leave un-noised.
-            update = ClientUpdate(cid, delta, 1, {}, extras=update_extras)
+            update = ClientUpdate(cid, delta, 1, {}, reports=reports)
         else:
-            update = ClientUpdate(cid, delta, self._examples[cid], metrics, extras=update_extras)
+            update = ClientUpdate(cid, delta, self._examples[cid], metrics, reports=reports)
         delay = simulated_delay(self.spec.faults, self.spec.seed, cid)
         if delay:  # a slow device (faults.delay_s): fixed per client, from the seed
             time.sleep(delay)
-        # The client's own encoder state (top-k's residual) goes in, and stays here.
-        update = self.spec.aggregator.encode(with_state(update, self._kept.get(cid)), info)
-        update, kept = split_state(update)
-        if kept:
-            self._kept[cid] = kept
+        update = self.spec.aggregator.encode(update, info)
         if update.masked is not None:  # secure aggregation: mask inside the host
             update = self._secure.mask(update, info)
         if cid in self.attackers:
@@ -376,6 +370,30 @@ class ClientHost:
             rng = np.random.default_rng([info.seed, info.server_round, cid, 4])
             update = attack_update(update, attack.kind, attack.scale, rng)
         return update
+
+    def _client_halves(
+        self, job: _Job, delta: Params, params: Params, down: tuple[Params | None, ...]
+    ) -> tuple[Params, tuple[Params | None, ...]]:
+        """The features' client halves, in order, on this client's state (kept here)."""
+        cid = job.cid
+        start_loss = None
+        if self._start_loss:  # the global model's loss on the client's rows
+            result = self.trainer.evaluate(params, "train", cid)
+            start_loss = None if result is None else float(result[1].get("loss", np.nan))
+        trained = Trained(
+            cid,
+            delta,
+            params,
+            job.train.steps,
+            float(self.spec.train.learning_rate),
+            self._examples[cid],
+            start_loss,
+        )
+        out, reports, states = client_update(
+            self._features, trained, down, self._state(cid, params)
+        )
+        self._states[cid] = states
+        return out, reports
 
     def secure_step(
         self, name: str, client_ids: Sequence[int], payload: dict[int, Any], info: RoundInfo
@@ -385,10 +403,12 @@ class ClientHost:
         return self._secure.step(name, client_ids, payload, info)
 
     def _client_state(self) -> ClientState:
-        """Per-client state kept in this host across rounds (control variates, encoders')."""
-        out = {cid: {"control": [np.array(c) for c in cs]} for cid, cs in self._controls.items()}
-        for cid, kept in self._kept.items():
-            out.setdefault(cid, {}).update(kept)
+        """Per-client state kept in this host across rounds: each feature's, by position."""
+        out: ClientState = {}
+        for cid, states in self._states.items():
+            entry = {str(i): [np.array(a) for a in s] for i, s in enumerate(states) if len(s)}
+            if entry:
+                out[cid] = entry
         return out
 
     def save_client_state(self, server_round: int) -> int:
@@ -421,11 +441,11 @@ class ClientHost:
     def _restore(self, state: ClientState) -> None:
         """Take the clients' saved state (for the clients hosted here)."""
         for cid, entry in state.items():
-            if cid in self._examples and "control" in entry:
-                self._controls[cid] = [np.array(c) for c in entry["control"]]
-            kept = {k: [np.array(a) for a in v] for k, v in entry.items() if k.startswith(STATE)}
-            if cid in self._examples and kept:
-                self._kept[cid] = kept
+            if cid not in self._examples:
+                continue
+            self._states[cid] = [
+                [np.array(a) for a in entry.get(str(i), [])] for i in range(len(self._features))
+            ]
 
     def evaluate(self, params: Params) -> Metrics:
         """Centralized evaluation on the server test set held by this host.

@@ -12,6 +12,8 @@ import numpy as np
 from fedray.aggregators import Aggregator, LinearAggregator
 from fedray.client.devices import GpuShare
 from fedray.config import AttackConfig, ClientConfig, Config, DataConfig, FaultsConfig, ModelConfig
+from fedray.features import Feature, LocalObjective
+from fedray.features.base import local_objective
 from fedray.privacy import DPSGD
 from fedray.records import MeanStates, Metrics, Params, RoundInfo
 from fedray.strategy import ClientOptions
@@ -30,7 +32,8 @@ class TrainJob:
         steps: Local steps it runs (fewer when it straggles).
         seed: Its shuffle seed, from (seed, round, id).
         noise_seed: DP-SGD's batch-and-noise seed (zeros without DP-SGD).
-        correction: SCAFFOLD's ``c - c_i``, or None.
+        offset: The client's gradient offset ``o_k`` (the features' sum, e.g.
+            SCAFFOLD's ``c - c_i``), or None.
         null: Train on none of the client's data (zero inputs and labels, no example
             in any DP-SGD batch): under DP, what a client whose training raised on its
             data releases instead, so that the server cannot tell (see
@@ -41,7 +44,7 @@ class TrainJob:
     steps: int
     seed: np.ndarray
     noise_seed: np.ndarray
-    correction: Params | None = None
+    offset: Params | None = None
     null: bool = False
 
 
@@ -125,7 +128,9 @@ class HostSpec:
         verbose: Let TensorFlow log.
         with_test_set: Hold the server test set for centralized evaluation.
         threads: TensorFlow intra/inter-op threads for this host.
-        client: The strategy's client options (e.g. FedProx's ``proximal_mu``).
+        client: The strategy's client options (DP-SGD).
+        features: The strategy's features (:mod:`fedray.features`), whose client
+            halves run here.
         pre_aggregate: Send one :class:`~fedray.records.PartialSum` of the valid
             updates per ``fit`` call instead of every update (the aggregator must be
             :class:`~fedray.aggregators.LinearAggregator`).
@@ -152,12 +157,18 @@ class HostSpec:
     with_test_set: bool = False
     threads: int = 1
     client: ClientOptions = field(default_factory=ClientOptions)
+    features: tuple[Feature, ...] = ()
     pre_aggregate: bool = False
     max_update_norm: float | None = None
     source: InMemory | None = None
     trainer: Callable[[HostSpec, HostData], Trainer] | None = None
     gpu: GpuShare | None = None
     state_dir: str | None = None
+
+    @property
+    def objective(self) -> LocalObjective:
+        """The terms the features add to every local step."""
+        return local_objective(self.features)
 
     def __post_init__(self) -> None:
         if self.pre_aggregate and not isinstance(self.aggregator, LinearAggregator):

@@ -2,11 +2,10 @@
 
 The plain step is the model's own ``train_step``. Each piece changes one thing:
 
-* :class:`Proximal`: FedProx (Li et al., "Federated Optimization in Heterogeneous
-  Networks", MLSys 2020, arXiv:1812.06127) adds ``mu/2 ||w - w_global||^2`` to the
-  objective.
-* :class:`ControlVariates`: SCAFFOLD (Karimireddy et al., ICML 2020,
-  arXiv:1910.06378) adds the correction ``c - c_i`` to the gradient.
+* :class:`Proximal` adds ``mu/2 ||w - w_global||^2`` to the objective (FedProx's term;
+  any feature's :class:`~fedray.features.LocalObjective`, summed over them).
+* :class:`GradientOffset` adds the client's offset ``o_k`` to the gradient, i.e.
+  ``<o_k, w>`` to the objective (SCAFFOLD's ``c - c_i``, FedDyn's linear term).
 * :class:`DPSGDGradient`: DP-SGD (Abadi et al., CCS 2016, arXiv:1607.00133) replaces
   the batch gradient by the clipped per-example gradients of a Poisson batch, summed,
   noised and divided by the expected batch size.
@@ -26,7 +25,7 @@ Step = Callable[..., Any]
 
 @dataclass(frozen=True)
 class Proximal:
-    """FedProx's proximal term ``mu/2 ||w - w_global||^2``."""
+    """The proximal term ``mu/2 ||w - w_global||^2``."""
 
     mu: float
 
@@ -42,8 +41,8 @@ class Proximal:
 
 
 @dataclass(frozen=True)
-class ControlVariates:
-    """SCAFFOLD's gradient correction ``g + (c - c_i)``."""
+class GradientOffset:
+    """The gradient offset ``g + o_k`` (the gradient of ``<o_k, w>``)."""
 
     def correct(self, tf: Any, grads: Sequence[Any], corrections: Sequence[Any]) -> list[Any]:
         """The corrected gradients."""
@@ -55,7 +54,7 @@ def gradient_step(
     model: Any,
     anchor_index: Sequence[int],
     proximal: Proximal | None,
-    control: ControlVariates | None,
+    control: GradientOffset | None,
 ) -> Step:
     """Keras' train step with the given pieces: ``step(x, y, params, correction) -> loss``.
 
@@ -90,8 +89,8 @@ class DPSGDGradient:
     Only the sampled rows count: each padded row's per-example gradient is kept where
     the row is in the batch and its gradient is finite, and zeroed otherwise, so an
     example that was not drawn, or whose gradient overflows (one non-finite feature),
-    changes nothing, as if absent. FedProx's ``mu (w - w_global)`` and SCAFFOLD's
-    ``c - c_i`` are added after the noise: they do not read the data, so they are
+    changes nothing, as if absent. The proximal term's ``mu (w - w_global)`` and the
+    offset ``o_k`` are added after the noise: they do not read the data, so they are
     post-processing and cost no privacy.
 
     Attributes:
@@ -113,12 +112,12 @@ class DPSGDGradient:
         per_example_loss: Any,
         anchor_index: Sequence[int] = (),
         proximal: Proximal | None = None,
-        control: ControlVariates | None = None,
+        control: GradientOffset | None = None,
     ) -> Step:
         """``step(x, y, n, s0, s1, s2, params, correction, null) -> (loss sum, batch size)``.
 
-        ``params`` are the round's global weights (FedProx's anchors) and
-        ``correction`` SCAFFOLD's ``c - c_i``, both in the model's weight order;
+        ``params`` are the round's global weights (the proximal anchors) and
+        ``correction`` the client's offset ``o_k``, both in the model's weight order;
         ``anchor_index[j]`` is trainable variable ``j``'s position there. A ``null``
         step (int > 0) keeps no example: its update is the noise alone.
         """

@@ -3,12 +3,12 @@
 A host owns its clients; a trainer only trains them. :class:`KerasTrainer` keeps all
 of the host's training rows in one in-memory tensor (client k owns rows
 ``[off_k, off_k + n_k)``) and traces one ``tf.function`` that trains many clients in
-turn, with the step pieces the strategy asks for (FedProx's proximal term, SCAFFOLD's
-correction, DP-SGD's clipped and noised per-example gradients). Any object with the
+turn, with the step pieces the strategy asks for (the features' proximal term and
+gradient offset, :class:`~fedray.features.LocalObjective`; DP-SGD's clipped and noised
+per-example gradients). Any object with the
 same methods (:class:`Trainer`) can stand in for it; the tests use a numpy one.
 
-FedProx: Li et al., MLSys 2020, arXiv:1812.06127. SCAFFOLD: Karimireddy et al., ICML
-2020, arXiv:1910.06378. DP-SGD: Abadi et al., CCS 2016, arXiv:1607.00133.
+DP-SGD: Abadi et al., CCS 2016, arXiv:1607.00133.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 from fedray.client.devices import configure_tensorflow, data_tensors
 from fedray.client.evaluation import mean_leaves, model_step, trace_states, trace_whole, while_loop
 from fedray.client.spec import TrainJob
-from fedray.client.steps import ControlVariates, DPSGDGradient, Proximal, gradient_step
+from fedray.client.steps import DPSGDGradient, GradientOffset, Proximal, gradient_step
 from fedray.compat import dp_mechanisms
 from fedray.records import MeanStates, Metrics, Params, batch_range
 from fedray.tree import aligned_concatenate
@@ -157,23 +157,23 @@ class KerasTrainer:
         # host's start); a model's own train_step or test_step still goes through it.
         train_step = model_step(tf, model, "train_step")
         test_step = model_step(tf, model, "test_step")
-        mu = float(self.spec.client.proximal_mu)
+        objective = self.spec.objective  # the features' terms, fixed at trace time
+        mu, offset = objective.proximal, objective.offset
         trainable = list(model.trainable_variables)
         anchor_index = [next(i for i, w in enumerate(weights) if w is v) for v in trainable]
-        scaffold = bool(self.spec.client.control_variates)
-        custom = mu > 0 or scaffold  # decided at trace time; else the model's own train_step
+        custom = objective.custom  # else the model's own train_step
         custom_step = gradient_step(
             tf,
             model,
             anchor_index,
             Proximal(mu) if mu > 0 else None,
-            ControlVariates() if scaffold else None,
+            GradientOffset() if offset else None,
         )
 
         dp = self.spec.client.dp_sgd
         trainable_ids = {id(v) for v in trainable}
         dp_moves = [id(w) in trainable_ids for w in weights]
-        dp_step = self._dp_step(anchor_index, mu, scaffold)
+        dp_step = self._dp_step(anchor_index, mu, offset)
 
         # Under DP a client whose training raised on its data trains once more on none
         # of it (a null job: zero inputs and labels), so the server cannot tell; only
@@ -199,7 +199,7 @@ class KerasTrainer:
         if custom and "loss" not in names:
             names = [*names, "loss"]
 
-        fit_many = _fit_many(tf, weights, names, scaffold, loop.train_one)
+        fit_many = _fit_many(tf, weights, names, offset, loop.train_one)
 
         fit_concrete, initial = self._trace_fit(fit_many, params_spec, stacked_spec)
         eval_concrete = self._trace_eval(
@@ -210,8 +210,8 @@ class KerasTrainer:
         self._metric_names = names
         return fit_concrete, eval_concrete
 
-    def _dp_step(self, anchor_index: Sequence[int], mu: float, scaffold: bool) -> Any:
-        """DP-SGD's traced step (with FedProx's and SCAFFOLD's pieces), or None without it."""
+    def _dp_step(self, anchor_index: Sequence[int], mu: float, offset: bool) -> Any:
+        """DP-SGD's traced step (with the features' proximal and offset terms), or None."""
         dp = self.spec.client.dp_sgd
         if dp is None:
             return None
@@ -229,8 +229,8 @@ class KerasTrainer:
             model,
             per_example_loss,
             anchor_index,
-            Proximal(mu) if mu > 0 else None,  # FedProx and SCAFFOLD apply under DP-SGD
-            ControlVariates() if scaffold else None,
+            Proximal(mu) if mu > 0 else None,  # the features' terms apply under DP-SGD
+            GradientOffset() if offset else None,
         )
 
     def _trace_fit(self, fit_many: Any, params_spec: Any, stacked_spec: Any) -> tuple[Any, Any]:
@@ -270,7 +270,7 @@ class KerasTrainer:
 
     @staticmethod
     def _no_corrections(params: Sequence[Any]) -> list[np.ndarray]:
-        """Empty stacked corrections: what ``fit_many`` gets when SCAFFOLD is off."""
+        """Empty stacked offsets: what ``fit_many`` gets when no feature has one."""
         import tensorflow as tf
 
         return [tf.zeros([0, *p.shape], p.dtype) for p in params]
@@ -285,9 +285,9 @@ class KerasTrainer:
         steps = tf.constant([j.steps for j in jobs], tf.int32)
         noise = tf.constant(np.stack([j.noise_seed for j in jobs]))
         nulls = tf.constant([int(j.null) for j in jobs], tf.int32)
-        if self.spec.client.control_variates:
+        if self.spec.objective.offset:
             corrections = [
-                tf.constant(np.stack([j.correction[i] for j in jobs if j.correction is not None]))
+                tf.constant(np.stack([j.offset[i] for j in jobs if j.offset is not None]))
                 for i in range(len(params_t))
             ]
         else:
@@ -359,7 +359,7 @@ class KerasTrainer:
 
 
 def _fit_many(
-    tf: Any, weights: Sequence[Any], names: Sequence[str], scaffold: bool, train_one: Any
+    tf: Any, weights: Sequence[Any], names: Sequence[str], offset: bool, train_one: Any
 ) -> Any:
     """``fit_many``: ``train_one`` for each client in turn, deltas and metrics stacked."""
 
@@ -378,7 +378,7 @@ def _fit_many(
         metrics = [tf.TensorArray(tf.float32, size=count) for _ in names]
 
         def client(k: Any, deltas: Any, metrics: Any) -> Any:
-            correction = [c[k] for c in corrections] if scaffold else params
+            correction = [c[k] for c in corrections] if offset else params
             delta, logs = train_one(
                 offsets[k],
                 sizes[k],
@@ -408,7 +408,7 @@ class _ClientLoop:
 
     ``train_one`` loads the global weights, restores the optimizer's initial state and
     the random layers' seeds, and runs every local epoch: a stateless shuffle and the
-    model's own ``train_step`` (or the custom step of FedProx and SCAFFOLD), or DP-SGD's
+    model's own ``train_step`` (or the custom step of the features' local terms), or DP-SGD's
     secret Poisson batches. It returns ``local - global`` and the metrics.
     """
 
@@ -423,7 +423,7 @@ class _ClientLoop:
     seed_generators: Sequence[Any]
     load: Callable[[Any], None]
     train_step: Any
-    custom_step: Any  # FedProx's term and SCAFFOLD's correction, or None
+    custom_step: Any  # the features' proximal term and gradient offset, or None
     dp_step: Any  # DP-SGD's step, or None
     dp_moves: Sequence[bool]  # which weights DP-SGD moves (the trainable ones)
     private: bool  # under DP: a null job trains on zeros

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from fedray.compat import check_compatible
+from fedray.compat import check_compatible, check_declared
 from fedray.config.privacy import CanaryConfig, DPConfig, PrivacyConfig, SecureAggregationConfig
 from fedray.config.sections import (
     FILE_DATASETS,
@@ -34,6 +34,7 @@ from fedray.config.sections import (
 )
 from fedray.config.strategy import RECIPES, FedAvgConfig, StrategyConfig, _recipe_name
 from fedray.errors import ConfigError
+from fedray.features import Feature, TopK
 
 __all__ = [
     "FILE_DATASETS",
@@ -109,6 +110,7 @@ class Config(_Section):
                 f"strategy.min_fit_clients >= 2f + 3 = {2 * f + 3}, got {s.min_fit_clients}"
             )
         check_compatible(features(self))
+        check_declared(recipe_features(self), features(self))
         if self.strategy.min_fit_clients > self.data.num_clients:
             raise ValueError(
                 f"strategy.min_fit_clients={self.strategy.min_fit_clients} exceeds "
@@ -119,6 +121,14 @@ class Config(_Section):
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain YAML/JSON-able values."""
         return self.model_dump(mode="json")
+
+
+def recipe_features(cfg: Config) -> tuple[Feature, ...]:
+    """The features a config's recipe and ``compression.topk`` build (judged at load)."""
+    out = cfg.strategy.build(cfg.data.num_clients).features
+    if cfg.compression.topk is not None:
+        out = (*out, TopK(cfg.compression.topk, cfg.compression.error_feedback))
+    return out
 
 
 def features(cfg: Config) -> dict[str, Any]:

@@ -115,17 +115,6 @@ class ScaffoldConfig(_Common, _ServerRate):
 
     name: Literal["scaffold"] = "scaffold"
 
-    def build(self, num_clients: int) -> Strategy:
-        """SCAFFOLD sizes its server control-variate update by the client count."""
-        kwargs = {
-            "num_clients": num_clients,
-            "fraction_fit": self.fraction_fit,
-            "min_fit_clients": self.min_fit_clients,
-        }
-        if self.server_learning_rate is not None:
-            kwargs["server_learning_rate"] = self.server_learning_rate
-        return STRATEGIES["scaffold"](**kwargs)
-
 
 class FedBuffConfig(_Common, _ServerRate):
     """FedBuff (Nguyen et al. 2022): buffered asynchronous steps."""

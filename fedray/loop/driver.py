@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 
 from fedray import tree
-from fedray.aggregators import broadcast, client_settings
+from fedray.aggregators import client_settings
 from fedray.callbacks import Callback, CallbackList, History, Logs, PrivacyBudget, RunControl
 from fedray.checkpoint import DriverState
 from fedray.errors import RoundFailedError
+from fedray.features.base import FeatureState, RoundFacts, downlinks, server_update
 from fedray.loop.executor import Executor, PrivacyLedger
 from fedray.loop.schedulers import Buffered, Context, Scheduler, Step, SyncRounds
 from fedray.loop.steps import (
@@ -40,7 +41,7 @@ from fedray.loop.steps import (
     fit_logs,
 )
 from fedray.privacy.canary import CanaryAudit
-from fedray.records import AggState, Params, RoundInfo, RoundPolicy
+from fedray.records import AggState, ClientUpdate, Params, RoundInfo, RoundPolicy
 from fedray.strategy import Strategy
 
 logger = logging.getLogger(__name__)
@@ -135,9 +136,10 @@ def run_rounds(  # noqa: PLR0913 - the loop's keyword options (issue 32 makes th
         params=params,
         agg_state=strategy.aggregator.init(params),
         opt_state=strategy.server_optimizer.init(params),
+        feature_state=[f.init(params) for f in strategy.features],
     )
     first = 1 if resume is None else loop.resume_from(resume)
-    loop.handle = executor.broadcast(loop.params, broadcast(strategy.aggregator, loop.agg_state))
+    loop.handle = executor.broadcast(loop.params, downlinks(strategy.features, loop.feature_state))
     if privacy is not None:  # the budget is a callback that stops the run, as any can
         callback = CallbackList([PrivacyBudget(privacy), callback])
     run = RunControl(rounds)
@@ -178,6 +180,7 @@ class _Loop:
     params: Params
     agg_state: AggState
     opt_state: AggState
+    feature_state: list[FeatureState]
     handle: Any = None
 
     def resume_from(self, state: DriverState) -> int:
@@ -191,6 +194,8 @@ class _Loop:
         if ctx.privacy is not None and "privacy" in state.loop_state:
             ctx.privacy.restore(state.loop_state["privacy"])
         self.scheduler.restore(state.loop_state.get("scheduler", {}))
+        if "features" in state.loop_state:
+            self.feature_state = [dict(s) for s in state.loop_state["features"]]
         return state.server_round + 1
 
     def round(self, server_round: int, callback: Callback) -> Logs:
@@ -241,26 +246,28 @@ class _Loop:
             ctx,
             step,
             self.params,
-            self.agg_state,
+            (self.agg_state, self.feature_state),
             self.opt_state,
             server_round,
             self.canaries,
             noise,
         )
-        new_params, self.agg_state, new_opt_state, measurements = new
+        new_params, (self.agg_state, self.feature_state), new_opt_state, measurements = new
         logs.update({f"agg/{k}": v for k, v in measurements.items()})
         if not tree.all_finite(new_params):
             logger.warning("round %d: aggregated model is not finite; rolled back", server_round)
             return False
         self.params, self.opt_state = new_params, new_opt_state
-        extras = broadcast(ctx.strategy.aggregator, self.agg_state)
-        self.handle = ctx.executor.broadcast(self.params, extras)
+        downs = downlinks(ctx.strategy.features, self.feature_state)
+        self.handle = ctx.executor.broadcast(self.params, downs)
         return True
 
     def _save(self, server_round: int, checkpoint: Checkpointer) -> None:
         """The full loop state, after the hosts saved their clients' state on their side."""
         ctx = self.ctx
-        loop_state = {"scheduler": self.scheduler.state()}
+        loop_state: dict[str, Any] = {"scheduler": self.scheduler.state()}
+        if self.feature_state:
+            loop_state["features"] = self.feature_state
         if ctx.privacy is not None:
             loop_state["privacy"] = ctx.privacy.state()
         saved = ctx.executor.save_client_state(server_round)
@@ -286,7 +293,9 @@ def _step_logs(strategy: Strategy, step: Step, params: Params) -> Logs:
         "clients/ok": len(step.participants),
         "clients/failed": len(step.failures),
         **fit_logs(step.updates),
-        **comm_logs(strategy.aggregator, params, step.sampled, len(step.participants)),
+        **comm_logs(
+            strategy.aggregator, params, step.sampled, len(step.participants), strategy.features
+        ),
     }
     if step.attempts > 1:
         logs["round/attempts"] = step.attempts
@@ -333,14 +342,18 @@ def _server_step(
     ctx: Context,
     step: Step,
     params: Params,
-    agg_state: AggState,
+    states: tuple[AggState, list[FeatureState]],
     opt_state: AggState,
     server_round: int,
     canaries: CanaryAudit | None,
     noise_rng: np.random.Generator,
-) -> tuple[Params, AggState, AggState, dict[str, float]]:
-    """Aggregate the step's updates and apply the server optimizer (not yet committed)."""
+) -> tuple[Params, tuple[AggState, list[FeatureState]], AggState, dict[str, float]]:
+    """The step's next model and states, not yet committed.
+
+    Aggregate the updates, run the features' server halves, apply the server optimizer.
+    """
     strategy = ctx.strategy
+    agg_state, feature_state = states
     updates = step.updates
     if canaries is not None:
         settings = client_settings(strategy.aggregator, agg_state)
@@ -349,5 +362,20 @@ def _server_step(
     delta, agg_state, measurements = aggregate(
         strategy.aggregator, updates, params, agg_state, noise_rng
     )
+    if strategy.features:
+        reports = [
+            (u.client_id, u.num_examples, u.reports)
+            for u in step.updates
+            if isinstance(u, ClientUpdate) and len(u.reports) == len(strategy.features)
+        ]
+        n = ctx.executor.num_clients
+        facts = RoundFacts(server_round, n, params, len(step.participants))
+        delta, feature_state, more = server_update(
+            strategy.features, delta, reports, feature_state, facts
+        )
+        delta = [
+            np.asarray(d).astype(p.dtype, copy=False) for d, p in zip(delta, params, strict=True)
+        ]
+        measurements = {**measurements, **more}
     new_params, new_opt_state = strategy.server_optimizer.apply(params, delta, opt_state)
-    return new_params, agg_state, new_opt_state, measurements
+    return new_params, (agg_state, feature_state), new_opt_state, measurements

@@ -71,8 +71,8 @@ class Executor(Protocol):
         """The freshly initialised global model's weights."""
         ...
 
-    def broadcast(self, params: Params, extras: dict[str, Params] | None = None) -> Any:
-        """Make ``params`` (and the aggregator's ``extras``) available to every host once.
+    def broadcast(self, params: Params, downs: tuple[Params | None, ...] | None = None) -> Any:
+        """Make ``params`` (and the features' downlinks) available to every host once.
 
         Returns an opaque handle for ``fit``, ``submit`` and the evaluations.
         """

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedray.aggregators import broadcast, client_settings
+from fedray.aggregators import client_settings
 from fedray.errors import RoundFailedError
 from fedray.loop.executor import Executor, PrivacyLedger
 from fedray.records import (
@@ -409,8 +409,8 @@ class Buffered:
     def _start(self, ctx: Context, agg_state: AggState, cid: int, started: int, index: int) -> None:
         """Start client ``cid`` from the model of step ``started`` (dispatch ``index``)."""
         if started not in self._handles:  # a resumed client's older model
-            extras = broadcast(ctx.strategy.aggregator, agg_state)
-            self._handles[started] = ctx.executor.broadcast(self.versions[started], extras)
+            # FedBuff refuses features that need synchronous rounds, so none sends a downlink.
+            self._handles[started] = ctx.executor.broadcast(self.versions[started])
         info = RoundInfo(server_round=index, seed=ctx.seed, num_sampled=1)
         if self._idle is not None:
             self._idle.discard(cid)

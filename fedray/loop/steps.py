@@ -16,6 +16,7 @@ import numpy as np
 from fedray.aggregators import Aggregator, LinearAggregator, Mean, combine, presum
 from fedray.aggregators.compression import wire_bytes
 from fedray.callbacks import Logs
+from fedray.features import Feature
 from fedray.privacy.canary import CanaryAudit
 from fedray.records import (
     AggState,
@@ -126,14 +127,22 @@ def fit_logs(updates: Sequence[ClientUpdate | PartialSum]) -> Logs:
     return {f"fit/{k}": v / total.num_examples for k, v in sorted(total.metric_sums.items())}
 
 
-def comm_logs(aggregator: Any, params: Params, sampled: int, sent: int) -> Logs:
+def comm_logs(
+    aggregator: Any, params: Params, sampled: int, sent: int, features: Sequence[Feature] = ()
+) -> Logs:
     """``comm/*``: the round's uplink and downlink bytes, and the uplink's compression.
 
-    ``sent`` clients each upload one encoded update (:func:`wire_bytes`); ``sampled``
-    clients each download the float model.
+    ``sent`` clients each upload one encoded update: its size is the first feature's
+    that states one (:meth:`~fedray.features.Feature.uplink_bytes`, top-k's), else the
+    aggregator chain's (:func:`wire_bytes`); ``sampled`` clients each download the
+    float model.
     """
     raw = sum(int(np.asarray(p).nbytes) for p in params)
-    up = wire_bytes(aggregator, params, max(sent, 1))
+    dim = sum(int(np.size(p)) for p in params)
+    stated = (f.uplink_bytes(dim) for f in features)
+    up = next((b for b in stated if b is not None), None)
+    if up is None:
+        up = wire_bytes(aggregator, params, max(sent, 1))
     return {
         "comm/bytes_up": float(up * sent),
         "comm/bytes_down": float(raw * sampled),

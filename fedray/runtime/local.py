@@ -10,6 +10,7 @@ from fedray.aggregators import Aggregator
 from fedray.client.host import ClientHost
 from fedray.config import Config
 from fedray.errors import HostFaultError
+from fedray.features import Feature
 from fedray.memory import InMemory
 from fedray.records import (
     ClientEval,
@@ -35,7 +36,8 @@ class LocalExecutor:
         aggregator: The strategy's aggregator (its ``encode`` runs in the hosts).
         clients_per_host: Clients per host; defaults to ``runtime.clients_per_actor``
             (``auto`` puts every client in one in-process host).
-        client: The strategy's client options (e.g. FedProx's ``proximal_mu``).
+        client: The strategy's client options (DP-SGD).
+        features: The strategy's features, whose client halves run in the hosts.
         pre_aggregate: Hosts send one partial sum each (see :class:`HostSpec`).
         max_update_norm: The hosts' norm check when they pre-aggregate.
         source: The clients' arrays (``fedray.fit``) instead of ``data.*``.
@@ -48,6 +50,7 @@ class LocalExecutor:
         *,
         clients_per_host: int | None = None,
         client: ClientOptions = ClientOptions(),  # noqa: B008 - frozen, immutable
+        features: tuple[Feature, ...] = (),
         pre_aggregate: bool = False,
         max_update_norm: float | None = None,
         source: InMemory | None = None,
@@ -61,6 +64,7 @@ class LocalExecutor:
             per_host,
             sources=(lambda g, test: source.for_host(g, with_test_set=test)) if source else None,
             client=client,
+            features=features,
             pre_aggregate=pre_aggregate,
             max_update_norm=max_update_norm,
         )
@@ -80,10 +84,10 @@ class LocalExecutor:
         return self.hosts[0].initial_params()
 
     def broadcast(
-        self, params: Params, extras: dict[str, Params] | None = None
-    ) -> tuple[Params, dict[str, Params] | None]:
-        """In-process: the handle is the params list and the extras themselves."""
-        return params, extras
+        self, params: Params, downs: tuple[Params | None, ...] | None = None
+    ) -> tuple[Params, tuple[Params | None, ...] | None]:
+        """In-process: the handle is the params list and the downlinks themselves."""
+        return params, downs
 
     def _by_host(self, client_ids: Sequence[int]) -> list[tuple[ClientHost, list[int]]]:
         return [(self.hosts[h], ids) for h, ids in self.plan.by_host(client_ids).items()]
@@ -94,12 +98,12 @@ class LocalExecutor:
         A host whose call is lost (a simulated host crash) has its clients run again,
         up to :data:`~fedray.runtime.plan.MAX_RERUNS` times, as on Ray.
         """
-        params, extras = handle
+        params, downs = handle
         for h, ids in self.plan.by_host(client_ids).items():
             run = info
             while True:
                 try:
-                    results = self.hosts[h].fit(ids, params, run, extras)
+                    results = self.hosts[h].fit(ids, params, run, downs)
                 except HostFaultError as exc:
                     if exc.kind == "hang":  # as on Ray: the deadline kills it, no time is left
                         yield from fail_all(ids, f"host {h}: {exc}", "timeout", h)

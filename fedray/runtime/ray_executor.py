@@ -18,6 +18,7 @@ from typing import Any
 from fedray.aggregators import Aggregator
 from fedray.config import Config
 from fedray.errors import ConfigError, one_line
+from fedray.features import Feature
 from fedray.memory import InMemory
 from fedray.records import (
     ClientEval,
@@ -63,7 +64,8 @@ class RayExecutor:
     Args:
         config: The validated run config.
         aggregator: The strategy's aggregator (its ``encode`` runs in the hosts).
-        client: The strategy's client options (e.g. FedProx's ``proximal_mu``).
+        client: The strategy's client options (DP-SGD).
+        features: The strategy's features, whose client halves run in the hosts.
         pre_aggregate: Hosts send one partial sum each (see :class:`HostSpec`).
         max_update_norm: The hosts' norm check when they pre-aggregate.
         source: The clients' arrays (``fedray.fit``): each shard is put in the object
@@ -76,6 +78,7 @@ class RayExecutor:
         aggregator: Aggregator,
         *,
         client: ClientOptions = ClientOptions(),  # noqa: B008 - frozen, immutable
+        features: tuple[Feature, ...] = (),
         pre_aggregate: bool = False,
         max_update_norm: float | None = None,
         source: InMemory | None = None,
@@ -92,7 +95,7 @@ class RayExecutor:
                     f"runtime.gpus_per_host='auto': the cluster has {resources.get('GPU', 0.0):g}"
                     " GPUs, and measuring a host takes a whole one; give a share or add GPUs"
                 )
-            gpus = measure_gpu_share(probe_spec(config, aggregator, client, source), 1.0)
+            gpus = measure_gpu_share(probe_spec(config, aggregator, client, source, features), 1.0)
             runtime = config.runtime.model_copy(update={"gpus_per_host": gpus})
             config = config.model_copy(update={"runtime": runtime})
         setting = config.runtime.clients_per_actor
@@ -134,6 +137,7 @@ class RayExecutor:
             sources=sources,
             evaluators=evaluators(config.evaluation.hosts, slots),
             client=client,
+            features=features,
             threads=threads,
             pre_aggregate=pre_aggregate,
             max_update_norm=max_update_norm,
@@ -178,9 +182,9 @@ class RayExecutor:
         """Weights of host 0's freshly built model."""
         return list(self._ray.get(self.hosts[0].initial_params.remote()))
 
-    def broadcast(self, params: Params, extras: dict[str, Params] | None = None) -> Any:
-        """Put ``params`` (and extras) in the object store once; every host gets the refs."""
-        return self._ray.put(params), (self._ray.put(extras) if extras else None)
+    def broadcast(self, params: Params, downs: tuple[Params | None, ...] | None = None) -> Any:
+        """Put ``params`` and the features' downlinks in the object store once, for every host."""
+        return self._ray.put(params), (self._ray.put(downs) if downs else None)
 
     def _up(self, exclude: int | None = None) -> list[int]:
         """The hosts that can take a call now."""
@@ -223,8 +227,8 @@ class RayExecutor:
         restart.
         """
         self.supervisor.await_restarts()
-        params_ref, extras_ref = params
-        calls, skipped = self._calls(client_ids, "fit", params_ref, info, extras_ref)
+        params_ref, downs_ref = params
+        calls, skipped = self._calls(client_ids, "fit", params_ref, info, downs_ref)
         runs: dict[tuple[int, ...], int] = {}  # re-executions so far, per lost call
 
         def rerun(index: int, ids: list[int], deadline: float | None) -> Any:
@@ -240,7 +244,7 @@ class RayExecutor:
                     return None
             runs[tuple(ids)] = dispatch
             again = replace(info, dispatch=dispatch)
-            return self.hosts[index].fit.remote(ids, params_ref, again, extras_ref), index
+            return self.hosts[index].fit.remote(ids, params_ref, again, downs_ref), index
 
         yield from skipped
         yield from stream(
@@ -319,12 +323,12 @@ class RayExecutor:
 
         A balanced plan sends it to the host with the fewest clients in flight.
         """
-        params_ref, extras_ref = params
+        params_ref, downs_ref = params
         index = self.plan.host_of[client_id]
         up = self._up() if self.plan.balanced else []
         if up:
             index = least_busy(up, (h for _, h in self._tickets.values()))
-        ref = self.hosts[index].fit.remote([client_id], params_ref, info, extras_ref)
+        ref = self.hosts[index].fit.remote([client_id], params_ref, info, downs_ref)
         self._tickets[ref] = (client_id, index)
         return ref
 

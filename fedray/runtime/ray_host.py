@@ -23,6 +23,7 @@ from fedray.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedray.aggregators import Aggregator
+    from fedray.features import Feature
     from fedray.memory import InMemory
     from fedray.strategy import ClientOptions
 
@@ -82,13 +83,19 @@ class ProbeHost(ClientHost):
 
 
 def probe_spec(
-    config: Config, aggregator: Aggregator, client: ClientOptions, source: InMemory | None
+    config: Config,
+    aggregator: Aggregator,
+    client: ClientOptions,
+    source: InMemory | None,
+    features: tuple[Feature, ...] = (),
 ) -> HostSpec:
     """The probe's spec: client 0 alone, on a whole GPU with memory growth (its real peak)."""
     runtime = config.runtime.model_copy(update={"gpus_per_host": 1.0, "gpu_memory_growth": True})
     one = config.model_copy(update={"runtime": runtime})
     part = None if source is None else source.for_host((0,), with_test_set=False)
-    return HostSpec.from_config(one, (0,), aggregator, client=client, source=part)
+    return HostSpec.from_config(
+        one, (0,), aggregator, client=client, source=part, features=features
+    )
 
 
 def measure_gpu_share(spec: HostSpec, cpus: float) -> float:

@@ -1,5 +1,5 @@
-"""Compression wrappers: unbiased quantization, top-k with error feedback, rotation, the
-bytes they put on the wire, and delegation to the inner aggregator (a fake inner)."""
+"""Compression wrappers: unbiased quantization, rotation, the bytes they put on the
+wire, and delegation to the inner aggregator (a fake inner). Top-k: tests/features."""
 
 import math
 
@@ -9,14 +9,10 @@ import pytest
 from fedray import config
 from fedray.aggregators import CentralDP, Mean, SecureAggregation
 from fedray.aggregators.compression import (
-    RESIDUAL,
     Quantize,
     Rotate,
-    TopK,
-    split_state,
     stochastic_round,
     wire_bytes,
-    with_state,
 )
 from fedray.build import build_strategy
 from fedray.errors import ConfigError
@@ -55,26 +51,6 @@ def test_quantize_then_dp_clip_keeps_the_sensitivity():
     assert state["inner"]["round_settings"]["dp_clip"] == 1.0
 
 
-def test_topk_keeps_k_coordinates_and_error_feedback_loses_nothing():
-    agg = TopK(inner=Mean(weighting="uniform"), fraction=0.1)
-    rng = np.random.default_rng(2)
-    inputs = [[rng.normal(size=(4, 5)), rng.normal(size=20)] for _ in range(6)]
-    sent, kept = [], None
-    for r, arrays in enumerate(inputs):
-        out = agg.encode(with_state(_update(3, arrays), kept), RoundInfo(r + 1, 0))
-        out, kept = split_state(out)
-        assert sum(int(np.count_nonzero(d)) for d in out.delta) == 4  # ceil(0.1 * 40)
-        assert RESIDUAL not in out.extras and set(kept) == {RESIDUAL}
-        sent.append(out.delta)
-    # Conservation: everything sent plus what is still kept equals everything trained.
-    for i in range(2):
-        total_in = sum(np.asarray(a[i], np.float32) for a in inputs)
-        total_out = sum(s[i] for s in sent) + kept[RESIDUAL][i]
-        np.testing.assert_allclose(total_out, total_in, atol=1e-5)
-    plain = TopK(inner=Mean(), fraction=0.1, error_feedback=False)
-    assert split_state(plain.encode(_update(3, inputs[0]), RoundInfo(1, 0)))[1] == {}
-
-
 def test_rotation_before_quantizing_shrinks_the_error_of_a_spike():
     x = np.random.default_rng(3).normal(0, 0.1, 256)  # small values and one outlier
     x[3] = 10.0
@@ -96,7 +72,6 @@ def test_rotation_before_quantizing_shrinks_the_error_of_a_spike():
     "wrapper",
     [
         lambda i: Quantize(inner=i, bits=8),
-        lambda i: TopK(inner=i, fraction=0.5),
         lambda i: Rotate(inner=i),
     ],
 )
@@ -119,7 +94,6 @@ def test_wire_bytes_by_hand():
     assert wire_bytes(mean, params) == 4000
     assert wire_bytes(Quantize(inner=mean, bits=8), params) == 900 + 100 + 2 * 12
     assert wire_bytes(Quantize(inner=mean, bits=4), params) == 450 + 50 + 2 * 12
-    assert wire_bytes(TopK(inner=mean, fraction=0.01), params) == 10 * 8
     assert wire_bytes(Rotate(inner=Quantize(inner=mean, bits=4)), params) == 1024 // 2 + 12
     secure = SecureAggregation(inner=mean, clip=1.0, bits=16)
     assert wire_bytes(secure, params, clients=10) == 1000 * (16 + 4) // 8
@@ -165,11 +139,3 @@ def test_config_composes_or_refuses():
         with pytest.raises(ConfigError) as err:
             config.load({"data": {"num_clients": 8}}, extra)
         assert all(k in str(err.value) for k in keys) and "\n" not in str(err.value)
-
-
-def test_topk_keeps_the_largest_magnitudes_and_the_rest_as_residual():
-    agg = TopK(inner=Mean(weighting="uniform"), fraction=0.25)
-    out = agg.encode(_update(0, [np.array([-5.0, 0.1, 0.2, 0.3], np.float32)]), RoundInfo(1, 0))
-    out, kept = split_state(out)
-    np.testing.assert_array_equal(out.delta[0], [-5.0, 0.0, 0.0, 0.0])
-    np.testing.assert_allclose(kept[RESIDUAL][0], [0.0, 0.1, 0.2, 0.3])

@@ -8,12 +8,9 @@ import pytest
 from fedray.aggregators import (
     AdaptiveClip,
     CentralDP,
-    Mean,
     NormBound,
-    Scaffold,
     SecureAggregation,
     StalenessWeighted,
-    broadcast,
     client_settings,
 )
 from fedray.callbacks import Callback
@@ -60,14 +57,6 @@ class Nest:
 def test_the_clip_norm_reaches_the_clients_through_any_wrapping(wrap):
     agg = wrap(adaptive())
     assert client_settings(agg, agg.init([np.zeros(3, np.float32)])) == {"dp_clip": 0.3}
-
-
-def test_scaffold_broadcasts_its_control_variate_and_passes_settings_through():
-    agg = Scaffold(adaptive(), num_clients=4)
-    state = agg.init([np.zeros(2, np.float32)])
-    assert client_settings(agg, state) == {"dp_clip": 0.3}
-    assert broadcast(agg, state)["control"][0].tolist() == [0.0, 0.0]
-    assert broadcast(Mean(), Mean().init([np.zeros(1)])) is None
 
 
 class SettingsSeen(EncodingExecutor):

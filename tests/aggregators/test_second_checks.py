@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fedray.aggregators import AdaptiveClip, CentralDP, Mean, Scaffold, SecureAggregation
+from fedray.aggregators import AdaptiveClip, CentralDP, Mean, SecureAggregation
 from fedray.aggregators.dp import next_clip
 from fedray.records import ClientUpdate, RoundInfo
 
@@ -24,22 +24,6 @@ def test_secure_mean_of_three_known_updates_equals_the_plain_mean():
     delta, _, _ = sa.finalize(decoded, state, np.random.default_rng(0))
     plain = np.mean([u.delta[0] for u in ups], axis=0)
     assert np.abs(delta[0] - plain).max() <= 3 * sa.quantizer.step  # divided by 3, not 4
-
-
-def test_scaffold_server_variate_after_two_rounds_by_hand():
-    agg = Scaffold(num_clients=4)
-    state = agg.init([np.zeros(2, np.float32)])
-
-    def up(cid, dc):
-        return ClientUpdate(
-            cid, [np.ones(2, np.float32)], 1, extras={"delta_c": [np.array(dc, np.float32)]}
-        )
-
-    _, state, _ = agg.aggregate([up(0, [4, 0]), up(1, [0, -4])], state, np.random.default_rng(0))
-    np.testing.assert_allclose(state["control"][0], [1.0, -1.0])  # 0 + 2/4 * (2, -2)
-    _, state, _ = agg.aggregate([up(2, [-8, 8])], state, np.random.default_rng(0))
-    np.testing.assert_allclose(state["control"][0], [-1.0, 1.0])  # + 1/4 * (-8, 8)
-    np.testing.assert_allclose(agg.broadcast(state)["control"][0], [-1.0, 1.0])
 
 
 def test_adaptive_clip_update_is_geometric():

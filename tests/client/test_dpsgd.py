@@ -7,6 +7,7 @@ import pytest
 
 from fedray import config
 from fedray.aggregators import Mean
+from fedray.features import FedProx, Scaffold
 from fedray.privacy import DPSGD
 from fedray.records import RoundInfo
 from fedray.strategy import ClientOptions
@@ -111,7 +112,7 @@ def test_poisson_batches_vary_in_size_and_accounting_is_per_client(tmp_path):
     assert np.isfinite(hist.final["eval/loss"])
 
 
-def _linreg_hosts(dp, client, x, y, epochs):
+def _linreg_hosts(dp, features, x, y, epochs):
     """A Keras host and a numpy host of one client holding ``(x, y)``: the same shard."""
     from dataclasses import replace
 
@@ -135,33 +136,37 @@ def _linreg_hosts(dp, client, x, y, epochs):
         }
     )
     source = from_clients([(x, y)], data=cfg.data)
-    options = replace(client, dp_sgd=dp)
-    spec = HostSpec.from_config(cfg, (0,), Mean(weighting="uniform"), client=options, source=source)
+    options = ClientOptions(dp_sgd=dp)
+    agg = Mean(weighting="uniform")
+    spec = HostSpec.from_config(
+        cfg, (0,), agg, client=options, source=source, features=tuple(features)
+    )
     return ClientHost(spec), ClientHost(replace(spec, trainer=NumpyTrainer))
 
 
 @pytest.mark.keras
 @pytest.mark.parametrize(
-    "client",
-    [ClientOptions(proximal_mu=5.0), ClientOptions(control_variates=True)],
+    "features",
+    [(FedProx(5.0),), (Scaffold(),)],
     ids=["fedprox", "scaffold"],
 )
-def test_fedprox_and_scaffold_apply_under_dp_sgd_as_the_numpy_reference_does(client):
+def test_fedprox_and_scaffold_apply_under_dp_sgd_as_the_numpy_reference_does(features):
     # Before, DP-SGD's Keras step ignored both: mu = 0 and mu = 100 gave the same update.
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 10, (32, 1)).astype(np.float32)
     y = (3 * x + 1).astype(np.float32)
     # z = 0, an unreachable clip and B = n (q = 1): DP-SGD is full-batch gradient descent.
     dp = DPSGD(noise_multiplier=0.0, clip=1e9, noise_seed=1)
-    keras_host, numpy_host = _linreg_hosts(dp, client, x, y, epochs=4)
+    keras_host, numpy_host = _linreg_hosts(dp, features, x, y, epochs=4)
     params = [np.array([[0.5]], np.float32), np.array([0.2], np.float32)]
-    extras = {"control": [np.array([[0.7]], np.float32), np.array([-0.3], np.float32)]}
+    downs = ([np.array([[0.7]], np.float32), np.array([-0.3], np.float32)],)  # SCAFFOLD's c
+    downs = downs if isinstance(features[0], Scaffold) else (None,)
     info = RoundInfo(1, 0)
-    got = keras_host.fit([0], params, info, extras)[0].delta
-    want = numpy_host.fit([0], params, info, extras)[0].delta
+    got = keras_host.fit([0], params, info, downs)[0].delta
+    want = numpy_host.fit([0], params, info, downs)[0].delta
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    plain_host, _ = _linreg_hosts(dp, ClientOptions(), x, y, epochs=4)
+    plain_host, _ = _linreg_hosts(dp, (), x, y, epochs=4)
     plain = plain_host.fit([0], params, info)[0].delta
     assert not np.allclose(got[0], plain[0], rtol=1e-3)  # the piece changed the update
 
@@ -173,13 +178,13 @@ def test_one_non_finite_example_counts_for_nothing_in_dp_sgd():
     y = (3 * x + 1).astype(np.float32)
     dp = DPSGD(noise_multiplier=0.0, clip=1.0, noise_seed=1)
     params = [np.array([[0.5]], np.float32), np.array([0.2], np.float32)]
-    clean, _ = _linreg_hosts(dp, ClientOptions(), x, y, epochs=1)
+    clean, _ = _linreg_hosts(dp, (), x, y, epochs=1)
     want = clean.fit([0], params, RoundInfo(1, 0))[0].delta
     x_bad = x.copy()
     x_bad[3] = np.inf  # a sensor glitch in one row
     y_bad = y.copy()
     y_bad[3] = 3 * 0.0 + 1  # whatever the label, the row's gradient is not finite
-    bad, _ = _linreg_hosts(dp, ClientOptions(), x_bad, y_bad, epochs=1)
+    bad, _ = _linreg_hosts(dp, (), x_bad, y_bad, epochs=1)
     got = bad.fit([0], params, RoundInfo(1, 0))[0]
     assert got.client_id == 0 and all(np.isfinite(d).all() for d in got.delta)
     # Each kept example adds its clipped gradient (norm 1) / B: the bad row adds nothing,

@@ -250,13 +250,13 @@ def test_local_training_is_exact_gradient_descent_on_full_batches():
 
 @pytest.mark.keras
 def test_fedprox_step_is_gradient_descent_on_the_proximal_objective():
-    from fedray.strategy import ClientOptions
+    from fedray.features import FedProx
 
     mu, lr = 5.0, 0.001
     spec = _spec(
         ["client.batch_size=64", "client.local_epochs=2", f"client.learning_rate={lr}"], ids=(0,)
     )
-    host = ClientHost(replace(spec, client=ClientOptions(proximal_mu=mu)))
+    host = ClientHost(replace(spec, features=(FedProx(mu),)))
     x = host.shards[0].x.astype(np.float64)[:, 0]
     y = host.shards[0].y.astype(np.float64)[:, 0]
     wg, bg = 0.5, -0.25

@@ -8,6 +8,7 @@ from fedray import build, config
 from fedray.aggregators import Krum, Mean, Median, NormBound, TrimmedMean
 from fedray.cli import main
 from fedray.errors import ConfigError
+from fedray.features import FedProx
 from fedray.server_opt import ServerAdaptive, ServerMomentum, ServerSGD
 from fedray.strategy import STRATEGIES
 from tests.conftest import ROOT
@@ -51,8 +52,8 @@ def test_config_builds_the_composed_strategy(overrides, aggregator, optimizer):
 
 def test_fedprox_carries_mu_to_the_clients():
     s = build.build_strategy(config.load({}, ["strategy.name=fedprox", "strategy.proximal_mu=0.5"]))
-    assert s.client.proximal_mu == 0.5 and s.aggregator == Mean()
-    assert build.build_strategy(config.load({})).client.proximal_mu == 0.0
+    assert s.features == (FedProx(0.5),) and s.aggregator == Mean()
+    assert build.build_strategy(config.load({})).features == ()
 
 
 def test_krum_needs_enough_clients_per_round():

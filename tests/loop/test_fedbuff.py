@@ -37,7 +37,7 @@ class ScriptedExecutor:
     def initial_params(self):
         return [np.zeros(1)]
 
-    def broadcast(self, params, extras=None):
+    def broadcast(self, params, downs=None):
         return [p.copy() for p in params]
 
     def submit(self, cid, params, info):

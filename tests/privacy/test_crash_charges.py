@@ -43,10 +43,10 @@ class CrashingCounter(ReleaseCounter):
         yield from super().fit(client_ids, params, info)
         self._maybe("after the updates arrived", info.server_round)
 
-    def broadcast(self, params, extras=None):
+    def broadcast(self, params, downs=None):
         self.broadcasts += 1  # the first is the initial model, the k-th follows round k - 1
         self._maybe("at the broadcast", self.broadcasts - 1)
-        return self.inner.broadcast(params, extras)
+        return self.inner.broadcast(params, downs)
 
     def evaluate(self, handle):
         self.evaluations += 1
