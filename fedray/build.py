@@ -168,7 +168,7 @@ def secure_aggregation(cfg: Config, inner: Any) -> SecureAggregation:
         )
     clip = sa.clip
     if clip is None:  # DP's clip, or Flower's SecAgg+ clipping range
-        clip = float(inner.clip) if isinstance(inner, CentralDP) else 8.0  # type: ignore[arg-type]
+        clip = inner.rule.initial if isinstance(inner, CentralDP) else 8.0
     degree = {"auto": None, "all": cfg.data.num_clients}.get(str(sa.neighbours))
     if isinstance(sa.neighbours, int):
         degree = sa.neighbours

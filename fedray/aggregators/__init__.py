@@ -3,7 +3,7 @@
 from fedray.aggregators.base import Aggregator, LinearAggregator, client_settings
 from fedray.aggregators.clip import NormBound, clip_update
 from fedray.aggregators.distributed_dp import DistributedDP
-from fedray.aggregators.dp import AdaptiveClip, CentralDP, LocalDP
+from fedray.aggregators.dp import AdaptiveClip, CentralDP, FixedClip, LocalDP
 from fedray.aggregators.mean import Mean, weighted_mean
 from fedray.aggregators.presum import combine, presum
 from fedray.aggregators.robust import Krum, Median, TrimmedMean
@@ -15,6 +15,7 @@ __all__ = [
     "Aggregator",
     "CentralDP",
     "DistributedDP",
+    "FixedClip",
     "Krum",
     "LinearAggregator",
     "LocalDP",

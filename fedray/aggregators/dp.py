@@ -4,8 +4,9 @@
   arXiv:1710.06963). Clients clip their update to L2 norm C inside the host
   (``encode``); the driver sums the clipped updates, adds N(0, (z C)^2) per coordinate
   and divides by the *expected* number of clients m = qN, never the realised one.
-  Weights are uniform. Optional adaptive clipping (Andrew, Thakkar, McMahan,
-  Ramaswamy, NeurIPS 2021, arXiv:1905.03871): clients report whether their update was
+  Weights are uniform. C comes from a clip rule, one of two objects:
+  :class:`FixedClip` (C never changes) or :class:`AdaptiveClip` (Andrew, Thakkar,
+  McMahan, Ramaswamy, NeurIPS 2021, arXiv:1905.03871): clients report whether their update was
   unclipped as the *centred* bit ``b - 1/2`` (sensitivity ½, as in TF-Privacy's
   ``QuantileEstimatorQuery``, so a count noised with std σ_b costs the multiplier
   2σ_b); the driver forms ``b̄ = clamp((Σ(b - ½) + N(0, σ_b²)) / m + ½, 0, 1)``, which
@@ -26,7 +27,7 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -46,6 +47,76 @@ from fedray.records import (
 )
 
 UNCLIPPED = "dp_unclipped"  # a protocol value (ClientUpdate.protocol): never logged
+
+
+class ClipRule(Protocol):
+    """How :class:`CentralDP`'s clip norm C is chosen each round."""
+
+    @property
+    def initial(self) -> float:
+        """C of the first round."""
+        ...
+
+    @property
+    def fixed_norm(self) -> float | None:
+        """C when it never changes, else None."""
+        ...
+
+    def bits_stddev(self, expected_clients: float) -> float:
+        """σ_b, the noise on the clients' reported bits (0: they report none)."""
+        ...
+
+    def report(self, norm: float, clip: float) -> dict[str, float]:
+        """What a client whose update had ``norm`` reports beside it (protocol values)."""
+        ...
+
+    def adapt(
+        self, clip: float, centred: float, expected_clients: float, rng: np.random.Generator | None
+    ) -> tuple[float, Metrics]:
+        """Next round's C from the sum of the reported bits; and measurements.
+
+        The sum is noised from ``rng``; None leaves it un-noised (z = 0).
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class FixedClip:
+    """A fixed L2 clip norm C (DP-FedAvg's).
+
+    Attributes:
+        norm: C > 0.
+    """
+
+    norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.norm > 0:
+            raise ValueError(f"clip must be > 0, got {self.norm}")
+
+    @property
+    def initial(self) -> float:
+        """C."""
+        return float(self.norm)
+
+    @property
+    def fixed_norm(self) -> float:
+        """C."""
+        return float(self.norm)
+
+    def bits_stddev(self, expected_clients: float) -> float:
+        """Clients report nothing."""
+        return 0.0
+
+    def report(self, norm: float, clip: float) -> dict[str, float]:
+        """Nothing."""
+        return {}
+
+    def adapt(
+        self, clip: float, centred: float, expected_clients: float, rng: np.random.Generator | None
+    ) -> tuple[float, Metrics]:
+        """C, unchanged."""
+        return clip, {}
 
 
 @dataclass(frozen=True)
@@ -76,6 +147,30 @@ class AdaptiveClip:
                 f"count_stddev must be > 0 (None: expected clients / 20), got {self.count_stddev}"
             )
 
+    @property
+    def fixed_norm(self) -> None:
+        """C adapts."""
+        return None
+
+    def bits_stddev(self, expected_clients: float) -> float:
+        """σ_b: ``count_stddev``, else m / 20."""
+        given = self.count_stddev
+        return expected_clients / 20 if given is None else float(given)
+
+    def report(self, norm: float, clip: float) -> dict[str, float]:
+        """The centred unclipped bit ``b - ½`` (sensitivity ½)."""
+        return {UNCLIPPED: float(norm <= clip) - 0.5}
+
+    def adapt(
+        self, clip: float, centred: float, expected_clients: float, rng: np.random.Generator | None
+    ) -> tuple[float, Metrics]:
+        """``C exp(-η (b̄ - γ))`` from the noised centred count ``Σ (b - ½) + N(0, σ_b²)``."""
+        m = expected_clients
+        noised = centred + (0.0 if rng is None else rng.normal(0.0, self.bits_stddev(m)))
+        frac = float(np.clip(noised / m + 0.5, 0.0, 1.0))
+        new_clip = next_clip(clip, frac, self.target_quantile, self.learning_rate)
+        return new_clip, {"dp/unclipped_fraction": frac}
+
 
 def next_clip(clip: float, unclipped_fraction: float, target: float, lr: float) -> float:
     """The geometric update ``C exp(-lr (b̄ - γ))`` with b̄ the *unclipped* fraction.
@@ -104,12 +199,13 @@ class CentralDP(Unweighted):
         noise_multiplier: z >= 0 (total; with adaptive clipping part of it noises the
             unclipped count, see :func:`~fedray.privacy.accounting.split_noise`).
         expected_clients: m = qN, the denominator.
-        clip: A fixed L2 clip norm C, or :class:`AdaptiveClip`.
+        clip: The clip rule: :class:`FixedClip` (a number is one) or
+            :class:`AdaptiveClip`.
     """
 
     noise_multiplier: float
     expected_clients: float
-    clip: float | AdaptiveClip = 1.0
+    clip: float | FixedClip | AdaptiveClip = 1.0
     privacy_mode: ClassVar[str] = "central"
 
     def __post_init__(self) -> None:
@@ -117,22 +213,24 @@ class CentralDP(Unweighted):
             raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
         if not self.expected_clients > 0:
             raise ValueError(f"expected_clients must be > 0, got {self.expected_clients}")
-        if isinstance(self.clip, AdaptiveClip):
+        if isinstance(self.clip, int | float):  # a number is a fixed clip
+            object.__setattr__(self, "clip", FixedClip(float(self.clip)))
+        if self.count_stddev > 0:
             split_noise(self.noise_multiplier, self.count_stddev)  # raises when impossible
-        elif not self.clip > 0:
-            raise ValueError(f"clip must be > 0 or AdaptiveClip, got {self.clip}")
+
+    @property
+    def rule(self) -> ClipRule:
+        """The clip rule (``clip``, a number made a :class:`FixedClip`)."""
+        return self.clip  # type: ignore[return-value]
 
     @property
     def count_stddev(self) -> float:
-        """σ_b of adaptive clipping (m / 20 by default)."""
-        if not isinstance(self.clip, AdaptiveClip):
-            return 0.0
-        given = self.clip.count_stddev
-        return self.expected_clients / 20 if given is None else given
+        """σ_b of the clients' reported bits (0 for a fixed clip; m / 20 by default)."""
+        return self.rule.bits_stddev(self.expected_clients)
 
     def accountant(self, facts: RunFacts) -> Any:
-        """DP-FedAvg's ledger: one sampled Gaussian per round (two when adaptive)."""
-        adaptive = isinstance(self.clip, AdaptiveClip)
+        """DP-FedAvg's ledger: one sampled Gaussian per round (two when C adapts)."""
+        adaptive = self.count_stddev > 0
         return DPFedAvgAccountant(
             noise_multiplier=self.noise_multiplier,
             sampling_rate=facts.sampling_rate,
@@ -147,15 +245,14 @@ class CentralDP(Unweighted):
     @property
     def update_noise_multiplier(self) -> float:
         """z_Δ, the multiplier of the noise on the updates' sum."""
-        if isinstance(self.clip, AdaptiveClip):
+        if self.count_stddev > 0:
             return split_noise(self.noise_multiplier, self.count_stddev)
         return self.noise_multiplier
 
     def init(self, params: Params) -> AggState:
         """The clip norm (sent to clients each round) and the model's shapes."""
-        clip = self.clip.initial if isinstance(self.clip, AdaptiveClip) else float(self.clip)
         return {
-            "round_settings": {"dp_clip": clip},
+            "round_settings": {"dp_clip": self.rule.initial},
             "shapes": [(tuple(p.shape), str(p.dtype)) for p in params],
         }
 
@@ -169,12 +266,9 @@ class CentralDP(Unweighted):
         Training metrics and the example count are withheld: under DP the server sees
         nothing of a client but its clipped update (and, adaptively, ``b - ½``).
         """
-        default = self.clip.initial if isinstance(self.clip, AdaptiveClip) else float(self.clip)
-        clip = float(info.settings.get("dp_clip", default))
+        clip = float(info.settings.get("dp_clip", self.rule.initial))
         delta, norm = clip_to(update.delta, clip)
-        protocol = (
-            {UNCLIPPED: float(norm <= clip) - 0.5} if isinstance(self.clip, AdaptiveClip) else {}
-        )
+        protocol = self.rule.report(norm, clip)
         return replace(update, delta=delta, num_examples=1, metrics={}, protocol=protocol)
 
     def empty(self, state: AggState) -> PartialSum:
@@ -200,15 +294,10 @@ class CentralDP(Unweighted):
             for t, (_, dt) in zip(total.total, shapes, strict=True)
         ]
         meas: Metrics = {"dp/clip": clip, "dp/noise_std": sigma / m}
-        new_state = state
-        if isinstance(self.clip, AdaptiveClip):
-            centred = total.protocol_sums.get(UNCLIPPED, 0.0)  # Σ (b - ½): sensitivity ½
-            noised = centred + (rng.normal(0.0, self.count_stddev) if self.noise_multiplier else 0)
-            frac = float(np.clip(noised / m + 0.5, 0.0, 1.0))
-            new_clip = next_clip(clip, frac, self.clip.target_quantile, self.clip.learning_rate)
-            new_state = {**state, "round_settings": {"dp_clip": new_clip}}
-            meas["dp/unclipped_fraction"] = frac
-        return delta, new_state, meas
+        centred = total.protocol_sums.get(UNCLIPPED, 0.0)  # Σ (b - ½): sensitivity ½
+        new_clip, more = self.rule.adapt(clip, centred, m, rng if self.noise_multiplier else None)
+        new_state = {**state, "round_settings": {"dp_clip": new_clip}}
+        return delta, new_state, {**meas, **more}
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from fedray import tree
 from fedray.aggregators.base import zero_sum
 from fedray.aggregators.clip import clip_to
 from fedray.aggregators.distributed_dp import DistributedDP
-from fedray.aggregators.dp import UNCLIPPED, AdaptiveClip, CentralDP
+from fedray.aggregators.dp import UNCLIPPED, CentralDP
 from fedray.aggregators.mean import Mean
 from fedray.records import AggState, ClientUpdate, Metrics, Params, PartialSum, RoundInfo
 from fedray.secagg import Quantizer
@@ -81,7 +81,7 @@ class SecureAggregation:
             )
         if not 0.5 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0.5, 1], got {self.threshold}")
-        if isinstance(self.inner, CentralDP) and not isinstance(self.inner.clip, float | int):
+        if isinstance(self.inner, CentralDP) and self.inner.rule.fixed_norm is None:
             raise ValueError("secure aggregation needs a fixed DP clip (adaptive is not supported)")
         Quantizer(self.clip, self.bits)  # validates
         if self.min_clients < 1:
@@ -174,7 +174,7 @@ class SecureAggregation:
         size = int(sum(math.prod(s) for s, _ in state["shapes"]))
         if isinstance(self.inner, DistributedDP):
             return self.inner.plan(size).padded
-        adaptive = isinstance(self.inner, CentralDP) and isinstance(self.inner.clip, AdaptiveClip)
+        adaptive = isinstance(self.inner, CentralDP) and self.inner.rule.fixed_norm is None
         return size + (1 if adaptive else 0)
 
     def decode(

@@ -484,3 +484,33 @@ def test_an_explicit_count_stddev_is_kept_or_refused():
         AdaptiveClip(count_stddev=0.0)
     assert CentralDP(1.0, 40.0, clip=AdaptiveClip(count_stddev=3.0)).count_stddev == 3.0
     assert CentralDP(1.0, 40.0, clip=AdaptiveClip()).count_stddev == 2.0  # m / 20
+
+
+def test_the_clip_rule_is_an_object_central_dp_asks_not_a_mode():
+    # Fixed and adaptive clipping are two objects behind one small protocol, so a third
+    # rule (here a schedule that halves C each round) plugs in with no change to CentralDP.
+    from dataclasses import dataclass
+
+    from fedray.aggregators import FixedClip
+    from fedray.records import ClientUpdate, RoundInfo
+
+    @dataclass(frozen=True)
+    class Halving(FixedClip):
+        @property
+        def fixed_norm(self):
+            return None
+
+        def adapt(self, clip, centred, expected_clients, rng):
+            return clip / 2, {"dp/halved": 1.0}
+
+    agg = CentralDP(noise_multiplier=0.0, expected_clients=2.0, clip=Halving(4.0))
+    assert CentralDP(1.0, 2.0, clip=3.0).clip == FixedClip(3.0)  # a number is a fixed rule
+    state = agg.init([np.zeros(2, np.float32)])
+    clips = []
+    for r in range(3):
+        info = RoundInfo(r + 1, 0, settings=agg.client_settings(state))
+        up = agg.encode(ClientUpdate(0, [np.array([30.0, 40.0], np.float32)], 5), info)
+        clips.append(float(np.linalg.norm(up.delta[0])))
+        _, state, meas = agg.aggregate([up], state, np.random.default_rng(0))
+        assert meas["dp/halved"] == 1.0
+    np.testing.assert_allclose(clips, [4.0, 2.0, 1.0], rtol=1e-6)
