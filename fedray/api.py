@@ -27,6 +27,7 @@ from fedray import checkpoint as checkpoint_mod
 from fedray import config as config_mod
 from fedray.aggregators import Mean, SecureAggregation
 from fedray.aggregators.base import Unweighted
+from fedray.aggregators.compression import chain
 from fedray.callbacks import (
     Callback,
     CallbackList,
@@ -39,7 +40,6 @@ from fedray.callbacks import (
 )
 from fedray.client import state_store
 from fedray.client.devices import import_keras
-from fedray.compat import chain
 from fedray.config import Config
 from fedray.errors import ConfigError, FedrayError, RoundFailedError
 from fedray.loop import Checkpointer, Evaluation, default_scheduler, run_rounds

@@ -14,24 +14,12 @@ Layer 1: knows the aggregators and strategies, never the config or the runtime.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fedray.aggregators import (
-    CentralDP,
-    DistributedDP,
-    Krum,
-    LocalDP,
-    Mean,
-    Median,
-    NormBound,
-    SecureAggregation,
-    StalenessWeighted,
-    TrimmedMean,
-)
-from fedray.aggregators.base import Aggregator
-from fedray.aggregators.compression import Quantize, Rotate
+from fedray.aggregators.base import Aggregator, LinearAggregator
+from fedray.aggregators.compression import chain
 from fedray.errors import ConfigError
 from fedray.features.base import Feature, RunShape, check_features
 from fedray.privacy.mechanism import DPMechanism
@@ -368,25 +356,13 @@ def check_compatible(features: Mapping[str, Any]) -> None:
             raise ConfigError(rule.message(features))
 
 
-def chain(aggregator: Aggregator) -> Iterator[Aggregator]:
-    """The aggregator and every aggregator it wraps (through ``inner``), outermost first.
-
-    >>> " > ".join(type(a).__name__ for a in chain(NormBound(Median())))
-    'NormBound > Median'
-    """
-    current: Any = aggregator
-    while current is not None:
-        yield current
-        current = getattr(current, "inner", None)
-
-
 def dp_mechanisms(aggregator: Aggregator, client: Any) -> list[DPMechanism]:
     """The DP mechanisms in ``aggregator``'s chain, then ``client``'s DP-SGD (if any).
 
     ``client`` is a strategy's :class:`~fedray.strategy.ClientOptions`; a host, which
     has only the aggregator and the client options, asks this as the strategy does.
 
-    >>> from fedray.aggregators import LocalDP, Mean
+    >>> from fedray.aggregators import LocalDP, Mean, NormBound
     >>> [type(m).__name__ for m in dp_mechanisms(NormBound(LocalDP(1.0)), None)]
     ['LocalDP']
     >>> dp_mechanisms(Mean(), None)
@@ -397,14 +373,6 @@ def dp_mechanisms(aggregator: Aggregator, client: Any) -> list[DPMechanism]:
     if dp_sgd is not None:
         found.append(dp_sgd)
     return found
-
-
-_RULE_NAMES: tuple[tuple[type, str], ...] = (
-    (Median, "fedmedian"),
-    (TrimmedMean, "trimmed_mean"),
-    (Krum, "krum"),
-    (StalenessWeighted, "fedbuff"),
-)
 
 
 def _refuse_hidden_mechanisms(links: list[Aggregator]) -> None:
@@ -426,26 +394,26 @@ def _refuse_hidden_mechanisms(links: list[Aggregator]) -> None:
                 )
 
 
-_WRAPPER_KEYS: tuple[tuple[type, str, Callable[[Any], Any]], ...] = (
-    (NormBound, "strategy.norm_bound", lambda a: a.max_norm),
-    (SecureAggregation, _SA, lambda a: True),
-    (Quantize, "compression.quantize_bits", lambda a: a.bits),
-    (Rotate, "compression.rotate", lambda a: True),
-    (Mean, "strategy.weighting", lambda a: "examples" if a.weighting == "examples" else None),
-)
-"""Aggregator type -> the config key it stands for and its value (None: not on)."""
+def declared(link: Any) -> dict[str, Any]:
+    """The config keys an aggregator link stands for (its optional ``declares()``).
+
+    >>> from fedray.aggregators import Median, NormBound
+    >>> declared(NormBound(Median(), max_norm=1.0)), declared(object())
+    ({'strategy.norm_bound': 1.0}, {})
+    """
+    declares = getattr(link, "declares", None)
+    return {} if declares is None else dict(declares())
 
 
 def _chain_keys(links: list[Aggregator]) -> dict[str, Any]:
-    """The config keys the aggregator chain's links stand for."""
+    """The config keys the aggregator chain's links declare; the outermost names the rule."""
     out: dict[str, Any] = {}
-    for agg in links:
-        for kind, key, value in _WRAPPER_KEYS:
-            if isinstance(agg, kind) and value(agg) is not None:
-                out[key] = value(agg)
-        for kind, name in _RULE_NAMES:
-            if isinstance(agg, kind):
-                out.setdefault(_NAME, name)
+    for link in links:
+        for key, value in declared(link).items():
+            if key == _NAME:
+                out.setdefault(key, value)
+            else:
+                out[key] = value
     return out
 
 
@@ -456,13 +424,14 @@ def strategy_features(strategy: Any) -> dict[str, Any]:
     the config: ``NormBound(SecureAggregation(...))`` is refused like
     ``strategy.norm_bound`` with ``privacy.secure_aggregation.enabled``.
 
+    >>> from fedray.aggregators import Median, NormBound
     >>> from fedray.strategy import Strategy
     >>> strategy_features(Strategy(aggregator=NormBound(Median(), max_norm=1.0)))
     {'strategy.name': 'fedmedian', 'strategy.norm_bound': 1.0}
     """
     out: dict[str, Any] = {}
     links = list(chain(strategy.aggregator))
-    secure = [i for i, a in enumerate(links) if isinstance(a, SecureAggregation)]
+    secure = [i for i, a in enumerate(links) if declared(a).get(_SA)]
     if secure and secure[0] > 0:
         out["strategy.aggregator"] = "(".join(type(a).__name__ for a in links[: secure[0] + 1])
     _refuse_hidden_mechanisms(links)
@@ -483,7 +452,7 @@ def strategy_features(strategy: Any) -> dict[str, Any]:
         out[_NAME] = "fedbuff"
     if _NAME not in out:
         base = links[-1]
-        linear = isinstance(base, (Mean, CentralDP, LocalDP, DistributedDP))
+        linear = isinstance(base, LinearAggregator)
         named = strategy.name if strategy.name in MEAN_RECIPES else "fedavg"
         out[_NAME] = named if linear else f"custom({type(base).__name__})"
     return dict(sorted(out.items()))

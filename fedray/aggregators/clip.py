@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,10 @@ class NormBound(SameState):
     def __post_init__(self) -> None:
         if not self.max_norm > 0:
             raise ValueError(f"max_norm must be > 0, got {self.max_norm}")
+
+    def declares(self) -> dict[str, Any]:
+        """``strategy.norm_bound``, for the rules."""
+        return {"strategy.norm_bound": self.max_norm}
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator

@@ -31,6 +31,9 @@ from fedray.aggregators.base import Aggregator, client_settings
 from fedray.privacy.discrete import padded_dim, rotate, rotation_signs, unrotate
 from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
 
+Shapes = list[tuple[int, ...]]
+"""The shapes of the arrays that reach a link."""
+
 
 def _coins(info: RoundInfo, cid: int, salt: int) -> np.random.Generator:
     return np.random.default_rng([info.seed, info.server_round, cid, info.attempt, salt])
@@ -89,6 +92,15 @@ class Quantize(_Wrapper):
         if not 1 <= self.bits <= 16:
             raise ValueError(f"compression.quantize_bits must be in [1, 16], got {self.bits}")
 
+    def declares(self) -> dict[str, Any]:
+        """``compression.quantize_bits``, for the rules."""
+        return {"compression.quantize_bits": self.bits}
+
+    def uplink(self, shapes: Shapes, clients: int) -> tuple[Shapes, int | None]:
+        """B bits per coordinate, plus each array's range and the clip's scale (12 bytes)."""
+        sizes = [math.prod(s) for s in shapes]
+        return shapes, sum(math.ceil(n * self.bits / 8) for n in sizes) + 12 * len(sizes)
+
     def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
         """In the host: quantize each array, then the inner client step."""
         rng = _coins(info, update.client_id, 31)
@@ -106,6 +118,14 @@ class Rotate(_Wrapper):
 
     inner: Aggregator
 
+    def declares(self) -> dict[str, Any]:
+        """``compression.rotate``, for the rules."""
+        return {"compression.rotate": True}
+
+    def uplink(self, shapes: Shapes, clients: int) -> tuple[Shapes, int | None]:
+        """One flat vector padded to a power of two; its inner link says how it is sent."""
+        return [(padded_dim(sum(math.prod(s) for s in shapes)),)], None
+
     def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
         """In the host: rotate the flat update, inner encode, rotate back."""
         flat = tree.flatten(update.delta)
@@ -119,27 +139,36 @@ class Rotate(_Wrapper):
 def wire_bytes(aggregator: Any, params: Params, clients: int = 1) -> int:
     """Bytes one client's encoded update takes on the way up.
 
-    float32 coordinates by default; :class:`Quantize` sends b bits per coordinate plus
-    its range (and the clip's scale), :class:`Rotate` pads to the next power of two;
-    secure aggregation sends r bits per coordinate of its masked vector (r grows with
-    the ``clients`` summed).
+    Each link of the chain, outermost first, may say how the update reaches it is sent
+    (``uplink(shapes, clients) -> (shapes for its inner link, bytes or None)``):
+    :class:`Quantize` sends b bits per coordinate plus its range (and the clip's
+    scale), :class:`Rotate` pads to the next power of two for its inner link, secure
+    aggregation sends r bits per coordinate of its masked vector (r grows with the
+    ``clients`` summed). Without a link that says, float32 coordinates.
 
     >>> wire_bytes(Quantize(inner=None, bits=4), [np.zeros(10), np.zeros(6)])
     32
     """
-    from fedray.aggregators.secure import SecureAggregation
+    shapes: Shapes = [tuple(np.shape(p)) for p in params]
+    for link in chain(aggregator):
+        uplink = getattr(link, "uplink", None)  # optional: most links send what they get
+        if uplink is None:
+            continue
+        shapes, size = uplink(shapes, clients)
+        if size is not None:
+            return int(size)
+    return 4 * sum(math.prod(s) for s in shapes)
 
-    sizes = [int(np.size(p)) for p in params]
-    dim = sum(sizes)
-    current: Any = aggregator
-    rotated = False
+
+def chain(aggregator: Any) -> list[Any]:
+    """The aggregator and every aggregator it wraps (through ``inner``), outermost first.
+
+    >>> [type(a).__name__ for a in chain(Rotate(inner=Quantize(inner=None)))]
+    ['Rotate', 'Quantize']
+    """
+    links = []
+    current = aggregator
     while current is not None:
-        if isinstance(current, SecureAggregation):
-            shapes = {"shapes": [(tuple(np.shape(p)), "") for p in params]}  # all dim() reads
-            return math.ceil(current.dim(shapes) * current.modulus_bits(clients) / 8)
-        if isinstance(current, Rotate):
-            rotated, sizes = True, [padded_dim(dim)]
-        elif isinstance(current, Quantize):
-            return sum(math.ceil(n * current.bits / 8) for n in sizes) + 12 * len(sizes)
+        links.append(current)
         current = getattr(current, "inner", None)
-    return 4 * (padded_dim(dim) if rotated else dim)
+    return links

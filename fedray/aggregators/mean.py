@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -76,6 +76,10 @@ class Mean(LinearAggregator):
     def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
         """Nothing happens on the client."""
         return update
+
+    def declares(self) -> dict[str, Any]:
+        """``strategy.weighting='examples'`` when it weighs by example counts, for the rules."""
+        return {"strategy.weighting": "examples"} if self.weighting == "examples" else {}
 
     def weight(self, update: ClientUpdate) -> float:
         """``n_k`` (examples) or 1 (uniform)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,10 @@ class Median(_Stateless):
     2.0
     """
 
+    def declares(self) -> dict[str, Any]:
+        """The recipe it stands for, for the rules."""
+        return {"strategy.name": "fedmedian"}
+
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
     ) -> tuple[Params, AggState, Metrics]:
@@ -84,6 +89,10 @@ class TrimmedMean(_Stateless):
     def __post_init__(self) -> None:
         if not 0 <= self.beta < 0.5:
             raise ValueError(f"trimmed_mean beta must be in [0, 0.5), got {self.beta}")
+
+    def declares(self) -> dict[str, Any]:
+        """The recipe it stands for, for the rules."""
+        return {"strategy.name": "trimmed_mean"}
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
@@ -133,6 +142,10 @@ class Krum(_Stateless):
         return np.array(
             [np.sort(np.delete(dist[i], i))[:closest].sum() for i in range(n)], dtype=np.float64
         )
+
+    def declares(self) -> dict[str, Any]:
+        """The recipe it stands for, for the rules."""
+        return {"strategy.name": "krum"}
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator

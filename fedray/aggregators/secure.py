@@ -32,7 +32,7 @@ import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -141,6 +141,15 @@ class SecureAggregation:
             "inner": self.inner.init(params),
             "shapes": [(tuple(p.shape), str(p.dtype)) for p in params],
         }
+
+    def declares(self) -> dict[str, Any]:
+        """``privacy.secure_aggregation.enabled``, for the rules."""
+        return {"privacy.secure_aggregation.enabled": True}
+
+    def uplink(self, shapes: list[tuple[int, ...]], clients: int) -> tuple[Any, int]:
+        """R bits per coordinate of the masked vector (r grows with the clients summed)."""
+        state = {"shapes": [(s, "") for s in shapes]}  # all dim() reads
+        return shapes, math.ceil(self.dim(state) * self.modulus_bits(clients) / 8)
 
     def session(self) -> SecureSession:
         """The driver's side of a round (:mod:`fedray.secagg.session`)."""

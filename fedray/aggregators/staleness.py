@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,10 @@ class StalenessWeighted(SameState):
     """Scales each delta by ``staleness_weight(update.protocol["staleness"])``, then ``inner``."""
 
     inner: Aggregator = field(default_factory=lambda: Mean(weighting="uniform"))
+
+    def declares(self) -> dict[str, Any]:
+        """FedBuff's, for the rules."""
+        return {"strategy.name": "fedbuff"}
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
