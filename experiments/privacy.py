@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 import fedray
-from fedray.leakage import audit
+from fedray.cli.audit import audit
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"

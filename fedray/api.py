@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from fedray import build, rundirs
-from fedray import checkpoint as checkpoint_mod
 from fedray import config as config_mod
-from fedray.aggregators import Mean, SecureAggregation
+from fedray import rundirs
+from fedray.aggregators import Mean
 from fedray.aggregators.base import Unweighted
 from fedray.aggregators.compression import chain
 from fedray.callbacks import (
@@ -40,11 +39,12 @@ from fedray.callbacks import (
 )
 from fedray.client import state_store
 from fedray.client.devices import import_keras
-from fedray.config import Config
+from fedray.client.models import check_fit_model
+from fedray.config import Config, build
+from fedray.data.arrays import InMemory, from_clients
 from fedray.errors import ConfigError, FedrayError, RoundFailedError
 from fedray.loop import Checkpointer, Evaluation, default_scheduler, run_rounds
-from fedray.memory import InMemory, from_clients
-from fedray.models import check_fit_model
+from fedray.loop import checkpoint as checkpoint_mod
 from fedray.privacy import journal
 from fedray.records import Params, RoundPolicy
 from fedray.strategy import Strategy
@@ -109,12 +109,14 @@ class _Parts:
 
 def _parts(cfg: Config, strategy: Strategy, executor: Any, out_dir: Path, state: Any) -> _Parts:
     """The ledger (journaled in ``out_dir``), the canaries and the checks they need."""
-    secure = isinstance(strategy.aggregator, SecureAggregation)
-    params0 = executor.initial_params() if secure or cfg.privacy.canaries.count else None
+    # A link that must see the model's size before the run (secure aggregation's
+    # quantization range) says so with an optional check_model(dim).
+    checks = [c for link in chain(strategy.aggregator) if (c := getattr(link, "check_model", None))]
+    params0 = executor.initial_params() if checks or cfg.privacy.canaries.count else None
     dim = None if params0 is None else int(sum(np.size(p) for p in params0))
-    if isinstance(strategy.aggregator, SecureAggregation) and dim is not None:
+    for check in checks if dim is not None else ():
         try:
-            strategy.aggregator.l2_bound(dim)
+            check(dim)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     ledger = build.ledger(cfg, strategy, executor, dim)
@@ -369,7 +371,7 @@ def fit(  # noqa: PLR0913 - the public call, keyword-only options as keras.Model
     Args:
         model_fn: Builds the Keras model with no arguments; an uncompiled one is
             compiled with ``client.*`` (optimizer, learning rate, loss, metrics).
-            Checked before any host starts (:func:`fedray.models.check_fit_model`): a
+            Checked before any host starts (:func:`fedray.client.models.check_fit_model`): a
             built model instead of a function, a function that needs arguments, raises
             or returns no model, or a model that cannot take the clients' inputs or
             whose outputs do not match their labels is refused in one line.

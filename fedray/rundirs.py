@@ -29,8 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from fedray.checkpoint import FILENAME as CHECKPOINT
 from fedray.errors import FedrayError
+from fedray.loop.checkpoint import FILENAME as CHECKPOINT
 from fedray.privacy.journal import FILENAME as JOURNAL
 
 logger = logging.getLogger(__name__)

@@ -353,7 +353,7 @@ def no_hosts(monkeypatch, tmp_path):
     def refuse(*args, **kwargs):
         raise AssertionError("a host started: the mistake was not caught in the driver")
 
-    monkeypatch.setattr("fedray.build.make_executor", refuse)
+    monkeypatch.setattr("fedray.config.build.make_executor", refuse)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -457,9 +457,9 @@ def test_fit_refuses_a_model_fn_that_is_not_a_function_of_no_arguments(no_hosts)
 def test_fit_leaves_the_model_check_to_the_hosts_when_the_driver_has_no_tensorflow(
     no_hosts, monkeypatch
 ):
+    from fedray.client.models import check_fit_model
     from fedray.config import ClientConfig
-    from fedray.memory import from_clients
-    from fedray.models import check_fit_model
+    from fedray.data.arrays import from_clients
 
     for name in ("keras", "tensorflow"):  # as in a script that never imported them
         monkeypatch.delitem(sys.modules, name, raising=False)

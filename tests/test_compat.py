@@ -2,10 +2,11 @@
 
 import pytest
 
-from fedray import compat, config
+from fedray import config
 from fedray.aggregators import Mean, Median, NormBound, SecureAggregation
 from fedray.errors import ConfigError
 from fedray.strategy import Strategy
+from fedray.strategy import rules as compat
 
 
 def _load(*overrides):

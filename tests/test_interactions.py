@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedray import api, build, config
+from fedray import api, config
 from fedray.aggregators import Mean
+from fedray.config import build
 from fedray.errors import ConfigError
 from tests.privacy.harness import assert_charged, spy_runs
 
@@ -279,7 +280,7 @@ def render():
         "do not edit. Every pair of features either runs in the interaction test with its",
         "invariants checked (finite weights, every release charged under DP, resume equals",
         "the uninterrupted run, secure equals plain within the quantization bound), or is",
-        "refused at config time by `fedray.compat.check_compatible` with one line naming",
+        "refused at config time by `fedray.strategy.rules.check_compatible` with one line naming",
         "both keys. ✓ runs; ✗ refused (reasons below); · same group.",
         "",
         "| | " + " | ".join(f"{i + 1}" for i in range(len(names))) + " |",

@@ -10,24 +10,24 @@ LIGHT = [
     "fedray.records",
     "fedray.tree",
     "fedray.aggregators",
-    "fedray.server_opt",
+    "fedray.strategy.server_opt",
     "fedray.strategy",
-    "fedray.partition",
+    "fedray.data.partition",
     "fedray.callbacks",
     "fedray.loop",
     "fedray.loop.schedulers",
     "fedray.secagg.session",
     "fedray.config.strategy",
-    "fedray.synthetic",
+    "fedray.data.synthetic",
     "fedray.client.steps",
     "fedray.runtime.ray_host",
-    "fedray.validation",
-    "fedray.checkpoint",
-    "fedray.attacks",
+    "fedray.loop.validation",
+    "fedray.loop.checkpoint",
+    "fedray.client.attacks",
     "fedray.privacy",
     "fedray.privacy.audit",
     "fedray.secagg",
-    "fedray.leakage",
+    "fedray.cli.audit",
     "fedray.config",
     "fedray.errors",
     # Edge modules import their heavy dependencies lazily, too.
@@ -35,17 +35,17 @@ LIGHT = [
     "fedray.client.spec",
     "fedray.client.trainer",
     "fedray.client.behaviours",
-    "fedray.compat",
+    "fedray.strategy.rules",
     "fedray.features",
-    "fedray.build",
-    "fedray.build_privacy",
-    "fedray.memory",
+    "fedray.config.build",
+    "fedray.config.build_privacy",
+    "fedray.data.arrays",
     "fedray.data",
-    "fedray.tables",
-    "fedray.datafiles",
+    "fedray.data.tables",
+    "fedray.data.files",
     "fedray.rundirs",
-    "fedray.hf",
-    "fedray.models",
+    "fedray.data.huggingface",
+    "fedray.client.models",
     "fedray.runtime.local",
     "fedray.runtime.plan",
     "fedray.runtime.connect",
@@ -54,10 +54,10 @@ LIGHT = [
     "fedray.api",
     "fedray.cli",
     "fedray.sweeps",
-    "fedray.runtime.tune",
+    "fedray.sweeps.tune",
     "fedray.runtime.warm",
     "fedray.runtime.head",
-    "fedray.cli_privacy",
+    "fedray.cli.privacy",
 ]
 
 
@@ -73,7 +73,7 @@ def test_light_modules_import_neither_ray_nor_tensorflow():
     assert out.stdout.strip() == "", f"heavy modules imported: {out.stdout.strip()}"
 
 
-def test_only_runtime_imports_ray():
+def test_only_runtime_and_sweeps_import_ray():
     from pathlib import Path
 
     import fedray
@@ -82,7 +82,7 @@ def test_only_runtime_imports_ray():
     offenders = [
         str(p.relative_to(pkg))
         for p in pkg.rglob("*.py")
-        if "runtime" not in p.relative_to(pkg).parts
+        if not {"runtime", "sweeps"} & set(p.relative_to(pkg).parts)
         and ("import ray" in p.read_text() or "from ray" in p.read_text())
     ]
     assert offenders == []
@@ -94,20 +94,14 @@ def test_math_layers_import_no_keras_or_tensorflow_text():
     import fedray
 
     pkg = Path(fedray.__file__).parent
+    folders = ("strategy", "features", "aggregators", "privacy", "secagg", "loop")
     math_files = [
         "records.py",
         "tree.py",
-        "server_opt.py",
-        "strategy.py",
-        "partition.py",
         "callbacks.py",
-        *[str(p.relative_to(pkg)) for p in (pkg / "loop").glob("*.py")],
-        "validation.py",
-        "checkpoint.py",
-        "attacks.py",
-        *[str(p.relative_to(pkg)) for p in (pkg / "aggregators").glob("*.py")],
-        *[str(p.relative_to(pkg)) for p in (pkg / "privacy").glob("*.py")],
-        *[str(p.relative_to(pkg)) for p in (pkg / "secagg").glob("*.py")],
+        "client/attacks.py",
+        "data/partition.py",
+        *[str(p.relative_to(pkg)) for folder in folders for p in (pkg / folder).glob("*.py")],
     ]
     for name in math_files:
         text = (pkg / name).read_text()
@@ -120,17 +114,12 @@ LAYERS = {
     0: ["records", "tree", "errors"],
     1: [
         "aggregators",
-        "server_opt",
         "strategy",
-        "partition",
         "privacy",
         "secagg",
-        "validation",
-        "attacks",
-        "compat",
         "features",
     ],
-    2: ["loop", "callbacks", "checkpoint"],
+    2: ["loop", "callbacks"],
 }
 EDGE = 3  # everything else: client, runtime, data, models, config, build, api, cli, bench
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedray import partition
+from fedray.data import partition
 
 
 def _covers_once(parts, n):

@@ -64,14 +64,14 @@ def test_readme_fit_example_prints_what_it_says(tmp_path, monkeypatch):
 
 
 def test_the_published_config_reference_is_current():
-    from fedray.reference import config_reference
+    from fedray.config.reference import config_reference
 
     current = (ROOT / "docs" / "config.md").read_text()
-    assert current == config_reference(), "run: python -m fedray.reference"
+    assert current == config_reference(), "run: python -m fedray.config.reference"
 
 
 def test_every_config_key_has_a_meaning_in_the_reference():
-    from fedray.reference import config_reference
+    from fedray.config.reference import config_reference
 
     rows = [r for r in config_reference().splitlines() if r.startswith("| `")]
     assert len(rows) > 80

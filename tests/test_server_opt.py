@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedray.server_opt import ServerOptimizer, ServerSGD
+from fedray.strategy.server_opt import ServerOptimizer, ServerSGD
 
 
 def test_sgd_two_steps_hand_computed():
@@ -26,7 +26,7 @@ def test_bad_learning_rate():
         ServerSGD(learning_rate=-1)
 
 
-from fedray.server_opt import ServerAdaptive, ServerMomentum  # noqa: E402
+from fedray.strategy.server_opt import ServerAdaptive, ServerMomentum  # noqa: E402
 
 
 def test_fedavgm_two_steps():

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from fedray.aggregators import Mean
-from fedray.server_opt import ServerSGD
 from fedray.strategy import STRATEGIES, Strategy, fedavg
+from fedray.strategy.server_opt import ServerSGD
 
 
 def test_fedavg_recipe_composes_mean_and_sgd():

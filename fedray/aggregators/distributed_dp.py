@@ -12,7 +12,7 @@ conditionally to integers of norm at most B and adds the client's integer noise 
 unmasks only the noised sum. :meth:`decode` centres it, divides by gamma and
 rotates it back; :meth:`finalize` divides by the expected cohort m (no noise is added
 on the server). Only secure aggregation may carry it: without it the server would see
-each client's weakly noised update (:func:`fedray.compat.check_compatible` refuses it).
+each client's weakly noised update (:func:`fedray.strategy.rules.check_compatible` refuses it).
 
 Measurements: ``dp/clip``, ``dp/noise_std`` (on the mean), ``ddp/scale`` (gamma),
 ``ddp/inflation`` (B / (gamma C): the noise added over central DP's z C) and
@@ -117,6 +117,10 @@ class DistributedDP(Unweighted):
         """m_min: a round with fewer survivors aborts before anything is unmasked."""
         return self.plan(1).min_survivors
 
+    def secure_codec(self) -> IntegerCodec:
+        """Secure aggregation's codec: this mechanism's own noised integers."""
+        return IntegerCodec(self)
+
     def init(self, params: Params) -> AggState:
         """The model's shapes."""
         return {"shapes": [(tuple(p.shape), str(p.dtype)) for p in params]}
@@ -184,6 +188,56 @@ class DistributedDP(Unweighted):
             "ddp/min_survivors": float(plan.min_survivors),
         }
         return delta, state, meas
+
+
+@dataclass(frozen=True)
+class IntegerCodec:
+    """How secure aggregation carries distributed DP's noised integers (its codec).
+
+    The modulus and the fewest survivors are the mechanism's; the unmasked sum is
+    centred in ``[-2^(r-1), 2^(r-1))`` and handed to :meth:`DistributedDP.decode`.
+    """
+
+    ddp: DistributedDP
+
+    def modulus_bits(self, clients: int) -> int:
+        """The mechanism's r, whatever the cohort."""
+        return self.ddp.modulus_bits
+
+    def min_survivors(self) -> int:
+        """m_min: fewer survivors would leave the sum under-noised."""
+        return self.ddp.min_survivors
+
+    def bound(self, dim: int) -> float:
+        """The mechanism's clip (its rounding is bounded by its own plan)."""
+        return self.ddp.clip
+
+    def length(self, size: int) -> int:
+        """The rotated, padded length."""
+        return self.ddp.plan(size).padded
+
+    def encode(self, update: ClientUpdate, info: RoundInfo) -> np.ndarray:
+        """The client's noised integers mod 2^r."""
+        ints = self.ddp.encode_integers(update, info)
+        return (ints & ((1 << self.ddp.modulus_bits) - 1)).astype(np.uint64)
+
+    def decode(
+        self,
+        total: np.ndarray,
+        survivors: Sequence[int],
+        shapes: Sequence[tuple[tuple[int, ...], str]],
+        inner_state: AggState,
+        info: RoundInfo,
+    ) -> PartialSum:
+        """The centred integer sum, decoded by the mechanism."""
+        r = self.ddp.modulus_bits
+        values = total.astype(np.int64)
+        values[values >= 1 << (r - 1)] -= 1 << r  # centred: [-2^(r-1), 2^(r-1))
+        return self.ddp.decode(values, survivors, inner_state, info)
+
+    def step(self, size: int) -> float:
+        """One integer of the sum, in the update's units."""
+        return 1 / self.ddp.plan(size).scale
 
 
 @functools.lru_cache(maxsize=64)

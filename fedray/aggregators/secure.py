@@ -32,16 +32,16 @@ import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from fedray import tree
 from fedray.aggregators.base import zero_sum
 from fedray.aggregators.clip import clip_to
-from fedray.aggregators.distributed_dp import DistributedDP
-from fedray.aggregators.dp import UNCLIPPED, CentralDP
+from fedray.aggregators.dp import CentralDP
 from fedray.aggregators.mean import Mean
+from fedray.privacy.mechanism import DPMechanism
 from fedray.records import AggState, ClientUpdate, Metrics, Params, PartialSum, RoundInfo
 from fedray.secagg import Quantizer
 
@@ -64,9 +64,7 @@ class SecureAggregation:
             sampled or surviving clients aborts before any share is revealed.
     """
 
-    inner: Mean | CentralDP | DistributedDP = field(
-        default_factory=lambda: Mean(weighting="uniform")
-    )
+    inner: Any = field(default_factory=lambda: Mean(weighting="uniform"))
     clip: float = 1.0
     bits: int = 16
     degree: int | None = None
@@ -89,27 +87,32 @@ class SecureAggregation:
 
     @property
     def private(self) -> bool:
-        """Whether the inner aggregator is DP (its sensitivity must hold)."""
-        return isinstance(self.inner, CentralDP | DistributedDP)
+        """Whether the inner aggregator is a DP mechanism (its sensitivity must hold)."""
+        return isinstance(self.inner, DPMechanism)
+
+    @property
+    def codec(self) -> SecureCodec:
+        """How updates become integers for the sum.
+
+        The inner's own (``secure_codec``: distributed DP's noised integers), else
+        b-bit quantization of ``[-clip, clip]``.
+        """
+        own = getattr(self.inner, "secure_codec", None)
+        if own is not None:
+            return own()  # type: ignore[no-any-return]
+        return QuantizedCodec(self.inner, self.clip, self.bits, self.private)
 
     @property
     def required_clients(self) -> int:
         """The fewest sampled or surviving clients whose sum may be unmasked."""
-        if isinstance(self.inner, DistributedDP):
-            return max(self.min_clients, self.inner.min_survivors)
-        return self.min_clients
+        return max(self.min_clients, self.codec.min_survivors())
 
     def modulus_bits(self, clients: int) -> int:
         """r: the masked sum of ``clients`` vectors is computed mod 2^r."""
-        if isinstance(self.inner, DistributedDP):
-            return self.inner.modulus_bits
-        return self.quantizer.modulus_bits(max(clients, 1))
+        return self.codec.modulus_bits(clients)
 
     def l2_bound(self, dim: int) -> float:
-        """The clip applied before quantizing, so the decoded update has norm <= clip.
-
-        Without DP it is ``clip``; under central DP it is ``clip - step sqrt(dim)``
-        (distributed DP bounds its own rounding).
+        """The norm an update is clipped to before it becomes integers (see the codec).
 
         >>> round(SecureAggregation(inner=CentralDP(1.0, 10.0, 1.0), bits=16).l2_bound(100), 6)
         0.999695
@@ -118,17 +121,15 @@ class SecureAggregation:
             ValueError: ``bits`` are too few for ``dim`` coordinates (the margin would
                 eat more than half of the clip).
         """
-        if not isinstance(self.inner, CentralDP):
-            return self.clip
-        margin = self.quantizer.step * math.sqrt(dim)
-        if margin > self.clip / 2:
-            need = math.ceil(math.log2(4 * math.sqrt(dim) + 1))
-            raise ValueError(
-                f"privacy.secure_aggregation.bits={self.bits} is too coarse for a model of "
-                f"{dim} parameters under privacy.dp: rounding could add {margin:.3g} to an "
-                f"update's norm (clip {self.clip:g}); use bits >= {need}"
-            )
-        return self.clip - margin
+        return self.codec.bound(dim)
+
+    def check_model(self, dim: int) -> None:
+        """Refuse a model of ``dim`` parameters that ``bits`` cannot quantize (:meth:`l2_bound`).
+
+        Raises:
+            ValueError: One line naming ``privacy.secure_aggregation.bits``.
+        """
+        self.l2_bound(dim)
 
     @property
     def quantizer(self) -> Quantizer:
@@ -158,52 +159,19 @@ class SecureAggregation:
         return SecureSession(self)
 
     def encode(self, update: ClientUpdate, info: RoundInfo) -> ClientUpdate:
-        """In the host: inner client step, clip, quantize (the host then masks)."""
-        if isinstance(self.inner, DistributedDP):
-            ints = self.inner.encode_integers(update, info)
-            levels = (ints & ((1 << self.inner.modulus_bits) - 1)).astype(np.uint64)
-            return replace(update, delta=[], num_examples=1, metrics={}, masked=levels, protocol={})
-        update = self.inner.encode(update, info)
-        dim = sum(d.size for d in update.delta)
-        delta, _ = clip_to(update.delta, self.l2_bound(dim))
-        flat = tree.flatten(delta)
-        bit = update.protocol.get(UNCLIPPED)
-        if bit is not None:  # centred adaptive-clipping bit (±½), one more coordinate
-            flat = np.append(flat, 2 * bit * self.clip)
-        rng = (
-            np.random.default_rng(secrets.randbits(128))  # coins the server cannot know
-            if self.private
-            else np.random.default_rng([info.seed, info.server_round, update.client_id, 17])
-        )
-        levels = self.quantizer.encode(flat, rng)
+        """In the host: the codec's integers (the host then masks them); nothing else."""
+        levels = self.codec.encode(update, info)
         return replace(update, delta=[], num_examples=1, metrics={}, masked=levels, protocol={})
 
     def dim(self, state: AggState) -> int:
-        """Length of a client's masked vector (the weights, plus adaptive DP's bit)."""
-        size = int(sum(math.prod(s) for s, _ in state["shapes"]))
-        if isinstance(self.inner, DistributedDP):
-            return self.inner.plan(size).padded
-        adaptive = isinstance(self.inner, CentralDP) and self.inner.rule.fixed_norm is None
-        return size + (1 if adaptive else 0)
+        """Length of a client's integer vector for the model of ``state``."""
+        return self.codec.length(int(sum(math.prod(s) for s, _ in state["shapes"])))
 
     def decode(
         self, total: np.ndarray, survivors: Sequence[int], state: AggState, info: RoundInfo
     ) -> PartialSum:
         """The float sum of the survivors' updates, each counted once."""
-        n = len(survivors)
-        if isinstance(self.inner, DistributedDP):
-            r = self.inner.modulus_bits
-            values = total.astype(np.int64)
-            values[values >= 1 << (r - 1)] -= 1 << r  # centred: [-2^(r-1), 2^(r-1))
-            return self.inner.decode(values, survivors, state["inner"], info)
-        values = self.quantizer.decode_sum(total, n)
-        shapes = state["shapes"]
-        size = sum(math.prod(s) for s, _ in shapes)
-        protocol: dict[str, float] = {}
-        if isinstance(self.inner, CentralDP) and values.size == size + 1:
-            protocol[UNCLIPPED] = float(round(values[-1] / self.clip)) / 2  # Σ (b - ½)
-        out = tree.unflatten(np.asarray(values[:size], np.float64), [s for s, _ in shapes])
-        return PartialSum(tuple(sorted(survivors)), out, float(n), n, protocol_sums=protocol)
+        return self.codec.decode(total, survivors, state["shapes"], state["inner"], info)
 
     def aggregate(
         self, updates: Sequence[ClientUpdate], state: AggState, rng: np.random.Generator
@@ -227,11 +195,128 @@ class SecureAggregation:
         """Hand the decoded sum (from :meth:`decode`) to the inner linear rule."""
         delta, inner, meas = self.inner.finalize(total, state["inner"], rng)
         count = float(len(total.client_ids))
-        size = int(sum(math.prod(s) for s, _ in state["shapes"]))
-        step = (
-            1 / self.inner.plan(size).scale
-            if isinstance(self.inner, DistributedDP)
-            else self.quantizer.step
-        )
+        step = self.codec.step(int(sum(math.prod(s) for s, _ in state["shapes"])))
         meas = {**meas, "secagg/clients": count, "secagg/quantization_step": step}
         return delta, {**state, "inner": inner}, meas
+
+
+Shapes = Sequence[tuple[tuple[int, ...], str]]
+
+
+class SecureCodec(Protocol):
+    """How a secure sum's updates become integers mod 2^r, and their sum a float sum.
+
+    An inner aggregator with its own integers (distributed DP) gives one through an
+    optional ``secure_codec()``; every other linear rule gets :class:`QuantizedCodec`.
+    """
+
+    def modulus_bits(self, clients: int) -> int:
+        """R for a sum of ``clients`` vectors."""
+        ...
+
+    def min_survivors(self) -> int:
+        """The fewest survivors whose sum may be unmasked (the codec's own bound)."""
+        ...
+
+    def bound(self, dim: int) -> float:
+        """The L2 norm an update of ``dim`` coordinates is clipped to first."""
+        ...
+
+    def length(self, size: int) -> int:
+        """Integers per client for a model of ``size`` parameters."""
+        ...
+
+    def encode(self, update: ClientUpdate, info: RoundInfo) -> np.ndarray:
+        """In the host: the update's integers mod 2^r (uint64), before masking."""
+        ...
+
+    def decode(
+        self,
+        total: np.ndarray,
+        survivors: Sequence[int],
+        shapes: Shapes,
+        inner_state: AggState,
+        info: RoundInfo,
+    ) -> PartialSum:
+        """The float sum of the survivors' updates from the unmasked integer sum."""
+        ...
+
+    def step(self, size: int) -> float:
+        """The decoded sum's resolution (logged as ``secagg/quantization_step``)."""
+        ...
+
+
+@dataclass(frozen=True)
+class QuantizedCodec:
+    """b-bit unbiased quantization of ``[-clip, clip]`` after the inner client step.
+
+    Under DP (``private``) the update is clipped to ``clip - step sqrt(d)`` first, so
+    the decoded contribution never exceeds the sensitivity, and the rounding coins
+    come from ``secrets``.
+    """
+
+    inner: Any
+    clip: float
+    bits: int
+    private: bool
+
+    @property
+    def quantizer(self) -> Quantizer:
+        """The b-bit quantizer of ``[-clip, clip]``."""
+        return Quantizer(self.clip, self.bits)
+
+    def modulus_bits(self, clients: int) -> int:
+        """Enough bits for the sum of ``clients`` quantized vectors."""
+        return self.quantizer.modulus_bits(max(clients, 1))
+
+    def min_survivors(self) -> int:
+        """No bound of its own."""
+        return 1
+
+    def bound(self, dim: int) -> float:
+        """``clip``; under DP ``clip - step sqrt(dim)`` (refused when bits are too few)."""
+        if not self.private:
+            return self.clip
+        margin = self.quantizer.step * math.sqrt(dim)
+        if margin > self.clip / 2:
+            need = math.ceil(math.log2(4 * math.sqrt(dim) + 1))
+            raise ValueError(
+                f"privacy.secure_aggregation.bits={self.bits} is too coarse for a model of "
+                f"{dim} parameters under privacy.dp: rounding could add {margin:.3g} to an "
+                f"update's norm (clip {self.clip:g}); use bits >= {need}"
+            )
+        return self.clip - margin
+
+    def length(self, size: int) -> int:
+        """One integer per parameter."""
+        return size
+
+    def encode(self, update: ClientUpdate, info: RoundInfo) -> np.ndarray:
+        """Inner client step, clip, quantize."""
+        update = self.inner.encode(update, info)
+        dim = sum(d.size for d in update.delta)
+        delta, _ = clip_to(update.delta, self.bound(dim))
+        rng = (
+            np.random.default_rng(secrets.randbits(128))  # coins the server cannot know
+            if self.private
+            else np.random.default_rng([info.seed, info.server_round, update.client_id, 17])
+        )
+        return self.quantizer.encode(tree.flatten(delta), rng)
+
+    def decode(
+        self,
+        total: np.ndarray,
+        survivors: Sequence[int],
+        shapes: Shapes,
+        inner_state: AggState,
+        info: RoundInfo,
+    ) -> PartialSum:
+        """The dequantized sum of the survivors."""
+        n = len(survivors)
+        values = self.quantizer.decode_sum(total, n)
+        out = tree.unflatten(np.asarray(values, np.float64), [s for s, _ in shapes])
+        return PartialSum(tuple(sorted(survivors)), out, float(n), n)
+
+    def step(self, size: int) -> float:
+        """One quantization step."""
+        return self.quantizer.step

@@ -85,7 +85,7 @@ def floor_half(overrides: Sequence[str], share: int, of: int) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    from fedray.models import build_model
+    from fedray.client.models import build_model
 
     chosen = [parts[k] for k in first_sample(cfg)][share::of]
     batch = cfg.client.batch_size

@@ -108,7 +108,7 @@ def _load(config: str, overrides: Sequence[str]) -> tuple[Any, Any, list[np.ndar
 
 def first_sample(cfg: Any) -> list[int]:
     """The clients fedray's driver samples in round 1 (its RNG is seeded with the seed)."""
-    from fedray.build import build_strategy
+    from fedray.config.build import build_strategy
 
     return build_strategy(cfg).sample_clients(cfg.data.num_clients, np.random.default_rng(cfg.seed))
 
@@ -118,8 +118,8 @@ def run_naive(config: str, overrides: Sequence[str]) -> dict[str, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from fedray.build import build_strategy
-    from fedray.models import build_model
+    from fedray.client.models import build_model
+    from fedray.config.build import build_strategy
 
     cfg, ds, parts = _load(config, overrides)
     info = ds.info
@@ -224,7 +224,7 @@ def run_floor(config: str, overrides: Sequence[str]) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    from fedray.models import build_model
+    from fedray.client.models import build_model
 
     parts = [parts[k] for k in first_sample(cfg)]
     hosts = min(hosts, len(parts))

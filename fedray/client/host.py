@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from fedray import tree
-from fedray.aggregators import LinearAggregator, SecureAggregation, presum
-from fedray.attacks import attack_update, choose_attackers, flip_labels
+from fedray.aggregators import LinearAggregator, presum
+from fedray.client.attacks import attack_update, choose_attackers, flip_labels
 from fedray.client.behaviours import (
     simulated_delay,
     simulated_fault,
@@ -38,9 +38,9 @@ from fedray.client.behaviours import (
 )
 from fedray.client.spec import HostSpec, Trainer, TrainJob, client_seed, noise_seed
 from fedray.client.state_store import ClientState, ClientStateStore
-from fedray.compat import dp_mechanisms
 from fedray.errors import ConfigError, HostFaultError, one_line
 from fedray.features.base import Trained, client_offset, client_update
+from fedray.loop.validation import screen
 from fedray.records import (
     ClientEval,
     ClientFailure,
@@ -53,7 +53,7 @@ from fedray.records import (
     merge_means,
 )
 from fedray.secagg.session import MissingKeysError, SecureClients
-from fedray.validation import screen
+from fedray.strategy.rules import dp_mechanisms
 
 logger = logging.getLogger(__name__)
 
@@ -137,9 +137,7 @@ class ClientHost:
         )
         # This round's SecAgg keys per client (secret), and the host's own bound on how
         # few survivors an unmask request may name (not the server's word for it).
-        agg = spec.aggregator
-        least = agg.required_clients if isinstance(agg, SecureAggregation) else 1
-        self._secure = SecureClients(min_survivors=least)
+        self._secure = SecureClients.for_aggregator(spec.aggregator)
         self.setup_s = time.perf_counter() - t0
 
     def _check(self) -> None:

@@ -20,7 +20,7 @@ from fedray.strategy import ClientOptions
 
 if TYPE_CHECKING:
     from fedray.data import HostData
-    from fedray.memory import InMemory
+    from fedray.data.arrays import InMemory
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from fedray.client.devices import configure_tensorflow, data_tensors
 from fedray.client.evaluation import mean_leaves, model_step, trace_states, trace_whole, while_loop
 from fedray.client.spec import TrainJob
 from fedray.client.steps import DPSGDGradient, GradientOffset, Proximal, gradient_step
-from fedray.compat import dp_mechanisms
 from fedray.records import MeanStates, Metrics, Params, batch_range
+from fedray.strategy.rules import dp_mechanisms
 from fedray.tree import aligned_concatenate
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class KerasTrainer:
         import keras
         import tensorflow as tf
 
-        from fedray.models import build_model, sample_rows
+        from fedray.client.models import build_model, sample_rows
 
         self._tf = tf
         self.spec = spec

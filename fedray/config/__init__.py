@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from fedray.compat import check_compatible, check_declared
 from fedray.config.privacy import CanaryConfig, DPConfig, PrivacyConfig, SecureAggregationConfig
 from fedray.config.sections import (
     FILE_DATASETS,
@@ -35,6 +34,7 @@ from fedray.config.sections import (
 from fedray.config.strategy import RECIPES, FedAvgConfig, StrategyConfig, _recipe_name
 from fedray.errors import ConfigError
 from fedray.features import Feature, TopK
+from fedray.strategy.rules import check_compatible, check_declared
 
 __all__ = [
     "FILE_DATASETS",
@@ -132,7 +132,7 @@ def recipe_features(cfg: Config) -> tuple[Feature, ...]:
 
 
 def features(cfg: Config) -> dict[str, Any]:
-    """The run's features as config key -> value, for :func:`fedray.compat.check_compatible`.
+    """The run's features as config key -> value, for the rules (:mod:`fedray.strategy.rules`).
 
     ``strategy.weighting`` appears only when set (``auto`` adapts to the run).
     """

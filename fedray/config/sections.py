@@ -129,7 +129,13 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        builtin = ("linear", "mlp", "cnn", "simple_cnn", "char_lstm")  # fedray.models.BUILTIN
+        builtin = (
+            "linear",
+            "mlp",
+            "cnn",
+            "simple_cnn",
+            "char_lstm",
+        )  # fedray.client.models.BUILTIN
         if v not in builtin and ":" not in v:
             raise ValueError(
                 f"unknown model {v!r}; expected one of {', '.join(builtin)} or "

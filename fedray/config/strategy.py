@@ -53,7 +53,7 @@ class _Common(_Section):
     def build(self, num_clients: int) -> Strategy:
         """The recipe's :class:`~fedray.strategy.Strategy` with these options.
 
-        ``weighting`` is applied by :func:`fedray.build.build_strategy`, which knows
+        ``weighting`` is applied by :func:`fedray.config.build.build_strategy`, which knows
         whether the run is private.
         """
         kwargs: dict[str, Any] = {

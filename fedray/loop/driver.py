@@ -26,21 +26,19 @@ import numpy as np
 from fedray import tree
 from fedray.aggregators import client_settings
 from fedray.callbacks import Callback, CallbackList, History, Logs, PrivacyBudget, RunControl
-from fedray.checkpoint import DriverState
 from fedray.errors import RoundFailedError
 from fedray.features.base import FeatureState, RoundFacts, downlinks, server_update
-from fedray.loop.executor import Executor, PrivacyLedger
+from fedray.loop.checkpoint import DriverState
+from fedray.loop.executor import Executor, Inserts, PrivacyLedger
 from fedray.loop.schedulers import Buffered, Context, Scheduler, Step, SyncRounds
 from fedray.loop.steps import (
     Evaluation,
     aggregate,
-    canary_updates,
     comm_logs,
     due,
     evaluate_round,
     fit_logs,
 )
-from fedray.privacy.canary import CanaryAudit
 from fedray.records import AggState, ClientUpdate, Params, RoundInfo, RoundPolicy
 from fedray.strategy import Strategy
 
@@ -81,7 +79,7 @@ def run_rounds(  # noqa: PLR0913 - the loop's keyword options (issue 32 makes th
     privacy: PrivacyLedger | None = None,
     rng_seed: int | None = None,
     noise_seed: int | None = None,
-    canaries: CanaryAudit | None = None,
+    canaries: Inserts | None = None,
 ) -> Params:
     """Run ``rounds`` server steps and return the final global params.
 
@@ -174,7 +172,7 @@ class _Loop:
     rounds: int
     evaluation: Evaluation
     checkpoint: Checkpointer | None
-    canaries: CanaryAudit | None
+    canaries: Inserts | None
     noise_seed: int | None
     private: bool
     params: Params
@@ -345,7 +343,7 @@ def _server_step(
     states: tuple[AggState, list[FeatureState]],
     opt_state: AggState,
     server_round: int,
-    canaries: CanaryAudit | None,
+    canaries: Inserts | None,
     noise_rng: np.random.Generator,
 ) -> tuple[Params, tuple[AggState, list[FeatureState]], AggState, dict[str, float]]:
     """The step's next model and states, not yet committed.
@@ -358,7 +356,7 @@ def _server_step(
     if canaries is not None:
         settings = client_settings(strategy.aggregator, agg_state)
         info = RoundInfo(server_round=server_round, seed=ctx.seed, num_sampled=0, settings=settings)
-        updates = [*updates, *canary_updates(canaries, strategy, params, info, updates)]
+        updates = [*updates, *canaries.inserted(strategy.aggregator, params, info, updates)]
     delta, agg_state, measurements = aggregate(
         strategy.aggregator, updates, params, agg_state, noise_rng
     )

@@ -17,8 +17,23 @@ from fedray.records import (
     FitEvent,
     Metrics,
     Params,
+    PartialSum,
     RoundInfo,
 )
+
+
+class Inserts(Protocol):
+    """Updates the server adds to a step's own before aggregating (a canary audit)."""
+
+    def inserted(
+        self,
+        aggregator: Any,
+        params: Params,
+        info: RoundInfo,
+        updates: Sequence[ClientUpdate | PartialSum],
+    ) -> list[ClientUpdate]:
+        """This step's inserted updates, encoded as a client's would be."""
+        ...
 
 
 class PrivacyLedger(Protocol):

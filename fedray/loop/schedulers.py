@@ -28,6 +28,7 @@ import numpy as np
 from fedray.aggregators import client_settings
 from fedray.errors import RoundFailedError
 from fedray.loop.executor import Executor, PrivacyLedger
+from fedray.loop.validation import screen
 from fedray.records import (
     FAILURE_CAUSES,
     AggState,
@@ -40,7 +41,6 @@ from fedray.records import (
     RoundPolicy,
 )
 from fedray.strategy import Strategy
-from fedray.validation import screen
 
 logger = logging.getLogger(__name__)
 

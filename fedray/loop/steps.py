@@ -17,7 +17,6 @@ from fedray.aggregators import Aggregator, LinearAggregator, Mean, combine, pres
 from fedray.aggregators.compression import wire_bytes
 from fedray.callbacks import Logs
 from fedray.features import Feature
-from fedray.privacy.canary import CanaryAudit
 from fedray.records import (
     AggState,
     ClientEval,
@@ -25,9 +24,7 @@ from fedray.records import (
     Metrics,
     Params,
     PartialSum,
-    RoundInfo,
 )
-from fedray.strategy import Strategy
 
 
 @dataclass(frozen=True)
@@ -148,26 +145,3 @@ def comm_logs(
         "comm/bytes_down": float(raw * sampled),
         "comm/compression": raw / up,
     }
-
-
-def canary_updates(
-    canaries: CanaryAudit,
-    strategy: Strategy,
-    params: Params,
-    info: RoundInfo,
-    updates: Sequence[ClientUpdate | PartialSum],
-) -> list[ClientUpdate]:
-    """This round's canaries, encoded by the aggregator as a client's update would be.
-
-    ``info`` carries the round's client settings (DP's clip norm).
-    """
-    clip = info.settings.get("dp_clip")
-    norm = None if clip is None else float(clip) * (1 - 1e-6)  # at the clip, never above
-    counts = [
-        (u.num_examples, 1) if isinstance(u, ClientUpdate) else (u.num_examples, len(u.client_ids))
-        for u in updates
-    ]
-    clients = sum(c for _, c in counts)
-    examples = max(1, round(sum(n for n, _ in counts) / clients)) if clients else 1
-    raw = canaries.updates(info.server_round, params, norm, examples)  # weighted as a client
-    return [strategy.aggregator.encode(u, info) for u in raw]

@@ -15,13 +15,14 @@ synthetic (no data), so they are never charged to the ledger. Layer 1: numpy onl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fedray import tree
-from fedray.records import ClientUpdate, Params
+from fedray.records import ClientUpdate, Params, PartialSum, RoundInfo
 
 CANARY_ID = -1000  # canary i has client id CANARY_ID - i: never a real client
 
@@ -60,6 +61,31 @@ class CanaryAudit:
         """The canaries inserted in ``server_round`` (Poisson, like real clients)."""
         draws = np.random.default_rng([self.seed, server_round, 37]).random(self.count)
         return [int(i) for i in np.flatnonzero(draws < self.sampling_rate)]
+
+    def inserted(
+        self,
+        aggregator: Any,
+        params: Params,
+        info: RoundInfo,
+        updates: Sequence[ClientUpdate | PartialSum],
+    ) -> list[ClientUpdate]:
+        """This round's canaries, encoded by ``aggregator`` as a client's update would be.
+
+        ``info`` carries the round's client settings (DP's clip norm, which the
+        canaries sit at); each canary weighs as an average client of ``updates``.
+        """
+        clip = info.settings.get("dp_clip")
+        norm = None if clip is None else float(clip) * (1 - 1e-6)  # at the clip, never above
+        counts = [
+            (u.num_examples, 1)
+            if isinstance(u, ClientUpdate)
+            else (u.num_examples, len(u.client_ids))
+            for u in updates
+        ]
+        clients = sum(c for _, c in counts)
+        examples = max(1, round(sum(n for n, _ in counts) / clients)) if clients else 1
+        raw = self.updates(info.server_round, params, norm, examples)  # weighted as a client
+        return [aggregator.encode(u, info) for u in raw]
 
     def updates(
         self, server_round: int, params: Params, norm: float | None, examples: int = 1

@@ -7,7 +7,7 @@ strategy's aggregator chain) and :class:`~fedray.privacy.DPSGD` (its clients' tr
 each declare
 
 * ``privacy_mode``: ``"central"``, ``"local"``, ``"distributed"`` or ``"dpsgd"``, the
-  name the combination rules (:mod:`fedray.compat`) judge it by;
+  name the combination rules (:mod:`fedray.strategy.rules`) judge it by;
 * ``accountant(facts)``: its privacy ledger, built from its own parameters and the
   run's :class:`RunFacts` (δ, the sampling, the model's size, the shard sizes).
 

@@ -9,9 +9,9 @@ from typing import Any
 from fedray.aggregators import Aggregator
 from fedray.client.host import ClientHost
 from fedray.config import Config
+from fedray.data.arrays import InMemory
 from fedray.errors import HostFaultError
 from fedray.features import Feature
-from fedray.memory import InMemory
 from fedray.records import (
     ClientEval,
     ClientFailure,

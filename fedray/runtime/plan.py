@@ -27,7 +27,7 @@ from fedray.records import ClientFailure
 if TYPE_CHECKING:
     from fedray.aggregators import Aggregator
     from fedray.config import Config
-    from fedray.memory import InMemory
+    from fedray.data.arrays import InMemory
 
 
 MAX_RERUNS = 2

@@ -17,9 +17,9 @@ from typing import Any
 
 from fedray.aggregators import Aggregator
 from fedray.config import Config
+from fedray.data.arrays import InMemory
 from fedray.errors import ConfigError, one_line
 from fedray.features import Feature
-from fedray.memory import InMemory
 from fedray.records import (
     ClientEval,
     ClientFailure,

@@ -23,8 +23,8 @@ from fedray.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedray.aggregators import Aggregator
+    from fedray.data.arrays import InMemory
     from fedray.features import Feature
-    from fedray.memory import InMemory
     from fedray.strategy import ClientOptions
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class ShardStore:
 def current_trial() -> tuple[Any, list[dict[str, float]]] | None:
     """The placement group this driver runs in, and the bundles reserved for its hosts.
 
-    A sweep trial (:mod:`fedray.runtime.tune`) is a whole run inside one placement
+    A sweep trial (:mod:`fedray.sweeps.tune`) is a whole run inside one placement
     group: bundle 0 is the trial's driver, the others its hosts. Outside one: None.
     """
     from ray.util import get_current_placement_group

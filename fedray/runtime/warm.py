@@ -218,7 +218,7 @@ def acquire(specs: list[HostSpec], store: str) -> list[Any]:
 
     Raises:
         FedrayError: Busy with another run, or the run needs more hosts than are warm
-            (``runtime.gpus_per_host`` is refused by :func:`fedray.compat.check_compatible`).
+            (``runtime.gpus_per_host`` is refused by the rules, :mod:`fedray.strategy.rules`).
     """
     import ray
 

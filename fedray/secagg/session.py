@@ -3,7 +3,7 @@
 SecAgg (Bonawitz et al., CCS 2017, arXiv:1611.04482) with SecAgg+ neighbourhoods (Bell
 et al., CCS 2020). The loop asks the aggregator for a session (its ``session()`` hook:
 only :class:`~fedray.aggregators.SecureAggregation` has one, and
-:func:`fedray.compat.check_compatible` keeps it outermost) and runs it around the
+:func:`fedray.strategy.rules.check_compatible` keeps it outermost) and runs it around the
 round's training, through the executor's typed protocol steps (``Executor.call``):
 
 1. :meth:`SecureSession.start` (rounds 0-1): too small a cohort aborts before any
@@ -144,6 +144,19 @@ class SecureClients:
         self.clients: dict[int, SecAggClient] = {}
         self.inbox: dict[int, dict[int, bytes]] = {}
         self.min_survivors = min_survivors
+
+    @classmethod
+    def for_aggregator(cls, aggregator: Any) -> SecureClients:
+        """The host's side for the strategy's ``aggregator`` (bounded by its secure link).
+
+        >>> SecureClients.for_aggregator(object()).min_survivors
+        1
+        """
+        from fedray.aggregators.compression import chain
+        from fedray.aggregators.secure import SecureAggregation
+
+        secure = [a for a in chain(aggregator) if isinstance(a, SecureAggregation)]
+        return cls(min_survivors=secure[0].required_clients if secure else 1)
 
     def step(
         self, name: str, client_ids: Sequence[int], payload: dict[int, Any], info: RoundInfo

@@ -14,7 +14,7 @@ from fedray.aggregators.compression import (
     stochastic_round,
     wire_bytes,
 )
-from fedray.build import build_strategy
+from fedray.config.build import build_strategy
 from fedray.errors import ConfigError
 from fedray.records import ClientUpdate, RoundInfo
 from tests.fakes import SumPlusOne

@@ -42,8 +42,8 @@ def test_the_protocol_config_is_pfls():
 
 @pytest.mark.keras
 def test_simple_cnn_has_the_papers_parameter_count():
+    from fedray.client.models import build_model
     from fedray.data import DatasetInfo
-    from fedray.models import build_model
 
     cfg = config.load(ROOT / CONFIG)
     model = build_model(cfg.model, cfg.client, DatasetInfo((32, 32, 3), 10, "classification", 10))

@@ -3,7 +3,7 @@ import pytest
 
 from fedray import config
 from fedray.aggregators import Mean
-from fedray.attacks import attack_update, choose_attackers, flip_labels
+from fedray.client.attacks import attack_update, choose_attackers, flip_labels
 from fedray.client.host import ClientHost
 from fedray.client.spec import HostSpec
 from fedray.errors import ConfigError

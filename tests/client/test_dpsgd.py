@@ -118,7 +118,7 @@ def _linreg_hosts(dp, features, x, y, epochs):
 
     from fedray.client.host import ClientHost
     from fedray.client.spec import HostSpec
-    from fedray.memory import from_clients
+    from fedray.data.arrays import from_clients
     from tests.fakes import NumpyTrainer
 
     cfg = config.load(

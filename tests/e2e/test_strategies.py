@@ -4,13 +4,14 @@ import json
 
 import pytest
 
-from fedray import build, config
+from fedray import config
 from fedray.aggregators import Krum, Mean, Median, NormBound, TrimmedMean
 from fedray.cli import main
+from fedray.config import build
 from fedray.errors import ConfigError
 from fedray.features import FedProx
-from fedray.server_opt import ServerAdaptive, ServerMomentum, ServerSGD
 from fedray.strategy import STRATEGIES
+from fedray.strategy.server_opt import ServerAdaptive, ServerMomentum, ServerSGD
 from tests.conftest import ROOT
 
 pytest.importorskip("tensorflow")

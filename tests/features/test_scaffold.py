@@ -115,7 +115,7 @@ def test_scaffold_resume_restores_client_control_variates(tmp_path):
     resumed = api.run(cfg, out=tmp_path / "cut", overrides=[*common, "rounds=8"], resume=True)
     for a, b in zip(full.params, resumed.params):
         np.testing.assert_array_equal(a, b)  # needs the clients' c_i, reloaded by the hosts
-    from fedray import checkpoint
+    from fedray.loop import checkpoint
 
     fp = checkpoint.fingerprint(config.load(cfg, [*common, "rounds=8"]).to_dict())
     state = checkpoint.load(tmp_path / "cut", config_fingerprint=fp)

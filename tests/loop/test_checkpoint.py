@@ -11,10 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedray import checkpoint
 from fedray.callbacks import Callback, History
-from fedray.checkpoint import CheckpointError, DriverState
-from fedray.loop import Checkpointer, run_rounds
+from fedray.loop import Checkpointer, checkpoint, run_rounds
+from fedray.loop.checkpoint import CheckpointError, DriverState
 from fedray.strategy import fedadam
 from tests.conftest import ROOT
 from tests.fakes import QuadraticExecutor

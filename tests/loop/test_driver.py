@@ -8,10 +8,10 @@ import pytest
 from fedray.callbacks import Callback, History
 from fedray.errors import RoundFailedError
 from fedray.loop import Checkpointer, Evaluation, SyncRounds, run_rounds
+from fedray.loop.validation import validate_update
 from fedray.records import ClientUpdate, RoundPolicy
-from fedray.server_opt import ServerSGD
 from fedray.strategy import Strategy, fedavg
-from fedray.validation import validate_update
+from fedray.strategy.server_opt import ServerSGD
 from tests.fakes import QuadraticExecutor
 
 

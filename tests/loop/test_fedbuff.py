@@ -155,7 +155,8 @@ def test_fedbuff_runs_end_to_end_in_process(tmp_path, linreg_config):
 @pytest.mark.keras
 def test_fedbuff_resumes_from_its_last_server_step(tmp_path, linreg_config):
     pytest.importorskip("tensorflow")
-    from fedray import api, checkpoint
+    from fedray import api
+    from fedray.loop import checkpoint
 
     common = [
         "strategy.name=fedbuff",

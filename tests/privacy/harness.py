@@ -62,7 +62,8 @@ def spy_runs(monkeypatch, wrap=ReleaseCounter):
     ``wrap`` makes the counter of each executor (a :class:`ReleaseCounter` subclass).
     Returns ``{"counters": [...], "ledgers": [...]}``, filled as runs start.
     """
-    from fedray import api, build
+    from fedray import api
+    from fedray.config import build
 
     seen = {"counters": [], "ledgers": []}
     real_make, real_rounds = build.make_executor, api.run_rounds

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedray import api, checkpoint
+from fedray import api
 from fedray.client.host import ClientHost
+from fedray.loop import checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -241,7 +241,7 @@ def test_config_refuses_what_cannot_be_made_correct():
         "privacy.dp.delta=1e-5",
         "privacy.dp.noise_multiplier=1.0",
     ]
-    from fedray.build import build_strategy
+    from fedray.config.build import build_strategy
 
     with pytest.raises(ConfigError) as err:
         build_strategy(config.load({"data": {"num_clients": 8}}, base))

@@ -377,7 +377,8 @@ def test_bad_dp_configs_get_clear_errors(overrides, message):
 
 
 def test_a_dp_section_with_only_delta_needs_a_strategy_that_holds_the_mechanism():
-    from fedray import build, config
+    from fedray import config
+    from fedray.config import build
     from fedray.errors import ConfigError
 
     cfg = config.load({"data": {"num_clients": 10}}, ["privacy.dp.delta=1e-5"])
@@ -387,7 +388,8 @@ def test_a_dp_section_with_only_delta_needs_a_strategy_that_holds_the_mechanism(
 
 @pytest.mark.slow
 def test_an_unreachable_target_epsilon_is_a_clear_error():
-    from fedray import build, config
+    from fedray import config
+    from fedray.config import build
     from fedray.errors import ConfigError
 
     cfg = config.load(
@@ -462,7 +464,7 @@ def test_audit_writes_a_table_and_plot_for_plain_and_dp_runs(tmp_path, linreg_co
     import pandas as pd
 
     from fedray import api
-    from fedray.leakage import audit
+    from fedray.cli.audit import audit
 
     plain = [o for o in DP_RUN if not o.startswith("privacy.")]
     api.run(linreg_config, out=tmp_path / "plain", overrides=[*plain, "rounds=2"])

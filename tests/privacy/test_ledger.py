@@ -48,7 +48,8 @@ def test_local_dp_precision_composes_releases_of_different_noise():
 @pytest.mark.keras
 def test_resume_extending_a_target_epsilon_run_reports_what_ran(tmp_path):
     pytest.importorskip("tensorflow")
-    from fedray import api, build
+    from fedray import api
+    from fedray.config import build
 
     cfg = {
         "rounds": 2,
@@ -70,7 +71,8 @@ def test_resume_extending_a_target_epsilon_run_reports_what_ran(tmp_path):
     assert p["epsilon_rdp"] == pytest.approx(ref.get_epsilon(1e-5), rel=1e-9)
     assert p["epsilon_rdp"] <= 2.0  # the extension was calibrated on top of the past
     # Resuming the same run (same rounds) reuses its z exactly.
-    from fedray import checkpoint, config
+    from fedray import config
+    from fedray.loop import checkpoint
 
     state = checkpoint.load(
         tmp_path, config_fingerprint=checkpoint.fingerprint(config.load(cfg).to_dict())
@@ -112,7 +114,8 @@ def test_dp_sgd_batch_cap_tail_is_spent_from_delta():
 
 
 def test_delta_at_or_above_one_over_n_is_warned(caplog):
-    from fedray import build, config
+    from fedray import config
+    from fedray.config import build
 
     cfg = config.load(
         {"data": {"num_clients": 10}, "privacy": {"dp": {"noise_multiplier": 1.0, "delta": 0.5}}}
@@ -155,7 +158,8 @@ def test_epsilon_depends_on_delta_as_dp_accounting_says(delta):
 
 
 def test_a_target_epsilon_is_also_the_ledgers_budget():
-    from fedray import build, config
+    from fedray import config
+    from fedray.config import build
 
     cfg = config.load(
         {

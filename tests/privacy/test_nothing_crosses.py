@@ -24,8 +24,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedray import api, build, checkpoint
+from fedray import api
 from fedray.client.host import WITHHELD
+from fedray.config import build
+from fedray.loop import checkpoint
 from fedray.records import ClientEval, ClientFailure, ClientUpdate, PartialSum
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::RuntimeWarning")]

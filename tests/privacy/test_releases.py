@@ -246,7 +246,7 @@ def test_releases_of_un_noised_client_statistics_are_refused(overrides, keys):
 
 def test_a_hand_composed_norm_bound_around_central_dp_is_refused_too():
     from fedray.aggregators import NormBound
-    from fedray.compat import check_compatible, strategy_features
+    from fedray.strategy.rules import check_compatible, strategy_features
 
     strategy = Strategy(aggregator=NormBound(CentralDP(1.0, 4.0, clip=1.0), max_norm=0.5))
     with pytest.raises(ConfigError, match="privacy.dp.mode='central' does not work with strategy"):

@@ -5,7 +5,8 @@ import logging
 import pandas as pd
 import pytest
 
-from fedray import build, cli, config
+from fedray import cli, config
+from fedray.config import build
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def test_the_cli_prints_the_one_epsilon_every_round_showed(tmp_path, numpy_hosts
 
 def test_secure_aggregation_says_it_weights_clients_uniformly(caplog):
     cfg = config.load("experiments/linreg.yaml", ["privacy.secure_aggregation.enabled=true"])
-    with caplog.at_level(logging.WARNING, logger="fedray.build"):
+    with caplog.at_level(logging.WARNING, logger="fedray.config.build"):
         strategy = build.build_strategy(cfg)
     assert "weighted uniformly, not by their example counts" in caplog.text
     assert "a secure sum carries no example counts" in caplog.text
@@ -42,6 +43,6 @@ def test_secure_aggregation_says_it_weights_clients_uniformly(caplog):
     assert weighting(strategy) == "uniform"
     said = config.load(cfg.to_dict(), ["strategy.weighting=uniform"])
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="fedray.build"):
+    with caplog.at_level(logging.WARNING, logger="fedray.config.build"):
         build.build_strategy(said)
     assert "weighted uniformly" not in caplog.text  # asked for: nothing to say

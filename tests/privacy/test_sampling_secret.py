@@ -10,7 +10,9 @@ unused generator.
 import numpy as np
 import pytest
 
-from fedray import api, build, checkpoint
+from fedray import api
+from fedray.config import build
+from fedray.loop import checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from fedray import api, build, config
+from fedray import api, config
 from fedray.aggregators import CentralDP, Mean, SecureAggregation, client_settings
+from fedray.config import build
 from fedray.records import ClientUpdate, RoundInfo
 
 

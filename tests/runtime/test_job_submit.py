@@ -149,7 +149,8 @@ def _killed_job_resubmitted_equals_an_uninterrupted_run(ray_head, tmp_path):
     """A preempted job: `ray job stop` kills its driver mid-run; the same command continues."""
     import numpy as np
 
-    from fedray import api, checkpoint, config
+    from fedray import api, config
+    from fedray.loop import checkpoint
 
     out = tmp_path / "job"
     sets = ["--set", "rounds=300", "--set", "evaluation.every=0"]

@@ -4,10 +4,10 @@ import pickle
 
 import numpy as np
 
-from fedray import config, synthetic
+from fedray import config
 from fedray.aggregators import Mean
 from fedray.client.spec import HostSpec
-from fedray.data import load_dataset, load_host_data, partition_indices
+from fedray.data import load_dataset, load_host_data, partition_indices, synthetic
 from tests.conftest import ROOT
 
 SCALE = ROOT / "experiments" / "scale.yaml"

@@ -145,7 +145,8 @@ def test_fit_on_ray_equals_fit_in_process_and_a_restarted_host_gets_its_shards_b
     ray_instance, tmp_path
 ):
     import fedray
-    from fedray import build, memory
+    from fedray.config import build
+    from fedray.data import arrays as memory
     from fedray.runtime.ray_executor import RayExecutor
     from tests.e2e.test_api import create_model, textbook
 

@@ -8,8 +8,8 @@ from fedray import api, config
 from fedray.aggregators import Mean, Median
 from fedray.bench import scale
 from fedray.data import load_dataset, partition_indices
+from fedray.data.partition import column
 from fedray.errors import ConfigError, FedrayError
-from fedray.partition import column
 from fedray.records import ClientFailure, ClientUpdate, PartialSum, RoundInfo
 from fedray.strategy import Strategy
 from tests.conftest import ROOT

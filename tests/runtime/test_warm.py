@@ -258,7 +258,8 @@ def test_down_without_an_instance_says_so(tmp_path, monkeypatch, capsys):
 
 
 def test_warm_hosts_with_a_gpu_share_are_refused_in_one_place(monkeypatch):
-    from fedray import build, config
+    from fedray import config
+    from fedray.config import build
     from fedray.errors import ConfigError
 
     both = "runtime.address='fedray' does not work with runtime.gpus_per_host=0.5"

@@ -64,7 +64,7 @@ def test_a_bad_value_or_combination_is_refused_before_anything_starts():
 
 
 def test_a_trial_reserves_its_driver_and_each_host_within_its_share():
-    from fedray.runtime.tune import DRIVER_CPU, trial_bundles
+    from fedray.sweeps.tune import DRIVER_CPU, trial_bundles
 
     cfg = config.load(LINREG)  # 2 clients
     one = trial_bundles(cfg, 1.0)  # two trials on two CPUs: 1 host of 2 clients each

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedray.checkpoint import FILENAME
 from fedray.cli import main
+from fedray.loop.checkpoint import FILENAME
 from tests.conftest import ROOT
 
 LINREG = str(ROOT / "experiments" / "linreg.yaml")

@@ -6,11 +6,11 @@ keeps only its own clients' shards. The driver never holds raw training data.
 Datasets:
 
 * ``linreg``, ``synthetic`` (FedProx's Synthetic(α, β), one natural client per device)
-  and ``blobs``: generated from the seed (:mod:`fedray.synthetic`).
+  and ``blobs``: generated from the seed (:mod:`fedray.data.synthetic`).
 * ``digits``: scikit-learn's bundled 8x8 digits.
 * ``npz``, ``csv``, ``parquet``: the user's files.
 * ``mnist``, ``cifar10``: ``keras.datasets`` (downloads), or an ``.npz`` at ``data.path``.
-* ``huggingface``: ``datasets.load_dataset`` (:mod:`fedray.hf`; the ``hf`` extra).
+* ``huggingface``: ``datasets.load_dataset`` (:mod:`fedray.data.huggingface`; the ``hf`` extra).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from fedray import partition as part
 from fedray.config import DataConfig
+from fedray.data import partition as part
+from fedray.data.synthetic import host_rows, make_blobs, make_linreg
+from fedray.data.tables import read_table, table_to_arrays
 from fedray.errors import DataError
-from fedray.synthetic import host_rows, make_blobs, make_linreg
-from fedray.tables import read_table, table_to_arrays
 from fedray.tree import gather_rows
 
 
@@ -278,7 +278,7 @@ def _images(cfg: DataConfig, seed: int, rng: np.random.Generator) -> Dataset:
 
 
 def _huggingface(cfg: DataConfig, seed: int, rng: np.random.Generator) -> Dataset:
-    from fedray.hf import load_arrays
+    from fedray.data.huggingface import load_arrays
 
     (x, y, hx, hy, groups), classes = load_arrays(cfg)
     if classes is not None:  # text: the vocabulary fixes the classes

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedray.checkpoint import FILENAME
 from fedray.errors import FedrayError, RoundFailedError
+from fedray.loop.checkpoint import FILENAME
 
 logger = logging.getLogger("fedray.cli")
 
@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_run, _add_sweep, _add_warm, _add_tools):
         add(sub)
-    from fedray.cli_privacy import add_parser
+    from fedray.cli.privacy import add_parser
 
     add_parser(sub)
     return p
@@ -342,7 +342,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from fedray.leakage import audit
+    from fedray.cli.audit import audit
 
     out = args.out or args.runs[0]
     table = audit(args.runs, out)
@@ -361,7 +361,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _privacy(args: argparse.Namespace) -> int:
-    from fedray.cli_privacy import privacy
+    from fedray.cli.privacy import privacy
 
     return privacy(args)
 

@@ -2,7 +2,7 @@
 
 ``build_strategy`` turns ``strategy.*`` and ``privacy.*`` into one composed
 :class:`~fedray.strategy.Strategy` (a recipe, then DP, secure aggregation and the norm
-bound as wrappers); :func:`fedray.compat.check_compatible` has already refused what
+bound as wrappers); :func:`fedray.strategy.rules.check_compatible` has already refused what
 cannot combine. The privacy ledger, the canary audit and the executor are built here
 too, so that :func:`fedray.api.run` only wires them together.
 
@@ -24,7 +24,10 @@ from fedray.aggregators import (
     SecureAggregation,
 )
 from fedray.aggregators.compression import Quantize, Rotate
-from fedray.build_privacy import (
+from fedray.callbacks import Callback
+from fedray.client.models import check_importable
+from fedray.config import Config, features
+from fedray.config.build_privacy import (
     budget,
     canary_audit,
     check_dp_section,
@@ -34,17 +37,14 @@ from fedray.build_privacy import (
     secure_bits,
     warn_on_delta,
 )
-from fedray.callbacks import Callback
-from fedray.compat import check_compatible, check_declared, strategy_features
-from fedray.config import Config, features
-from fedray.datafiles import FILE_KINDS, check_file
+from fedray.data.arrays import InMemory
+from fedray.data.files import FILE_KINDS, check_file
 from fedray.errors import ConfigError, one_line
 from fedray.features import TopK
 from fedray.features.base import reports_needed
-from fedray.memory import InMemory
-from fedray.models import check_importable
 from fedray.privacy import DPSGD
 from fedray.strategy import Strategy, with_dp, with_norm_bound
+from fedray.strategy.rules import check_compatible, check_declared, strategy_features
 
 __all__ = [
     "budget",
@@ -101,7 +101,7 @@ def build_strategy(
     ``privacy_state`` is the ledger of a resumed run: a ``target_epsilon`` run is then
     calibrated for the rounds still to come, on top of those already spent. A
     hand-composed ``strategy`` is judged by the same rules as a config
-    (:func:`fedray.compat.strategy_features`), whatever its wrapping order.
+    (:func:`fedray.strategy.rules.strategy_features`), whatever its wrapping order.
 
     Raises:
         ConfigError: The combination is refused (one line naming both features).

@@ -2,7 +2,7 @@
 
 ``fedray sweep CONFIG --grid client.learning_rate=[0.005,0.01] --grid
 strategy.name=[fedavg,fedadam] --seeds 3`` runs every combination (times every seed)
-as one trial of :mod:`fedray.runtime.tune`: a complete run with its own hosts, which
+as one trial of :mod:`fedray.sweeps.tune`: a complete run with its own hosts, which
 Ray reserves for it as one placement group, so trials never oversubscribe the cluster.
 
 A sweep directory holds:
@@ -144,7 +144,7 @@ def plan(
     """Validate every trial's config up front and name the trials.
 
     Seeds are the config's ``seed``, ``seed + 1``, ... Every combination is loaded (and
-    so checked, :func:`fedray.compat.check_compatible` included) before anything starts.
+    so checked, :func:`fedray.strategy.rules.check_compatible` included) before anything starts.
 
     Raises:
         ConfigError: A bad key or value, or a combination that cannot run; the message
@@ -396,7 +396,7 @@ def sweep(  # noqa: PLR0913 - the public call, keyword-only options as fedray.fi
     Returns:
         The table (a pandas DataFrame), also in ``out/sweep.csv``.
     """
-    from fedray.runtime.tune import run_sweep
+    from fedray.sweeps.tune import run_sweep
 
     if address == "fedray":
         raise ConfigError(

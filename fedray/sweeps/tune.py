@@ -25,9 +25,9 @@ from typing import Any
 
 from fedray import config as config_mod
 from fedray.callbacks import Callback, Logs
-from fedray.checkpoint import FILENAME
 from fedray.config import Config
 from fedray.errors import FedrayError, one_line
+from fedray.loop.checkpoint import FILENAME
 from fedray.runtime.plan import clients_per_host, group_clients
 from fedray.runtime.warm import ENV
 from fedray.sweeps import ERROR_FILE, SweepPlan, pick_metric, run_dir
@@ -123,7 +123,7 @@ def run_sweep(
     from ray import tune
 
     from fedray.runtime.connect import CONNECT_TIMEOUT_S, connect, shutdown
-    from fedray.runtime.tune_view import SweepView
+    from fedray.sweeps.tune_view import SweepView
 
     timeout_s = sweep.config.get("runtime", {}).get("connect_timeout_s", CONNECT_TIMEOUT_S)
     started = connect(address, num_cpus=None, verbose=False, timeout_s=timeout_s)

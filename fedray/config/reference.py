@@ -2,7 +2,7 @@
 
 Every key's type, default, allowed values and meaning come from :mod:`fedray.config`
 itself (its field constraints and attribute docstrings), so the published reference
-cannot drift from what the validator accepts. ``python -m fedray.reference`` rewrites
+cannot drift from what the validator accepts. ``python -m fedray.config.reference`` rewrites
 ``docs/config.md``; a test checks that the committed file is current.
 """
 
@@ -114,7 +114,7 @@ def config_reference() -> str:
     lines = [
         "# Config reference",
         "",
-        "Generated from `fedray/config/` by `python -m fedray.reference`; do not edit.",
+        "Generated from `fedray/config/` by `python -m fedray.config.reference`; do not edit.",
         "Every key has a type, a default and a range; an unknown key, a wrong type or an",
         "out-of-range value is refused in one line naming the key, the value and what is",
         "allowed. Which combinations of features are refused is in",

@@ -330,7 +330,7 @@ def check_fit_model(model_fn: Any, source: Any, client: ClientConfig, *, in_proc
     imports Keras) or the hosts run ``in_process``, which load it anyway. Otherwise the
     driver would pay TensorFlow's whole import for the check, and each host runs the
     same check as it starts instead, with the same one line. ``source`` is ``fedray.fit``'s
-    :class:`~fedray.memory.InMemory`.
+    :class:`~fedray.data.arrays.InMemory`.
 
     Raises:
         ConfigError: One line naming ``model_fn``, the problem and what was expected.

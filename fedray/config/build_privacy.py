@@ -1,6 +1,6 @@
 """The privacy half of the build: DP mechanisms, their calibration and their ledgers.
 
-:mod:`fedray.build` composes the strategy and re-exports these; here each
+:mod:`fedray.config.build` composes the strategy and re-exports these; here each
 ``privacy.dp.mode`` becomes its aggregator (:func:`dp_mechanism`) and its ledger
 (:func:`ledger`), and ``privacy.canaries`` its audit.
 """
@@ -18,7 +18,7 @@ from fedray.errors import ConfigError
 from fedray.privacy.mechanism import DPMechanism, RunFacts, describe
 from fedray.strategy import Strategy
 
-logger = logging.getLogger("fedray.build")
+logger = logging.getLogger("fedray.config.build")
 
 
 def noise_multiplier(cfg: Config, privacy_state: Mapping[str, Any] | None = None) -> float:

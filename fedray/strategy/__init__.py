@@ -30,12 +30,12 @@ from fedray.aggregators import (
     TrimmedMean,
 )
 from fedray.aggregators.mean import Weighting
-from fedray.compat import check_compatible, check_declared, dp_mechanisms, strategy_features
 from fedray.features import Feature, FedProx, Scaffold
 from fedray.privacy.dpsgd import DPSGD
 from fedray.privacy.mechanism import DPMechanism
 from fedray.records import Buffering
-from fedray.server_opt import ServerAdaptive, ServerMomentum, ServerOptimizer, ServerSGD
+from fedray.strategy.rules import check_compatible, check_declared, dp_mechanisms, strategy_features
+from fedray.strategy.server_opt import ServerAdaptive, ServerMomentum, ServerOptimizer, ServerSGD
 
 
 @dataclass(frozen=True)
@@ -324,7 +324,7 @@ def with_dp(
     and the round still counts). Server optimizers are post-processing and are kept.
 
     Raises:
-        ConfigError: :func:`fedray.compat.check_compatible` refuses the combination:
+        ConfigError: :func:`fedray.strategy.rules.check_compatible` refuses the combination:
             the strategy does not aggregate with a plain mean (robust aggregators,
             SCAFFOLD and FedBuff have no DP analysis here), or it weights clients by
             example counts (DP needs uniform weights).
@@ -335,7 +335,7 @@ def with_dp(
         features["privacy.secure_aggregation.enabled"] = True
     check_compatible(features)
     check_declared(strategy.features, features)
-    if isinstance(mechanism, LocalDP):
+    if mode == "local":  # each client noises its own update: no sampling to amplify
         return replace(strategy, aggregator=mechanism)
     return replace(strategy, aggregator=mechanism, sampling=sampling, min_fit_clients=0)
 
