@@ -380,6 +380,12 @@ def refusal(feature: Feature, shape: RunShape) -> str | None:
             f"{name} does not work with {shape.mechanism}: it releases {released} un-noised, "
             "and under DP every release is noised and charged; drop one of the two"
         )
+    if d.start_loss and shape.in_training:
+        return (
+            f"{name} does not work with {shape.mechanism}: its client half reads the "
+            "client's loss on its raw rows after DP-SGD made the update private, and could "
+            "carry it out in the update; drop one of the two"
+        )
     if d.releases and shape.secure:
         return (
             f"{name} does not work with privacy.secure_aggregation.enabled=True: it releases "
