@@ -25,7 +25,7 @@ through. Measurements are reported to callbacks and never mixed into the paramet
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -110,18 +110,31 @@ def zero_sum(shapes: Sequence[tuple[tuple[int, ...], str]]) -> PartialSum:
 def client_settings(aggregator: Aggregator, state: AggState) -> dict[str, float]:
     """The per-round scalars ``aggregator`` sends to clients ({} without the hook).
 
-    A wrapper that has no hook passes its inner aggregator's through, reading the
-    inner state under ``"inner"`` (or, when it keeps none there, its own state).
+    A wrapper passes its inner's on with its own hook, from wherever it keeps the inner
+    state; :class:`~fedray.strategy.Strategy` refuses a wrapper that would drop them.
 
     >>> from fedray.aggregators import Mean
     >>> client_settings(Mean(), {})
     {}
     """
     hook = getattr(aggregator, "client_settings", None)
-    if hook is not None:
-        return dict(hook(state))
-    inner = getattr(aggregator, "inner", None)  # a wrapper without the hook: its inner's
-    return {} if inner is None else client_settings(inner, state.get("inner", state))
+    return {} if hook is None else dict(hook(state))
+
+
+def drops_settings(links: Sequence[Any]) -> tuple[Any, Any] | None:
+    """A wrapper without a ``client_settings`` hook above a link that sends settings.
+
+    ``links`` is a chain, outermost first. Returns ``(wrapper, sender)`` or None. A
+    sender is a link with the hook and no ``inner`` (DP's adaptive clip): its clients
+    would clip to a stale norm while the server adapts.
+    """
+    for i, link in enumerate(links):
+        if getattr(link, "client_settings", None) is not None:
+            continue
+        for below in links[i + 1 :]:
+            if getattr(below, "client_settings", None) is not None and not hasattr(below, "inner"):
+                return link, below
+    return None
 
 
 class SameState:

@@ -256,6 +256,10 @@ class CentralDP(Unweighted):
             "shapes": [(tuple(p.shape), str(p.dtype)) for p in params],
         }
 
+    def declares(self) -> dict[str, Any]:
+        """``privacy.dp.clip='adaptive'`` when C adapts, for the rules."""
+        return {} if self.rule.fixed_norm is not None else {"privacy.dp.clip": "adaptive"}
+
     def client_settings(self, state: AggState) -> dict[str, float]:
         """This round's clip norm C, for the clients' ``encode`` (``dp_clip``)."""
         return {"dp_clip": float(state["round_settings"]["dp_clip"])}

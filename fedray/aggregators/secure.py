@@ -37,9 +37,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from fedray import tree
-from fedray.aggregators.base import zero_sum
+from fedray.aggregators.base import client_settings, zero_sum
 from fedray.aggregators.clip import clip_to
-from fedray.aggregators.dp import CentralDP
 from fedray.aggregators.mean import Mean
 from fedray.privacy.mechanism import DPMechanism
 from fedray.records import AggState, ClientUpdate, Metrics, Params, PartialSum, RoundInfo
@@ -72,14 +71,16 @@ class SecureAggregation:
     min_clients: int = 3
 
     def __post_init__(self) -> None:
-        if isinstance(self.inner, Mean) and self.inner.weighting != "uniform":
+        # What the inner rule declares (the rules refuse these too, naming config keys).
+        said: dict[str, Any] = getattr(self.inner, "declares", dict)()
+        if said.get("strategy.weighting") == "examples":
             raise ValueError(
                 "secure aggregation reveals only a sum, without example counts; wrap "
                 "Mean(weighting='uniform'), CentralDP or DistributedDP"
             )
         if not 0.5 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0.5, 1], got {self.threshold}")
-        if isinstance(self.inner, CentralDP) and self.inner.rule.fixed_norm is None:
+        if said.get("privacy.dp.clip") == "adaptive":
             raise ValueError("secure aggregation needs a fixed DP clip (adaptive is not supported)")
         Quantizer(self.clip, self.bits)  # validates
         if self.min_clients < 1:
@@ -135,6 +136,10 @@ class SecureAggregation:
     def quantizer(self) -> Quantizer:
         """The b-bit quantizer of ``[-clip, clip]``."""
         return Quantizer(self.clip, self.bits)
+
+    def client_settings(self, state: AggState) -> dict[str, float]:
+        """The inner rule's (DP's clip norm)."""
+        return client_settings(self.inner, state["inner"])
 
     def init(self, params: Params) -> AggState:
         """The inner state (under ``"inner"``) and the model's shapes."""

@@ -426,9 +426,9 @@ def check_features(features: Sequence[Feature], shape: RunShape) -> None:
 
     >>> class Loss(Feature):
     ...     def declaration(self): return Declaration(releases=("the client's loss",))
-    >>> check_features([Loss()], RunShape(mechanism="CentralDP"))  # doctest: +ELLIPSIS
+    >>> check_features([Loss()], RunShape(mechanism="DP"))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    fedray.errors.ConfigError: Loss does not work with CentralDP: it releases the client's loss ...
+    fedray.errors.ConfigError: Loss does not work with DP: it releases the client's loss ...
     """
     for f in features:
         why = refusal(f, shape)

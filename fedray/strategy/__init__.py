@@ -19,17 +19,17 @@ import numpy as np
 
 from fedray.aggregators import (
     Aggregator,
-    CentralDP,
-    DistributedDP,
     Krum,
-    LocalDP,
     Mean,
     Median,
     NormBound,
     StalenessWeighted,
     TrimmedMean,
 )
+from fedray.aggregators.base import drops_settings
+from fedray.aggregators.compression import chain
 from fedray.aggregators.mean import Weighting
+from fedray.errors import ConfigError
 from fedray.features import Feature, FedProx, Scaffold
 from fedray.privacy.dpsgd import DPSGD
 from fedray.privacy.mechanism import DPMechanism
@@ -95,6 +95,15 @@ class Strategy:
                     f"features: {f!r} is a {type(f).__name__}; expected fedray.features.Feature "
                     "objects (FedProx(mu=0.01), Scaffold(), TopK(0.01), or a subclass)"
                 )
+        dropped = drops_settings(chain(self.aggregator))
+        if dropped is not None:
+            wrapper, sender = (type(a).__name__ for a in dropped)
+            raise ConfigError(
+                f"{wrapper} wraps {sender}, which sends per-round settings to the clients (DP's "
+                f"adaptive clip norm), but has no client_settings hook to pass them on; give "
+                f"{wrapper} one: def client_settings(self, state): return "
+                "fedray.aggregators.client_settings(self.inner, <the inner's state>)"
+            )
 
     def dp_mechanisms(self) -> list[DPMechanism]:
         """The differential-privacy mechanisms the strategy holds: whether the run is private.
@@ -313,7 +322,7 @@ def with_norm_bound(strategy: Strategy, max_norm: float) -> Strategy:
 
 def with_dp(
     strategy: Strategy,
-    mechanism: CentralDP | LocalDP | DistributedDP,
+    mechanism: Aggregator,
     *,
     sampling: str = "poisson",
 ) -> Strategy:
@@ -329,6 +338,10 @@ def with_dp(
             SCAFFOLD and FedBuff have no DP analysis here), or it weights clients by
             example counts (DP needs uniform weights).
     """
+    if not isinstance(mechanism, DPMechanism):
+        raise TypeError(
+            f"with_dp needs a DP mechanism (central, local or distributed DP), got {mechanism!r}"
+        )
     mode = mechanism.privacy_mode
     features = {**strategy_features(strategy), "privacy.dp.mode": mode}
     if mode == "distributed":  # with_dp goes first; the build wraps secure aggregation next

@@ -1,4 +1,4 @@
-"""Per-round settings and broadcasts reach the clients through any wrapping."""
+"""Per-round settings reach the clients through any wrapping, or the wrapping is refused."""
 
 from dataclasses import dataclass, field
 
@@ -14,6 +14,7 @@ from fedray.aggregators import (
     client_settings,
 )
 from fedray.callbacks import Callback
+from fedray.errors import ConfigError
 from fedray.loop import Evaluation, run_rounds
 from fedray.strategy import Strategy
 from tests.privacy.fakes import EncodingExecutor
@@ -26,8 +27,8 @@ def adaptive():
 
 
 @dataclass(frozen=True)
-class Nest:
-    """A user's wrapper without hooks that keeps its inner state under "inner"."""
+class Bare:
+    """A user's wrapper without a client_settings hook that keeps its inner state nested."""
 
     inner: object = field(default_factory=adaptive)
 
@@ -40,6 +41,14 @@ class Nest:
     def aggregate(self, updates, state, rng):
         delta, inner, meas = self.inner.aggregate(updates, state["inner"], rng)
         return delta, {"inner": inner, "calls": state["calls"] + 1}, meas
+
+
+@dataclass(frozen=True)
+class Nest(Bare):
+    """The same wrapper, passing its inner's settings on from where it keeps them."""
+
+    def client_settings(self, state):
+        return client_settings(self.inner, state["inner"])
 
 
 @pytest.mark.parametrize(
@@ -67,6 +76,17 @@ class SettingsSeen(EncodingExecutor):
     def fit(self, client_ids, params, info):
         self.settings.append(dict(info.settings))
         yield from super().fit(client_ids, params, info)
+
+
+@pytest.mark.parametrize("wrap", [Bare, lambda a: NormBound(Bare(a))], ids=["bare", "nested"])
+def test_a_wrapper_that_would_drop_the_clip_norm_is_refused_naming_it(wrap):
+    # Before, a wrapper without the hook passed its inner's settings by a convention
+    # (its state under "inner"); one that kept it elsewhere sent none, and its clients
+    # clipped to the first norm while the server adapted: the noise no longer matched.
+    with pytest.raises(ConfigError) as err:
+        Strategy(aggregator=wrap(adaptive()))
+    line = str(err.value)
+    assert line.startswith("Bare wraps CentralDP") and "client_settings" in line
 
 
 def test_a_nested_wrapper_s_clients_clip_to_the_adapted_norm():
