@@ -19,9 +19,11 @@ In fedray's terms: a gradient offset ``-g_k`` and a proximal term ``alpha``
 and a change to the aggregated delta. Use it with a uniform mean, as in the paper:
 ``Strategy(aggregator=Mean(weighting="uniform"), features=(FedDyn(alpha=0.1),))``.
 
-It reports nothing per client, so it composes with secure aggregation and DP (its server
-half is post-processing of the aggregate); its ``h`` assumes synchronous rounds, and
-``g_k`` stays in one host, which is all the rules need to know.
+It reports nothing per client, so it composes with secure aggregation, local DP and
+DP-SGD (its server half only post-processes their mean). Its declaration says the rest:
+``h`` reads the aggregate as the participants' mean (so no robust rules, FedBuff, or
+central DP, whose aggregate is a noised sum over the expected count) and assumes
+synchronous rounds, and ``g_k`` stays in one host.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ class FedDyn(Feature):
     alpha: float = 0.1
 
     def declaration(self) -> Declaration:
-        """Keeps ``g_k`` per client; ``h`` needs synchronous rounds."""
-        return Declaration(client_state=True, sync=True)
+        """Keeps ``g_k`` per client; ``h`` needs synchronous rounds and the participants' mean."""
+        return Declaration(client_state=True, sync=True, mean=True)
 
     def local_objective(self) -> LocalObjective:
         """``- <g_k, w> + alpha/2 ||w - theta||^2``."""

@@ -16,7 +16,9 @@ makes ``sum_k p_k delta_k / tau_k``; the server half multiplies it by ``tau_eff`
 ``Strategy(aggregator=Mean(weighting="examples"), features=(FedNova(),))``.
 
 The step count is released in the clear (it reveals how much data a client holds), so
-the rules refuse FedNova under DP and secure aggregation, from its declaration.
+the rules refuse FedNova under DP and secure aggregation, from its declaration; it also
+declares that it sends a rescaled step (no norm bounds) and that its server half reads
+the aggregate as the participants' mean.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class FedNova(Feature):
 
     def declaration(self) -> Declaration:
         """Reports each client's local step count."""
-        return Declaration(releases=("each client's local step count",))
+        return Declaration(releases=("each client's local step count",), rescales=True, mean=True)
 
     def client_update(self, trained: Trained, down, state):  # type: ignore[no-untyped-def]
         """``delta_k / tau_k``, and ``tau_k`` reported."""

@@ -39,7 +39,9 @@ class QFFL(Feature):
 
     def declaration(self) -> Declaration:
         """Needs and reports each client's loss."""
-        return Declaration(releases=("each client's loss",), start_loss=True, rescales=True)
+        return Declaration(
+            releases=("each client's loss",), start_loss=True, rescales=True, mean=True
+        )
 
     def client_update(self, trained: Trained, down, state):  # type: ignore[no-untyped-def]
         """``-Delta_k`` as the delta; ``h_k`` reported."""

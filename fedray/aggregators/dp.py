@@ -25,6 +25,7 @@ Measurements: ``dp/clip``, ``dp/noise_std`` (on the mean) and, when adaptive,
 from __future__ import annotations
 
 import math
+import numbers
 import secrets
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol
@@ -213,7 +214,7 @@ class CentralDP(Unweighted):
             raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
         if not self.expected_clients > 0:
             raise ValueError(f"expected_clients must be > 0, got {self.expected_clients}")
-        if isinstance(self.clip, int | float):  # a number is a fixed clip
+        if isinstance(self.clip, numbers.Real):  # a number (numpy's too) is a fixed clip
             object.__setattr__(self, "clip", FixedClip(float(self.clip)))
         if self.count_stddev > 0:
             split_noise(self.noise_multiplier, self.count_stddev)  # raises when impossible

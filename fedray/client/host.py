@@ -129,7 +129,8 @@ class ClientHost:
         self.trainer: Trainer = make(spec, host_data)
         self._features = tuple(spec.features)
         self._start_loss = any(f.declaration().start_loss for f in self._features)
-        self._states: dict[int, list[Params]] = {}  # per client, one state per feature
+        # Per client, one state per feature (None: not made yet, or not in a restored file).
+        self._states: dict[int, list[Params | None]] = {}
         self._store = (  # where the clients' state is saved: this side of the trust line
             None
             if spec.state_dir is None
@@ -294,9 +295,11 @@ class ClientHost:
 
     def _state(self, cid: int, params: Params) -> list[Params]:
         """Client ``cid``'s state, one per feature (each feature's ``client_init`` at first)."""
-        if cid not in self._states:
-            self._states[cid] = [f.client_init(params) for f in self._features]
-        return self._states[cid]
+        states = self._states.setdefault(cid, [None] * len(self._features))
+        for i, f in enumerate(self._features):
+            if states[i] is None:
+                states[i] = f.client_init(params)
+        return [s if s is not None else [] for s in states]
 
     def _plan_fit(
         self, cid: int, params: Params, info: RoundInfo, down: tuple[Params | None, ...]
@@ -390,7 +393,7 @@ class ClientHost:
         out, reports, states = client_update(
             self._features, trained, down, self._state(cid, params)
         )
-        self._states[cid] = states
+        self._states[cid] = list(states)
         return out, reports
 
     def secure_step(
@@ -400,11 +403,19 @@ class ClientHost:
         self._check()
         return self._secure.step(name, client_ids, payload, info)
 
+    def _keys(self) -> list[str]:
+        """Each feature's key in the saved state: its position and its name."""
+        return [f"{i}-{f.name}" for i, f in enumerate(self._features)]
+
     def _client_state(self) -> ClientState:
-        """Per-client state kept in this host across rounds: each feature's, by position."""
+        """Per-client state kept in this host across rounds: each feature's, by key."""
         out: ClientState = {}
         for cid, states in self._states.items():
-            entry = {str(i): [np.array(a) for a in s] for i, s in enumerate(states) if len(s)}
+            entry = {
+                key: [np.array(a) for a in s]
+                for key, s in zip(self._keys(), states, strict=True)
+                if s is not None and len(s)
+            }
             if entry:
                 out[cid] = entry
         return out
@@ -441,8 +452,8 @@ class ClientHost:
         for cid, entry in state.items():
             if cid not in self._examples:
                 continue
-            self._states[cid] = [
-                [np.array(a) for a in entry.get(str(i), [])] for i in range(len(self._features))
+            self._states[cid] = [  # a feature with nothing saved starts from client_init
+                [np.array(a) for a in entry[key]] if key in entry else None for key in self._keys()
             ]
 
     def evaluate(self, params: Params) -> Metrics:

@@ -41,7 +41,7 @@ ENV = "FEDRAY_CLIENT_STATE_DIR"
 """Where the client-state folders of runs go (default ``~/.cache/fedray/client-state``)."""
 
 ClientState = dict[int, dict[str, Params]]
-"""Client id -> the feature's name -> arrays."""
+"""Client id -> a feature's key (``"<position>-<name>"``, the host's) -> its arrays."""
 
 _ROUND = re.compile(r"^round-(\d+)$")
 

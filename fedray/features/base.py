@@ -102,13 +102,19 @@ class Declaration:
             post-processing and allowed; under the other mechanisms they are not.
         client_state: It keeps per-client state in the hosts (refused with balanced
             hosts, where a client trains in a different host each round, and with
-            over-commitment, where late clients would update it unseen).
-        sync: Its server half assumes synchronous rounds (refused with FedBuff).
+            over-commitment, where a late client updates it for an update the server
+            drops).
+        sync: Its server half assumes synchronous rounds (refused with FedBuff, as is
+            any feature that overrides ``downlink``).
         start_loss: Its client half needs the global model's loss on the client's
             training rows before it trains (:attr:`Trained.start_loss`).
         rescales: Its client half sends a rescaled step, not a model delta (q-FFL's
             loss-weighted one), so a bound on an update's norm bounds no model step
             (refused with ``strategy.norm_bound`` and ``strategy.max_update_norm``).
+        mean: Its server half reads the aggregate as the participants' mean (FedDyn's
+            ``h``, FedNova's and q-FFL's rescaling): refused with robust rules, with
+            FedBuff's staleness weights, and with central or distributed DP, whose
+            aggregate is a noised sum over the *expected* count.
         keys: The config keys it stands for, for the rule table and its messages
             (``{"strategy.name": "scaffold"}``).
     """
@@ -119,6 +125,7 @@ class Declaration:
     sync: bool = False
     start_loss: bool = False
     rescales: bool = False
+    mean: bool = False
     keys: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -290,6 +297,11 @@ def client_update(
             trained.start_loss,
         )
         delta, report, state = f.client_update(current, down, state)
+        if report is not None and not f.declaration().releases:
+            raise ValueError(  # the rules judged it by a declaration that says otherwise
+                f"{f.name}.client_update returned a report, but its declaration releases "
+                "nothing; declare what the report carries in Declaration(releases=...)"
+            )
         reports.append(report)
         new_states.append(state)
     return delta, tuple(reports), new_states
@@ -349,6 +361,9 @@ class RunShape:
         over_commit: Late clients over the quota are dropped (``strategy.over_commit``).
         norm_bound: A bound on update norms, as messages name it
             (``strategy.max_update_norm=50``), or None.
+        mean: The aggregate is the participants' mean (a mean rule, synchronous rounds,
+            no DP mechanism that divides a noised sum by the expected count).
+        aggregate: What makes it not one, as messages name it.
     """
 
     mechanism: str | None = None
@@ -358,6 +373,13 @@ class RunShape:
     balanced: bool = False
     over_commit: float = 0
     norm_bound: str | None = None
+    mean: bool = True
+    aggregate: str = "this aggregate"
+
+
+def _sends_downlink(feature: Feature) -> bool:
+    """Whether ``feature`` overrides :meth:`Feature.downlink` (FedBuff sends none)."""
+    return type(feature).downlink is not Feature.downlink
 
 
 def label(feature: Feature) -> str:
@@ -391,7 +413,7 @@ def refusal(feature: Feature, shape: RunShape) -> str | None:
             f"{name} does not work with privacy.secure_aggregation.enabled=True: it releases "
             f"{released} per client, and the server is to learn only sums; drop one of the two"
         )
-    if d.sync and shape.buffered:
+    if (d.sync or _sends_downlink(feature)) and shape.buffered:
         return (
             f"{name} does not work with strategy.name='fedbuff': its server half needs "
             "synchronous rounds; use a synchronous strategy"
@@ -407,10 +429,17 @@ def refusal(feature: Feature, shape: RunShape) -> str | None:
             f"{name} does not work with {shape.norm_bound}: it sends a rescaled step, not a "
             "model delta, so a bound on its norm bounds no model step; unset the bound"
         )
-    if d.client_state and d.releases and shape.over_commit:
+    if d.client_state and shape.over_commit:
         return (
-            f"{name} does not work with strategy.over_commit={shape.over_commit!r}: late "
-            "clients would update their state unseen by the server; set strategy.over_commit=0"
+            f"{name} does not work with strategy.over_commit={shape.over_commit!r}: a late "
+            "client would update its state for an update the server drops; set "
+            "strategy.over_commit=0"
+        )
+    if d.mean and not shape.mean:
+        return (
+            f"{name} does not work with {shape.aggregate}: its server half reads the "
+            "aggregate as the participants' mean; use a mean rule in synchronous rounds "
+            "without central or distributed DP"
         )
     return None
 

@@ -35,7 +35,7 @@ import numpy as np
 from fedray.errors import FedrayError
 from fedray.records import AggState, Params
 
-FORMAT = "fedray-checkpoint-3"
+FORMAT = "fedray-checkpoint-4"  # 4: features' server state by name (loop_state["features"])
 FILENAME = "checkpoint.npz"
 _JSON = "__state__"
 

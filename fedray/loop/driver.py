@@ -28,7 +28,7 @@ from fedray.aggregators import client_settings
 from fedray.callbacks import Callback, CallbackList, History, Logs, PrivacyBudget, RunControl
 from fedray.errors import RoundFailedError
 from fedray.features.base import FeatureState, RoundFacts, downlinks, server_update
-from fedray.loop.checkpoint import DriverState
+from fedray.loop.checkpoint import CheckpointError, DriverState
 from fedray.loop.executor import Executor, Inserts, PrivacyLedger
 from fedray.loop.schedulers import Buffered, Context, Scheduler, Step, SyncRounds
 from fedray.loop.steps import (
@@ -193,7 +193,7 @@ class _Loop:
             ctx.privacy.restore(state.loop_state["privacy"])
         self.scheduler.restore(state.loop_state.get("scheduler", {}))
         if "features" in state.loop_state:
-            self.feature_state = [dict(s) for s in state.loop_state["features"]]
+            self.feature_state = _feature_states(ctx.strategy, state.loop_state["features"])
         return state.server_round + 1
 
     def round(self, server_round: int, callback: Callback) -> Logs:
@@ -250,12 +250,13 @@ class _Loop:
             self.canaries,
             noise,
         )
-        new_params, (self.agg_state, self.feature_state), new_opt_state, measurements = new
+        new_params, (self.agg_state, feature_state), new_opt_state, measurements = new
         logs.update({f"agg/{k}": v for k, v in measurements.items()})
         if not tree.all_finite(new_params):
             logger.warning("round %d: aggregated model is not finite; rolled back", server_round)
             return False
-        self.params, self.opt_state = new_params, new_opt_state
+        # The features' server state moves with the model (a rolled-back step keeps both).
+        self.params, self.opt_state, self.feature_state = new_params, new_opt_state, feature_state
         downs = downlinks(ctx.strategy.features, self.feature_state)
         self.handle = ctx.executor.broadcast(self.params, downs)
         return True
@@ -265,7 +266,10 @@ class _Loop:
         ctx = self.ctx
         loop_state: dict[str, Any] = {"scheduler": self.scheduler.state()}
         if self.feature_state:
-            loop_state["features"] = self.feature_state
+            names = [f.name for f in ctx.strategy.features]
+            loop_state["features"] = [
+                {"name": n, "state": s} for n, s in zip(names, self.feature_state, strict=True)
+            ]
         if ctx.privacy is not None:
             loop_state["privacy"] = ctx.privacy.state()
         saved = ctx.executor.save_client_state(server_round)
@@ -302,6 +306,23 @@ def _step_logs(strategy: Strategy, step: Step, params: Params) -> Logs:
         logs["hosts/restarted"] = len(step.recoveries)
         logs["clients/rerun"] = sum(len(r.client_ids) for r in step.recoveries)
     return logs
+
+
+def _feature_states(strategy: Strategy, saved: list[dict[str, Any]]) -> list[FeatureState]:
+    """The features' server states from a checkpoint, if it holds the same features.
+
+    Raises:
+        CheckpointError: The checkpoint was written for other features, or in another
+            order (a hand-composed strategy is not in the config's fingerprint).
+    """
+    names = [f.name for f in strategy.features]
+    found = [str(s["name"]) for s in saved]
+    if found != names:
+        raise CheckpointError(
+            f"--resume: the checkpoint holds the state of features {found}, but the strategy "
+            f"has {names}; resume with the strategy that wrote it"
+        )
+    return [dict(s["state"]) for s in saved]
 
 
 def _reload_client_state(executor: Executor, saved: dict[str, int]) -> None:

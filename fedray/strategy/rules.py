@@ -471,7 +471,17 @@ def check_declared(features: Sequence[Feature], run: Mapping[str, Any]) -> None:
     """
     mode = run.get(_DP)
     bounds = [k for k in ("strategy.norm_bound", "strategy.max_update_norm") if _on(run.get(k))]
+    not_mean = [  # what makes the aggregate something other than the participants' mean
+        f"{k}={run.get(k)!r}"
+        for k, bad in (
+            (_NAME, run.get(_NAME) not in MEAN_RECIPES),
+            (_DP, mode in ("central", "distributed")),
+        )
+        if bad
+    ]
     shape = RunShape(
+        mean=not not_mean,
+        aggregate=not_mean[0] if not_mean else "this aggregate",
         norm_bound=f"{bounds[0]}={run[bounds[0]]!r}" if bounds else None,
         mechanism=None if mode is None else f"{_DP}={mode!r}",
         in_training=mode == "dpsgd",

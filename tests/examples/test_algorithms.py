@@ -13,6 +13,7 @@ import pytest
 from fedray import api
 from fedray.aggregators import Mean
 from fedray.errors import ConfigError
+from fedray.features import Feature
 from fedray.strategy import Strategy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,10 +90,16 @@ def _steps(k):
     return -(-SIZES[k] // 2)
 
 
-def _run(tmp_path, feature, aggregator, name):
-    strategy = Strategy(aggregator=aggregator, features=(feature,))
+def _run(tmp_path, feature, aggregator, name, fraction=1.0):
+    strategy = Strategy(aggregator=aggregator, features=(feature,), fraction_fit=fraction)
     hist = api.run(_config(tmp_path), out=tmp_path / name, strategy=strategy)
     return np.array([hist.params[0].ravel()[0], hist.params[1][0]], np.float64), hist
+
+
+def _samples(fraction):
+    """Each round's participants: fedray's own sampler from the run's seed (not under test)."""
+    rng, strategy = np.random.default_rng(0), Strategy(fraction_fit=fraction)
+    return [strategy.sample_clients(3, rng) for _ in range(ROUNDS)]
 
 
 def test_fednova_equals_its_numpy_reference(tmp_path, numpy_hosts):
@@ -107,27 +114,49 @@ def test_fednova_equals_its_numpy_reference(tmp_path, numpy_hosts):
     assert hist.rows[-1]["agg/tau_eff"] == pytest.approx((3 * 2 + 5 * 3 + 8 * 4) / 16)
 
 
+def _feddyn_reference(alpha, theta0=None):
+    """Acar et al.'s Algorithm 1, two of the three clients a round."""
+    theta = _initial() if theta0 is None else theta0
+    h, g = np.zeros(2), [np.zeros(2) for _ in range(3)]
+    for ids in _samples(2 / 3):
+        local = {k: _local(theta, k, _steps(k), alpha, -g[k]) for k in ids}
+        for k in ids:  # only the participants' g_k move
+            g[k] = g[k] - alpha * (local[k] - theta)
+        h = h - alpha / 3 * sum(w - theta for w in local.values())  # 1/m: all registered
+        theta = np.mean(list(local.values()), axis=0) - h / alpha
+    return theta
+
+
 def test_feddyn_equals_its_numpy_reference(tmp_path, numpy_hosts):
     feddyn = _example("feddyn")
-    alpha = 0.3
-    got, _ = _run(tmp_path, feddyn.FedDyn(alpha), Mean(weighting="uniform"), "dyn")
-    theta, h, g = _initial(), np.zeros(2), [np.zeros(2) for _ in range(3)]
-    for _ in range(ROUNDS):
-        local = [_local(theta, k, _steps(k), alpha, -g[k]) for k in range(3)]
-        g = [g[k] - alpha * (local[k] - theta) for k in range(3)]
-        h = h - alpha / 3 * sum(w - theta for w in local)
-        theta = np.mean(local, axis=0) - h / alpha
-    np.testing.assert_allclose(got, theta, rtol=1e-5)
+    got, _ = _run(tmp_path, feddyn.FedDyn(0.3), Mean(weighting="uniform"), "dyn", 2 / 3)
+    np.testing.assert_allclose(got, _feddyn_reference(0.3), rtol=1e-5)
+
+
+@pytest.mark.keras
+def test_feddyn_with_the_keras_trainer_equals_its_numpy_reference(tmp_path):
+    # The traced step adds the proximal term and the offset together (FedDyn is the
+    # first feature to use both): Keras' MSE gradient is the reference's 2 x (xw + b - y).
+    pytest.importorskip("tensorflow")
+
+    class Still(Feature):  # every client sends a zero delta: the run keeps the initial model
+        def client_update(self, trained, down, state):
+            return [np.zeros_like(d) for d in trained.delta], None, state
+
+    theta0, _ = _run(tmp_path, Still(), Mean(weighting="uniform"), "still")
+    feddyn = _example("feddyn")
+    got, _ = _run(tmp_path, feddyn.FedDyn(0.3), Mean(weighting="uniform"), "dyn", 2 / 3)
+    np.testing.assert_allclose(got, _feddyn_reference(0.3, theta0), rtol=1e-4)
 
 
 def test_qffl_equals_its_numpy_reference(tmp_path, numpy_hosts):
     qffl = _example("qffl")
     q = 2.0
-    got, _ = _run(tmp_path, qffl.QFFL(q), Mean(weighting="uniform"), "qffl")
+    got, _ = _run(tmp_path, qffl.QFFL(q), Mean(weighting="uniform"), "qffl", 2 / 3)
     theta = _initial()
-    for _ in range(ROUNDS):
+    for ids in _samples(2 / 3):
         num, den = np.zeros(2), 0.0
-        for k in range(3):
+        for k in ids:
             (x, y), lip = POINTS[k], 1 / LR
             loss = (x * theta[0] + theta[1] - y) ** 2 + 1e-10
             dw = lip * (theta - _local(theta, k, _steps(k)))

@@ -34,7 +34,7 @@ def numpy_hosts(monkeypatch):
 
 
 def _run_trials(out, plan):
-    """Each trial as ``runtime.tune._trial`` runs it, in-process instead of on Ray Tune."""
+    """Each trial as ``sweeps.tune._trial`` runs it, in-process instead of on Ray Tune."""
     for t in plan.trials:
         api.run(CONFIG, out=sweeps.run_dir(out, t.name), overrides=t.overrides)
 

@@ -1,12 +1,11 @@
-"""check_compatible: the one table of refusals, reached from configs and composed strategies."""
+"""The rule table: one table of refusals, reached from configs and composed strategies."""
 
 import pytest
 
 from fedray import config
 from fedray.aggregators import Mean, Median, NormBound, SecureAggregation
 from fedray.errors import ConfigError
-from fedray.strategy import Strategy
-from fedray.strategy import rules as compat
+from fedray.strategy import Strategy, rules
 
 
 def _load(*overrides):
@@ -74,17 +73,17 @@ def test_a_strategy_without_a_name_is_fedavg_and_a_bad_name_is_one_line():
 def test_a_hand_composed_strategy_is_judged_by_the_same_rules_in_any_order():
     inside = Strategy(aggregator=NormBound(SecureAggregation(Mean(weighting="uniform"))))
     with pytest.raises(ConfigError, match="does not work with strategy.norm_bound=1.0"):
-        compat.check_compatible(compat.strategy_features(inside))
+        rules.check_compatible(rules.strategy_features(inside))
     fine = Strategy(aggregator=NormBound(Median(), max_norm=1.0))
-    compat.check_compatible(compat.strategy_features(fine))
+    rules.check_compatible(rules.strategy_features(fine))
 
 
 def test_every_rule_names_two_keys_and_fires_on_its_own():
-    for rule in compat.RULES:
+    for rule in rules.RULES:
         assert rule.a != rule.b and "." in rule.a and "." in rule.b
         hits = [
             r
-            for r in compat.RULES
+            for r in rules.RULES
             if r.applies({rule.a: _on_value(rule.when_a), rule.b: _on_value(rule.when_b)})
         ]
         assert rule in hits
