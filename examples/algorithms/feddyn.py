@@ -83,7 +83,7 @@ class FedDyn(Feature):
         facts: RoundFacts,
     ) -> tuple[list[np.ndarray], FeatureState, dict[str, float]]:
         """``delta`` is the participants' mean; update ``h`` and subtract ``h / alpha``."""
-        share = facts.participants / facts.num_clients
+        share = (facts.participants or 0) / facts.num_clients  # None only under central DP
         mean = [np.asarray(d, np.float64) for d in delta]
         h = [hi - self.alpha * share * d for hi, d in zip(state["h"], mean, strict=True)]
         out = [d - hi / self.alpha for d, hi in zip(mean, h, strict=True)]

@@ -176,13 +176,15 @@ class RoundFacts:
         server_round: The step's number.
         num_clients: ``N``, the registered clients.
         params: The global weights before this step.
-        participants: ``|S|``, the clients whose updates the step aggregated.
+        participants: ``|S|``, the clients whose updates the step aggregated; None
+            under central or distributed DP, which release a noised sum over the
+            *expected* count and never the realised one.
     """
 
     server_round: int
     num_clients: int
     params: Params
-    participants: int = 0
+    participants: int | None = 0
 
 
 class Feature:

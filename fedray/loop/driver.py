@@ -387,8 +387,11 @@ def _server_step(
             for u in step.updates
             if isinstance(u, ClientUpdate) and len(u.reports) == len(strategy.features)
         ]
-        n = ctx.executor.num_clients
-        facts = RoundFacts(server_round, n, params, len(step.participants))
+        hidden = any(
+            m.privacy_mode in ("central", "distributed") for m in ctx.strategy.dp_mechanisms()
+        )
+        count = None if hidden else len(step.participants)  # DP releases no realised count
+        facts = RoundFacts(server_round, ctx.executor.num_clients, params, count)
         delta, feature_state, more = server_update(
             strategy.features, delta, reports, feature_state, facts
         )

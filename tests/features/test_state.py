@@ -81,3 +81,23 @@ def test_a_host_restores_what_was_saved_and_starts_the_rest_afresh(tmp_path):
     assert [a.tolist() for a in c0] == [a.tolist() for a in saved] and r0 == []
     assert [a.tolist() for a in c1] == [a.tolist() for a in zero]  # Scaffold's client_init
     assert [a.tolist() for a in r1] == [a.tolist() for a in saved]
+
+
+def test_under_central_dp_a_server_half_sees_no_realised_participant_count(tmp_path, numpy_hosts):
+    # Central DP releases a noised sum over the expected count m; the realised |S| is
+    # never released, so a feature's server half must not get it either.
+    from fedray.features import Feature
+
+    seen = []
+
+    class Counts(Feature):
+        def server_update(self, delta, reports, state, facts):
+            seen.append(facts.participants)
+            return delta, state, {}
+
+    dp = ["privacy.dp.noise_multiplier=1", "privacy.dp.clip=1", "privacy.dp.delta=1e-5"]
+    for mode in ("none", "central"):
+        extra = [] if mode == "none" else ["privacy.dp.mode=central", *dp]
+        strategy = _strategy(Counts())
+        api.run({}, out=tmp_path / mode, overrides=[*OVERRIDES, *extra], strategy=strategy)
+    assert seen[:2] == [4, 4] and seen[2:] == [None, None]
