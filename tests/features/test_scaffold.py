@@ -127,7 +127,7 @@ def test_scaffold_resume_restores_client_control_variates(tmp_path):
     files = sorted(Path(folder).rglob("*.npz"))
     assert [f.parent.name for f in files] == ["round-000008", "round-000008"]
     with np.load(files[0]) as saved:
-        assert np.abs(saved["0/0/0"]).sum() > 0  # client 0, the first feature, array 0
+        assert np.abs(saved["0/0-Scaffold/0"]).sum() > 0  # client 0, SCAFFOLD's c_i, array 0
 
 
 def test_the_control_variate_does_not_depend_on_arrival_order():
