@@ -115,6 +115,7 @@ class SecureAggregation:
     def l2_bound(self, dim: int) -> float:
         """The norm an update is clipped to before it becomes integers (see the codec).
 
+        >>> from fedray.aggregators import CentralDP
         >>> round(SecureAggregation(inner=CentralDP(1.0, 10.0, 1.0), bits=16).l2_bound(100), 6)
         0.999695
 
