@@ -24,8 +24,7 @@ import numpy as np
 
 from fedray import config as config_mod
 from fedray import rundirs
-from fedray.aggregators import Mean
-from fedray.aggregators.base import Unweighted
+from fedray.aggregators.base import LinearAggregator
 from fedray.aggregators.compression import chain
 from fedray.callbacks import (
     Callback,
@@ -181,12 +180,8 @@ def weighting(strategy: Strategy) -> str | None:
     >>> weighting(fedavg()), weighting(fedavg(weighting="uniform"))
     ('examples', 'uniform')
     """
-    for agg in chain(strategy.aggregator):
-        if isinstance(agg, Mean):
-            return agg.weighting
-        if isinstance(agg, Unweighted):
-            return "uniform"
-    return None
+    linear = [a for a in chain(strategy.aggregator) if isinstance(a, LinearAggregator)]
+    return linear[0].weighs_by() if linear else None
 
 
 def _summary(

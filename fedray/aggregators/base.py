@@ -67,6 +67,10 @@ class LinearAggregator:
         """``w_k`` of one encoded update in the sum."""
         raise NotImplementedError
 
+    def weighs_by(self) -> str:
+        """What ``w_k`` is, for the run's summary: ``"examples"`` or ``"uniform"``."""
+        raise NotImplementedError
+
     def finalize(
         self, total: PartialSum, state: AggState, rng: np.random.Generator
     ) -> tuple[Params, AggState, Metrics]:
@@ -166,3 +170,7 @@ class Unweighted(LinearAggregator):
     def weight(self, update: ClientUpdate) -> float:
         """Every update counts once: the sum is unweighted (example counts are private)."""
         return 1.0
+
+    def weighs_by(self) -> str:
+        """Every client alike."""
+        return "uniform"

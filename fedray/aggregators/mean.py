@@ -81,6 +81,10 @@ class Mean(LinearAggregator):
         """``strategy.weighting='examples'`` when it weighs by example counts, for the rules."""
         return {"strategy.weighting": "examples"} if self.weighting == "examples" else {}
 
+    def weighs_by(self) -> str:
+        """``weighting``."""
+        return self.weighting
+
     def weight(self, update: ClientUpdate) -> float:
         """``n_k`` (examples) or 1 (uniform)."""
         return float(update.num_examples) if self.weighting == "examples" else 1.0
