@@ -129,6 +129,31 @@ pytest_runtest_call = pytest.hookimpl(wrapper=True)(_watch)
 
 
 @pytest.fixture
+def numpy_hosts(monkeypatch):
+    """In-process hosts train with numpy (:class:`tests.fakes.NumpyTrainer`): no TensorFlow."""
+    import fedray.client.trainer as trainer_mod
+    from tests.fakes import NumpyTrainer
+
+    monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """A private local Ray instance for a module's tests (never a neighbour's)."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
 def numpy_ray_hosts(monkeypatch):
     """Every host trains with numpy (:class:`tests.fakes.NumpyTrainer`), on Ray too.
 

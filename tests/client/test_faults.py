@@ -48,15 +48,6 @@ def test_in_process_faults_are_counted_failures(tmp_path, linreg_config):
         assert row["clients/failed"] == faults and row["clients/ok"] == 4 - faults
 
 
-@pytest.fixture
-def numpy_hosts(monkeypatch):
-    """Hosts train with numpy (:class:`tests.fakes.NumpyTrainer`): no TensorFlow."""
-    import fedray.client.trainer as trainer_mod
-    from tests.fakes import NumpyTrainer
-
-    monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)
-
-
 PACKED = [
     "rounds=6",
     "data.num_clients=10",

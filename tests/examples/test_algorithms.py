@@ -31,14 +31,6 @@ def _example(name):
     return module
 
 
-@pytest.fixture
-def numpy_hosts(monkeypatch):
-    import fedray.client.trainer as trainer_mod
-    from tests.fakes import NumpyTrainer
-
-    monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)
-
-
 def _config(tmp_path):
     """Three clients, each holding n_k copies of one point: every minibatch gradient is
     the full one, so local SGD is deterministic and the reference needs no shuffle."""

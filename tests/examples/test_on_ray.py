@@ -12,19 +12,6 @@ ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.keras]
 
 
-@pytest.fixture(scope="module")
-def ray_instance():
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="ERROR",
-    )
-    yield
-    ray.shutdown()
-
-
 def test_the_examples_on_ray_equal_their_in_process_runs(ray_instance, tmp_path):
     from ray import cloudpickle
 

@@ -20,14 +20,6 @@ OVERRIDES = [
 ]
 
 
-@pytest.fixture
-def numpy_hosts(monkeypatch):
-    import fedray.client.trainer as trainer_mod
-    from tests.fakes import NumpyTrainer
-
-    monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)
-
-
 def _strategy(*features):
     return Strategy(aggregator=Mean(weighting="uniform"), features=features)
 

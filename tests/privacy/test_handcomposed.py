@@ -15,7 +15,7 @@ from fedray.errors import ConfigError
 from fedray.privacy import DPSGD
 from fedray.strategy import ClientOptions, Strategy, fedavg, with_dp
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("numpy_hosts")]  # numpy hosts
 
 BASE = {
     "rounds": 3,
@@ -26,14 +26,6 @@ BASE = {
 }
 DELTA = {"privacy": {"dp": {"delta": 1e-5}}}
 SEEDED = {"privacy": {"dp": {"delta": 1e-5, "noise_seed": 3}}}  # the same samples in both
-
-
-@pytest.fixture(autouse=True)
-def numpy_hosts(monkeypatch):
-    import fedray.client.trainer as trainer_mod
-    from tests.fakes import NumpyTrainer
-
-    monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)
 
 
 def _run(tmp_path, name, config, strategy=None):

@@ -12,20 +12,6 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def ray_instance():
-    # a new instance, never a neighbour's
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="ERROR",
-    )
-    yield
-    ray.shutdown()
-
-
 def test_linreg_on_ray_matches_in_process_run(ray_instance, tmp_path, linreg_config):
     hist = api.run(linreg_config, out=tmp_path / "ray", overrides=["runtime.progress=false"])
     (y0,), (y10,) = hist.summary["predictions"]["outputs"]

@@ -13,7 +13,7 @@ from dp_accounting import pld, rdp
 
 from fedray import api, sweeps
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("numpy_hosts")]  # numpy hosts
 
 CONFIG = {
     "data": {"dataset": "linreg", "num_clients": 40},
@@ -23,14 +23,6 @@ CONFIG = {
     "runtime": {"executor": "local", "progress": False},
     "checkpoint": {"every": 0},
 }
-
-
-@pytest.fixture(autouse=True)
-def numpy_hosts(monkeypatch):
-    import fedray.client.trainer as trainer_mod
-    from tests.fakes import NumpyTrainer
-
-    monkeypatch.setattr(trainer_mod, "KerasTrainer", NumpyTrainer)
 
 
 def _run_trials(out, plan):
