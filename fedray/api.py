@@ -24,8 +24,7 @@ import numpy as np
 
 from fedray import config as config_mod
 from fedray import rundirs
-from fedray.aggregators.base import LinearAggregator
-from fedray.aggregators.compression import chain
+from fedray.aggregators.base import LinearAggregator, chain
 from fedray.callbacks import (
     Callback,
     CallbackList,

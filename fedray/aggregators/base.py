@@ -125,6 +125,21 @@ def client_settings(aggregator: Aggregator, state: AggState) -> dict[str, float]
     return {} if hook is None else dict(hook(state))
 
 
+def chain(aggregator: Any) -> list[Any]:
+    """The aggregator and every aggregator it wraps (through ``inner``), outermost first.
+
+    >>> from fedray.aggregators import Median, NormBound
+    >>> [type(a).__name__ for a in chain(NormBound(Median()))]
+    ['NormBound', 'Median']
+    """
+    links = []
+    current = aggregator
+    while current is not None:
+        links.append(current)
+        current = getattr(current, "inner", None)
+    return links
+
+
 def drops_settings(links: Sequence[Any]) -> tuple[Any, Any] | None:
     """A wrapper without a ``client_settings`` hook above a link that sends settings.
 

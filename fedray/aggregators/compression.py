@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fedray import tree
-from fedray.aggregators.base import Aggregator, client_settings
+from fedray.aggregators.base import Aggregator, chain, client_settings
 from fedray.privacy.discrete import padded_dim, rotate, rotation_signs, unrotate
 from fedray.records import AggState, ClientUpdate, Metrics, Params, RoundInfo
 
@@ -158,17 +158,3 @@ def wire_bytes(aggregator: Any, params: Params, clients: int = 1) -> int:
         if size is not None:
             return int(size)
     return 4 * sum(math.prod(s) for s in shapes)
-
-
-def chain(aggregator: Any) -> list[Any]:
-    """The aggregator and every aggregator it wraps (through ``inner``), outermost first.
-
-    >>> [type(a).__name__ for a in chain(Rotate(inner=Quantize(inner=None)))]
-    ['Rotate', 'Quantize']
-    """
-    links = []
-    current = aggregator
-    while current is not None:
-        links.append(current)
-        current = getattr(current, "inner", None)
-    return links

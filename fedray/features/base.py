@@ -47,7 +47,7 @@ Layer 1: numpy only.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -289,16 +289,7 @@ def client_update(
     new_states: list[Params] = []
     delta = trained.delta
     for f, down, state in zip(features, downs, states, strict=True):
-        current = Trained(
-            trained.client_id,
-            delta,
-            trained.params,
-            trained.steps,
-            trained.learning_rate,
-            trained.num_examples,
-            trained.start_loss,
-        )
-        delta, report, state = f.client_update(current, down, state)
+        delta, report, state = f.client_update(replace(trained, delta=delta), down, state)
         if report is not None and not f.declaration().releases:
             raise ValueError(  # the rules judged it by a declaration that says otherwise
                 f"{f.name}.client_update returned a report, but its declaration releases "

@@ -152,7 +152,7 @@ class SecureClients:
         >>> SecureClients.for_aggregator(object()).min_survivors
         1
         """
-        from fedray.aggregators.compression import chain
+        from fedray.aggregators.base import chain
         from fedray.aggregators.secure import SecureAggregation
 
         secure = [a for a in chain(aggregator) if isinstance(a, SecureAggregation)]

@@ -26,8 +26,7 @@ from fedray.aggregators import (
     StalenessWeighted,
     TrimmedMean,
 )
-from fedray.aggregators.base import drops_settings
-from fedray.aggregators.compression import chain
+from fedray.aggregators.base import chain, drops_settings
 from fedray.aggregators.mean import Weighting
 from fedray.errors import ConfigError
 from fedray.features import Feature, FedProx, Scaffold

@@ -18,8 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fedray.aggregators.base import Aggregator, LinearAggregator
-from fedray.aggregators.compression import chain
+from fedray.aggregators.base import Aggregator, LinearAggregator, chain
 from fedray.errors import ConfigError
 from fedray.features.base import Feature, RunShape, check_features
 from fedray.privacy.mechanism import DPMechanism
