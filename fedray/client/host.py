@@ -324,7 +324,9 @@ class ClientHost:
             raise _SkipClientError(
                 "straggler", f"straggler dropped: {steps} of {total} local steps"
             )
-        offset = client_offset(self._features, down, self._state(cid, params), params)
+        offset = None  # without features no client keeps state: nothing is made per client
+        if self._features:
+            offset = client_offset(self._features, down, self._state(cid, params), params)
         seed = client_seed(info.seed, info.server_round, cid)
         job = TrainJob(cid, steps, seed, noise_seed(self.spec.client.dp_sgd, info, cid), offset)
         return _Job(job, total, fault)
